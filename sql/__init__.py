@@ -1,0 +1,1 @@
+"""SQL the adapters and exporters run, one file per query, read through importlib.resources."""

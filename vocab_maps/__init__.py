@@ -1,0 +1,1 @@
+"""Mapping tables shipped with the package (CALIBER, crosswalks), each with its licence."""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..database import Database, SourceError, check_identifier, load_sql, quote, render
 from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
-                      ShardWriter, write_table)
+                      ShardWriter, fill_rebuilt_visits, write_table)
 
 
 @dataclass(frozen=True)
@@ -328,10 +328,16 @@ class ExtractOptions:
 
 
 _EVENT_COLUMNS = [f.name for f in EVENTS_SCHEMA]
-_QUERY_SCHEMA = pa.schema(list(EVENTS_SCHEMA) + [pa.field("row_key", pa.string()), pa.field("reason", pa.string())])
-_PERSON_QUERY_SCHEMA = pa.schema(list(PERSONS_SCHEMA) + [pa.field("reason", pa.string())])
-_OP_QUERY_SCHEMA = pa.schema(list(OBSERVATION_PERIODS_SCHEMA) + [pa.field("row_key", pa.string()),
-                                                                 pa.field("reason", pa.string())])
+
+
+def _query_schema(schema: pa.Schema, *extra: str) -> pa.Schema:
+    """The contract's schema with every column nullable (bad rows still arrive) plus row_key/reason."""
+    return pa.schema([f.with_nullable(True) for f in schema] + [pa.field(e, pa.string()) for e in extra])
+
+
+_QUERY_SCHEMA = _query_schema(EVENTS_SCHEMA, "row_key", "reason")
+_PERSON_QUERY_SCHEMA = _query_schema(PERSONS_SCHEMA, "reason")
+_OP_QUERY_SCHEMA = _query_schema(OBSERVATION_PERIODS_SCHEMA, "row_key", "reason")
 
 
 def _quarantine_rows(batch: pa.RecordBatch | pa.Table, mask, source: str, with_code: bool = True) -> pa.Table:
@@ -421,11 +427,12 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
                   disable=not progress, leave=False) as bar:
             for batch in cdm.db.stream(sql, params, _QUERY_SCHEMA, batch_rows):
                 rows_in += batch.num_rows
+                batch = fill_rebuilt_visits(batch)
                 ok = pc.is_null(batch.column("reason"))
                 if pc.all(ok).as_py():
-                    writer.write(batch.select(_EVENT_COLUMNS))
+                    writer.write(batch.select(_EVENT_COLUMNS).cast(EVENTS_SCHEMA))
                 else:
-                    writer.write(batch.filter(ok).select(_EVENT_COLUMNS))
+                    writer.write(batch.filter(ok).select(_EVENT_COLUMNS).cast(EVENTS_SCHEMA))
                     quarantine.append(_quarantine_rows(batch, pc.invert(ok), spec.table))
                 bar.update(batch.num_rows)
         writer.close()

@@ -203,7 +203,7 @@ class Database:
         params = dict(params or {})
         if self.duck is not None:
             rel = self.duck.sql(self._duck_sql(sql), params=params or None)
-            reader = rel.fetch_arrow_reader(batch_rows)
+            reader = arrow_reader(rel, batch_rows)
             for batch in reader:
                 yield batch.cast(schema) if schema is not None else batch
             return
@@ -257,6 +257,12 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:
+    """A streaming Arrow reader over a DuckDB relation (DuckDB 2 renamed fetch_arrow_reader)."""
+    fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
+    return fetch(batch_rows)
 
 
 def _sql_str(value: str) -> str:

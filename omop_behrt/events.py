@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -245,6 +246,42 @@ class EventDir:
 
     def write_manifest(self) -> None:
         write_json(self.manifest, self.path / "manifest.json")
+
+
+_DAY_US = 86_400_000_000
+
+
+def rebuilt_visit_ids(subject_id: np.ndarray, time_us: np.ndarray) -> np.ndarray:
+    """Visit ids for events without a visit: one per (subject, calendar day), always negative.
+
+    A splitmix64 hash of (subject_id, day) keeps them deterministic across runs and sources and disjoint from
+    real (positive) visit ids, whatever the size of subject_id. Vectorised: no per-row Python.
+    """
+    day = np.floor_divide(time_us.astype(np.int64), _DAY_US).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = subject_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + day
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return -((z >> np.uint64(2)).astype(np.int64)) - 1
+
+
+def fill_rebuilt_visits(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """Give every event with a subject and a time but no visit_id its rebuilt (subject, day) visit id."""
+    def col(name: str) -> pa.Array:
+        c = batch.column(name)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    visit, t, subj = col("visit_id"), col("time"), col("subject_id")
+    if visit.null_count == 0:
+        return batch
+    need = pc.and_(pc.is_null(visit), pc.and_(pc.is_valid(t), pc.is_valid(subj)))
+    if not pc.any(need).as_py():
+        return batch
+    rebuilt = rebuilt_visit_ids(subj.fill_null(0).to_numpy(), t.cast(pa.int64()).fill_null(0).to_numpy())
+    merged = np.where(need.to_numpy(zero_copy_only=False), rebuilt, visit.fill_null(0).to_numpy())
+    still_null = pc.and_(pc.is_null(visit), pc.invert(need)).to_numpy(zero_copy_only=False)
+    i = batch.schema.get_field_index("visit_id")
+    return batch.set_column(i, batch.schema.field(i), pa.array(merged, pa.int64(), mask=still_null))
 
 
 def iter_batches(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:

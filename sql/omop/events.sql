@@ -7,8 +7,8 @@
 -- source_code : the *_source_value prefixed with the vocabulary of *_source_concept_id when that concept is
 --               known, else with the standard concept's vocabulary when the value is its code, else with
 --               SOURCE_<DOMAIN>.
--- visit_id    : the row's visit_occurrence_id when it joins a visit of the same person; otherwise a visit
---               rebuilt from (person, day): -(person_id * 131072 + days since 1800-01-01), never a real id.
+-- visit_id    : the row's visit_occurrence_id when it joins a visit of the same person, else NULL (the
+--               adapter then gives the row a visit rebuilt from (person, day): events.fill_rebuilt_visits).
 WITH src AS (
     SELECT
         {row_id} AS row_key,
@@ -40,8 +40,6 @@ SELECT
             SELECT 1 FROM {visit_table} v
             WHERE v.{v_visit_occurrence_id} = s.visit_ref AND v.{v_person_id} = s.person_id
         ) THEN s.visit_ref
-        WHEN s.start_date IS NOT NULL AND s.person_id IS NOT NULL
-            THEN -(s.person_id * 131072 + (s.start_date - DATE '1800-01-01'))
     END AS visit_id,
     {domain} AS domain,
     CASE WHEN s.concept_id <> 0 THEN s.concept_id END AS concept_id,

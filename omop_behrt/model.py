@@ -1,0 +1,219 @@
+"""The BEHRT encoder (Li et al. 2020) in plain PyTorch, one readable file.
+
+Embeddings = code + age + segment + position (fixed sinusoidal) [+ extras such as sex], LayerNorm, dropout;
+N pre-norm encoder blocks on ``F.scaled_dot_product_attention`` with a padding mask; GELU; an MLM head tied
+to the code embeddings; a pooler over [CLS]; an optional Med-BERT PLOS head. A model directory holds
+config.json, model.safetensors, tokens.json and metadata.json (no pickles).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .tokenizer import TokenVocabulary
+
+
+@dataclass
+class BehrtConfig:
+    """Model shape and switches; the defaults are the paper's."""
+
+    vocab_size: int = 0                     # set from the token vocabulary
+    hidden: int = 288
+    layers: int = 6
+    heads: int = 12
+    intermediate: int = 512
+    max_len: int = 256                      # tokens per sequence (tokenizer truncates to this)
+    n_ages: int = 121                       # age buckets (years 0..120; use 1452 for months)
+    age_unit: str = "year"
+    n_segments: int = 2
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    use_age: bool = True                    # the paper's ablation switches
+    use_segment: bool = True
+    use_position: bool = True
+    extras: dict[str, int] = field(default_factory=dict)   # per-sequence extra embeddings, e.g. {"sex": 3}
+    plos: bool = False                      # Med-BERT prolonged-length-of-stay head on [CLS]
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "BehrtConfig":
+        """``behrt`` (the paper), ``tiny`` (tests), or a path to a config.json."""
+        presets = {"behrt": {}, "tiny": dict(hidden=64, layers=2, heads=4, intermediate=128, max_len=64)}
+        if name in presets:
+            return cls(**{**presets[name], **overrides})
+        p = Path(name)
+        if not p.exists():
+            raise ValueError(f"config must be one of {sorted(presets)} or a config.json file; got {name!r}")
+        return cls.from_dict({**json.loads(p.read_text()), **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BehrtConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**d)
+
+
+def sinusoidal(n: int, dim: int) -> torch.Tensor:
+    """The fixed sinusoidal table of "Attention is all you need" (n positions x dim)."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return table.float()
+
+
+class Embeddings(nn.Module):
+    """code + age + segment + position (+ extras), then LayerNorm and dropout."""
+
+    def __init__(self, c: BehrtConfig):
+        super().__init__()
+        self.c = c
+        self.code = nn.Embedding(c.vocab_size, c.hidden)
+        self.age = nn.Embedding(c.n_ages, c.hidden) if c.use_age else None
+        self.segment = nn.Embedding(c.n_segments, c.hidden) if c.use_segment else None
+        self.register_buffer("position", sinusoidal(c.max_len, c.hidden), persistent=False)
+        self.extras = nn.ModuleDict({k: nn.Embedding(n, c.hidden) for k, n in c.extras.items()})
+        self.norm = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, input_ids, ages, segments, positions, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.code(input_ids)
+        if self.age is not None:
+            x = x + self.age(ages.clamp(0, self.c.n_ages - 1))
+        if self.segment is not None:
+            x = x + self.segment(segments)
+        if self.c.use_position:
+            x = x + self.position[positions.clamp(0, self.c.max_len - 1)]
+        for name, emb in self.extras.items():
+            v = extras[name]
+            x = x + (emb(v)[:, None, :] if v.dim() == 1 else emb(v))  # per sequence or per token
+        return self.drop(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c: BehrtConfig):
+        super().__init__()
+        assert c.hidden % c.heads == 0, "hidden must be a multiple of heads"
+        self.heads, self.p = c.heads, c.attn_dropout
+        self.qkv = nn.Linear(c.hidden, 3 * c.hidden)
+        self.out = nn.Linear(c.hidden, c.hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer encoder block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+    def __init__(self, c: BehrtConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.attn = SelfAttention(c)
+        self.ln2 = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(c.hidden, c.intermediate), nn.GELU(), nn.Linear(c.intermediate, c.hidden))
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Behrt(nn.Module):
+    """The encoder with its MLM head (tied to the code embeddings), pooler and optional PLOS head."""
+
+    def __init__(self, config: BehrtConfig):
+        super().__init__()
+        if config.vocab_size < 6:
+            raise ValueError(f"vocab_size must be set from the token vocabulary (got {config.vocab_size})")
+        self.config = c = config
+        self.embeddings = Embeddings(c)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.ln_f = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.mlm_transform = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.GELU(),
+                                           nn.LayerNorm(c.hidden, eps=c.norm_eps))
+        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.pooler = nn.Linear(c.hidden, c.hidden)
+        self.plos_head = nn.Linear(c.hidden, 1) if c.plos else None
+        self.apply(self._init)
+        self.vocab: TokenVocabulary | None = None
+        self.metadata: dict = {}
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.config.init_std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids: torch.Tensor, ages: torch.Tensor, segments: torch.Tensor,
+                positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **extras: torch.Tensor) -> torch.Tensor:
+        """Token ids and attributes (B, T), attention_mask (B, T) True on real tokens -> hidden states (B, T, H)."""
+        x = self.embeddings(input_ids, ages, segments, positions, extras)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the vocabulary for some hidden states (..., H), decoder tied to the code embeddings."""
+        return F.linear(self.mlm_transform(hidden), self.embeddings.code.weight, self.mlm_bias)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The pooled [CLS] vector (B, H): tanh(W h_cls + b), as in BERT."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def plos_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Med-BERT prolonged-length-of-stay logit per sequence (B,)."""
+        return self.plos_head(self.pool(hidden)).squeeze(-1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path: str | Path, vocab: TokenVocabulary | None = None, metadata: dict | None = None) -> Path:
+        """Write the model directory: config.json, model.safetensors, tokens.json, metadata.json (atomically)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        vocab = vocab or self.vocab
+        if vocab is None or len(vocab) != self.config.vocab_size:
+            raise ValueError("save needs the token vocabulary the model was built with")
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
+        os.replace(path / "model.safetensors.tmp", path / "model.safetensors")
+        vocab.save(path / "tokens.json")
+        meta = dict(metadata if metadata is not None else self.metadata)
+        meta.setdefault("vocab_sha256", vocab.sha256)
+        for name, obj in (("config.json", asdict(self.config)), ("metadata.json", meta)):
+            (path / f"{name}.tmp").write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            os.replace(path / f"{name}.tmp", path / name)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Behrt":
+        """Read a model directory; the model comes back in eval mode with ``.vocab`` and ``.metadata`` set."""
+        path = Path(path)
+        for name in ("config.json", "model.safetensors", "tokens.json"):
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path} is not a model directory: {name} is missing")
+        model = cls(BehrtConfig.from_dict(json.loads((path / "config.json").read_text())))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.vocab = TokenVocabulary.load(path / "tokens.json")
+        if model.vocab.sha256 != (meta := json.loads((path / "metadata.json").read_text())).get(
+                "vocab_sha256", model.vocab.sha256):
+            raise ValueError(f"{path}: tokens.json does not match the vocabulary the model was trained with")
+        model.metadata = meta
+        return model.to(device).eval()

@@ -1,0 +1,396 @@
+"""Pretraining: BEHRT's masked-LM (+ Med-BERT's prolonged-length-of-stay) on a site's own visit stream.
+
+    pretrain(events_dir, vocab="source", out=model_dir, config="tiny", epochs=10)
+
+The out directory becomes a model directory (config.json, model.safetensors, tokens.json, metadata.json) and
+also holds data/ (the tokenised train/val sequences, read back on resume), checkpoint.safetensors (model,
+optimizer, RNG states and sampler position; written atomically every ``checkpoint_every`` steps) and
+metrics.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from . import __version__
+from .events import EventDir
+from .model import Behrt, BehrtConfig
+from .tokenizer import MASK, PAD, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
+
+IGNORE = -100
+
+
+# -- data -------------------------------------------------------------------------------------------
+def token_table(events: EventDir, vocab: str) -> pa.Table:
+    """Events -> token table with the vocabulary engine (issue 4); ``source`` works without it (token = code)."""
+    try:
+        from .vocab import map_events
+    except ImportError:
+        if vocab != "source":
+            raise
+        t = events.read_events(["subject_id", "time", "visit_id", "domain", "code"])
+        return t.append_column("token", t.column("code"))
+    return map_events(events, vocab=vocab, progress=False).tokens
+
+
+def split_persons(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """True for validation persons: a seeded hash of subject_id (stable whatever else is in the data)."""
+    with np.errstate(over="ignore"):
+        z = subject_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
+        z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = z ^ (z >> np.uint64(29))
+    return (z % np.uint64(1_000_000)).astype(np.float64) / 1e6 < val_fraction
+
+
+def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtConfig, *, min_count: int = 10,
+            val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year") -> tuple[TokenVocabulary, dict]:
+    """Tokenise once: vocabulary from training persons only, then train/val sequences to ``out/data``."""
+    ev = events if isinstance(events, EventDir) else EventDir.open(events)
+    tokens = token_table(ev, vocab)
+    persons = ev.persons()
+    is_val = split_persons(tokens.column("subject_id").to_numpy(), val_fraction, seed)
+    train_tokens = tokens.filter(pa.array(~is_val))
+    tv = TokenVocabulary.build(train_tokens, min_count=min_count)
+    seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev))
+    val = split_persons(seqs.subject_id, val_fraction, seed)
+    seqs.select(np.flatnonzero(~val)).save(out / "data" / "train")
+    seqs.select(np.flatnonzero(val)).save(out / "data" / "val")
+    times = tokens.column("time")
+    summary = {"events_dir": str(ev.path), "vocab": vocab, "min_count": min_count, "vocab_size": len(tv),
+               "train_persons": int((~val).sum()), "val_persons": int(val.sum()), "val_fraction": val_fraction,
+               "train_tokens": int(seqs.lengths[~val].sum()), "token_rows": tokens.num_rows,
+               "first_time": str(pa.compute.min(times)), "last_time": str(pa.compute.max(times)),
+               "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
+               "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit}
+    tv.save(out / "tokens.json")
+    (out / "data" / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return tv, summary
+
+
+def batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+    """Length-bucketed batches under a token budget (padded size B x max_len <= batch_tokens), seeded per epoch.
+
+    Sequences are sorted by length plus a little noise (so batch mates vary between epochs), cut greedily,
+    and the batch order is shuffled: padding stays a few percent of the tokens.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    noise = rng.uniform(0, 4, len(lengths)) if shuffle else np.zeros(len(lengths))
+    order = np.lexsort((np.arange(len(lengths)), lengths + noise))
+    cuts, start, longest = [], 0, 0
+    for i, n in enumerate(lengths[order]):             # one pass over sequences (not tokens) per epoch
+        longest_if = max(longest, n)
+        if i > start and (i - start + 1) * longest_if > batch_tokens:
+            cuts.append(i)
+            start, longest_if = i, n
+        longest = longest_if
+    out = np.split(order, cuts)
+    if shuffle:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+def collate(seqs: Sequences, idx: np.ndarray, extras: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Pad sequences ``idx`` to the batch's longest (vectorised gather) -> tensors for the model."""
+    lens = seqs.lengths[idx]
+    T = int(lens.max())
+    pos = np.arange(T)
+    valid = pos[None, :] < lens[:, None]
+    take = np.where(valid, seqs.offsets[idx][:, None] + pos[None, :], 0)
+    batch = {"input_ids": torch.from_numpy(np.where(valid, seqs.input_ids[take], PAD).astype(np.int64)),
+             "ages": torch.from_numpy(np.where(valid, seqs.ages[take], 0).astype(np.int64)),
+             "segments": torch.from_numpy(np.where(valid, seqs.segments[take], 0).astype(np.int64)),
+             "positions": torch.from_numpy(np.where(valid, seqs.positions[take], 0).astype(np.int64)),
+             "attention_mask": torch.from_numpy(valid),
+             "plos": torch.from_numpy(seqs.plos[idx].astype(np.float32))}
+    if "sex" in extras:
+        batch["sex"] = torch.from_numpy(seqs.sex[idx].astype(np.int64))
+    return batch
+
+
+def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BEHRT's masking: 15% of code tokens chosen; 80% -> [MASK], 10% -> random code, 10% kept.
+
+    Special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) are never chosen. Returns (masked ids, labels) with
+    labels = the original id on chosen tokens and -100 elsewhere.
+    """
+    u = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    rand = torch.randint(len(SPECIALS), vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    chosen = (input_ids >= len(SPECIALS)) & (u < rate)
+    masked = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, MASK), input_ids)
+    masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), rand, masked)
+    return masked, torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+
+
+# -- training ---------------------------------------------------------------------------------------
+def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
+    """Linear warmup to ``lr`` then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def optimizer_for(model: Behrt, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (never on norms and biases)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def step_loss(model: torch.nn.Module, core: Behrt, batch: dict, gen: torch.Generator, plos_weight: float
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mask, run the encoder, MLM loss on chosen tokens only (+ PLOS); returns loss and metric tensors."""
+    ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
+    extras = {k: batch[k] for k in core.config.extras}
+    hidden = model(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
+    chosen = labels != IGNORE
+    target = labels[chosen]
+    logits = core.mlm_logits(hidden[chosen]).float()
+    mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
+    loss = mlm
+    stats = {"mlm_loss": mlm.detach(), "n": torch.tensor(target.numel())}
+    if target.numel():
+        top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
+        stats["correct"] = (top10[:, 0] == target).sum()
+        stats["top10"] = (top10 == target[:, None]).any(-1).sum()
+    if core.plos_head is not None:
+        plos = F.binary_cross_entropy_with_logits(core.plos_logits(hidden).float(), batch["plos"])
+        loss = loss + plos_weight * plos
+        stats["plos_loss"] = plos.detach()
+    return loss, stats
+
+
+def save_checkpoint(path: Path, model: Behrt, opt: torch.optim.AdamW, gen: torch.Generator, state: dict) -> None:
+    """One safetensors file (no pickles): weights, optimizer moments, RNG states; the rest as JSON metadata."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for i, s in osd["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.mask"] = gen.get_state()
+    if torch.cuda.is_available() and gen.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"])}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: Behrt, opt: torch.optim.AdamW, gen: torch.Generator) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns the JSON state (step, epoch, batch, ...)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    osd = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            osd["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(osd)
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.mask"].to(gen.get_state().device))
+    if "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return json.loads(meta["state"])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU (use --device cpu or auto)")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.device, seed: int,
+             amp: bool) -> dict[str, float]:
+    """Masked-token loss / accuracy / top-10 accuracy on held-out sequences (fixed masking seed)."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 7919)
+    tot = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0}
+    for idx in batches(seqs.lengths, batch_tokens, seed, 0, shuffle=False):
+        b = {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, model.config.extras).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            _, s = step_loss(model, model, b, gen, 0.0)
+        n = int(s["n"])
+        tot["loss"] += float(s["mlm_loss"]) * n
+        tot["n"] += n
+        tot["correct"] += int(s.get("correct", 0))
+        tot["top10"] += int(s.get("top10", 0))
+    model.train()
+    n = max(1, tot["n"])
+    return {"val_loss": tot["loss"] / n, "val_acc": tot["correct"] / n, "val_top10": tot["top10"] / n,
+            "val_masked": tot["n"]}
+
+
+def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Path = "model",
+             config: str | BehrtConfig = "tiny", *, epochs: int = 10, max_steps: int | None = None,
+             stop_after: int | None = None, batch_tokens: int | None = None, lr: float = 5e-4,
+             warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0, plos: bool = False,
+             plos_weight: float = 1.0, sex: bool = False, min_count: int = 10, val_fraction: float = 0.1,
+             seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
+             log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
+             age_unit: str = "year") -> dict[str, Any]:
+    """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
+
+    ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
+    call early at that step with a checkpoint (``resume=True`` continues it exactly: the run settings come
+    from the checkpoint). ``batch_tokens`` is the padded-token budget per batch (default 16k; 4k for tiny).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.safetensors"
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    dev = resolve_device(device)
+    if world > 1:
+        import torch.distributed as dist
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if threads:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    resuming = resume and ckpt.exists()
+    if resuming:
+        with safe_open(str(ckpt), framework="pt") as f:
+            run = json.loads(f.metadata()["state"])["run"]
+        cfg = BehrtConfig.from_dict(run["config"])
+        tv = TokenVocabulary.load(out / "tokens.json")
+        summary = json.loads((out / "data" / "summary.json").read_text())
+    else:
+        cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
+        cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
+                                     "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
+                                     "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+        if rank == 0:
+            tv, summary = prepare(events, vocab, out, cfg, min_count=min_count, val_fraction=val_fraction,
+                                  seed=seed, age_unit=age_unit)
+        if world > 1:
+            torch.distributed.barrier()
+        tv = TokenVocabulary.load(out / "tokens.json")
+        summary = json.loads((out / "data" / "summary.json").read_text())
+        cfg.vocab_size = len(tv)
+        default_budget = 4096 if cfg.hidden <= 128 else 16384
+        n_batches = len(batches(Sequences.load(out / "data" / "train").lengths,
+                                batch_tokens or default_budget, seed, 0)) // world
+        total = max_steps or epochs * max(1, n_batches)
+        run = {"config": asdict(cfg), "seed": seed, "lr": lr, "weight_decay": weight_decay, "clip": clip,
+               "batch_tokens": batch_tokens or default_budget, "total_steps": total, "plos_weight": plos_weight,
+               "warmup": warmup if warmup is not None else max(1, total // 10), "vocab": vocab,
+               "checkpoint_every": checkpoint_every, "log_every": log_every, "world_size": world}
+    train, val = Sequences.load(out / "data" / "train"), Sequences.load(out / "data" / "val")
+    if train.meta.get("vocab_sha256") != tv.sha256:
+        raise ValueError(f"{out}/data was tokenised with another vocabulary than {out}/tokens.json; "
+                         "start again without --resume")
+
+    torch.manual_seed(run["seed"])
+    core = Behrt(cfg).to(dev)
+    opt = optimizer_for(core, run["lr"], run["weight_decay"])
+    gen = torch.Generator(device=dev).manual_seed(run["seed"] + rank)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if resuming:
+        state = load_checkpoint(ckpt, core, opt, gen)
+    model: torch.nn.Module = core
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                        find_unused_parameters=not cfg.plos)
+    if compile and dev.type == "cuda":
+        model = torch.compile(model, dynamic=True)
+    amp = dev.type == "cuda"
+    total, step = run["total_steps"], state["step"]
+    metrics_file = out / "metrics.jsonl"
+    if not resuming and rank == 0 and metrics_file.exists():
+        metrics_file.unlink()
+    acc = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "plos": 0.0, "real": 0, "padded": 0, "steps": 0}
+    t_log = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
+    model.train()
+    epoch, start = state["epoch"], state["batch"]
+    first_loss = None
+    while step < total and (stop_after is None or step < stop_after):
+        mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
+        mine = mine[rank::world][: len(mine) // world]
+        for j in range(start, len(mine)):
+            b = {k: v.to(dev, non_blocking=True) for k, v in collate(train, mine[j], cfg.extras).items()}
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                loss, s = step_loss(model, core, b, gen, run["plos_weight"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(core.parameters(), run["clip"])
+            opt.step()
+            step += 1
+            n = int(s["n"])
+            acc["loss"] += float(s["mlm_loss"]) * n
+            acc["n"] += n
+            acc["correct"] += int(s.get("correct", 0))
+            acc["top10"] += int(s.get("top10", 0))
+            acc["plos"] += float(s.get("plos_loss", 0.0))
+            acc["real"] += int(b["attention_mask"].sum())
+            acc["padded"] += b["attention_mask"].numel()
+            acc["steps"] += 1
+            state = {"step": step, "epoch": epoch + (j + 1 == len(mine)), "batch": (j + 1) % len(mine),
+                     "run": run}
+            done = step >= total or step == stop_after
+            if rank == 0 and (step % run["log_every"] == 0 or done):
+                dt = time.perf_counter() - t_log
+                row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                       "loss": acc["loss"] / max(1, acc["n"]), "masked_acc": acc["correct"] / max(1, acc["n"]),
+                       "top10_acc": acc["top10"] / max(1, acc["n"]),
+                       "precision": acc["correct"] / max(1, acc["n"]),  # BEHRT's micro precision of the argmax
+                       "tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
+                if cfg.plos:
+                    row["plos_loss"] = acc["plos"] / acc["steps"]
+                first_loss = first_loss if first_loss is not None else row["loss"]
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                acc = dict.fromkeys(acc, 0)
+                t_log = time.perf_counter()
+            bar.update(1)
+            if rank == 0 and (step % run["checkpoint_every"] == 0 or done):
+                save_checkpoint(ckpt, core, opt, gen, state)
+            if done:
+                break
+        epoch, start = state["epoch"], state["batch"]
+    bar.close()
+    result = {"out": str(out), "step": step, "total_steps": total, "finished": step >= total}
+    if rank == 0 and step >= total:
+        result.update(evaluate(core, val, run["batch_tokens"], dev, run["seed"], amp) if len(val) else {})
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("val")}}) + "\n")
+        meta = {"library_version": __version__, "vocab": run["vocab"], "vocab_sha256": tv.sha256,
+                "vocab_size": len(tv), "cdm_version": summary.get("cdm_version"),
+                "vocabulary_version": summary.get("vocabulary_version"), "training_data": summary,
+                "training": {k: v for k, v in run.items() if k != "config"} | {"steps": step},
+                "metrics": {k: v for k, v in result.items() if k.startswith("val")},
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        core.save(out, tv, meta)
+    if world > 1:
+        torch.distributed.barrier()
+    return result

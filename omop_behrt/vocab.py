@@ -1,0 +1,555 @@
+"""Vocabularies: which tokens the model sees for each event, as a plug-in choice (DESIGN.md, Vocabulary contract).
+
+A vocabulary maps the *distinct codes* of an event stream to tokens; :func:`map_events` then joins that small
+mapping back onto the events in DuckDB (one vectorised join, never a per-row Python loop). A code may give
+several tokens (CALIBER's overlapping phenotypes), none (unmapped: counted and reported), or be dropped on
+purpose by a filter (counted as dropped).
+
+Spec strings (``vocab=`` and ``--vocab``)::
+
+    caliber                         one vocabulary
+    caliber(level=chapter)          with parameters, ``key=value`` separated by ``,``; lists as ``a|b``
+    caliber,concept,source          a chain: per code, the first member that maps it wins
+    drop(tag=finding),caliber       filters are chain members too: what they match is dropped, not unmapped
+    condition=caliber,source; drug|device=concept; *=source
+                                    per domain (``;`` between parts, ``|`` between domains, ``*`` = the rest;
+                                    a domain matched by no part is unmapped)
+
+Third-party vocabularies register a :class:`Vocabulary` subclass in the entry-point group
+``omop_behrt.vocabularies``; the built-ins are declared there too (pyproject.toml).
+"""
+from __future__ import annotations
+
+import csv
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .database import load_sql, render
+from .events import DOMAINS, EVENTS_SCHEMA, EventDir, ShardWriter
+
+ENTRY_POINT_GROUP = "omop_behrt.vocabularies"
+
+#: The token stream every later stage reads (one row per token; an event may give several or none).
+TOKENS_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("time", pa.timestamp("us")),
+    pa.field("visit_id", pa.int64(), nullable=False),
+    pa.field("domain", pa.string(), nullable=False),
+    pa.field("code", pa.string(), nullable=False),
+    pa.field("token", pa.string(), nullable=False),
+])
+
+#: What a vocabulary returns for the keys it was given: token NULL means "dropped on purpose".
+MAPPING_SCHEMA = pa.schema([pa.field("key_id", pa.int64(), nullable=False), pa.field("token", pa.string())])
+
+#: The distinct codes a vocabulary is asked to map, with their parts split out for convenience.
+KEYS_SCHEMA = pa.schema([
+    pa.field("key_id", pa.int64(), nullable=False),
+    pa.field("domain", pa.string()), pa.field("code", pa.string()), pa.field("source_code", pa.string()),
+    pa.field("concept_id", pa.int64()), pa.field("source_concept_id", pa.int64()),
+    pa.field("code_vocab", pa.string()), pa.field("code_value", pa.string()),
+    pa.field("source_vocab", pa.string()), pa.field("source_value", pa.string()),
+    pa.field("n_events", pa.int64()),
+])
+
+
+class VocabularyError(ValueError):
+    """A vocabulary spec, parameter or mapping table is unusable; the message says which and what was expected."""
+
+
+@dataclass
+class MapContext:
+    """What a vocabulary may use while mapping: a DuckDB connection for its joins and the CDM, if one was given."""
+
+    con: Any                      # duckdb.DuckDBPyConnection
+    cdm: Any = None               # omop_behrt.adapters.omop.OmopCdm or None
+
+    def sql(self, query: str, **tables: pa.Table) -> pa.Table:
+        """Run ``query`` over the given Arrow tables (registered under their keyword names) and return Arrow."""
+        for name, table in tables.items():
+            self.con.register(name, table)
+        try:
+            return self.con.sql(query).to_arrow_table()
+        finally:
+            for name in tables:
+                self.con.unregister(name)
+
+
+class Vocabulary:
+    """Base class of every vocabulary: maps distinct event codes to tokens (override :meth:`map_keys`).
+
+    ``map_keys`` receives the distinct keys (KEYS_SCHEMA, small: one row per distinct code, not per event) and
+    returns MAPPING_SCHEMA rows: several rows for one key give several tokens, a NULL token drops the key on
+    purpose, a key without rows is unmapped. Parameters arrive as strings from spec strings.
+    """
+
+    name: ClassVar[str] = ""
+    params: dict[str, str]
+
+    def __init__(self, **params: Any) -> None:
+        self.params = {k: str(v) for k, v in params.items()}
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        raise NotImplementedError
+
+    def members(self) -> list["Vocabulary"]:
+        """The leaf vocabularies (for reports); a composite returns its parts."""
+        return [self]
+
+    def spec(self) -> str:
+        """The spec string that rebuilds this vocabulary (stored with models as the vocabulary's identity)."""
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+
+    def _param(self, key: str, default: str | None = None, allowed: Iterable[str] | None = None) -> str | None:
+        value = self.params.get(key, default)
+        if allowed is not None and value is not None and value not in allowed:
+            raise VocabularyError(f"vocabulary {self.name!r}: parameter {key}={value!r}; expected one of "
+                                  f"{sorted(allowed)}")
+        return value
+
+    def _check_params(self, known: Iterable[str]) -> None:
+        unknown = sorted(set(self.params) - set(known))
+        if unknown:
+            raise VocabularyError(f"vocabulary {self.name!r}: unknown parameter(s) {unknown}; "
+                                  f"expected some of {sorted(known)}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec()}>"
+
+
+def mapping_table(key_id: Any, token: Any) -> pa.Table:
+    """A MAPPING_SCHEMA table from two columns (arrays, lists or a query result's columns)."""
+    return pa.table({"key_id": pa.array(key_id, pa.int64()) if not isinstance(key_id, pa.ChunkedArray)
+                     else key_id.cast(pa.int64()),
+                     "token": pa.array(token, pa.string()) if not isinstance(token, pa.ChunkedArray)
+                     else token.cast(pa.string())}, schema=MAPPING_SCHEMA)
+
+
+# -- built-ins that need nothing but the events ----------------------------------------------------------
+class Source(Vocabulary):
+    """The event's own ``VOCAB/code``: the ``code`` column as it is (or ``column=source_code``)."""
+
+    name = "source"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._check_params(["column"])
+        self.column = self._param("column", "code", allowed=["code", "source_code"])
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        col = keys.column(self.column)
+        return ctx.sql(f"SELECT key_id, {self.column} AS token FROM k WHERE {self.column} IS NOT NULL",
+                       k=keys.select(["key_id", self.column])) if col.null_count else \
+            mapping_table(keys.column("key_id"), col)
+
+
+class Csv(Vocabulary):
+    """A user's mapping table: CSV with source_vocabulary, source_code, token and an optional priority.
+
+    An event matches a row when its ``code`` or ``source_code`` is ``source_vocabulary/source_code``
+    (vocabulary names compared case-insensitively). Several rows for one code give several tokens; with a
+    priority column only the rows of the smallest priority for that code are kept.
+    """
+
+    name = "csv"
+    REQUIRED = ("source_vocabulary", "source_code", "token")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._check_params(["path"])
+        if "path" not in self.params:
+            raise VocabularyError("vocabulary 'csv' needs a path: csv(path=my_map.csv)")
+        self.path = Path(self.params["path"])
+        self.table = read_mapping_csv(self.path)
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        return ctx.sql(load_sql("vocab/csv_map.sql"), k=keys, m=self.table)
+
+
+def read_mapping_csv(path: Path) -> pa.Table:
+    """Read and check a user mapping CSV; errors name the file, the row and the column."""
+    if not path.exists():
+        raise VocabularyError(f"csv vocabulary: {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in Csv.REQUIRED if c not in header]
+        if missing:
+            raise VocabularyError(f"{path}: missing column(s) {missing}; expected a header with "
+                                  f"{', '.join(Csv.REQUIRED)} and optionally priority; found {header}")
+        cols: dict[str, list] = {"source_vocabulary": [], "source_code": [], "token": [], "priority": []}
+        for i, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            for c in Csv.REQUIRED:
+                if not row.get(c):
+                    raise VocabularyError(f"{path}, row {i}: column {c!r} is empty; every row needs "
+                                          f"{', '.join(Csv.REQUIRED)}")
+            prio = row.get("priority") or "0"
+            try:
+                cols["priority"].append(int(prio))
+            except ValueError:
+                raise VocabularyError(f"{path}, row {i}: column 'priority' is {prio!r}; expected an integer "
+                                      f"(smaller wins)") from None
+            for c in Csv.REQUIRED:
+                cols[c].append(row[c])
+    return pa.table({"source_vocabulary": pa.array([v.upper() for v in cols["source_vocabulary"]], pa.string()),
+                     "source_code": pa.array(cols["source_code"], pa.string()),
+                     "token": pa.array(cols["token"], pa.string()),
+                     "priority": pa.array(cols["priority"], pa.int64())})
+
+
+class Drop(Vocabulary):
+    """A filter: drops (on purpose, counted as dropped) codes by ``domain``, by ``codes`` or by SNOMED ``tag``.
+
+    ``codes`` is a ``|``-list of ``VOCAB/code`` or a file with one per line; ``tag`` is a ``|``-list of SNOMED
+    semantic tags (finding, situation, ...) looked up in vocab_maps/snomed_synthea_icd10.csv and, where the CDM
+    separates disorders from findings (Athena concept_class_id 'Disorder' present), in its concept table.
+    """
+
+    name = "drop"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._check_params(["domain", "codes", "tag"])
+        if not self.params:
+            raise VocabularyError("filter 'drop' needs domain=..., codes=... or tag=... "
+                                  "(e.g. drop(tag=finding), drop(domain=measurement|observation))")
+        self.domains = _split_list(self.params.get("domain"))
+        bad = [d for d in self.domains if d not in DOMAINS]
+        if bad:
+            raise VocabularyError(f"filter 'drop': unknown domain(s) {bad}; expected some of {list(DOMAINS)}")
+        self.codes = _codes_param(self.params.get("codes"))
+        self.tags = [t.lower() for t in _split_list(self.params.get("tag"))]
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        from .caliber import snomed_tags
+        tags = snomed_tags(ctx.cdm) if self.tags else pa.table({"code": pa.array([], pa.string()),
+                                                               "tag": pa.array([], pa.string())})
+        return ctx.sql(load_sql("vocab/drop.sql"), k=keys,
+                       d=pa.table({"domain": pa.array(self.domains, pa.string())}),
+                       c=pa.table({"code": pa.array(self.codes, pa.string())}),
+                       t=tags.filter(pc.is_in(tags.column("tag"), pa.array(self.tags, pa.string()))))
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split("|") if v.strip()]
+
+
+def _codes_param(value: str | None) -> list[str]:
+    if not value:
+        return []
+    p = Path(value)
+    if p.suffix in (".txt", ".csv") or p.exists():
+        if not p.exists():
+            raise VocabularyError(f"filter 'drop': code list file {p} does not exist")
+        lines = [ln.split(",")[0].strip() for ln in p.read_text().splitlines()]
+        codes = [ln for ln in lines if ln and not ln.startswith("#")]
+    else:
+        codes = _split_list(value)
+    bad = [c for c in codes if "/" not in c]
+    if bad:
+        raise VocabularyError(f"filter 'drop': codes must look like VOCAB/code (e.g. SNOMED/160903007); "
+                              f"found {bad[0]!r}")
+    return codes
+
+
+# -- composition -----------------------------------------------------------------------------------------
+class Chain(Vocabulary):
+    """Members tried in order; for each code the first member that maps (or drops) it wins."""
+
+    name = "chain"
+
+    def __init__(self, members: list[Vocabulary]):
+        super().__init__()
+        self.parts = members
+
+    def members(self) -> list[Vocabulary]:
+        return [m for p in self.parts for m in p.members()]
+
+    def spec(self) -> str:
+        return ",".join(p.spec() for p in self.parts)
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        return self.map_keys_by_member(keys, ctx)[0]
+
+    def map_keys_by_member(self, keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
+        """The mapping, and which member (by spec) decided each key."""
+        out, decided = [], []
+        pending = keys
+        for part in self.parts:
+            if pending.num_rows == 0:
+                break
+            got = _check_mapping(part.map_keys(pending, ctx), part)
+            ids = pc.unique(got.column("key_id"))
+            out.append(got)
+            decided.append(pa.table({"key_id": ids, "member": pa.array([part.spec()] * len(ids), pa.string())}))
+            pending = pending.filter(pc.invert(pc.is_in(pending.column("key_id"), ids)))
+        mapping = pa.concat_tables(out) if out else MAPPING_SCHEMA.empty_table()
+        who = pa.concat_tables(decided) if decided else pa.table({"key_id": pa.array([], pa.int64()),
+                                                                  "member": pa.array([], pa.string())})
+        return mapping, who
+
+
+class PerDomain(Vocabulary):
+    """A chain per domain (``condition=caliber,source; *=source``); domains matched by no part stay unmapped."""
+
+    name = "per-domain"
+
+    def __init__(self, parts: list[tuple[list[str], Chain]]):
+        super().__init__()
+        self.parts = parts
+
+    def members(self) -> list[Vocabulary]:
+        return [m for _, c in self.parts for m in c.members()]
+
+    def spec(self) -> str:
+        return "; ".join(f"{'|'.join(ds)}={c.spec()}" for ds, c in self.parts)
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        return self.map_keys_by_member(keys, ctx)[0]
+
+    def map_keys_by_member(self, keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
+        named = {d for ds, _ in self.parts for d in ds if d != "*"}
+        maps, whos = [], []
+        for domains, chain in self.parts:
+            if domains == ["*"]:
+                mask = pc.invert(pc.is_in(keys.column("domain"), pa.array(sorted(named))))
+            else:
+                mask = pc.is_in(keys.column("domain"), pa.array(domains))
+            m, w = chain.map_keys_by_member(keys.filter(mask), ctx)
+            maps.append(m)
+            whos.append(w)
+        return pa.concat_tables(maps), pa.concat_tables(whos)
+
+
+def _check_mapping(table: pa.Table, vocab: Vocabulary) -> pa.Table:
+    """A member's output conformed to MAPPING_SCHEMA, or an error naming the member and the column."""
+    for f in MAPPING_SCHEMA:
+        if f.name not in table.column_names:
+            raise VocabularyError(f"vocabulary {vocab.spec()!r} returned no column {f.name!r}; map_keys must "
+                                  f"return (key_id int64, token string)")
+    return table.select(MAPPING_SCHEMA.names).cast(MAPPING_SCHEMA)
+
+
+# -- registry and spec strings ---------------------------------------------------------------------------
+BUILTINS: dict[str, str] = {
+    "source": "omop_behrt.vocab:Source",
+    "csv": "omop_behrt.vocab:Csv",
+    "drop": "omop_behrt.vocab:Drop",
+    "concept": "omop_behrt.concepts:Concept",
+    "ancestor": "omop_behrt.concepts:Ancestor",
+    "caliber": "omop_behrt.caliber:Caliber",
+}
+
+
+def available_vocabularies() -> dict[str, metadata.EntryPoint]:
+    """Vocabularies by name from the entry-point group (built-ins are declared there as well)."""
+    found = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    for name, value in BUILTINS.items():   # a source tree that was never pip-installed has no entry points
+        found.setdefault(name, metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
+    return found
+
+
+def get_vocabulary(spec: "str | Vocabulary", **params: Any) -> Vocabulary:
+    """A vocabulary from a name (``caliber``), a spec string (see module doc) or an instance (returned as is)."""
+    if isinstance(spec, Vocabulary):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise VocabularyError(f"vocabulary spec must be a non-empty string or a Vocabulary; got {spec!r}")
+    if params:
+        return _load(spec.strip(), {k: str(v) for k, v in params.items()})
+    parts = _split_top(spec, ";")
+    if len(parts) == 1 and not _domain_prefix(parts[0]):
+        return _chain(parts[0])
+    out = []
+    for part in parts:
+        head = _domain_prefix(part)
+        if head is None:
+            raise VocabularyError(f"vocabulary spec {spec!r}: part {part.strip()!r} names no domain; in a "
+                                  f"per-domain spec every part reads domain=vocabularies (or *=vocabularies)")
+        domains = _split_list(head)
+        bad = [d for d in domains if d != "*" and d not in DOMAINS]
+        if bad:
+            raise VocabularyError(f"vocabulary spec {spec!r}: unknown domain(s) {bad}; expected some of "
+                                  f"{list(DOMAINS)} or *")
+        out.append((domains, _chain(part.split("=", 1)[1])))
+    return PerDomain(out)
+
+
+_NAME = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def _domain_prefix(part: str) -> str | None:
+    """``condition|drug`` from ``condition|drug=caliber,...`` (an ``=`` before any ``(`` or ``,``), else None."""
+    for i, ch in enumerate(part):
+        if ch in "(,":
+            return None
+        if ch == "=":
+            return part[:i].strip()
+    return None
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside parentheses."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise VocabularyError(f"vocabulary spec {text!r}: unbalanced ')'")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise VocabularyError(f"vocabulary spec {text!r}: unbalanced '('")
+    parts.append("".join(cur))
+    return [p for p in parts if p.strip()]
+
+
+def _chain(text: str) -> Vocabulary:
+    items = _split_top(text, ",")
+    if not items:
+        raise VocabularyError(f"vocabulary spec {text!r} names no vocabulary")
+    members = []
+    for item in items:
+        m = _NAME.match(item)
+        if not m:
+            raise VocabularyError(f"vocabulary spec item {item.strip()!r}: expected name or name(key=value,...)")
+        params = {}
+        for kv in _split_top(m.group(2) or "", ","):
+            if "=" not in kv:
+                raise VocabularyError(f"vocabulary spec item {item.strip()!r}: parameter {kv.strip()!r} "
+                                      f"is not key=value")
+            k, v = kv.split("=", 1)
+            params[k.strip()] = v.strip()
+        members.append(_load(m.group(1), params))
+    return members[0] if len(members) == 1 else Chain(members)
+
+
+def _load(name: str, params: dict[str, str]) -> Vocabulary:
+    eps = available_vocabularies()
+    if name not in eps:
+        raise VocabularyError(f"unknown vocabulary {name!r}; available: {', '.join(sorted(eps))} (plug-ins "
+                              f"register in the entry-point group {ENTRY_POINT_GROUP!r})")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, Vocabulary)):
+        raise VocabularyError(f"entry point {name!r} ({eps[name].value}) is not a Vocabulary subclass")
+    vocab = cls(**params)
+    if not vocab.name:
+        vocab.name = name
+    return vocab
+
+
+# -- mapping events --------------------------------------------------------------------------------------
+@dataclass
+class MapResult:
+    """The tokens (in memory, or the folder they were written to) and the coverage report."""
+
+    tokens: pa.Table | None
+    path: Path | None
+    report: Any                    # omop_behrt.coverage.CoverageReport
+    vocab: str = ""
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _events_relation(con, events: "EventDir | str | Path | pa.Table"):
+    """Register the events as the view ``events`` (Parquet read lazily by DuckDB, or an Arrow table)."""
+    if isinstance(events, pa.Table):
+        missing = [f.name for f in EVENTS_SCHEMA if f.name not in events.column_names
+                   and f.name in ("subject_id", "time", "code", "domain")]
+        if missing:
+            raise VocabularyError(f"events table: missing column(s) {missing}")
+        for f in EVENTS_SCHEMA:
+            if f.name not in events.column_names:
+                events = events.append_column(f.name, pa.nulls(events.num_rows, f.type))
+        con.register("events", events)
+        return events.num_rows
+    d = events if isinstance(events, EventDir) else EventDir.open(events)
+    files = [str(f) for f in d.event_files()]
+    if not files:
+        raise VocabularyError(f"{d.path}: the event directory has no events/*.parquet files")
+    con.read_parquet(files).create_view("events")
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabulary" = "source", *,
+               cdm: Any = None, out: str | Path | None = None, progress: bool = True, sort: bool = True,
+               top_unmapped: int = 20, threads: int | None = None, memory_limit: str | None = None,
+               rows_per_shard: int = 5_000_000) -> MapResult:
+    """Map an event stream to tokens with ``vocab`` (name, spec string or Vocabulary) and report coverage.
+
+    ``cdm`` (a DuckDB file, URL, folder or OmopCdm) lends its vocabulary tables to ``concept``, ``ancestor``,
+    ``caliber`` (Athena SNOMED<->ICD10 links) and ``drop(tag=...)``. With ``out`` the tokens are written as
+    Parquet shards to ``out/tokens/part-*.parquet`` and ``tokens`` is None; otherwise they come back in
+    memory. ``sort`` orders tokens by (subject_id, time, visit_id, domain, code, token) so the same data
+    always gives the same token stream.
+    """
+    import duckdb
+    from tqdm.auto import tqdm
+
+    from .coverage import CoverageReport
+    t0 = time.perf_counter()
+    v = get_vocabulary(vocab)
+    if cdm is not None and not hasattr(cdm, "qtable"):
+        from .adapters.omop import OmopCdm
+        cdm = OmopCdm(cdm)
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute("SET memory_limit = $m", {"m": str(memory_limit)})
+    n_events = _events_relation(con, events)
+    ctx = MapContext(con, cdm)
+
+    keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
+    if isinstance(v, (Chain, PerDomain)):
+        mapping, who = v.map_keys_by_member(keys, ctx)
+    else:
+        mapping = _check_mapping(v.map_keys(keys, ctx), v)
+        ids = pc.unique(mapping.column("key_id"))
+        who = pa.table({"key_id": ids, "member": pa.array([v.spec()] * len(ids), pa.string())})
+    mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
+    con.register("keys", keys)
+    con.register("mapping", mapping)
+    sql = render(load_sql("vocab/tokens.sql"), {
+        "order": "ORDER BY subject_id, time, visit_id, domain, code, token" if sort else ""})
+    rel = con.sql(sql)
+    tokens, path = None, None
+    if out is None:
+        tokens = rel.to_arrow_table().cast(TOKENS_SCHEMA)
+        n_tokens = tokens.num_rows
+    else:
+        path = Path(out) / "tokens"
+        path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("part-*.parquet*"):
+            old.unlink()
+        writer = ShardWriter(path, "part", TOKENS_SCHEMA, rows_per_shard)
+        with tqdm(desc=f"map {v.spec()[:40]}", unit="token", unit_scale=True, disable=not progress,
+                  leave=False) as bar:
+            for batch in rel.to_arrow_reader(1_000_000):
+                writer.write(batch.cast(TOKENS_SCHEMA))
+                bar.update(batch.num_rows)
+        writer.close()
+        n_tokens = writer.rows
+    report = CoverageReport.from_mapping(ctx, keys, mapping, who, vocab=v.spec(), n_tokens=n_tokens,
+                                         top=top_unmapped)
+    seconds = time.perf_counter() - t0
+    report.seconds = round(seconds, 3)
+    con.close()
+    return MapResult(tokens=tokens, path=path, report=report, vocab=v.spec(), seconds=seconds,
+                     extra={"events_read": n_events})

@@ -1,0 +1,24 @@
+-- Events (view `events`) joined to their tokens: keys (distinct codes) x mapping (key_id -> token).
+-- One event gives as many rows as its key has tokens; unmapped and dropped keys give none (they are counted
+-- from the keys table, not here). visit_id is never null: events without a time and visit get 0.
+WITH mapped AS (
+    SELECT k.domain, k.code, k.source_code, k.concept_id, k.source_concept_id, m.token
+    FROM keys k
+    JOIN mapping m ON m.key_id = k.key_id
+    WHERE m.token IS NOT NULL
+)
+SELECT
+    e.subject_id,
+    CAST(e.time AS TIMESTAMP) AS time,
+    COALESCE(e.visit_id, 0) AS visit_id,
+    e.domain,
+    e.code,
+    m.token
+FROM events e
+JOIN mapped m
+  ON e.code = m.code
+ AND e.domain = m.domain
+ AND e.source_code IS NOT DISTINCT FROM m.source_code
+ AND e.concept_id IS NOT DISTINCT FROM m.concept_id
+ AND e.source_concept_id IS NOT DISTINCT FROM m.source_concept_id
+{order}

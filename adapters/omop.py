@@ -416,10 +416,11 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
         if d in done:
             continue
         if not cdm.has_table(spec.table):
-            summary.warnings.append(f"table {spec.table} absent: no {d} events")
+            if spec.table not in cdm._tables[cdm.cdm_schema]:
+                summary.warnings.append(f"table {spec.table} absent: no {d} events")
             continue
         sql, params = cdm.events_sql(spec, options)
-        total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.dialect == "duckdb" else None
+        total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
         writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard)
         quarantine: list[pa.Table] = []
         rows_in = 0

@@ -69,6 +69,8 @@ class Database:
     def __init__(self, *, duck=None, engine=None, description: str = ""):
         self.duck, self.engine, self.description = duck, engine, description
         self.dialect = "duckdb" if duck is not None else engine.dialect.name
+        #: COUNT(*) is free (DuckDB tables keep row counts); over CSV views or a server it is a full scan
+        self.cheap_count = False
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -88,7 +90,9 @@ class Database:
                 con = duckdb.connect(str(p), read_only=read_only)
             except duckdb.Error as e:
                 raise SourceError(f"cannot open {p} as a DuckDB database: {e}") from None
-            return cls(duck=con, description=str(p))
+            db = cls(duck=con, description=str(p))
+            db.cheap_count = True
+            return db
         if not read_only and p.suffix in (".duckdb", ".db"):
             import duckdb
             p.parent.mkdir(parents=True, exist_ok=True)

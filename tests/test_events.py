@@ -1,0 +1,136 @@
+"""The event-stream contract: schemas, validation errors that name the column, rebuilt visit ids, MEDS."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from omop_behrt import EventDir, EventSchemaError, from_meds, to_meds, validate_events, validate_persons
+from omop_behrt.events import EVENTS_SCHEMA, fill_rebuilt_visits, rebuilt_visit_ids
+
+
+def _events(**over):
+    base = {"subject_id": [1, 1, 2], "time": [dt.datetime(2020, 1, 1, 8), dt.datetime(2020, 1, 1, 17),
+                                             dt.datetime(2021, 5, 2)],
+            "code": ["SNOMED/44054006", "LOINC/2339-0", "RxNorm/1049630"], "numeric_value": [None, 5.5, None],
+            "visit_id": [None, None, 7], "domain": ["condition", "measurement", "drug"]}
+    base.update(over)
+    return pa.table(base)
+
+
+def test_validate_conforms_types_and_fills_optional_columns():
+    t = validate_events(_events())
+    assert t.schema == EVENTS_SCHEMA
+    assert t["numeric_value"].type == pa.float32() and t["concept_id"].null_count == 3
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"code": ["44054006", "LOINC/2339-0", "x/y"]}, r"column 'code' must look like 'VOCAB/code'.*'44054006'"),
+    ({"domain": ["condition", "labs", "drug"]}, r"column 'domain' has 'labs'"),
+    ({"subject_id": [1, None, 2]}, r"column 'subject_id' has 1 null values"),
+    ({"numeric_value": ["a", "b", "c"]}, r"column 'numeric_value' has type string, expected float"),
+])
+def test_validate_names_the_column(over, match):
+    with pytest.raises(EventSchemaError, match=match):
+        validate_events(_events(**over))
+
+
+def test_validate_missing_required_column():
+    with pytest.raises(EventSchemaError, match=r"required column 'code'"):
+        validate_events(_events().drop(["code"]))
+
+
+def test_validate_persons():
+    ok = validate_persons(pa.table({"subject_id": [1, 2], "sex": ["F", "M"]}))
+    assert ok.column_names == ["subject_id", "birth_date", "sex", "death_date", "source_id"]
+    with pytest.raises(EventSchemaError, match=r"'subject_id' must be unique; 2 appears more than once"):
+        validate_persons(pa.table({"subject_id": [1, 2, 2]}))
+    with pytest.raises(EventSchemaError, match=r"column 'sex' has 'female'"):
+        validate_persons(pa.table({"subject_id": [1], "sex": ["female"]}))
+
+
+def test_rebuilt_visits_one_per_subject_day():
+    t = fill_rebuilt_visits(validate_events(_events()))
+    v = t["visit_id"].to_pylist()
+    assert v[0] == v[1] < 0          # same subject, same day, no visit: one rebuilt visit
+    assert v[2] == 7                 # a real visit is kept
+    # deterministic and day-granular; different subjects or days give different ids
+    ids = rebuilt_visit_ids(np.array([1, 1, 2, 1]), np.array([0, 86_400_000_000 - 1, 0, 86_400_000_000]))
+    assert ids[0] == ids[1] and len({ids[0], ids[2], ids[3]}) == 3 and (ids < 0).all()
+    big = rebuilt_visit_ids(np.array([2**62]), np.array([0]))
+    assert big[0] < 0                # no overflow into positive (real) ids for huge subject ids
+
+
+# -- MEDS ------------------------------------------------------------------------------------------
+def test_meds_round_trip_eunomia(eunomia_events, tmp_path):
+    info = to_meds(eunomia_events, tmp_path / "meds", dataset_name="eunomia")
+    persons = eunomia_events.persons()
+    n_birth = persons["birth_date"].length() - persons["birth_date"].null_count
+    # events + MEDS_BIRTH + static sex + static source id (+ MEDS_DEATH: none in Eunomia)
+    assert info["rows"] == 217015 + n_birth + 2694 + 2694
+    data = pq.read_table(tmp_path / "meds" / "data" / "0.parquet")
+    assert data.column_names[:5] == ["subject_id", "time", "code", "numeric_value", "text_value"]
+    assert data["numeric_value"].type == pa.float32()
+    # sorted by subject then time, static rows (null time) first
+    keys = data.select(["subject_id", "time"]).to_pandas()
+    assert keys["subject_id"].is_monotonic_increasing
+    for _, g in keys.groupby("subject_id"):
+        t = g["time"]
+        assert t.isna().sum() == 2 and t.iloc[:2].isna().all() and t.dropna().is_monotonic_increasing
+    assert pc.sum(pc.equal(data["code"], "MEDS_BIRTH")).as_py() == n_birth
+    meta = json.loads((tmp_path / "meds" / "metadata" / "dataset.json").read_text())
+    assert meta["meds_version"] == "0.4.0" and meta["dataset_name"] == "eunomia" and meta["etl_name"] == "omop-behrt"
+    codes = pq.read_table(tmp_path / "meds" / "metadata" / "codes.parquet")
+    assert codes.column_names == ["code", "description", "parent_codes"]
+    assert codes.num_rows == pc.count_distinct(data["code"]).as_py()
+
+    back = from_meds(tmp_path / "meds", tmp_path / "back")
+    keys = [("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending"),
+            ("visit_id", "ascending"), ("numeric_value", "ascending")]
+    assert back.read_events().sort_by(keys).equals(eunomia_events.read_events().sort_by(keys))
+    assert back.persons().sort_by("subject_id").equals(persons.sort_by("subject_id"))
+    assert back.observation_periods().num_rows == eunomia_events.observation_periods().num_rows
+
+
+def test_meds_round_trip_with_deaths_and_shards(synthea_dir, tmp_path):
+    from omop_behrt.adapters import omop
+    omop.extract(synthea_dir, tmp_path / "ev", progress=False)
+    src = EventDir.open(tmp_path / "ev")
+    info = to_meds(src, tmp_path / "meds", rows_per_shard=10_000)
+    assert info["shards"] == 3
+    shards = [pq.read_table(f) for f in sorted((tmp_path / "meds" / "data").glob("*.parquet"))]
+    seen = [set(s["subject_id"].to_pylist()) for s in shards]
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2])     # each subject in exactly one shard
+    deaths = sum(pc.sum(pc.equal(s["code"], "MEDS_DEATH")).as_py() for s in shards)
+    assert deaths == 14
+    back = from_meds(tmp_path / "meds", tmp_path / "back")
+    assert back.persons().sort_by("subject_id").equals(src.persons().sort_by("subject_id"))
+    assert back.events().count_rows() == src.events().count_rows()
+
+
+def test_from_foreign_meds(tmp_path):
+    """MEDS written by another tool: no domain/visit columns, codes without a vocabulary prefix."""
+    (tmp_path / "m" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "subject_id": pa.array([5, 5, 5, 5], pa.int64()),
+        "time": pa.array([None, dt.datetime(1990, 1, 1), dt.datetime(2020, 3, 1, 9), dt.datetime(2020, 3, 1, 10)],
+                         pa.timestamp("us")),
+        "code": ["GENDER//F", "MEDS_BIRTH", "LOINC/2339-0", "ADMISSION"],
+        "numeric_value": pa.array([None, None, 99.0, None], pa.float32())}), tmp_path / "m" / "data" / "0.parquet")
+    d = from_meds(tmp_path / "m", tmp_path / "ev")
+    p = d.persons().to_pylist()[0]
+    assert p["sex"] == "F" and p["birth_date"] == dt.date(1990, 1, 1)
+    ev = d.read_events().sort_by("time").to_pylist()
+    assert [e["code"] for e in ev] == ["LOINC/2339-0", "MEDS/ADMISSION"]
+    assert [e["domain"] for e in ev] == ["measurement", "observation"]
+    assert ev[0]["visit_id"] == ev[1]["visit_id"] < 0            # rebuilt from (subject, day)
+
+
+def test_from_meds_rejects_non_meds(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a MEDS dataset"):
+        from_meds(tmp_path, tmp_path / "ev")

@@ -229,6 +229,16 @@ class OmopCdm:
                            f"{self.db.qualify(self.results_schema, stored)} c WHERE "
                            f"c.{quote(ccols['cohort_definition_id'])} = :cohort_id)")
             params["cohort_id"] = int(options.cohort_id)
+        if options.index_dates is not None:
+            # censoring at the index date happens here, inside the database: only events before it are read
+            ix = options.index_dates.group_by("subject_id").aggregate([("index_date", "max")])
+            params["ix_subject"] = ix["subject_id"].cast(pa.int64()).to_pylist()
+            params["ix_date"] = ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).to_pylist()
+            derived = ("SELECT unnest(CAST(:ix_subject AS BIGINT[])) AS subject_id, "
+                       "unnest(CAST(:ix_date AS DATE[])) AS index_date")
+            op = "<=" if options.inclusive else "<"
+            cond = f"ix.index_date IS NOT NULL" if date_col is None else f"{date_col} {op} ix.index_date"
+            clauses.append(f"EXISTS (SELECT 1 FROM ({derived}) ix WHERE ix.subject_id = {person_col} AND {cond})")
         if date_col is not None and options.start is not None:
             clauses.append(f"({date_col} IS NULL OR {date_col} >= :start_date)")
             params["start_date"] = options.start
@@ -325,6 +335,10 @@ class ExtractOptions:
     start: dt.date | None = None
     end: dt.date | None = None
     domains: Sequence[str] | None = None
+    #: (subject_id, index_date) rows: read only these persons, and only their events before their (latest)
+    #: index date, on or before it when ``inclusive``; see omop_behrt.cohorts for where index dates come from
+    index_dates: pa.Table | None = None
+    inclusive: bool = False
 
 
 _EVENT_COLUMNS = [f.name for f in EVENTS_SCHEMA]
@@ -388,7 +402,8 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
     done: dict = manifest.setdefault("parts", {})
     manifest.update({"source": cdm.db.description, "adapter": "omop", "cdm_version": cdm.cdm_version,
                      "cdm_schema": cdm.cdm_schema, "vocab_schema": cdm.vocab_schema,
-                     "filters": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                     "filters": {k: (list(v) if isinstance(v, (list, tuple)) else
+                                     f"{v.num_rows} index dates" if isinstance(v, pa.Table) else v)
                                  for k, v in options.__dict__.items() if v is not None}})
     out.manifest = manifest
     summary = ExtractSummary(source=cdm.db.description, cdm_version=cdm.cdm_version)

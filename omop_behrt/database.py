@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -250,6 +251,21 @@ class Database:
         with self.engine.begin() as conn:
             conn.execute(sa.text(sql), dict(params or {}))
 
+    @contextmanager
+    def transaction(self) -> Iterator["Transaction"]:
+        """One transaction: what runs inside commits together, or (on any error) not at all."""
+        if self.duck is not None:
+            self.duck.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                yield Transaction(self, None)
+            except BaseException:
+                self.duck.execute("ROLLBACK").fetchall()
+                raise
+            self.duck.execute("COMMIT").fetchall()
+            return
+        with self.engine.begin() as conn:
+            yield Transaction(self, conn)
+
     def close(self) -> None:
         if self.duck is not None:
             self.duck.close()
@@ -261,6 +277,44 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Transaction:
+    """Statements and bulk inserts inside one :meth:`Database.transaction`."""
+
+    def __init__(self, db: Database, conn):
+        self.db, self.conn = db, conn
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        if self.conn is None:
+            return self.db.duck.execute(self.db._duck_sql(sql), dict(params or {}) or None).fetchall()
+        import sqlalchemy as sa
+        result = self.conn.execute(sa.text(sql), dict(params or {}))
+        return list(result.fetchall()) if result.returns_rows else []
+
+    def insert_arrow(self, qualified_table: str, table: pa.Table) -> None:
+        """Bulk-insert an Arrow table (columns by name): DuckDB scans it, PostgreSQL gets it through COPY."""
+        cols = ", ".join(quote(c, "column name") for c in table.column_names)
+        if self.conn is None:
+            self.db.duck.register("_omop_behrt_insert", table)
+            try:
+                self.db.duck.execute(f"INSERT INTO {qualified_table} ({cols}) SELECT {cols} FROM _omop_behrt_insert"
+                                     ).fetchall()
+            finally:
+                self.db.duck.unregister("_omop_behrt_insert")
+            return
+        raw = self.conn.connection.driver_connection
+        if self.db.dialect == "postgresql" and hasattr(raw, "cursor") and hasattr(raw.cursor(), "copy"):
+            with raw.cursor() as cur, cur.copy(f"COPY {qualified_table} ({cols}) FROM STDIN") as cp:
+                for batch in table.to_batches(50_000):
+                    for row in zip(*(c.to_pylist() for c in batch.columns)):
+                        cp.write_row(row)
+            return
+        import sqlalchemy as sa
+        names = table.column_names
+        binds = ", ".join(f":{n}" for n in names)
+        for batch in table.to_batches(10_000):
+            self.conn.execute(sa.text(f"INSERT INTO {qualified_table} ({cols}) VALUES ({binds})"), batch.to_pylist())
 
 
 def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:

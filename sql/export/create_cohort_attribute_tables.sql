@@ -1,0 +1,13 @@
+-- OHDSI FeatureExtraction's cohort-attribute form (read by createCohortAttrCovariateSettings):
+-- one row per (cohort entry, embedding dimension); attribute_definition_id = dimension * 1000 + analysis id.
+CREATE TABLE IF NOT EXISTS {attribute_definition_table} (
+    attribute_definition_id BIGINT NOT NULL,
+    attribute_name VARCHAR(255) NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {cohort_attribute_table} (
+    cohort_definition_id BIGINT NOT NULL,
+    subject_id BIGINT NOT NULL,
+    cohort_start_date DATE NOT NULL,
+    attribute_definition_id BIGINT NOT NULL,
+    value_as_number FLOAT NOT NULL
+)

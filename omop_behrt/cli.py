@@ -51,12 +51,26 @@ def _add_extract(sub) -> None:
     p.add_argument("--domains", help="comma-separated subset of: visit,condition,drug,procedure,measurement,"
                                      "observation,device,death")
     p.add_argument("--resume", action="store_true", help="skip tables a previous, interrupted run finished")
+    p.add_argument("--format", choices=["omop", "fhir"], help="source kind (default: detected; FHIR when the "
+                                                             "source is a Bundle/NDJSON file or a folder of them)")
+    p.add_argument("--validate", action="store_true", help="FHIR: also validate every resource with fhir.resources "
+                                                           "R4B models (slow); invalid ones are quarantined")
+    p.add_argument("--fhir-views", help="FHIR: folder of SQL-on-FHIR ViewDefinition JSON files adding to or "
+                                        "replacing (by name) the packaged mapping views")
     p.add_argument("--json", dest="json_out", help="also write the summary as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_extract(args) -> int:
-    from .adapters import omop
+    from .adapters import fhir, omop
+    if args.format == "fhir" or (args.format is None and fhir.is_fhir_source(args.source)):
+        summary = fhir.extract(args.source, args.out, validate=args.validate, views=args.fhir_views,
+                               resume=args.resume, progress=not args.quiet)
+        print(summary.table())
+        print(f"event directory: {args.out}")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+        return 0
     options = omop.ExtractOptions(person_ids=args.person_ids, cohort_id=args.cohort_id,
                                   cohort_table=args.cohort_table, start=args.start, end=args.end,
                                   domains=args.domains.split(",") if args.domains else None)
@@ -127,6 +141,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also helps CPUs with AVX512-BF16")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -139,14 +155,171 @@ def _run_pretrain(args) -> int:
                    max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr, plos=args.plos,
                    sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                   threads=args.threads, progress=not args.quiet)
+                   threads=args.threads, progress=not args.quiet, precision=args.precision)
     print(json.dumps(res, indent=2))
     print(f"model directory: {args.out}")
     return 0
 
 
+# -- vocab -----------------------------------------------------------------------------------------
+def _add_vocab(sub) -> None:
+    p = sub.add_parser("vocab", help="map an event directory to tokens with a vocabulary; coverage report",
+                       description="Vocabularies decide which tokens the model sees: source, concept, ancestor, "
+                                   "caliber, csv, drop(...) filters, chains (caliber,concept,source) and per-domain "
+                                   "specs (condition=caliber,source; *=concept). See README, Vocabularies.")
+    vs = p.add_subparsers(dest="vocab_command", required=True, metavar="ACTION")
+    for name, helptext in (("report", "print the coverage report of a vocabulary on an event directory"),
+                           ("map", "write the tokens (out/tokens/part-*.parquet) and the coverage report")):
+        q = vs.add_parser(name, help=helptext)
+        q.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
+        q.add_argument("--vocab", default="source", help="vocabulary spec, e.g. caliber or caliber,concept,source")
+        q.add_argument("--cdm", help="CDM with the vocabulary tables (DuckDB file, URL or export folder), for "
+                                     "concept, ancestor, Athena links and drop(tag=...)")
+        q.add_argument("--vocab-schema", help="schema of concept & co. in --cdm (default: main / public)")
+        q.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+        q.add_argument("--top", type=int, default=20, help="how many unmapped codes to list (default 20)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "map":
+            q.add_argument("--out", required=True, help="folder to write tokens/part-*.parquet and report.json in")
+            q.add_argument("--no-sort", action="store_true", help="keep the join's order (faster on big data)")
+    vs.add_parser("list", help="list the vocabularies registered in the entry-point group")
+
+
+def _run_vocab(args) -> int:
+    from .vocab import available_vocabularies, map_events
+    if args.vocab_command == "list":
+        for name, ep in sorted(available_vocabularies().items()):
+            print(f"{name:<12} {ep.value}")
+        return 0
+    cdm = None
+    if args.cdm:
+        from .adapters.omop import OmopCdm
+        cdm = OmopCdm(args.cdm, vocab_schema=args.vocab_schema)
+    out = args.out if args.vocab_command == "map" else None
+    if args.vocab_command == "report":
+        res = map_events(args.events, args.vocab, cdm=cdm, progress=not args.quiet, sort=False, top_unmapped=args.top)
+    else:
+        res = map_events(args.events, args.vocab, cdm=cdm, out=out, progress=not args.quiet,
+                         sort=not args.no_sort, top_unmapped=args.top)
+    print(res.report.table())
+    if out is not None:
+        res.report.write_json(Path(out) / "report.json")
+        print(f"tokens written to {res.path} ({res.report.tokens:,} tokens, {res.seconds:.1f} s)")
+    if args.json_out:
+        res.report.write_json(args.json_out)
+    return 0
+
+# -- cohorts & embeddings --------------------------------------------------------------------------
+def _add_cohort(sub) -> None:
+    p = sub.add_parser("cohort", help="build an OHDSI cohort table inside the CDM's database",
+                       description="Write a cohort (index dates) into <results-schema>.<cohort-table>, in SQL, "
+                                   "inside the database. Re-running replaces the cohort's rows.")
+    p.add_argument("kind", choices=["first-occurrence", "min-visits"])
+    p.add_argument("--source", required=True, help="DuckDB file or SQLAlchemy URL of the CDM")
+    p.add_argument("--cohort-id", type=int, required=True, help="cohort_definition_id to write")
+    p.add_argument("--concepts", help="first-occurrence: comma-separated concept ids")
+    p.add_argument("--no-descendants", action="store_true", help="first-occurrence: the concepts only")
+    p.add_argument("--min-visits", type=int, default=2, help="min-visits: N (index = the N-th visit)")
+    p.add_argument("--visits", choices=["visit_occurrence", "days"], default="visit_occurrence",
+                   help="min-visits: count CDM visits, or distinct days with events")
+    p.add_argument("--cdm-schema")
+    p.add_argument("--vocab-schema")
+    p.add_argument("--results-schema", default="results")
+    p.add_argument("--cohort-table", default="cohort")
+    p.add_argument("--allow-cdm-schema", action="store_true", help="allow writing into the CDM schema")
+
+
+def _run_cohort(args) -> int:
+    from . import cohorts
+    common = dict(cdm_schema=args.cdm_schema, results_schema=args.results_schema, cohort_table=args.cohort_table,
+                  allow_cdm_schema=args.allow_cdm_schema)
+    if args.kind == "first-occurrence":
+        if not args.concepts:
+            raise ValueError("first-occurrence needs --concepts (comma-separated concept ids)")
+        n = cohorts.first_occurrence_cohort(args.source, args.cohort_id, _ids(args.concepts),
+                                            descendants=not args.no_descendants, vocab_schema=args.vocab_schema,
+                                            **common)
+    else:
+        n = cohorts.min_visits_cohort(args.source, args.cohort_id, args.min_visits, visits=args.visits, **common)
+    print(f"cohort {args.cohort_id}: {n:,} persons written to {args.results_schema}.{args.cohort_table}")
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="patient vectors as of index dates, exported to a table",
+                       description="Embed every entry of a cohort as of its index date (only earlier events "
+                                   "are read) and write patient_embedding + embedding_model (+ OHDSI form).")
+    p.add_argument("--model", required=True, help="model directory (from `omop-behrt pretrain`)")
+    p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--cohort-id", type=int, help="cohort_definition_id in <results-schema>.<cohort-table>")
+    g.add_argument("--cohort", help="CSV with subject_id,index_date[,cohort_definition_id]")
+    g.add_argument("--labels", help="MEDS label parquet file or folder (subject_id, prediction_time)")
+    p.add_argument("--out", required=True, help="target: DuckDB file, SQLAlchemy URL, .parquet file or folder")
+    p.add_argument("--schema", help="schema of the target tables (default: results)")
+    p.add_argument("--table", default="patient_embedding")
+    p.add_argument("--cdm-schema")
+    p.add_argument("--results-schema", default="results", help="where the cohort table is")
+    p.add_argument("--cohort-table", default="cohort")
+    p.add_argument("--cohort-definition-id", type=int, default=0, help="id recorded for --cohort/--labels rows")
+    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="cls")
+    p.add_argument("--inclusive", action="store_true", help="also use events on the index date itself")
+    p.add_argument("--ohdsi-analysis-id", type=int, help="also write cohort_attribute/attribute_definition "
+                                                          "(analysis id 990..999)")
+    p.add_argument("--allow-cdm-schema", action="store_true")
+    p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index")
+    p.add_argument("--batch-tokens", type=int, default=16_384)
+    p.add_argument("--chunk-persons", type=int, default=20_000)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--work-dir", help="keep intermediate chunks here; with --resume, continue a stopped run")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_embed(args) -> int:
+    import time
+
+    import pyarrow as pa
+
+    from . import cohorts, export
+    from .embed import embed_cohort, model_checksum
+    if args.cohort_id is not None:
+        index = cohorts.CohortTable(args.source, args.results_schema, args.cohort_table).read(args.cohort_id)
+        cohort_source = f"{args.results_schema}.{args.cohort_table} cohort_definition_id={args.cohort_id}"
+    elif args.cohort:
+        index = cohorts.index_dates_from_csv(args.cohort, args.cohort_definition_id)
+        cohort_source = f"csv {args.cohort}"
+    else:
+        index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id)
+        cohort_source = f"MEDS labels {args.labels}"
+    t0 = time.perf_counter()
+    res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
+                       cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
+                       chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
+                       resume=args.resume, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    keep = pa.array(res.has_history | args.keep_empty)
+    meta = json.loads((Path(args.model) / "metadata.json").read_text())
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    checksum = model_checksum(args.model)
+    info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", Path(args.model).name),
+                                     dims=res.vectors.shape[1], checksum=checksum, config=config)
+    prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))
+    w = export.write_embeddings(args.out, res.index.filter(keep), res.vectors[keep.to_numpy(zero_copy_only=False)],
+                                info, schema=args.schema, table=args.table, ohdsi_analysis_id=args.ohdsi_analysis_id,
+                                provenance=prov, allow_cdm_schema=args.allow_cdm_schema)
+    sk = res.provenance["skipped"]
+    print(f"embedded {res.provenance['embedded']:,} of {index.num_rows:,} cohort entries in {seconds:.1f} s "
+          f"({index.num_rows / max(seconds, 1e-9):,.0f} patients/s, {res.provenance['device']})")
+    print(f"skipped: {sk['no history before index']:,} without history before the index date, "
+          f"{sk['subject not in source']:,} not in the source")
+    print(f"wrote {w.rows:,} rows ({w.vector_type}) to {w.target}; replaced {w.replaced:,}; model_id {info.model_id}"
+          + (f"; {w.ohdsi_rows:,} cohort_attribute rows" if w.ohdsi_rows else ""))
+    return 0
+
+
 COMMANDS = {"extract": _run_extract, "to-meds": _run_to_meds, "from-meds": _run_from_meds, "demo": _run_demo,
-            "pretrain": _run_pretrain}
+            "pretrain": _run_pretrain, "vocab": _run_vocab, "cohort": _run_cohort, "embed": _run_embed}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_meds(sub)
     _add_demo(sub)
     _add_pretrain(sub)
+    _add_vocab(sub)
+    _add_cohort(sub)
+    _add_embed(sub)
     return parser
 
 

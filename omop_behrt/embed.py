@@ -1,0 +1,281 @@
+"""Patient vectors as of an index date: the scikit-learn extractor and the streaming, resumable embedding run.
+
+The path of one run: index dates -> events extracted with censoring in the CDM's SQL (only events before each
+person's index date leave the database) -> the model's vocabulary -> tokens cut at each entry's own index
+time -> encoder -> pooled vector. Work goes chunk by chunk (fixed memory whatever the cohort size, length-
+sorted batches inside a chunk); each finished chunk is saved, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from tqdm.auto import tqdm
+
+from .cohorts import INDEX_SCHEMA, index_dates_from_frame
+from .events import EventDir
+
+POOLINGS = ("cls", "mean", "last_visit")
+
+
+def pool(model, hidden: torch.Tensor, batch: dict, pooling: str) -> torch.Tensor:
+    """One vector per sequence: the pooled [CLS] (BEHRT), the mean of real tokens, or the last visit's mean."""
+    if pooling == "cls":
+        return model.pool(hidden)
+    mask = batch["attention_mask"]
+    if pooling == "last_visit":
+        pos = batch["positions"].masked_fill(~mask, -1)
+        last = pos.max(dim=1, keepdim=True).values
+        mask = mask & (pos == last)
+    w = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+@torch.inference_mode()
+def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16_384,
+                    device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+    """Vectors (n, hidden) float32 for tokenised sequences, in their order; batches are length-sorted."""
+    from .pretrain import batches, collate
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    device = torch.device(device)
+    out = np.zeros((len(seqs), model.config.hidden), dtype=np.float32)
+    extras = model.config.extras
+    use_bf16 = device.type == "cuda"
+    with tqdm(total=len(seqs), desc="embed", unit="patient", disable=not progress, leave=False) as bar:
+        for idx in batches(seqs.lengths, max(batch_tokens, int(seqs.lengths.max(initial=1))), 0, 0, shuffle=False):
+            b = {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, extras).items()}
+            b.pop("plos", None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                hidden = model(**b)
+                vec = pool(model, hidden, b, pooling)
+            out[idx] = vec.float().cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def _match_rows(seq_subject: np.ndarray, seq_time: np.ndarray, row_subject: np.ndarray,
+                row_time: np.ndarray) -> np.ndarray:
+    """For each (subject, cut) row, the index of the sequence with the same key (vectorised search)."""
+    key = np.dtype([("s", np.int64), ("t", np.int64)])
+    seq_key = np.empty(len(seq_subject), key)
+    seq_key["s"], seq_key["t"] = seq_subject, seq_time
+    row_key = np.empty(len(row_subject), key)
+    row_key["s"], row_key["t"] = row_subject, row_time
+    order = np.argsort(seq_key, order=("s", "t"))
+    pos = np.searchsorted(seq_key[order], row_key)
+    found = order[np.minimum(pos, len(order) - 1)]
+    if len(order) == 0 or not (seq_key[found] == row_key).all():
+        raise RuntimeError("internal error: an index row has no tokenised sequence")
+    return found
+
+
+def _is_cdm(source) -> bool:
+    s = str(source)
+    return "://" in s or (Path(s).is_file()) or (Path(s).is_dir() and not (Path(s) / "events").is_dir())
+
+
+def model_checksum(model_dir: str | Path) -> str:
+    """sha256 of model.safetensors: what the registry and provenance record."""
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class EmbeddingResult:
+    """Vectors aligned with the index rows, and who had no history before the index date."""
+
+    index: pa.Table
+    vectors: np.ndarray
+    has_history: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+
+def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str = "cls", inclusive: bool = False,
+                 cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
+                 chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
+                 resume: bool = False, progress: bool = True, model=None) -> EmbeddingResult:
+    """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
+
+    ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
+    directory. ``work_dir`` keeps the censored events and finished chunks (``resume=True`` reuses them).
+    """
+    from .adapters import omop
+    from .model import Behrt
+    from .pretrain import resolve_device
+    from .tokenizer import tokenize, visit_table
+    from .vocab import map_events
+    t0 = time.perf_counter()
+    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    dev = resolve_device(device)
+    model = model if model is not None else Behrt.load(model_dir, device=dev)
+    vocab_name = model.metadata.get("vocab", "source")
+    tmp = None
+    if work_dir is None:
+        tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if _is_cdm(source):
+            opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive)
+            omop.extract(source, work / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema, options=opts,
+                         resume=resume and (work / "events" / "manifest.json").exists(), progress=progress)
+            events, cdm = EventDir.open(work / "events"), source
+        else:
+            events, cdm = (source if isinstance(source, EventDir) else EventDir.open(source)), None
+        persons = events.persons()
+        visits = visit_table(events)
+        dset = events.events()
+        # the cut per entry: strictly before the index date, or through the end of its day when inclusive
+        cut = index["index_date"].cast(pa.timestamp("us"))
+        if inclusive:
+            cut = pc.add(pc.floor_temporal(cut, unit="day"), pa.scalar(86_400_000_000, pa.duration("us")))
+        subjects = np.unique(index["subject_id"].to_numpy())
+        n_chunks = max(1, -(-len(subjects) // chunk_persons))
+        vectors = np.zeros((index.num_rows, model.config.hidden), dtype=np.float32)
+        has_history = np.zeros(index.num_rows, dtype=bool)
+        chunk_dir = work / "chunks"
+        chunk_dir.mkdir(exist_ok=True)
+        row_subject = index["subject_id"].to_numpy()
+        row_cut = cut.to_numpy().astype("datetime64[us]").astype(np.int64)
+        with tqdm(total=index.num_rows, desc="patients", unit="patient", disable=not progress) as bar:
+            for k in range(n_chunks):
+                chunk_subjects = subjects[k * chunk_persons:(k + 1) * chunk_persons]
+                rows = np.flatnonzero(np.isin(row_subject, chunk_subjects))
+                done = chunk_dir / f"chunk-{k:05d}.npz"
+                if resume and done.exists():
+                    saved = np.load(done, allow_pickle=False)
+                    vectors[rows], has_history[rows] = saved["vectors"], saved["has_history"]
+                    bar.update(len(rows))
+                    continue
+                ev = dset.to_table(filter=ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64())))
+                tokens = map_events(ev, vocab=vocab_name, cdm=cdm, progress=False).tokens
+                cutoff = pa.table({"subject_id": pa.array(row_subject[rows], pa.int64()),
+                                   "index_time": pa.array(row_cut[rows], pa.timestamp("us"))})
+                seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len,
+                                age_unit=model.config.age_unit, cutoff=cutoff, visits=visits)
+                vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev)
+                seq_of_row = _match_rows(seqs.subject_id, seqs.index_time, row_subject[rows], row_cut[rows])
+                vectors[rows] = vec[seq_of_row]
+                has_history[rows] = seqs.lengths[seq_of_row] > 1
+                tmp_file = chunk_dir / f"chunk-{k:05d}.tmp.npz"
+                np.savez(tmp_file, vectors=vectors[rows], has_history=has_history[rows])
+                os.replace(tmp_file, done)
+                bar.update(len(rows))
+        skipped_unknown = int((~np.isin(row_subject, persons["subject_id"].to_numpy())).sum())
+        prov = {"model_dir": str(model_dir), "model_checksum": model_checksum(model_dir) if model_dir else None,
+                "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling,
+                "index_rule": "events on or before the index date" if inclusive else
+                "events strictly before the index date",
+                "censoring": "extraction SQL" if cdm is not None else "tokenizer cut-off",
+                "rows": index.num_rows, "embedded": int(has_history.sum()),
+                "skipped": {"no history before index": int((~has_history).sum()) - skipped_unknown,
+                            "subject not in source": skipped_unknown},
+                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev)}
+        return EmbeddingResult(index, vectors, has_history, prov)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _as_index(X) -> pa.Table:
+    """Accept a DataFrame / Arrow table with (subject_id, index_date[, cohort_definition_id]) or an (n, 2) array."""
+    if isinstance(X, pa.Table) or hasattr(X, "columns"):
+        t = index_dates_from_frame(X)
+    else:
+        if hasattr(X, "toarray"):
+            raise TypeError("sparse input is not (subject_id, index_date) rows; pass a DataFrame")
+        arr = np.asarray(X)
+        if arr.ndim == 1:
+            raise ValueError("Expected 2D (subject_id, index_date) rows, got a 1D array. Reshape your data.")
+        t = _index_from_array(arr)
+    if t.num_rows == 0:
+        raise ValueError("X has 0 rows: nothing to embed (expected subject_id, index_date rows)")
+    return t
+
+
+def _index_from_array(arr: np.ndarray) -> pa.Table:
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError("X must be a table with columns subject_id and index_date (a DataFrame, an Arrow "
+                         f"table, or an (n, 2) array of subject ids and dates); got shape {arr.shape}")
+    return index_dates_from_frame(pa.table({"subject_id": arr[:, 0].astype(np.int64),
+                                            "index_date": arr[:, 1].astype("datetime64[us]")}))
+
+
+class PatientEmbedder(TransformerMixin, BaseEstimator):
+    """scikit-learn transformer: (subject_id, index_date) rows -> (n, d) float32 patient vectors.
+
+    ``fit`` loads and checks the model (no learning: the encoder is pretrained) and returns self;
+    ``transform`` embeds as of each row's index date. Rows without any history before the index date get the
+    model's empty-history vector and are listed in ``skipped_`` after ``transform``.
+    """
+
+    def __init__(self, model_dir=None, source=None, *, pooling: str = "cls", inclusive: bool = False,
+                 batch_tokens: int = 16_384, chunk_persons: int = 20_000, device: str = "auto",
+                 cdm_schema: str | None = None, progress: bool = False):
+        self.model_dir = model_dir
+        self.source = source
+        self.pooling = pooling
+        self.inclusive = inclusive
+        self.batch_tokens = batch_tokens
+        self.chunk_persons = chunk_persons
+        self.device = device
+        self.cdm_schema = cdm_schema
+        self.progress = progress
+
+    def fit(self, X=None, y=None):
+        """Load and check the model; when X is given, check it is (subject_id, index_date) rows."""
+        from .model import Behrt
+        from .pretrain import resolve_device
+        if self.model_dir is None or self.source is None:
+            raise ValueError("PatientEmbedder needs model_dir (a pretrained model directory) and source "
+                             "(an OMOP CDM or an event directory)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if X is not None:
+            _as_index(X)
+            self.n_features_in_ = 2
+            if hasattr(X, "columns"):
+                self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.model_ = Behrt.load(self.model_dir, device=resolve_device(self.device))
+        self.n_features_out_ = self.model_.config.hidden
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, "model_")
+        index = _as_index(X)
+        res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
+                           cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,
+                           chunk_persons=self.chunk_persons, device=self.device, progress=self.progress,
+                           model=self.model_)
+        self.skipped_ = index.filter(pa.array(~res.has_history))
+        self.provenance_ = res.provenance
+        return res.vectors
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, "n_features_out_")
+        return np.asarray([f"emb_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

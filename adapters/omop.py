@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -370,11 +371,14 @@ def _quarantine_rows(batch: pa.RecordBatch | pa.Table, mask, source: str, with_c
 def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str | None = None,
             vocab_schema: str | None = None, results_schema: str | None = None,
             options: ExtractOptions | None = None, resume: bool = False, batch_rows: int = 1_000_000,
-            rows_per_shard: int = 5_000_000, progress: bool = True) -> ExtractSummary:
+            rows_per_shard: int = 5_000_000, memory_limit: str | None = "2GB",
+            progress: bool = True) -> ExtractSummary:
     """Read an OMOP CDM into an event directory at ``out`` and return what was read and written.
 
     Each table is one streamed query; a finished table is recorded in the manifest, so ``resume=True``
     skips it after an interruption. Rows with a null person or date (and the like) go to quarantine.
+    ``memory_limit`` bounds an in-process DuckDB source (it spills to ``out/.duckdb_tmp``); a server's own
+    settings govern a SQLAlchemy source.
     """
     t0 = time.perf_counter()
     options = options or ExtractOptions()
@@ -392,6 +396,7 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
 
     out = EventDir(Path(out))
     out.path.mkdir(parents=True, exist_ok=True)
+    cdm.db.limit_memory(memory_limit, out.path / ".duckdb_tmp")
     manifest = out.manifest if resume else {}
     if resume and manifest.get("source") not in (None, cdm.db.description):
         raise ValueError(f"--resume: {out.path} was extracted from {manifest.get('source')}, "
@@ -459,19 +464,20 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
         out.write_manifest()
 
     summary.warnings = cdm.warnings + summary.warnings
-    _fill_counts(out, summary)
+    _fill_counts(out, summary, memory_limit)
     summary.seconds = round(time.perf_counter() - t0, 3)
     manifest["summary"] = summary.as_dict()
     out.write_manifest()
     return summary
 
 
-def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
+def _fill_counts(out: EventDir, summary: ExtractSummary, memory_limit: str | None) -> None:
     """Counts from what is on disk (so a resumed run reports the whole extraction), via DuckDB."""
     import duckdb
     parts = out.manifest.get("parts", {})
     summary.events_in = sum(v.get("rows_in", 0) for k, v in parts.items() if k != "persons")
     con = duckdb.connect()
+    Database(duck=con).limit_memory(memory_limit, out.path / ".duckdb_tmp")
     files = [str(f) for f in out.event_files()]
     if files:
         rows = con.execute("SELECT domain, COUNT(*) FROM read_parquet($f) GROUP BY 1", {"f": files}).fetchall()
@@ -487,6 +493,8 @@ def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     summary.quarantined = sum(n for k, n in summary.quarantined_by_reason.items()
                               if not k.startswith(("person:", "observation_period:")))
     summary.persons = out.persons().num_rows
+    con.close()
+    shutil.rmtree(out.path / ".duckdb_tmp", ignore_errors=True)
 
 
 def extract_events(*args, **kwargs) -> EventDir:

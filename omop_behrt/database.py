@@ -153,6 +153,20 @@ class Database:
             raise SourceError(f"{folder} holds no CDM table exports (*.csv, *.csv.gz, *.parquet)")
         return cls(duck=con, description=str(folder))
 
+    def limit_memory(self, limit: str | None, temp_dir: Path | None = None, threads: int | None = None) -> None:
+        """Bound an in-process DuckDB's memory (it spills big joins/aggregates to ``temp_dir``); servers: no-op."""
+        if self.duck is None:
+            return
+        if limit is not None:
+            if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit.strip()):
+                raise ValueError(f"memory limit must look like '2GB' or '512MB', got {limit!r}")
+            self.duck.execute(f"SET memory_limit = {_sql_str(limit.strip())}").fetchall()
+        if temp_dir is not None:
+            Path(temp_dir).mkdir(parents=True, exist_ok=True)
+            self.duck.execute(f"SET temp_directory = {_sql_str(str(temp_dir))}").fetchall()
+        if threads is not None:
+            self.duck.execute(f"SET threads = {int(threads)}").fetchall()
+
     # -- introspection ---------------------------------------------------------------------------
     @property
     def default_schema(self) -> str:

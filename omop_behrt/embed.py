@@ -139,7 +139,6 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
         else:
             events, cdm = (source if isinstance(source, EventDir) else EventDir.open(source)), None
         persons = events.persons()
-        visits = visit_table(events)
         dset = events.events()
         # the cut per entry: strictly before the index date, or through the end of its day when inclusive
         cut = index["index_date"].cast(pa.timestamp("us"))
@@ -165,6 +164,7 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                     continue
                 ev = dset.to_table(filter=ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64())))
                 tokens = map_events(ev, vocab=vocab_name, cdm=cdm, progress=False).tokens
+                visits = visit_table(ds.dataset(ev))
                 cutoff = pa.table({"subject_id": pa.array(row_subject[rows], pa.int64()),
                                    "index_time": pa.array(row_cut[rows], pa.timestamp("us"))})
                 seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len,

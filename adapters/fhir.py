@@ -1,0 +1,292 @@
+"""FHIR R4 (R4B/R5 field names too) -> the canonical event stream, through SQL-on-FHIR v2 ViewDefinitions.
+
+Reads Bundles and bulk-export NDJSON (adapters/fhir_reader.py), runs the views shipped in ``sql/fhir/`` (plus any
+the user adds or overrides) on every resource (adapters/viewdefinition.py), and writes the same event directory
+as the OMOP adapter. Input is split into parts of whole files, run in up to ``workers`` processes
+(adapters/fhir_part.py); a finished part is recorded in the manifest, so ``resume=True`` skips it. This module
+starts the parts and then settles the directory: persons, rows pending on a Patient, counts and the summary.
+
+An event view yields rows with columns ``subject`` (a Patient reference), ``time``, ``domain`` and ``coding``
+(a Coding; or ``system`` + ``code``), optionally ``encounter``, ``end_time``, ``value`` and ``source_coding``;
+the ``patient`` view yields ``id``, ``birth_date``, ``gender``, ``deceased_time``, ``deceased``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ..events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter, write_table
+from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix
+from .fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
+from .fhir_reader import NotFhirError, input_files, is_fhir_source, is_ndjson, read_ndjson
+
+__all__ = ["extract", "is_fhir_source", "FhirExtractSummary", "load_fhir_views", "fhir_id", "NotFhirError",
+           "EVENT_COLUMNS"]
+
+_PART_BYTES = 48 << 20
+
+
+@dataclass
+class FhirExtractSummary:
+    """What a FHIR extraction read and wrote; printed by the CLI and stored in the manifest."""
+
+    source: str
+    files: int = 0
+    persons: int = 0
+    resources_read: int = 0
+    resources_in: int = 0
+    resources_out: int = 0
+    quarantined: int = 0
+    ignored_by_type: dict = field(default_factory=dict)
+    resources_by_type: dict = field(default_factory=dict)
+    events_out: int = 0
+    events_by_domain: dict = field(default_factory=dict)
+    quarantined_by_reason: dict = field(default_factory=dict)
+    unknown_code_systems: dict = field(default_factory=dict)
+    visits: int = 0
+    rebuilt_visits: int = 0
+    validated: bool = False
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def resources_per_second(self) -> float:
+        return self.resources_read / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def table(self) -> str:
+        """A human-readable summary."""
+        lines = [f"source        {self.source} (FHIR, {self.files:,} files{', validated' if self.validated else ''})",
+                 f"persons       {self.persons:,}",
+                 f"resources     {self.resources_in:,} in = {self.resources_out:,} out + {self.quarantined:,} "
+                 f"quarantined ({self.resources_read:,} read, {sum(self.ignored_by_type.values()):,} of types "
+                 f"without a view)"]
+        for t, n in sorted(self.resources_by_type.items()):
+            lines.append(f"  {t:<26}{n:>10,}")
+        if self.ignored_by_type:
+            lines.append("  ignored: " + ", ".join(f"{t} {n:,}" for t, n in sorted(self.ignored_by_type.items())))
+        lines.append(f"events        {self.events_out:,} written")
+        for d, n in sorted(self.events_by_domain.items()):
+            lines.append(f"  {d:<12}{n:>12,}")
+        lines.append(f"visits        {self.visits:,} from Encounters, {self.rebuilt_visits:,} rebuilt from "
+                     f"(person, day)")
+        for r, n in sorted(self.quarantined_by_reason.items()):
+            lines.append(f"  quarantined {n:>10,}  {r}")
+        for s, n in sorted(self.unknown_code_systems.items()):
+            prefix = code_prefix(None if s == "(no system)" else s)
+            lines.append(f"  unknown code system {s} ({n:,} events, prefix {prefix})")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        lines.append(f"time          {self.seconds:.1f} s ({self.resources_per_second:,.0f} resources/s)")
+        return "\n".join(lines)
+
+
+def _parts(files: list[Path]) -> list[list[str]]:
+    """Whole files grouped into parts of about ``_PART_BYTES`` of input."""
+    parts, cur, size = [], [], 0
+    for f in files:
+        n = f.stat().st_size * (6 if f.name.endswith(".gz") else 1)
+        if cur and size + n > _PART_BYTES:
+            parts.append(cur)
+            cur, size = [], 0
+        cur.append(str(f))
+        size += n
+    if cur:
+        parts.append(cur)
+    return parts
+
+
+def extract(source: str | Path, out: str | Path, *, validate: bool = False, views: str | Path | None = None,
+            progress: bool = True, resume: bool = False, workers: int | None = None) -> FhirExtractSummary:
+    """Read FHIR Bundles / bulk NDJSON at ``source`` into an event directory at ``out``; return the summary.
+
+    ``views``: a folder of ViewDefinition JSON files adding to or replacing (by name) the packaged ones.
+    ``validate``: also check every resource against fhir.resources' R4B models (slow); invalid ones are quarantined.
+    ``workers``: processes for the parts (default: up to 2, never more than the parts).
+    """
+    t0 = time.perf_counter()
+    files, notes = input_files(source, exclude=out)
+    load_fhir_views(views)          # fail fast on a bad view folder before any work
+    out = EventDir(Path(out))
+    out.path.mkdir(parents=True, exist_ok=True)
+    (out.path / ".fhir").mkdir(exist_ok=True)
+    src = str(Path(source).resolve())
+    manifest = out.manifest if resume else {}
+    if resume and manifest.get("source") not in (None, src):
+        raise ValueError(f"--resume: {out.path} was extracted from {manifest.get('source')}, not {src}")
+    if not resume:
+        for old in (list(out.events_dir.glob("*.parquet*")) + list(out.path.glob("quarantine*.parquet*"))
+                    + list((out.path / ".fhir").glob("*.parquet*"))):
+            old.unlink()
+    parts = _parts(files)
+    done: dict = manifest.setdefault("parts", {})
+    manifest.update({"source": src, "adapter": "fhir", "validate": validate,
+                     "views": str(views) if views else None, "notes": notes})
+    out.manifest = manifest
+    out.write_manifest()
+    known = _patient_ids_first(files, parts)
+    todo = [(i, p) for i, p in enumerate(parts) if str(i) not in done]
+    nworkers = max(1, min(workers or min(2, os.cpu_count() or 1), len(todo)))
+    args = [(i, p, str(out.path), str(views) if views else None, validate, known) for i, p in todo]
+    bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="extract FHIR", unit="part",
+               disable=not progress, leave=False)
+    if nworkers == 1:
+        results = map(run_part, args)
+    else:
+        pool = ProcessPoolExecutor(nworkers)
+        results = pool.map(run_part, args)
+    try:
+        for (i, _), counts in zip(todo, results):
+            done[str(i)] = counts
+            out.write_manifest()
+            bar.update(1)
+    finally:
+        bar.close()
+        if nworkers > 1:
+            pool.shutdown()
+    summary = FhirExtractSummary(source=src, files=len(files), validated=validate)
+    finish(out, summary, notes)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    manifest["summary"] = summary.as_dict()
+    out.write_manifest()
+    return summary
+
+
+def _patient_ids_first(files: list[Path], parts: list[list[str]]) -> set[int]:
+    """Subject ids of the NDJSON Patient files (read first and cheaply), so every part knows them up front."""
+    known: set[int] = set()
+    for f in files:
+        if not is_ndjson(f):
+            continue
+        items = read_ndjson(f)
+        first = next(items, None)
+        if first is None or first.resource is None or first.resource.get("resourceType") != "Patient":
+            continue
+        for item in [first, *items]:
+            r = item.resource
+            if r is not None and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str):
+                known.add(fhir_id(r["id"]))
+    return known
+
+
+def read_persons_parts(out: Path) -> pa.Table:
+    files = sorted((out / ".fhir").glob("persons-*.parquet"))
+    if not files:
+        return PersonBuffer().table()
+    return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+
+def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None:
+    """Assemble persons, settle pending rows (subject not seen in their part), and count what is on disk."""
+    import duckdb
+    persons = read_persons_parts(out.path)
+    if persons.num_rows:
+        pairs = persons.group_by(["subject_id", "source_id"]).aggregate([])
+        counts = pairs.group_by("subject_id").aggregate([("source_id", "count"), ("source_id", "min"),
+                                                         ("source_id", "max")])
+        clash = counts.filter(pc.greater(counts.column("source_id_count"), 1))
+        if clash.num_rows:
+            raise ValueError(f"subject_id collision: FHIR Patient ids {clash.column('source_id_min')[0]!r} and "
+                             f"{clash.column('source_id_max')[0]!r} hash to the same subject_id "
+                             f"{clash.column('subject_id')[0]}; rename one of them")
+        idx = persons.append_column("i", pa.array(np.arange(persons.num_rows))) \
+            .group_by("subject_id").aggregate([("i", "min")]).column("i_min")
+        dups = persons.num_rows - len(idx)
+        if dups:
+            summary.warnings.append(f"{dups:,} Patient resources repeat an id already read (first one kept)")
+        persons = persons.take(pc.sort_indices(idx))
+        bad_birth = pc.and_(pc.is_valid(persons.column("birth_raw")), pc.is_null(persons.column("birth_date")))
+        if pc.sum(bad_birth).as_py():
+            summary.warnings.append(f"{pc.sum(bad_birth).as_py():,} Patients have an unusable birthDate "
+                                    f"(e.g. {pc.filter(persons.column('birth_raw'), bad_birth)[0]}): kept, "
+                                    f"birth_date null")
+    write_table(persons.select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA), out.path / "persons.parquet")
+    parts = out.manifest.get("parts", {})
+    summary.resources_read = sum(p["read"] for p in parts.values())
+    resolved = quarantined = 0
+    ids = persons.column("subject_id")
+    writer = ShardWriter(out.events_dir, "part-pending", EVENTS_SCHEMA)
+    q: list[pa.Table] = []
+    for f in sorted((out.path / ".fhir").glob("pending-*.parquet")):
+        t = pq.read_table(f)
+        ok = pc.is_in(t.column("subject_id"), value_set=ids)
+        writer.write(EventBuffer.to_events(t.filter(ok)))
+        resolved += len(set(zip(*[t.filter(ok).column(c).to_pylist() for c in ("source", "row")])))
+        lost = t.filter(pc.invert(ok))
+        if lost.num_rows:
+            keys = pa.table({"source": lost.column("source"), "row": lost.column("row")})
+            first_rows = keys.append_column("i", pa.array(np.arange(lost.num_rows))) \
+                .group_by(["source", "row"]).aggregate([("i", "min")]).column("i_min")
+            lost = lost.take(first_rows)
+            reason = pc.binary_join_element_wise("unresolvable reference: subject Patient/", lost.column("patient"),
+                                                 " is not in the input", "")
+            qb = QuarantineBuffer()
+            qb.add_table(lost.append_column("reason", reason))
+            q.append(qb.table())
+            quarantined += len(first_rows)
+    writer.close()
+    if q:
+        write_table(pa.concat_tables(q), out.path / "quarantine-fhir-pending.parquet")
+    summary.resources_out = sum(p["out"] for p in parts.values()) + resolved
+    summary.quarantined = sum(p["quarantined"] for p in parts.values()) + quarantined
+    for p in parts.values():
+        for k, n in p["ignored"].items():
+            summary.ignored_by_type[k] = summary.ignored_by_type.get(k, 0) + n
+        for k, n in p["by_type"].items():
+            summary.resources_by_type[k] = summary.resources_by_type.get(k, 0) + n
+        for k, n in p.get("systems", {}).items():
+            summary.unknown_code_systems[k] = summary.unknown_code_systems.get(k, 0) + n
+    summary.resources_in = summary.resources_read - sum(summary.ignored_by_type.values())
+    summary.persons = persons.num_rows
+    files = [str(f) for f in out.event_files()]
+    con = duckdb.connect()
+    periods = OBSERVATION_PERIODS_SCHEMA.empty_table()
+    if files:
+        # FHIR has no observation periods: each person's span of events stands in for one
+        periods = con.sql(
+            "SELECT subject_id, CAST(MIN(time) AS DATE) AS start_date, "
+            "CAST(GREATEST(MAX(time), MAX(end_time)) AS DATE) AS end_date FROM read_parquet($f) "
+            "WHERE time IS NOT NULL GROUP BY 1 ORDER BY 1", params={"f": files}).to_arrow_table()
+    write_table(periods.cast(OBSERVATION_PERIODS_SCHEMA), out.path / "observation_periods.parquet")
+    if files:
+        rows = con.execute("SELECT domain, COUNT(*) FROM read_parquet($f) GROUP BY 1", {"f": files}).fetchall()
+        summary.events_by_domain = {d: n for d, n in rows}
+        summary.events_out = sum(summary.events_by_domain.values())
+        summary.visits, summary.rebuilt_visits, dangling, visit_events = con.execute(
+            "WITH e AS (SELECT * FROM read_parquet($f)), v AS (SELECT DISTINCT visit_id FROM e WHERE domain = 'visit') "
+            "SELECT COUNT(DISTINCT visit_id) FILTER (WHERE visit_id > 0), "
+            "COUNT(DISTINCT visit_id) FILTER (WHERE visit_id < 0), "
+            "COUNT(*) FILTER (WHERE visit_id > 0 AND visit_id NOT IN (SELECT visit_id FROM v)), "
+            "COUNT(*) FILTER (WHERE domain = 'visit') FROM e", {"f": files}).fetchone()
+        if dangling:
+            summary.warnings.append(f"{dangling:,} events point at an Encounter that is not in the input "
+                                    f"(visit_id kept)")
+        distinct = con.execute("SELECT COUNT(DISTINCT visit_id) FROM read_parquet($f) WHERE domain = 'visit'",
+                               {"f": files}).fetchone()[0]
+        if distinct < visit_events:
+            summary.warnings.append(f"{visit_events - distinct:,} Encounters repeat a visit_id (a repeated "
+                                    f"Encounter id, or a hash collision)")
+    qt = out.quarantine()
+    summary.quarantined_by_reason = {}
+    for r in qt.column("reason").to_pylist():
+        key = _reason_kind(r)
+        summary.quarantined_by_reason[key] = summary.quarantined_by_reason.get(key, 0) + 1
+    summary.warnings = notes + summary.warnings
+
+
+def _reason_kind(reason: str) -> str:
+    """A quarantine reason without its particular value, for counting (``impossible time '2021-02-30'`` -> ...)."""
+    cuts = [i for i in (reason.find(" '"), reason.find(": ")) if i > 0]
+    return reason[:min(cuts)] if cuts else reason

@@ -1,0 +1,254 @@
+"""One part of a FHIR extraction: whole files -> event shards, a persons part, quarantine rows, pending rows.
+
+A part runs in a worker process (adapters/fhir.py starts them): it compiles the views, streams its files, runs
+each resource's views, resolves references (per resource, in Python) and turns rows into Arrow batches
+(vectorised, adapters/fhir_events.py). Rows whose Patient the part has not seen are written aside as pending;
+the run settles them once every Patient is known.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..events import EVENTS_SCHEMA, ShardWriter, write_table
+from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer
+from .fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
+from .viewdefinition import View, ViewError, load_views
+
+_MASK63 = (1 << 63) - 1
+
+
+def fhir_id(fhir_resource_id: str) -> int:
+    """Stable positive int64 for a FHIR id: the first 8 bytes of its sha256, masked to 63 bits (0 maps to 1)."""
+    return int.from_bytes(hashlib.sha256(fhir_resource_id.encode()).digest()[:8], "big") & _MASK63 or 1
+
+
+@lru_cache(maxsize=1 << 18)
+def _subject_id(fhir_resource_id: str) -> int:
+    """:func:`fhir_id`, cached: Patient and Encounter ids repeat on every event that refers to them."""
+    return fhir_id(fhir_resource_id)
+
+
+#: Columns an event view may have; subject, time, domain and either coding or code are required.
+EVENT_COLUMNS = ("subject", "encounter", "time", "end_time", "coding", "system", "code", "value", "domain",
+                 "source_coding", "source_system", "source_code")
+
+
+def _event_columns(view: View) -> tuple:
+    """Positions of :data:`EVENT_COLUMNS` in the view's rows (None where absent); checked and cached per view."""
+    at = getattr(view, "_event_at", None)
+    if at is None:
+        names = view.column_names
+        missing = [c for c in ("subject", "time", "domain") if c not in names]
+        if missing or ("coding" not in names and "code" not in names):
+            raise ViewError(f"{view.origin}: an event view needs columns subject, time, domain and coding (a "
+                            f"Coding) or system + code; it may add encounter, end_time, value, source_coding; "
+                            f"its columns are {names}")
+        at = tuple(names.index(c) if c in names else None for c in EVENT_COLUMNS)
+        view._event_at = at
+    return at
+
+
+def load_fhir_views(views: str | Path | None = None) -> dict[str, View]:
+    """The packaged views (``sql/fhir/*.json``), with those in ``views`` added or replacing them by name."""
+    packaged = Path(str(resources.files("omop_behrt.sql") / "fhir"))
+    return load_views(packaged, views)
+
+
+class Part:
+    """Reads one part (a list of whole files) into event shards, a persons part, quarantine and pending rows."""
+
+    def __init__(self, index: int, files: list[str], out: str, views_dir: str | None, validate: bool,
+                 known: set[int] | None, batch_rows: int = 200_000):
+        self.index, self.files, self.out, self.validate = index, [Path(f) for f in files], Path(out), validate
+        views = load_fhir_views(views_dir)
+        self.by_type: dict[str, list[View]] = {}
+        for v in views.values():
+            if v.name != "patient":
+                self.by_type.setdefault(v.resource, []).append(v)
+        self.patient_view = views.get("patient")
+        self.known = set(known or ())
+        self.batch_rows = batch_rows
+        self.counts = {"read": 0, "ignored": {}, "by_type": {}, "out": 0, "quarantined": 0, "pending": 0}
+        work = self.out / ".fhir"
+        self.events = ShardWriter(self.out / "events", f"part-{index:05d}", EVENTS_SCHEMA)
+        self.pending = ShardWriter(work, f"pending-{index:05d}", EventBuffer.pending_schema())
+        self.quarantine = QuarantineBuffer()
+        self.persons = PersonBuffer()
+        self.buffer = EventBuffer()
+        self.systems: dict[str, int] = {}
+
+    # -- per resource ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        # parsed JSON holds no reference cycles: collect young objects rarely (~10% faster, memory unchanged)
+        thresholds = gc.get_threshold()
+        gc.set_threshold(100_000, 50, 100)
+        try:
+            for fi, path in enumerate(self.files):
+                if is_ndjson(path):
+                    self._items(fi, read_ndjson(path), {})
+                else:
+                    urls, items = read_bundle(path)
+                    self._items(fi, items, urls)
+            self._flush()
+        finally:
+            gc.set_threshold(*thresholds)
+        self.events.close()
+        self.pending.close()
+        write_table(self.quarantine.table(), self.out / f"quarantine-fhir-{self.index:05d}.parquet")
+        write_table(self.persons.table(), self.out / ".fhir" / f"persons-{self.index:05d}.parquet")
+        self.counts["systems"] = self.systems
+        self.counts["files"] = [str(f) for f in self.files]
+        return self.counts
+
+    def _items(self, fi: int, items, urls: dict) -> None:
+        counts, by_type, ignored = self.counts, self.counts["by_type"], self.counts["ignored"]
+        source = str(self.files[fi])
+        for item in items:
+            counts["read"] += 1
+            res = item.resource
+            if res is None:
+                self.quarantine.add(source, item.row, item.error)
+                counts["quarantined"] += 1
+                continue
+            rt = res.get("resourceType")
+            views = self.by_type.get(rt)
+            if views is None and rt != "Patient":
+                if isinstance(rt, str) and _is_resource_type(rt):
+                    reason = self._check(res) if self.validate else None
+                    if reason is None:
+                        ignored[rt] = ignored.get(rt, 0) + 1
+                    else:                    # --validate reports every invalid resource, mapped or not
+                        by_type[rt] = by_type.get(rt, 0) + 1
+                        self.quarantine.add(source, item.row, reason)
+                        counts["quarantined"] += 1
+                else:
+                    by_type[str(rt)] = by_type.get(str(rt), 0) + 1
+                    self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
+                    counts["quarantined"] += 1
+                continue
+            by_type[rt] = by_type.get(rt, 0) + 1
+            reason = self._check(res) if self.validate else None
+            if reason is None:
+                reason = self._patient(res, source, item.row) if rt == "Patient" else \
+                    self._event(res, views, source, item.row, urls)
+            if reason is not None:
+                self.quarantine.add(source, item.row, reason)
+                counts["quarantined"] += 1
+            elif self.buffer.rows >= self.batch_rows:      # bounded memory inside one large NDJSON file
+                self._flush()
+
+    def _check(self, res: dict) -> str | None:
+        """--validate: the resource against fhir.resources' R4B model; the first errors as the reason."""
+        from fhir.resources.R4B import get_fhir_model_class
+        try:
+            get_fhir_model_class(res["resourceType"]).model_validate(res)
+        except Exception as e:     # pydantic.ValidationError, or a type the R4B models do not know
+            errors = getattr(e, "errors", None)
+            if callable(errors):
+                parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in errors()[:3]]
+                return f"invalid FHIR R4B {res['resourceType']}: " + "; ".join(parts)
+            return f"invalid FHIR R4B {res['resourceType']}: {str(e).splitlines()[0]}"
+        return None
+
+    def _patient(self, res: dict, source: str, row: str) -> str | None:
+        pid = res.get("id")
+        if not isinstance(pid, str) or not pid:
+            return "Patient without an id"
+        try:
+            rows = self.patient_view.rows(res) if self.patient_view else [(pid, None, None, None, None)]
+        except ViewError as e:
+            return str(e)
+        if not rows:
+            return "Patient excluded by the patient view's where"
+        names = self.patient_view.column_names if self.patient_view else ["id"]
+        sid = fhir_id(pid)
+        self.persons.add(sid, pid, dict(zip(names, rows[0])), source, row)
+        self.known.add(sid)
+        self.counts["out"] += 1
+        return None
+
+    def _event(self, res: dict, views: list[View], source: str, row: str, urls: dict) -> str | None:
+        """Run the type's views on one resource; all its rows go to the buffer, or a reason is returned."""
+        found = []
+        for view in views:
+            try:
+                rows = view.rows(res)
+            except ViewError as e:
+                return str(e)
+            if not rows:
+                continue
+            at = _event_columns(view)
+            for r in rows:
+                ref = r[at[0]]
+                subject = resolve(ref, urls)
+                if subject is None:
+                    return f"unresolvable reference: subject {ref!r}" if ref else "no subject (subject/patient)"
+                if subject[0] != "Patient":
+                    return f"subject {subject[0]}/{subject[1]} is not a Patient"
+                enc = resolve(r[at[1]], urls) if at[1] is not None else None
+                found.append((r, at, _subject_id(subject[1]), subject[1],
+                              _subject_id(enc[1]) if enc is not None and enc[0] == "Encounter" else None))
+        if not found:
+            return "excluded by the where of every view for " + str(res.get("resourceType"))
+        buffer = self.buffer
+        ordinal = buffer.ordinal
+        for r, at, sid, pid, visit in found:
+            buffer.group(at).append((r, sid, pid, visit, source, row, ordinal))
+        buffer.end_resource(len(found))
+        return None
+
+    # -- per batch -----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if self.buffer.rows == 0:
+            return
+        batch, bad, per_resource = self.buffer.build()
+        self.buffer = EventBuffer()
+        for s, n in batch.pop("unknown_systems").items():
+            self.systems[s] = self.systems.get(s, 0) + n
+        table = batch["table"]
+        # resources with a bad row go to quarantine whole (first bad row's reason); the rest are out or pending
+        bad_res = np.unique(per_resource[bad]) if bad.any() else np.empty(0, np.int64)
+        if len(bad_res):
+            first = np.unique(per_resource[bad], return_index=True)[1]
+            qt = table.filter(pa.array(bad)).take(pa.array(first))
+            self.quarantine.add_table(qt)
+            self.counts["quarantined"] += len(bad_res)
+        keep = ~np.isin(per_resource, bad_res)
+        subj = table.column("subject_id").to_numpy()
+        known = np.isin(subj, np.fromiter(self.known, np.int64, len(self.known))) if self.known else \
+            np.zeros(len(subj), bool)
+        ok = keep & known
+        wait = keep & ~known
+        self.counts["out"] += len(np.unique(per_resource[ok]))
+        self.counts["pending"] += len(np.unique(per_resource[wait]))
+        if ok.any():
+            self.events.write(EventBuffer.to_events(table.filter(pa.array(ok))))
+        if wait.any():
+            schema = EventBuffer.pending_schema()
+            self.pending.write(table.filter(pa.array(wait)).select(schema.names).cast(schema))
+
+
+_RESOURCE_TYPES: dict[str, bool] = {}
+
+
+def _is_resource_type(name: str) -> bool:
+    """Whether ``name`` is a FHIR resource type (R4B or R5 models of fhir.resources); cached."""
+    hit = _RESOURCE_TYPES.get(name)
+    if hit is None:
+        import fhir.resources.fhirtypes as r5
+        import fhir.resources.R4B.fhirtypes as r4b
+        hit = name[:1].isupper() and (hasattr(r4b, name + "Type") or hasattr(r5, name + "Type"))
+        _RESOURCE_TYPES[name] = hit
+    return hit
+
+
+def run_part(args: tuple) -> dict:
+    """Run one part (the picklable entry point for worker processes)."""
+    return Part(*args).run()

@@ -20,7 +20,6 @@ Third-party vocabularies register a :class:`Vocabulary` subclass in the entry-po
 """
 from __future__ import annotations
 
-import csv
 import re
 import time
 from dataclasses import dataclass, field
@@ -148,119 +147,13 @@ class Source(Vocabulary):
 
     def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
         col = keys.column(self.column)
-        return ctx.sql(f"SELECT key_id, {self.column} AS token FROM k WHERE {self.column} IS NOT NULL",
-                       k=keys.select(["key_id", self.column])) if col.null_count else \
-            mapping_table(keys.column("key_id"), col)
+        present = pc.is_valid(col)
+        return mapping_table(pc.filter(keys.column("key_id"), present), pc.filter(col, present))
 
 
-class Csv(Vocabulary):
-    """A user's mapping table: CSV with source_vocabulary, source_code, token and an optional priority.
-
-    An event matches a row when its ``code`` or ``source_code`` is ``source_vocabulary/source_code``
-    (vocabulary names compared case-insensitively). Several rows for one code give several tokens; with a
-    priority column only the rows of the smallest priority for that code are kept.
-    """
-
-    name = "csv"
-    REQUIRED = ("source_vocabulary", "source_code", "token")
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_params(["path"])
-        if "path" not in self.params:
-            raise VocabularyError("vocabulary 'csv' needs a path: csv(path=my_map.csv)")
-        self.path = Path(self.params["path"])
-        self.table = read_mapping_csv(self.path)
-
-    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
-        return ctx.sql(load_sql("vocab/csv_map.sql"), k=keys, m=self.table)
-
-
-def read_mapping_csv(path: Path) -> pa.Table:
-    """Read and check a user mapping CSV; errors name the file, the row and the column."""
-    if not path.exists():
-        raise VocabularyError(f"csv vocabulary: {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in Csv.REQUIRED if c not in header]
-        if missing:
-            raise VocabularyError(f"{path}: missing column(s) {missing}; expected a header with "
-                                  f"{', '.join(Csv.REQUIRED)} and optionally priority; found {header}")
-        cols: dict[str, list] = {"source_vocabulary": [], "source_code": [], "token": [], "priority": []}
-        for i, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            for c in Csv.REQUIRED:
-                if not row.get(c):
-                    raise VocabularyError(f"{path}, row {i}: column {c!r} is empty; every row needs "
-                                          f"{', '.join(Csv.REQUIRED)}")
-            prio = row.get("priority") or "0"
-            try:
-                cols["priority"].append(int(prio))
-            except ValueError:
-                raise VocabularyError(f"{path}, row {i}: column 'priority' is {prio!r}; expected an integer "
-                                      f"(smaller wins)") from None
-            for c in Csv.REQUIRED:
-                cols[c].append(row[c])
-    return pa.table({"source_vocabulary": pa.array([v.upper() for v in cols["source_vocabulary"]], pa.string()),
-                     "source_code": pa.array(cols["source_code"], pa.string()),
-                     "token": pa.array(cols["token"], pa.string()),
-                     "priority": pa.array(cols["priority"], pa.int64())})
-
-
-class Drop(Vocabulary):
-    """A filter: drops (on purpose, counted as dropped) codes by ``domain``, by ``codes`` or by SNOMED ``tag``.
-
-    ``codes`` is a ``|``-list of ``VOCAB/code`` or a file with one per line; ``tag`` is a ``|``-list of SNOMED
-    semantic tags (finding, situation, ...) looked up in vocab_maps/snomed_synthea_icd10.csv and, where the CDM
-    separates disorders from findings (Athena concept_class_id 'Disorder' present), in its concept table.
-    """
-
-    name = "drop"
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_params(["domain", "codes", "tag"])
-        if not self.params:
-            raise VocabularyError("filter 'drop' needs domain=..., codes=... or tag=... "
-                                  "(e.g. drop(tag=finding), drop(domain=measurement|observation))")
-        self.domains = _split_list(self.params.get("domain"))
-        bad = [d for d in self.domains if d not in DOMAINS]
-        if bad:
-            raise VocabularyError(f"filter 'drop': unknown domain(s) {bad}; expected some of {list(DOMAINS)}")
-        self.codes = _codes_param(self.params.get("codes"))
-        self.tags = [t.lower() for t in _split_list(self.params.get("tag"))]
-
-    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
-        from .caliber import snomed_tags
-        tags = snomed_tags(ctx.cdm) if self.tags else pa.table({"code": pa.array([], pa.string()),
-                                                               "tag": pa.array([], pa.string())})
-        return ctx.sql(load_sql("vocab/drop.sql"), k=keys,
-                       d=pa.table({"domain": pa.array(self.domains, pa.string())}),
-                       c=pa.table({"code": pa.array(self.codes, pa.string())}),
-                       t=tags.filter(pc.is_in(tags.column("tag"), pa.array(self.tags, pa.string()))))
-
-
-def _split_list(value: str | None) -> list[str]:
+def split_list(value: str | None) -> list[str]:
+    """``a|b|c`` -> ``["a", "b", "c"]`` (list-valued spec parameters and domain lists)."""
     return [v.strip() for v in (value or "").split("|") if v.strip()]
-
-
-def _codes_param(value: str | None) -> list[str]:
-    if not value:
-        return []
-    p = Path(value)
-    if p.suffix in (".txt", ".csv") or p.exists():
-        if not p.exists():
-            raise VocabularyError(f"filter 'drop': code list file {p} does not exist")
-        lines = [ln.split(",")[0].strip() for ln in p.read_text().splitlines()]
-        codes = [ln for ln in lines if ln and not ln.startswith("#")]
-    else:
-        codes = _split_list(value)
-    bad = [c for c in codes if "/" not in c]
-    if bad:
-        raise VocabularyError(f"filter 'drop': codes must look like VOCAB/code (e.g. SNOMED/160903007); "
-                              f"found {bad[0]!r}")
-    return codes
 
 
 # -- composition -----------------------------------------------------------------------------------------
@@ -344,8 +237,8 @@ def _check_mapping(table: pa.Table, vocab: Vocabulary) -> pa.Table:
 # -- registry and spec strings ---------------------------------------------------------------------------
 BUILTINS: dict[str, str] = {
     "source": "omop_behrt.vocab:Source",
-    "csv": "omop_behrt.vocab:Csv",
-    "drop": "omop_behrt.vocab:Drop",
+    "csv": "omop_behrt.codelists:Csv",
+    "drop": "omop_behrt.codelists:Drop",
     "concept": "omop_behrt.concepts:Concept",
     "ancestor": "omop_behrt.concepts:Ancestor",
     "caliber": "omop_behrt.caliber:Caliber",
@@ -377,12 +270,13 @@ def get_vocabulary(spec: "str | Vocabulary", **params: Any) -> Vocabulary:
         if head is None:
             raise VocabularyError(f"vocabulary spec {spec!r}: part {part.strip()!r} names no domain; in a "
                                   f"per-domain spec every part reads domain=vocabularies (or *=vocabularies)")
-        domains = _split_list(head)
+        domains = split_list(head)
         bad = [d for d in domains if d != "*" and d not in DOMAINS]
         if bad:
             raise VocabularyError(f"vocabulary spec {spec!r}: unknown domain(s) {bad}; expected some of "
                                   f"{list(DOMAINS)} or *")
-        out.append((domains, _chain(part.split("=", 1)[1])))
+        chain = _chain(part.split("=", 1)[1])
+        out.append((domains, chain if isinstance(chain, Chain) else Chain([chain])))
     return PerDomain(out)
 
 
@@ -449,8 +343,7 @@ def _load(name: str, params: dict[str, str]) -> Vocabulary:
     if not (isinstance(cls, type) and issubclass(cls, Vocabulary)):
         raise VocabularyError(f"entry point {name!r} ({eps[name].value}) is not a Vocabulary subclass")
     vocab = cls(**params)
-    if not vocab.name:
-        vocab.name = name
+    vocab.name = name          # the registered name, so that spec() rebuilds it
     return vocab
 
 
@@ -487,6 +380,21 @@ def _events_relation(con, events: "EventDir | str | Path | pa.Table"):
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
+def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, label: str) -> tuple[Path, int]:
+    """Stream a query's tokens into ``path/part-*.parquet`` (old shards removed first; each shard atomic)."""
+    from tqdm.auto import tqdm
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("part-*.parquet*"):
+        old.unlink()
+    writer = ShardWriter(path, "part", TOKENS_SCHEMA, rows_per_shard)
+    with tqdm(desc=f"map {label[:40]}", unit="token", unit_scale=True, disable=not progress, leave=False) as bar:
+        for batch in rel.to_arrow_reader(min(1_000_000, rows_per_shard)):
+            writer.write(batch.cast(TOKENS_SCHEMA))
+            bar.update(batch.num_rows)
+    writer.close()
+    return path, writer.rows
+
+
 def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabulary" = "source", *,
                cdm: Any = None, out: str | Path | None = None, progress: bool = True, sort: bool = True,
                top_unmapped: int = 20, threads: int | None = None, memory_limit: str | None = None,
@@ -496,60 +404,52 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     ``cdm`` (a DuckDB file, URL, folder or OmopCdm) lends its vocabulary tables to ``concept``, ``ancestor``,
     ``caliber`` (Athena SNOMED<->ICD10 links) and ``drop(tag=...)``. With ``out`` the tokens are written as
     Parquet shards to ``out/tokens/part-*.parquet`` and ``tokens`` is None; otherwise they come back in
-    memory. ``sort`` orders tokens by (subject_id, time, visit_id, domain, code, token) so the same data
-    always gives the same token stream.
+    memory. ``sort`` orders tokens by subject_id, time, visit_id, then domain, code (and the rest of the
+    code's key) and token, so the same data always gives the same token stream.
     """
     import duckdb
-    from tqdm.auto import tqdm
 
     from .coverage import CoverageReport
     t0 = time.perf_counter()
     v = get_vocabulary(vocab)
-    if cdm is not None and not hasattr(cdm, "qtable"):
+    owned = cdm is not None and not hasattr(cdm, "qtable")
+    if owned:
         from .adapters.omop import OmopCdm
         cdm = OmopCdm(cdm)
     con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    if memory_limit:
-        con.execute("SET memory_limit = $m", {"m": str(memory_limit)})
-    n_events = _events_relation(con, events)
-    ctx = MapContext(con, cdm)
-
-    keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
-    if isinstance(v, (Chain, PerDomain)):
-        mapping, who = v.map_keys_by_member(keys, ctx)
-    else:
-        mapping = _check_mapping(v.map_keys(keys, ctx), v)
-        ids = pc.unique(mapping.column("key_id"))
-        who = pa.table({"key_id": ids, "member": pa.array([v.spec()] * len(ids), pa.string())})
-    mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
-    con.register("keys", keys)
-    con.register("mapping", mapping)
-    sql = render(load_sql("vocab/tokens.sql"), {
-        "order": "ORDER BY subject_id, time, visit_id, domain, code, token" if sort else ""})
-    rel = con.sql(sql)
-    tokens, path = None, None
-    if out is None:
-        tokens = rel.to_arrow_table().cast(TOKENS_SCHEMA)
-        n_tokens = tokens.num_rows
-    else:
-        path = Path(out) / "tokens"
-        path.mkdir(parents=True, exist_ok=True)
-        for old in path.glob("part-*.parquet*"):
-            old.unlink()
-        writer = ShardWriter(path, "part", TOKENS_SCHEMA, rows_per_shard)
-        with tqdm(desc=f"map {v.spec()[:40]}", unit="token", unit_scale=True, disable=not progress,
-                  leave=False) as bar:
-            for batch in rel.to_arrow_reader(1_000_000):
-                writer.write(batch.cast(TOKENS_SCHEMA))
-                bar.update(batch.num_rows)
-        writer.close()
-        n_tokens = writer.rows
-    report = CoverageReport.from_mapping(ctx, keys, mapping, who, vocab=v.spec(), n_tokens=n_tokens,
-                                         top=top_unmapped)
+    try:
+        con.execute("SET enable_progress_bar = false")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            con.execute("SET memory_limit = $m", {"m": str(memory_limit)})
+        n_events = _events_relation(con, events)
+        ctx = MapContext(con, cdm)
+        keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
+        if isinstance(v, (Chain, PerDomain)):
+            mapping, who = v.map_keys_by_member(keys, ctx)
+        else:
+            mapping = _check_mapping(v.map_keys(keys, ctx), v)
+            ids = pc.unique(mapping.column("key_id"))
+            who = pa.table({"key_id": ids, "member": pa.array([v.spec()] * len(ids), pa.string())})
+        mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
+        con.register("keys", keys)
+        con.register("mapping", mapping)
+        order = "ORDER BY e.subject_id, e.time, COALESCE(e.visit_id, 0), m.key_id, m.tok_rank" if sort else ""
+        rel = con.sql(render(load_sql("vocab/tokens.sql"), {"order": order}))
+        tokens, path = None, None
+        if out is None:
+            tokens = rel.to_arrow_table().cast(TOKENS_SCHEMA)
+            n_tokens = tokens.num_rows
+        else:
+            path, n_tokens = _write_shards(rel, Path(out) / "tokens", rows_per_shard, progress, v.spec())
+        report = CoverageReport.from_mapping(ctx, keys, mapping, who, vocab=v.spec(), n_tokens=n_tokens,
+                                             top=top_unmapped)
+    finally:
+        con.close()
+        if owned:
+            cdm.db.close()
     seconds = time.perf_counter() - t0
     report.seconds = round(seconds, 3)
-    con.close()
     return MapResult(tokens=tokens, path=path, report=report, vocab=v.spec(), seconds=seconds,
                      extra={"events_read": n_events})

@@ -1,8 +1,10 @@
 -- Events (view `events`) joined to their tokens: keys (distinct codes) x mapping (key_id -> token).
 -- One event gives as many rows as its key has tokens; unmapped and dropped keys give none (they are counted
 -- from the keys table, not here). visit_id is never null: events without a time and visit get 0.
+-- {order} sorts on integers only: key_id follows (domain, code, source_code, ...) order, tok_rank token order.
 WITH mapped AS (
-    SELECT k.domain, k.code, k.source_code, k.concept_id, k.source_concept_id, m.token
+    SELECT k.key_id, k.domain, k.code, k.source_code, k.concept_id, k.source_concept_id, m.token,
+           dense_rank() OVER (ORDER BY m.token) AS tok_rank
     FROM keys k
     JOIN mapping m ON m.key_id = k.key_id
     WHERE m.token IS NOT NULL

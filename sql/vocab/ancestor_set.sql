@@ -1,0 +1,9 @@
+-- Roll standard concepts s(key_id, concept_id) up to the nearest of the target concepts t (ancestors a,
+-- itself included at level 0); ties at the same distance all give tokens.
+SELECT DISTINCT s.key_id, a.ancestor_concept_id AS ancestor_id
+FROM s
+JOIN a ON a.descendant_concept_id = s.concept_id
+JOIN t ON t.concept_id = a.ancestor_concept_id
+QUALIFY a.min_levels_of_separation = min(a.min_levels_of_separation) OVER (PARTITION BY s.key_id)
+UNION
+SELECT s.key_id, s.concept_id FROM s JOIN t ON t.concept_id = s.concept_id

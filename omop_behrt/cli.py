@@ -64,6 +64,11 @@ def _add_extract(sub) -> None:
 def _run_extract(args) -> int:
     from .adapters import fhir, omop
     if args.format == "fhir" or (args.format is None and fhir.is_fhir_source(args.source)):
+        omop_only = [f"--{k.replace('_', '-')}" for k in ("cdm_schema", "vocab_schema", "results_schema",
+                                                          "person_ids", "cohort_id", "start", "end", "domains")
+                     if getattr(args, k) is not None]
+        if omop_only:
+            raise ValueError(f"{', '.join(omop_only)}: OMOP options; {args.source} is a FHIR source")
         summary = fhir.extract(args.source, args.out, validate=args.validate, views=args.fhir_views,
                                resume=args.resume, progress=not args.quiet)
         print(summary.table())
@@ -178,6 +183,8 @@ def _add_vocab(sub) -> None:
         q.add_argument("--vocab-schema", help="schema of concept & co. in --cdm (default: main / public)")
         q.add_argument("--json", dest="json_out", help="also write the report as JSON here")
         q.add_argument("--top", type=int, default=20, help="how many unmapped codes to list (default 20)")
+        q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+        q.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "map":
             q.add_argument("--out", required=True, help="folder to write tokens/part-*.parquet and report.json in")
@@ -196,11 +203,12 @@ def _run_vocab(args) -> int:
         from .adapters.omop import OmopCdm
         cdm = OmopCdm(args.cdm, vocab_schema=args.vocab_schema)
     out = args.out if args.vocab_command == "map" else None
+    kw = {"cdm": cdm, "progress": not args.quiet, "top_unmapped": args.top, "threads": args.threads,
+          "memory_limit": args.memory_limit}
     if args.vocab_command == "report":
-        res = map_events(args.events, args.vocab, cdm=cdm, progress=not args.quiet, sort=False, top_unmapped=args.top)
+        res = map_events(args.events, args.vocab, sort=False, **kw)
     else:
-        res = map_events(args.events, args.vocab, cdm=cdm, out=out, progress=not args.quiet,
-                         sort=not args.no_sort, top_unmapped=args.top)
+        res = map_events(args.events, args.vocab, out=out, sort=not args.no_sort, **kw)
     print(res.report.table())
     if out is not None:
         res.report.write_json(Path(out) / "report.json")

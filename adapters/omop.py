@@ -7,7 +7,6 @@ catalogue and quoted as stored. The SQL is in ``sql/omop/``; this module only fi
 from __future__ import annotations
 
 import datetime as dt
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from ..database import Database, SourceError, check_identifier, load_sql, quote, render
+from ..cdm import OmopCdm
+from ..database import Database, SourceError, load_sql, quote, render
 from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
                       ShardWriter, fill_rebuilt_visits, write_table)
 
@@ -68,15 +68,6 @@ EVENT_TABLES: dict[str, EventTable] = {t.domain: t for t in [
 ]}
 DOMAINS = tuple(EVENT_TABLES)
 
-# Columns whose absence means the table cannot be read (the rest are optional and read as NULL).
-_REQUIRED_COLUMNS = {"person": ["person_id", "year_of_birth", "gender_concept_id"],
-                     "concept": ["concept_id", "vocabulary_id", "concept_code"],
-                     "visit_occurrence": ["visit_occurrence_id", "person_id"],
-                     "observation_period": ["person_id", "observation_period_start_date",
-                                            "observation_period_end_date"]}
-_HEADER_AS_DATA = re.compile(r"^column\d+$")
-
-
 @dataclass
 class ExtractSummary:
     """What an extraction read and wrote; printed by the CLI and stored in the manifest."""
@@ -115,211 +106,116 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-class OmopCdm:
-    """A CDM in a database: resolves schemas, tables and columns (any case), and renders the extraction SQL."""
+def _filters(cdm: OmopCdm, person_col: str, date_col: str | None, options: "ExtractOptions") -> tuple[str, dict]:
+    clauses, params = [], {}
+    if options.person_ids is not None:
+        params["person_ids"] = [int(x) for x in options.person_ids]
+        clauses.append(f"list_contains(:person_ids, {person_col})" if cdm.db.dialect == "duckdb"
+                       else f"{person_col} = ANY(:person_ids)")
+    if options.cohort_id is not None:
+        cohort = options.cohort_table
+        stored = cdm.db.tables(cdm.results_schema).get(cohort.lower())
+        if stored is None:
+            raise SourceError(f"cohort table {cdm.results_schema}.{cohort} not found in {cdm.db.description}")
+        ccols = cdm.db.columns(cdm.results_schema, stored)
+        for needed in ("cohort_definition_id", "subject_id"):
+            if needed not in ccols:
+                raise SourceError(f"cohort table {cdm.results_schema}.{cohort} has no column {needed}")
+        clauses.append(f"{person_col} IN (SELECT c.{quote(ccols['subject_id'])} FROM "
+                       f"{cdm.db.qualify(cdm.results_schema, stored)} c WHERE "
+                       f"c.{quote(ccols['cohort_definition_id'])} = :cohort_id)")
+        params["cohort_id"] = int(options.cohort_id)
+    if options.index_dates is not None:
+        # censoring at the index date happens here, inside the database: only events before it are read
+        ix = options.index_dates.group_by("subject_id").aggregate([("index_date", "max")])
+        params["ix_subject"] = ix["subject_id"].cast(pa.int64()).to_pylist()
+        params["ix_date"] = ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).to_pylist()
+        derived = ("SELECT unnest(CAST(:ix_subject AS BIGINT[])) AS subject_id, "
+                   "unnest(CAST(:ix_date AS DATE[])) AS index_date")
+        op = "<=" if options.inclusive else "<"
+        cond = "ix.index_date IS NOT NULL" if date_col is None else f"{date_col} {op} ix.index_date"
+        clauses.append(f"EXISTS (SELECT 1 FROM ({derived}) ix WHERE ix.subject_id = {person_col} AND {cond})")
+    if date_col is not None and options.start is not None:
+        clauses.append(f"({date_col} IS NULL OR {date_col} >= :start_date)")
+        params["start_date"] = options.start
+    if date_col is not None and options.end is not None:
+        clauses.append(f"({date_col} IS NULL OR {date_col} < :end_date)")
+        params["end_date"] = options.end
+    return (" AND ".join(clauses) or "1 = 1"), params
 
-    def __init__(self, source: "str | Path | Database", cdm_schema: str | None = None,
-                 vocab_schema: str | None = None, results_schema: str | None = None):
-        self.db = Database.connect(source)
-        self.cdm_schema = check_identifier(cdm_schema or self.db.default_schema, "CDM schema name")
-        self.vocab_schema = check_identifier(vocab_schema or self.cdm_schema, "vocabulary schema name")
-        self.results_schema = check_identifier(results_schema or self.cdm_schema, "results schema name")
-        self.warnings: list[str] = []
-        self._tables = {s: self.db.tables(s) for s in {self.cdm_schema, self.vocab_schema}}
-        self._columns: dict[tuple[str, str], dict[str, str]] = {}
-        self.cdm_version = self._detect_version()
+def events_sql(cdm: OmopCdm, spec: EventTable, options: "ExtractOptions") -> tuple[str, dict]:
+    """The extraction query for one clinical table, and its bind parameters."""
+    t = spec.table
+    col = lambda c, **kw: cdm.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
+    start_raw = col(spec.start_date)
+    start_date = cdm._cast(start_raw, "DATE")
+    where, params = _filters(cdm, col("person_id"), start_date, options)
+    if spec.coded_only:
+        where = (f"(COALESCE({col(spec.concept)}, 0) <> 0 OR "
+                 f"{col(spec.source_value, optional=True)} IS NOT NULL) AND {where}")
+    value = cdm._cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value else "NULL"
+    prefix = "'SOURCE_" + spec.domain.upper() + "'"
+    frag = {
+        "table": cdm.qtable(t) + " ",
+        "row_id": col(spec.row_id, optional=True) if spec.row_id else "NULL",
+        "person_id": quote(cdm.columns(t)["person_id"]) if "person_id" in cdm.columns(t)
+        else _raise(cdm._missing_column(t, "person_id")),
+        "start_date": start_date, "start_raw": start_raw,
+        "start_datetime": (cdm._cast(col(spec.start_datetime, optional=True), "TIMESTAMP")
+                           if spec.start_datetime else "NULL"),
+        "end_date": cdm._cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "NULL",
+        "concept_id": col(spec.concept),
+        "source_value": col(spec.source_value, optional=True),
+        "source_concept_id": col(spec.source_concept, optional=True),
+        "value": value,
+        "visit_ref": col(spec.visit, optional=True) if spec.visit else "NULL",
+        "where": where,
+        "domain": f"'{spec.domain}'",
+        "domain_source_prefix": prefix,
+        "null_date_reason": f"'null {spec.start_date}'",
+        "bad_date_reason": f"'unparseable {spec.start_date}'",
+        "range_date_reason": f"'{spec.start_date} outside 1800-01-01..2149-12-31'",
+        "visit_table": cdm.qtable("visit_occurrence"),
+        "v_visit_occurrence_id": cdm.col("visit_occurrence", "visit_occurrence_id"),
+        "v_person_id": cdm.col("visit_occurrence", "person_id"),
+        "person_table": cdm.qtable("person"),
+        "p_person_id": cdm.col("person", "person_id"),
+        "p_year_of_birth": cdm.col("person", "year_of_birth"),
+        "concept_table": cdm.qtable("concept"),
+        "c_concept_id": cdm.col("concept", "concept_id"),
+        "c_vocabulary_id": cdm.col("concept", "vocabulary_id"),
+        "c_concept_code": cdm.col("concept", "concept_code"),
+    }
+    return render(load_sql("omop/events.sql"), frag), params
 
-    # -- catalogue -------------------------------------------------------------------------------
-    def _schema_of(self, table: str) -> str:
-        vocab = {"concept", "concept_ancestor", "concept_relationship", "vocabulary", "concept_synonym",
-                 "domain", "concept_class", "relationship", "drug_strength", "source_to_concept_map"}
-        return self.vocab_schema if table in vocab else self.cdm_schema
+def persons_sql(cdm: OmopCdm, options: "ExtractOptions") -> tuple[str, dict]:
+    col = lambda c, **kw: cdm.col("person", c, "p", **kw)   # noqa: E731
+    where, params = _filters(cdm, col("person_id"), None, options)
+    death = "CAST(NULL AS DATE)"
+    if cdm.has_table("death") and {"person_id", "death_date"} <= set(cdm.columns("death")):
+        death = (f"(SELECT MIN({cdm._cast(cdm.col('death', 'death_date', 'd'), 'DATE')}) FROM "
+                 f"{cdm.qtable('death')} d WHERE {cdm.col('death', 'person_id', 'd')} = {col('person_id')})")
+    frag = {
+        "p_person_id": cdm.col("person", "person_id"), "p_year_of_birth": cdm.col("person", "year_of_birth"),
+        "p_gender_concept_id": cdm.col("person", "gender_concept_id"),
+        "birth_datetime": cdm._cast(col("birth_datetime", optional=True), "DATE"),
+        "month_of_birth": col("month_of_birth", optional=True), "day_of_birth": col("day_of_birth", optional=True),
+        "gender_source_value": col("gender_source_value", optional=True),
+        "person_source_value": col("person_source_value", optional=True),
+        "death_date": death, "person_table": cdm.qtable("person"), "where": where,
+    }
+    return render(load_sql("omop/persons.sql"), frag), params
 
-    def has_table(self, table: str) -> bool:
-        schema = self._schema_of(table)
-        if table not in self._tables[schema]:
-            return False
-        cols = self.columns(table)
-        if cols and all(_HEADER_AS_DATA.match(c) for c in cols):
-            msg = (f"table {schema}.{table} has no CDM columns ({', '.join(list(cols)[:3])}, ...): it looks "
-                   f"like a header row stored as data; treated as empty")
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-            return False
-        return True
+def observation_periods_sql(cdm: OmopCdm, options: "ExtractOptions") -> tuple[str, dict]:
+    t = "observation_period"
+    where, params = _filters(cdm, cdm.col(t, "person_id", "o"), None, options)
+    frag = {"o_person_id": cdm.col(t, "person_id"), "o_start": cdm.col(t, "observation_period_start_date"),
+            "o_end": cdm.col(t, "observation_period_end_date"),
+            "o_id": cdm.col(t, "observation_period_id" if "observation_period_id" in cdm.columns(t)
+                             else "person_id"),
+            "op_table": cdm.qtable(t), "where": where}
+    return render(load_sql("omop/observation_periods.sql"), frag), params
 
-    def require(self, table: str) -> None:
-        schema = self._schema_of(table)
-        if not self.has_table(table):
-            present = ", ".join(sorted(self._tables[schema])) or "none"
-            raise SourceError(f"CDM table {schema}.{table} is missing or unreadable in {self.db.description} "
-                              f"(assumed OMOP CDM {self.cdm_version}); tables present: {present}")
-        need = _REQUIRED_COLUMNS.get(table, [])
-        cols = self.columns(table)
-        missing = [c for c in need if c not in cols]
-        if missing:
-            raise SourceError(self._missing_column(table, missing[0]))
-
-    def _missing_column(self, table: str, column: str) -> str:
-        return (f"CDM table {self._schema_of(table)}.{table} has no column {column} (assumed OMOP CDM "
-                f"{self.cdm_version}); columns present: {', '.join(self.columns(table))}")
-
-    def columns(self, table: str) -> dict[str, str]:
-        schema = self._schema_of(table)
-        key = (schema, table)
-        if key not in self._columns:
-            stored = self._tables[schema].get(table, table)
-            self._columns[key] = self.db.columns(schema, stored)
-        return self._columns[key]
-
-    def qtable(self, table: str) -> str:
-        schema = self._schema_of(table)
-        return self.db.qualify(schema, self._tables[schema][table])
-
-    def col(self, table: str, column: str, alias: str | None = None, optional: bool = False) -> str:
-        """The quoted column as stored (``alias."COL"``), NULL for a missing optional column."""
-        cols = self.columns(table)
-        if column not in cols:
-            if optional:
-                return "NULL"
-            raise SourceError(self._missing_column(table, column))
-        q = quote(cols[column], "column name")
-        return f"{alias}.{q}" if alias else q
-
-    def _detect_version(self) -> str:
-        """cdm_source.cdm_version when recorded, else from the visit columns renamed in 5.4."""
-        try:
-            if self.has_table("cdm_source") and "cdm_version" in self.columns("cdm_source"):
-                v = self.db.scalar(render(load_sql("omop/cdm_version.sql"), {
-                    "cdm_version": self.col("cdm_source", "cdm_version"),
-                    "cdm_source_table": self.qtable("cdm_source")}))
-                m = re.search(r"5\.(\d)", str(v or ""))
-                if m:
-                    return f"5.{m.group(1)}"
-        except SourceError:
-            pass
-        if self.has_table("visit_occurrence"):
-            cols = self.columns("visit_occurrence")
-            if "admitted_from_concept_id" in cols or "discharged_to_concept_id" in cols:
-                return "5.4"
-            if "admitting_source_concept_id" in cols or "discharge_to_concept_id" in cols:
-                return "5.3"
-        return "5.4"
-
-    # -- SQL fragments ---------------------------------------------------------------------------
-    def _cast(self, expr: str, sqltype: str) -> str:
-        """CAST, or TRY_CAST on DuckDB, where exports may hold text that does not parse."""
-        return f"TRY_CAST({expr} AS {sqltype})" if self.db.dialect == "duckdb" else f"CAST({expr} AS {sqltype})"
-
-    def _filters(self, person_col: str, date_col: str | None, options: "ExtractOptions") -> tuple[str, dict]:
-        clauses, params = [], {}
-        if options.person_ids is not None:
-            params["person_ids"] = [int(x) for x in options.person_ids]
-            clauses.append(f"list_contains(:person_ids, {person_col})" if self.db.dialect == "duckdb"
-                           else f"{person_col} = ANY(:person_ids)")
-        if options.cohort_id is not None:
-            cohort = options.cohort_table
-            stored = self.db.tables(self.results_schema).get(cohort.lower())
-            if stored is None:
-                raise SourceError(f"cohort table {self.results_schema}.{cohort} not found in {self.db.description}")
-            ccols = self.db.columns(self.results_schema, stored)
-            for needed in ("cohort_definition_id", "subject_id"):
-                if needed not in ccols:
-                    raise SourceError(f"cohort table {self.results_schema}.{cohort} has no column {needed}")
-            clauses.append(f"{person_col} IN (SELECT c.{quote(ccols['subject_id'])} FROM "
-                           f"{self.db.qualify(self.results_schema, stored)} c WHERE "
-                           f"c.{quote(ccols['cohort_definition_id'])} = :cohort_id)")
-            params["cohort_id"] = int(options.cohort_id)
-        if options.index_dates is not None:
-            # censoring at the index date happens here, inside the database: only events before it are read
-            ix = options.index_dates.group_by("subject_id").aggregate([("index_date", "max")])
-            params["ix_subject"] = ix["subject_id"].cast(pa.int64()).to_pylist()
-            params["ix_date"] = ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).to_pylist()
-            derived = ("SELECT unnest(CAST(:ix_subject AS BIGINT[])) AS subject_id, "
-                       "unnest(CAST(:ix_date AS DATE[])) AS index_date")
-            op = "<=" if options.inclusive else "<"
-            cond = f"ix.index_date IS NOT NULL" if date_col is None else f"{date_col} {op} ix.index_date"
-            clauses.append(f"EXISTS (SELECT 1 FROM ({derived}) ix WHERE ix.subject_id = {person_col} AND {cond})")
-        if date_col is not None and options.start is not None:
-            clauses.append(f"({date_col} IS NULL OR {date_col} >= :start_date)")
-            params["start_date"] = options.start
-        if date_col is not None and options.end is not None:
-            clauses.append(f"({date_col} IS NULL OR {date_col} < :end_date)")
-            params["end_date"] = options.end
-        return (" AND ".join(clauses) or "1 = 1"), params
-
-    def events_sql(self, spec: EventTable, options: "ExtractOptions") -> tuple[str, dict]:
-        """The extraction query for one clinical table, and its bind parameters."""
-        t = spec.table
-        col = lambda c, **kw: self.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
-        start_raw = col(spec.start_date)
-        start_date = self._cast(start_raw, "DATE")
-        where, params = self._filters(col("person_id"), start_date, options)
-        if spec.coded_only:
-            where = (f"(COALESCE({col(spec.concept)}, 0) <> 0 OR "
-                     f"{col(spec.source_value, optional=True)} IS NOT NULL) AND {where}")
-        value = self._cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value else "NULL"
-        prefix = "'SOURCE_" + spec.domain.upper() + "'"
-        frag = {
-            "table": self.qtable(t) + " ",
-            "row_id": col(spec.row_id, optional=True) if spec.row_id else "NULL",
-            "person_id": quote(self.columns(t)["person_id"]) if "person_id" in self.columns(t)
-            else _raise(self._missing_column(t, "person_id")),
-            "start_date": start_date, "start_raw": start_raw,
-            "start_datetime": (self._cast(col(spec.start_datetime, optional=True), "TIMESTAMP")
-                               if spec.start_datetime else "NULL"),
-            "end_date": self._cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "NULL",
-            "concept_id": col(spec.concept),
-            "source_value": col(spec.source_value, optional=True),
-            "source_concept_id": col(spec.source_concept, optional=True),
-            "value": value,
-            "visit_ref": col(spec.visit, optional=True) if spec.visit else "NULL",
-            "where": where,
-            "domain": f"'{spec.domain}'",
-            "domain_source_prefix": prefix,
-            "null_date_reason": f"'null {spec.start_date}'",
-            "bad_date_reason": f"'unparseable {spec.start_date}'",
-            "range_date_reason": f"'{spec.start_date} outside 1800-01-01..2149-12-31'",
-            "visit_table": self.qtable("visit_occurrence"),
-            "v_visit_occurrence_id": self.col("visit_occurrence", "visit_occurrence_id"),
-            "v_person_id": self.col("visit_occurrence", "person_id"),
-            "person_table": self.qtable("person"),
-            "p_person_id": self.col("person", "person_id"),
-            "p_year_of_birth": self.col("person", "year_of_birth"),
-            "concept_table": self.qtable("concept"),
-            "c_concept_id": self.col("concept", "concept_id"),
-            "c_vocabulary_id": self.col("concept", "vocabulary_id"),
-            "c_concept_code": self.col("concept", "concept_code"),
-        }
-        return render(load_sql("omop/events.sql"), frag), params
-
-    def persons_sql(self, options: "ExtractOptions") -> tuple[str, dict]:
-        col = lambda c, **kw: self.col("person", c, "p", **kw)   # noqa: E731
-        where, params = self._filters(col("person_id"), None, options)
-        death = "CAST(NULL AS DATE)"
-        if self.has_table("death") and {"person_id", "death_date"} <= set(self.columns("death")):
-            death = (f"(SELECT MIN({self._cast(self.col('death', 'death_date', 'd'), 'DATE')}) FROM "
-                     f"{self.qtable('death')} d WHERE {self.col('death', 'person_id', 'd')} = {col('person_id')})")
-        frag = {
-            "p_person_id": self.col("person", "person_id"), "p_year_of_birth": self.col("person", "year_of_birth"),
-            "p_gender_concept_id": self.col("person", "gender_concept_id"),
-            "birth_datetime": self._cast(col("birth_datetime", optional=True), "DATE"),
-            "month_of_birth": col("month_of_birth", optional=True), "day_of_birth": col("day_of_birth", optional=True),
-            "gender_source_value": col("gender_source_value", optional=True),
-            "person_source_value": col("person_source_value", optional=True),
-            "death_date": death, "person_table": self.qtable("person"), "where": where,
-        }
-        return render(load_sql("omop/persons.sql"), frag), params
-
-    def observation_periods_sql(self, options: "ExtractOptions") -> tuple[str, dict]:
-        t = "observation_period"
-        where, params = self._filters(self.col(t, "person_id", "o"), None, options)
-        frag = {"o_person_id": self.col(t, "person_id"), "o_start": self.col(t, "observation_period_start_date"),
-                "o_end": self.col(t, "observation_period_end_date"),
-                "o_id": self.col(t, "observation_period_id" if "observation_period_id" in self.columns(t)
-                                 else "person_id"),
-                "op_table": self.qtable(t), "where": where}
-        return render(load_sql("omop/observation_periods.sql"), frag), params
 
 
 def _raise(msg: str):
@@ -415,13 +311,13 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
 
     # persons and observation periods: small, one query each
     if "persons" not in done:
-        sql, params = cdm.persons_sql(options)
+        sql, params = persons_sql(cdm, options)
         persons = cdm.db.query(sql, params, _PERSON_QUERY_SCHEMA)
         ok = pc.is_null(persons.column("reason"))
         write_table(persons.filter(ok).select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA), out.path / "persons.parquet")
         write_table(_quarantine_rows(persons, pc.invert(ok), "person", with_code=False),
                     out.path / "quarantine-person.parquet")
-        sql, params = cdm.observation_periods_sql(options)
+        sql, params = observation_periods_sql(cdm, options)
         ops = cdm.db.query(sql, params, _OP_QUERY_SCHEMA)
         ok = pc.is_null(ops.column("reason"))
         write_table(ops.filter(ok).select(OBSERVATION_PERIODS_SCHEMA.names).cast(OBSERVATION_PERIODS_SCHEMA),
@@ -439,7 +335,7 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
             if spec.table not in cdm._tables[cdm.cdm_schema]:
                 summary.warnings.append(f"table {spec.table} absent: no {d} events")
             continue
-        sql, params = cdm.events_sql(spec, options)
+        sql, params = events_sql(cdm, spec, options)
         total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
         writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard)
         quarantine: list[pa.Table] = []
@@ -495,9 +391,3 @@ def _fill_counts(out: EventDir, summary: ExtractSummary, memory_limit: str | Non
     summary.persons = out.persons().num_rows
     con.close()
     shutil.rmtree(out.path / ".duckdb_tmp", ignore_errors=True)
-
-
-def extract_events(*args, **kwargs) -> EventDir:
-    """Like :func:`extract` but returns the opened event directory."""
-    extract(*args, **kwargs)
-    return EventDir.open(args[1] if len(args) > 1 else kwargs["out"])

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ..database import arrow_reader
-from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter,
+from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
                       fill_rebuilt_visits, validate_events, validate_persons, write_json, write_table)
 
 MEDS_VERSION = "0.4.0"

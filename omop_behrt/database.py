@@ -222,8 +222,7 @@ class Database:
         params = dict(params or {})
         if self.duck is not None:
             rel = self.duck.sql(self._duck_sql(sql), params=params or None)
-            reader = arrow_reader(rel, batch_rows)
-            for batch in reader:
+            for batch in prefetch(arrow_reader(rel, batch_rows)):
                 yield batch.cast(schema) if schema is not None else batch
             return
         import sqlalchemy as sa
@@ -329,6 +328,47 @@ class Transaction:
         binds = ", ".join(f":{n}" for n in names)
         for batch in table.to_batches(10_000):
             self.conn.execute(sa.text(f"INSERT INTO {qualified_table} ({cols}) VALUES ({binds})"), batch.to_pylist())
+
+
+def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """Produce the next batches in a background thread while the caller works on this one.
+
+    DuckDB computes a batch and the caller writes the previous one at the same time (both release the GIL);
+    ``depth`` bounds how many batches wait in memory.
+    """
+    import queue
+    import threading
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=produce, daemon=True, name="omop-behrt-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
 
 
 def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:

@@ -8,7 +8,6 @@ sorted batches inside a chunk); each finished chunk is saved, so an interrupted 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile

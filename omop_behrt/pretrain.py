@@ -10,7 +10,6 @@ metrics.jsonl.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -34,16 +34,12 @@ IGNORE = -100
 
 
 # -- data -------------------------------------------------------------------------------------------
-def token_table(events: EventDir, vocab: str) -> pa.Table:
-    """Events -> token table with the vocabulary engine (issue 4); ``source`` works without it (token = code)."""
-    try:
-        from .vocab import map_events
-    except ImportError:
-        if vocab != "source":
-            raise
-        t = events.read_events(["subject_id", "time", "visit_id", "domain", "code"])
-        return t.append_column("token", t.column("code"))
-    return map_events(events, vocab=vocab, progress=False).tokens
+def token_table(events: EventDir, vocab: str) -> tuple[pa.Table, dict]:
+    """Events -> token table (subject_id, time, visit_id, domain, code, token) and mapping coverage figures."""
+    from .vocab import map_events
+    res = map_events(events, vocab=vocab, progress=False)
+    report = res.report.as_dict() if res.report is not None else {}
+    return res.tokens, {k: report.get(k) for k in ("vocab", "pct_mapped")}
 
 
 def split_persons(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -59,7 +55,7 @@ def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtC
             val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year") -> tuple[TokenVocabulary, dict]:
     """Tokenise once: vocabulary from training persons only, then train/val sequences to ``out/data``."""
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
-    tokens = token_table(ev, vocab)
+    tokens, coverage = token_table(ev, vocab)
     persons = ev.persons()
     is_val = split_persons(tokens.column("subject_id").to_numpy(), val_fraction, seed)
     train_tokens = tokens.filter(pa.array(~is_val))
@@ -72,9 +68,10 @@ def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtC
     summary = {"events_dir": str(ev.path), "vocab": vocab, "min_count": min_count, "vocab_size": len(tv),
                "train_persons": int((~val).sum()), "val_persons": int(val.sum()), "val_fraction": val_fraction,
                "train_tokens": int(seqs.lengths[~val].sum()), "token_rows": tokens.num_rows,
-               "first_time": str(pa.compute.min(times)), "last_time": str(pa.compute.max(times)),
+               "first_time": str(pc.min(times)), "last_time": str(pc.max(times)),
                "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
-               "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit}
+               "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
+               "coverage": coverage}
     tv.save(out / "tokens.json")
     (out / "data" / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return tv, summary
@@ -149,30 +146,38 @@ def optimizer_for(model: Behrt, lr: float, weight_decay: float) -> torch.optim.A
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                             fused=True)
 
 
-def step_loss(model: torch.nn.Module, core: Behrt, batch: dict, gen: torch.Generator, plos_weight: float
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mask, run the encoder, MLM loss on chosen tokens only (+ PLOS); returns loss and metric tensors."""
-    ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
-    extras = {k: batch[k] for k in core.config.extras}
-    hidden = model(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
-    chosen = labels != IGNORE
-    target = labels[chosen]
-    logits = core.mlm_logits(hidden[chosen]).float()
-    mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
-    loss = mlm
-    stats = {"mlm_loss": mlm.detach(), "n": torch.tensor(target.numel())}
-    if target.numel():
-        top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
-        stats["correct"] = (top10[:, 0] == target).sum()
-        stats["top10"] = (top10 == target[:, None]).any(-1).sum()
-    if core.plos_head is not None:
-        plos = F.binary_cross_entropy_with_logits(core.plos_logits(hidden).float(), batch["plos"])
-        loss = loss + plos_weight * plos
-        stats["plos_loss"] = plos.detach()
-    return loss, stats
+class Objective(torch.nn.Module):
+    """The pretraining forward as one module (masking, encoder, MLM on chosen tokens, PLOS), so DDP sees it all."""
+
+    def __init__(self, model: Behrt, plos_weight: float = 1.0):
+        super().__init__()
+        self.model, self.plos_weight = model, plos_weight
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        core = self.model
+        ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
+        extras = {k: batch[k] for k in core.config.extras}
+        hidden = core(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
+        chosen = labels != IGNORE
+        target = labels[chosen]
+        logits = core.mlm_logits(hidden[chosen]).float()
+        mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
+        loss = mlm
+        stats = {"mlm_loss": mlm.detach(), "n": torch.tensor(target.numel())}
+        if target.numel():
+            top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
+            stats["correct"] = (top10[:, 0] == target).sum()
+            stats["top10"] = (top10 == target[:, None]).any(-1).sum()
+        if core.plos_head is not None:
+            plos = F.binary_cross_entropy_with_logits(core.plos_logits(hidden).float(), batch["plos"])
+            loss = loss + self.plos_weight * plos
+            stats["plos_loss"] = plos.detach()
+        return loss, stats
 
 
 def save_checkpoint(path: Path, model: Behrt, opt: torch.optim.AdamW, gen: torch.Generator, state: dict) -> None:
@@ -229,7 +234,7 @@ def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.dev
     for idx in batches(seqs.lengths, batch_tokens, seed, 0, shuffle=False):
         b = {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, model.config.extras).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            _, s = step_loss(model, model, b, gen, 0.0)
+            _, s = Objective(model, 0.0)(b, gen)
         n = int(s["n"])
         tot["loss"] += float(s["mlm_loss"]) * n
         tot["n"] += n
@@ -248,13 +253,17 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
              plos_weight: float = 1.0, sex: bool = False, min_count: int = 10, val_fraction: float = 0.1,
              seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
              log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
-             age_unit: str = "year") -> dict[str, Any]:
+             age_unit: str = "year", precision: str = "auto") -> dict[str, Any]:
     """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
 
     ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
     call early at that step with a checkpoint (``resume=True`` continues it exactly: the run settings come
     from the checkpoint). ``batch_tokens`` is the padded-token budget per batch (default 16k; 4k for tiny).
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` (autocast on CPU too; fast on
+    CPUs with AVX512-BF16/AMX) or ``fp32``.
     """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
@@ -300,7 +309,8 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
         run = {"config": asdict(cfg), "seed": seed, "lr": lr, "weight_decay": weight_decay, "clip": clip,
                "batch_tokens": batch_tokens or default_budget, "total_steps": total, "plos_weight": plos_weight,
                "warmup": warmup if warmup is not None else max(1, total // 10), "vocab": vocab,
-               "checkpoint_every": checkpoint_every, "log_every": log_every, "world_size": world}
+               "checkpoint_every": checkpoint_every, "log_every": log_every, "world_size": world,
+               "precision": precision}
     train, val = Sequences.load(out / "data" / "train"), Sequences.load(out / "data" / "val")
     if train.meta.get("vocab_sha256") != tv.sha256:
         raise ValueError(f"{out}/data was tokenised with another vocabulary than {out}/tokens.json; "
@@ -313,14 +323,14 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     state = {"step": 0, "epoch": 0, "batch": 0}
     if resuming:
         state = load_checkpoint(ckpt, core, opt, gen)
-    model: torch.nn.Module = core
+    if compile and dev.type == "cuda":
+        core.compile(dynamic=True)             # in place: the encoder's forward; state_dict names unchanged
+    model: torch.nn.Module = Objective(core, run["plos_weight"])
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                        find_unused_parameters=not cfg.plos)
-    if compile and dev.type == "cuda":
-        model = torch.compile(model, dynamic=True)
-    amp = dev.type == "cuda"
+        model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                        find_unused_parameters=not cfg.plos)   # the pooler serves PLOS only
+    amp = run["precision"] == "bf16" or (run["precision"] == "auto" and dev.type == "cuda")
     total, step = run["total_steps"], state["step"]
     metrics_file = out / "metrics.jsonl"
     if not resuming and rank == 0 and metrics_file.exists():
@@ -330,7 +340,6 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
     model.train()
     epoch, start = state["epoch"], state["batch"]
-    first_loss = None
     while step < total and (stop_after is None or step < stop_after):
         mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
         mine = mine[rank::world][: len(mine) // world]
@@ -339,7 +348,7 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                loss, s = step_loss(model, core, b, gen, run["plos_weight"])
+                loss, s = model(b, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(core.parameters(), run["clip"])
@@ -366,7 +375,6 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
                        "tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
                 if cfg.plos:
                     row["plos_loss"] = acc["plos"] / acc["steps"]
-                first_loss = first_loss if first_loss is not None else row["loss"]
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")

@@ -205,7 +205,6 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
     if age_unit not in ("year", "month"):
         raise ValueError(f"age_unit must be 'year' or 'month', got {age_unit!r}")
     con = duckdb.connect()
-    con.execute("SET threads TO 2")
     t = tokens.select(["subject_id", "time", "visit_id"]).append_column(
         "tok", pa.array(vocab.encode(tokens.column("token")), pa.int32()))
     con.register("t", t)

@@ -1,0 +1,101 @@
+"""The BEHRT encoder: shapes, switches, save/load round trip, padding invariance."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from omop_behrt.model import Behrt, BehrtConfig, sinusoidal
+from omop_behrt.tokenizer import SPECIALS, TokenVocabulary
+
+torch.set_num_threads(1)
+
+
+def vocab(n: int = 40) -> TokenVocabulary:
+    return TokenVocabulary(list(SPECIALS) + [f"T/{i}" for i in range(n - len(SPECIALS))],
+                           [0] * len(SPECIALS) + [100] * (n - len(SPECIALS)), min_count=10)
+
+
+def batch(lengths: list[int], V: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    ids = torch.randint(5, V, (len(lengths), T), generator=g) * mask
+    ids[:, 0] = 2
+    pos = torch.cumsum(torch.rand(len(lengths), T, generator=g) < 0.3, 1) * mask
+    return {"input_ids": ids, "ages": (30 + pos) * mask, "segments": (pos % 2) * mask, "positions": pos,
+            "attention_mask": mask}
+
+
+def tiny(**kw) -> Behrt:
+    torch.manual_seed(0)
+    return Behrt(BehrtConfig.preset("tiny", vocab_size=40, **kw)).eval()
+
+
+def test_config_defaults_are_the_papers():
+    c = BehrtConfig()
+    assert (c.layers, c.heads, c.hidden, c.intermediate, c.max_len) == (6, 12, 288, 512, 256)
+    m = Behrt(BehrtConfig(vocab_size=300))
+    assert 4e6 < m.num_params() < 7e6
+    with pytest.raises(ValueError, match="unknown config keys"):
+        BehrtConfig.from_dict({"hiddenn": 3})
+
+
+def test_forward_shapes_heads_and_tied_decoder():
+    m = tiny(plos=True)
+    b = batch([10, 7])
+    h = m(**b)
+    assert h.shape == (2, 10, 64)
+    assert m.mlm_logits(h).shape == (2, 10, 40)
+    assert m.plos_logits(h).shape == (2,) and m.pool(h).shape == (2, 64)
+    assert not any(n.endswith("decoder.weight") for n, _ in m.named_parameters())   # tied to code embedding
+    table = sinusoidal(8, 6)
+    assert torch.allclose(table[3, 0], torch.sin(torch.tensor(3.0))) and torch.allclose(table[0, 1], torch.tensor(1.0))
+
+
+def test_padding_invariance():
+    m = tiny(extras={"sex": 3})
+    b = batch([9, 23, 4, 16], seed=1)
+    b["sex"] = torch.tensor([1, 2, 0, 1])
+    full = m(**b)
+    for i, n in enumerate([9, 23, 4, 16]):
+        alone = m(**{k: v[i:i + 1, :n] for k, v in b.items() if k != "sex"}, sex=b["sex"][i:i + 1])
+        torch.testing.assert_close(full[i, :n], alone[0], atol=2e-5, rtol=1e-4)
+
+
+def test_ablation_switches_and_extras():
+    b = batch([12, 12])
+    m = tiny(use_age=False, use_segment=False, use_position=False)
+    assert m.embeddings.age is None and m.embeddings.segment is None
+    other = dict(b, ages=b["ages"] + 7, segments=1 - b["segments"], positions=b["positions"].flip(1))
+    torch.testing.assert_close(m(**b), m(**other))
+    m = tiny()
+    assert not torch.allclose(m(**b), m(**dict(b, ages=b["ages"] + 7)))
+    m = tiny(extras={"sex": 3})
+    assert not torch.allclose(m(**b, sex=torch.tensor([1, 1])), m(**b, sex=torch.tensor([2, 2])))
+
+
+def test_save_load_identical(tmp_path):
+    m = tiny(plos=True, extras={"sex": 3})
+    m.save(tmp_path / "model", vocab(), {"library_version": "test"})
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == ["config.json", "metadata.json", "model.safetensors", "tokens.json"]
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["vocab_size"] == 40 and cfg["extras"] == {"sex": 3}
+    r = Behrt.load(tmp_path / "model")
+    assert r.vocab.tokens == vocab().tokens and r.metadata["library_version"] == "test"
+    b = batch([11, 5])
+    sex = torch.tensor([1, 2])
+    assert torch.equal(m(**b, sex=sex), r(**b, sex=sex))
+    assert torch.equal(m.plos_logits(m(**b, sex=sex)), r.plos_logits(r(**b, sex=sex)))
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        Behrt.load(tmp_path)
+
+
+def test_cpu_bf16_autocast_close_to_fp32():
+    m = tiny()
+    b = batch([12, 30])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m(**b)
+    torch.testing.assert_close(low.float(), m(**b), atol=0.1, rtol=0.05)

@@ -304,6 +304,7 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
             old.unlink()
     done: dict = manifest.setdefault("parts", {})
     manifest.update({"source": cdm.db.description, "adapter": "omop", "cdm_version": cdm.cdm_version,
+                     "vocabulary_version": cdm.vocabulary_version,
                      "cdm_schema": cdm.cdm_schema, "vocab_schema": cdm.vocab_schema,
                      "filters": {k: (list(v) if isinstance(v, (list, tuple)) else
                                      f"{v.num_rows} index dates" if isinstance(v, pa.Table) else v)

@@ -95,9 +95,7 @@ class OmopCdm:
         """cdm_source.cdm_version when recorded, else from the visit columns renamed in 5.4."""
         try:
             if self.has_table("cdm_source") and "cdm_version" in self.columns("cdm_source"):
-                v = self.db.scalar(render(load_sql("omop/cdm_version.sql"), {
-                    "cdm_version": self.col("cdm_source", "cdm_version"),
-                    "cdm_source_table": self.qtable("cdm_source")}))
+                v = self.cdm_source_value("cdm_version")
                 m = re.search(r"5\.(\d)", str(v or ""))
                 if m:
                     return f"5.{m.group(1)}"
@@ -110,6 +108,19 @@ class OmopCdm:
             if "admitting_source_concept_id" in cols or "discharge_to_concept_id" in cols:
                 return "5.3"
         return "5.4"
+
+    def cdm_source_value(self, column: str) -> str | None:
+        """One value of the cdm_source table (e.g. ``vocabulary_version``), None when not recorded."""
+        if not self.has_table("cdm_source") or column not in self.columns("cdm_source"):
+            return None
+        v = self.db.scalar(render(load_sql("omop/cdm_source_value.sql"), {
+            "column": self.col("cdm_source", column), "cdm_source_table": self.qtable("cdm_source")}))
+        return str(v) if v is not None else None
+
+    @property
+    def vocabulary_version(self) -> str | None:
+        """The Athena vocabulary release the CDM was built with, as cdm_source records it."""
+        return self.cdm_source_value("vocabulary_version")
 
     # -- SQL fragments ---------------------------------------------------------------------------
     def _cast(self, expr: str, sqltype: str) -> str:

@@ -27,7 +27,7 @@ def test_eunomia_counts(eunomia_db, eunomia_events):
     cols = [r[0] for r in con.execute("DESCRIBE condition_occurrence").fetchall()]
     assert "CONDITION_START_DATE" in cols
     m = eunomia_events.manifest
-    assert m["cdm_version"] == "5.3"
+    assert m["cdm_version"] == "5.3" and m["vocabulary_version"] == "v5.0 18-JAN-19"
     s = m["summary"]
     assert s["persons"] == 2694 == eunomia_events.persons().num_rows
     assert s["events_by_domain"] == {"condition": 65332, "drug": 67707, "procedure": 37409,

@@ -279,6 +279,8 @@ def _add_embed(sub) -> None:
     p.add_argument("--batch-tokens", type=int, default=16_384)
     p.add_argument("--chunk-persons", type=int, default=20_000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
     p.add_argument("--work-dir", help="keep intermediate chunks here; with --resume, continue a stopped run")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -304,7 +306,7 @@ def _run_embed(args) -> int:
     res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
                        cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
                        chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
-                       resume=args.resume, progress=not args.quiet)
+                       resume=args.resume, progress=not args.quiet, precision=args.precision)
     seconds = time.perf_counter() - t0
     keep = pa.array(res.has_history | args.keep_empty)
     meta = json.loads((Path(args.model) / "metadata.json").read_text())
@@ -328,6 +330,9 @@ def _run_embed(args) -> int:
 
 COMMANDS = {"extract": _run_extract, "to-meds": _run_to_meds, "from-meds": _run_from_meds, "demo": _run_demo,
             "pretrain": _run_pretrain, "vocab": _run_vocab, "cohort": _run_cohort, "embed": _run_embed}
+from .cli_eval import COMMANDS as _EVAL_COMMANDS, add_parsers as _add_eval_parsers  # noqa: E402
+
+COMMANDS.update(_EVAL_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vocab(sub)
     _add_cohort(sub)
     _add_embed(sub)
+    _add_eval_parsers(sub)
     return parser
 
 

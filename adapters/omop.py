@@ -267,7 +267,7 @@ def _quarantine_rows(batch: pa.RecordBatch | pa.Table, mask, source: str, with_c
 
 def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str | None = None,
             vocab_schema: str | None = None, results_schema: str | None = None,
-            options: ExtractOptions | None = None, resume: bool = False, batch_rows: int = 1_000_000,
+            options: ExtractOptions | None = None, resume: bool = False, batch_rows: int = 500_000,
             rows_per_shard: int = 5_000_000, memory_limit: str | None = "2GB",
             progress: bool = True) -> ExtractSummary:
     """Read an OMOP CDM into an event directory at ``out`` and return what was read and written.

@@ -1,0 +1,214 @@
+"""Prediction subcommands of ``omop-behrt``: ``task`` (labels + split), ``finetune`` and ``evaluate`` (+ report).
+
+Same shape as omop_behrt/cli.py: ``_add_<name>(subparsers)`` declares a subcommand, ``_run_<name>(args)``
+runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.replace(",", " ").split()]
+
+
+# -- task ------------------------------------------------------------------------------------------
+def _add_task(sub) -> None:
+    p = sub.add_parser("task", help="make prediction labels (PLP-style or BEHRT T1-T3) and a person split",
+                       description="Write a task directory: labels, task.json (definition, attrition) and "
+                                   "split.parquet (seeded train/val/test by person).")
+    p.add_argument("kind", choices=["plp", "behrt"])
+    p.add_argument("--out", required=True, help="task directory to write")
+    p.add_argument("--source", help="plp: the CDM (DuckDB file, URL, export folder)")
+    p.add_argument("--target-cohort-id", type=int, help="plp: target cohort id in <results-schema>.<cohort-table>")
+    p.add_argument("--target", help="plp: CSV with subject_id,index_date instead of a cohort")
+    p.add_argument("--outcome-concepts", type=_ints, help="plp: outcome concept ids (with descendants)")
+    p.add_argument("--outcome-cohort-id", type=int, help="plp: outcome cohort id instead of concepts")
+    p.add_argument("--no-descendants", action="store_true")
+    p.add_argument("--tar-start", type=int, default=1, help="plp: time at risk starts this many days after index")
+    p.add_argument("--tar-end", type=int, default=365, help="plp: and ends this many days after (inclusive)")
+    p.add_argument("--min-prior-observation", type=int, default=0, help="plp: days of observation before index")
+    p.add_argument("--min-time-at-risk", type=int, default=364, help="plp: days at risk required (unless outcome)")
+    p.add_argument("--keep-prior-outcome", action="store_true", help="plp: keep entries with the outcome before")
+    p.add_argument("--events", help="behrt: event directory")
+    p.add_argument("--vocab", default="caliber", help="behrt: vocabulary giving the disease tokens")
+    p.add_argument("--cdm", help="behrt: CDM lending vocabulary tables to --vocab")
+    p.add_argument("--task", default="T1", choices=["T1", "T2", "T3"], help="behrt: next visit, 6 or 12 months")
+    p.add_argument("--disease-prefix", default="CALIBER/", help="behrt: tokens that count as diseases")
+    p.add_argument("--first-incidence", action="store_true", help="behrt: only diseases not seen before")
+    p.add_argument("--cdm-schema")
+    p.add_argument("--results-schema", default="results")
+    p.add_argument("--cohort-table", default="cohort")
+    p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,val,test fractions of persons")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_task(args) -> int:
+    from . import cohorts, tasks
+    out = Path(args.out)
+    if args.kind == "plp":
+        if not args.source:
+            raise ValueError("task plp needs --source (the CDM)")
+        if (args.target_cohort_id is None) == (args.target is None):
+            raise ValueError("task plp needs exactly one of --target-cohort-id or --target (CSV)")
+        target = args.target_cohort_id if args.target is None else cohorts.index_dates_from_csv(args.target)
+        task = tasks.plp_task(args.source, target, outcome_concepts=args.outcome_concepts,
+                              outcome_cohort=args.outcome_cohort_id, descendants=not args.no_descendants,
+                              tar_start=args.tar_start, tar_end=args.tar_end,
+                              min_prior_observation=args.min_prior_observation,
+                              min_time_at_risk=args.min_time_at_risk, remove_prior_outcome=not args.keep_prior_outcome,
+                              cdm_schema=args.cdm_schema, results_schema=args.results_schema,
+                              cohort_table=args.cohort_table)
+        task.save(out)
+        subjects = task.labels["subject_id"].to_numpy()
+        for k, v in task.attrition.items():
+            print(f"{k:<50} {v:>8,}")
+    else:
+        from .vocab import map_events
+        if not args.events:
+            raise ValueError("task behrt needs --events (an event directory)")
+        tokens = map_events(args.events, args.vocab, cdm=args.cdm, progress=False).tokens
+        task = tasks.behrt_task(tokens, args.task, disease_prefix=args.disease_prefix,
+                                first_incidence=args.first_incidence, seed=args.seed)
+        task.save(out)
+        subjects = task.index["subject_id"].to_numpy()
+        print(f"{args.task}: {task.definition['persons']:,} persons, {len(task.diseases)} diseases, "
+              f"{task.definition['positives']:,} positive labels")
+    split = tasks.split_persons(subjects, tuple(args.split), seed=args.seed)
+    tasks.save_split(out / "split.parquet", subjects, split)
+    print(f"task directory: {out} (split: " + ", ".join(f"{s} {int((split == s).sum()):,}" for s in tasks.SPLITS) + ")")
+    return 0
+
+
+def _split_of(task_dir: Path, task) -> np.ndarray:
+    from .tasks import load_split, split_persons
+    subjects = task.labels["subject_id"].to_numpy()
+    if (task_dir / "split.parquet").exists():
+        return load_split(task_dir / "split.parquet", subjects)
+    return split_persons(subjects)
+
+
+# -- finetune --------------------------------------------------------------------------------------
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a BEHRT encoder + head on a PLP task (Med-BERT style)")
+    p.add_argument("--model", required=True, help="pretrained model directory")
+    p.add_argument("--source", required=True, help="CDM or event directory the task's rows come from")
+    p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
+    p.add_argument("--out", required=True, help="head directory to write")
+    p.add_argument("--head", choices=["ffn", "gru", "linear"], default="ffn")
+    p.add_argument("--scratch", action="store_true", help="same architecture, random weights (no pretraining)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--min-steps", type=int, default=100, help="at least this many optimizer steps (small data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cdm-schema")
+
+
+def _run_finetune(args) -> int:
+    from .comparison import prepare
+    from .evaluate import binary_metrics
+    from .heads import FineTunedBehrt
+    from .tasks import Task
+    task = Task.load(args.task)
+    split = _split_of(Path(args.task), task)
+    prep = prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
+    y = task.y
+    tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    est = FineTunedBehrt(args.model, pretrained=not args.scratch, head=args.head, epochs=args.epochs,
+                         patience=args.patience, lr=args.lr, min_steps=args.min_steps, seed=args.seed)
+    est.fit(prep.seqs.select(tr), y[tr], eval_set=(prep.seqs.select(va), y[va]))
+    est.save(args.out)
+    m = binary_metrics(y[te], est.predict_proba(prep.seqs.select(te))[:, 1], n_boot=200, curves=False)
+    print(f"test AUROC {m['auroc']:.3f} ({m['auroc_ci'][0]:.3f}-{m['auroc_ci'][1]:.3f}), AUPRC {m['auprc']:.3f}; "
+          f"{est.history_[-1]['epoch'] + 1} epochs, best val AUROC {est.best_score_:.3f}")
+    print(f"head directory: {args.out}")
+    return 0
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def _add_evaluate(sub) -> None:
+    from .comparison import METHODS
+    p = sub.add_parser("evaluate", help="compare embeddings, fine-tuning and count baselines on a task; report",
+                       description="Fit every method on the task's train split (fine-tuning stops early on val), "
+                                   "score on test with bootstrap CIs, few-shot curves, optional HTML report.")
+    p.add_argument("--model", required=True, help="pretrained model directory")
+    p.add_argument("--source", required=True, help="CDM (censored at index in its SQL) or event directory")
+    p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--few-shot", type=_floats, default=[0.01, 0.05, 0.1, 0.25, 1.0],
+                   help="fractions of training labels (default 0.01,0.05,0.1,0.25,1)")
+    p.add_argument("--no-few-shot", action="store_true")
+    p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
+    p.add_argument("--head", choices=["ffn", "gru", "linear"], default="ffn")
+    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="mean")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", help="write report.html + results.json into this directory")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    p.add_argument("--cdm-schema")
+
+
+def _run_evaluate(args) -> int:
+    from . import comparison
+    from .tasks import MultiLabelTask, Task
+    if (Path(args.task) / "labels.npz").exists():            # BEHRT T1-T3
+        task = MultiLabelTask.load(args.task)
+        prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
+        res = comparison.run_behrt(prep, _split_of(Path(args.task), task), seed=args.seed,
+                                   finetune={"epochs": args.epochs})
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(res, indent=1, default=float))
+        return 0
+    task = Task.load(args.task)
+    split = _split_of(Path(args.task), task)
+    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
+    res = comparison.run(prep, split, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                         few_shot_fractions=None if args.no_few_shot else args.few_shot,
+                         finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,
+                         n_boot=args.bootstrap, seed=args.seed)
+    print(results_table(res))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=1, default=float))
+    if args.report:
+        from .report import write_report
+        cdm = args.source if Path(args.source).is_file() or "://" in str(args.source) else None
+        path = write_report(args.report, res, args.model, seqs=prep.seqs, cdm=cdm)
+        print(f"report: {path}")
+    return 0
+
+
+def results_table(res: dict) -> str:
+    """The comparison as a plain-text table (methods, then the few-shot rows)."""
+    def ci(m, k):
+        c = m.get(f"{k}_ci")
+        return f"{m[k]:.3f} ({c[0]:.3f}-{c[1]:.3f})" if c else f"{m[k]:.3f}"
+    n = res["n"]["test"]
+    lines = [f"test: {n['rows']:,} rows, {n['positives']:,} positive",
+             f"{'method':<26} {'AUROC (95% CI)':<22} {'AUPRC (95% CI)':<22} {'Brier':>6} {'slope':>6}"]
+    for name, m in res["methods"].items():
+        lines.append(f"{name:<26} {ci(m, 'auroc'):<22} {ci(m, 'auprc'):<22} {m['brier']:>6.3f} "
+                     f"{m['calibration_slope']:>6.2f}")
+    if res.get("few_shot"):
+        lines.append(f"\n{'few-shot':<26} {'% labels':>8} {'n':>6} {'pos':>5} {'AUROC':>7} {'AUPRC':>7}")
+        for r in res["few_shot"]:
+            lines.append(f"{r['method']:<26} {r['fraction'] * 100:>8g} {r['n_train']:>6} {r['train_positives']:>5} "
+                         f"{r['auroc']:>7.3f} {r['auprc']:>7.3f}")
+    return "\n".join(lines)
+
+
+COMMANDS = {"task": _run_task, "finetune": _run_finetune, "evaluate": _run_evaluate}
+
+
+def add_parsers(sub) -> None:
+    """Declare the prediction subcommands on cli.py's subparsers."""
+    _add_task(sub)
+    _add_finetune(sub)
+    _add_evaluate(sub)

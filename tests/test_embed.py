@@ -155,3 +155,15 @@ def test_embed_cli_to_tables(cdm, tiny_model, tmp_path, capsys):
     t = pa.parquet.read_table(tmp_path / "p" / "patient_embedding.parquet")
     assert t["subject_id"].to_pylist() == [6]             # 123 has no history before 1900: skipped, not exported
     assert "1 without history before the index date" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU: bf16 embedding path not exercised")
+def test_cuda_bf16_matches_cpu(tiny_model, eunomia_events):
+    """On a GPU (bf16 autocast by default) vectors match the CPU fp32 ones to bf16 precision."""
+    X = pd.DataFrame({"subject_id": [6, 123, 129], "index_date": pd.to_datetime(["2019-01-01"] * 3)})
+    cpu = PatientEmbedder(tiny_model, eunomia_events, device="cpu").fit().transform(X)
+    gpu = PatientEmbedder(tiny_model, eunomia_events, device="cuda").fit().transform(X)
+    assert np.allclose(cpu, gpu, atol=3e-2)
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert (cos > 0.999).all()

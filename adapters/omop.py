@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from ..cdm import OmopCdm
-from ..database import Database, SourceError, load_sql, quote, render
+from ..database import Database, load_sql, render
 from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
                       ShardWriter, fill_rebuilt_visits, write_table)
 
@@ -69,6 +69,7 @@ EVENT_TABLES: dict[str, EventTable] = {t.domain: t for t in [
 ]}
 DOMAINS = tuple(EVENT_TABLES)
 
+
 @dataclass
 class ExtractSummary:
     """What an extraction read and wrote; printed by the CLI and stored in the manifest."""
@@ -114,23 +115,15 @@ def _filters(cdm: OmopCdm, person_col: str, date_col: str | None, options: "Extr
         clauses.append(f"list_contains(:person_ids, {person_col})" if cdm.db.dialect == "duckdb"
                        else f"{person_col} = ANY(:person_ids)")
     if options.cohort_id is not None:
-        cohort = options.cohort_table
-        stored = cdm.db.tables(cdm.results_schema).get(cohort.lower())
-        if stored is None:
-            raise SourceError(f"cohort table {cdm.results_schema}.{cohort} not found in {cdm.db.description}")
-        ccols = cdm.db.columns(cdm.results_schema, stored)
-        for needed in ("cohort_definition_id", "subject_id"):
-            if needed not in ccols:
-                raise SourceError(f"cohort table {cdm.results_schema}.{cohort} has no column {needed}")
-        clauses.append(f"{person_col} IN (SELECT c.{quote(ccols['subject_id'])} FROM "
-                       f"{cdm.db.qualify(cdm.results_schema, stored)} c WHERE "
-                       f"c.{quote(ccols['cohort_definition_id'])} = :cohort_id)")
+        from ..cohorts import CohortTable
+        table, c = CohortTable(cdm.db, cdm.results_schema, options.cohort_table).resolve(
+            ("cohort_definition_id", "subject_id"))
+        clauses.append(f"{person_col} IN (SELECT c.{c['subject_id']} FROM {table} c "
+                       f"WHERE c.{c['cohort_definition_id']} = :cohort_id)")
         params["cohort_id"] = int(options.cohort_id)
     if options.index_dates is not None:
         # censoring at the index date happens here, inside the database: only events before it are read
-        ix = options.index_dates.group_by("subject_id").aggregate([("index_date", "max")])
-        params["ix_subject"] = ix["subject_id"].cast(pa.int64()).to_pylist()
-        params["ix_date"] = ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).to_pylist()
+        params.update(options.index_params())
         derived = ("SELECT unnest(CAST(:ix_subject AS BIGINT[])) AS subject_id, "
                    "unnest(CAST(:ix_date AS DATE[])) AS index_date")
         op = "<=" if options.inclusive else "<"
@@ -144,27 +137,27 @@ def _filters(cdm: OmopCdm, person_col: str, date_col: str | None, options: "Extr
         params["end_date"] = options.end
     return (" AND ".join(clauses) or "1 = 1"), params
 
+
 def events_sql(cdm: OmopCdm, spec: EventTable, options: "ExtractOptions") -> tuple[str, dict]:
     """The extraction query for one clinical table, and its bind parameters."""
     t = spec.table
     col = lambda c, **kw: cdm.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
     start_raw = col(spec.start_date)
-    start_date = cdm._cast(start_raw, "DATE")
+    start_date = cdm.cast(start_raw, "DATE")
     where, params = _filters(cdm, col("person_id"), start_date, options)
     if spec.coded_only:
         where = (f"(COALESCE({col(spec.concept)}, 0) <> 0 OR "
                  f"{col(spec.source_value, optional=True)} IS NOT NULL) AND {where}")
-    value = cdm._cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value else "NULL"
+    value = cdm.cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value else "NULL"
     prefix = "'SOURCE_" + spec.domain.upper() + "'"
     frag = {
         "table": cdm.qtable(t) + " ",
         "row_id": col(spec.row_id, optional=True) if spec.row_id else "NULL",
-        "person_id": quote(cdm.columns(t)["person_id"]) if "person_id" in cdm.columns(t)
-        else _raise(cdm._missing_column(t, "person_id")),
+        "person_id": cdm.col(t, "person_id"),
         "start_date": start_date, "start_raw": start_raw,
-        "start_datetime": (cdm._cast(col(spec.start_datetime, optional=True), "TIMESTAMP")
+        "start_datetime": (cdm.cast(col(spec.start_datetime, optional=True), "TIMESTAMP")
                            if spec.start_datetime else "NULL"),
-        "end_date": cdm._cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "NULL",
+        "end_date": cdm.cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "NULL",
         "concept_id": col(spec.concept),
         "source_value": col(spec.source_value, optional=True),
         "source_concept_id": col(spec.source_concept, optional=True),
@@ -189,23 +182,25 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: "ExtractOptions") -> tup
     }
     return render(load_sql("omop/events.sql"), frag), params
 
+
 def persons_sql(cdm: OmopCdm, options: "ExtractOptions") -> tuple[str, dict]:
     col = lambda c, **kw: cdm.col("person", c, "p", **kw)   # noqa: E731
     where, params = _filters(cdm, col("person_id"), None, options)
     death = "CAST(NULL AS DATE)"
     if cdm.has_table("death") and {"person_id", "death_date"} <= set(cdm.columns("death")):
-        death = (f"(SELECT MIN({cdm._cast(cdm.col('death', 'death_date', 'd'), 'DATE')}) FROM "
+        death = (f"(SELECT MIN({cdm.cast(cdm.col('death', 'death_date', 'd'), 'DATE')}) FROM "
                  f"{cdm.qtable('death')} d WHERE {cdm.col('death', 'person_id', 'd')} = {col('person_id')})")
     frag = {
         "p_person_id": cdm.col("person", "person_id"), "p_year_of_birth": cdm.col("person", "year_of_birth"),
         "p_gender_concept_id": cdm.col("person", "gender_concept_id"),
-        "birth_datetime": cdm._cast(col("birth_datetime", optional=True), "DATE"),
+        "birth_datetime": cdm.cast(col("birth_datetime", optional=True), "DATE"),
         "month_of_birth": col("month_of_birth", optional=True), "day_of_birth": col("day_of_birth", optional=True),
         "gender_source_value": col("gender_source_value", optional=True),
         "person_source_value": col("person_source_value", optional=True),
         "death_date": death, "person_table": cdm.qtable("person"), "where": where,
     }
     return render(load_sql("omop/persons.sql"), frag), params
+
 
 def observation_periods_sql(cdm: OmopCdm, options: "ExtractOptions") -> tuple[str, dict]:
     t = "observation_period"
@@ -216,11 +211,6 @@ def observation_periods_sql(cdm: OmopCdm, options: "ExtractOptions") -> tuple[st
                              else "person_id"),
             "op_table": cdm.qtable(t), "where": where}
     return render(load_sql("omop/observation_periods.sql"), frag), params
-
-
-
-def _raise(msg: str):
-    raise SourceError(msg)
 
 
 @dataclass
@@ -237,6 +227,16 @@ class ExtractOptions:
     #: index date, on or before it when ``inclusive``; see omop_behrt.cohorts for where index dates come from
     index_dates: pa.Table | None = None
     inclusive: bool = False
+    _index_params: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def index_params(self) -> dict:
+        """Each subject's latest index date as two bound arrays, converted once per extraction."""
+        if self._index_params is None:
+            ix = self.index_dates.group_by("subject_id").aggregate([("index_date", "max")])
+            self._index_params = {
+                "ix_subject": ix["subject_id"].cast(pa.int64()).to_pylist(),
+                "ix_date": ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).to_pylist()}
+        return self._index_params
 
 
 _EVENT_COLUMNS = [f.name for f in EVENTS_SCHEMA]
@@ -308,7 +308,7 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
                      "cdm_schema": cdm.cdm_schema, "vocab_schema": cdm.vocab_schema,
                      "filters": {k: (list(v) if isinstance(v, (list, tuple)) else
                                      f"{v.num_rows} index dates" if isinstance(v, pa.Table) else v)
-                                 for k, v in options.__dict__.items() if v is not None}})
+                                 for k, v in options.__dict__.items() if v is not None and not k.startswith("_")}})
     out.manifest = manifest
     summary = ExtractSummary(source=cdm.db.description, cdm_version=cdm.cdm_version)
 
@@ -335,7 +335,7 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
         if d in done:
             continue
         if not cdm.has_table(spec.table):
-            if spec.table not in cdm._tables[cdm.cdm_schema]:
+            if not cdm.in_catalogue(spec.table):
                 summary.warnings.append(f"table {spec.table} absent: no {d} events")
             continue
         sql, params = events_sql(cdm, spec, options)

@@ -21,7 +21,7 @@ _HEADER_AS_DATA = re.compile(r"^column\d+$")
 
 
 class OmopCdm:
-    """A CDM in a database: resolves schemas, tables and columns (any case), and renders the extraction SQL."""
+    """A CDM in a database: resolves schemas, tables and columns (any case) to quoted SQL identifiers."""
 
     def __init__(self, source: "str | Path | Database", cdm_schema: str | None = None,
                  vocab_schema: str | None = None, results_schema: str | None = None):
@@ -39,6 +39,10 @@ class OmopCdm:
         vocab = {"concept", "concept_ancestor", "concept_relationship", "vocabulary", "concept_synonym",
                  "domain", "concept_class", "relationship", "drug_strength", "source_to_concept_map"}
         return self.vocab_schema if table in vocab else self.cdm_schema
+
+    def in_catalogue(self, table: str) -> bool:
+        """The table exists (whatever its columns)."""
+        return table in self._tables[self._schema_of(table)]
 
     def has_table(self, table: str) -> bool:
         schema = self._schema_of(table)
@@ -93,14 +97,9 @@ class OmopCdm:
 
     def _detect_version(self) -> str:
         """cdm_source.cdm_version when recorded, else from the visit columns renamed in 5.4."""
-        try:
-            if self.has_table("cdm_source") and "cdm_version" in self.columns("cdm_source"):
-                v = self.cdm_source_value("cdm_version")
-                m = re.search(r"5\.(\d)", str(v or ""))
-                if m:
-                    return f"5.{m.group(1)}"
-        except SourceError:
-            pass
+        m = re.search(r"5\.(\d)", self.cdm_source_value("cdm_version") or "")
+        if m:
+            return f"5.{m.group(1)}"
         if self.has_table("visit_occurrence"):
             cols = self.columns("visit_occurrence")
             if "admitted_from_concept_id" in cols or "discharged_to_concept_id" in cols:
@@ -123,6 +122,6 @@ class OmopCdm:
         return self.cdm_source_value("vocabulary_version")
 
     # -- SQL fragments ---------------------------------------------------------------------------
-    def _cast(self, expr: str, sqltype: str) -> str:
+    def cast(self, expr: str, sqltype: str) -> str:
         """CAST, or TRY_CAST on DuckDB, where exports may hold text that does not parse."""
         return f"TRY_CAST({expr} AS {sqltype})" if self.db.dialect == "duckdb" else f"CAST({expr} AS {sqltype})"

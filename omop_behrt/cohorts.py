@@ -13,7 +13,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .database import Database, SourceError, check_identifier, load_sql, render
+from .database import Database, SourceError, check_identifier, load_sql, quote, render
 
 INDEX_SCHEMA = pa.schema([pa.field("cohort_definition_id", pa.int64()), pa.field("subject_id", pa.int64()),
                           pa.field("index_date", pa.timestamp("us"))])
@@ -107,26 +107,27 @@ class CohortTable:
         self.schema = check_identifier(results_schema or self.db.default_schema, "results schema name")
         self.table = check_identifier(cohort_table, "cohort table name")
 
-    @property
-    def qualified(self) -> str:
-        stored = self.db.tables(self.schema).get(self.table.lower(), self.table)
-        return self.db.qualify(self.schema, stored)
-
-    def read(self, cohort_definition_id: int) -> pa.Table:
-        """The entries of one cohort as an index table; error if the cohort has none."""
+    def resolve(self, columns: tuple[str, ...] = ("cohort_definition_id", "subject_id", "cohort_start_date")
+                ) -> tuple[str, dict[str, str]]:
+        """The quoted table and {column: quoted column as stored}; a clear error when either is missing."""
         stored = self.db.tables(self.schema).get(self.table.lower())
         if stored is None:
             raise SourceError(f"cohort table {self.schema}.{self.table} not found in {self.db.description}")
         cols = self.db.columns(self.schema, stored)
-        frag = {"cohort_table": self.db.qualify(self.schema, stored)}
-        for c in ("cohort_definition_id", "subject_id", "cohort_start_date"):
-            if c not in cols:
-                raise SourceError(f"cohort table {self.schema}.{stored} has no column {c}; columns: {list(cols)}")
-            frag[f"c_{c}"] = '"' + cols[c] + '"'
+        missing = [c for c in columns if c not in cols]
+        if missing:
+            raise SourceError(f"{self.schema}.{stored} is not a cohort table: no column {missing[0]} "
+                              f"(columns: {', '.join(cols)})")
+        return self.db.qualify(self.schema, stored), {c: quote(cols[c], "column name") for c in columns}
+
+    def read(self, cohort_definition_id: int) -> pa.Table:
+        """The entries of one cohort as an index table; error if the cohort has none."""
+        table, cols = self.resolve()
+        frag = {"cohort_table": table, **{f"c_{c}": q for c, q in cols.items()}}
         t = self.db.query(render(load_sql("cohorts/read_cohort.sql"), frag),
                           {"cohort_definition_id": int(cohort_definition_id)}, INDEX_SCHEMA)
         if t.num_rows == 0:
-            raise SourceError(f"cohort {cohort_definition_id} has no rows in {self.schema}.{stored}")
+            raise SourceError(f"cohort {cohort_definition_id} has no rows in {table}")
         return t
 
 
@@ -144,16 +145,14 @@ def _write_cohort(cdm, schema: str, cohort_table: str, cohort_definition_id: int
     db = cdm.db
     check_identifier(cohort_table, "cohort table name")
     if schema not in db.schemas():
-        db.execute(f"CREATE SCHEMA IF NOT EXISTS {db.qualify(schema, 'x').split('.')[0]}")
+        db.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema, 'schema name')}")
     stored = db.tables(schema).get(cohort_table.lower(), cohort_table)
-    qualified = db.qualify(schema, stored)
-    db.execute(render(load_sql("cohorts/create_cohort_table.sql"), {"cohort_table": qualified}))
-    cols = db.columns(schema, stored)
-    missing = [c for c in ("cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date")
-               if c not in cols]
-    if missing:
-        raise SourceError(f"existing table {schema}.{stored} is not a cohort table: no column {missing[0]} "
-                          f"(columns: {', '.join(cols)}); choose another cohort table name")
+    db.execute(render(load_sql("cohorts/create_cohort_table.sql"), {"cohort_table": db.qualify(schema, stored)}))
+    try:
+        qualified, _ = CohortTable(db, schema, stored).resolve(
+            ("cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"))
+    except SourceError as e:
+        raise SourceError(f"existing table {e}; choose another cohort table name") from None
     params = dict(params, cohort_definition_id=int(cohort_definition_id))
     with db.transaction() as tx:
         tx.execute(render(load_sql("cohorts/delete_cohort.sql"), {"cohort_table": qualified}),

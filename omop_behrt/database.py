@@ -248,21 +248,15 @@ class Database:
         return pa.table({})
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        if self.duck is not None:
-            rows = self.duck.execute(self._duck_sql(sql), dict(params or {}) or None).fetchall()
-            return rows[0][0] if rows else None
-        import sqlalchemy as sa
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), dict(params or {})).scalar()
+        """The first value of a query's first row (None when it returns no row)."""
+        with self.transaction() as tx:
+            rows = tx.execute(sql, params)
+        return rows[0][0] if rows else None
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         """Run a statement in its own transaction."""
-        if self.duck is not None:
-            self.duck.execute(self._duck_sql(sql), dict(params or {}) or None).fetchall()
-            return
-        import sqlalchemy as sa
-        with self.engine.begin() as conn:
-            conn.execute(sa.text(sql), dict(params or {}))
+        with self.transaction() as tx:
+            tx.execute(sql, params)
 
     @contextmanager
     def transaction(self) -> Iterator["Transaction"]:

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -282,9 +282,3 @@ def fill_rebuilt_visits(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa
     still_null = pc.and_(pc.is_null(visit), pc.invert(need)).to_numpy(zero_copy_only=False)
     i = batch.schema.get_field_index("visit_id")
     return batch.set_column(i, batch.schema.field(i), pa.array(merged, pa.int64(), mask=still_null))
-
-
-def iter_batches(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
-    """Flatten tables into record batches."""
-    for t in tables:
-        yield from t.to_batches()

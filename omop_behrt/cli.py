@@ -292,7 +292,7 @@ def _run_embed(args) -> int:
     import pyarrow as pa
 
     from . import cohorts, export
-    from .embed import embed_cohort, model_checksum
+    from .embed import embed_cohort
     if args.cohort_id is not None:
         index = cohorts.CohortTable(args.source, args.results_schema, args.cohort_table).read(args.cohort_id)
         cohort_source = f"{args.results_schema}.{args.cohort_table} cohort_definition_id={args.cohort_id}"
@@ -311,7 +311,7 @@ def _run_embed(args) -> int:
     keep = pa.array(res.has_history | args.keep_empty)
     meta = json.loads((Path(args.model) / "metadata.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
-    checksum = model_checksum(args.model)
+    checksum = res.provenance["model_checksum"]
     info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", Path(args.model).name),
                                      dims=res.vectors.shape[1], checksum=checksum, config=config)
     prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))

@@ -36,38 +36,29 @@ class Prepared:
     codes: pa.Table               # subject_id, time, code (events before each person's last index date)
     persons: pa.Table
     model_dir: Path
+    model: object = None          # the loaded omop_behrt.model.Behrt (loaded once, shared by the methods)
 
 
 def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None = None,
             vocab_schema: str | None = None, work_dir: str | Path | None = None, progress: bool = False) -> Prepared:
     """Extract (censored at the index dates when ``source`` is a CDM), map to the model's tokens, tokenise."""
-    from .adapters import omop
-    from .embed import _is_cdm, _match_rows
-    from .events import EventDir
+    from .embed import censored_events, cut_times, index_sequences
     from .model import Behrt
-    from .tokenizer import tokenize, visit_table
+    from .tokenizer import visit_table
     from .vocab import map_events
     model = Behrt.load(model_dir)
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-eval-"))
     try:
-        if _is_cdm(source):
-            opts = omop.ExtractOptions(index_dates=task.labels.select(["subject_id", "index_date"]))
-            omop.extract(source, Path(work_dir) / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema,
-                         options=opts, progress=progress)
-            events, cdm = EventDir.open(Path(work_dir) / "events"), source
-        else:
-            events, cdm = (source if isinstance(source, EventDir) else EventDir.open(source)), None
+        events, cdm = censored_events(source, task.labels, Path(work_dir), cdm_schema=cdm_schema,
+                                      vocab_schema=vocab_schema, progress=progress)
         persons = events.persons()
         codes = events.read_events(["subject_id", "time", "code"])
         tokens = map_events(events, vocab=model.metadata.get("vocab", "source"), cdm=cdm, progress=False).tokens
-        cut = pa.table({"subject_id": task.labels["subject_id"], "index_time": task.labels["index_date"]})
-        seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len, age_unit=model.config.age_unit,
-                        cutoff=cut, visits=visit_table(events))
-        row_t = task.labels["index_date"].cast(pa.timestamp("us")).to_numpy().astype(np.int64)
-        order = _match_rows(seqs.subject_id, seqs.index_time, task.labels["subject_id"].to_numpy(), row_t)
-        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir))
+        seqs, order = index_sequences(tokens, persons, visit_table(events), model,
+                                      task.labels["subject_id"].to_numpy(), cut_times(task.labels))
+        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -102,7 +93,7 @@ def run(prep: Prepared, split: np.ndarray, *, methods: Sequence[str] = METHODS,
                              f"positive (too few outcomes for this split)")
     say = print if progress else (lambda *a, **k: None)
     t0, seconds = time.perf_counter(), {}
-    model = Behrt.load(prep.model_dir)
+    model = prep.model if prep.model is not None else Behrt.load(prep.model_dir)
     emb = embed_sequences(model, prep.seqs, pooling=pooling)
     seconds["embed"] = time.perf_counter() - t0
     index = prep.task.labels.select(["subject_id", "index_date"])

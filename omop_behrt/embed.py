@@ -112,6 +112,41 @@ class EmbeddingResult:
     provenance: dict = field(default_factory=dict)
 
 
+def censored_events(source, index: pa.Table, work: Path, *, inclusive: bool = False, cdm_schema: str | None = None,
+                    vocab_schema: str | None = None, resume: bool = False, progress: bool = False):
+    """The events an index table may see, and the CDM (or None) vocabularies may consult.
+
+    A CDM source is extracted into ``work/events`` with the censoring in its SQL (only events before each
+    subject's latest index date leave the database); an event directory is used as it is (the tokenizer's
+    cut-off then does the censoring).
+    """
+    from .adapters import omop
+    if not _is_cdm(source):
+        return (source if isinstance(source, EventDir) else EventDir.open(source)), None
+    opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive)
+    omop.extract(source, work / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema, options=opts,
+                 resume=resume and (work / "events" / "manifest.json").exists(), progress=progress)
+    return EventDir.open(work / "events"), source
+
+
+def cut_times(index: pa.Table, inclusive: bool = False) -> np.ndarray:
+    """Each row's cut (µs): its index date, or the end of that day when events on the day count too."""
+    cut = index["index_date"].cast(pa.timestamp("us"))
+    if inclusive:
+        cut = pc.add(pc.floor_temporal(cut, unit="day"), pa.scalar(86_400_000_000, pa.duration("us")))
+    return cut.to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def index_sequences(tokens: pa.Table, persons: pa.Table, visits: pa.Table, model, subject_id: np.ndarray,
+                    cut: np.ndarray):
+    """Tokenise each (subject, cut) row with the model's vocabulary; returns (sequences, sequence of each row)."""
+    from .tokenizer import tokenize
+    cutoff = pa.table({"subject_id": pa.array(subject_id, pa.int64()), "index_time": pa.array(cut, pa.timestamp("us"))})
+    seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len, age_unit=model.config.age_unit,
+                    cutoff=cutoff, visits=visits)
+    return seqs, _match_rows(seqs.subject_id, seqs.index_time, subject_id, cut)
+
+
 def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str = "cls", inclusive: bool = False,
                  cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
                  chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
@@ -120,12 +155,12 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
 
     ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
-    directory. ``work_dir`` keeps the censored events and finished chunks (``resume=True`` reuses them).
+    directory. Tokens are mapped once (sorted by subject, so each chunk reads only its own shards);
+    ``work_dir`` keeps the censored events, tokens and finished chunks (``resume=True`` reuses them).
     """
-    from .adapters import omop
     from .model import Behrt
     from .pretrain import resolve_device
-    from .tokenizer import tokenize, visit_table
+    from .tokenizer import visit_table
     from .vocab import map_events
     t0 = time.perf_counter()
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
@@ -138,27 +173,22 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        if _is_cdm(source):
-            opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive)
-            omop.extract(source, work / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema, options=opts,
-                         resume=resume and (work / "events" / "manifest.json").exists(), progress=progress)
-            events, cdm = EventDir.open(work / "events"), source
-        else:
-            events, cdm = (source if isinstance(source, EventDir) else EventDir.open(source)), None
+        events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
+                                      vocab_schema=vocab_schema, resume=resume, progress=progress)
         persons = events.persons()
-        dset = events.events()
-        # the cut per entry: strictly before the index date, or through the end of its day when inclusive
-        cut = index["index_date"].cast(pa.timestamp("us"))
-        if inclusive:
-            cut = pc.add(pc.floor_temporal(cut, unit="day"), pa.scalar(86_400_000_000, pa.duration("us")))
-        subjects = np.unique(index["subject_id"].to_numpy())
+        token_dir = work / "tokens"
+        if not (resume and any(token_dir.glob("tokens/part-*.parquet"))):
+            shutil.rmtree(token_dir, ignore_errors=True)
+            map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False)
+        tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
+        row_subject = index["subject_id"].to_numpy()
+        row_cut = cut_times(index, inclusive)
+        subjects = np.unique(row_subject)
         n_chunks = max(1, -(-len(subjects) // chunk_persons))
         vectors = np.zeros((index.num_rows, model.config.hidden), dtype=np.float32)
         has_history = np.zeros(index.num_rows, dtype=bool)
         chunk_dir = work / "chunks"
         chunk_dir.mkdir(exist_ok=True)
-        row_subject = index["subject_id"].to_numpy()
-        row_cut = cut.to_numpy().astype("datetime64[us]").astype(np.int64)
         with tqdm(total=index.num_rows, desc="patients", unit="patient", disable=not progress) as bar:
             for k in range(n_chunks):
                 chunk_subjects = subjects[k * chunk_persons:(k + 1) * chunk_persons]
@@ -169,16 +199,12 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                     vectors[rows], has_history[rows] = saved["vectors"], saved["has_history"]
                     bar.update(len(rows))
                     continue
-                ev = dset.to_table(filter=ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64())))
-                tokens = map_events(ev, vocab=vocab_name, cdm=cdm, progress=False).tokens
-                visits = visit_table(ds.dataset(ev))
-                cutoff = pa.table({"subject_id": pa.array(row_subject[rows], pa.int64()),
-                                   "index_time": pa.array(row_cut[rows], pa.timestamp("us"))})
-                seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len,
-                                age_unit=model.config.age_unit, cutoff=cutoff, visits=visits)
+                mine = ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64()))
+                tokens = tokens_ds.to_table(filter=mine)
+                visits = visit_table(events.events().filter(mine))
+                seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows])
                 vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
                                       precision=precision)
-                seq_of_row = _match_rows(seqs.subject_id, seqs.index_time, row_subject[rows], row_cut[rows])
                 vectors[rows] = vec[seq_of_row]
                 has_history[rows] = seqs.lengths[seq_of_row] > 1
                 tmp_file = chunk_dir / f"chunk-{k:05d}.tmp.npz"

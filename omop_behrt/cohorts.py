@@ -162,15 +162,9 @@ def _write_cohort(cdm, schema: str, cohort_table: str, cohort_definition_id: int
                          {"c": int(cohort_definition_id)}))
 
 
-def first_occurrence_cohort(source, cohort_definition_id: int, concept_ids: Sequence[int], *,
-                            descendants: bool = True, domains: Sequence[str] | None = None,
-                            cdm_schema: str | None = None, vocab_schema: str | None = None,
-                            results_schema: str | None = None, cohort_table: str = "cohort",
-                            allow_cdm_schema: bool = False) -> int:
-    """Write the cohort "first occurrence of any of these concepts (with descendants)"; returns its size."""
-    from .adapters.omop import OmopCdm
-    cdm = OmopCdm(Database.connect(source, read_only=False), cdm_schema, vocab_schema)
-    schema = _writable_results(cdm, results_schema, allow_cdm_schema)
+def occurrences_sql(cdm, domains: Sequence[str] | None = None, concepts: str | None = None) -> str:
+    """``SELECT person_id, start_date`` over the domain tables the CDM has (UNION ALL), optionally only rows
+    whose concept is in the subquery ``concepts``; the shared base of cohorts and outcomes."""
     parts = []
     for d in domains or list(_OCCURRENCE_TABLES):
         if d not in _OCCURRENCE_TABLES:
@@ -178,15 +172,28 @@ def first_occurrence_cohort(source, cohort_definition_id: int, concept_ids: Sequ
         table, concept, start = _OCCURRENCE_TABLES[d]
         if not cdm.has_table(table):
             continue
+        where = f" WHERE CAST({cdm.col(table, concept, 'e')} AS BIGINT) IN ({concepts})" if concepts else ""
         parts.append(f"SELECT CAST({cdm.col(table, 'person_id', 'e')} AS BIGINT) AS person_id, "
-                     f"CAST({cdm.col(table, start, 'e')} AS DATE) AS start_date FROM {cdm.qtable(table)} e "
-                     f"WHERE CAST({cdm.col(table, concept, 'e')} AS BIGINT) IN (SELECT concept_id FROM wanted)")
+                     f"CAST({cdm.col(table, start, 'e')} AS DATE) AS start_date FROM {cdm.qtable(table)} e{where}")
     if not parts:
         raise SourceError(f"none of the domain tables {list(domains or _OCCURRENCE_TABLES)} is in the CDM")
+    return " UNION ALL ".join(parts)
+
+
+def first_occurrence_cohort(source, cohort_definition_id: int, concept_ids: Sequence[int], *,
+                            descendants: bool = True, domains: Sequence[str] | None = None,
+                            cdm_schema: str | None = None, vocab_schema: str | None = None,
+                            results_schema: str | None = None, cohort_table: str = "cohort",
+                            allow_cdm_schema: bool = False) -> int:
+    """Write the cohort "first occurrence of any of these concepts (with descendants)"; returns its size."""
+    from .cdm import OmopCdm
+    cdm = OmopCdm(Database.connect(source, read_only=False), cdm_schema, vocab_schema)
+    schema = _writable_results(cdm, results_schema, allow_cdm_schema)
+    occurrences = occurrences_sql(cdm, domains, "SELECT concept_id FROM wanted")
     if descendants:
         cdm.require("concept_ancestor")
     fragments = {
-        "occurrences": " UNION ALL ".join(parts),
+        "occurrences": occurrences,
         "concept_ancestor": cdm.qtable("concept_ancestor") if descendants else cdm.qtable("concept"),
         "ca_descendant": cdm.col("concept_ancestor", "descendant_concept_id") if descendants
         else cdm.col("concept", "concept_id"),
@@ -209,7 +216,7 @@ def min_visits_cohort(source, cohort_definition_id: int, min_visits: int, *, vis
     condition, drug, procedure, measurement or observation (for CDMs such as Eunomia whose events rarely link
     to a visit; the same (person, day) rule the adapter uses to rebuild visits).
     """
-    from .adapters.omop import OmopCdm
+    from .cdm import OmopCdm
     if int(min_visits) < 1:
         raise ValueError(f"min_visits must be >= 1, got {min_visits}")
     cdm = OmopCdm(Database.connect(source, read_only=False), cdm_schema)
@@ -219,12 +226,8 @@ def min_visits_cohort(source, cohort_definition_id: int, min_visits: int, *, vis
         v = (f"SELECT CAST({cdm.col(t, 'person_id', 'e')} AS BIGINT) AS person_id, "
              f"CAST({cdm.col(t, 'visit_start_date', 'e')} AS DATE) AS start_date FROM {cdm.qtable(t)} e")
     elif visits == "days":
-        parts = []
-        for d in ("condition", "drug", "procedure", "measurement", "observation"):
-            table, _, start = _OCCURRENCE_TABLES[d]
-            parts.append(f"SELECT CAST({cdm.col(table, 'person_id', 'e')} AS BIGINT) AS person_id, "
-                         f"CAST({cdm.col(table, start, 'e')} AS DATE) AS start_date FROM {cdm.qtable(table)} e")
-        v = "SELECT DISTINCT person_id, start_date FROM (" + " UNION ALL ".join(parts) + ") d"
+        v = ("SELECT DISTINCT person_id, start_date FROM ("
+             + occurrences_sql(cdm, ("condition", "drug", "procedure", "measurement", "observation")) + ") d")
     else:
         raise ValueError(f"visits must be 'visit_occurrence' or 'days', got {visits!r}")
     return _write_cohort(cdm, schema, cohort_table, cohort_definition_id, load_sql("cohorts/min_visits.sql"),

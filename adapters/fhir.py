@@ -135,7 +135,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
                      "views": str(views) if views else None, "notes": notes})
     out.manifest = manifest
     out.write_manifest()
-    known = _patient_ids_first(files, parts)
+    known = _patient_ids_first(files)
     todo = [(i, p) for i, p in enumerate(parts) if str(i) not in done]
     nworkers = max(1, min(workers or min(2, os.cpu_count() or 1), len(todo)))
     args = [(i, p, str(out.path), str(views) if views else None, validate, known) for i, p in todo]
@@ -163,7 +163,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     return summary
 
 
-def _patient_ids_first(files: list[Path], parts: list[list[str]]) -> set[int]:
+def _patient_ids_first(files: list[Path]) -> set[int]:
     """Subject ids of the NDJSON Patient files (read first and cheaply), so every part knows them up front."""
     known: set[int] = set()
     for f in files:
@@ -222,8 +222,9 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     for f in sorted((out.path / ".fhir").glob("pending-*.parquet")):
         t = pq.read_table(f)
         ok = pc.is_in(t.column("subject_id"), value_set=ids)
-        writer.write(EventBuffer.to_events(t.filter(ok)))
-        resolved += len(set(zip(*[t.filter(ok).column(c).to_pylist() for c in ("source", "row")])))
+        kept = t.filter(ok)
+        writer.write(EventBuffer.to_events(kept))
+        resolved += kept.group_by(["source", "row"]).aggregate([]).num_rows
         lost = t.filter(pc.invert(ok))
         if lost.num_rows:
             keys = pa.table({"source": lost.column("source"), "row": lost.column("row")})
@@ -261,28 +262,33 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
             "WHERE time IS NOT NULL GROUP BY 1 ORDER BY 1", params={"f": files}).to_arrow_table()
     write_table(periods.cast(OBSERVATION_PERIODS_SCHEMA), out.path / "observation_periods.parquet")
     if files:
-        rows = con.execute("SELECT domain, COUNT(*) FROM read_parquet($f) GROUP BY 1", {"f": files}).fetchall()
+        # one more pass over the events: counts per (domain, visit_id), small next to the events themselves;
+        # the domain counts and the visit statistics both come from it
+        con.execute("CREATE TEMP TABLE g AS SELECT domain, visit_id, COUNT(*) AS n FROM read_parquet($f) "
+                    "GROUP BY 1, 2", {"f": files})
+        rows = con.execute("SELECT domain, CAST(SUM(n) AS BIGINT) FROM g GROUP BY 1").fetchall()
         summary.events_by_domain = {d: n for d, n in rows}
         summary.events_out = sum(summary.events_by_domain.values())
-        summary.visits, summary.rebuilt_visits, dangling, visit_events = con.execute(
-            "WITH e AS (SELECT * FROM read_parquet($f)), v AS (SELECT DISTINCT visit_id FROM e WHERE domain = 'visit') "
+        summary.visits, summary.rebuilt_visits, dangling, visit_events, distinct = con.execute(
+            "WITH v AS (SELECT DISTINCT visit_id FROM g WHERE domain = 'visit') "
             "SELECT COUNT(DISTINCT visit_id) FILTER (WHERE visit_id > 0), "
             "COUNT(DISTINCT visit_id) FILTER (WHERE visit_id < 0), "
-            "COUNT(*) FILTER (WHERE visit_id > 0 AND visit_id NOT IN (SELECT visit_id FROM v)), "
-            "COUNT(*) FILTER (WHERE domain = 'visit') FROM e", {"f": files}).fetchone()
+            "COALESCE(CAST(SUM(n) FILTER (WHERE visit_id > 0 AND visit_id NOT IN (SELECT visit_id FROM v)) "
+            "AS BIGINT), 0), "
+            "COALESCE(CAST(SUM(n) FILTER (WHERE domain = 'visit') AS BIGINT), 0), "
+            "COUNT(visit_id) FILTER (WHERE domain = 'visit') FROM g").fetchone()
         if dangling:
             summary.warnings.append(f"{dangling:,} events point at an Encounter that is not in the input "
                                     f"(visit_id kept)")
-        distinct = con.execute("SELECT COUNT(DISTINCT visit_id) FROM read_parquet($f) WHERE domain = 'visit'",
-                               {"f": files}).fetchone()[0]
         if distinct < visit_events:
             summary.warnings.append(f"{visit_events - distinct:,} Encounters repeat a visit_id (a repeated "
                                     f"Encounter id, or a hash collision)")
-    qt = out.quarantine()
+    con.close()
     summary.quarantined_by_reason = {}
-    for r in qt.column("reason").to_pylist():
-        key = _reason_kind(r)
-        summary.quarantined_by_reason[key] = summary.quarantined_by_reason.get(key, 0) + 1
+    reasons = pc.value_counts(out.quarantine().column("reason")).to_pylist()
+    for r in reasons:
+        key = _reason_kind(r["values"])
+        summary.quarantined_by_reason[key] = summary.quarantined_by_reason.get(key, 0) + r["counts"]
     summary.warnings = notes + summary.warnings
 
 

@@ -135,10 +135,7 @@ class EventBuffer:
 
     def group(self, at: tuple) -> list[tuple]:
         """The list to append ``(row, subject_id, patient, visit, source, row label, resource no.)`` to."""
-        g = self.groups.get(at)
-        if g is None:
-            g = self.groups[at] = []
-        return g
+        return self.groups.setdefault(at, [])
 
     def end_resource(self, rows: int) -> None:
         self.ordinal += 1
@@ -229,8 +226,8 @@ class QuarantineBuffer:
         self.rows: list[tuple] = []
         self.tables: list[pa.Table] = []
 
-    def add(self, source: str, row: str, reason: str, subject_id: int | None = None) -> None:
-        self.rows.append((source, row, subject_id, None, None, reason))
+    def add(self, source: str, row: str, reason: str) -> None:
+        self.rows.append((source, row, None, None, None, reason))
 
     def add_table(self, t: pa.Table) -> None:
         self.tables.append(pa.table({"source": t.column("source"), "row": t.column("row"),

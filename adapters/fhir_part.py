@@ -73,7 +73,11 @@ class Part:
             if v.name != "patient":
                 self.by_type.setdefault(v.resource, []).append(v)
         self.patient_view = views.get("patient")
-        self.known = set(known or ())
+        # subject ids known to exist: the NDJSON Patients read up front (sorted once), plus this part's own
+        # Patients (merged in, sorted, at each flush; few next to the first)
+        self.known = np.unique(np.fromiter(known or (), np.int64, len(known or ())))
+        self.known_here = np.empty(0, np.int64)
+        self.new_known: list[int] = []
         self.batch_rows = batch_rows
         self.counts = {"read": 0, "ignored": {}, "by_type": {}, "out": 0, "quarantined": 0, "pending": 0}
         work = self.out / ".fhir"
@@ -170,7 +174,7 @@ class Part:
         names = self.patient_view.column_names if self.patient_view else ["id"]
         sid = fhir_id(pid)
         self.persons.add(sid, pid, dict(zip(names, rows[0])), source, row)
-        self.known.add(sid)
+        self.new_known.append(sid)
         self.counts["out"] += 1
         return None
 
@@ -222,8 +226,10 @@ class Part:
             self.counts["quarantined"] += len(bad_res)
         keep = ~np.isin(per_resource, bad_res)
         subj = table.column("subject_id").to_numpy()
-        known = np.isin(subj, np.fromiter(self.known, np.int64, len(self.known))) if self.known else \
-            np.zeros(len(subj), bool)
+        if self.new_known:
+            self.known_here = np.union1d(self.known_here, np.array(self.new_known, np.int64))
+            self.new_known = []
+        known = _in_sorted(subj, self.known) | _in_sorted(subj, self.known_here)
         ok = keep & known
         wait = keep & ~known
         self.counts["out"] += len(np.unique(per_resource[ok]))
@@ -233,6 +239,14 @@ class Part:
         if wait.any():
             schema = EventBuffer.pending_schema()
             self.pending.write(table.filter(pa.array(wait)).select(schema.names).cast(schema))
+
+
+def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in the sorted array ``sorted_ids`` (binary search; ``sorted_ids`` is not re-sorted)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_ids, values).clip(max=len(sorted_ids) - 1)
+    return sorted_ids[at] == values
 
 
 _RESOURCE_TYPES: dict[str, bool] = {}

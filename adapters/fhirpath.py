@@ -431,13 +431,3 @@ class Compiler:
                     out.append(v)
             return out
         return typed
-
-
-def compile_path(src: str, constants: dict[str, Any] | None = None) -> Fn:
-    """Compile one FHIRPath expression; call the result as ``f([resource], {"resource": resource})``."""
-    return Compiler(constants).compile(src)
-
-
-def evaluate(src: str, resource: dict, constants: dict[str, Any] | None = None) -> list:
-    """Evaluate an expression on one resource (convenient; compile once with :func:`compile_path` in loops)."""
-    return compile_path(src, constants)([resource], {"resource": resource})

@@ -111,7 +111,7 @@ class View:
         all_cols = cols + [c for _, sc in subs for c in sc] + union_cols
         width = len(all_cols)
 
-        if not iterators and not unions and (not subs or not col_fns) and len(subs) + bool(col_fns) == 1:
+        if not iterators and not unions and len(subs) + bool(col_fns) == 1:
             if subs:                    # a select holding one select: that select
                 return subs[0][0], all_cols
 

@@ -70,15 +70,17 @@ def ancestors(cdm: Any, ids: list[int]) -> pa.Table:
     return t.cast(_ANCESTOR_SCHEMA) if t.num_rows else _ANCESTOR_SCHEMA.empty_table()
 
 
-def standard_concepts(keys: pa.Table, ctx: MapContext) -> pa.Table:
-    """(key_id, concept_id): the standard concept(s) of each key, best evidence first.
+def standard_concepts(keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
+    """(key_id, concept_id): the standard concept(s) of each key, best evidence first; and the concept rows
+    read on the way (CONCEPT rows of the keys' ids and codes; empty without a CDM), for :func:`concept_tokens`.
 
     Without a CDM: the event's concept_id (the adapter already resolved it). With one: concept_id, then
     source_concept_id, then the code and the source code looked up as (vocabulary_id, concept_code); a
     standard concept is kept as it is, a non-standard one follows 'Maps to' (possibly to several concepts).
     """
     if ctx.cdm is None:
-        return ctx.sql("SELECT key_id, concept_id FROM k WHERE concept_id IS NOT NULL AND concept_id <> 0", k=keys)
+        return (ctx.sql("SELECT key_id, concept_id FROM k WHERE concept_id IS NOT NULL AND concept_id <> 0",
+                        k=keys), _CONCEPT_SCHEMA.empty_table())
     ids = set(keys.column("concept_id").drop_null().to_pylist()) | set(
         keys.column("source_concept_id").drop_null().to_pylist())
     codes = set(keys.column("code_value").drop_null().to_pylist()) | set(
@@ -86,14 +88,21 @@ def standard_concepts(keys: pa.Table, ctx: MapContext) -> pa.Table:
     conc = concept_rows(ctx.cdm, sorted(ids), sorted(codes))
     links = maps_to(ctx.cdm, conc.filter(pc.is_null(conc.column("standard_concept")))
                     .column("concept_id").to_pylist())
-    return ctx.sql(load_sql("vocab/standard_concepts.sql"), k=keys, c=conc, r=links)
+    return ctx.sql(load_sql("vocab/standard_concepts.sql"), k=keys, c=conc, r=links), conc
 
 
-def concept_tokens(ctx: MapContext, pairs: pa.Table, keys: pa.Table, column: str = "concept_id") -> pa.Table:
+def concept_tokens(ctx: MapContext, pairs: pa.Table, keys: pa.Table, column: str = "concept_id",
+                   known: pa.Table | None = None) -> pa.Table:
     """(key_id, token): token = VOCABULARY_ID/concept_code of ``column``; where the CDM's concept table lacks
-    the row, the key's own code when it is the key's own concept, else ``OMOP/<concept_id>``."""
-    ids = pairs.column(column).drop_null().to_pylist()
-    conc = concept_rows(ctx.cdm, sorted(set(ids)), []) if ctx.cdm is not None else _CONCEPT_SCHEMA.empty_table()
+    the row, the key's own code when it is the key's own concept, else ``OMOP/<concept_id>``.
+
+    ``known``: concept rows already read (from :func:`standard_concepts`); only the ids they lack are read.
+    """
+    conc = known if known is not None else _CONCEPT_SCHEMA.empty_table()
+    if ctx.cdm is not None:
+        ids = set(pairs.column(column).drop_null().to_pylist()) - set(conc.column("concept_id").to_pylist())
+        if ids:
+            conc = pa.concat_tables([conc, concept_rows(ctx.cdm, sorted(ids), [])])
     return ctx.sql(render(load_sql("vocab/concept_tokens.sql"), {"id": column}), p=pairs, c=conc,
                    k=keys.select(["key_id", "code", "concept_id"]))
 
@@ -108,11 +117,11 @@ class Concept(Vocabulary):
         self._check_params([])
 
     def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
-        std = standard_concepts(keys, ctx)
+        std, conc = standard_concepts(keys, ctx)
         if ctx.cdm is None:   # the event's code already is the standard concept's VOCAB/code
             return ctx.sql("SELECT k.key_id, k.code AS token FROM k SEMI JOIN s ON s.key_id = k.key_id",
                            k=keys, s=std)
-        return concept_tokens(ctx, std, keys)
+        return concept_tokens(ctx, std, keys, known=conc)
 
 
 class Ancestor(Vocabulary):
@@ -146,7 +155,7 @@ class Ancestor(Vocabulary):
         if ctx.cdm is None:
             raise VocabularyError("vocabulary 'ancestor' needs a CDM with concept_ancestor: pass cdm=... "
                                   "(or --cdm on the command line)")
-        std = standard_concepts(keys, ctx)
+        std, conc = standard_concepts(keys, ctx)
         anc = ancestors(ctx.cdm, sorted(set(std.column("concept_id").to_pylist())))
         if self.level is None:
             rolled = ctx.sql(load_sql("vocab/ancestor_set.sql"), s=std, a=anc,
@@ -154,7 +163,7 @@ class Ancestor(Vocabulary):
         else:
             rolled = ctx.sql(render(load_sql("vocab/ancestor_level.sql"), {"level": str(int(self.level))}),
                              s=std, a=anc)
-        return concept_tokens(ctx, rolled, keys, "ancestor_id")
+        return concept_tokens(ctx, rolled, keys, "ancestor_id", known=conc)
 
 
 def _concept_ids(value: str) -> list[int]:

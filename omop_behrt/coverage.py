@@ -6,7 +6,6 @@ as JSON with ``--json``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from .database import load_sql
+from .events import write_json
 
 
 @dataclass
@@ -99,7 +99,7 @@ class CoverageReport:
     def write_json(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.as_dict(), indent=2, default=str))
+        write_json(self.as_dict(), p)
         return p
 
     def table(self) -> str:

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .database import load_sql, render
-from .events import DOMAINS, EVENTS_SCHEMA, EventDir, ShardWriter
+from .database import Database, arrow_reader, load_sql, render
+from .events import DOMAINS, EVENTS_SCHEMA, EventDir, ShardWriter, conform
 
 ENTRY_POINT_GROUP = "omop_behrt.vocabularies"
 
@@ -69,7 +69,7 @@ class MapContext:
     """What a vocabulary may use while mapping: a DuckDB connection for its joins and the CDM, if one was given."""
 
     con: Any                      # duckdb.DuckDBPyConnection
-    cdm: Any = None               # omop_behrt.adapters.omop.OmopCdm or None
+    cdm: Any = None               # omop_behrt.cdm.OmopCdm or None
 
     def sql(self, query: str, **tables: pa.Table) -> pa.Table:
         """Run ``query`` over the given Arrow tables (registered under their keyword names) and return Arrow."""
@@ -98,6 +98,14 @@ class Vocabulary:
 
     def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
         raise NotImplementedError
+
+    def map_keys_by_member(self, keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
+        """The mapping (checked against MAPPING_SCHEMA), and which member (by spec) decided each key.
+
+        A leaf vocabulary decided every key it returned rows for; composites override this.
+        """
+        mapping = _check_mapping(self.map_keys(keys, ctx), self)
+        return mapping, _decided_by(pc.unique(mapping.column("key_id")), self.spec())
 
     def members(self) -> list["Vocabulary"]:
         """The leaf vocabularies (for reports); a composite returns its parts."""
@@ -157,7 +165,21 @@ def split_list(value: str | None) -> list[str]:
 
 
 # -- composition -----------------------------------------------------------------------------------------
-class Chain(Vocabulary):
+def _decided_by(key_ids: Any, member: str) -> pa.Table:
+    """The ``who`` table (key_id, member) saying that ``member`` decided ``key_ids``."""
+    arrow = isinstance(key_ids, (pa.Array, pa.ChunkedArray))
+    ids = key_ids.cast(pa.int64()) if arrow else pa.array(key_ids, pa.int64())
+    return pa.table({"key_id": ids, "member": pa.array([member] * len(ids), pa.string())})
+
+
+class Composite(Vocabulary):
+    """A vocabulary made of others (Chain, PerDomain): ``map_keys`` is its ``map_keys_by_member`` mapping."""
+
+    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
+        return self.map_keys_by_member(keys, ctx)[0]
+
+
+class Chain(Composite):
     """Members tried in order; for each code the first member that maps (or drops) it wins."""
 
     name = "chain"
@@ -172,9 +194,6 @@ class Chain(Vocabulary):
     def spec(self) -> str:
         return ",".join(p.spec() for p in self.parts)
 
-    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
-        return self.map_keys_by_member(keys, ctx)[0]
-
     def map_keys_by_member(self, keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
         """The mapping, and which member (by spec) decided each key."""
         out, decided = [], []
@@ -182,18 +201,16 @@ class Chain(Vocabulary):
         for part in self.parts:
             if pending.num_rows == 0:
                 break
-            got = _check_mapping(part.map_keys(pending, ctx), part)
-            ids = pc.unique(got.column("key_id"))
+            got, who = part.map_keys_by_member(pending, ctx)
             out.append(got)
-            decided.append(pa.table({"key_id": ids, "member": pa.array([part.spec()] * len(ids), pa.string())}))
-            pending = pending.filter(pc.invert(pc.is_in(pending.column("key_id"), ids)))
+            decided.append(who)
+            pending = pending.filter(pc.invert(pc.is_in(pending.column("key_id"), who.column("key_id"))))
         mapping = pa.concat_tables(out) if out else MAPPING_SCHEMA.empty_table()
-        who = pa.concat_tables(decided) if decided else pa.table({"key_id": pa.array([], pa.int64()),
-                                                                  "member": pa.array([], pa.string())})
+        who = pa.concat_tables(decided) if decided else _decided_by([], "")
         return mapping, who
 
 
-class PerDomain(Vocabulary):
+class PerDomain(Composite):
     """A chain per domain (``condition=caliber,source; *=source``); domains matched by no part stay unmapped."""
 
     name = "per-domain"
@@ -207,9 +224,6 @@ class PerDomain(Vocabulary):
 
     def spec(self) -> str:
         return "; ".join(f"{'|'.join(ds)}={c.spec()}" for ds, c in self.parts)
-
-    def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
-        return self.map_keys_by_member(keys, ctx)[0]
 
     def map_keys_by_member(self, keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
         named = {d for ds, _ in self.parts for d in ds if d != "*"}
@@ -367,9 +381,7 @@ def _events_relation(con, events: "EventDir | str | Path | pa.Table"):
                    and f.name in ("subject_id", "time", "code", "domain")]
         if missing:
             raise VocabularyError(f"events table: missing column(s) {missing}")
-        for f in EVENTS_SCHEMA:
-            if f.name not in events.column_names:
-                events = events.append_column(f.name, pa.nulls(events.num_rows, f.type))
+        events = conform(events, EVENTS_SCHEMA, "events table")
         con.register("events", events)
         return events.num_rows
     d = events if isinstance(events, EventDir) else EventDir.open(events)
@@ -388,7 +400,7 @@ def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, lab
         old.unlink()
     writer = ShardWriter(path, "part", TOKENS_SCHEMA, rows_per_shard)
     with tqdm(desc=f"map {label[:40]}", unit="token", unit_scale=True, disable=not progress, leave=False) as bar:
-        for batch in rel.to_arrow_reader(min(1_000_000, rows_per_shard)):
+        for batch in arrow_reader(rel, min(1_000_000, rows_per_shard)):
             writer.write(batch.cast(TOKENS_SCHEMA))
             bar.update(batch.num_rows)
     writer.close()
@@ -414,24 +426,16 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     v = get_vocabulary(vocab)
     owned = cdm is not None and not hasattr(cdm, "qtable")
     if owned:
-        from .adapters.omop import OmopCdm
+        from .cdm import OmopCdm
         cdm = OmopCdm(cdm)
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        if memory_limit:
-            con.execute("SET memory_limit = $m", {"m": str(memory_limit)})
+        Database(duck=con).limit_memory(memory_limit or None, threads=threads or None)
         n_events = _events_relation(con, events)
         ctx = MapContext(con, cdm)
         keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
-        if isinstance(v, (Chain, PerDomain)):
-            mapping, who = v.map_keys_by_member(keys, ctx)
-        else:
-            mapping = _check_mapping(v.map_keys(keys, ctx), v)
-            ids = pc.unique(mapping.column("key_id"))
-            who = pa.table({"key_id": ids, "member": pa.array([v.spec()] * len(ids), pa.string())})
+        mapping, who = v.map_keys_by_member(keys, ctx)
         mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
         con.register("keys", keys)
         con.register("mapping", mapping)

@@ -12,6 +12,7 @@ from typing import Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -56,15 +57,16 @@ class CountFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X: tuple[pa.Table, pa.Table], y=None) -> "CountFeatures":
         pairs = _pairs(*X, self.windows)
-        names, counts = np.unique(np.asarray(pairs["feature"].to_pylist(), dtype=object), return_counts=True)
-        self.features_ = sorted(names[counts >= self.min_rows].tolist())
+        vc = pc.value_counts(pairs["feature"])        # pairs are distinct, so counts are rows
+        keep = pc.greater_equal(vc.field("counts"), self.min_rows)
+        self.features_ = sorted(pc.filter(vc.field("values"), keep).to_pylist())
         return self
 
     def transform(self, X: tuple[pa.Table, pa.Table]) -> sp.csr_matrix:
         codes, index = X
         pairs = _pairs(codes, index, self.windows)
-        col = pa.compute.index_in(pairs["feature"], value_set=pa.array(self.features_, pa.string()))
-        keep = pa.compute.is_valid(col).to_numpy(zero_copy_only=False)
+        col = pc.index_in(pairs["feature"], value_set=pa.array(self.features_, pa.string()))
+        keep = pc.is_valid(col).to_numpy(zero_copy_only=False)
         rows = pairs["row"].to_numpy()[keep]
         cols = col.to_numpy(zero_copy_only=False)[keep].astype(np.int64)
         m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(index.num_rows, len(self.features_)))

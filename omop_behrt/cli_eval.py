@@ -5,7 +5,6 @@ runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,9 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.replace(",", " ").split()]
-
-
 # -- task ------------------------------------------------------------------------------------------
 def _add_task(sub) -> None:
+    from .cli import _ids          # here, not at the top: cli.py imports this module at its end
     p = sub.add_parser("task", help="make prediction labels (PLP-style or BEHRT T1-T3) and a person split",
                        description="Write a task directory: labels, task.json (definition, attrition) and "
                                    "split.parquet (seeded train/val/test by person).")
@@ -29,7 +25,8 @@ def _add_task(sub) -> None:
     p.add_argument("--source", help="plp: the CDM (DuckDB file, URL, export folder)")
     p.add_argument("--target-cohort-id", type=int, help="plp: target cohort id in <results-schema>.<cohort-table>")
     p.add_argument("--target", help="plp: CSV with subject_id,index_date instead of a cohort")
-    p.add_argument("--outcome-concepts", type=_ints, help="plp: outcome concept ids (with descendants)")
+    p.add_argument("--outcome-concepts", type=_ids,
+                   help="plp: outcome concept ids (with descendants; comma separated, or a file of ids)")
     p.add_argument("--outcome-cohort-id", type=int, help="plp: outcome cohort id instead of concepts")
     p.add_argument("--no-descendants", action="store_true")
     p.add_argument("--tar-start", type=int, default=1, help="plp: time at risk starts this many days after index")
@@ -97,12 +94,13 @@ def _split_of(task_dir: Path, task) -> np.ndarray:
 
 # -- finetune --------------------------------------------------------------------------------------
 def _add_finetune(sub) -> None:
+    from .heads import HEADS
     p = sub.add_parser("finetune", help="fine-tune a BEHRT encoder + head on a PLP task (Med-BERT style)")
     p.add_argument("--model", required=True, help="pretrained model directory")
     p.add_argument("--source", required=True, help="CDM or event directory the task's rows come from")
     p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
     p.add_argument("--out", required=True, help="head directory to write")
-    p.add_argument("--head", choices=["ffn", "gru", "linear"], default="ffn")
+    p.add_argument("--head", choices=HEADS, default="ffn")
     p.add_argument("--scratch", action="store_true", help="same architecture, random weights (no pretraining)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
@@ -136,6 +134,9 @@ def _run_finetune(args) -> int:
 # -- evaluate --------------------------------------------------------------------------------------
 def _add_evaluate(sub) -> None:
     from .comparison import METHODS
+    from .embed import POOLINGS
+    from .evaluate import FRACTIONS
+    from .heads import HEADS
     p = sub.add_parser("evaluate", help="compare embeddings, fine-tuning and count baselines on a task; report",
                        description="Fit every method on the task's train split (fine-tuning stops early on val), "
                                    "score on test with bootstrap CIs, few-shot curves, optional HTML report.")
@@ -143,12 +144,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--source", required=True, help="CDM (censored at index in its SQL) or event directory")
     p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
-    p.add_argument("--few-shot", type=_floats, default=[0.01, 0.05, 0.1, 0.25, 1.0],
-                   help="fractions of training labels (default 0.01,0.05,0.1,0.25,1)")
+    p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
+                   help="fractions of training labels (default " + ",".join(f"{f:g}" for f in FRACTIONS) + ")")
     p.add_argument("--no-few-shot", action="store_true")
     p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
-    p.add_argument("--head", choices=["ffn", "gru", "linear"], default="ffn")
-    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="mean")
+    p.add_argument("--head", choices=HEADS, default="ffn")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", help="write report.html + results.json into this directory")
@@ -158,6 +159,7 @@ def _add_evaluate(sub) -> None:
 
 def _run_evaluate(args) -> int:
     from . import comparison
+    from .evaluate import write_results
     from .tasks import MultiLabelTask, Task
     if (Path(args.task) / "labels.npz").exists():            # BEHRT T1-T3
         task = MultiLabelTask.load(args.task)
@@ -165,7 +167,7 @@ def _run_evaluate(args) -> int:
         res = comparison.run_behrt(prep, _split_of(Path(args.task), task), seed=args.seed,
                                    finetune={"epochs": args.epochs})
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps(res, indent=1, default=float))
+            write_results(res, args.json_out)
         return 0
     task = Task.load(args.task)
     split = _split_of(Path(args.task), task)
@@ -176,10 +178,11 @@ def _run_evaluate(args) -> int:
                          n_boot=args.bootstrap, seed=args.seed)
     print(results_table(res))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=1, default=float))
+        write_results(res, args.json_out)
     if args.report:
+        from .embed import _is_cdm
         from .report import write_report
-        cdm = args.source if Path(args.source).is_file() or "://" in str(args.source) else None
+        cdm = args.source if _is_cdm(args.source) else None
         path = write_report(args.report, res, args.model, seqs=prep.seqs, cdm=cdm)
         print(f"report: {path}")
     return 0
@@ -187,9 +190,7 @@ def _run_evaluate(args) -> int:
 
 def results_table(res: dict) -> str:
     """The comparison as a plain-text table (methods, then the few-shot rows)."""
-    def ci(m, k):
-        c = m.get(f"{k}_ci")
-        return f"{m[k]:.3f} ({c[0]:.3f}-{c[1]:.3f})" if c else f"{m[k]:.3f}"
+    from .evaluate import format_ci as ci
     n = res["n"]["test"]
     lines = [f"test: {n['rows']:,} rows, {n['positives']:,} positive",
              f"{'method':<26} {'AUROC (95% CI)':<22} {'AUPRC (95% CI)':<22} {'Brier':>6} {'slope':>6}"]

@@ -51,7 +51,7 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU: exact and deterministic), ``bf16`` (also on
     CPU: several times faster where the CPU has bf16 matrix units, vectors differ slightly), ``fp32``.
     """
-    from .pretrain import batches, collate
+    from .pretrain import device_batches
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if precision not in ("auto", "bf16", "fp32"):
@@ -61,8 +61,7 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
     extras = model.config.extras
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     with tqdm(total=len(seqs), desc="embed", unit="patient", disable=not progress, leave=False) as bar:
-        for idx in batches(seqs.lengths, max(batch_tokens, int(seqs.lengths.max(initial=1))), 0, 0, shuffle=False):
-            b = {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, extras).items()}
+        for idx, b in device_batches(seqs, batch_tokens, device, extras):
             b.pop("plos", None)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 hidden = model(**b)

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,6 +19,19 @@ from sklearn.metrics import average_precision_score, brier_score_loss, precision
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 _EPS = 1e-6
+
+
+def format_ci(m: dict, k: str) -> str:
+    """``m[k]`` with its 95% CI (``m[k + "_ci"]``) when there is one: ``0.812 (0.790-0.833)``."""
+    ci = m.get(f"{k}_ci")
+    return f"{m[k]:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{m[k]:.3f}"
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    """A comparison's results as JSON (numpy scalars as floats): the CLI's --json and the report's results.json."""
+    path = Path(path)
+    path.write_text(json.dumps(results, indent=1, default=float))
+    return path
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ tokens.json, model.safetensors; no pickles).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from dataclasses import asdict
@@ -29,11 +30,30 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
 
 from .model import Behrt, BehrtConfig
 from .tokenizer import Sequences, TokenVocabulary
 
 HEADS = ("ffn", "gru", "linear")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_pretrained(path: str, stamp: tuple[int, int]) -> Behrt:
+    """One read of a model directory per (path, model.safetensors mtime and size): few-shot fits share it.
+
+    Callers copy the weights out (``load_state_dict`` copies) and never change this model.
+    """
+    return Behrt.load(path)
+
+
+def _pretrained(model_dir) -> Behrt:
+    """The pretrained encoder for ``model_dir`` (a model directory, or an already loaded :class:`Behrt`)."""
+    if isinstance(model_dir, Behrt):
+        return model_dir
+    path = Path(model_dir).resolve()
+    st = (path / "model.safetensors").stat() if (path / "model.safetensors").exists() else None
+    return _load_pretrained(str(path), (st.st_mtime_ns, st.st_size) if st else (0, 0))
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -87,7 +107,12 @@ class HeadModel(nn.Module):
 
 
 class FineTunedBehrt(ClassifierMixin, BaseEstimator):
-    """Med-BERT-style single-disease fine-tuning of a BEHRT encoder (X: Sequences, y: 0/1)."""
+    """Med-BERT-style single-disease fine-tuning of a BEHRT encoder (X: Sequences, y: 0/1).
+
+    ``model_dir``: a pretrained model directory (read once per process and path, however many fits) or an
+    already loaded :class:`~omop_behrt.model.Behrt`; every fit starts from its own copy of the weights.
+    ``progress``: a progress bar over the epochs.
+    """
 
     _multilabel = False
 
@@ -118,12 +143,15 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         if self.model_dir is None:
             raise ValueError("FineTunedBehrt needs model_dir: a pretrained model directory (its config and "
                              "vocabulary are used also when pretrained=False)")
+        base = _pretrained(self.model_dir)
         torch.manual_seed(self.seed)
-        enc = Behrt.load(self.model_dir)
-        if not self.pretrained:
-            vocab, meta = enc.vocab, enc.metadata
+        enc = Behrt(copy.deepcopy(base.config))         # this fit's own weights (RNG use as a fresh load)
+        if self.pretrained:
+            enc.load_state_dict(base.state_dict())       # copies: the shared model stays untouched
+            enc.eval()
+        else:
             enc = Behrt(enc.config)
-            enc.vocab, enc.metadata = vocab, meta
+        enc.vocab, enc.metadata = base.vocab, dict(base.metadata)
         self.vocab_ = enc.vocab
         return HeadModel(enc, self.head, n_out, self.dropout)
 
@@ -137,26 +165,23 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
             raise ValueError("binary targets must be a 1-D array of 0/1 labels")
         return y.astype(np.float32)[:, None]
 
-    def _batches(self, seqs: Sequences, epoch: int, shuffle: bool) -> list[np.ndarray]:
-        from .pretrain import batches
-        return batches(seqs.lengths, max(self.batch_tokens, int(seqs.lengths.max(initial=1))), self.seed, epoch,
-                       shuffle=shuffle)
+    def _device_batches(self, seqs: Sequences, epoch: int = 0, shuffle: bool = False):
+        from .pretrain import device_batches
+        return device_batches(seqs, self.batch_tokens, torch.device(self.device), self.model_.encoder.config.extras,
+                              self.seed, epoch, shuffle)
 
     @torch.no_grad()
     def _logits(self, seqs: Sequences) -> np.ndarray:
-        from .pretrain import collate
         self.model_.eval()
-        dev = torch.device(self.device)
         out = np.zeros((len(seqs), self.n_outputs_), np.float32)
-        for idx in self._batches(seqs, 0, shuffle=False):
-            b = {k: v.to(dev) for k, v in collate(seqs, idx, self.model_.encoder.config.extras).items()}
+        for idx, b in self._device_batches(seqs):
             out[idx] = self.model_(b).float().cpu().numpy()
         return out
 
     # -- sklearn API ------------------------------------------------------------------------------
     def fit(self, X: Sequences, y, eval_set: tuple[Sequences, np.ndarray] | None = None):
         """Train end to end; early stopping on ``eval_set`` (else a seeded ``val_fraction`` of X, by row)."""
-        from .pretrain import collate
+        from .pretrain import batches, token_budget
         Y = self._targets(y)
         if eval_set is None:
             val = np.random.default_rng(self.seed).random(len(X)) < self.val_fraction
@@ -179,14 +204,13 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         gen_state = torch.get_rng_state()
         torch.manual_seed(self.seed)
         best, best_state, bad, self.history_, steps = -np.inf, None, 0, [], 0
-        per_epoch = max(1, len(self._batches(X, 0, shuffle=False)))
+        per_epoch = max(1, len(batches(X.lengths, token_budget(X, self.batch_tokens), self.seed, 0, shuffle=False)))
         n_epochs = max(self.epochs, -(-self.min_steps // per_epoch))     # small data: at least min_steps steps
         every = max(1, n_epochs // max(self.epochs, 1))                  # and then at most ~epochs validations
-        for epoch in range(n_epochs):
+        for epoch in tqdm(range(n_epochs), desc="fine-tune", unit="epoch", disable=not self.progress, leave=False):
             self.model_.train()
             total, n = 0.0, 0
-            for idx in self._batches(X, epoch, shuffle=True):
-                b = {k: v.to(dev) for k, v in collate(X, idx, self.model_.encoder.config.extras).items()}
+            for idx, b in self._device_batches(X, epoch, shuffle=True):
                 logits = self.model_(b)
                 loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(Y[idx]).to(dev),
                                                           pos_weight=pos_weight)
@@ -236,18 +260,20 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """A head directory: config.json (encoder), head.json, tokens.json, model.safetensors (no pickles)."""
+        from .events import write_json
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().float().contiguous() for k, v in self.model_.state_dict().items()}
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model_.state_dict().items()}
         save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
         os.replace(path / "model.safetensors.tmp", path / "model.safetensors")
         self.vocab_.save(path / "tokens.json")
+        model_dir = None if isinstance(self.model_dir, Behrt) else str(self.model_dir)
         head = {"class": type(self).__name__, "params": {k: v for k, v in self.get_params().items()
-                                                         if k != "model_dir"} | {"model_dir": str(self.model_dir)},
+                                                         if k != "model_dir"} | {"model_dir": model_dir},
                 "n_outputs": self.n_outputs_, "history": self.history_, "best_score": self.best_score_,
                 "vocab_sha256": self.vocab_.sha256}
-        (path / "config.json").write_text(json.dumps(asdict(self.model_.encoder.config), indent=2))
-        (path / "head.json").write_text(json.dumps(head, indent=2, default=str))
+        write_json(asdict(self.model_.encoder.config), path / "config.json")    # as Behrt.save writes it
+        write_json(head, path / "head.json")
         return path
 
     @classmethod

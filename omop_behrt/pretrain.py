@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ def token_table(events: EventDir, vocab: str) -> tuple[pa.Table, dict]:
     return res.tokens, {k: report.get(k) for k in ("vocab", "pct_mapped")}
 
 
-def split_persons(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+def validation_mask(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     """True for validation persons: a seeded hash of subject_id (stable whatever else is in the data)."""
     with np.errstate(over="ignore"):
         z = subject_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
@@ -57,11 +57,11 @@ def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtC
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
     tokens, coverage = token_table(ev, vocab)
     persons = ev.persons()
-    is_val = split_persons(tokens.column("subject_id").to_numpy(), val_fraction, seed)
+    is_val = validation_mask(tokens.column("subject_id").to_numpy(), val_fraction, seed)
     train_tokens = tokens.filter(pa.array(~is_val))
     tv = TokenVocabulary.build(train_tokens, min_count=min_count)
     seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev))
-    val = split_persons(seqs.subject_id, val_fraction, seed)
+    val = validation_mask(seqs.subject_id, val_fraction, seed)
     seqs.select(np.flatnonzero(~val)).save(out / "data" / "train")
     seqs.select(np.flatnonzero(val)).save(out / "data" / "val")
     times = tokens.column("time")
@@ -115,6 +115,24 @@ def collate(seqs: Sequences, idx: np.ndarray, extras: dict[str, int]) -> dict[st
     if "sex" in extras:
         batch["sex"] = torch.from_numpy(seqs.sex[idx].astype(np.int64))
     return batch
+
+
+def token_budget(seqs: Sequences, batch_tokens: int) -> int:
+    """``batch_tokens`` raised to the longest sequence, so that no sequence is alone in a batch only for length."""
+    return max(int(batch_tokens), int(seqs.lengths.max(initial=1)))
+
+
+def device_batches(seqs: Sequences, batch_tokens: int, device: str | torch.device, extras: dict[str, int],
+                   seed: int = 0, epoch: int = 0, shuffle: bool = False, *, plan: list[np.ndarray] | None = None
+                   ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Yield ``(idx, batch)``: :func:`batches` under :func:`token_budget`, each :func:`collate`-d onto ``device``.
+
+    ``plan``: index batches already cut (one DDP rank's share, a resumed epoch's rest), used as they are.
+    """
+    if plan is None:
+        plan = batches(seqs.lengths, token_budget(seqs, batch_tokens), seed, epoch, shuffle=shuffle)
+    for idx in plan:
+        yield idx, {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, extras).items()}
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
@@ -231,8 +249,7 @@ def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.dev
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 7919)
     tot = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0}
-    for idx in batches(seqs.lengths, batch_tokens, seed, 0, shuffle=False):
-        b = {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, model.config.extras).items()}
+    for _, b in device_batches(seqs, batch_tokens, device, model.config.extras, seed):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             _, s = Objective(model, 0.0)(b, gen)
         n = int(s["n"])
@@ -299,22 +316,23 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
                                   seed=seed, age_unit=age_unit)
         if world > 1:
             torch.distributed.barrier()
-        tv = TokenVocabulary.load(out / "tokens.json")
-        summary = json.loads((out / "data" / "summary.json").read_text())
+            if rank != 0:                      # rank 0 tokenised; the others read what it wrote
+                tv = TokenVocabulary.load(out / "tokens.json")
+                summary = json.loads((out / "data" / "summary.json").read_text())
         cfg.vocab_size = len(tv)
+    train, val = Sequences.load(out / "data" / "train"), Sequences.load(out / "data" / "val")
+    if train.meta.get("vocab_sha256") != tv.sha256:
+        raise ValueError(f"{out}/data was tokenised with another vocabulary than {out}/tokens.json; "
+                         "start again without --resume")
+    if not resuming:
         default_budget = 4096 if cfg.hidden <= 128 else 16384
-        n_batches = len(batches(Sequences.load(out / "data" / "train").lengths,
-                                batch_tokens or default_budget, seed, 0)) // world
+        n_batches = len(batches(train.lengths, batch_tokens or default_budget, seed, 0)) // world
         total = max_steps or epochs * max(1, n_batches)
         run = {"config": asdict(cfg), "seed": seed, "lr": lr, "weight_decay": weight_decay, "clip": clip,
                "batch_tokens": batch_tokens or default_budget, "total_steps": total, "plos_weight": plos_weight,
                "warmup": warmup if warmup is not None else max(1, total // 10), "vocab": vocab,
                "checkpoint_every": checkpoint_every, "log_every": log_every, "world_size": world,
                "precision": precision}
-    train, val = Sequences.load(out / "data" / "train"), Sequences.load(out / "data" / "val")
-    if train.meta.get("vocab_sha256") != tv.sha256:
-        raise ValueError(f"{out}/data was tokenised with another vocabulary than {out}/tokens.json; "
-                         "start again without --resume")
 
     torch.manual_seed(run["seed"])
     core = Behrt(cfg).to(dev)
@@ -343,8 +361,8 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     while step < total and (stop_after is None or step < stop_after):
         mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
         mine = mine[rank::world][: len(mine) // world]
-        for j in range(start, len(mine)):
-            b = {k: v.to(dev, non_blocking=True) for k, v in collate(train, mine[j], cfg.extras).items()}
+        for j, (_, b) in enumerate(device_batches(train, run["batch_tokens"], dev, cfg.extras, plan=mine[start:]),
+                                   start):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):

@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
+from .evaluate import format_ci as _ci  # noqa: E402
+from .evaluate import write_results  # noqa: E402
 from .tokenizer import SPECIALS  # noqa: E402
 
 SECTIONS = ("Task", "Metrics", "ROC and precision-recall curves", "Calibration", "Few-shot curves",
@@ -100,15 +102,15 @@ def nearest_codes(model, tokens: list[str], chapters: list[str], k: int = 10, n_
     """For the ``n_diseases`` most common tokens with a CALIBER chapter: their ``k`` nearest codes by cosine."""
     E = model.embeddings.code.weight.detach().numpy()[len(SPECIALS):]
     E = E / np.linalg.norm(E, axis=1, keepdims=True).clip(1e-12)
-    S = E @ E.T
-    np.fill_diagonal(S, -np.inf)
     counts = np.asarray(model.vocab.counts[len(SPECIALS):])
     diseases = [i for i in np.argsort(-counts, kind="stable") if chapters[i] != _NO_CHAPTER][:n_diseases]
+    S = E[diseases] @ E.T                     # (n_diseases, V): only the rows needed, never V x V
+    S[np.arange(len(diseases)), diseases] = -np.inf
     out = []
-    for i in diseases:
-        near = np.argsort(-S[i], kind="stable")[:k]
+    for r, i in enumerate(diseases):
+        near = np.argsort(-S[r], kind="stable")[:k]
         out.append({"token": tokens[i], "chapter": chapters[i], "persons": int(counts[i]),
-                    "nearest": [{"token": tokens[j], "cosine": float(S[i, j])} for j in near]})
+                    "nearest": [{"token": tokens[j], "cosine": float(S[r, j])} for j in near]})
     return out
 
 
@@ -191,11 +193,6 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _ci(m: dict, k: str) -> str:
-    ci = m.get(f"{k}_ci")
-    return f"{m[k]:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{m[k]:.3f}"
-
-
 def write_report(out: str | Path, results: dict, model_dir: str | Path, *, seqs=None, person: int | None = None,
                  cdm=None, title: str = "omop-behrt prediction report", seed: int = 0) -> Path:
     """Write ``out/report.html`` (+ ``out/results.json``) for a comparison's results; returns the HTML path.
@@ -263,5 +260,5 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, seqs=
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    write_results(results, out / "results.json")
     return out / "report.html"

@@ -26,8 +26,6 @@ import pyarrow.dataset as ds
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
-SEX_IDS = {"F": 1, "M": 2}  # 0 = unknown
-_DAY_US = 86_400_000_000
 
 
 @dataclass

@@ -73,7 +73,6 @@ def run(events: EventDir, spec: str, *, threads: int, memory_limit: str, sort: b
 
 def baselines(events: EventDir, sample: int) -> list[dict]:
     """Naive mappings of a sample: pandas Series.map(dict) + explode, and a per-row Python dict loop."""
-    import pandas as pd
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     files = [str(f) for f in events.event_files()]

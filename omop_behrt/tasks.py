@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .cohorts import _OCCURRENCE_TABLES, CohortTable, INDEX_SCHEMA
-from .database import Database, SourceError, load_sql, render
+from .cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
+from .database import Database, load_sql, render
 
 LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_date", pa.timestamp("us")),
                            pa.field("label", pa.int8())])
@@ -81,15 +81,10 @@ def _outcome_sql(cdm, concept_ids: Sequence[int] | None, outcome_cohort: int | N
                  results_schema: str | None, cohort_table: str) -> tuple[str, dict]:
     """One SELECT person_id, start_date for the outcome: concept occurrences (with descendants) or a cohort."""
     if outcome_cohort is not None:
-        ct = CohortTable(cdm.db, results_schema, cohort_table)
-        stored = cdm.db.tables(ct.schema).get(ct.table.lower())
-        if stored is None:
-            raise SourceError(f"outcome cohort table {ct.schema}.{ct.table} not found in {cdm.db.description}")
-        cols = cdm.db.columns(ct.schema, stored)
-        q = lambda c: '"' + cols[c] + '"'  # noqa: E731
-        return (f"SELECT CAST(c.{q('subject_id')} AS BIGINT) AS person_id, CAST(c.{q('cohort_start_date')} AS DATE)"
-                f" AS start_date FROM {cdm.db.qualify(ct.schema, stored)} c "
-                f"WHERE c.{q('cohort_definition_id')} = :outcome_cohort", {"outcome_cohort": int(outcome_cohort)})
+        table, c = CohortTable(cdm.db, results_schema, cohort_table).resolve()
+        return (f"SELECT CAST(c.{c['subject_id']} AS BIGINT) AS person_id, CAST(c.{c['cohort_start_date']} AS DATE)"
+                f" AS start_date FROM {table} c WHERE c.{c['cohort_definition_id']} = :outcome_cohort",
+                {"outcome_cohort": int(outcome_cohort)})
     if not concept_ids:
         raise ValueError("an outcome is needed: outcome concept ids (with descendants) or an outcome cohort id")
     wanted = "SELECT unnest(CAST(:concept_ids AS BIGINT[]))"
@@ -98,13 +93,7 @@ def _outcome_sql(cdm, concept_ids: Sequence[int] | None, outcome_cohort: int | N
         wanted += (f" UNION SELECT CAST({cdm.col('concept_ancestor', 'descendant_concept_id')} AS BIGINT) FROM "
                    f"{cdm.qtable('concept_ancestor')} WHERE CAST({cdm.col('concept_ancestor', 'ancestor_concept_id')}"
                    f" AS BIGINT) IN (SELECT unnest(CAST(:concept_ids AS BIGINT[])))")
-    parts = []
-    for table, concept, start in _OCCURRENCE_TABLES.values():
-        if cdm.has_table(table):
-            parts.append(f"SELECT CAST({cdm.col(table, 'person_id', 'e')} AS BIGINT) AS person_id, "
-                         f"CAST({cdm.col(table, start, 'e')} AS DATE) AS start_date FROM {cdm.qtable(table)} e "
-                         f"WHERE CAST({cdm.col(table, concept, 'e')} AS BIGINT) IN ({wanted})")
-    return " UNION ALL ".join(parts), {"concept_ids": [int(c) for c in concept_ids]}
+    return occurrences_sql(cdm, None, wanted), {"concept_ids": [int(c) for c in concept_ids]}
 
 
 def plp_task(source, target: "pa.Table | int", *, outcome_concepts: Sequence[int] | None = None,

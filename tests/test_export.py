@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import export
 from omop_behrt.database import Database, Transaction
 from omop_behrt.export import EmbeddingModelInfo, write_embeddings
 

@@ -6,6 +6,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+from pathlib import Path as _Path
+
+# A source checkout keeps adapters/, sql/ and vocab_maps/ beside this folder (the wheel maps them inside it):
+# run from the repository root, Python finds this folder before any installed wheel, so look there too.
+_here = _Path(__file__).resolve().parent
+if not (_here / "adapters").is_dir() and (_here.parent / "adapters" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
+
 from .database import Database, SourceError
 from .events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, EventSchemaError,
                      validate_events, validate_persons)

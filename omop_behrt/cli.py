@@ -354,9 +354,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SourceError, EventSchemaError, FileNotFoundError, ValueError) as e:
-        print(f"omop-behrt {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        # the stages leave a resumable state behind (finished tables, chunks, checkpoints); say so in one line
+        hint = "; run again with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"\nomop-behrt {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (SourceError, EventSchemaError, OSError, ValueError) as e:
+        # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
+        print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """An OSError as 'what: path' (its str() repeats errno noise); others as their message."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ sorted batches inside a chunk); each finished chunk is saved, so an interrupted 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -93,12 +94,84 @@ def _is_cdm(source) -> bool:
 
 
 def model_checksum(model_dir: str | Path) -> str:
-    """sha256 of model.safetensors: what the registry and provenance record."""
+    """The model's identity for the registry, provenance and resume: ``model.model_id`` when the model module
+    has it (config + tokens + weights), else the sha256 of model.safetensors."""
+    from . import model as model_module
+    if hasattr(model_module, "model_id"):
+        return model_module.model_id(model_dir)
     h = hashlib.sha256()
     with open(Path(model_dir) / "model.safetensors", "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def index_hash(index: pa.Table) -> str:
+    """sha256 over the index rows in order (cohort_definition_id, subject_id, index_date in µs)."""
+    h = hashlib.sha256()
+    for name in ("cohort_definition_id", "subject_id", "index_date"):
+        col = index[name].cast(pa.timestamp("us")).cast(pa.int64()) if name == "index_date" else \
+            index[name].cast(pa.int64())
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str | None = None) -> str:
+    """What the vectors are read from: an event directory by its manifest's hash, a CDM by its description."""
+    if isinstance(source, EventDir) or not _is_cdm(source):
+        path = source.path if isinstance(source, EventDir) else Path(source)
+        manifest = path / "manifest.json"
+        text = manifest.read_bytes() if manifest.exists() else b""
+        return f"event directory {path.resolve()} manifest sha256 {hashlib.sha256(text).hexdigest()[:16]}"
+    from .database import _redact
+    return f"OMOP CDM {_redact(str(source))} cdm_schema={cdm_schema} vocab_schema={vocab_schema}"
+
+
+def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
+                    chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None) -> dict:
+    """Every input that changes an embedding run's vectors; a resume must find the same values."""
+    return {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
+            "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
+            "precision": precision, "chunk_persons": int(chunk_persons)}
+
+
+RUN_FILE = "embed_run.json"
+
+
+def check_resume(work: Path, fingerprint: dict) -> None:
+    """Refuse to resume another run's work: say what differs (or that there is nothing to resume)."""
+    saved_file = work / RUN_FILE
+    if not saved_file.exists():
+        what = "is empty" if not work.exists() or not any(work.iterdir()) else f"has no {RUN_FILE}"
+        raise ValueError(f"cannot resume: work directory {work} {what} (no embedding run was started there); "
+                         f"run without --resume to start one")
+    saved = json.loads(saved_file.read_text())
+    diff = [f"{k}: was {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    if diff:
+        raise ValueError(f"cannot resume the embedding run in {work}: its inputs differ ("
+                         + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")
+
+
+def start_run(work: Path, fingerprint: dict) -> None:
+    """A fresh run in ``work``: forget any earlier run's events, tokens and chunks, then record the inputs.
+
+    A folder that holds anything else (an event directory, say) is refused rather than cleared.
+    """
+    ours = {"events", "tokens", "chunks", RUN_FILE}
+    other = sorted(p.name for p in work.iterdir() if p.name not in ours and not p.name.startswith(RUN_FILE))
+    if other:
+        raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
+                         f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
+    for name in ours:
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    tmp = work / f"{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+    os.replace(tmp, work / RUN_FILE)
 
 
 @dataclass
@@ -162,15 +235,26 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     from .tokenizer import visit_table
     from .vocab import map_events
     t0 = time.perf_counter()
+    if resume and work_dir is None:
+        raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
     dev = resolve_device(device)
     model = model if model is not None else Behrt.load(model_dir, device=dev)
     vocab_name = model.metadata.get("vocab", "source")
+    checksum = model_checksum(model_dir) if model_dir else None
+    effective = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
+    fingerprint = run_fingerprint(source, index, checksum or f"vocab {model.vocab.sha256}", pooling=pooling,
+                                  inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
+                                  cdm_schema=cdm_schema, vocab_schema=vocab_schema)
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resume(work, fingerprint)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        start_run(work, fingerprint)
     try:
         events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
                                       vocab_schema=vocab_schema, resume=resume, progress=progress)
@@ -206,12 +290,12 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                                       precision=precision)
                 vectors[rows] = vec[seq_of_row]
                 has_history[rows] = seqs.lengths[seq_of_row] > 1
-                tmp_file = chunk_dir / f"chunk-{k:05d}.tmp.npz"
+                tmp_file = chunk_dir / f"chunk-{k:05d}.{os.getpid()}.tmp.npz"
                 np.savez(tmp_file, vectors=vectors[rows], has_history=has_history[rows])
                 os.replace(tmp_file, done)
                 bar.update(len(rows))
         skipped_unknown = int((~np.isin(row_subject, persons["subject_id"].to_numpy())).sum())
-        prov = {"model_dir": str(model_dir), "model_checksum": model_checksum(model_dir) if model_dir else None,
+        prov = {"model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
                 "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling,
                 "index_rule": "events on or before the index date" if inclusive else
                 "events strictly before the index date",

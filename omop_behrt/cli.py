@@ -134,7 +134,10 @@ def _add_pretrain(sub) -> None:
                                    "pretrain a BEHRT encoder; --out becomes a model directory.")
     p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
     p.add_argument("--vocab", default="source", help="token vocabulary (source, concept, caliber, ...)")
-    p.add_argument("--out", required=True, help="model directory to write (checkpoints and metrics too)")
+    p.add_argument("--out", required=True, help="model directory to write: config.json, model.safetensors, "
+                   "tokens.json, metadata.json, metrics.jsonl; nothing per person (shareable)")
+    p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
+                   "the run's fingerprint go (default: <out>.work beside --out)")
     p.add_argument("--config", default="tiny", help="tiny, behrt (the paper's shape) or a config.json")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training persons (default 10)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
@@ -148,17 +151,24 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also helps CPUs with AVX512-BF16")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between checkpoints (default 500); also at each epoch's end, at the end and on Ctrl-C")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in the work directory exactly; refused when there is none or when "
+                        "the events or an option that changes the result differ from the first run's")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_pretrain(args) -> int:
+    from .checkpoint import default_work_dir
     from .pretrain import pretrain
-    res = pretrain(args.events, vocab=args.vocab, out=args.out, config=args.config, epochs=args.epochs,
-                   max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr, plos=args.plos,
-                   sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
+    work = args.work_dir or default_work_dir(args.out)
+    print(f"work directory (tokenised sequences and checkpoint; per person, keep it on site): {work}",
+          file=sys.stderr)
+    res = pretrain(args.events, vocab=args.vocab, out=args.out, work_dir=work, config=args.config,
+                   epochs=args.epochs, max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr,
+                   plos=args.plos, sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,
                    threads=args.threads, progress=not args.quiet, precision=args.precision)
     print(json.dumps(res, indent=2))
@@ -281,8 +291,13 @@ def _add_embed(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
-    p.add_argument("--work-dir", help="keep intermediate chunks here; with --resume, continue a stopped run")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--work-dir", help="keep the censored events, tokens and finished chunks here (with the run's "
+                                      "inputs in embed_run.json); with --resume, continue a stopped run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --work-dir; refused, saying what differs, when the source, index "
+                        "dates, model, pooling, --inclusive, precision or --chunk-persons changed")
+    p.add_argument("--lock-timeout", type=float, default=600.0,
+                   help="seconds to wait for another writer of the same --out target (default 600)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -302,6 +317,12 @@ def _run_embed(args) -> int:
     else:
         index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id)
         cohort_source = f"MEDS labels {args.labels}"
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    # an unwritable --out fails here, in one line, before any vector is computed
+    export.check_writable(args.out, schema=args.schema, table=args.table, allow_cdm_schema=args.allow_cdm_schema,
+                          needed_bytes=export.estimated_bytes(index.num_rows, int(config.get("hidden", 0)),
+                                                              args.ohdsi_analysis_id is not None),
+                          lock_timeout=args.lock_timeout)
     t0 = time.perf_counter()
     res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
                        cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
@@ -310,14 +331,14 @@ def _run_embed(args) -> int:
     seconds = time.perf_counter() - t0
     keep = pa.array(res.has_history | args.keep_empty)
     meta = json.loads((Path(args.model) / "metadata.json").read_text())
-    config = json.loads((Path(args.model) / "config.json").read_text())
     checksum = res.provenance["model_checksum"]
     info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", Path(args.model).name),
                                      dims=res.vectors.shape[1], checksum=checksum, config=config)
     prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))
     w = export.write_embeddings(args.out, res.index.filter(keep), res.vectors[keep.to_numpy(zero_copy_only=False)],
                                 info, schema=args.schema, table=args.table, ohdsi_analysis_id=args.ohdsi_analysis_id,
-                                provenance=prov, allow_cdm_schema=args.allow_cdm_schema)
+                                provenance=prov, allow_cdm_schema=args.allow_cdm_schema,
+                                lock_timeout=args.lock_timeout)
     sk = res.provenance["skipped"]
     print(f"embedded {res.provenance['embedded']:,} of {index.num_rows:,} cohort entries in {seconds:.1f} s "
           f"({index.num_rows / max(seconds, 1e-9):,.0f} patients/s, {res.provenance['device']})")
@@ -325,6 +346,9 @@ def _run_embed(args) -> int:
           f"{sk['subject not in source']:,} not in the source")
     print(f"wrote {w.rows:,} rows ({w.vector_type}) to {w.target}; replaced {w.replaced:,}; model_id {info.model_id}"
           + (f"; {w.ohdsi_rows:,} cohort_attribute rows" if w.ohdsi_rows else ""))
+    if w.duplicates:
+        print(f"warning: {w.duplicates:,} entries shared a (cohort, subject, index date) with a later one of the "
+              f"same day and were not written (the table keeps one row per key)", file=sys.stderr)
     return 0
 
 

@@ -3,19 +3,23 @@
 Embeddings = code + age + segment + position (fixed sinusoidal) [+ extras such as sex], LayerNorm, dropout;
 N pre-norm encoder blocks on ``F.scaled_dot_product_attention`` with a padding mask; GELU; an MLM head tied
 to the code embeddings; a pooler over [CLS]; an optional Med-BERT PLOS head. A model directory holds
-config.json, model.safetensors, tokens.json and metadata.json (no pickles).
+config.json, model.safetensors, tokens.json and metadata.json (no pickles) and nothing per person; its model
+id (:func:`model_id`) covers config, tokens and weights, and loading verifies it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .tokenizer import TokenVocabulary
@@ -192,35 +196,159 @@ class Behrt(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | Path, vocab: TokenVocabulary | None = None, metadata: dict | None = None) -> Path:
-        """Write the model directory: config.json, model.safetensors, tokens.json, metadata.json (atomically)."""
+        """Write the model directory (config.json, model.safetensors, tokens.json, metadata.json), each atomically.
+
+        metadata.json gets ``model_id`` (see :func:`model_id`) and ``model_files`` (a digest per file), which
+        :meth:`load` checks; it is written last, so a directory cut short by a crash fails that check.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         vocab = vocab or self.vocab
         if vocab is None or len(vocab) != self.config.vocab_size:
             raise ValueError("save needs the token vocabulary the model was built with")
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
-        os.replace(path / "model.safetensors.tmp", path / "model.safetensors")
+        tmp = path / f"model.safetensors.{os.getpid()}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / "model.safetensors")
         vocab.save(path / "tokens.json")
-        meta = dict(metadata if metadata is not None else self.metadata)
-        meta.setdefault("vocab_sha256", vocab.sha256)
-        for name, obj in (("config.json", asdict(self.config)), ("metadata.json", meta)):
-            (path / f"{name}.tmp").write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-            os.replace(path / f"{name}.tmp", path / name)
+        _write_json(path / "config.json", asdict(self.config))
+        meta = {k: v for k, v in (metadata if metadata is not None else self.metadata).items() if k not in INTEGRITY}
+        meta["vocab_sha256"] = vocab.sha256
+        files = file_digests(path)
+        meta = json.loads(json.dumps(meta, default=str))         # as it will read back (str keys, lists)
+        meta |= {"model_id": _id_from(files), "model_files": files | {"metadata.json": _metadata_digest(meta)}}
+        _write_json(path / "metadata.json", meta)
+        self.metadata = meta
         return path
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Behrt":
-        """Read a model directory; the model comes back in eval mode with ``.vocab`` and ``.metadata`` set."""
+        """Read a model directory, verified; the model comes back in eval mode with ``.vocab`` and ``.metadata``.
+
+        Files changed after :meth:`save` (the recorded model id or a file digest disagrees) and sizes that do
+        not agree (config vocab_size, tokens.json, weight shapes) raise one :class:`ModelIntegrityError`. A
+        directory from before model ids were recorded loads with a :class:`ModelIntegrityWarning`.
+        """
         path = Path(path)
-        for name in ("config.json", "model.safetensors", "tokens.json"):
+        for name in ("config.json", "model.safetensors", "tokens.json", "metadata.json"):
             if not (path / name).exists():
                 raise FileNotFoundError(f"{path} is not a model directory: {name} is missing")
-        model = cls(BehrtConfig.from_dict(json.loads((path / "config.json").read_text())))
+        config, meta = _read_json(path / "config.json"), _read_json(path / "metadata.json")
+        verify_files(path, meta)
+        try:
+            vocab = TokenVocabulary.load(path / "tokens.json")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelIntegrityError(f"{path}/tokens.json is not a token vocabulary: {e}") from None
+        if vocab.sha256 != meta.get("vocab_sha256", vocab.sha256):
+            raise ModelIntegrityError(f"{path}: tokens.json does not match the vocabulary the model was trained "
+                                      "with (vocab_sha256 in metadata.json)")
+        try:
+            cfg = BehrtConfig.from_dict(config)
+        except (ValueError, TypeError) as e:
+            raise ModelIntegrityError(f"{path}/config.json: {e}") from None
+        check_shapes(path, cfg, vocab)
+        model = cls(cfg)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
-        model.vocab = TokenVocabulary.load(path / "tokens.json")
-        if model.vocab.sha256 != (meta := json.loads((path / "metadata.json").read_text())).get(
-                "vocab_sha256", model.vocab.sha256):
-            raise ValueError(f"{path}: tokens.json does not match the vocabulary the model was trained with")
-        model.metadata = meta
+        model.vocab, model.metadata = vocab, meta
         return model.to(device).eval()
+
+
+# -- model directory integrity ----------------------------------------------------------------------
+class ModelIntegrityError(ValueError):
+    """A model directory whose files were changed after saving, or whose files disagree with each other."""
+
+
+class ModelIntegrityWarning(UserWarning):
+    """A model directory without a recorded model id (written before ids were recorded): not verified."""
+
+
+INTEGRITY = ("model_id", "model_files")
+ID_FILES = ("config.json", "tokens.json", "model.safetensors")
+
+
+def canonical_json(obj) -> bytes:
+    """JSON with sorted keys and no whitespace: the same content always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelIntegrityError(f"{path} is not valid JSON: {e}") from None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def file_digests(path: str | Path) -> dict[str, str]:
+    """sha256 per file of the model id: config.json and tokens.json as canonical JSON, the weights as bytes."""
+    path = Path(path)
+    out = {name: hashlib.sha256(canonical_json(_read_json(path / name))).hexdigest() for name in ID_FILES[:2]}
+    h = hashlib.sha256()
+    with open(path / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return out | {"model.safetensors": h.hexdigest()}
+
+
+def _id_from(files: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{name}\0{files[name]}\n" for name in ID_FILES).encode()).hexdigest()
+
+
+def _metadata_digest(meta: dict) -> str:
+    return hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k not in INTEGRITY})).hexdigest()
+
+
+def model_id(model_dir: str | Path) -> str:
+    """The model id: sha256 (hex) over config.json, tokens.json (both as canonical JSON) and model.safetensors.
+
+    Re-serialising the same content (key order, indentation) keeps the id; any change to the configuration,
+    the token ids or counts, or the weights gives another id. Computed from the files, never read back.
+    """
+    return _id_from(file_digests(model_dir))
+
+
+def verify_files(path: Path, meta: dict) -> None:
+    """Compare the files with the model id and digests metadata.json recorded at save time."""
+    if "model_id" not in meta:
+        warnings.warn(f"{path}: no model id recorded (saved by an older version), so its files are not verified; "
+                      "re-save it (Behrt.load(p).save(p)) to record one", ModelIntegrityWarning, stacklevel=3)
+        return
+    files = file_digests(path)
+    recorded = meta.get("model_files") or {}
+    changed = [n for n in ID_FILES if recorded.get(n) != files[n]]
+    if recorded.get("metadata.json") != _metadata_digest(meta):
+        changed.append("metadata.json")
+    if _id_from(files) != meta["model_id"] and not changed:
+        changed = list(ID_FILES)          # digests missing: say which files the id covers
+    if changed:
+        what = " and ".join(changed)
+        raise ModelIntegrityError(f"{path}: {what} {'was' if len(changed) == 1 else 'were'} changed after the "
+                                  f"model was saved (model id mismatch); use the directory as saved, or retrain")
+
+
+def check_shapes(path: Path, cfg: BehrtConfig, vocab: TokenVocabulary) -> None:
+    """Sizes agree (config vocab_size, tokens.json, weights): one clear error instead of torch's size mismatch."""
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    rows = shapes.get("embeddings.code.weight", [None])[0]
+    if not cfg.vocab_size == len(vocab) == rows:
+        raise ModelIntegrityError(f"{path}: sizes do not agree: config.json vocab_size {cfg.vocab_size}, tokens.json "
+                                  f"{len(vocab)} tokens, model.safetensors {rows} code-embedding rows")
+    try:
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in Behrt(cfg).state_dict().items()}
+    except (ValueError, AssertionError) as e:
+        raise ModelIntegrityError(f"{path}/config.json does not describe a model: {e}") from None
+    problems = [f"{k} missing" for k in expected if k not in shapes]
+    problems += [f"{k} unexpected" for k in shapes if k not in expected]
+    problems += [f"{k} is {shapes[k]} in the weights but {v} by config.json" for k, v in expected.items()
+                 if k in shapes and shapes[k] != v]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelIntegrityError(f"{path}: config.json does not match model.safetensors: "
+                                  + "; ".join(problems[:3]) + more)

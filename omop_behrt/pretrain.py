@@ -2,16 +2,20 @@
 
     pretrain(events_dir, vocab="source", out=model_dir, config="tiny", epochs=10)
 
-The out directory becomes a model directory (config.json, model.safetensors, tokens.json, metadata.json) and
-also holds data/ (the tokenised train/val sequences, read back on resume), checkpoint.safetensors (model,
-optimizer, RNG states and sampler position; written atomically every ``checkpoint_every`` steps) and
-metrics.jsonl.
+The out directory becomes a shareable model directory: config.json, model.safetensors, tokens.json,
+metadata.json and metrics.jsonl (loss curves), nothing per person. Everything per person or only needed to
+resume (tokenised sequences, the checkpoint) lives in a work directory, ``<out>.work`` by default (see
+:mod:`omop_behrt.checkpoint`). Checkpoints are written every ``checkpoint_every`` steps, at the end of each
+epoch, at the end and on Ctrl-C; ``resume`` continues exactly, after checking it is the same run.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import __version__
+from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, copy_atomic, default_work_dir, ensure_writable,
+                         events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir
 from .model import Behrt, BehrtConfig
 from .tokenizer import MASK, PAD, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
@@ -51,9 +55,13 @@ def validation_mask(subject_id: np.ndarray, val_fraction: float, seed: int) -> n
     return (z % np.uint64(1_000_000)).astype(np.float64) / 1e6 < val_fraction
 
 
-def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtConfig, *, min_count: int = 10,
+def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: BehrtConfig, *, min_count: int = 10,
             val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year") -> tuple[TokenVocabulary, dict]:
-    """Tokenise once: vocabulary from training persons only, then train/val sequences to ``out/data``."""
+    """Tokenise once: vocabulary from training persons only; train/val sequences, tokens and summary to ``data``.
+
+    ``data`` is in the work directory: the sequences are per person. The summary holds aggregates only
+    (counts, first and last year), as it goes into the shareable metadata.json.
+    """
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
     tokens, coverage = token_table(ev, vocab)
     persons = ev.persons()
@@ -62,18 +70,21 @@ def prepare(events: str | Path | EventDir, vocab: str, out: Path, config: BehrtC
     tv = TokenVocabulary.build(train_tokens, min_count=min_count)
     seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev))
     val = validation_mask(seqs.subject_id, val_fraction, seed)
-    seqs.select(np.flatnonzero(~val)).save(out / "data" / "train")
-    seqs.select(np.flatnonzero(val)).save(out / "data" / "val")
-    times = tokens.column("time")
+    if not (~val).any():
+        raise ValueError(f"{ev.path}: no training persons with a mapped event under vocabulary {vocab!r} "
+                         f"({len(seqs)} persons in all, val_fraction {val_fraction})")
+    seqs.select(np.flatnonzero(~val)).save(data / "train")
+    seqs.select(np.flatnonzero(val)).save(data / "val")
+    years = pc.year(tokens.column("time"))
     summary = {"events_dir": str(ev.path), "vocab": vocab, "min_count": min_count, "vocab_size": len(tv),
                "train_persons": int((~val).sum()), "val_persons": int(val.sum()), "val_fraction": val_fraction,
                "train_tokens": int(seqs.lengths[~val].sum()), "token_rows": tokens.num_rows,
-               "first_time": str(pc.min(times)), "last_time": str(pc.max(times)),
+               "first_year": pc.min(years).as_py(), "last_year": pc.max(years).as_py(),
                "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
                "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
                "coverage": coverage}
-    tv.save(out / "tokens.json")
-    (out / "data" / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    tv.save(data / "tokens.json")
+    (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return tv, summary
 
 
@@ -198,42 +209,6 @@ class Objective(torch.nn.Module):
         return loss, stats
 
 
-def save_checkpoint(path: Path, model: Behrt, opt: torch.optim.AdamW, gen: torch.Generator, state: dict) -> None:
-    """One safetensors file (no pickles): weights, optimizer moments, RNG states; the rest as JSON metadata."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for i, s in osd["state"].items():
-        for k, v in s.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.mask"] = gen.get_state()
-    if torch.cuda.is_available() and gen.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"])}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model: Behrt, opt: torch.optim.AdamW, gen: torch.Generator) -> dict:
-    """Restore what :func:`save_checkpoint` wrote; returns the JSON state (step, epoch, batch, ...)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    osd = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            osd["state"].setdefault(int(i), {})[name] = v
-    opt.load_state_dict(osd)
-    torch.set_rng_state(tensors["rng.torch"])
-    gen.set_state(tensors["rng.mask"].to(gen.get_state().device))
-    if "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return json.loads(meta["state"])
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,6 +238,40 @@ def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.dev
             "val_masked": tot["n"]}
 
 
+class Interrupt:
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first asks to stop after the step in flight, so the
+    checkpoint written then is exact; a second one stops at once (KeyboardInterrupt, no checkpoint)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.asked, self._old = False, {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self) -> "Interrupt":
+        try:
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        except ValueError:                      # not the main thread: Ctrl-C raises where it lands, as usual
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def stop(self, world: int, device: torch.device) -> bool:
+        """Whether to stop now; with several processes, whether any of them was asked (all stop together)."""
+        if world == 1:
+            return self.asked
+        flag = torch.tensor([int(self.asked)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Path = "model",
              config: str | BehrtConfig = "tiny", *, epochs: int = 10, max_steps: int | None = None,
              stop_after: int | None = None, batch_tokens: int | None = None, lr: float = 5e-4,
@@ -270,20 +279,56 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
              plos_weight: float = 1.0, sex: bool = False, min_count: int = 10, val_fraction: float = 0.1,
              seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
              log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
-             age_unit: str = "year", precision: str = "auto") -> dict[str, Any]:
+             age_unit: str = "year", precision: str = "auto", work_dir: str | Path | None = None) -> dict[str, Any]:
     """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
 
     ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
-    call early at that step with a checkpoint (``resume=True`` continues it exactly: the run settings come
-    from the checkpoint). ``batch_tokens`` is the padded-token budget per batch (default 16k; 4k for tiny).
-    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` (autocast on CPU too; fast on
-    CPUs with AVX512-BF16/AMX) or ``fp32``.
+    call early at that step with a checkpoint. ``resume=True`` continues the checkpoint in ``work_dir``
+    (default ``<out>.work``) exactly, and refuses when there is none or when an input or setting that changes
+    the result differs from the first run's. ``batch_tokens`` is the padded-token budget per batch (default
+    16k; 4k for tiny). ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` (autocast on
+    CPU too; fast on CPUs with AVX512-BF16/AMX) or ``fp32``.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
+    ev = events if isinstance(events, EventDir) else EventDir.open(events)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.safetensors"
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out)
+    if work.resolve() == out.resolve() or out.resolve() in work.resolve().parents:
+        raise ValueError(f"--work-dir {work} is inside the model directory {out}: the work directory holds "
+                         "per-person sequences and the model directory must not; give one outside it")
+    ensure_writable(out, "--out")
+    ensure_writable(work, "--work-dir")
+    stale = [n for n in ("data", CHECKPOINT) if (out / n).exists()]
+    if stale:
+        warnings.warn(f"{out} holds {' and '.join(stale)} from an older version (tokenised sequences of every "
+                      "training person): delete them before sharing the model directory", stacklevel=2)
+    if min_count < 10:
+        warnings.warn(f"min_count {min_count} < 10: tokens seen in so few persons are in tokens.json, so the model "
+                      "directory is not shareable under the default rule", stacklevel=2)
+    cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
+    cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
+                                 "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
+                                 "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    budget = batch_tokens or (4096 if cfg.hidden <= 128 else 16384)
+    fingerprint = {"events": events_fingerprint(ev.path), "vocab": vocab, "config": asdict(cfg),
+                   "min_count": min_count, "val_fraction": val_fraction, "seed": seed, "batch_tokens": budget,
+                   "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "clip": clip,
+                   "plos_weight": plos_weight, "epochs": epochs, "max_steps": max_steps, "precision": precision,
+                   "world_size": world}
+    run = check_resume(work, fingerprint, out) if resume else None
+    with WorkDirLock(work):
+        return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
+                      compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
+                      progress=progress)
+
+
+def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | None, fingerprint: dict, *,
+           stop_after: int | None, device: str, compile: bool, checkpoint_every: int, log_every: int,
+           threads: int | None, progress: bool) -> dict[str, Any]:
+    """The run itself, under the work directory's lock: tokenise (or reload), train, checkpoint, save."""
+    ckpt, data, metrics_file = work / CHECKPOINT, work / "data", work / "metrics.jsonl"
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     dev = resolve_device(device)
     if world > 1:
@@ -299,40 +344,37 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    resuming = resume and ckpt.exists()
+    resuming = run is not None
     if resuming:
-        with safe_open(str(ckpt), framework="pt") as f:
-            run = json.loads(f.metadata()["state"])["run"]
         cfg = BehrtConfig.from_dict(run["config"])
-        tv = TokenVocabulary.load(out / "tokens.json")
-        summary = json.loads((out / "data" / "summary.json").read_text())
+        tv = TokenVocabulary.load(data / "tokens.json")
+        summary = json.loads((data / "summary.json").read_text())
     else:
-        cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
-        cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
-                                     "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
-                                     "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+        fp = fingerprint
         if rank == 0:
-            tv, summary = prepare(events, vocab, out, cfg, min_count=min_count, val_fraction=val_fraction,
-                                  seed=seed, age_unit=age_unit)
+            ckpt.unlink(missing_ok=True)       # a fresh run: an older checkpoint must never be resumed into it
+            metrics_file.unlink(missing_ok=True)
+            tv, summary = prepare(ev, fp["vocab"], data, cfg, min_count=fp["min_count"],
+                                  val_fraction=fp["val_fraction"], seed=fp["seed"], age_unit=cfg.age_unit)
         if world > 1:
             torch.distributed.barrier()
             if rank != 0:                      # rank 0 tokenised; the others read what it wrote
-                tv = TokenVocabulary.load(out / "tokens.json")
-                summary = json.loads((out / "data" / "summary.json").read_text())
+                tv = TokenVocabulary.load(data / "tokens.json")
+                summary = json.loads((data / "summary.json").read_text())
         cfg.vocab_size = len(tv)
-    train, val = Sequences.load(out / "data" / "train"), Sequences.load(out / "data" / "val")
+    train, val = Sequences.load(data / "train"), Sequences.load(data / "val")
     if train.meta.get("vocab_sha256") != tv.sha256:
-        raise ValueError(f"{out}/data was tokenised with another vocabulary than {out}/tokens.json; "
+        raise ValueError(f"{data} was tokenised with another vocabulary than {data}/tokens.json; "
                          "start again without --resume")
     if not resuming:
-        default_budget = 4096 if cfg.hidden <= 128 else 16384
-        n_batches = len(batches(train.lengths, batch_tokens or default_budget, seed, 0)) // world
-        total = max_steps or epochs * max(1, n_batches)
-        run = {"config": asdict(cfg), "seed": seed, "lr": lr, "weight_decay": weight_decay, "clip": clip,
-               "batch_tokens": batch_tokens or default_budget, "total_steps": total, "plos_weight": plos_weight,
-               "warmup": warmup if warmup is not None else max(1, total // 10), "vocab": vocab,
-               "checkpoint_every": checkpoint_every, "log_every": log_every, "world_size": world,
-               "precision": precision}
+        fp = fingerprint
+        n_batches = len(batches(train.lengths, fp["batch_tokens"], fp["seed"], 0)) // world
+        total = fp["max_steps"] or fp["epochs"] * max(1, n_batches)
+        run = {"config": asdict(cfg), "seed": fp["seed"], "lr": fp["lr"], "weight_decay": fp["weight_decay"],
+               "clip": fp["clip"], "batch_tokens": fp["batch_tokens"], "total_steps": total,
+               "plos_weight": fp["plos_weight"], "warmup": fp["warmup"] if fp["warmup"] is not None
+               else max(1, total // 10), "vocab": fp["vocab"], "checkpoint_every": checkpoint_every,
+               "log_every": log_every, "world_size": world, "precision": fp["precision"], "fingerprint": fp}
 
     torch.manual_seed(run["seed"])
     core = Behrt(cfg).to(dev)
@@ -341,6 +383,9 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     state = {"step": 0, "epoch": 0, "batch": 0}
     if resuming:
         state = load_checkpoint(ckpt, core, opt, gen)
+        if rank == 0 and metrics_file.exists():   # rows logged after the checkpoint are logged again
+            rows = metrics_file.read_text().splitlines()
+            metrics_file.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= state["step"]))
     if compile and dev.type == "cuda":
         core.compile(dynamic=True)             # in place: the encoder's forward; state_dict names unchanged
     model: torch.nn.Module = Objective(core, run["plos_weight"])
@@ -349,63 +394,75 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
         model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                         find_unused_parameters=not cfg.plos)   # the pooler serves PLOS only
     amp = run["precision"] == "bf16" or (run["precision"] == "auto" and dev.type == "cuda")
-    total, step = run["total_steps"], state["step"]
-    metrics_file = out / "metrics.jsonl"
-    if not resuming and rank == 0 and metrics_file.exists():
-        metrics_file.unlink()
+    total, step, saved = run["total_steps"], state["step"], state["step"]
     acc = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "plos": 0.0, "real": 0, "padded": 0, "steps": 0}
     t_log = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
     model.train()
     epoch, start = state["epoch"], state["batch"]
-    while step < total and (stop_after is None or step < stop_after):
-        mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
-        mine = mine[rank::world][: len(mine) // world]
-        for j, (_, b) in enumerate(device_batches(train, run["batch_tokens"], dev, cfg.extras, plan=mine[start:]),
-                                   start):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                loss, s = model(b, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(core.parameters(), run["clip"])
-            opt.step()
-            step += 1
-            n = int(s["n"])
-            acc["loss"] += float(s["mlm_loss"]) * n
-            acc["n"] += n
-            acc["correct"] += int(s.get("correct", 0))
-            acc["top10"] += int(s.get("top10", 0))
-            acc["plos"] += float(s.get("plos_loss", 0.0))
-            acc["real"] += int(b["attention_mask"].sum())
-            acc["padded"] += b["attention_mask"].numel()
-            acc["steps"] += 1
-            state = {"step": step, "epoch": epoch + (j + 1 == len(mine)), "batch": (j + 1) % len(mine),
-                     "run": run}
-            done = step >= total or step == stop_after
-            if rank == 0 and (step % run["log_every"] == 0 or done):
-                dt = time.perf_counter() - t_log
-                row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                       "loss": acc["loss"] / max(1, acc["n"]), "masked_acc": acc["correct"] / max(1, acc["n"]),
-                       "top10_acc": acc["top10"] / max(1, acc["n"]),
-                       "precision": acc["correct"] / max(1, acc["n"]),  # BEHRT's micro precision of the argmax
-                       "tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
-                if cfg.plos:
-                    row["plos_loss"] = acc["plos"] / acc["steps"]
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                acc = dict.fromkeys(acc, 0)
-                t_log = time.perf_counter()
-            bar.update(1)
-            if rank == 0 and (step % run["checkpoint_every"] == 0 or done):
-                save_checkpoint(ckpt, core, opt, gen, state)
-            if done:
-                break
-        epoch, start = state["epoch"], state["batch"]
-    bar.close()
-    result = {"out": str(out), "step": step, "total_steps": total, "finished": step >= total}
+    with Interrupt() as interrupt:
+        try:
+            while step < total and (stop_after is None or step < stop_after):
+                mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
+                mine = mine[rank::world][: len(mine) // world]
+                for j, (_, b) in enumerate(device_batches(train, run["batch_tokens"], dev, cfg.extras,
+                                                          plan=mine[start:]), start):
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                        loss, s = model(b, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(core.parameters(), run["clip"])
+                    opt.step()
+                    step += 1
+                    n = int(s["n"])
+                    acc["loss"] += float(s["mlm_loss"]) * n
+                    acc["n"] += n
+                    acc["correct"] += int(s.get("correct", 0))
+                    acc["top10"] += int(s.get("top10", 0))
+                    acc["plos"] += float(s.get("plos_loss", 0.0))
+                    acc["real"] += int(b["attention_mask"].sum())
+                    acc["padded"] += b["attention_mask"].numel()
+                    acc["steps"] += 1
+                    state = {"step": step, "epoch": epoch + (j + 1 == len(mine)), "batch": (j + 1) % len(mine),
+                             "run": run}
+                    done = step >= total or step == stop_after
+                    if rank == 0 and (step % run["log_every"] == 0 or done):
+                        dt = time.perf_counter() - t_log
+                        row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                               "loss": acc["loss"] / max(1, acc["n"]),
+                               "masked_acc": acc["correct"] / max(1, acc["n"]),
+                               "top10_acc": acc["top10"] / max(1, acc["n"]),
+                               "precision": acc["correct"] / max(1, acc["n"]),  # BEHRT's micro precision
+                               "tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
+                        if cfg.plos:
+                            row["plos_loss"] = acc["plos"] / acc["steps"]
+                        with metrics_file.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                        acc = dict.fromkeys(acc, 0)
+                        t_log = time.perf_counter()
+                    bar.update(1)
+                    stopping = interrupt.stop(world, dev)
+                    if rank == 0 and (step % run["checkpoint_every"] == 0 or state["batch"] == 0 or done
+                                      or stopping):
+                        save_checkpoint(ckpt, core, opt, gen, state)   # atomic; every epoch end and on Ctrl-C
+                        saved = step
+                    if stopping:
+                        raise KeyboardInterrupt
+                    if done:
+                        break
+                epoch, start = state["epoch"], state["batch"]
+        except KeyboardInterrupt:
+            bar.close()
+            if rank == 0:
+                where = f"checkpoint at step {saved}" if saved else "no step finished, nothing to resume"
+                print(f"pretrain: interrupted at step {step}/{total}; {where} in {work}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+    result = {"out": str(out), "work_dir": str(work), "step": step, "total_steps": total, "finished": step >= total}
     if rank == 0 and step >= total:
         result.update(evaluate(core, val, run["batch_tokens"], dev, run["seed"], amp) if len(val) else {})
         with metrics_file.open("a") as f:
@@ -413,10 +470,13 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
         meta = {"library_version": __version__, "vocab": run["vocab"], "vocab_sha256": tv.sha256,
                 "vocab_size": len(tv), "cdm_version": summary.get("cdm_version"),
                 "vocabulary_version": summary.get("vocabulary_version"), "training_data": summary,
-                "training": {k: v for k, v in run.items() if k != "config"} | {"steps": step},
+                "training": {k: v for k, v in run.items() if k not in ("config", "fingerprint")}
+                | {"steps": step, "events_fingerprint": run["fingerprint"]["events"]},
                 "metrics": {k: v for k, v in result.items() if k.startswith("val")},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         core.save(out, tv, meta)
+        copy_atomic(metrics_file, out / "metrics.jsonl")
+        result["model_id"] = core.metadata["model_id"]
     if world > 1:
         torch.distributed.barrier()
     return result

@@ -107,8 +107,12 @@ class TokenVocabulary:
         items = sorted(d["tokens"].items(), key=lambda kv: kv[1]["id"])
         if [v["id"] for _, v in items] != list(range(len(items))) or tuple(k for k, _ in items[:5]) != SPECIALS:
             raise ValueError(f"{path}: token ids must be 0..n-1 with {SPECIALS} first")
-        return cls([k for k, _ in items], [int(v["persons"]) for _, v in items], min_count=int(d["min_count"]),
-                   persons=int(d.get("persons", 0)))
+        counts, min_count = [int(v["persons"]) for _, v in items], int(d["min_count"])
+        rare = sum(c < min_count for c in counts[len(SPECIALS):])
+        if rare:                                # only an edited file can hold them: build() drops them
+            raise ValueError(f"{path}: {rare} tokens have a person count below min_count {min_count}; "
+                             "a token vocabulary holds only tokens seen in at least min_count persons")
+        return cls([k for k, _ in items], counts, min_count=min_count, persons=int(d.get("persons", 0)))
 
 
 @dataclass

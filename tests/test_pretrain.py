@@ -69,14 +69,16 @@ def test_pretrain_loss_falls(trained):
 
 
 def test_model_directory(trained, eunomia_events):
-    out, _ = trained
+    out, res = trained
     m = Behrt.load(out)
     meta = json.loads((out / "metadata.json").read_text())
-    for key in ("library_version", "vocab", "vocab_sha256", "cdm_version", "training_data"):
+    for key in ("library_version", "vocab", "vocab_sha256", "cdm_version", "training_data", "model_id"):
         assert key in meta
-    train = Sequences.load(out / "data" / "train")
+    data = out.parent / "model.work" / "data"                     # caches live beside, not in, the model directory
+    assert res["work_dir"] == str(data.parent) and not (out / "data").exists()
+    train = Sequences.load(data / "train")
     assert m.vocab.persons == meta["training_data"]["train_persons"] == len(train)   # vocab: train persons only
-    assert len(train) + len(Sequences.load(out / "data" / "val")) == 2694
+    assert len(train) + len(Sequences.load(data / "val")) == 2694
     b = collate(train, np.arange(4), {})
     with torch.no_grad():
         h = m(b["input_ids"], b["ages"], b["segments"], b["positions"], b["attention_mask"])

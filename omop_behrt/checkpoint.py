@@ -1,0 +1,186 @@
+"""The work directory of a pretraining run: tokenised caches, the checkpoint and the run's fingerprint.
+
+A pretraining run keeps everything that is per person or only needed to resume here, outside the model
+directory (which stays shareable):
+
+    <work>/data/train, data/val      tokenised sequences (per person: subject ids, codes, ages)
+    <work>/data/summary.json         training data summary (aggregates, copied into metadata.json)
+    <work>/data/tokens.json          the token vocabulary, until the model directory is written
+    <work>/checkpoint.safetensors    weights, optimizer moments, RNG states, sampler position, the run settings
+                                     and their fingerprint (written atomically; no pickles)
+    <work>/metrics.jsonl             loss curves so far (copied into the model directory at the end)
+    <work>/.lock                     held while a run uses the directory (one run at a time)
+
+The default is ``<out>.work`` beside the model directory. A resume must continue the same run: the
+fingerprint of every input that changes the result is stored in the checkpoint and compared on resume.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .model import canonical_json
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class ResumeError(ValueError):
+    """A resume that cannot continue: no checkpoint, or one written for other inputs or settings."""
+
+
+def default_work_dir(out: str | Path) -> Path:
+    """``<out>.work`` beside the model directory (never inside it: the model directory must stay shareable)."""
+    out = Path(out).absolute()
+    return out.parent / f"{out.name}.work"
+
+
+def ensure_writable(path: Path, option: str) -> None:
+    """Create ``path`` if needed and prove it takes a file, before any heavy work; one clear error otherwise."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{option} must be a directory, not a file", str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise type(e)(e.errno, f"{option} is not writable ({e.strerror or e})", str(path)) from None
+
+
+class WorkDirLock:
+    """An exclusive ``flock`` on ``<work>/.lock``: a second run on the same work directory is refused."""
+
+    def __init__(self, work: Path):
+        self.path, self.fd = work / ".lock", None
+
+    def __enter__(self) -> "WorkDirLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise BlockingIOError(errno.EWOULDBLOCK, "another pretraining run is using this work directory "
+                                  "(wait for it, or give another --out / --work-dir)", str(self.path.parent))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- fingerprint ------------------------------------------------------------------------------------
+def events_fingerprint(events_path: Path, tail_bytes: int = 1 << 16) -> str:
+    """sha256 over the event directory's manifest and, per data file, its name, size and last 64 KiB.
+
+    Cheap (one small read per file) yet content-sensitive: a Parquet file's footer (the last bytes) holds its
+    row counts and column statistics, so a re-extraction with other rows changes it; a copy does not.
+    """
+    h = hashlib.sha256()
+    manifest = events_path / "manifest.json"
+    if manifest.exists():
+        h.update(b"manifest\0" + canonical_json(json.loads(manifest.read_text())))
+    files = sorted(events_path.glob("events/*.parquet")) + sorted(
+        p for p in (events_path / "persons.parquet", events_path / "observation_periods.parquet") if p.exists())
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            fh.seek(max(0, size - tail_bytes))
+            tail = fh.read()
+        h.update(f"{f.relative_to(events_path).as_posix()}\0{size}\0".encode() + hashlib.sha256(tail).digest())
+    return h.hexdigest()
+
+
+def fingerprint_differences(then: dict, now: dict) -> list[str]:
+    """'key: <then> in the checkpoint, <now> now' for each input that differs (the event hash by name only)."""
+    diffs = []
+    for k in sorted(set(then) | set(now)):
+        a, b = then.get(k), now.get(k)
+        if a == b:
+            continue
+        if k == "events":
+            diffs.append("events: the event directory's content changed since the checkpoint was written")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{k}.{d}" for d in fingerprint_differences(a, b)]
+        else:
+            diffs.append(f"{k}: {a!r} in the checkpoint, {b!r} now")
+    return diffs
+
+
+def check_resume(work: Path, fingerprint: dict, out: Path) -> dict:
+    """The checkpoint's run settings, after checking it exists and continues the run ``fingerprint`` describes."""
+    ckpt = work / CHECKPOINT
+    if not ckpt.exists():
+        old = out / CHECKPOINT
+        hint = (f" ({old} was written by an older version without a run fingerprint and cannot be resumed)"
+                if old.exists() else "")
+        raise ResumeError(f"--resume: no checkpoint in {work}{hint}; run without --resume to start")
+    with safe_open(str(ckpt), framework="pt") as f:
+        run = json.loads(f.metadata()["state"])["run"]
+    if "fingerprint" not in run:
+        raise ResumeError(f"--resume: {ckpt} has no run fingerprint (an older version wrote it); "
+                          "run without --resume to start again")
+    diffs = fingerprint_differences(run["fingerprint"], fingerprint)
+    if diffs:
+        raise ResumeError(f"--resume: the checkpoint in {work} belongs to another run; " + "; ".join(diffs)
+                          + ". Give the same inputs and options as the first run, or run without --resume")
+    return run
+
+
+# -- checkpoint -------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                    state: dict) -> None:
+    """One safetensors file (no pickles): weights, optimizer moments, RNG states; the rest as JSON metadata."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for i, s in osd["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.mask"] = gen.get_state()
+    if torch.cuda.is_available() and gen.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"])}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns the JSON state (step, epoch, batch, run)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    osd = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            osd["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(osd)
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.mask"].to(gen.get_state().device))
+    if "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return json.loads(meta["state"])
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a small file so that ``dst`` is either the old or the whole new content."""
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)

@@ -4,7 +4,8 @@ Reads Bundles and bulk-export NDJSON (adapters/fhir_reader.py), runs the views s
 the user adds or overrides) on every resource (adapters/viewdefinition.py), and writes the same event directory
 as the OMOP adapter. Input is split into parts of whole files, run in up to ``workers`` processes
 (adapters/fhir_part.py); a finished part is recorded in the manifest, so ``resume=True`` skips it. This module
-starts the parts and then settles the directory: persons, rows pending on a Patient, counts and the summary.
+starts the parts (adapters/fhir_pool.py: workers die with the run) and then settles the directory: repeated
+resources (adapters/fhir_duplicates.py), persons, rows pending on a Patient, counts and the summary.
 
 An event view yields rows with columns ``subject`` (a Patient reference), ``time``, ``domain`` and ``coding``
 (a Coding; or ``system`` + ``code``), optionally ``encounter``, ``end_time``, ``value`` and ``source_coding``;
@@ -13,8 +14,8 @@ the ``patient`` view yields ``id``, ``birth_date``, ``gender``, ``deceased_time`
 from __future__ import annotations
 
 import os
+import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +26,17 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter, write_table
+from .fhir_duplicates import Duplicates, settle
 from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix
 from .fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
-from .fhir_reader import NotFhirError, input_files, is_fhir_source, is_ndjson, read_ndjson
+from .fhir_pool import run_parts
+from .fhir_reader import NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson, read_ndjson
 
-__all__ = ["extract", "is_fhir_source", "FhirExtractSummary", "load_fhir_views", "fhir_id", "NotFhirError",
-           "EVENT_COLUMNS"]
+__all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
+           "NotFhirError", "EVENT_COLUMNS"]
 
 _PART_BYTES = 48 << 20
+_AFTER_LINE = re.compile(r" (after line \d+|\(the Bundle cannot be read\))")
 
 
 @dataclass
@@ -51,6 +55,8 @@ class FhirExtractSummary:
     events_out: int = 0
     events_by_domain: dict = field(default_factory=dict)
     quarantined_by_reason: dict = field(default_factory=dict)
+    duplicates_by_type: dict = field(default_factory=dict)
+    skipped_files: list = field(default_factory=list)
     unknown_code_systems: dict = field(default_factory=dict)
     visits: int = 0
     rebuilt_visits: int = 0
@@ -76,6 +82,16 @@ class FhirExtractSummary:
             lines.append(f"  {t:<26}{n:>10,}")
         if self.ignored_by_type:
             lines.append("  ignored: " + ", ".join(f"{t} {n:,}" for t, n in sorted(self.ignored_by_type.items())))
+        if self.duplicates_by_type:
+            lines.append(f"duplicates    {sum(self.duplicates_by_type.values()):,} resources repeat a type/id "
+                         f"(kept: latest meta.lastUpdated, then first read; the rest quarantined): "
+                         + ", ".join(f"{t} {n:,}" for t, n in sorted(self.duplicates_by_type.items())))
+        if self.skipped_files:
+            why: dict[str, list[str]] = {}
+            for f in self.skipped_files:
+                why.setdefault(f["reason"], []).append(f["file"])
+            lines.append(f"skipped       {len(self.skipped_files):,} files: " + "; ".join(
+                f"{len(fs):,} {r} ({', '.join(fs[:5])}{', ...' if len(fs) > 5 else ''})" for r, fs in why.items()))
         lines.append(f"events        {self.events_out:,} written")
         for d, n in sorted(self.events_by_domain.items()):
             lines.append(f"  {d:<12}{n:>12,}")
@@ -116,7 +132,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     ``workers``: processes for the parts (default: up to 2, never more than the parts).
     """
     t0 = time.perf_counter()
-    files, notes = input_files(source, exclude=out)
+    files, notes, skipped = input_files(source, exclude=out)
     load_fhir_views(views)          # fail fast on a bad view folder before any work
     out = EventDir(Path(out))
     out.path.mkdir(parents=True, exist_ok=True)
@@ -132,7 +148,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     parts = _parts(files)
     done: dict = manifest.setdefault("parts", {})
     manifest.update({"source": src, "adapter": "fhir", "validate": validate,
-                     "views": str(views) if views else None, "notes": notes})
+                     "views": str(views) if views else None, "notes": notes, "skipped_files": skipped})
     out.manifest = manifest
     out.write_manifest()
     known = _patient_ids_first(files)
@@ -141,21 +157,16 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     args = [(i, p, str(out.path), str(views) if views else None, validate, known) for i, p in todo]
     bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="extract FHIR", unit="part",
                disable=not progress, leave=False)
-    if nworkers == 1:
-        results = map(run_part, args)
-    else:
-        pool = ProcessPoolExecutor(nworkers)
-        results = pool.map(run_part, args)
+
+    def part_done(a: tuple, counts: dict) -> None:
+        done[str(a[0])] = counts
+        out.write_manifest()
+        bar.update(1)
     try:
-        for (i, _), counts in zip(todo, results):
-            done[str(i)] = counts
-            out.write_manifest()
-            bar.update(1)
+        run_parts(run_part, args, nworkers, part_done)
     finally:
         bar.close()
-        if nworkers > 1:
-            pool.shutdown()
-    summary = FhirExtractSummary(source=src, files=len(files), validated=validate)
+    summary = FhirExtractSummary(source=src, files=len(files), validated=validate, skipped_files=skipped)
     finish(out, summary, notes)
     summary.seconds = round(time.perf_counter() - t0, 3)
     manifest["summary"] = summary.as_dict()
@@ -189,9 +200,14 @@ def read_persons_parts(out: Path) -> pa.Table:
 
 
 def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None:
-    """Assemble persons, settle pending rows (subject not seen in their part), and count what is on disk."""
+    """Settle repeated resources, assemble persons, settle pending rows (subject not seen in their part), and
+    count what is on disk."""
     import duckdb
-    persons = read_persons_parts(out.path)
+    part_quarantine = sorted(out.path.glob("quarantine-fhir-[0-9]*.parquet"))
+    dups = settle(out.path / ".fhir", out.events_dir, part_quarantine)
+    write_table(dups.quarantine, out.path / "quarantine-fhir-duplicates.parquet")
+    summary.duplicates_by_type = dups.by_type
+    persons = dups.keep(read_persons_parts(out.path))
     if persons.num_rows:
         pairs = persons.group_by(["subject_id", "source_id"]).aggregate([])
         counts = pairs.group_by("subject_id").aggregate([("source_id", "count"), ("source_id", "min"),
@@ -201,12 +217,6 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
             raise ValueError(f"subject_id collision: FHIR Patient ids {clash.column('source_id_min')[0]!r} and "
                              f"{clash.column('source_id_max')[0]!r} hash to the same subject_id "
                              f"{clash.column('subject_id')[0]}; rename one of them")
-        idx = persons.append_column("i", pa.array(np.arange(persons.num_rows))) \
-            .group_by("subject_id").aggregate([("i", "min")]).column("i_min")
-        dups = persons.num_rows - len(idx)
-        if dups:
-            summary.warnings.append(f"{dups:,} Patient resources repeat an id already read (first one kept)")
-        persons = persons.take(pc.sort_indices(idx))
         bad_birth = pc.and_(pc.is_valid(persons.column("birth_raw")), pc.is_null(persons.column("birth_date")))
         if pc.sum(bad_birth).as_py():
             summary.warnings.append(f"{pc.sum(bad_birth).as_py():,} Patients have an unusable birthDate "
@@ -220,7 +230,7 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     writer = ShardWriter(out.events_dir, "part-pending", EVENTS_SCHEMA)
     q: list[pa.Table] = []
     for f in sorted((out.path / ".fhir").glob("pending-*.parquet")):
-        t = pq.read_table(f)
+        t = dups.keep(pq.read_table(f))
         ok = pc.is_in(t.column("subject_id"), value_set=ids)
         kept = t.filter(ok)
         writer.write(EventBuffer.to_events(kept))
@@ -240,8 +250,8 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     writer.close()
     if q:
         write_table(pa.concat_tables(q), out.path / "quarantine-fhir-pending.parquet")
-    summary.resources_out = sum(p["out"] for p in parts.values()) + resolved
-    summary.quarantined = sum(p["quarantined"] for p in parts.values()) + quarantined
+    summary.resources_out = sum(p["out"] for p in parts.values()) + resolved - dups.out
+    summary.quarantined = sum(p["quarantined"] for p in parts.values()) + quarantined + dups.out + dups.pending
     for p in parts.values():
         for k, n in p["ignored"].items():
             summary.ignored_by_type[k] = summary.ignored_by_type.get(k, 0) + n
@@ -285,7 +295,11 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
                                     f"Encounter id, or a hash collision)")
     con.close()
     summary.quarantined_by_reason = {}
-    reasons = pc.value_counts(out.quarantine().column("reason")).to_pylist()
+    quarantine = out.quarantine()
+    reasons = pc.value_counts(quarantine.column("reason")).to_pylist()
+    broken = quarantine.filter(pc.starts_with(quarantine.column("reason"), "gzip stream"))
+    for r in broken.to_pylist():    # a file that could not be read to its end: say so beyond the counts
+        summary.warnings.append(f"{r['source']}: {r['reason']}")
     for r in reasons:
         key = _reason_kind(r["values"])
         summary.quarantined_by_reason[key] = summary.quarantined_by_reason.get(key, 0) + r["counts"]
@@ -294,5 +308,8 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
 
 def _reason_kind(reason: str) -> str:
     """A quarantine reason without its particular value, for counting (``impossible time '2021-02-30'`` -> ...)."""
+    if reason.startswith("duplicate "):            # duplicate Condition/c1 (kept ...) -> duplicate Condition
+        return reason.split("/", 1)[0]
+    reason = _AFTER_LINE.sub("", reason)           # gzip stream truncated after line 812: ... -> ... truncated
     cuts = [i for i in (reason.find(" '"), reason.find(": ")) if i > 0]
     return reason[:min(cuts)] if cuts else reason

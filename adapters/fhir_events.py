@@ -130,23 +130,21 @@ class EventBuffer:
 
     def __init__(self):
         self.groups: dict[tuple, list[tuple]] = {}    # view layout -> [(view row, subject_id, patient, ...)]
-        self.ordinal = 0
         self.rows = 0
 
     def group(self, at: tuple) -> list[tuple]:
-        """The list to append ``(row, subject_id, patient, visit, source, row label, resource no.)`` to."""
+        """The list to append ``(row, subject_id, patient, visit, source, row label, resource key)`` to."""
         return self.groups.setdefault(at, [])
 
     def end_resource(self, rows: int) -> None:
-        self.ordinal += 1
         self.rows += rows
 
     def _columns(self) -> tuple[dict[str, list], list[int]]:
-        """Python lists per column (``_COLS``) and the resource number of each row, group after group."""
+        """Python lists per column (``_COLS``) and the resource key of each row, group after group."""
         c: dict[str, list] = {k: [] for k in self._COLS}
         res: list[int] = []
         for at, entries in self.groups.items():
-            rows, sid, pid, visit, source, label, ordinal = zip(*entries)
+            rows, sid, pid, visit, source, label, key = zip(*entries)
             view_cols = list(zip(*rows))
             none = [None] * len(rows)
 
@@ -168,16 +166,16 @@ class EventBuffer:
                 else:
                     c[sname].extend(col(system))
                     c[cname].extend(col(code))
-            res.extend(ordinal)
+            res.extend(key)
         return c, res
 
     @staticmethod
     def pending_schema() -> pa.Schema:
         return pa.schema(list(EVENTS_SCHEMA) + [pa.field("patient", pa.string()), pa.field("source", pa.string()),
-                                                pa.field("row", pa.string())])
+                                                pa.field("row", pa.string()), pa.field("key", pa.int64())])
 
     def build(self) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({"table": events + patient/source/row/reason, "unknown_systems": {...}}, bad-row mask, resource no.)."""
+        """({"table": events + patient/source/row/reason, "unknown_systems": {...}}, bad-row mask, resource key)."""
         c, res = self._columns()
 
         def text(k: str) -> pa.Array:
@@ -242,7 +240,8 @@ class QuarantineBuffer:
         return pa.concat_tables([first] + self.tables)
 
 
-PERSONS_PART_SCHEMA = pa.schema(list(PERSONS_SCHEMA) + [pa.field("birth_raw", pa.string())])
+PERSONS_PART_SCHEMA = pa.schema(list(PERSONS_SCHEMA) + [pa.field("birth_raw", pa.string()),
+                                                         pa.field("key", pa.int64())])
 
 
 class PersonBuffer:
@@ -251,10 +250,12 @@ class PersonBuffer:
     _SEX = {"female": "F", "male": "M"}
 
     def __init__(self):
-        self.cols: dict[str, list] = {k: [] for k in ("subject_id", "source_id", "birth", "sex", "death")}
+        self.cols: dict[str, list] = {k: [] for k in ("subject_id", "source_id", "birth", "sex", "death", "key")}
 
-    def add(self, subject_id: int, source_id: str, rec: dict, source: str, row: str) -> None:
+    def add(self, subject_id: int, source_id: str, rec: dict, key: int) -> None:
+        """One Patient; ``key`` is the resource's key (duplicates are settled on it)."""
         c = self.cols
+        c["key"].append(key)
         c["subject_id"].append(subject_id)
         c["source_id"].append(source_id)
         b = rec.get("birth_date")
@@ -274,5 +275,6 @@ class PersonBuffer:
         death, _ = parse_times(pa.array(c["death"], pa.string()), "deceasedDateTime")
         return pa.table({"subject_id": pa.array(c["subject_id"], pa.int64()), "birth_date": birth.cast(pa.date32()),
                          "sex": pa.array(c["sex"], pa.string()), "death_date": death.cast(pa.date32()),
-                         "source_id": pa.array(c["source_id"], pa.string()), "birth_raw": birth_raw},
+                         "source_id": pa.array(c["source_id"], pa.string()), "birth_raw": birth_raw,
+                         "key": pa.array(c["key"], pa.int64())},
                         schema=PERSONS_PART_SCHEMA)

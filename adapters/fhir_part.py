@@ -4,6 +4,11 @@ A part runs in a worker process (adapters/fhir.py starts them): it compiles the 
 each resource's views, resolves references (per resource, in Python) and turns rows into Arrow batches
 (vectorised, adapters/fhir_events.py). Rows whose Patient the part has not seen are written aside as pending;
 the run settles them once every Patient is known.
+
+Every resource with an id is also listed (key, type, id, meta.lastUpdated, file, line) in
+``.fhir/resources-<part>.parquet``, and each event shard has a row-aligned ``.fhir/eventkeys-*`` shard of resource
+keys, so that repeated (type, id) pairs across parts are settled after the parts (adapters/fhir_duplicates.py).
+A resource's key is ``part << 32 | its number in the part``: increasing in reading order.
 """
 from __future__ import annotations
 
@@ -18,10 +23,15 @@ import pyarrow as pa
 
 from ..events import EVENTS_SCHEMA, ShardWriter, write_table
 from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer
+from .fhir_pool import exit_if_orphaned
 from .fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
 from .viewdefinition import View, ViewError, load_views
 
 _MASK63 = (1 << 63) - 1
+KEY_SCHEMA = pa.schema([pa.field("key", pa.int64())])
+RESOURCES_SCHEMA = pa.schema([pa.field("key", pa.int64()), pa.field("type", pa.string()),
+                              pa.field("id", pa.string()), pa.field("updated", pa.string()),
+                              pa.field("source", pa.string()), pa.field("row", pa.string())])
 
 
 def fhir_id(fhir_resource_id: str) -> int:
@@ -67,6 +77,7 @@ class Part:
     def __init__(self, index: int, files: list[str], out: str, views_dir: str | None, validate: bool,
                  known: set[int] | None, batch_rows: int = 200_000):
         self.index, self.files, self.out, self.validate = index, [Path(f) for f in files], Path(out), validate
+        self.base = index << 32
         views = load_fhir_views(views_dir)
         self.by_type: dict[str, list[View]] = {}
         for v in views.values():
@@ -82,7 +93,9 @@ class Part:
         self.counts = {"read": 0, "ignored": {}, "by_type": {}, "out": 0, "quarantined": 0, "pending": 0}
         work = self.out / ".fhir"
         self.events = ShardWriter(self.out / "events", f"part-{index:05d}", EVENTS_SCHEMA)
+        self.event_keys = ShardWriter(work, f"eventkeys-{index:05d}", KEY_SCHEMA)   # row-aligned with events
         self.pending = ShardWriter(work, f"pending-{index:05d}", EventBuffer.pending_schema())
+        self.resources: list[tuple] = []
         self.quarantine = QuarantineBuffer()
         self.persons = PersonBuffer()
         self.buffer = EventBuffer()
@@ -95,6 +108,7 @@ class Part:
         gc.set_threshold(100_000, 50, 100)
         try:
             for fi, path in enumerate(self.files):
+                exit_if_orphaned()
                 if is_ndjson(path):
                     self._items(fi, read_ndjson(path), {})
                 else:
@@ -104,7 +118,11 @@ class Part:
         finally:
             gc.set_threshold(*thresholds)
         self.events.close()
+        self.event_keys.close()
         self.pending.close()
+        cols = list(zip(*self.resources)) if self.resources else [()] * len(RESOURCES_SCHEMA)
+        write_table(pa.table([pa.array(c, f.type) for c, f in zip(cols, RESOURCES_SCHEMA)], schema=RESOURCES_SCHEMA),
+                    self.out / ".fhir" / f"resources-{self.index:05d}.parquet")
         write_table(self.quarantine.table(), self.out / f"quarantine-fhir-{self.index:05d}.parquet")
         write_table(self.persons.table(), self.out / ".fhir" / f"persons-{self.index:05d}.parquet")
         self.counts["systems"] = self.systems
@@ -138,10 +156,16 @@ class Part:
                     counts["quarantined"] += 1
                 continue
             by_type[rt] = by_type.get(rt, 0) + 1
+            seq = self.base + counts["read"]
+            rid = res.get("id")
+            if type(rid) is str:
+                meta = res.get("meta")
+                self.resources.append((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None,
+                                       source, item.row))
             reason = self._check(res) if self.validate else None
             if reason is None:
-                reason = self._patient(res, source, item.row) if rt == "Patient" else \
-                    self._event(res, views, source, item.row, urls)
+                reason = self._patient(res, source, item.row, seq) if rt == "Patient" else \
+                    self._event(res, views, source, item.row, urls, seq)
             if reason is not None:
                 self.quarantine.add(source, item.row, reason)
                 counts["quarantined"] += 1
@@ -161,7 +185,7 @@ class Part:
             return f"invalid FHIR R4B {res['resourceType']}: {str(e).splitlines()[0]}"
         return None
 
-    def _patient(self, res: dict, source: str, row: str) -> str | None:
+    def _patient(self, res: dict, source: str, row: str, key: int) -> str | None:
         pid = res.get("id")
         if not isinstance(pid, str) or not pid:
             return "Patient without an id"
@@ -173,12 +197,12 @@ class Part:
             return "Patient excluded by the patient view's where"
         names = self.patient_view.column_names if self.patient_view else ["id"]
         sid = fhir_id(pid)
-        self.persons.add(sid, pid, dict(zip(names, rows[0])), source, row)
+        self.persons.add(sid, pid, dict(zip(names, rows[0])), key)
         self.new_known.append(sid)
         self.counts["out"] += 1
         return None
 
-    def _event(self, res: dict, views: list[View], source: str, row: str, urls: dict) -> str | None:
+    def _event(self, res: dict, views: list[View], source: str, row: str, urls: dict, key: int) -> str | None:
         """Run the type's views on one resource; all its rows go to the buffer, or a reason is returned."""
         found = []
         for view in views:
@@ -202,14 +226,14 @@ class Part:
         if not found:
             return "excluded by the where of every view for " + str(res.get("resourceType"))
         buffer = self.buffer
-        ordinal = buffer.ordinal
         for r, at, sid, pid, visit in found:
-            buffer.group(at).append((r, sid, pid, visit, source, row, ordinal))
+            buffer.group(at).append((r, sid, pid, visit, source, row, key))
         buffer.end_resource(len(found))
         return None
 
     # -- per batch -----------------------------------------------------------------------------------
     def _flush(self) -> None:
+        exit_if_orphaned()
         if self.buffer.rows == 0:
             return
         batch, bad, per_resource = self.buffer.build()
@@ -236,8 +260,10 @@ class Part:
         self.counts["pending"] += len(np.unique(per_resource[wait]))
         if ok.any():
             self.events.write(EventBuffer.to_events(table.filter(pa.array(ok))))
+            self.event_keys.write(pa.table({"key": per_resource[ok]}, schema=KEY_SCHEMA))
         if wait.any():
             schema = EventBuffer.pending_schema()
+            table = table.append_column("key", pa.array(per_resource, pa.int64()))
             self.pending.write(table.filter(pa.array(wait)).select(schema.names).cast(schema))
 
 

@@ -7,6 +7,7 @@ and, for Bundles, the entry fullUrls that ``urn:uuid:`` references resolve again
 from __future__ import annotations
 
 import gzip
+import zlib
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,20 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+#: What breaks a compressed stream part-way: truncation (EOFError), a bad CRC or header (BadGzipFile, an
+#: OSError), corrupt deflate data (zlib.error).
+_STREAM_ERRORS = (EOFError, OSError, zlib.error)
+
+
 def _head(path: Path, n: int = 4096) -> bytes:
+    """The first ``n`` bytes (decompressed); a truncated gzip gives what it holds (the run reports the break)."""
     try:
-        with _open(path) as f:
-            return f.read(n)
-    except (OSError, EOFError) as e:
+        with open(path, "rb") as f:
+            if not path.name.endswith(".gz"):
+                return f.read(n)
+            raw = f.read(1 << 16)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
+    except _STREAM_ERRORS as e:
         raise NotFhirError(f"{path}: cannot be read as {'gzip' if path.name.endswith('.gz') else 'text'} ({e})")
 
 
@@ -67,6 +77,12 @@ def sniff(path: Path) -> str | None:
     return None
 
 
+def has_fhir_name(path: str | Path) -> bool:
+    """Whether ``path`` is a file named like FHIR input (.ndjson/.jsonl/.json, optionally .gz)."""
+    p = Path(path)
+    return p.is_file() and p.name.lower().endswith(_SUFFIXES)
+
+
 def is_fhir_source(path: str | Path) -> bool:
     """Cheap sniff: a folder with FHIR files, an .ndjson file, or a .json(.gz) whose first bytes name a resourceType."""
     p = Path(path)
@@ -82,68 +98,126 @@ def _candidates(folder: Path) -> list[Path]:
     return sorted(f for f in folder.rglob("*") if f.is_file() and f.name.lower().endswith(_SUFFIXES))
 
 
-def input_files(source: str | Path, exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
-    """The FHIR files under ``source`` (Patient NDJSON first; none under ``exclude``) and notes on what was skipped.
+_EXPECTED = "expected a Bundle, a single resource with resourceType, or NDJSON of resources"
+_TAKEN = "*.ndjson, *.jsonl or *.json, each optionally .gz"
+
+
+def not_fhir(path: Path) -> NotFhirError:
+    """The error for a file that is not FHIR: what was expected and what the file holds."""
+    if not path.name.lower().endswith(_SUFFIXES):
+        found = f"a file whose name the reader does not take ({_TAKEN})"
+    else:
+        head = _head(path)
+        text = head.lstrip()
+        where = ""
+        if is_ndjson(path) and text:
+            text, where = text.split(b"\n", 1)[0], " on line 1"
+        try:
+            doc = orjson.loads(text) if len(head) < 4096 or is_ndjson(path) else None
+        except orjson.JSONDecodeError:
+            doc = ...
+        if not text:
+            found = "an empty file"
+        elif doc is ... or text[:1] not in b"{[":
+            found = f"text that is not JSON{where} (first bytes {text[:40]!r})"
+        elif text[:1] == b"[":
+            found = f"a JSON array{where}"
+        else:
+            found = f"a JSON object without resourceType{where}"
+    return NotFhirError(f"{path}: not FHIR ({_EXPECTED}; found {found})")
+
+
+def input_files(source: str | Path, exclude: str | Path | None = None
+                ) -> tuple[list[Path], list[str], list[dict[str, str]]]:
+    """The FHIR files under ``source`` (Patient NDJSON first; none under ``exclude``), notes, and the files skipped.
 
     Fails fast (NotFhirError naming the file) on a file that is not FHIR, rather than halfway through a run.
+    Files whose names the reader does not take (``Condition.ndjson~``, ``notes.txt``) and bulk-export
+    manifests/logs are skipped and listed as ``{"file": path under source, "reason": ...}``.
     """
     src = Path(source)
     if not src.exists():
         raise FileNotFoundError(f"FHIR source {src} does not exist")
-    files = [src] if src.is_file() else _candidates(src)
-    if exclude is not None:
-        skip = Path(exclude).resolve()
-        files = [f for f in files if skip not in f.resolve().parents]
+    skipped: list[dict[str, str]] = []
+    if src.is_file():
+        files = [src]
+    else:
+        every = sorted(f for f in src.rglob("*") if f.is_file())
+        if exclude is not None:
+            skip = Path(exclude).resolve()
+            every = [f for f in every if skip not in f.resolve().parents]
+        files = [f for f in every if f.name.lower().endswith(_SUFFIXES)]
+        skipped = [{"file": str(f.relative_to(src)), "reason": f"name not {_TAKEN}"}
+                   for f in every if not f.name.lower().endswith(_SUFFIXES)]
     out, notes = [], []
     for f in files:
         kind = sniff(f)
         if kind == "export-meta":
             notes.append(f"{f.name}: bulk-export manifest/log, not data; skipped")
+            skipped.append({"file": str(f.relative_to(src)) if f != src else f.name,
+                            "reason": "bulk-export manifest/log, not data"})
             continue
         if kind is None:
-            raise NotFhirError(f"{f}: not FHIR: expected an NDJSON file of resources (one JSON object with "
-                               f"\"resourceType\" per line) or a JSON Bundle/resource; the first bytes are "
-                               f"{_head(f, 60)!r}")
+            raise not_fhir(f)
         out.append(f)
     if not out:
-        raise NotFhirError(f"{src}: no FHIR files found (expected *.ndjson[.gz] or *.json[.gz] Bundles)")
+        raise NotFhirError(f"{src}: no FHIR files found ({_EXPECTED} in files named {_TAKEN}"
+                           f"{f'; {len(skipped)} other files skipped' if skipped else ''})")
 
     def patients_first(f: Path) -> tuple[int, str]:
         return (0 if is_ndjson(f) and b'"resourceType":"Patient"' in _head(f, 200).replace(b" ", b"") else 1,
                 str(f))
-    return sorted(out, key=patients_first), notes
+    return sorted(out, key=patients_first), notes, skipped
+
+
+def _broken(path: Path, e: BaseException, after: str) -> str:
+    """The quarantine reason for a stream that breaks part-way (truncated or corrupt gzip, a read error)."""
+    if not path.name.endswith(".gz"):
+        return f"read error {after}: {e}"
+    return f"gzip stream {'truncated' if isinstance(e, EOFError) else 'corrupt'} {after}: {e}"
 
 
 def read_ndjson(path: Path) -> Iterator[Item]:
-    """One Item per non-blank line; a line that is not a JSON object becomes an Item with an error."""
+    """One Item per non-blank line; a line that is not a JSON object becomes an Item with an error.
+
+    A stream that breaks (a truncated .gz) ends with one Item naming the line after the last one read whole.
+    """
     loads = orjson.loads
+    n = 0
     with _open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                res = loads(line)
-            except orjson.JSONDecodeError as e:
-                if line.strip():
-                    yield Item(None, str(n), f"malformed JSON: {e}")
-                continue
-            if type(res) is not dict:
-                yield Item(None, str(n), "not a JSON object")
-                continue
-            yield Item(res, str(n))
+        try:
+            for n, line in enumerate(f, 1):
+                try:
+                    res = loads(line)
+                except orjson.JSONDecodeError as e:
+                    if line.strip():
+                        yield Item(None, str(n), f"malformed JSON: {e}")
+                    continue
+                if type(res) is not dict:
+                    yield Item(None, str(n), "not a JSON object")
+                    continue
+                yield Item(res, str(n))
+        except _STREAM_ERRORS as e:
+            yield Item(None, str(n + 1), _broken(path, e, f"after line {n}"))
 
 
 def read_bundle(path: Path) -> tuple[dict[str, tuple[str, str]], list[Item]]:
     """A Bundle's entries (Patients first, so their subjects are known) and its fullUrl -> (type, id) map.
 
-    A file holding one resource that is not a Bundle gives that resource as entry 0.
+    A file holding one resource that is not a Bundle gives that resource as entry 0; a file that cannot be read
+    whole (a truncated .json.gz) gives one Item with the reason.
     """
-    with _open(path) as f:
-        data = f.read()
+    try:
+        with _open(path) as f:
+            data = f.read()
+    except _STREAM_ERRORS as e:
+        return {}, [Item(None, "file", _broken(path, e, "(the Bundle cannot be read)"))]
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         return {}, [Item(None, "file", f"malformed JSON: {e}")]
     if type(doc) is not dict or "resourceType" not in doc:
-        raise NotFhirError(f"{path}: not FHIR: expected a JSON object with a resourceType (a Bundle or a resource)")
+        raise not_fhir(path)
     if doc["resourceType"] != "Bundle":
         return {}, [Item(doc, "0")]
     if doc.get("type") not in _BUNDLE_TYPES:

@@ -1,0 +1,74 @@
+"""Worker processes for the parts of a FHIR extraction: they die with their parent and stay quiet on Ctrl-C.
+
+A killed ``extract`` must not leave workers running. On Linux each worker asks the kernel to SIGKILL it when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, a worker checks between files and batches that its parent
+is still the process that started it, and exits when it is not (:func:`exit_if_orphaned`). Workers ignore SIGINT
+(Ctrl-C reaches the whole process group, and one traceback per worker helps nobody): the parent gets the
+KeyboardInterrupt, terminates its workers and leaves the finished parts in the manifest for ``--resume``. While
+the parts run, SIGTERM to the parent is handled the same way.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable
+
+_PR_SET_PDEATHSIG = 1
+_parent: int | None = None         # set in worker processes only
+
+
+def _worker_init(parent: int) -> None:
+    """Runs first in each worker: die with ``parent``, leave Ctrl-C to it, default SIGTERM."""
+    global _parent
+    _parent = parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):   # no libc prctl: the getppid check below still holds
+            pass
+    exit_if_orphaned()                      # the parent may have died before prctl took effect
+
+
+def exit_if_orphaned() -> None:
+    """In a worker whose parent has gone (re-parented to init or a subreaper): exit at once, silently."""
+    if _parent is not None and os.getppid() != _parent:
+        os._exit(1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable[[Any, Any], None]) -> None:
+    """Call ``done(arg, fn(arg))`` for each of ``args`` in order, running ``fn`` in ``workers`` processes.
+
+    On any exception (KeyboardInterrupt included) the workers are terminated before it propagates; results
+    already passed to ``done`` stay done.
+    """
+    if workers <= 1:
+        for a in args:
+            done(a, fn(a))
+        return
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    finished = False
+    try:
+        for a, result in zip(args, pool.map(fn, args)):
+            done(a, result)
+        finished = True
+    finally:
+        if not finished:
+            for p in set(multiprocessing.active_children()) - before:
+                p.terminate()
+        pool.shutdown(wait=finished, cancel_futures=not finished)
+        if main:
+            signal.signal(signal.SIGTERM, old_term)

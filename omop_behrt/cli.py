@@ -63,7 +63,9 @@ def _add_extract(sub) -> None:
 
 def _run_extract(args) -> int:
     from .adapters import fhir, omop
-    if args.format == "fhir" or (args.format is None and fhir.is_fhir_source(args.source)):
+    # a .json/.ndjson(.gz) file is FHIR or nothing: the FHIR reader says what it expected, not the OMOP one
+    if args.format == "fhir" or (args.format is None and (fhir.is_fhir_source(args.source)
+                                                          or fhir.has_fhir_name(args.source))):
         omop_only = [f"--{k.replace('_', '-')}" for k in ("cdm_schema", "vocab_schema", "results_schema",
                                                           "person_ids", "cohort_id", "start", "end", "domains")
                      if getattr(args, k) is not None]

@@ -185,6 +185,24 @@ def write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def writable_dir(path: str | Path) -> Path:
+    """Create the output folder ``path`` if needed and prove a file can be written there, before any heavy work.
+
+    Raises an OSError naming the path (a file where a folder is expected, a read-only or full file system).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(20, "output folder expected, but this is a file", str(p))
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write to the output folder ({e.strerror})", str(p)) from None
+    return p
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically."""
     path = Path(path)

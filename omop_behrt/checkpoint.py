@@ -111,8 +111,8 @@ def fingerprint_differences(then: dict, now: dict) -> list[str]:
             continue
         if k == "events":
             diffs.append("events: the event directory's content changed since the checkpoint was written")
-        elif isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{k}.{d}" for d in fingerprint_differences(a, b)]
+        elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"config.{d}" for d in fingerprint_differences(a, b)]
         else:
             diffs.append(f"{k}: {a!r} in the checkpoint, {b!r} now")
     return diffs

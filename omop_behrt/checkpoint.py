@@ -8,7 +8,7 @@ directory (which stays shareable):
     <work>/data/tokens.json          the token vocabulary, until the model directory is written
     <work>/checkpoint.safetensors    weights, optimizer moments, RNG states, sampler position, the run settings
                                      and their fingerprint (written atomically; no pickles)
-    <work>/metrics.jsonl             loss curves so far (copied into the model directory at the end)
+    <work>/metrics.jsonl             loss curves so far (the model directory gets them as metrics.json)
     <work>/.lock                     held while a run uses the directory (one run at a time)
 
 The default is ``<out>.work`` beside the model directory. A resume must continue the same run: the
@@ -178,9 +178,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return json.loads(meta["state"])
 
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a small file so that ``dst`` is either the old or the whole new content."""
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, dst)

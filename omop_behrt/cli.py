@@ -137,7 +137,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
     p.add_argument("--vocab", default="source", help="token vocabulary (source, concept, caliber, ...)")
     p.add_argument("--out", required=True, help="model directory to write: config.json, model.safetensors, "
-                   "tokens.json, metadata.json, metrics.jsonl; nothing per person (shareable)")
+                   "tokens.json, metadata.json, metrics.json; nothing per person (shareable)")
     p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
                    "the run's fingerprint go (default: <out>.work beside --out)")
     p.add_argument("--config", default="tiny", help="tiny, behrt (the paper's shape) or a config.json")

@@ -3,7 +3,7 @@
     pretrain(events_dir, vocab="source", out=model_dir, config="tiny", epochs=10)
 
 The out directory becomes a shareable model directory: config.json, model.safetensors, tokens.json,
-metadata.json and metrics.jsonl (loss curves), nothing per person. Everything per person or only needed to
+metadata.json and metrics.json (loss curves), nothing per person. Everything per person or only needed to
 resume (tokenised sequences, the checkpoint) lives in a work directory, ``<out>.work`` by default (see
 :mod:`omop_behrt.checkpoint`). Checkpoints are written every ``checkpoint_every`` steps, at the end of each
 epoch, at the end and on Ctrl-C; ``resume`` continues exactly, after checking it is the same run.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, copy_atomic, default_work_dir, ensure_writable,
+from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, default_work_dir, ensure_writable,
                          events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir
 from .model import Behrt, BehrtConfig
@@ -475,7 +475,10 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                 "metrics": {k: v for k, v in result.items() if k.startswith("val")},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         core.save(out, tv, meta)
-        copy_atomic(metrics_file, out / "metrics.jsonl")
+        curve = [json.loads(r) for r in metrics_file.read_text().splitlines()]
+        tmp = out / f"metrics.json.{os.getpid()}.tmp"        # JSON (not JSONL): check-shareable reads it through
+        tmp.write_text(json.dumps(curve, indent=1))
+        os.replace(tmp, out / "metrics.json")
         result["model_id"] = core.metadata["model_id"]
     if world > 1:
         torch.distributed.barrier()

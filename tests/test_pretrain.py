@@ -59,7 +59,7 @@ def trained(eunomia_events, tmp_path_factory):
 
 def test_pretrain_loss_falls(trained):
     out, res = trained
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((out / "metrics.json").read_text())
     train = [r for r in rows if "loss" in r]
     assert train[0]["loss"] > 5.0                                # ~ log(vocab) at the start
     assert train[-1]["loss"] < train[0]["loss"] - 0.8            # and clearly lower after 200 steps
@@ -102,7 +102,7 @@ def test_plos_sex_and_cli(eunomia_events, tmp_path):
     assert rc == 0
     m = Behrt.load(tmp_path / "m")
     assert m.config.plos and m.config.extras == {"sex": 3} and m.plos_head is not None
-    rows = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert "plos_loss" in rows[0]
 
 

@@ -160,7 +160,7 @@ def test_rare_counts_in_tokens_json_are_refused(model, tmp_path):
 # -- 2. privacy -------------------------------------------------------------------------------------
 def test_model_directory_holds_nothing_per_person(model, events):
     out, res = model
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metadata.json", "metrics.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metadata.json", "metrics.json",
                                                       "model.safetensors", "tokens.json"]
     work = out.parent / "model.work"
     assert res["work_dir"] == str(work) and (work / CHECKPOINT).exists()
@@ -173,10 +173,13 @@ def test_model_directory_holds_nothing_per_person(model, events):
     assert dates == [meta["created_at"][:10]]                         # no event date, only years
     assert isinstance(meta["training_data"]["first_year"], int)
     assert not any("subject" in k or "person_id" in k for k in json.dumps(meta).split('"'))
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((out / "metrics.json").read_text())
     keys = set().union(*rows)
     assert keys <= {"step", "epoch", "lr", "loss", "masked_acc", "top10_acc", "precision", "tokens_per_s",
                     "padding", "plos_loss", "val_loss", "val_acc", "val_top10", "val_masked"}
+    from omop_behrt.shareable import check_shareable
+    assert check_shareable(out) == []                                 # and `omop-behrt check-shareable` agrees
+    assert any("per-person arrays" in f.what for f in check_shareable(work))
 
 
 def test_tokens_json_holds_person_counts_of_training_persons_at_least_min_count(model, events):
@@ -248,7 +251,7 @@ def test_second_run_on_the_same_work_dir_is_refused(events, tmp_path):
 
 # -- 4 & 5. checkpoints every epoch and on Ctrl-C; resume is exact ---------------------------------
 def test_ctrl_c_checkpoints_and_resume_equals_uninterrupted(events, tmp_path):
-    args = ["--events", str(events), "--vocab", "source", "--config", micro_config(tmp_path), "--max-steps", "300",
+    args = ["--events", str(events), "--vocab", "source", "--config", micro_config(tmp_path), "--max-steps", "200",
             "--batch-tokens", "256", "--threads", "1", "--quiet"]
     out, work = tmp_path / "m", tmp_path / "m.work"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -263,16 +266,16 @@ def test_ctrl_c_checkpoints_and_resume_equals_uninterrupted(events, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().endswith("interrupted; run again with --resume to continue")
     step = int(err.split("interrupted at step ")[1].split("/")[0])
-    assert f"checkpoint at step {step} in {work}" in err and 56 <= step < 300
+    assert f"checkpoint at step {step} in {work}" in err and 56 <= step < 200
     assert not (out / "model.safetensors").exists()
     rc = main(["pretrain", "--out", str(out), "--resume", *args])
     assert rc == 0
-    ref = pretrain(events, out=tmp_path / "ref", max_steps=300, **TINY)
+    ref = pretrain(events, out=tmp_path / "ref", max_steps=200, **TINY)
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
     assert model_id(out) == ref["model_id"]
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = json.loads((out / "metrics.json").read_text())
     steps = [r["step"] for r in rows if "loss" in r]
-    assert steps == list(range(10, 301, 10)) and "val_loss" in rows[-1]   # rows after the checkpoint not doubled
+    assert steps == list(range(10, 201, 10)) and "val_loss" in rows[-1]   # rows after the checkpoint not doubled
 
 
 # -- 6. writability ---------------------------------------------------------------------------------

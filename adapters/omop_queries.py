@@ -144,10 +144,11 @@ def _cast_errors(cdm: OmopCdm, table: str, alias: str, columns: list[str]) -> st
     return fn(table, alias=alias, columns=present) if fn and present else "CAST(NULL AS VARCHAR)"
 
 
-def _all_columns(cdm: OmopCdm, table: str, alias: str) -> str:
-    """Every column of ``table`` (ORDER BY list that makes "the first row" deterministic)."""
-    return ", ".join(cdm.col(table, c, alias) for c, stored in cdm.columns(table).items()
-                     if IDENTIFIER.match(stored))
+def _first_row_order(cdm: OmopCdm, table: str, alias: str) -> str:
+    """ORDER BY list that picks the row kept among duplicates: the most complete, then the first by all columns."""
+    cols = [cdm.col(table, c, alias) for c, stored in cdm.columns(table).items() if IDENTIFIER.match(stored)]
+    nulls = " + ".join(f"CASE WHEN {c} IS NULL THEN 1 ELSE 0 END" for c in cols)
+    return ", ".join([f"({nulls})"] + cols)
 
 
 def _filters(cdm: OmopCdm, person_col: str, date_col: str | None, options: ExtractOptions) -> tuple[str, dict]:
@@ -213,7 +214,7 @@ def person_status_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]
         "gender_source_value": col("gender_source_value", optional=True),
         "person_source_value": col("person_source_value", optional=True),
         "cast_errors": _cast_errors(cdm, "person", "p", ["person_id", "year_of_birth"]),
-        "all_columns": _all_columns(cdm, "person", "p"),
+        "all_columns": _first_row_order(cdm, "person", "p"),
         "deaths": _deaths_sql(cdm),
         "last_observed": render(load_sql("omop/last_observed.sql"), op),
         "person_table": cdm.qtable("person"), "where": where,
@@ -281,7 +282,7 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
                   else "CAST(NULL AS DOUBLE PRECISION)"),
         "visit_ref": cdm.cast(col(spec.visit, optional=True), "BIGINT") if spec.visit else "CAST(NULL AS BIGINT)",
         "cast_errors": _cast_errors(cdm, t, "e", [c for c in id_cols if c]),
-        "dup_rank": (f"row_number() OVER (PARTITION BY {_record(cdm, spec)} ORDER BY {_all_columns(cdm, t, 'e')})"
+        "dup_rank": (f"row_number() OVER (PARTITION BY {_record(cdm, spec)} ORDER BY {_first_row_order(cdm, t, 'e')})"
                      if duplicates else "1"),
         "where": where,
         "domain": f"'{spec.domain}'",

@@ -11,7 +11,8 @@
 --               adapter then gives the row a visit rebuilt from (person, day): events.fill_rebuilt_visits).
 -- time        : *_start_datetime when its date is the row's *_start_date, else the date at 00:00 (a sentinel
 --               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why.
--- dup_rank    : 1 for the row kept per row id (the first by all columns), > 1 for its duplicates.
+-- dup_rank    : 1 for the row kept per record (row id, person, start date, concept, source value): the most
+--               complete, then the first by all columns; > 1 for its duplicates (see duplicate_ids.sql).
 -- outside_op  : 1 when the event lies outside every observation period of its person (kept, counted).
 WITH src AS (
     SELECT

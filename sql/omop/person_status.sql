@@ -8,7 +8,8 @@
 --              day that is not one (13, 32, 31 February) falls back to the default and is noted, not fatal.
 -- birth_floor: the earliest the person can have been born: the start of the birth year (or month) when the
 --              month (or day) is unknown, so an event in January of a year-only birth year is not "before birth".
--- dup_rank   : 1 for the row kept per person_id (the one with a year_of_birth, then the first by all columns).
+-- dup_rank   : 1 for the row kept per person_id (one with a year_of_birth, the most complete, then the first by
+--              all columns in table order); the others are quarantined as duplicates.
 SELECT
     b.person_id,
     b.person_raw,

@@ -32,6 +32,13 @@ def _ids(s: str) -> list[int]:
                                          f"got {s[:60]!r}") from None
 
 
+def _date_window(s: str) -> tuple[dt.date, dt.date]:
+    start, sep, end = s.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected START:END as YYYY-MM-DD:YYYY-MM-DD, got {s!r}")
+    return _date(start), _date(end)
+
+
 # -- extract ---------------------------------------------------------------------------------------
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="read an OMOP CDM (or FHIR data) into an event directory",
@@ -50,7 +57,19 @@ def _add_extract(sub) -> None:
     p.add_argument("--end", type=_date, help="only events before this date")
     p.add_argument("--domains", help="comma-separated subset of: visit,condition,drug,procedure,measurement,"
                                      "observation,device,death")
-    p.add_argument("--resume", action="store_true", help="skip tables a previous, interrupted run finished")
+    p.add_argument("--index-dates", metavar="FILE",
+                   help="per-person index dates (censoring): a CSV with subject_id,index_date, or MEDS label "
+                        "parquet (subject_id, prediction_time; a file or a folder). Only these persons are read, "
+                        "and only their events before their (latest) index date")
+    p.add_argument("--inclusive", action="store_true", help="with --index-dates: keep events on the index date too")
+    p.add_argument("--valid-dates", type=_date_window, metavar="START:END",
+                   help="dates outside this window (events, births, deaths, observation periods) are not trusted: "
+                        "the row is quarantined with the reason (default 1800-01-01:2999-12-31, which catches "
+                        "9999-12-31 sentinels yet keeps de-identified data whose dates are shifted into the future)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write an empty event directory when the filters match no person (default: an error)")
+    p.add_argument("--resume", action="store_true", help="skip tables a previous, interrupted run finished "
+                                                         "(refused when the inputs or filters differ)")
     p.add_argument("--format", choices=["omop", "fhir"], help="source kind (default: detected; FHIR when the "
                                                              "source is a Bundle/NDJSON file or a folder of them)")
     p.add_argument("--validate", action="store_true", help="FHIR: also validate every resource with fhir.resources "
@@ -67,7 +86,8 @@ def _run_extract(args) -> int:
     if args.format == "fhir" or (args.format is None and (fhir.is_fhir_source(args.source)
                                                           or fhir.has_fhir_name(args.source))):
         omop_only = [f"--{k.replace('_', '-')}" for k in ("cdm_schema", "vocab_schema", "results_schema",
-                                                          "person_ids", "cohort_id", "start", "end", "domains")
+                                                          "person_ids", "cohort_id", "start", "end", "domains",
+                                                          "index_dates", "valid_dates")
                      if getattr(args, k) is not None]
         if omop_only:
             raise ValueError(f"{', '.join(omop_only)}: OMOP options; {args.source} is a FHIR source")
@@ -78,9 +98,18 @@ def _run_extract(args) -> int:
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
         return 0
+    index = None
+    if args.index_dates:
+        from . import cohorts
+        ix = Path(args.index_dates)
+        index = (cohorts.index_dates_from_meds_labels(ix) if ix.is_dir() or ix.suffix == ".parquet"
+                 else cohorts.index_dates_from_csv(ix))
+    window = dict(zip(("valid_start", "valid_end"), args.valid_dates)) if args.valid_dates else {}
     options = omop.ExtractOptions(person_ids=args.person_ids, cohort_id=args.cohort_id,
                                   cohort_table=args.cohort_table, start=args.start, end=args.end,
-                                  domains=args.domains.split(",") if args.domains else None)
+                                  domains=args.domains.split(",") if args.domains else None,
+                                  index_dates=index, inclusive=args.inclusive, allow_empty=args.allow_empty,
+                                  **window)
     summary = omop.extract(args.source, args.out, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
                            results_schema=args.results_schema, options=options, resume=args.resume,
                            progress=not args.quiet)

@@ -227,6 +227,16 @@ def _add_vocab(sub) -> None:
         q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
         q.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.add_argument("--min-count", type=int, default=10,
+                       help="the report lists no code seen in fewer persons and shows smaller event counts as "
+                            "'<N' (default 10), so that it can leave the site")
+        q.add_argument("--show-rare-codes", action="store_true",
+                       help="also list codes seen in fewer than --min-count persons, with exact small counts; the "
+                            "output then identifies rare conditions of individual patients and must not leave "
+                            "the site")
+        q.add_argument("--no-infer-icd", action="store_true",
+                       help="do not read codes that arrive without a vocabulary (SOURCE_CONDITION/4019) as "
+                            "ICD-9-CM / ICD-10-CM by their shape (default: read them; the report counts them)")
         if name == "map":
             q.add_argument("--out", required=True, help="folder to write tokens/part-*.parquet and report.json in")
             q.add_argument("--no-sort", action="store_true", help="keep the join's order (faster on big data)")
@@ -234,7 +244,9 @@ def _add_vocab(sub) -> None:
 
 
 def _run_vocab(args) -> int:
-    from .vocab import available_vocabularies, map_events
+    import warnings
+
+    from .vocab import VocabularyWarning, available_vocabularies, map_events
     if args.vocab_command == "list":
         for name, ep in sorted(available_vocabularies().items()):
             print(f"{name:<12} {ep.value}")
@@ -244,12 +256,19 @@ def _run_vocab(args) -> int:
         from .adapters.omop import OmopCdm
         cdm = OmopCdm(args.cdm, vocab_schema=args.vocab_schema)
     out = args.out if args.vocab_command == "map" else None
+    if args.min_count < 1:
+        raise ValueError(f"--min-count {args.min_count}: expected a positive number of persons")
     kw = {"cdm": cdm, "progress": not args.quiet, "top_unmapped": args.top, "threads": args.threads,
-          "memory_limit": args.memory_limit}
-    if args.vocab_command == "report":
-        res = map_events(args.events, args.vocab, sort=False, **kw)
-    else:
-        res = map_events(args.events, args.vocab, out=out, sort=not args.no_sort, **kw)
+          "memory_limit": args.memory_limit, "min_count": args.min_count,
+          "show_rare_codes": args.show_rare_codes, "infer_icd": not args.no_infer_icd}
+    with warnings.catch_warnings():     # said once below, on stderr, and in the report
+        warnings.simplefilter("ignore", VocabularyWarning)
+        if args.vocab_command == "report":
+            res = map_events(args.events, args.vocab, sort=False, **kw)
+        else:
+            res = map_events(args.events, args.vocab, out=out, sort=not args.no_sort, **kw)
+    for w in res.report.warnings:
+        print(f"omop-behrt vocab: warning: {w}", file=sys.stderr)
     print(res.report.table())
     if out is not None:
         res.report.write_json(Path(out) / "report.json")

@@ -70,6 +70,12 @@ def ancestors(cdm: Any, ids: list[int]) -> pa.Table:
     return t.cast(_ANCESTOR_SCHEMA) if t.num_rows else _ANCESTOR_SCHEMA.empty_table()
 
 
+def ancestor_table_empty(cdm: Any) -> bool:
+    """Whether the CDM's concept_ancestor holds no row at all (a header-only export gives a typed empty table)."""
+    sql = render(load_sql("vocab/ancestor_any.sql"), {"concept_ancestor": cdm.qtable("concept_ancestor")})
+    return cdm.db.query(sql).num_rows == 0
+
+
 def standard_concepts(keys: pa.Table, ctx: MapContext) -> tuple[pa.Table, pa.Table]:
     """(key_id, concept_id): the standard concept(s) of each key, best evidence first; and the concept rows
     read on the way (CONCEPT rows of the keys' ids and codes; empty without a CDM), for :func:`concept_tokens`.
@@ -157,6 +163,12 @@ class Ancestor(Vocabulary):
                                   "(or --cdm on the command line)")
         std, conc = standard_concepts(keys, ctx)
         anc = ancestors(ctx.cdm, sorted(set(std.column("concept_id").to_pylist())))
+        if anc.num_rows == 0 and ancestor_table_empty(ctx.cdm):
+            ctx.warn(f"vocabulary {self.spec()!r}: {ctx.cdm.vocab_schema}.concept_ancestor in "
+                     f"{ctx.cdm.db.description} is empty, so nothing rolls up: "
+                     + ("every concept stays as it is (the tokens of 'concept')" if self.level is not None
+                        else "no concept is under the given ancestors (all unmapped)")
+                     + "; load the Athena vocabulary's CONCEPT_ANCESTOR")
         if self.level is None:
             rolled = ctx.sql(load_sql("vocab/ancestor_set.sql"), s=std, a=anc,
                              t=pa.table({"concept_id": pa.array(self.targets, pa.int64())}))

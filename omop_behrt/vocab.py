@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -56,12 +57,16 @@ KEYS_SCHEMA = pa.schema([
     pa.field("concept_id", pa.int64()), pa.field("source_concept_id", pa.int64()),
     pa.field("code_vocab", pa.string()), pa.field("code_value", pa.string()),
     pa.field("source_vocab", pa.string()), pa.field("source_value", pa.string()),
-    pa.field("n_events", pa.int64()),
+    pa.field("n_events", pa.int64()), pa.field("n_persons", pa.int64()),
 ])
 
 
 class VocabularyError(ValueError):
     """A vocabulary spec, parameter or mapping table is unusable; the message says which and what was expected."""
+
+
+class VocabularyWarning(UserWarning):
+    """A mapping ran but on something a user should know about (an empty concept_ancestor, say)."""
 
 
 @dataclass
@@ -70,6 +75,13 @@ class MapContext:
 
     con: Any                      # duckdb.DuckDBPyConnection
     cdm: Any = None               # omop_behrt.cdm.OmopCdm or None
+    warnings: list[str] = field(default_factory=list)   # said in the coverage report and on stderr
+
+    def warn(self, message: str) -> None:
+        """Record a warning for the coverage report (once) and raise it as a Python warning (stderr)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            warnings.warn(message, VocabularyWarning, stacklevel=3)
 
     def sql(self, query: str, **tables: pa.Table) -> pa.Table:
         """Run ``query`` over the given Arrow tables (registered under their keyword names) and return Arrow."""
@@ -410,7 +422,8 @@ def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, lab
 def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabulary" = "source", *,
                cdm: Any = None, out: str | Path | None = None, progress: bool = True, sort: bool = True,
                top_unmapped: int = 20, threads: int | None = None, memory_limit: str | None = None,
-               rows_per_shard: int = 5_000_000) -> MapResult:
+               rows_per_shard: int = 5_000_000, infer_icd: bool = True, min_count: int = 10,
+               show_rare_codes: bool = False) -> MapResult:
     """Map an event stream to tokens with ``vocab`` (name, spec string or Vocabulary) and report coverage.
 
     ``cdm`` (a DuckDB file, URL, folder or OmopCdm) lends its vocabulary tables to ``concept``, ``ancestor``,
@@ -418,6 +431,12 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     Parquet shards to ``out/tokens/part-*.parquet`` and ``tokens`` is None; otherwise they come back in
     memory. ``sort`` orders tokens by subject_id, time, visit_id, then domain, code (and the rest of the
     code's key) and token, so the same data always gives the same token stream.
+
+    ``infer_icd``: codes that arrive without a vocabulary (``SOURCE_CONDITION/4019``) are read as ICD-9-CM or
+    ICD-10-CM from their shape before mapping (:mod:`omop_behrt.icd`); the events keep them as they came.
+    ``min_count`` / ``show_rare_codes``: what the report's shareable forms (``table()``, ``as_dict()``,
+    ``write_json``) leave out: codes seen in fewer than ``min_count`` persons and counts below it, unless
+    ``show_rare_codes`` (the output then identifies rare conditions of individual patients).
     """
     import duckdb
 
@@ -435,7 +454,13 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
         n_events = _events_relation(con, events)
         ctx = MapContext(con, cdm)
         keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
-        mapping, who = v.map_keys_by_member(keys, ctx)
+        inferred = None
+        if infer_icd:   # the vocabularies see ICD9CM/ICD10CM; tokens.sql joins the events on the keys as they came
+            from .icd import infer_icd as read_icd
+            mkeys, inferred = read_icd(keys, ctx)
+        else:
+            mkeys = keys
+        mapping, who = v.map_keys_by_member(mkeys, ctx)
         mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
         con.register("keys", keys)
         con.register("mapping", mapping)
@@ -447,8 +472,12 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
             n_tokens = tokens.num_rows
         else:
             path, n_tokens = _write_shards(rel, Path(out) / "tokens", rows_per_shard, progress, v.spec())
+        if cdm is not None:
+            for w in getattr(cdm, "warnings", []):
+                ctx.warn(w)
         report = CoverageReport.from_mapping(ctx, keys, mapping, who, vocab=v.spec(), n_tokens=n_tokens,
-                                             top=top_unmapped)
+                                             top=top_unmapped, inferred=inferred, min_count=min_count,
+                                             show_rare_codes=show_rare_codes)
     finally:
         con.close()
         if owned:

@@ -1,7 +1,7 @@
--- Each key k (distinct code with n_events) with its fate under the mapping m: 'mapped' (at least one
+-- Each key k (distinct code with n_events, n_persons) with its fate under the mapping m: 'mapped' (at least one
 -- token), 'dropped' (only NULL tokens: a filter matched it) or 'unmapped' (no row), and its token count.
 SELECT
-    k.key_id, k.domain, k.code, k.source_code, k.code_vocab, k.n_events,
+    k.key_id, k.domain, k.code, k.source_code, k.code_vocab, k.n_events, k.n_persons,
     CASE
         WHEN COUNT(m.token) > 0 THEN 'mapped'
         WHEN COUNT(m.key_id) > 0 THEN 'dropped'
@@ -10,4 +10,4 @@ SELECT
     COUNT(DISTINCT m.token) AS n_tokens
 FROM k
 LEFT JOIN m ON m.key_id = k.key_id
-GROUP BY k.key_id, k.domain, k.code, k.source_code, k.code_vocab, k.n_events
+GROUP BY k.key_id, k.domain, k.code, k.source_code, k.code_vocab, k.n_events, k.n_persons

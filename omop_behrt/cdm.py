@@ -191,6 +191,18 @@ class OmopCdm:
         self._exprs.setdefault(expr, set()).add((table, column))
         return expr
 
+    def raw(self, table: str, column: str, alias: str | None = None, optional: bool = False) -> str:
+        """The column as the source holds it before typing: for a folder export the text read, else :meth:`col`.
+
+        On a typed view over text exports a value that did not parse is NULL in :meth:`col` but not here, so
+        "the value is missing" (raw NULL) and "the value did not parse" (cast_errors) stay apart.
+        """
+        expr = self.col(table, column, alias, optional)
+        stored = self._tables[self._schema_of(table)].get(table, table).lower()
+        if expr == "NULL" or column not in self.db.raw_text.get(stored, set()):
+            return expr
+        return f"struct_extract({alias + '.' if alias else ''}{quote(RAW_TEXT_COLUMN)}, '{column}')"
+
     def column_type(self, table: str, column: str) -> str | None:
         """The column's type as the database stores it (``BIGINT``, ``VARCHAR``, ``text``...), None if absent."""
         schema = self._schema_of(table)
@@ -262,8 +274,7 @@ class OmopCdm:
                 continue
             value = self.col(table, c, alias)
             if c in raw_text:       # a typed view over text exports keeps the text it read beside the value
-                raw = f"struct_extract({alias + '.' if alias else ''}{quote(RAW_TEXT_COLUMN)}, '{c}')"
-                parsed = value
+                raw, parsed = self.raw(table, c, alias), value
             elif (type_kind(self.column_type(table, c) or "") == "text"
                   and self.db.dialect in ("duckdb", "postgresql")):
                 raw, parsed = value, self.cast(value, READ_AS[kind], (table, c))

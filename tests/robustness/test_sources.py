@@ -221,6 +221,11 @@ def test_bad_values_in_folder_export(messy_folder):
     """Text in person_id / a concept id, a date 2021-13-45 or 2021-02-30: NULL and a reason, never an abort."""
     cdm = OmopCdm(messy_folder)
     assert _reasons(cdm) == _expected()
+    # raw(): the text as read, so a value that did not parse is not mistaken for a missing one
+    t = cdm.db.query(f"SELECT {cdm.raw('person', 'person_id', 'p')} AS raw, {cdm.col('person', 'person_id', 'p')} "
+                     f"AS typed FROM {cdm.qtable('person')} p WHERE {cdm.col('person', 'person_id', 'p')} IS NULL")
+    assert t.to_pylist() == [{"raw": "abc", "typed": None}]
+    assert cdm.raw("person", "person_source_value", "p") == cdm.col("person", "person_source_value", "p")
     assert cdm.cast_errors("person", "p", ["gender_concept_id"]) != "CAST(NULL AS VARCHAR)"
 
 

@@ -10,6 +10,7 @@ epoch, at the end and on Ctrl-C; ``resume`` continues exactly, after checking it
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -318,7 +319,8 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
                    "plos_weight": plos_weight, "epochs": epochs, "max_steps": max_steps, "precision": precision,
                    "world_size": world}
     run = check_resume(work, fingerprint, out) if resume else None
-    with WorkDirLock(work):
+    rank = int(os.environ.get("RANK", 0))
+    with WorkDirLock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
         return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
                       compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
                       progress=progress)

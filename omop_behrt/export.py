@@ -4,13 +4,23 @@ Every target gets the DESIGN.md shapes: ``patient_embedding(cohort_definition_id
 model_id, embedding)``, the registry ``embedding_model(model_id, name, dims, created_at, config, checksum)`` and
 one provenance row per run in ``embedding_run``. Writes are transactional (Parquet: written aside, then
 renamed) and idempotent per (model_id, cohort_definition_id): a re-run replaces, never duplicates.
+
+Concurrent writers to one target serialise: Parquet under an exclusive lock file of the folder, DuckDB by its
+single-writer file lock (a second process waits its turn), PostgreSQL under a transaction-scoped advisory lock
+of the schema with unique keys on the vectors and the registry. :func:`check_writable` finds an unwritable
+target before the vectors are computed; a write that fails (disk full, read-only) is one :class:`TargetError`
+and leaves the rows that were there.
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
+import shutil
+import time
 import uuid
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .database import Database, check_identifier, load_sql, quote, render
+from .database import Database, SourceError, check_identifier, load_sql, quote, render
 
 #: Tables whose presence marks a schema as a CDM schema (never written to unless asked).
 _CDM_MARKERS = {"person", "observation_period", "condition_occurrence", "visit_occurrence"}
+#: How long a writer waits for another writer of the same target before it gives up (seconds).
+LOCK_TIMEOUT = 600.0
+LOCK_FILE = ".omop-behrt-export.lock"
+
+
+class TargetError(OSError, ValueError):
+    """The export target cannot be written (read-only, full, locked, missing privileges): one line naming it."""
 
 
 @dataclass
@@ -35,6 +52,11 @@ class EmbeddingModelInfo:
     checksum: str
     config: dict = field(default_factory=dict)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+
+    def params(self) -> dict:
+        """The registry row as bound values (the PostgreSQL upsert)."""
+        return {"model_id": self.model_id, "name": self.name, "dims": int(self.dims), "created_at": self.created_at,
+                "config": json.dumps(self.config, sort_keys=True), "checksum": self.checksum}
 
     def row(self) -> pa.Table:
         return pa.table({"model_id": [self.model_id], "name": [self.name], "dims": pa.array([self.dims], pa.int32()),
@@ -77,6 +99,24 @@ def attribute_definitions(dims: int, analysis_id: int, model_name: str) -> pa.Ta
                      "attribute_name": [f"{model_name} embedding dim {k}" for k in range(dims)]})
 
 
+def unique_entries(index: pa.Table) -> np.ndarray:
+    """Row numbers keeping one row per table key (cohort_definition_id, subject_id, index date as a DATE).
+
+    Two entries of one subject on the same day (MEDS labels at two times of a day) share the key; the later
+    one (the one that saw more of the day) is kept, so the table never holds two rows for one key.
+    """
+    ts = index["index_date"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    key = np.empty(index.num_rows, np.dtype([("c", np.int64), ("s", np.int64), ("d", np.int64), ("t", np.int64)]))
+    key["c"] = index["cohort_definition_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    key["s"] = index["subject_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    key["d"], key["t"] = np.floor_divide(ts, 86_400_000_000), ts
+    order = np.argsort(key, order=("c", "s", "d", "t"), kind="stable")
+    k = key[order][["c", "s", "d"]]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = k[1:] != k[:-1]
+    return np.sort(order[last])
+
+
 @dataclass
 class WriteResult:
     """What a write did, for the CLI summary and the tests."""
@@ -87,84 +127,310 @@ class WriteResult:
     vector_type: str
     ohdsi_rows: int = 0
     run_id: str = ""
+    duplicates: int = 0
 
 
 def _split(sql: str) -> list[str]:
     return [s.strip() for s in sql.split(";") if s.strip()]
 
 
+def _is_parquet(target: str) -> bool:
+    return "://" not in target and (target.endswith(".parquet") or not target.endswith((".duckdb", ".db")))
+
+
 def write_embeddings(target: str | Path, index: pa.Table, vectors: np.ndarray, model: EmbeddingModelInfo, *,
                      schema: str | None = None, table: str = "patient_embedding",
                      model_table: str = "embedding_model", run_table: str = "embedding_run",
                      ohdsi_analysis_id: int | None = None, provenance: dict | None = None,
-                     allow_cdm_schema: bool = False) -> WriteResult:
+                     allow_cdm_schema: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> WriteResult:
     """Write vectors for one cohort to ``target``: a ``.parquet`` path or folder, a DuckDB file or a URL.
 
     ``index`` holds (cohort_definition_id, subject_id, index_date) aligned with ``vectors``' rows; all rows
     must share one cohort_definition_id. ``ohdsi_analysis_id`` (990..999) also writes cohort_attribute and
-    attribute_definition for FeatureExtraction.
+    attribute_definition for FeatureExtraction. Concurrent writers of one target wait for each other (up to
+    ``lock_timeout`` seconds); the last one's rows for a (model, cohort) are what remains.
     """
     rows = embedding_table(index, vectors, model.model_id)
+    keep = unique_entries(index)
+    duplicates = rows.num_rows - len(keep)
+    if duplicates:
+        rows = rows.take(pa.array(keep))
     cids = pc.unique(rows["cohort_definition_id"]).to_pylist()
     if len(cids) != 1:
         raise ValueError(f"one cohort per write: got cohort_definition_ids {cids[:5]}")
     if ohdsi_analysis_id is not None and not 990 <= int(ohdsi_analysis_id) <= 999:
         raise ValueError(f"OHDSI analysis id must be in 990..999, got {ohdsi_analysis_id}")
     run_id = uuid.uuid4().hex
-    prov = {"run_id": run_id, "model_id": model.model_id, "cohort_definition_id": cids[0], **(provenance or {})}
+    prov = {"run_id": run_id, "model_id": model.model_id, "cohort_definition_id": cids[0],
+            "duplicate_entries_dropped": duplicates, **(provenance or {})}
     t = str(target)
-    if "://" not in t and (t.endswith(".parquet") or not t.endswith((".duckdb", ".db"))):
-        return _write_parquet(Path(t), rows, model, prov, ohdsi_analysis_id, table, model_table, run_table)
-    db = Database.connect(t, read_only=False)
     try:
-        return _write_database(db, rows, model, prov, schema, table, model_table, run_table, ohdsi_analysis_id,
-                               allow_cdm_schema)
+        if _is_parquet(t):
+            res = _write_parquet(Path(t), rows, model, prov, ohdsi_analysis_id, table, model_table, run_table,
+                                 lock_timeout)
+        else:
+            with _duckdb_file_lock(t, lock_timeout):
+                db = _connect_target(t, lock_timeout)
+                try:
+                    res = _write_database(db, rows, model, prov, schema, table, model_table, run_table,
+                                          ohdsi_analysis_id, allow_cdm_schema, lock_timeout)
+                finally:
+                    db.close()
+    except TargetError:
+        raise
+    except Exception as e:
+        if not _is_io_failure(e):
+            raise
+        raise TargetError(f"cannot write embeddings to {_describe(t)}: {_first_line(e)}; "
+                          f"the rows already there are untouched") from e
+    res.duplicates = duplicates
+    return res
+
+
+def _describe(target: str) -> str:
+    from .database import _redact
+    return _redact(target)
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}" + (f" ({e.filename})" if e.filename else "")
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def _is_io_failure(e: BaseException) -> bool:
+    """A failure of the target (disk, permissions, a read-only or lost server), not a bug in the caller."""
+    if isinstance(e, OSError):
+        return True
+    import duckdb
+    if isinstance(e, (duckdb.IOException, duckdb.TransactionException, duckdb.OutOfMemoryException,
+                      duckdb.PermissionException)):
+        return True
+    try:
+        import sqlalchemy as sa
+    except ImportError:                               # pragma: no cover - sqlalchemy ships with the package
+        return False
+    return isinstance(e, (sa.exc.OperationalError, sa.exc.InternalError, sa.exc.ProgrammingError))
+
+
+# -- before the work --------------------------------------------------------------------------------
+def estimated_bytes(rows: int, dims: int, ohdsi: bool = False) -> int:
+    """About how many bytes a write of ``rows`` vectors of ``dims`` needs (float32 + keys; OHDSI: 32 B a value)."""
+    return rows * (dims * 4 + 40) + (rows * dims * 32 if ohdsi else 0)
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_folder(folder: Path, target: str, needed_bytes: int) -> None:
+    """The folder (or the nearest one that exists, where the rest will be made) takes a new file and the bytes."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise TargetError(f"cannot write embeddings to {target}: {base} is a file, not a folder")
+    probe = base / f".omop-behrt-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise TargetError(f"cannot write embeddings to {target}: {e.strerror or e} (in {base})") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    free = shutil.disk_usage(base).free
+    if needed_bytes and free < needed_bytes:
+        raise TargetError(f"cannot write embeddings to {target}: about {needed_bytes / 1e6:,.0f} MB needed, "
+                          f"{free / 1e6:,.0f} MB free on {base}")
+
+
+def check_writable(target: str | Path, *, schema: str | None = None, table: str = "patient_embedding",
+                   allow_cdm_schema: bool = False, needed_bytes: int = 0, lock_timeout: float = LOCK_TIMEOUT) -> str:
+    """Fail now, with one line naming the target, if ``target`` cannot take the write (before any vectors).
+
+    Parquet: the folder takes a probe file and has ``needed_bytes`` free (beside the files it rewrites). DuckDB:
+    the file opens for writing (or its folder takes a probe). PostgreSQL: the session is not read-only and the
+    role may create the schema or write its tables. Nothing is left behind. Returns the target described.
+    """
+    t = str(target)
+    if _is_parquet(t):
+        path = Path(t)
+        folder = path.parent if path.suffix == ".parquet" else path
+        emb = path if path.suffix == ".parquet" else folder / f"{table}.parquet"
+        if emb.is_dir():
+            raise TargetError(f"cannot write embeddings to {t}: {emb} is a folder, expected a Parquet file")
+        rewritten = sum(f.stat().st_size for f in folder.glob("*.parquet")) if folder.is_dir() else 0
+        _probe_folder(folder, t, needed_bytes + rewritten if needed_bytes else 0)
+        return str(emb)
+    if "://" not in t and not Path(t).exists():
+        _probe_folder(Path(t).parent, t, needed_bytes)
+        return t
+    with _duckdb_file_lock(t, lock_timeout):
+        return _check_database(t, schema, table, allow_cdm_schema, lock_timeout)
+
+
+def _check_database(t: str, schema: str | None, table: str, allow_cdm_schema: bool, lock_timeout: float) -> str:
+    try:
+        db = _connect_target(t, lock_timeout)
+    except SourceError as e:
+        raise TargetError(f"cannot write embeddings to {_describe(t)}: {e}") from None
+    except Exception as e:
+        if not _is_io_failure(e):
+            raise
+        raise TargetError(f"cannot write embeddings to {_describe(t)}: {_first_line(e)}") from None
+    try:
+        schema = _target_schema(db, schema)
+        _refuse_cdm_schema(db, schema, allow_cdm_schema)
+        if db.dialect == "postgresql":
+            row = db.query(load_sql("export/target_privileges_postgresql.sql"),
+                           {"schema": schema, "table": f"{quote(schema)}.{quote(table)}"}).to_pylist()[0]
+            problem = ("the session is read-only (default_transaction_read_only or a standby)"
+                       if row["read_only"] else
+                       f"role {row['role']!r} may not create schema {schema!r}" if not row["schema_exists"]
+                       and not row["can_create_schema"] else
+                       f"role {row['role']!r} may not create tables in schema {schema!r}" if row["schema_exists"]
+                       and not row["table_exists"] and not row["can_create_in_schema"] else
+                       f"role {row['role']!r} may not insert into and delete from {schema}.{table}"
+                       if row["table_exists"] and not row["can_write_table"] else None)
+            if problem:
+                raise TargetError(f"cannot write embeddings to {db.description}: {problem}")
+        elif db.duck is not None:
+            db.duck.execute("CHECKPOINT").fetchall()     # the file takes a write (a read-only one fails here)
+    except TargetError:
+        raise
+    except Exception as e:
+        if not _is_io_failure(e):
+            raise
+        raise TargetError(f"cannot write embeddings to {_describe(t)}: {_first_line(e)}") from None
     finally:
         db.close()
+    return f"{db.description} {schema}.{table}"
+
+
+# -- databases --------------------------------------------------------------------------------------
+def _duckdb_file_lock(target: str, timeout: float):
+    """Writers of one DuckDB file take turns on ``<file>.lock`` first: two processes creating a new file at
+    once would otherwise both initialise it; DuckDB's own lock then only guards against other programs."""
+    if "://" in target:
+        return nullcontext()
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(path.with_name(path.name + ".lock"), timeout, str(path))
+
+
+def _connect_target(target: str, timeout: float) -> Database:
+    """Open a database target for writing; a DuckDB file another process writes is waited for (bounded)."""
+    if "://" in target:
+        return Database.connect(target, read_only=False)
+    import duckdb
+    path = Path(target)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, pause = time.monotonic() + timeout, 0.05
+    while True:
+        try:
+            return Database(duck=duckdb.connect(str(path)), description=str(path))
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise TargetError(f"cannot write embeddings to {path}: another process has held the DuckDB file "
+                                  f"for {timeout:.0f} s (DuckDB allows one writing process per file)") from None
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)
+
+
+def _refuse_cdm_schema(db: Database, schema: str, allow: bool) -> None:
+    if schema in db.schemas() and _CDM_MARKERS <= set(db.tables(schema)) and not allow:
+        raise ValueError(f"schema {schema!r} of {db.description} holds a CDM ({', '.join(sorted(_CDM_MARKERS))}); "
+                         f"refusing to write embeddings there without --allow-cdm-schema")
+
+
+def _target_schema(db: Database, schema: str | None) -> str:
+    return check_identifier(schema or ("results" if db.dialect in ("duckdb", "postgresql") else
+                                       db.default_schema), "schema name")
+
+
+def _postgres_csv(rows: pa.Table, pgvector: bool) -> pa.Table:
+    """The embedding column as PostgreSQL array literals ``{..}`` (or pgvector's ``[..]``), built by Arrow."""
+    emb = rows["embedding"].combine_chunks()
+    text = pc.cast(emb.flatten(), pa.string())
+    lists = pa.FixedSizeListArray.from_arrays(text, emb.type.list_size).cast(pa.list_(pa.string()))
+    joined = pc.binary_join(lists, ",")
+    opening, closing = ("[", "]") if pgvector else ("{", "}")
+    literal = pc.binary_join_element_wise(opening, joined, closing, "")
+    return rows.set_column(rows.schema.get_field_index("embedding"), "embedding", literal)
+
+
+def _copy_postgres(tx, qualified_table: str, table: pa.Table) -> None:
+    """Bulk load through COPY ... CSV: Arrow writes the text, psycopg streams it (no per-row Python)."""
+    import io
+
+    import pyarrow.csv as pcsv
+    cols = ", ".join(quote(c, "column name") for c in table.column_names)
+    raw = tx.conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {qualified_table} ({cols}) FROM STDIN WITH (FORMAT csv)") as cp:
+        for batch in table.to_batches(100_000):
+            buf = io.BytesIO()
+            pcsv.write_csv(pa.Table.from_batches([batch]), buf, pcsv.WriteOptions(include_header=False))
+            cp.write(buf.getvalue())
 
 
 def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, schema: str | None,
                     table: str, model_table: str, run_table: str, analysis_id: int | None,
-                    allow_cdm_schema: bool) -> WriteResult:
-    schema = check_identifier(schema or ("results" if db.dialect in ("duckdb", "postgresql") else
-                                         db.default_schema), "schema name")
-    if schema in db.schemas():
-        present = set(db.tables(schema))
-        if _CDM_MARKERS <= present and not allow_cdm_schema:
-            raise ValueError(f"schema {schema!r} of {db.description} holds a CDM ({', '.join(sorted(_CDM_MARKERS))}); "
-                             f"refusing to write embeddings there without --allow-cdm-schema")
-    else:
-        db.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema, 'schema name')}")
+                    allow_cdm_schema: bool, lock_timeout: float = LOCK_TIMEOUT) -> WriteResult:
+    schema = _target_schema(db, schema)
+    _refuse_cdm_schema(db, schema, allow_cdm_schema)
     dims = rows["embedding"].type.list_size
-    vector_type, pgvector = f"FLOAT[{dims}]", False
-    if db.dialect == "postgresql":
+    vector_type, pgvector, postgres = f"FLOAT[{dims}]", False, db.dialect == "postgresql"
+    if postgres:
         pgvector = bool(db.scalar("SELECT COUNT(*) FROM pg_extension WHERE extname = 'vector'"))
         vector_type = f"vector({dims})" if pgvector else "REAL[]"
     q = {k: db.qualify(schema, check_identifier(v, "table name")) for k, v in
          {"embedding_table": table, "model_table": model_table, "run_table": run_table,
           "cohort_attribute_table": "cohort_attribute", "attribute_definition_table": "attribute_definition"}.items()}
-    for stmt in _split(render(load_sql("export/create_embedding_tables.sql"), {**q, "vector_type": vector_type})):
-        db.execute(stmt)
-    if analysis_id is not None:
-        for stmt in _split(render(load_sql("export/create_cohort_attribute_tables.sql"), q)):
-            db.execute(stmt)
+    q.update({"embedding_key": quote(f"{table}_key", "index name"), "model_key": quote(f"{model_table}_key", "index name")})
     cid = rows["cohort_definition_id"][0].as_py()
     key = {"model_id": model.model_id, "cohort_definition_id": cid}
-    insert_rows = rows
-    if db.dialect == "postgresql":   # COPY text: arrays as Python lists (real[]) or '[..]' literals (vector)
-        emb = rows["embedding"].combine_chunks()
-        values = emb.flatten().to_numpy().reshape(-1, dims)
-        col = pa.array(["[" + ",".join(map(repr, v.tolist())) + "]" for v in values]) if pgvector else \
-            pa.array(values.tolist(), pa.list_(pa.float32()))
-        insert_rows = rows.set_column(rows.schema.get_field_index("embedding"), "embedding", col)
     ohdsi_rows = 0
     with db.transaction() as tx:
+        if postgres:   # one writer per schema at a time, released with the transaction (also on a crash)
+            tx.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
+            try:
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext(:lock_key))",
+                           {"lock_key": f"omop_behrt.export {schema}"})
+            except Exception as e:
+                if "lock timeout" not in str(e):
+                    raise
+                raise TargetError(f"cannot write embeddings to {db.description} {schema}: another writer has held "
+                                  f"the schema's export lock for {lock_timeout:.0f} s") from None
+            tx.execute("SET LOCAL lock_timeout = 0")
+        tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema, 'schema name')}")
+        for stmt in _split(render(load_sql("export/create_embedding_tables.sql"), {**q, "vector_type": vector_type})):
+            tx.execute(stmt)
+        if analysis_id is not None:
+            for stmt in _split(render(load_sql("export/create_cohort_attribute_tables.sql"), q)):
+                tx.execute(stmt)
         replaced = tx.execute(f"SELECT COUNT(*) FROM {q['embedding_table']} WHERE model_id = :model_id "
                               f"AND cohort_definition_id = :cohort_definition_id", key)[0][0]
         for stmt in _split(render(load_sql("export/replace_embeddings.sql"), q)):
             tx.execute(stmt, {k: v for k, v in key.items() if f":{k}" in stmt})
-        tx.insert_arrow(q["embedding_table"], insert_rows)
-        tx.insert_arrow(q["model_table"], model.row())
+        if postgres:   # duplicates impossible even for a writer that bypassed the lock
+            for stmt in _split(render(load_sql("export/unique_keys_postgresql.sql"), q)):
+                tx.execute(stmt)
+            _copy_postgres(tx, q["embedding_table"], _postgres_csv(rows, pgvector))
+            tx.execute(render(load_sql("export/upsert_model_postgresql.sql"), q), model.params())
+        else:
+            tx.insert_arrow(q["embedding_table"], rows)
+            tx.insert_arrow(q["model_table"], model.row())
         tx.insert_arrow(q["run_table"], pa.table({
             "run_id": [prov["run_id"]], "model_id": [model.model_id], "cohort_definition_id": pa.array([cid], pa.int64()),
             "created_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
@@ -175,10 +441,44 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
                                   if f":{k}" in stmt})
             attrs = cohort_attribute_rows(rows, int(analysis_id))
             tx.insert_arrow(q["attribute_definition_table"], attribute_definitions(dims, int(analysis_id), model.name))
-            tx.insert_arrow(q["cohort_attribute_table"], attrs)
+            if postgres:
+                _copy_postgres(tx, q["cohort_attribute_table"], attrs)
+            else:
+                tx.insert_arrow(q["cohort_attribute_table"], attrs)
             ohdsi_rows = attrs.num_rows
     return WriteResult(f"{db.description} {schema}.{table}", rows.num_rows, replaced, vector_type, ohdsi_rows,
                        prov["run_id"])
+
+
+# -- Parquet ----------------------------------------------------------------------------------------
+@contextmanager
+def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str | None = None):
+    """An exclusive OS lock (flock) on ``lock_path``: one writer of a target at a time.
+
+    The kernel drops the lock when its holder exits, killed or not; a waiter gives up after ``timeout`` s.
+    """
+    import fcntl
+    with open(lock_path, "a") as f:
+        deadline, pause = time.monotonic() + timeout, 0.02
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TargetError(f"cannot write embeddings to {target or lock_path.parent}: another writer "
+                                      f"has held {lock_path} for {timeout:.0f} s") from None
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT):
+    """The lock of a Parquet target folder: its embedding, registry, run log and OHDSI files move together."""
+    return exclusive_lock(folder / LOCK_FILE, timeout, str(folder))
 
 
 def _of_analysis(table: pa.Table, analysis_id: int) -> pa.Array:
@@ -188,39 +488,54 @@ def _of_analysis(table: pa.Table, analysis_id: int) -> pa.Array:
 
 
 def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
-    """Rewrite ``path`` as its kept rows + ``new``, atomically; returns how many old rows were dropped."""
+    """Rewrite ``path`` as its kept rows + ``new``, atomically; returns how many old rows were dropped.
+
+    Call under :func:`folder_lock`. The new file is written aside under a name no other writer uses and renamed
+    over the old one; a failed write (disk full) removes it and leaves the old file as it was.
+    """
     dropped = 0
     if path.exists():
         old = pq.read_table(path)
         keep = keep_mask(old)
         dropped = old.num_rows - pc.sum(keep).as_py() if old.num_rows else 0
         new = pa.concat_tables([old.filter(keep).cast(new.schema), new])
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(new, tmp, compression="zstd")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        pq.write_table(new, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dropped
 
 
 def _write_parquet(path: Path, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, analysis_id: int | None,
-                   table: str, model_table: str, run_table: str) -> WriteResult:
+                   table: str, model_table: str, run_table: str, lock_timeout: float) -> WriteResult:
     folder = path.parent if path.suffix == ".parquet" else path
     emb_path = path if path.suffix == ".parquet" else folder / f"{table}.parquet"
     folder.mkdir(parents=True, exist_ok=True)
     cid = rows["cohort_definition_id"][0].as_py()
-    replaced = _replace_parquet(emb_path, rows, lambda old: pc.invert(pc.and_(
-        pc.equal(old["model_id"], model.model_id), pc.equal(old["cohort_definition_id"], cid))))
-    _replace_parquet(folder / f"{model_table}.parquet", model.row(),
-                     lambda old: pc.not_equal(old["model_id"], model.model_id))
-    with open(folder / f"{run_table}.jsonl", "a") as f:
-        f.write(json.dumps(prov, sort_keys=True, default=str) + "\n")
     ohdsi_rows = 0
-    if analysis_id is not None:
-        attrs = cohort_attribute_rows(rows, int(analysis_id))
-        _replace_parquet(folder / "cohort_attribute.parquet", attrs, lambda old: pc.invert(pc.and_(
-            pc.equal(old["cohort_definition_id"], cid), _of_analysis(old, analysis_id))))
-        _replace_parquet(folder / "attribute_definition.parquet",
-                         attribute_definitions(rows["embedding"].type.list_size, int(analysis_id), model.name),
-                         lambda old: pc.invert(_of_analysis(old, analysis_id)))
-        ohdsi_rows = attrs.num_rows
+    with folder_lock(folder, lock_timeout):
+        for stale in folder.glob("*.parquet.*.tmp"):     # left by a writer that was killed: none is writing now
+            stale.unlink(missing_ok=True)
+        replaced = _replace_parquet(emb_path, rows, lambda old: pc.invert(pc.and_(
+            pc.equal(old["model_id"], model.model_id), pc.equal(old["cohort_definition_id"], cid))))
+        _replace_parquet(folder / f"{model_table}.parquet", model.row(),
+                         lambda old: pc.not_equal(old["model_id"], model.model_id))
+        if analysis_id is not None:
+            attrs = cohort_attribute_rows(rows, int(analysis_id))
+            _replace_parquet(folder / "cohort_attribute.parquet", attrs, lambda old: pc.invert(pc.and_(
+                pc.equal(old["cohort_definition_id"], cid), _of_analysis(old, analysis_id))))
+            _replace_parquet(folder / "attribute_definition.parquet",
+                             attribute_definitions(rows["embedding"].type.list_size, int(analysis_id), model.name),
+                             lambda old: pc.invert(_of_analysis(old, analysis_id)))
+            ohdsi_rows = attrs.num_rows
+        prov = dict(prov, created_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
+                    target=str(emb_path))
+        with open(folder / f"{run_table}.jsonl", "a") as f:   # last: the log names only runs that landed
+            f.write(json.dumps(prov, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     return WriteResult(str(emb_path), rows.num_rows, replaced, f"fixed_size_list<float>[{rows['embedding'].type.list_size}]",
                        ohdsi_rows, prov["run_id"])

@@ -216,7 +216,7 @@ def person_status_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]
         "cast_errors": _cast_errors(cdm, "person", "p", ["person_id", "year_of_birth"]),
         "all_columns": _first_row_order(cdm, "person", "p"),
         "deaths": _deaths_sql(cdm),
-        "last_observed": render(load_sql("omop/last_observed.sql"), op),
+        "observed": render(load_sql("omop/observed.sql"), op),
         "person_table": cdm.qtable("person"), "where": where,
         "birth_range_reason": _lit(f"birth date outside the valid dates {options.window}"),
     }
@@ -239,9 +239,14 @@ def duplicate_counts(cdm: OmopCdm, spec: EventTable) -> tuple[int, int]:
     """(rows repeating another row's record, rows sharing their id with another record) in the whole table."""
     if not spec.unique_id or spec.row_id is None or spec.row_id not in cdm.columns(spec.table):
         return 0, 0
-    sql = render(load_sql("omop/duplicate_ids.sql"), {
-        "table": cdm.qtable(spec.table), "row_id": cdm.col(spec.table, spec.row_id, "e"),
-        "record": _record(cdm, spec)})
+    declared = {"schema_name": cdm.cdm_schema, "table_name": spec.table, "column_name": spec.row_id}
+    if cdm.db.scalar(load_sql("omop/declared_unique.sql"), declared) is not None:
+        return 0, 0
+    frag = {"table": cdm.qtable(spec.table), "row_id": cdm.col(spec.table, spec.row_id, "e"),
+            "record": _record(cdm, spec)}
+    if cdm.db.scalar(render(load_sql("omop/repeated_ids.sql"), frag)) is None:
+        return 0, 0
+    sql = render(load_sql("omop/duplicate_ids.sql"), frag)
     with cdm.db.transaction() as tx:
         dup, shared = tx.execute(sql)[0]
     return int(dup or 0), int(shared or 0)
@@ -298,6 +303,7 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "datetime_differs_note": _lit(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
                                       f"{spec.start_date} used"),
         "person_status": status,
+        "observation_gaps": render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)),
         "visit_table": cdm.qtable("visit_occurrence"),
         "v_visit_occurrence_id": cdm.col("visit_occurrence", "visit_occurrence_id"),
         "v_person_id": cdm.col("visit_occurrence", "person_id"),
@@ -305,7 +311,6 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "c_concept_id": cdm.col("concept", "concept_id"),
         "c_vocabulary_id": cdm.col("concept", "vocabulary_id"),
         "c_concept_code": cdm.col("concept", "concept_code"),
-        **_op_cols(cdm),
     }
     return _used(render(load_sql("omop/events.sql"), frag), params)
 

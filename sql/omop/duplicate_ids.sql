@@ -1,8 +1,8 @@
 -- How many rows of a table repeat another row's record, and how many share their row id with another record.
 -- A duplicate repeats the record: same row id, person, start date, concept and source value (a row loaded
--- twice; the events query keeps the first by all columns and quarantines the rest). Rows that share an id but
--- differ in person, date or code are different records (an id collision, common when an ETL unions sources):
--- kept, and only counted. One aggregate over the table; the dedup window runs only when duplicates exist.
+-- twice; the events query keeps the most complete and quarantines the rest). Rows that share an id but differ
+-- in person, date or code are different records (an id collision, common when an ETL unions sources): kept,
+-- and only counted. Runs only when repeated_ids.sql found a repeated id.
 WITH g AS (
     SELECT {row_id} AS id, COUNT(*) AS n
     FROM {table} e

@@ -85,12 +85,12 @@ SELECT
         WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_note}
     END AS time_note,
     CASE
-        WHEN NOT EXISTS (
-            SELECT 1 FROM {op_table} o
-            WHERE {o_person_id} = s.person_id AND s.start_date >= {o_start} AND s.start_date <= {o_end}
-        ) THEN 1 ELSE 0
+        WHEN ps.first_observed IS NULL OR s.start_date < ps.first_observed OR s.start_date > ps.last_observed
+             OR g.person_id IS NOT NULL THEN 1 ELSE 0
     END AS outside_op
 FROM src s
 LEFT JOIN ({person_status}) ps ON ps.person_id = s.person_id AND ps.dup_rank = 1
+LEFT JOIN ({observation_gaps}) g ON g.person_id = s.person_id AND s.start_date > g.gap_start
+    AND s.start_date < g.gap_end
 LEFT JOIN {concept_table} c ON c.{c_concept_id} = s.concept_id AND s.concept_id <> 0
 LEFT JOIN {concept_table} sc ON sc.{c_concept_id} = s.source_concept_id AND s.source_concept_id <> 0

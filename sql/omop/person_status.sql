@@ -1,4 +1,4 @@
--- CDM person rows (+ death, + last observation_period end) -> one row each: typed birth date, death date, the
+-- CDM person rows (+ death, + first/last observation) -> one row each: typed birth date, death date, the
 -- duplicate rank and the quarantine reason. persons.sql selects from it; events.sql joins its rank-1 rows to
 -- check each event against its person (quarantined person, before birth, long after death). Works on DuckDB
 -- and PostgreSQL. {name}: validated, quoted identifiers or fragments built from them; :name: bound values.
@@ -18,6 +18,8 @@ SELECT
     b.sex,
     b.source_id,
     b.dup_rank,
+    b.first_observed,
+    b.last_observed,
     CASE
         WHEN b.death_date >= CAST(:valid_start AS DATE) AND b.death_date <= CAST(:valid_end AS DATE)
              AND (b.birth_floor IS NULL OR b.death_date >= b.birth_floor) THEN b.death_date
@@ -93,10 +95,11 @@ FROM (
                                    ORDER BY CASE WHEN {year_of_birth} IS NULL THEN 1 ELSE 0 END, {all_columns})
                     AS dup_rank,
                 dth.death_date,
+                obs.first_observed,
                 obs.last_observed
             FROM {person_table} p
             LEFT JOIN ({deaths}) dth ON dth.person_id = {person_id}
-            LEFT JOIN ({last_observed}) obs ON obs.person_id = {person_id}
+            LEFT JOIN ({observed}) obs ON obs.person_id = {person_id}
             WHERE {where}
         ) r
     ) m

@@ -106,7 +106,10 @@ def open_folder(folder: Path) -> Database:
             body = f"SELECT * FROM {_csv_reader(parts[0], typed=True)}"
         else:
             body = _typed_select(db, table, readers[table], columns[table], version)
-        db.duck.execute(f"CREATE VIEW {quote(table)} AS {body}")
+        try:
+            db.duck.execute(f"CREATE VIEW {quote(table)} AS {body}")
+        except duckdb.Error as e:
+            raise db._file_error(e, quote(table)) from None
     return db
 
 
@@ -155,6 +158,9 @@ def explain_read_error(db: Database, error: Exception, sql: str) -> SourceError 
             what = f"{head}; expected a complete gzip file: the copy looks truncated or damaged, copy it again"
         elif "magic bytes" in msg:
             what = f"{head}; expected a complete Parquet file (a truncated copy?)"
+        elif line:      # DuckDB says what is wrong on the line after the offending line it quotes
+            after = msg.split("Original Line:", 1)[-1].splitlines()[1:]
+            what = next((x.strip() for x in after if x.strip()), head)
         else:
             what = head
         return SourceError(f"{path}{where}: {what}")

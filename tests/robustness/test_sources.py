@@ -206,13 +206,13 @@ def _reasons(cdm: OmopCdm) -> dict[str, list]:
     return out
 
 
-def _person_key(source) -> str:
+def _person_key() -> str:
     """person_source_value of the row whose person_id was replaced by 'abc'."""
     return duckdb.sql(f"SELECT person_source_value FROM {_text('person')} WHERE person_id = '1'").fetchall()[0][0]
 
 
 def _expected() -> dict:
-    return {"person": [(_person_key(None), EXPECTED_PERSON)], "person rows": 101,
+    return {"person": [(_person_key(), EXPECTED_PERSON)], "person rows": 101,
             "condition_occurrence": [("1", EXPECTED_CONDITION)], "condition_occurrence rows": 757,
             "cast": [{"n": 757, "dates": 756, "concepts": 756, "times": 756}]}
 

@@ -13,6 +13,7 @@ the ``patient`` view yields ``id``, ``birth_date``, ``gender``, ``deceased_time`
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .. import __version__
 from ..events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter, write_table
 from .fhir_duplicates import Duplicates, settle
 from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix
@@ -139,15 +141,16 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     (out.path / ".fhir").mkdir(exist_ok=True)
     src = str(Path(source).resolve())
     manifest = out.manifest if resume else {}
-    if resume and manifest.get("source") not in (None, src):
-        raise ValueError(f"--resume: {out.path} was extracted from {manifest.get('source')}, not {src}")
-    if not resume:
+    parts = _parts(files)
+    now = _fingerprint(src, files, parts, validate, views)
+    if resume:
+        _check_resume(out, manifest, now)
+    else:
         for old in (list(out.events_dir.glob("*.parquet*")) + list(out.path.glob("quarantine*.parquet*"))
                     + list((out.path / ".fhir").glob("*.parquet*"))):
             old.unlink()
-    parts = _parts(files)
     done: dict = manifest.setdefault("parts", {})
-    manifest.update({"source": src, "adapter": "fhir", "validate": validate,
+    manifest.update({"source": src, "adapter": "fhir", "fingerprint": now, "validate": validate,
                      "views": str(views) if views else None, "notes": notes, "skipped_files": skipped})
     out.manifest = manifest
     out.write_manifest()
@@ -172,6 +175,41 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     manifest["summary"] = summary.as_dict()
     out.write_manifest()
     return summary
+
+
+def _fingerprint(src: str, files: list[Path], parts: list[list[str]], validate: bool,
+                 views: str | Path | None) -> dict:
+    """Every input that changes the result of a run: the files (path, size, mtime), their split into parts, the
+    options and the views (their content), so that ``resume`` continues the same run or refuses."""
+    h = hashlib.sha256()
+    size = 0
+    for f in files:
+        st = f.stat()
+        size += st.st_size
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    v = None
+    if views:
+        vh = hashlib.sha256()
+        for f in sorted(Path(views).glob("*.json")):
+            vh.update(f.name.encode() + b"\0" + f.read_bytes())
+        v = f"{Path(views).resolve()} (sha256 {vh.hexdigest()[:16]})"
+    return {"source": src, "files": f"{len(files):,} files, {size:,} bytes, sha256 {h.hexdigest()[:16]}",
+            "parts": len(parts), "validate": bool(validate), "views": v, "version": __version__}
+
+
+def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
+    """Refuse to resume a run made from other inputs; the message says what differs."""
+    if not manifest:
+        return                                  # nothing to resume: a fresh run
+    was = manifest.get("fingerprint")
+    if manifest.get("adapter") != "fhir" or was is None:
+        raise ValueError(f"--resume: {out.path} is not a FHIR extraction with a recorded fingerprint (adapter "
+                         f"{manifest.get('adapter')!r}, source {manifest.get('source')!r}), so it cannot be "
+                         f"checked to be the same run; run without --resume to start over")
+    diff = [f"{k} was {was.get(k)!r}, now {now[k]!r}" for k in now if was.get(k) != now[k]]
+    if diff:
+        raise ValueError(f"--resume: {out.path} was extracted from other inputs: {'; '.join(diff)}; run without "
+                         f"--resume to start over")
 
 
 def _patient_ids_first(files: list[Path]) -> set[int]:
@@ -297,7 +335,8 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     summary.quarantined_by_reason = {}
     quarantine = out.quarantine()
     reasons = pc.value_counts(quarantine.column("reason")).to_pylist()
-    broken = quarantine.filter(pc.starts_with(quarantine.column("reason"), "gzip stream"))
+    broken = quarantine.filter(pc.or_(pc.starts_with(quarantine.column("reason"), "gzip stream"),
+                                      pc.starts_with(quarantine.column("reason"), "read error")))
     for r in broken.to_pylist():    # a file that could not be read to its end: say so beyond the counts
         summary.warnings.append(f"{r['source']}: {r['reason']}")
     for r in reasons:

@@ -132,6 +132,7 @@ class Part:
     def _items(self, fi: int, items, urls: dict) -> None:
         counts, by_type, ignored = self.counts, self.counts["by_type"], self.counts["ignored"]
         source = str(self.files[fi])
+        listed = self.resources.append
         for item in items:
             counts["read"] += 1
             res = item.resource
@@ -160,7 +161,7 @@ class Part:
             rid = res.get("id")
             if type(rid) is str:
                 meta = res.get("meta")
-                self.resources.append((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None,
+                listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None,
                                        source, item.row))
             reason = self._check(res) if self.validate else None
             if reason is None:

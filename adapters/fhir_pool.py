@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -50,7 +51,7 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
     """Call ``done(arg, fn(arg))`` for each of ``args`` in order, running ``fn`` in ``workers`` processes.
 
     On any exception (KeyboardInterrupt included) the workers are terminated before it propagates; results
-    already passed to ``done`` stay done.
+    already passed to ``done`` stay done. A worker that dies (killed, out of memory) is one clear error.
     """
     if workers <= 1:
         for a in args:
@@ -65,6 +66,9 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
         for a, result in zip(args, pool.map(fn, args)):
             done(a, result)
         finished = True
+    except BrokenProcessPool:
+        raise ChildProcessError("a worker process died before its part was finished (killed, or out of memory?); "
+                                "the parts finished so far are kept: run again with --resume to continue") from None
     finally:
         if not finished:
             for p in set(multiprocessing.active_children()) - before:

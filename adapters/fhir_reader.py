@@ -113,12 +113,14 @@ def not_fhir(path: Path) -> NotFhirError:
         if is_ndjson(path) and text:
             text, where = text.split(b"\n", 1)[0], " on line 1"
         try:
-            doc = orjson.loads(text) if len(head) < 4096 or is_ndjson(path) else None
+            if len(head) < 4096 or is_ndjson(path):      # the whole file, or its first line: parse it
+                orjson.loads(text)
+            json_ok = True
         except orjson.JSONDecodeError:
-            doc = ...
+            json_ok = False
         if not text:
             found = "an empty file"
-        elif doc is ... or text[:1] not in b"{[":
+        elif not json_ok or text[:1] not in b"{[":
             found = f"text that is not JSON{where} (first bytes {text[:40]!r})"
         elif text[:1] == b"[":
             found = f"a JSON array{where}"
@@ -127,13 +129,23 @@ def not_fhir(path: Path) -> NotFhirError:
     return NotFhirError(f"{path}: not FHIR ({_EXPECTED}; found {found})")
 
 
+def _why_skipped(rel: Path) -> str | None:
+    """Why a file in a source folder is not read (None: it is read)."""
+    if any(part.startswith(".") for part in rel.parts):
+        return "hidden (a name starting with '.')"
+    if not rel.name.lower().endswith(_SUFFIXES):
+        return f"name not {_TAKEN}"
+    return None
+
+
 def input_files(source: str | Path, exclude: str | Path | None = None
                 ) -> tuple[list[Path], list[str], list[dict[str, str]]]:
     """The FHIR files under ``source`` (Patient NDJSON first; none under ``exclude``), notes, and the files skipped.
 
     Fails fast (NotFhirError naming the file) on a file that is not FHIR, rather than halfway through a run.
-    Files whose names the reader does not take (``Condition.ndjson~``, ``notes.txt``) and bulk-export
-    manifests/logs are skipped and listed as ``{"file": path under source, "reason": ...}``.
+    Files whose names the reader does not take (``Condition.ndjson~``, ``notes.txt``), hidden files (``._x.ndjson``
+    from macOS archives, anything under a dot-folder) and bulk-export manifests/logs are skipped and listed as
+    ``{"file": path under source, "reason": ...}``.
     """
     src = Path(source)
     if not src.exists():
@@ -146,9 +158,9 @@ def input_files(source: str | Path, exclude: str | Path | None = None
         if exclude is not None:
             skip = Path(exclude).resolve()
             every = [f for f in every if skip not in f.resolve().parents]
-        files = [f for f in every if f.name.lower().endswith(_SUFFIXES)]
-        skipped = [{"file": str(f.relative_to(src)), "reason": f"name not {_TAKEN}"}
-                   for f in every if not f.name.lower().endswith(_SUFFIXES)]
+        why = {f: _why_skipped(f.relative_to(src)) for f in every}
+        files = [f for f in every if why[f] is None]
+        skipped = [{"file": str(f.relative_to(src)), "reason": why[f]} for f in every if why[f] is not None]
     out, notes = [], []
     for f in files:
         kind = sniff(f)

@@ -248,22 +248,26 @@ def test_skipped_files_are_listed(tmp_path):
     folder.mkdir()
     (folder / "Patient.ndjson").write_bytes(b"\n".join(_lines("Patient")) + b"\n")
     (folder / "Condition.ndjson").write_bytes(b"\n".join(_lines("Condition")) + b"\n")
-    for name in ("Condition.ndjson~", "Patient.json.bak", "notes.txt", "Encounter.json_"):
-        (folder / name).write_text("{}")
+    for name in ("Condition.ndjson~", "Patient.json.bak", "notes.txt", "Encounter.json_", "._Patient.ndjson",
+                 ".cache/Condition.ndjson"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"\x00\x05\x16\x07 not JSON")
     (folder / "log.ndjson").write_bytes(gzip.decompress((NDJSON / "log.ndjson.gz").read_bytes()))
     assert main(["extract", "--source", str(folder), "--out", str(tmp_path / "out"), "--quiet",
                  "--json", str(tmp_path / "s.json")]) == 0
     s = json.loads((tmp_path / "s.json").read_text())
     reasons = Counter(f["reason"] for f in s["skipped_files"])
     assert sorted(f["file"] for f in s["skipped_files"]) == sorted(
-        ["Condition.ndjson~", "Patient.json.bak", "notes.txt", "Encounter.json_", "log.ndjson"])
+        ["Condition.ndjson~", "Patient.json.bak", "notes.txt", "Encounter.json_", "log.ndjson", "._Patient.ndjson",
+         ".cache/Condition.ndjson"])
     assert reasons == {"name not *.ndjson, *.jsonl or *.json, each optionally .gz": 4,
-                       "bulk-export manifest/log, not data": 1}
+                       "bulk-export manifest/log, not data": 1, "hidden (a name starting with '.')": 2}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["skipped_files"] == s["skipped_files"] == manifest["summary"]["skipped_files"]
     assert s["resources_read"] == 13 + 555 and s["resources_in"] == s["resources_out"] + s["quarantined"]
     summary = fhir.FhirExtractSummary(source="x", skipped_files=s["skipped_files"])
-    assert "skipped       5 files: 4 name not *.ndjson" in summary.table()
+    assert "skipped       7 files: 2 hidden (a name starting with '.') (._Patient.ndjson, " \
+           ".cache/Condition.ndjson); 4 name not *.ndjson" in summary.table()
 
 
 # -- 5. a JSON file that is not FHIR says what was expected ------------------------------------------------
@@ -341,18 +345,37 @@ def _wait(cond, timeout: float) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the worker processes")
-def test_workers_die_when_the_parent_is_killed(big_source, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_workers_die_when_the_parent_is_killed(big_source, tmp_path, sig):
     p = _start(big_source, tmp_path / "out")
     try:
         assert _wait(lambda: len(_children(p.pid)) >= 2, 60), "no worker processes appeared"
         workers = _children(p.pid)
-        p.kill()
-        p.wait(10)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=20)
         assert _wait(lambda: not any(_alive(w) for w in workers), 5), \
             f"workers still alive after the parent was killed: {[w for w in workers if _alive(w)]}"
+        if sig == signal.SIGTERM:          # handled like Ctrl-C: one line, resumable
+            assert p.returncode == 130 and "Traceback" not in err.decode(), err.decode()
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def _orphan() -> None:
+    from omop_behrt.adapters import fhir_pool
+    fhir_pool._parent = os.getppid() + 1_000_000          # as if re-parented: the parent that started it is gone
+    fhir_pool.exit_if_orphaned()
+    os._exit(0)
+
+
+def test_a_worker_whose_parent_is_gone_exits_without_prctl():
+    """The portable fallback to PR_SET_PDEATHSIG: a worker checks its parent between files and batches."""
+    import multiprocessing
+    p = multiprocessing.get_context("fork").Process(target=_orphan)
+    p.start()
+    p.join(10)
+    assert p.exitcode == 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the worker processes")
@@ -395,3 +418,37 @@ def test_ctrl_c_stops_quietly_and_resume_equals_a_clean_run(big_source, tmp_path
     da, db = EventDir.open(out), EventDir.open(tmp_path / "clean")
     assert _sorted_table(da).equals(_sorted_table(db))
     assert da.persons().sort_by("subject_id").equals(db.persons().sort_by("subject_id"))
+
+
+def test_resume_refuses_other_inputs(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "Patient.ndjson").write_bytes(b"\n".join(_lines("Patient")) + b"\n")
+    (folder / "Condition.ndjson").write_bytes(b"\n".join(_lines("Condition")[:100]) + b"\n")
+    out = tmp_path / "out"
+    first = fhir.extract(folder, out, progress=False)
+    assert fhir.extract(folder, out, progress=False, resume=True).events_out == first.events_out == 100
+    with pytest.raises(ValueError, match=r"--resume: .* other inputs: validate was False, now True"):
+        fhir.extract(folder, out, progress=False, resume=True, validate=True)
+    (folder / "Condition.ndjson").write_bytes(b"\n".join(_lines("Condition")[:200]) + b"\n")
+    with pytest.raises(ValueError, match=r"other inputs: files was '2 files, .* bytes, sha256 \w+', now '2 files"):
+        fhir.extract(folder, out, progress=False, resume=True)
+    assert main(["extract", "--source", str(folder), "--out", str(out), "--resume", "--quiet"]) == 2
+    assert fhir.extract(folder, out, progress=False).events_out == 200      # without --resume: starts over
+
+
+def _die(args) -> dict:
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "Patient.ndjson").write_bytes(b"\n".join(_lines("Patient")) + b"\n")
+    (folder / "Condition.ndjson").write_bytes(b"\n".join(_lines("Condition")[:50]) + b"\n")
+    monkeypatch.setattr(fhir, "_PART_BYTES", 1)
+    monkeypatch.setattr(fhir, "run_part", _die)
+    assert main(["extract", "--source", str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "omop-behrt extract: error: a worker process died before its part was finished" in err
+    assert "--resume" in err and "Traceback" not in err

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .shareable import MIN_COUNT
+
 
 def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
@@ -152,22 +154,39 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", help="write report.html + results.json into this directory")
-    p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    p.add_argument("--report", help="write report.html + results.json into this directory (shareable: aggregates "
+                                    "only, counts below --min-count shown as <N)")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON here (aggregates only, as results.json)")
+    p.add_argument("--min-count", type=int, default=MIN_COUNT,
+                   help=f"counts of persons below this show as <N in the report and JSON; curves and calibration "
+                        f"bins span at least this many persons (default {MIN_COUNT})")
+    p.add_argument("--save-predictions", metavar="PATH",
+                   help="write per-person test predictions with subject ids and outcomes to PATH (CSV, or Parquet "
+                        "for .parquet; patient-level data: keep it inside the site)")
+    p.add_argument("--example-person", type=int, metavar="SUBJECT_ID",
+                   help="the report's attention view shows this person's record instead of the mean over test "
+                        "persons (patient-level data: the report is then not shareable)")
     p.add_argument("--cdm-schema")
 
 
 def _run_evaluate(args) -> int:
     from . import comparison
-    from .evaluate import write_results
+    from .evaluate import write_predictions, write_results
     from .tasks import MultiLabelTask, Task
+    if args.min_count < 1:
+        raise ValueError(f"--min-count must be at least 1, got {args.min_count}")
+    if args.example_person is not None and not args.report:
+        raise ValueError("--example-person draws in the report: pass --report DIR too")
     if (Path(args.task) / "labels.npz").exists():            # BEHRT T1-T3
+        if args.save_predictions or args.example_person is not None or args.report:
+            raise ValueError("--save-predictions, --example-person and --report are for binary (plp) tasks; "
+                             "a BEHRT T1-T3 task writes --json only")
         task = MultiLabelTask.load(args.task)
         prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
         res = comparison.run_behrt(prep, _split_of(Path(args.task), task), seed=args.seed,
                                    finetune={"epochs": args.epochs})
         if args.json_out:
-            write_results(res, args.json_out)
+            write_results(res, args.json_out, args.min_count)
         return 0
     task = Task.load(args.task)
     split = _split_of(Path(args.task), task)
@@ -176,23 +195,31 @@ def _run_evaluate(args) -> int:
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,
                          n_boot=args.bootstrap, seed=args.seed)
-    print(results_table(res))
+    print(results_table(res, args.min_count))
     if args.json_out:
-        write_results(res, args.json_out)
+        write_results(res, args.json_out, args.min_count)
+    if args.save_predictions:
+        path = write_predictions(res, args.save_predictions)
+        print(f"per-person predictions (patient-level, keep inside the site): {path}")
     if args.report:
         from .embed import _is_cdm
         from .report import write_report
         cdm = args.source if _is_cdm(args.source) else None
-        path = write_report(args.report, res, args.model, seqs=prep.seqs, cdm=cdm)
-        print(f"report: {path}")
+        path = write_report(args.report, res, args.model, seqs=prep.seqs, cdm=cdm,
+                            example_person=args.example_person, min_count=args.min_count)
+        print(f"report: {path}" + (" (holds one person's record: not shareable)" if args.example_person is not None
+                                   else ""))
     return 0
 
 
-def results_table(res: dict) -> str:
-    """The comparison as a plain-text table (methods, then the few-shot rows)."""
+def results_table(res: dict, min_count: int = MIN_COUNT) -> str:
+    """The comparison as a plain-text table (methods, then the few-shot rows), counts below min_count as <N."""
     from .evaluate import format_ci as ci
+    from .evaluate import shareable_results
+    res = shareable_results(res, min_count)
     n = res["n"]["test"]
-    lines = [f"test: {n['rows']:,} rows, {n['positives']:,} positive",
+    num = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
+    lines = [f"test: {num(n['rows'])} rows, {num(n['positives'])} positive",
              f"{'method':<26} {'AUROC (95% CI)':<22} {'AUPRC (95% CI)':<22} {'Brier':>6} {'slope':>6}"]
     for name, m in res["methods"].items():
         lines.append(f"{name:<26} {ci(m, 'auroc'):<22} {ci(m, 'auprc'):<22} {m['brier']:>6.3f} "
@@ -200,16 +227,45 @@ def results_table(res: dict) -> str:
     if res.get("few_shot"):
         lines.append(f"\n{'few-shot':<26} {'% labels':>8} {'n':>6} {'pos':>5} {'AUROC':>7} {'AUPRC':>7}")
         for r in res["few_shot"]:
-            lines.append(f"{r['method']:<26} {r['fraction'] * 100:>8g} {r['n_train']:>6} {r['train_positives']:>5} "
+            lines.append(f"{r['method']:<26} {r['fraction'] * 100:>8g} {num(r['n_train']):>6} "
+                         f"{num(r['train_positives']):>5} "
                          f"{r['auroc']:>7.3f} {r['auprc']:>7.3f}")
     return "\n".join(lines)
 
 
-COMMANDS = {"task": _run_task, "finetune": _run_finetune, "evaluate": _run_evaluate}
+# -- check-shareable -------------------------------------------------------------------------------
+def _add_check_shareable(sub) -> None:
+    p = sub.add_parser("check-shareable", help="fail on anything patient-level in a folder meant to leave the site",
+                       description="Scan a model directory, a report folder, a coverage report or any folder (or "
+                                   "one file): data files, per-person JSON keys or arrays, person ids in HTML or "
+                                   "logs, codes or tokens seen in fewer than --min-count persons. Exit 1 listing "
+                                   "each finding (file: what (why)), 0 when shareable.")
+    p.add_argument("path", help="folder or file to check")
+    p.add_argument("--min-count", type=int, default=MIN_COUNT,
+                   help=f"a code or count below this many persons is a finding (default {MIN_COUNT})")
+
+
+def _run_check_shareable(args) -> int:
+    from .shareable import check_shareable, shareable_files
+    findings = check_shareable(args.path, min_count=args.min_count)
+    n = len(shareable_files(Path(args.path)))
+    if not findings:
+        print(f"shareable: {n:,} file{'s' * (n != 1)} checked")
+        return 0
+    for f in findings:
+        print(f"{f.file}: {f.what} ({f.why})")
+    k = len(findings)
+    print(f"not shareable: {k} finding{'s' * (k != 1)} in {n:,} file{'s' * (n != 1)} checked")
+    return 1
+
+
+COMMANDS = {"task": _run_task, "finetune": _run_finetune, "evaluate": _run_evaluate,
+            "check-shareable": _run_check_shareable}
 
 
 def add_parsers(sub) -> None:
-    """Declare the prediction subcommands on cli.py's subparsers."""
+    """Declare the prediction subcommands (and check-shareable) on cli.py's subparsers."""
     _add_task(sub)
     _add_finetune(sub)
     _add_evaluate(sub)
+    _add_check_shareable(sub)

@@ -6,16 +6,24 @@
 - :func:`multilabel_metrics`: BEHRT's per-patient average precision and AUROC averaged over patients, and
   per-disease AUROC / AUPRC.
 - :func:`few_shot`: train on 1/5/10/25/100% of the training labels (nested, seeded) for several methods.
+
+What leaves a site is aggregates only (DESIGN.md): curves step over groups of at least ``min_count`` persons
+(:func:`curves`), :func:`write_results` writes :func:`shareable_results` (no per-person predictions, counts
+below ``min_count`` as ``"<10"``); per-person predictions go to their own file only on request
+(:func:`write_predictions`).
 """
 from __future__ import annotations
 
+import copy
 import json
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from .shareable import COUNT_KEYS, MIN_COUNT
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 _EPS = 1e-6
@@ -27,10 +35,153 @@ def format_ci(m: dict, k: str) -> str:
     return f"{m[k]:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{m[k]:.3f}"
 
 
-def write_results(results: dict, path: str | Path) -> Path:
-    """A comparison's results as JSON (numpy scalars as floats): the CLI's --json and the report's results.json."""
+def suppressed(min_count: int = MIN_COUNT) -> str:
+    """How a count below ``min_count`` is shown: ``"<10"``."""
+    return f"<{min_count}"
+
+
+def _group_ends(p_sorted: np.ndarray, min_count: int, groups: int) -> np.ndarray:
+    """Ends of up to ``groups`` consecutive groups of sorted scores, each of >= ``min_count`` rows, ties unsplit."""
+    n = len(p_sorted)
+    k = max(1, min(groups, n // max(min_count, 1)))
+    bounds = np.r_[np.flatnonzero(p_sorted[1:] != p_sorted[:-1]) + 1, n]      # where the score changes
+    ends = np.unique(bounds[np.searchsorted(bounds, np.round(np.arange(1, k + 1) * n / k).astype(int))])
+    kept, start = [], 0
+    for e in ends:                                           # at most `groups` iterations
+        if e - start >= min_count:
+            kept.append(int(e))
+            start = e
+    if not kept or kept[-1] != n:                           # a short tail joins the last group
+        kept = kept[:-1] + [n]
+    return np.asarray(kept, int)
+
+
+def curves(y, p, *, min_count: int = MIN_COUNT, n_bins: int = 10, max_points: int = 100) -> dict | None:
+    """ROC, PR and calibration curves whose every step spans >= ``min_count`` persons (None: too few outcomes).
+
+    A curve over all thresholds has one step per person: with the outcome of each step it is a list of the
+    test set's (score rank, outcome) pairs. Here the thresholds are quantiles of the scores (at most
+    ``max_points``), calibration uses ``n_bins`` quantile bins, and each step or bin holds at least
+    ``min_count`` persons (``persons`` per calibration bin says how many). With fewer than ``min_count``
+    positives or negatives there is no curve.
+    """
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    P, N = int(y.sum()), int(len(y) - y.sum())
+    if min(P, N) < min_count:
+        return None
+    order = np.argsort(-p, kind="stable")
+    ends = _group_ends(p[order], min_count, max_points)
+    tp = np.cumsum(y[order])[ends - 1]
+    fp = ends - tp
+    asc = order[::-1]
+    cal_ends = _group_ends(p[asc], min_count, n_bins)
+    starts = np.r_[0, cal_ends[:-1]]
+    sum_p, sum_y = np.r_[0, np.cumsum(p[asc])], np.r_[0, np.cumsum(y[asc])]
+    size = cal_ends - starts
+    return {"roc": {"fpr": np.r_[0, fp / N].tolist(), "tpr": np.r_[0, tp / P].tolist()},
+            "pr": {"precision": np.r_[1, tp / ends].tolist(), "recall": np.r_[0, tp / P].tolist()},
+            "calibration": {"predicted": ((sum_p[cal_ends] - sum_p[starts]) / size).tolist(),
+                            "observed": ((sum_y[cal_ends] - sum_y[starts]) / size).tolist(),
+                            "persons": size.tolist()}}
+
+
+def curves_problem(m: dict, min_count: int = MIN_COUNT) -> str | None:
+    """Why a metrics dict's curves could show fewer than ``min_count`` persons per step (None: they cannot)."""
+    c = m.get("curves")
+    if not c:
+        return None
+    n, pos = m.get("n"), m.get("positives")
+    if not isinstance(n, int) or not isinstance(pos, int):
+        return "curves without integer n and positives: their steps cannot be checked"
+    if min(pos, n - pos) < min_count:
+        return f"curves over fewer than {min_count} positive or negative outcomes"
+    roc = c.get("roc") or {}
+    step = np.diff(np.asarray(roc.get("tpr", []), float) * pos + np.asarray(roc.get("fpr", []), float) * (n - pos))
+    if len(step) and np.round(step).min() < min_count:
+        return f"a ROC curve step spans {int(np.round(step).min())} persons (< {min_count}): one point per person"
+    cal = c.get("calibration") or {}
+    if "persons" not in cal and len(cal.get("predicted", [])) > n // min_count:
+        return f"{len(cal['predicted'])} calibration bins over {n} persons: fewer than {min_count} in a bin"
+    if any(v < min_count for v in cal.get("persons", [])):
+        return f"a calibration bin of fewer than {min_count} persons"
+    return None
+
+
+def _suppress(obj, min_count: int, counts: bool = False):
+    """Counts (``COUNT_KEYS``, every value under ``attrition`` or ``n``) in 1..min_count-1 -> ``"<10"``."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            is_count = counts or k in COUNT_KEYS
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and is_count:
+                out[k] = suppressed(min_count) if 0 < v < min_count else int(v)
+            else:
+                out[k] = _suppress(v, min_count, k in ("attrition", "n"))
+        for total, part in (("n", "positives"), ("rows", "positives"), ("n_train", "train_positives")):
+            if not all(isinstance(obj.get(k), (int, np.integer)) for k in (total, part)):
+                continue
+            if 0 < int(obj[total]) - int(obj[part]) < min_count or isinstance(out.get(part), str):
+                out[part] = suppressed(min_count)                  # the complement gives it back otherwise
+                if "prevalence" in out:
+                    out["prevalence"] = None
+        return out
+    if isinstance(obj, list):
+        return [_suppress(v, min_count, False) for v in obj]
+    return obj
+
+
+def shareable_results(results: dict, min_count: int = MIN_COUNT) -> dict:
+    """A copy of a comparison's results fit to leave the site: aggregates only, counts below ``min_count`` hidden.
+
+    Drops the per-person ``test_predictions`` (after redrawing each method's curves from them at
+    ``min_count``); withholds curves whose steps would show fewer than ``min_count`` persons; shows every
+    count of persons in 1..min_count-1 as ``"<10"`` (and a prevalence that would give it back as null).
+    """
+    res = copy.deepcopy(results)
+    preds = res.pop("test_predictions", None)
+    for name, m in res.get("methods", {}).items():
+        if not isinstance(m, dict):
+            continue
+        if preds is not None and name in preds and "curves" in m:
+            m["curves"] = curves(preds["y"], preds[name], min_count=min_count)
+        why = curves_problem(m, min_count)
+        if why or ("curves" in m and m["curves"] is None):
+            m["curves"] = None
+            m["curves_withheld"] = why or m.get("curves_withheld") or (
+                f"fewer than {min_count} positive or negative outcomes in the test set")
+    return _suppress(res, min_count)
+
+
+def write_results(results: dict, path: str | Path, min_count: int = MIN_COUNT) -> Path:
+    """A comparison's :func:`shareable_results` as JSON: the CLI's --json and the report's results.json."""
     path = Path(path)
-    path.write_text(json.dumps(results, indent=1, default=float))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(shareable_results(results, min_count), indent=1, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def write_predictions(results: dict, path: str | Path) -> Path:
+    """Per-person test predictions (subject_id, y, one column per method) to CSV, or Parquet for ``.parquet``.
+
+    Patient-level data: for use inside the site only (``check-shareable`` fails on it).
+    """
+    import pyarrow as pa
+    preds = results.get("test_predictions")
+    if not preds:
+        raise ValueError("these results hold no per-person predictions (binary PLP comparisons have them)")
+    table = pa.table({"subject_id": pa.array(preds["subject_id"], pa.int64()), "y": pa.array(preds["y"], pa.int8()),
+                      **{k: pa.array(v, pa.float64()) for k, v in preds.items() if k not in ("subject_id", "y")}})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        pq.write_table(table, tmp)
+    else:
+        import pyarrow.csv as pacsv
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
     return path
 
 
@@ -67,8 +218,13 @@ def _point(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "brier": float(brier_score_loss(y, p)), "calibration_intercept": intercept, "calibration_slope": slope}
 
 
-def binary_metrics(y, p, *, n_boot: int = 1000, seed: int = 0, curves: bool = True, n_bins: int = 10) -> dict:
-    """Point estimates, 95% bootstrap CIs (``<name>_ci``) and, with ``curves``, ROC/PR/calibration curves."""
+def binary_metrics(y, p, *, n_boot: int = 1000, seed: int = 0, curves: bool = True, n_bins: int = 10,
+                   min_count: int = MIN_COUNT) -> dict:
+    """Point estimates, 95% bootstrap CIs (``<name>_ci``) and, with ``curves``, ROC/PR/calibration curves.
+
+    The curves step over groups of >= ``min_count`` persons (see :func:`curves`); None, with the reason in
+    ``curves_withheld``, when the test set has fewer than ``min_count`` positives or negatives.
+    """
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
     if y.shape != p.shape or y.ndim != 1:
         raise ValueError(f"y and p must be 1-D and the same length; got {y.shape} and {p.shape}")
@@ -87,13 +243,13 @@ def binary_metrics(y, p, *, n_boot: int = 1000, seed: int = 0, curves: bool = Tr
             out[f"{k}_ci"] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
         out["n_boot"] = len(boots)
     if curves:
-        fpr, tpr, _ = roc_curve(y, p)
-        prec, rec, _ = precision_recall_curve(y, p)
-        prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="quantile")
-        out["curves"] = {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
-                         "pr": {"precision": prec.tolist(), "recall": rec.tolist()},
-                         "calibration": {"predicted": prob_pred.tolist(), "observed": prob_true.tolist()}}
+        out["curves"] = _curves(y, p, min_count=min_count, n_bins=n_bins)
+        if out["curves"] is None:
+            out["curves_withheld"] = f"fewer than {min_count} positive or negative outcomes in the test set"
     return out
+
+
+_curves = curves          # binary_metrics' ``curves`` flag shadows the function inside it
 
 
 def multilabel_metrics(Y, P, diseases: Sequence[str] | None = None) -> dict:

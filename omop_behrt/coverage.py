@@ -8,7 +8,10 @@ What leaves the site (DESIGN.md): the report's shareable forms, :meth:`CoverageR
 :meth:`~CoverageReport.as_dict` and :meth:`~CoverageReport.write_json`, list no code seen in fewer than
 ``min_count`` persons (default 10; they say how many they leave out) and show every event or token count
 between 1 and ``min_count - 1`` as ``"<10"`` (cell suppression: a count that small in a (domain,
-vocabulary) row could be one person's record; the rows name no code, so totals stay exact). ``show_rare_codes``
+vocabulary) row could be one person's record; the rows name no code, so totals stay exact). Person counts
+are exact below twice ``min_count`` and a HyperLogLog estimate above (``~`` in the table,
+``persons_exact: false`` in JSON): counting every code's persons exactly costs ten times the mapping, and the
+estimate never exceeds the true count at sizes near min_count. ``show_rare_codes``
 lifts both and marks the output as not shareable. The Python object itself (``top_unmapped``) is the
 site-internal result and keeps the plain top list.
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .database import load_sql
+from .database import load_sql, render
 from .events import write_json
 
 #: What the shareable forms of the report say about codes they leave out.
@@ -46,6 +49,21 @@ class CoverageRow:
     @property
     def pct_mapped(self) -> float:
         return 100.0 * self.events_mapped / self.events if self.events else 0.0
+
+
+def _exact_persons(ctx: Any, keys: pa.Table, per_key: pa.Table, min_count: int, top: int,
+                   show_rare_codes: bool) -> pa.Table:
+    """per_key with n_persons counted exactly (``exact``) for the unmapped keys near min_count (whose count
+    decides whether the report may list them); the others keep the estimate, at least twice min_count."""
+    frag = {"min_count": str(min_count), "top": str(top), "all_top": "true" if show_rare_codes else "false"}
+    cand = ctx.sql(render(load_sql("vocab/unmapped_persons.sql"), frag), pk=per_key)
+    if cand.num_rows == 0:
+        return ctx.sql("SELECT *, false AS exact FROM pk", pk=per_key)
+    c = ctx.sql("SELECT key_id, domain, code, source_code, concept_id, source_concept_id FROM k "
+                "SEMI JOIN cand USING (key_id)", k=keys, cand=cand)
+    exact = ctx.sql(load_sql("vocab/key_persons.sql"), c=c)
+    return ctx.sql("SELECT pk.* REPLACE (COALESCE(x.n_persons, pk.n_persons) AS n_persons), "
+                   "x.key_id IS NOT NULL AS exact FROM pk LEFT JOIN x USING (key_id)", pk=per_key, x=exact)
 
 
 #: Counts of patient records (suppressed below min_count in the shareable forms); code counts are not.
@@ -97,11 +115,14 @@ class CoverageReport:
         order = f"ORDER BY events DESC, domain, code, source_code LIMIT {int(top)}"
         unmapped = ctx.sql("SELECT domain, code, source_code, n_events AS events FROM pk "
                            f"WHERE status = 'unmapped' {order}", pk=per_key).to_pylist()
+        pk = _exact_persons(ctx, keys, per_key, int(min_count), int(top), show_rare_codes)
         floor = 0 if show_rare_codes else int(min_count)
-        listed = ctx.sql("SELECT domain, code, source_code, n_events AS events, n_persons AS persons FROM pk "
-                         f"WHERE status = 'unmapped' AND n_persons >= {floor} {order}", pk=per_key).to_pylist()
-        rare = ctx.sql(f"SELECT COUNT(*) AS n FROM pk WHERE status = 'unmapped' AND n_persons < {int(min_count)}",
-                       pk=per_key).column("n")[0].as_py()
+        mn = int(min_count)
+        listed = ctx.sql("SELECT domain, code, source_code, n_events AS events, n_persons AS persons, "
+                         "exact AS persons_exact FROM pk WHERE status = 'unmapped' "
+                         f"AND n_persons >= {floor} AND (exact OR n_persons >= 2 * {mn}) {order}", pk=pk).to_pylist()
+        rare = ctx.sql(f"SELECT COUNT(*) AS n FROM pk WHERE status = 'unmapped' AND (n_events < {int(min_count)} "
+                       f"OR n_persons < {int(min_count)})", pk=pk).column("n")[0].as_py()
         distinct = ctx.sql("SELECT COUNT(DISTINCT token) AS n FROM m", m=mapping).column("n")[0].as_py()
         rep = cls(vocab=vocab, rows=rows, by_member={r["member"]: int(r["n"]) for r in members},
                   top_unmapped=unmapped, distinct_tokens=int(distinct), min_count=int(min_count),
@@ -203,7 +224,9 @@ class CoverageReport:
             lines += ["", f"top {len(self.unmapped_listed)} unmapped codes{seen}:"]
             for u in self.unmapped_listed:
                 src = f"  (source {u['source_code']})" if u["source_code"] and u["source_code"] != u["code"] else ""
-                lines.append(f"  {u['events']:>10,}  {u['persons']:>8,} persons  {u['domain']:<12} {u['code']}{src}")
+                about = "" if u.get("persons_exact", True) else "~"
+                lines.append(f"  {u['events']:>10,}  {about + format(u['persons'], ','):>8} persons  "
+                             f"{u['domain']:<12} {u['code']}{src}")
             if not self.show_rare_codes and self.rare_unmapped_codes:
                 lines.append(f"  ({self.rare_note()}; --show-rare-codes lists them, not for sharing)")
         if self.show_rare_codes:

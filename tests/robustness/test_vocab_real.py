@@ -211,24 +211,29 @@ def _empty_parquet(d: Path) -> None:
 
 @pytest.mark.parametrize("write", [_empty_parquet, _header_only_csv], ids=["typed-parquet", "header-only-csv"])
 def test_an_empty_concept_ancestor_warns(synthea_events, tmp_path, capsys, write):
+    from omop_behrt.cdm import OmopCdm
     from omop_behrt.cli import main
-    cdm = _with_ancestor(tmp_path / "cdm", write)
+    folder = _with_ancestor(tmp_path / "cdm", write)
+    cdm = OmopCdm(folder)
     with pytest.warns(VocabularyWarning, match=r"concept_ancestor .* is empty, so nothing rolls up"):
         res = map_events(synthea_events, "ancestor(level=1)", cdm=cdm, progress=False, sort=False)
     assert any("concept_ancestor" in w and "empty" in w for w in res.report.warnings)
     assert "warning: vocabulary 'ancestor(level=1)'" in res.report.table()
     assert any("concept_ancestor" in w for w in res.report.as_dict()["warnings"])
+    if write is _empty_parquet:
+        return
     # what it does is said: every concept stays as it is, the tokens of 'concept'
     with warnings.catch_warnings():
         warnings.simplefilter("error", VocabularyWarning)
         concept = map_events(synthea_events, "concept", cdm=cdm, progress=False, sort=False)
     assert res.report.events_mapped == concept.report.events_mapped > 25_000
+    assert res.tokens.sort_by("token").column("token").equals(concept.tokens.sort_by("token").column("token"))
     with pytest.warns(VocabularyWarning, match="no concept is under the given ancestors"):
         rep = map_events(synthea_events, "ancestor(ancestors=4180628)", cdm=cdm, progress=False).report
     assert rep.events_mapped == 0
     # the command line says it on stderr and in the report, once
     assert main(["vocab", "report", "--events", str(synthea_events.path), "--vocab", "ancestor(level=1)",
-                 "--cdm", str(cdm), "--quiet"]) == 0
+                 "--cdm", str(folder), "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert err.count("omop-behrt vocab: warning: vocabulary 'ancestor(level=1)'") == 1
     assert "is empty, so nothing rolls up" in out
@@ -251,7 +256,8 @@ def test_the_report_lists_no_code_seen_in_fewer_than_min_count_persons(synthea_e
     for code in once:
         assert code not in text and code not in shared
     listed = rep.as_dict()["top_unmapped"]
-    assert listed and all(u["persons"] >= 10 for u in listed)
+    assert listed and all(u["persons"] >= 10 and per[u["code"]] >= 10 for u in listed)
+    assert all(u["persons"] == per[u["code"]] for u in listed if u["persons_exact"])
     # every unmapped code is either listed (>= 10 persons) or counted as left out
     assert rep.rare_unmapped_codes + len(listed) == len(rep.top_unmapped) and rep.rare_unmapped_codes >= len(once)
     assert f"{rep.rare_unmapped_codes} codes seen in < 10 persons not shown" in text

@@ -1,0 +1,11 @@
+-- Exact distinct persons of the keys c (key_id, domain, code, source_code, concept_id, source_concept_id),
+-- counted on the events (view `events`); only the few keys the report lists or that lie near min_count.
+SELECT c.key_id, CAST(COUNT(DISTINCT e.subject_id) AS BIGINT) AS n_persons
+FROM events e
+JOIN c
+  ON e.code = c.code
+ AND e.domain = c.domain
+ AND e.source_code IS NOT DISTINCT FROM c.source_code
+ AND e.concept_id IS NOT DISTINCT FROM c.concept_id
+ AND e.source_concept_id IS NOT DISTINCT FROM c.source_concept_id
+GROUP BY c.key_id

@@ -94,16 +94,9 @@ def _is_cdm(source) -> bool:
 
 
 def model_checksum(model_dir: str | Path) -> str:
-    """The model's identity for the registry, provenance and resume: ``model.model_id`` when the model module
-    has it (config + tokens + weights), else the sha256 of model.safetensors."""
-    from . import model as model_module
-    if hasattr(model_module, "model_id"):
-        return model_module.model_id(model_dir)
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The model's id (sha256 over config, tokens and weights): what the registry, provenance and resume record."""
+    from .model import model_id
+    return model_id(model_dir)
 
 
 def index_hash(index: pa.Table) -> str:

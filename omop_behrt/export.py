@@ -9,12 +9,12 @@ Concurrent writers to one target serialise: Parquet under an exclusive lock file
 single-writer file lock (a second process waits its turn), PostgreSQL under a transaction-scoped advisory lock
 of the schema with unique keys on the vectors and the registry. :func:`check_writable` finds an unwritable
 target before the vectors are computed; a write that fails (disk full, read-only) is one :class:`TargetError`
-and leaves the rows that were there.
+and leaves the rows that were there. The Parquet target lives in :mod:`export_parquet`, the PostgreSQL bulk
+load in :mod:`postgres_copy`.
 """
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import shutil
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .database import Database, SourceError, check_identifier, load_sql, quote, render
+from .postgres_copy import array_literals, copy_arrow
 
 #: Tables whose presence marks a schema as a CDM schema (never written to unless asked).
 _CDM_MARKERS = {"person", "observation_period", "condition_occurrence", "visit_occurrence"}
@@ -106,14 +106,13 @@ def unique_entries(index: pa.Table) -> np.ndarray:
     one (the one that saw more of the day) is kept, so the table never holds two rows for one key.
     """
     ts = index["index_date"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    key = np.empty(index.num_rows, np.dtype([("c", np.int64), ("s", np.int64), ("d", np.int64), ("t", np.int64)]))
-    key["c"] = index["cohort_definition_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
-    key["s"] = index["subject_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
-    key["d"], key["t"] = np.floor_divide(ts, 86_400_000_000), ts
-    order = np.argsort(key, order=("c", "s", "d", "t"), kind="stable")
-    k = key[order][["c", "s", "d"]]
+    cid = index["cohort_definition_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    sid = index["subject_id"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    day = np.floor_divide(ts, 86_400_000_000)
+    order = np.lexsort((ts, day, sid, cid))              # last key first: by cohort, subject, day, time
+    c, s, d = cid[order], sid[order], day[order]
     last = np.ones(len(order), dtype=bool)
-    last[:-1] = k[1:] != k[:-1]
+    last[:-1] = (c[1:] != c[:-1]) | (s[1:] != s[:-1]) | (d[1:] != d[:-1])
     return np.sort(order[last])
 
 
@@ -166,7 +165,8 @@ def write_embeddings(target: str | Path, index: pa.Table, vectors: np.ndarray, m
     t = str(target)
     try:
         if _is_parquet(t):
-            res = _write_parquet(Path(t), rows, model, prov, ohdsi_analysis_id, table, model_table, run_table,
+            from .export_parquet import write_parquet
+            res = write_parquet(Path(t), rows, model, prov, ohdsi_analysis_id, table, model_table, run_table,
                                  lock_timeout)
         else:
             with _duckdb_file_lock(t, lock_timeout):
@@ -359,31 +359,6 @@ def _target_schema(db: Database, schema: str | None) -> str:
                                        db.default_schema), "schema name")
 
 
-def _postgres_csv(rows: pa.Table, pgvector: bool) -> pa.Table:
-    """The embedding column as PostgreSQL array literals ``{..}`` (or pgvector's ``[..]``), built by Arrow."""
-    emb = rows["embedding"].combine_chunks()
-    text = pc.cast(emb.flatten(), pa.string())
-    lists = pa.FixedSizeListArray.from_arrays(text, emb.type.list_size).cast(pa.list_(pa.string()))
-    joined = pc.binary_join(lists, ",")
-    opening, closing = ("[", "]") if pgvector else ("{", "}")
-    literal = pc.binary_join_element_wise(opening, joined, closing, "")
-    return rows.set_column(rows.schema.get_field_index("embedding"), "embedding", literal)
-
-
-def _copy_postgres(tx, qualified_table: str, table: pa.Table) -> None:
-    """Bulk load through COPY ... CSV: Arrow writes the text, psycopg streams it (no per-row Python)."""
-    import io
-
-    import pyarrow.csv as pcsv
-    cols = ", ".join(quote(c, "column name") for c in table.column_names)
-    raw = tx.conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(f"COPY {qualified_table} ({cols}) FROM STDIN WITH (FORMAT csv)") as cp:
-        for batch in table.to_batches(100_000):
-            buf = io.BytesIO()
-            pcsv.write_csv(pa.Table.from_batches([batch]), buf, pcsv.WriteOptions(include_header=False))
-            cp.write(buf.getvalue())
-
-
 def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, schema: str | None,
                     table: str, model_table: str, run_table: str, analysis_id: int | None,
                     allow_cdm_schema: bool, lock_timeout: float = LOCK_TIMEOUT) -> WriteResult:
@@ -397,7 +372,8 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
     q = {k: db.qualify(schema, check_identifier(v, "table name")) for k, v in
          {"embedding_table": table, "model_table": model_table, "run_table": run_table,
           "cohort_attribute_table": "cohort_attribute", "attribute_definition_table": "attribute_definition"}.items()}
-    q.update({"embedding_key": quote(f"{table}_key", "index name"), "model_key": quote(f"{model_table}_key", "index name")})
+    q.update({"embedding_key": quote(f"{table}_key", "index name"),
+              "model_key": quote(f"{model_table}_key", "index name")})
     cid = rows["cohort_definition_id"][0].as_py()
     key = {"model_id": model.model_id, "cohort_definition_id": cid}
     ohdsi_rows = 0
@@ -426,7 +402,7 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
         if postgres:   # duplicates impossible even for a writer that bypassed the lock
             for stmt in _split(render(load_sql("export/unique_keys_postgresql.sql"), q)):
                 tx.execute(stmt)
-            _copy_postgres(tx, q["embedding_table"], _postgres_csv(rows, pgvector))
+            copy_arrow(tx, q["embedding_table"], array_literals(rows, pgvector) if pgvector else rows)
             tx.execute(render(load_sql("export/upsert_model_postgresql.sql"), q), model.params())
         else:
             tx.insert_arrow(q["embedding_table"], rows)
@@ -442,7 +418,7 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
             attrs = cohort_attribute_rows(rows, int(analysis_id))
             tx.insert_arrow(q["attribute_definition_table"], attribute_definitions(dims, int(analysis_id), model.name))
             if postgres:
-                _copy_postgres(tx, q["cohort_attribute_table"], attrs)
+                copy_arrow(tx, q["cohort_attribute_table"], attrs)
             else:
                 tx.insert_arrow(q["cohort_attribute_table"], attrs)
             ohdsi_rows = attrs.num_rows
@@ -450,7 +426,7 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
                        prov["run_id"])
 
 
-# -- Parquet ----------------------------------------------------------------------------------------
+# -- locks ------------------------------------------------------------------------------------------
 @contextmanager
 def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str | None = None):
     """An exclusive OS lock (flock) on ``lock_path``: one writer of a target at a time.
@@ -474,68 +450,3 @@ def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str |
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT):
-    """The lock of a Parquet target folder: its embedding, registry, run log and OHDSI files move together."""
-    return exclusive_lock(folder / LOCK_FILE, timeout, str(folder))
-
-
-def _of_analysis(table: pa.Table, analysis_id: int) -> pa.Array:
-    """Rows whose attribute_definition_id belongs to ``analysis_id`` (id % 1000)."""
-    ids = table["attribute_definition_id"].combine_chunks().to_numpy()
-    return pa.array(ids % 1000 == int(analysis_id))
-
-
-def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
-    """Rewrite ``path`` as its kept rows + ``new``, atomically; returns how many old rows were dropped.
-
-    Call under :func:`folder_lock`. The new file is written aside under a name no other writer uses and renamed
-    over the old one; a failed write (disk full) removes it and leaves the old file as it was.
-    """
-    dropped = 0
-    if path.exists():
-        old = pq.read_table(path)
-        keep = keep_mask(old)
-        dropped = old.num_rows - pc.sum(keep).as_py() if old.num_rows else 0
-        new = pa.concat_tables([old.filter(keep).cast(new.schema), new])
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        pq.write_table(new, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dropped
-
-
-def _write_parquet(path: Path, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, analysis_id: int | None,
-                   table: str, model_table: str, run_table: str, lock_timeout: float) -> WriteResult:
-    folder = path.parent if path.suffix == ".parquet" else path
-    emb_path = path if path.suffix == ".parquet" else folder / f"{table}.parquet"
-    folder.mkdir(parents=True, exist_ok=True)
-    cid = rows["cohort_definition_id"][0].as_py()
-    ohdsi_rows = 0
-    with folder_lock(folder, lock_timeout):
-        for stale in folder.glob("*.parquet.*.tmp"):     # left by a writer that was killed: none is writing now
-            stale.unlink(missing_ok=True)
-        replaced = _replace_parquet(emb_path, rows, lambda old: pc.invert(pc.and_(
-            pc.equal(old["model_id"], model.model_id), pc.equal(old["cohort_definition_id"], cid))))
-        _replace_parquet(folder / f"{model_table}.parquet", model.row(),
-                         lambda old: pc.not_equal(old["model_id"], model.model_id))
-        if analysis_id is not None:
-            attrs = cohort_attribute_rows(rows, int(analysis_id))
-            _replace_parquet(folder / "cohort_attribute.parquet", attrs, lambda old: pc.invert(pc.and_(
-                pc.equal(old["cohort_definition_id"], cid), _of_analysis(old, analysis_id))))
-            _replace_parquet(folder / "attribute_definition.parquet",
-                             attribute_definitions(rows["embedding"].type.list_size, int(analysis_id), model.name),
-                             lambda old: pc.invert(_of_analysis(old, analysis_id)))
-            ohdsi_rows = attrs.num_rows
-        prov = dict(prov, created_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
-                    target=str(emb_path))
-        with open(folder / f"{run_table}.jsonl", "a") as f:   # last: the log names only runs that landed
-            f.write(json.dumps(prov, sort_keys=True, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    return WriteResult(str(emb_path), rows.num_rows, replaced, f"fixed_size_list<float>[{rows['embedding'].type.list_size}]",
-                       ohdsi_rows, prov["run_id"])

@@ -14,8 +14,8 @@ import torch
 from omop_behrt import embed as embed_module
 from omop_behrt.cli import main
 from omop_behrt.cohorts import index_dates_from_frame
-from omop_behrt.embed import RUN_FILE, embed_cohort
-from omop_behrt.model import Behrt
+from omop_behrt.embed import RUN_FILE, embed_cohort, model_checksum
+from omop_behrt.model import Behrt, model_id
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def subjects(eunomia_events) -> np.ndarray:
 
 
 def _index(subjects: np.ndarray, date: str) -> pa.Table:
-    return index_dates_from_frame(pd.DataFrame({"subject_id": subjects, "index_date": pd.to_datetime([date] * len(subjects))}))
+    dates = pd.to_datetime([date] * len(subjects))
+    return index_dates_from_frame(pd.DataFrame({"subject_id": subjects, "index_date": dates}))
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,12 @@ def test_resume_refuses_other_model_and_changed_source(tiny_model, eunomia_event
         next(m.parameters()).add_(0.01)
     m.save(other)
     work = tmp_path / "work"
-    embed_cohort(tiny_model, eunomia_events, ix, device="cpu", progress=False, work_dir=work)
+    first = embed_cohort(tiny_model, eunomia_events, ix, device="cpu", progress=False, work_dir=work)
     with pytest.raises(ValueError, match="model_id: was '[0-9a-f]+', now '[0-9a-f]+'"):
         embed_cohort(other, eunomia_events, ix, device="cpu", progress=False, work_dir=work, resume=True)
+    # the id the registry gets (its first 16 hex digits are the exported model_id) is the model's own id
+    assert first.provenance["model_checksum"] == model_checksum(tiny_model) == model_id(tiny_model)
+    assert model_checksum(other)[:16] != model_checksum(tiny_model)[:16]
     # the same event directory re-extracted (its manifest changed): another source
     events = tmp_path / "events"
     shutil.copytree(eunomia_events.path, events)

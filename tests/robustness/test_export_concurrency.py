@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import export
+from omop_behrt import export_parquet
 from omop_behrt.cli import main
 from omop_behrt.database import Database, Transaction
-from omop_behrt.export import EmbeddingModelInfo, TargetError, check_writable, folder_lock, write_embeddings
+from omop_behrt.export import EmbeddingModelInfo, TargetError, check_writable, write_embeddings
+from omop_behrt.export_parquet import folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 N, DIMS, WRITERS, SEED_ROWS = 2000, 16, 4, 50
@@ -122,7 +123,7 @@ def test_parquet_writer_killed_holding_the_lock(tmp_path):
     v = np.random.default_rng(0).standard_normal((10, DIMS)).astype(np.float32)
     write_embeddings(folder, _index(10), v, MODEL)
     before = (folder / "patient_embedding.parquet").read_bytes()
-    code = ("import os, signal, sys; from pathlib import Path; from omop_behrt.export import folder_lock\n"
+    code = ("import os, signal, sys; from pathlib import Path; from omop_behrt.export_parquet import folder_lock\n"
             "f = Path(sys.argv[1])\n"
             "with folder_lock(f):\n"
             "    (f / 'patient_embedding.parquet.999.abc.tmp').write_bytes(b'half a file')\n"
@@ -308,7 +309,7 @@ def test_disk_full_during_parquet_write_leaves_the_old_rows(tmp_path, monkeypatc
         real(table.slice(0, table.num_rows // 2), where, **kw)       # half a file lands ...
         raise OSError(errno.ENOSPC, "No space left on device")       # ... then the disk is full
 
-    monkeypatch.setattr(export.pq, "write_table", full)
+    monkeypatch.setattr(export_parquet.pq, "write_table", full)
     with pytest.raises(TargetError) as e:
         write_embeddings(folder, _index(20), v + 1, MODEL)
     assert str(e.value) == (f"cannot write embeddings to {folder}: No space left on device; "

@@ -253,9 +253,10 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                                       vocab_schema=vocab_schema, resume=resume, progress=progress)
         persons = events.persons()
         token_dir = work / "tokens"
-        if not (resume and any(token_dir.glob("tokens/part-*.parquet"))):
+        if not (resume and (token_dir / "complete").exists()):    # shards of an interrupted mapping: redo
             shutil.rmtree(token_dir, ignore_errors=True)
             map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False)
+            (token_dir / "complete").write_text("all token shards written\n")
         tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
         row_subject = index["subject_id"].to_numpy()
         row_cut = cut_times(index, inclusive)

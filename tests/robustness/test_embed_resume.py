@@ -168,3 +168,27 @@ def test_cli_interrupt_then_resume(tiny_model, eunomia_events, subjects, clean_2
     assert np.array_equal(np.stack(t["embedding"].to_numpy(zero_copy_only=False)), clean_2019.vectors[keep])
     assert main(base + ["--work-dir", str(tmp_path / "w"), "--resume", "--pooling", "mean"]) == 2
     assert "pooling: was 'cls', now 'mean'" in capsys.readouterr().err
+
+
+def test_interrupted_token_mapping_is_redone(tiny_model, eunomia_events, subjects, clean_2019, tmp_path, monkeypatch):
+    """Ctrl-C while the tokens were being written (half the shard rows there): the resume maps them again."""
+    import omop_behrt.vocab as vocab_module
+    real = vocab_module.map_events
+
+    def half_then_interrupt(*a, out=None, **kw):
+        real(*a, out=out, **kw)
+        for shard in (out / "tokens").glob("part-*.parquet"):
+            t = pq.read_table(shard)
+            pq.write_table(t.slice(0, t.num_rows // 2), shard)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vocab_module, "map_events", half_then_interrupt)
+    work = tmp_path / "work"
+    ix = _index(subjects, "2019-01-01")
+    with pytest.raises(KeyboardInterrupt):
+        embed_cohort(tiny_model, eunomia_events, ix, chunk_persons=100, device="cpu", progress=False, work_dir=work)
+    monkeypatch.undo()
+    res = embed_cohort(tiny_model, eunomia_events, ix, chunk_persons=100, device="cpu", progress=False,
+                       work_dir=work, resume=True)
+    assert (work / "tokens" / "complete").exists()
+    assert np.array_equal(res.vectors, clean_2019.vectors)

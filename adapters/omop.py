@@ -115,7 +115,8 @@ def fingerprint(cdm: OmopCdm, options: ExtractOptions) -> dict:
             "start": None if options.start is None else str(options.start),
             "end": None if options.end is None else str(options.end),
             "valid_dates": options.window, "after_death_days": int(options.after_death_days),
-            "index_dates": ix, "inclusive": bool(options.inclusive), "version": __version__}
+            "index_dates": ix, "inclusive": bool(options.inclusive),
+            "check_duplicates": bool(options.check_duplicates), "version": __version__}
 
 
 def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
@@ -220,8 +221,29 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
     ``memory_limit`` bounds an in-process DuckDB source (it spills to ``out/.duckdb_tmp``); a server's own
     settings govern a SQLAlchemy source.
     """
+    try:
+        return _extract(source, out, cdm_schema, vocab_schema, results_schema, options or ExtractOptions(),
+                        resume, batch_rows, rows_per_shard, memory_limit, progress)
+    except Exception as e:
+        if _interrupted(e):          # DuckDB turns Ctrl-C during a query into its own error
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _interrupted(e: Exception) -> bool:
+    """Whether an error is the database reporting that Ctrl-C interrupted its query."""
+    try:
+        import duckdb
+        if isinstance(e, duckdb.InterruptException):
+            return True
+    except ImportError:
+        pass
+    return isinstance(e, RuntimeError) and str(e).strip() == "Query interrupted"
+
+
+def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions, resume: bool,
+             batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool) -> ExtractSummary:
     t0 = time.perf_counter()
-    options = options or ExtractOptions()
     options.check()
     out = EventDir(writable_dir(out))            # a read-only or misplaced --out fails before the source is read
     domains = list(options.domains or DOMAINS)
@@ -315,7 +337,7 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
                    rows_per_shard: int, progress: bool) -> dict:
     """Stream one clinical table into event shards and its quarantine file; return its manifest part."""
     _remove_partial(out, spec.table)
-    duplicates, shared_ids = duplicate_counts(cdm, spec)
+    duplicates, shared_ids = duplicate_counts(cdm, spec) if options.check_duplicates else (0, 0)
     sql, params = events_sql(cdm, spec, options, duplicates=duplicates > 0)
     total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
     writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard)

@@ -92,6 +92,9 @@ class ExtractOptions:
     after_death_days: int = 60
     #: an extraction that matches no person is an error unless this is set
     allow_empty: bool = False
+    #: check that each row id appears once (one aggregate over the id column per table, skipped anyway where
+    #: the database declares the primary key); off: repeated records are all written
+    check_duplicates: bool = True
     _index_params: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> None:

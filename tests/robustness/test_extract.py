@@ -202,6 +202,11 @@ def test_duplicates_and_collisions(messy):
     q = ev.quarantine()
     dups = q.filter(pc.equal(q["reason"], "duplicate condition_occurrence_id"))
     assert dups.num_rows == 2 and None not in dups["row"].to_pylist()   # null ids are not duplicates
+    # the check can be turned off (it costs one aggregate over each id column): then both copies are written
+    off = omop.extract(db, Path(ev.path).parent / "nodup", cdm_schema="cdm", progress=False,
+                       options=ExtractOptions(check_duplicates=False))
+    assert off.events_out == s.events_out + 2 and "condition_occurrence: duplicate condition_occurrence_id" \
+        not in off.quarantined_by_reason and off.checks == {k: v for k, v in s.checks.items() if "collision" not in k}
 
 
 def test_outside_observation_is_counted_not_dropped(messy):

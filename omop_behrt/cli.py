@@ -68,6 +68,10 @@ def _add_extract(sub) -> None:
                         "9999-12-31 sentinels yet keeps de-identified data whose dates are shifted into the future)")
     p.add_argument("--allow-empty", action="store_true",
                    help="write an empty event directory when the filters match no person (default: an error)")
+    p.add_argument("--no-duplicate-check", action="store_true",
+                   help="do not check that each row id (condition_occurrence_id, measurement_id, ...) appears "
+                        "once: saves one aggregate over each id column (a database declaring the primary keys "
+                        "skips it anyway); a record loaded twice is then written twice")
     p.add_argument("--resume", action="store_true", help="skip tables a previous, interrupted run finished "
                                                          "(refused when the inputs or filters differ)")
     p.add_argument("--format", choices=["omop", "fhir"], help="source kind (default: detected; FHIR when the "
@@ -109,7 +113,7 @@ def _run_extract(args) -> int:
                                   cohort_table=args.cohort_table, start=args.start, end=args.end,
                                   domains=args.domains.split(",") if args.domains else None,
                                   index_dates=index, inclusive=args.inclusive, allow_empty=args.allow_empty,
-                                  **window)
+                                  check_duplicates=not args.no_duplicate_check, **window)
     summary = omop.extract(args.source, args.out, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
                            results_schema=args.results_schema, options=options, resume=args.resume,
                            progress=not args.quiet)

@@ -192,3 +192,45 @@ def test_interrupted_token_mapping_is_redone(tiny_model, eunomia_events, subject
                        work_dir=work, resume=True)
     assert (work / "tokens" / "complete").exists()
     assert np.array_equal(res.vectors, clean_2019.vectors)
+
+
+def test_sigint_in_a_real_process_then_resume(tiny_model, eunomia_events, subjects, clean_2019, tmp_path):
+    """A real Ctrl-C (SIGINT) to `python -m omop_behrt embed`: one line, exit 130, finished chunks kept; the
+    resume computes the rest and the table equals the clean run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    pd.DataFrame({"subject_id": subjects, "index_date": "2019-01-01"}).to_csv(tmp_path / "ix.csv", index=False)
+    cmd = [sys.executable, "-m", "omop_behrt", "embed", "--model", str(tiny_model), "--source",
+           str(eunomia_events.path), "--cohort", str(tmp_path / "ix.csv"), "--out", str(tmp_path / "out.duckdb"),
+           "--chunk-persons", "100", "--device", "cpu", "--quiet", "--work-dir", str(tmp_path / "w")]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    slow = ("import time, omop_behrt.embed as e; real = e.embed_sequences\n"
+            "def slow(*a, **k):\n    time.sleep(0.5); return real(*a, **k)\n"
+            "e.embed_sequences = slow\n"
+            "import sys, omop_behrt.cli as c; sys.exit(c.main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow] + cmd[3:], env=env, cwd=root, stderr=subprocess.PIPE,
+                            text=True)
+    first = tmp_path / "w" / "chunks" / "chunk-00000.npz"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "omop-behrt embed: interrupted; run again with --resume to continue"
+    assert "Traceback" not in err
+    done = sorted(p.name for p in (tmp_path / "w" / "chunks").glob("chunk-*.npz"))
+    assert done and len(done) < 3 and not (tmp_path / "out.duckdb").exists()
+    assert main(cmd[3:] + ["--resume"]) == 0     # the resume in this process: no second interpreter start
+    import duckdb
+    con = duckdb.connect(str(tmp_path / "out.duckdb"), read_only=True)
+    got = con.execute("SELECT embedding FROM results.patient_embedding ORDER BY subject_id").fetchall()
+    con.close()
+    keep = clean_2019.has_history
+    order = np.argsort(subjects[keep])
+    assert np.array_equal(np.array([g[0] for g in got], dtype=np.float32), clean_2019.vectors[keep][order])

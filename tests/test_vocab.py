@@ -39,9 +39,9 @@ def test_source_contract(eunomia_events, tmp_path):
     res = map_events(eunomia_events, "source", progress=False)
     t = res.tokens
     assert t.schema == TOKENS_SCHEMA and res.path is None
-    assert t.num_rows == 217015 and t.column("visit_id").null_count == 0
+    assert t.num_rows == 217014 and t.column("visit_id").null_count == 0
     assert t.column("token").equals(t.column("code"))
-    assert counts(res.report) == (217015, 217015, 0, 0, 217015, 321)
+    assert counts(res.report) == (217014, 217014, 0, 0, 217014, 321)
     # sorted by subject and time: the same data always gives the same stream
     keys = pc.sort_indices(t, [("subject_id", "ascending"), ("time", "ascending"), ("visit_id", "ascending"),
                                ("domain", "ascending"), ("code", "ascending"), ("token", "ascending")])
@@ -90,21 +90,21 @@ def test_spec_strings():
 
 def test_composition_on_real_data(eunomia_events, synthea_events):
     rep = map_events(eunomia_events, "caliber,concept,source", progress=False).report
-    assert counts(rep) == (217015, 217015, 0, 0, 260814, 306)
-    assert rep.by_member == {"concept": 163769, "caliber": 53246}
+    assert counts(rep) == (217014, 217014, 0, 0, 260813, 306)
+    assert rep.by_member == {"concept": 163768, "caliber": 53246}
     rep = map_events(synthea_events, "caliber,concept,source", progress=False).report
-    assert counts(rep) == (26353, 26353, 0, 0, 27130, 490)
-    assert rep.by_member == {"concept": 22076, "source": 2822, "caliber": 1455}
+    assert counts(rep) == (26245, 26245, 0, 0, 27022, 490)
+    assert rep.by_member == {"concept": 21968, "source": 2822, "caliber": 1455}
     # per domain: Synthea's drug rows that carry condition codes (concept_id 0) stay unmapped under concept
     rep = map_events(synthea_events, "condition=caliber,source; drug|device=concept; *=source", progress=False).report
-    assert counts(rep) == (26353, 25596, 0, 757, 25855, 543)
-    assert rep.by_member == {"source": 22787, "concept": 2324, "caliber": 485}
+    assert counts(rep) == (26245, 25488, 0, 757, 25747, 543)
+    assert rep.by_member == {"source": 22787, "concept": 2216, "caliber": 485}
     assert {u["domain"] for u in rep.top_unmapped} == {"drug"}
 
 
 def test_filters(synthea_events, tmp_path):
     rep = map_events(synthea_events, "drop(tag=finding),caliber,source", progress=False).report
-    assert counts(rep) == (26353, 25981, 372, 0, 26758, 485)
+    assert counts(rep) == (26245, 25873, 372, 0, 26650, 485)
     assert rep.by_member["drop(tag=finding)"] == 372
     # placed after caliber, the filter lets CALIBER keep findings it maps (BMI 30+ -> Obesity)
     rep2 = map_events(synthea_events, "caliber,drop(tag=finding),source", progress=False).report
@@ -115,7 +115,7 @@ def test_filters(synthea_events, tmp_path):
                      progress=False)
     assert "measurement" not in set(res.tokens.column("domain").to_pylist())
     assert not set(res.tokens.column("code").to_pylist()) & {"SNOMED/160903007", "SNOMED/160904001"}
-    assert res.report.events_dropped + res.report.events_mapped == res.report.events == 26353
+    assert res.report.events_dropped + res.report.events_mapped == res.report.events == 26245
     with pytest.raises(VocabularyError, match="VOCAB/code"):
         get_vocabulary("drop(codes=160903007)")
 
@@ -180,10 +180,10 @@ def test_entry_point_plugin(plugin_dist, eunomia_events):
     v = get_vocabulary(plugin_dist)
     assert isinstance(v, Vocabulary) and type(v).__module__ == "omop_behrt_test_plugin"
     rep = map_events(eunomia_events, "upper-vocab", progress=False).report
-    assert counts(rep) == (217015, 217015, 0, 0, 217015, 5)
+    assert counts(rep) == (217014, 217014, 0, 0, 217014, 5)
     # composes like a built-in, per domain too
     rep = map_events(eunomia_events, "condition=caliber,upper-vocab; *=source", progress=False).report
-    assert rep.by_member == {"source": 151683, "caliber": 53179, "upper-vocab": 12153}
+    assert rep.by_member == {"source": 151682, "caliber": 53179, "upper-vocab": 12153}
 
 
 def test_builtins_are_declared_entry_points():
@@ -214,15 +214,15 @@ def test_cli_report_and_map(synthea_events, tmp_path, capsys):
     assert main(["vocab", "report", "--events", str(synthea_events.path), "--vocab", "caliber",
                  "--json", str(out), "--quiet", "--top", "3"]) == 0
     text = capsys.readouterr().out
-    assert "events        26,353: 1,455 mapped (5.5%)" in text and "top 3 unmapped codes" in text
+    assert "events        26,245: 1,455 mapped (5.5%)" in text and "top 3 unmapped codes" in text
     rep = json.loads(out.read_text())
-    assert (rep["events"], rep["events_mapped"], rep["tokens"]) == (26353, 1455, 2232)
+    assert (rep["events"], rep["events_mapped"], rep["tokens"]) == (26245, 1455, 2232)
     assert rep["domains"]["condition"] == {"events": 757, "events_mapped": 485, "events_dropped": 0,
                                            "events_unmapped": 272, "codes": 102, "codes_mapped": 54, "tokens": 744}
     assert main(["vocab", "map", "--events", str(synthea_events.path), "--vocab", "caliber,source",
                  "--out", str(tmp_path / "m"), "--quiet"]) == 0
-    assert pq.read_table(tmp_path / "m" / "tokens" / "part-00000.parquet").num_rows == 27130
-    assert json.loads((tmp_path / "m" / "report.json").read_text())["tokens"] == 27130
+    assert pq.read_table(tmp_path / "m" / "tokens" / "part-00000.parquet").num_rows == 27022
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["tokens"] == 27022
     assert main(["vocab", "report", "--events", str(synthea_events.path), "--vocab", "nosuch"]) == 2
     assert "unknown vocabulary 'nosuch'" in capsys.readouterr().err
 
@@ -230,8 +230,8 @@ def test_cli_report_and_map(synthea_events, tmp_path, capsys):
 def test_cdm_vocabulary_from_an_export_folder(synthea_events):
     """The Synthea export's CONCEPT table resolves codes whose concept_id is 0 and knows more SNOMED tags."""
     cdm = DATA / "synthea_omop_1k"
-    assert map_events(synthea_events, "concept", progress=False).report.events_mapped == 22561
-    assert map_events(synthea_events, "concept", cdm=cdm, progress=False).report.events_mapped == 25486
+    assert map_events(synthea_events, "concept", progress=False).report.events_mapped == 22453
+    assert map_events(synthea_events, "concept", cdm=cdm, progress=False).report.events_mapped == 25378
     # this CONCEPT table separates 'Disorder' from 'Clinical Finding', so its classes add to the shipped tags
     assert map_events(synthea_events, "drop(tag=finding)", cdm=cdm, progress=False).report.events_dropped == 412
 

@@ -316,8 +316,9 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
         done[d] = _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress)
         out.write_manifest()
 
-    summary.warnings = list(cdm.warnings)
     summary.skipped_files = list(getattr(cdm.db, "skipped_files", []) or [])
+    listed = {f"{cdm.db.description}: file {f['file']} not read: {f['reason']}" for f in summary.skipped_files}
+    summary.warnings = [w for w in cdm.warnings if w not in listed]     # the skipped files have their own line
     manifest["skipped_files"] = summary.skipped_files
     _fill_counts(out, summary)
     summary.seconds = round(time.perf_counter() - t0, 3)

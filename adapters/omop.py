@@ -183,6 +183,7 @@ def _count_values(column, into: dict) -> None:
 
 
 def _no_person_error(cdm: OmopCdm, options: ExtractOptions) -> SourceError:
+    """The error for filters that match no person, naming the filter."""
     if options.person_ids is not None:
         what = f"none of the {len(set(options.person_ids))} --person-ids is in the person table"
     elif options.cohort_id is not None:
@@ -196,7 +197,7 @@ def _no_person_error(cdm: OmopCdm, options: ExtractOptions) -> SourceError:
                        f"pass --allow-empty to write an empty event directory")
 
 
-def _open_cdm(source, cdm_schema, vocab_schema, results_schema, domains: list[str]) -> OmopCdm:
+def _open_cdm(source, cdm_schema, vocab_schema, results_schema) -> OmopCdm:
     """Open the CDM and check what every extraction needs before any query runs."""
     cdm = OmopCdm(source, cdm_schema, vocab_schema, results_schema)
     for table in REQUIRED_TABLES:
@@ -243,11 +244,12 @@ def _interrupted(e: Exception) -> bool:
 
 def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions, resume: bool,
              batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool) -> ExtractSummary:
+    """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt."""
     t0 = time.perf_counter()
     options.check()
     out = EventDir(writable_dir(out))            # a read-only or misplaced --out fails before the source is read
     domains = list(options.domains or DOMAINS)
-    cdm = _open_cdm(source, cdm_schema, vocab_schema, results_schema, domains)
+    cdm = _open_cdm(source, cdm_schema, vocab_schema, results_schema)
     for d in domains:                            # a present table with a broken schema fails before any work
         if cdm.has_table(EVENT_TABLES[d].table):
             try:

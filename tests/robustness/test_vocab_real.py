@@ -294,3 +294,22 @@ def test_the_report_lists_no_code_seen_in_fewer_than_min_count_persons(synthea_e
     assert all(code not in printed for code in once)
     assert "codes seen in < 2 persons not shown" in printed
     assert main(["vocab", "report", "--events", str(synthea_events.path), "--min-count", "0"]) == 2
+
+
+def test_an_empty_concept_ancestor_warns_on_postgresql(synthea_events, pg_url, pg_schema):
+    """The official DDL loaded with the Synthea subset: concept_ancestor exists and is empty."""
+    from cdm_fixtures import load_postgres_cdm
+
+    from omop_behrt.cdm import OmopCdm
+    load_postgres_cdm(pg_url, pg_schema, "5.4")
+    cdm = OmopCdm(pg_url, cdm_schema=pg_schema)
+    try:
+        with pytest.warns(VocabularyWarning, match=rf"{pg_schema}\.concept_ancestor .* is empty"):
+            res = map_events(synthea_events, "ancestor(level=1)", cdm=cdm, progress=False, sort=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VocabularyWarning)
+            concept = map_events(synthea_events, "concept", cdm=cdm, progress=False, sort=False)
+    finally:
+        cdm.db.close()
+    assert res.report.events_mapped == concept.report.events_mapped > 25_000
+    assert len(res.report.warnings) == 1

@@ -208,11 +208,11 @@ class CoverageReport:
                          f"{num(r.events_unmapped, 9)} {r.codes:>7,} {r.codes_mapped:>7,} {num(r.tokens, 10)}")
         if self.inferred:
             lines += ["", "codes without a vocabulary read as ICD by their shape (omop_behrt/icd.py):",
-                      f"  {'domain':<12} {'arrived as':<20} {'read as':<28} {'codes':>6} {'in list':>7} "
+                      f"  {'domain':<12} {'arrived as':<20} {'read as':<30} {'codes':>6} {'in list':>7} "
                       f"{'ambig.':>6} {'events':>10} {'mapped':>10} {'%':>6}"]
             for r in self.inferred:
                 read = r["vocab"] or f"not read: {r['reason']}"
-                lines.append(f"  {r['domain']:<12} {r['from_vocab'][:20]:<20} {read[:28]:<28} "
+                lines.append(f"  {r['domain']:<12} {r['from_vocab'][:20]:<20} {read[:30]:<30} "
                              f"{r['codes']:>6,} {r['codes_in_list']:>7,} {r['ambiguous']:>6,} "
                              f"{num(r['events'], 10)} {num(r['events_mapped'], 10)} "
                              f"{pct(r['events_mapped'], r['events']):>6}")

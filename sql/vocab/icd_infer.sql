@@ -62,7 +62,7 @@ SELECT key_id, side, domain, from_vocab, vocab,
         ELSE left(norm, 3) || '.' || substr(norm, 4)
     END AS value,
     CASE WHEN vocab IS NULL AND s9 IS NULL AND s10 IS NULL THEN 'no ICD shape'
-         WHEN vocab IS NULL THEN 'ICD shape, in no code list'
+         WHEN vocab IS NULL THEN 'in no ICD code list'
          WHEN NOT $lists THEN 'shape only (code lists not installed)'
          WHEN score = 3 THEN 'code in list'
          WHEN score = 2 THEN 'category in list'

@@ -138,7 +138,7 @@ def test_mixed_icd9_icd10_site_reaches_the_hand_labelled_rate(mixed_site):
         {"domain": "condition", "from_vocab": "SOURCE_CONDITION", "vocab": "ICD9CM", "reason": None,
          "codes": 84, "codes_in_list": 84, "ambiguous": 0, "events": 366, "events_mapped": 224},
         {"domain": "condition", "from_vocab": "SOURCE_CONDITION", "vocab": None,
-         "reason": "ICD shape, in no code list", "codes": 3, "codes_in_list": 0, "ambiguous": 0, "events": 9,
+         "reason": "in no ICD code list", "codes": 3, "codes_in_list": 0, "ambiguous": 0, "events": 9,
          "events_mapped": 0},
         {"domain": "condition", "from_vocab": "SOURCE_CONDITION", "vocab": None, "reason": "no ICD shape",
          "codes": 2, "codes_in_list": 0, "ambiguous": 0, "events": 4, "events_mapped": 0}]

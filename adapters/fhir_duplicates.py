@@ -25,11 +25,15 @@ import pyarrow.parquet as pq
 
 from ..events import QUARANTINE_SCHEMA, write_table
 
+#: (type, id) pairs read more than once: one hash aggregation over two columns, the only cost when there are none
+_REPEATED_SQL = "SELECT type, id FROM read_parquet($res) GROUP BY type, id HAVING COUNT(*) > 1"
+
+#: the copies of the repeated pairs, ranked; all but the first of each are dropped
 _DROPPED_SQL = """
-WITH r AS (SELECT key, type, id, TRY_CAST(updated AS TIMESTAMPTZ) AS u, source, row FROM read_parquet($res)),
-rep AS (SELECT type, id FROM r GROUP BY type, id HAVING COUNT(*) > 1),
-c AS (SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.type, r.id ORDER BY r.u DESC NULLS LAST, r.key) AS k
-      FROM r JOIN rep ON r.type = rep.type AND r.id = rep.id)
+WITH c AS (SELECT r.key, r.type, r.id, r.source, r.row,
+                  ROW_NUMBER() OVER (PARTITION BY r.type, r.id
+                                     ORDER BY TRY_CAST(r.updated AS TIMESTAMPTZ) DESC NULLS LAST, r.key) AS k
+           FROM read_parquet($res) r SEMI JOIN repeated p ON r.type = p.type AND r.id = p.id)
 SELECT d.key, d.type, d.source, d.row,
        'duplicate ' || d.type || '/' || d.id || ' (kept the one in ' || kept.source || ' at '
        || CASE WHEN regexp_full_match(kept.row, '[0-9]+') THEN 'line ' || kept.row ELSE kept.row END || ')' AS reason
@@ -63,9 +67,11 @@ def settle(work: Path, events_dir: Path, part_quarantine: list[Path]) -> Duplica
         return Duplicates()
     con = duckdb.connect()
     try:
-        dropped = con.sql(_DROPPED_SQL, params={"res": res}).to_arrow_table()
-        if not dropped.num_rows:
+        repeated = con.sql(_REPEATED_SQL, params={"res": res}).to_arrow_table()
+        if not repeated.num_rows:
             return Duplicates()
+        con.register("repeated", repeated)
+        dropped = con.sql(_DROPPED_SQL, params={"res": res}).to_arrow_table()
         con.register("dropped", dropped)
         # a dropped copy quarantined for a reason of its own (same file and line) keeps that row
         if part_quarantine:

@@ -32,6 +32,7 @@ KEY_SCHEMA = pa.schema([pa.field("key", pa.int64())])
 RESOURCES_SCHEMA = pa.schema([pa.field("key", pa.int64()), pa.field("type", pa.string()),
                               pa.field("id", pa.string()), pa.field("updated", pa.string()),
                               pa.field("source", pa.string()), pa.field("row", pa.string())])
+_LISTED = pa.struct([(f.name, pa.int32() if f.name == "source" else f.type) for f in RESOURCES_SCHEMA])
 
 
 def fhir_id(fhir_resource_id: str) -> int:
@@ -120,8 +121,11 @@ class Part:
         self.events.close()
         self.event_keys.close()
         self.pending.close()
-        cols = list(zip(*self.resources)) if self.resources else [()] * len(RESOURCES_SCHEMA)
-        write_table(pa.table([pa.array(c, f.type) for c, f in zip(cols, RESOURCES_SCHEMA)], schema=RESOURCES_SCHEMA),
+        # the file as its number in the part, written as a dictionary of the part's files (cheaper than a path each)
+        listed = pa.Table.from_struct_array(pa.array(self.resources, _LISTED))
+        source = pa.DictionaryArray.from_arrays(listed.column("source").combine_chunks(),
+                                                pa.array([str(f) for f in self.files], pa.string()))
+        write_table(listed.set_column(4, "source", source),
                     self.out / ".fhir" / f"resources-{self.index:05d}.parquet")
         write_table(self.quarantine.table(), self.out / f"quarantine-fhir-{self.index:05d}.parquet")
         write_table(self.persons.table(), self.out / ".fhir" / f"persons-{self.index:05d}.parquet")
@@ -161,8 +165,7 @@ class Part:
             rid = res.get("id")
             if type(rid) is str:
                 meta = res.get("meta")
-                listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None,
-                                       source, item.row))
+                listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None, fi, item.row))
             reason = self._check(res) if self.validate else None
             if reason is None:
                 reason = self._patient(res, source, item.row, seq) if rt == "Patient" else \

@@ -26,7 +26,7 @@ from omop_behrt.events import EventDir
 
 DATA = Path(__file__).parents[1] / "data" / "fhir"
 BUNDLES, NDJSON = DATA / "bundles", DATA / "ndjson"
-COPIES = 6
+COPIES = 4
 UUID = re.compile(rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
@@ -293,7 +293,7 @@ def test_a_json_that_is_not_fhir_says_what_was_expected(tmp_path, capsys, name, 
 # -- 3. workers die with their parent; Ctrl-C leaves a resumable run ----------------------------------------
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory):
-    """The NDJSON fixtures replicated with new ids (about 36k resources), for runs that last a few seconds."""
+    """The NDJSON fixtures replicated with new ids (about 24k resources), for runs that last a few seconds."""
     root = tmp_path_factory.mktemp("fhir_big")
     src = root / "src"
     src.mkdir()

@@ -149,7 +149,36 @@ def shareable_results(results: dict, min_count: int = MIN_COUNT) -> dict:
             m["curves"] = None
             m["curves_withheld"] = why or m.get("curves_withheld") or (
                 f"fewer than {min_count} positive or negative outcomes in the test set")
-    return _suppress(res, min_count)
+    out = _suppress(res, min_count)
+    attrition = out.get("task", {}).get("attrition")
+    if isinstance(attrition, dict):            # target entries = the exclusions + kept
+        _complement(attrition, [k for k in attrition if k.startswith("excluded")], "target entries")
+    splits = out.get("n")
+    if isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()):
+        cells = {s: v.get("positives") for s, v in splits.items()}       # the task's outcomes = their sum
+        _complement(cells, list(cells), None)
+        for s, v in cells.items():
+            splits[s]["positives"] = v
+    return out
+
+
+#: a cell hidden only so that a suppressed one cannot be got back by subtraction (its own count is >= min_count)
+COMPLEMENT = "suppressed"
+
+
+def _complement(cells: dict, group: list, total: str | None) -> None:
+    """Complementary suppression: when one cell of a group that sums to a shown total is hidden, hide another.
+
+    The smallest shown cell of ``group`` goes too, or the ``total`` when the group has no other cell.
+    """
+    hidden = [k for k in group if isinstance(cells.get(k), str)]
+    shown = sorted((cells[k], k) for k in group if isinstance(cells.get(k), int))
+    if len(hidden) != 1:
+        return
+    if shown:
+        cells[shown[0][1]] = COMPLEMENT
+    elif total is not None and isinstance(cells.get(total), int):
+        cells[total] = COMPLEMENT
 
 
 def write_results(results: dict, path: str | Path, min_count: int = MIN_COUNT) -> Path:

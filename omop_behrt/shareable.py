@@ -11,6 +11,7 @@ folder and returns one :class:`Finding` (file, what, why) per problem:
 - JSON (and safetensors metadata): per-person keys (subject_id, person_id, person, patient, predictions,
   y_true/y_score arrays...), counts of persons in 1..min_count-1, tokens (``tokens.json``) or listed codes
   (coverage lists) seen in fewer than ``min_count`` persons, curves with fewer than ``min_count`` persons a step;
+- JSON that says ``"shareable": false`` of itself (e.g. a coverage report written with --show-rare-codes);
 - HTML: the per-person marker ``<meta name="omop-behrt-per-person">`` that the report writes when a person's
   record was asked for, and person ids in the text; text and logs: person ids.
 """
@@ -106,6 +107,9 @@ def _json_findings(obj, min_count: int, where: str = "") -> list[tuple[str, str]
                     out.append((f"{len(rare)} token{'s' * (len(rare) != 1)} seen in fewer than {min_count} persons",
                                 f"at {path or '/'}tokens: " + ", ".join(rare[:5]) + (" ..." if len(rare) > 5 else "")))
                 o = {k: v for k, v in o.items() if k != "tokens"}       # its counts are checked just above
+            if o.get("shareable") is False:
+                out.append(("marked not shareable", f"at {path or '/'}shareable: false (written with an option "
+                                                     f"that exposes patient-level detail)"))
             if "curves" in o:
                 why = curves_problem(o, min_count)
                 if why:

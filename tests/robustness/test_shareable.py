@@ -96,8 +96,18 @@ def test_results_json_holds_aggregates_only(tmp_path):
     out = shareable_results(res, min_count=10)
     assert "test_predictions" not in out and "test_predictions" in res            # the input is not changed
     assert out["task"]["attrition"]["excluded: prior outcome"] == "<10" and out["task"]["attrition"]["kept"] == 896
+    # ... and target entries - kept would give it back: the total is hidden too (complementary suppression)
+    assert out["task"]["attrition"]["target entries"] == "suppressed" and out["task"]["attrition"]["outcomes"] == 41
+    two = shareable_results(dict(res, task={"attrition": {"target entries": 930, "excluded: a": 4, "excluded: b": 30,
+                                                          "excluded: c": 12, "kept": 884}}))["task"]["attrition"]
+    assert two == {"target entries": 930, "excluded: a": "<10", "excluded: b": 30, "excluded: c": "suppressed",
+                   "kept": 884}
     assert out["few_shot"][0]["n_train"] == "<10" and out["few_shot"][0]["train_positives"] == "<10"
     assert out["n"]["test"]["positives"] == int(y.sum()) and out["features"]["counts"] == 3  # not a person count
+    # val positives below min_count: the smallest other split's positives go too (outcomes - the rest)
+    val = shareable_results(dict(res, n=dict(res["n"], val={"rows": 100, "persons": 100, "positives": 6})))["n"]
+    assert val["val"]["positives"] == "<10" and val["test"]["positives"] == "suppressed"
+    assert val["train"]["positives"] == 90
     assert out["task"]["definition"]["tar_end"] == 365
     path = write_results(res, tmp_path / "results.json")
     text = path.read_text()
@@ -130,7 +140,7 @@ def test_evaluate_defaults_give_a_shareable_report(evaluated, task_dir, capsys):
     for m in res["methods"].values():
         assert len(m["curves"]["roc"]["fpr"]) <= n_test // 10 + 1
         assert min(m["curves"]["calibration"]["persons"]) >= 10
-    assert res["n"]["test"]["positives"] == "<10" or res["n"]["test"]["positives"] >= 10
+    assert all(v["positives"] in ("<10", "suppressed") or v["positives"] >= 10 for v in res["n"].values())
     capsys.readouterr()
     assert main(["check-shareable", str(rep)]) == 0
     assert capsys.readouterr().out.strip() == "shareable: 2 files checked"
@@ -235,3 +245,20 @@ def test_data_files_and_text(tmp_path):
     assert check_shareable(only) == []
     (only / "report.html").write_text("<html><body>ok</body></html>")
     assert [f.file for f in check_shareable(only)] == ["bench.csv"]
+
+
+def test_real_coverage_reports(eunomia_events, eunomia_db, tmp_path):
+    """`vocab report --json` on Eunomia passes by default; with --show-rare-codes (every code listed) it fails."""
+    from omop_behrt.vocab import map_events
+    shared = map_events(eunomia_events, "caliber", cdm=eunomia_db, progress=False, sort=False, top_unmapped=100_000)
+    shared.report.write_json(tmp_path / "shared" / "report.json")
+    assert check_shareable(tmp_path / "shared") == []
+    rare = map_events(eunomia_events, "caliber", cdm=eunomia_db, progress=False, sort=False, top_unmapped=100_000,
+                      show_rare_codes=True)
+    rare.report.write_json(tmp_path / "rare" / "report.json")
+    listed = [r for r in json.loads((tmp_path / "rare" / "report.json").read_text())["top_unmapped"]
+              if r["persons"] < 10]
+    found = check_shareable(tmp_path / "rare")
+    assert listed and [f.what for f in found] == [
+        "marked not shareable", f"{len(listed)} listed codes at top_unmapped not shown to be seen in >= 10 persons"]
+    assert listed[0]["code"] in found[1].why

@@ -7,6 +7,7 @@ sorted batches inside a chunk); each finished chunk is saved, so an interrupted 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .cohorts import INDEX_SCHEMA, index_dates_from_frame
 from .events import EventDir
+from .export import exclusive_lock
 
 POOLINGS = ("cls", "mean", "last_visit")
 
@@ -130,13 +132,15 @@ def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inc
 
 
 RUN_FILE = "embed_run.json"
+LOCK_FILE = ".embed.lock"
 
 
 def check_resume(work: Path, fingerprint: dict) -> None:
     """Refuse to resume another run's work: say what differs (or that there is nothing to resume)."""
     saved_file = work / RUN_FILE
     if not saved_file.exists():
-        what = "is empty" if not work.exists() or not any(work.iterdir()) else f"has no {RUN_FILE}"
+        empty = not work.exists() or not any(p.name != LOCK_FILE for p in work.iterdir())
+        what = "is empty" if empty else f"has no {RUN_FILE}"
         raise ValueError(f"cannot resume: work directory {work} {what} (no embedding run was started there); "
                          f"run without --resume to start one")
     saved = json.loads(saved_file.read_text())
@@ -146,17 +150,26 @@ def check_resume(work: Path, fingerprint: dict) -> None:
                          + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")
 
 
+_OURS = {"events", "tokens", "chunks", RUN_FILE, LOCK_FILE}
+
+
+def refuse_foreign(work: Path) -> None:
+    """A fresh run clears its work directory: refuse one that holds anything an embedding run did not write."""
+    if not work.is_dir():
+        return
+    other = sorted(p.name for p in work.iterdir() if p.name not in _OURS and not p.name.startswith(RUN_FILE))
+    if other:
+        raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
+                         f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
+
+
 def start_run(work: Path, fingerprint: dict) -> None:
     """A fresh run in ``work``: forget any earlier run's events, tokens and chunks, then record the inputs.
 
     A folder that holds anything else (an event directory, say) is refused rather than cleared.
     """
-    ours = {"events", "tokens", "chunks", RUN_FILE}
-    other = sorted(p.name for p in work.iterdir() if p.name not in ours and not p.name.startswith(RUN_FILE))
-    if other:
-        raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
-                         f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
-    for name in ours:
+    refuse_foreign(work)
+    for name in _OURS - {LOCK_FILE}:
         p = work / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -225,8 +238,6 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     """
     from .model import Behrt
     from .pretrain import resolve_device
-    from .tokenizer import visit_table
-    from .vocab import map_events
     t0 = time.perf_counter()
     if resume and work_dir is None:
         raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
@@ -243,11 +254,32 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
     work = Path(work_dir)
-    if resume:
+    if resume and not work.is_dir():
         check_resume(work, fingerprint)
-    else:
-        work.mkdir(parents=True, exist_ok=True)
-        start_run(work, fingerprint)
+    if not resume:
+        refuse_foreign(work)      # before the lock file goes in
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        if tmp is None:   # one run per work directory at a time
+            held.enter_context(exclusive_lock(work / LOCK_FILE, timeout=0, busy=(
+                f"work directory {work} is in use by another embedding run; wait for it or use another --work-dir")))
+        if resume:
+            check_resume(work, fingerprint)
+        else:
+            start_run(work, fingerprint)
+        return _embed_run(model, model_dir, source, index, work, tmp, fingerprint, checksum, vocab_name, dev, t0,
+                          pooling=pooling, inclusive=inclusive, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                          batch_tokens=batch_tokens, chunk_persons=chunk_persons, resume=resume, progress=progress,
+                          precision=precision)
+
+
+def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path | None, fingerprint: dict,
+               checksum: str | None, vocab_name: str, dev, t0: float, *, pooling: str, inclusive: bool,
+               cdm_schema: str | None, vocab_schema: str | None, batch_tokens: int, chunk_persons: int,
+               resume: bool, progress: bool, precision: str) -> EmbeddingResult:
+    """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
+    from .tokenizer import visit_table
+    from .vocab import map_events
     try:
         events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
                                       vocab_schema=vocab_schema, resume=resume, progress=progress)

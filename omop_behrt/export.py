@@ -428,10 +428,12 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
 
 # -- locks ------------------------------------------------------------------------------------------
 @contextmanager
-def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str | None = None):
+def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str | None = None,
+                   busy: str | None = None):
     """An exclusive OS lock (flock) on ``lock_path``: one writer of a target at a time.
 
-    The kernel drops the lock when its holder exits, killed or not; a waiter gives up after ``timeout`` s.
+    The kernel drops the lock when its holder exits, killed or not; a waiter gives up after ``timeout`` s
+    (with ``busy`` as the message when given).
     """
     import fcntl
     with open(lock_path, "a") as f:
@@ -442,8 +444,8 @@ def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str |
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TargetError(f"cannot write embeddings to {target or lock_path.parent}: another writer "
-                                      f"has held {lock_path} for {timeout:.0f} s") from None
+                    raise TargetError(busy or f"cannot write embeddings to {target or lock_path.parent}: another "
+                                      f"writer has held {lock_path} for {timeout:.0f} s") from None
                 time.sleep(pause)
                 pause = min(pause * 1.5, 0.5)
         try:

@@ -128,6 +128,20 @@ def test_resume_without_a_run_to_continue(tiny_model, eunomia_events, subjects, 
     with pytest.raises(ValueError, match="holds files that are not an embedding run's .*manifest.json"):
         embed_cohort(tiny_model, events, ix, device="cpu", progress=False, work_dir=events)
     assert (events / "events").is_dir() and (events / "persons.parquet").exists()
+    assert not (events / ".embed.lock").exists()
+
+
+def test_one_run_per_work_directory(tiny_model, eunomia_events, subjects, tmp_path):
+    """Two runs sharing a --work-dir would overwrite each other's chunks: the second is refused at once."""
+    from omop_behrt.export import exclusive_lock
+    work = tmp_path / "work"
+    work.mkdir()
+    ix = _index(subjects[:5], "2019-01-01")
+    with exclusive_lock(work / ".embed.lock"):          # what a running `embed --work-dir work` holds
+        with pytest.raises(OSError, match=r"work directory .*work is in use by another embedding run"):
+            embed_cohort(tiny_model, eunomia_events, ix, device="cpu", progress=False, work_dir=work)
+    assert embed_cohort(tiny_model, eunomia_events, ix, device="cpu", progress=False, work_dir=work
+                        ).has_history.all()
 
 
 def test_interrupted_run_resumes_to_the_clean_result(tiny_model, eunomia_events, subjects, clean_2019, tmp_path,

@@ -348,6 +348,7 @@ def _wait(cond, timeout: float) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_workers_die_when_the_parent_is_killed(big_source, tmp_path, sig):
     p = _start(big_source, tmp_path / "out")
+    workers: list[int] = []
     try:
         assert _wait(lambda: len(_children(p.pid)) >= 2, 60), "no worker processes appeared"
         workers = _children(p.pid)
@@ -360,28 +361,37 @@ def test_workers_die_when_the_parent_is_killed(big_source, tmp_path, sig):
     finally:
         if p.poll() is None:
             p.kill()
+        for w in workers:
+            if _alive(w):                   # a failed run must not leave its orphans behind
+                os.kill(w, signal.SIGKILL)
 
 
-def _orphan() -> None:
-    from omop_behrt.adapters import fhir_pool
-    fhir_pool._parent = os.getppid() + 1_000_000          # as if re-parented: the parent that started it is gone
+def _orphan(gone: bool) -> None:
+    try:
+        from omop_behrt.adapters import fhir_pool
+    except ImportError:
+        os._exit(2)
+    # as if re-parented (gone) or still the child of the parent that started it
+    fhir_pool._parent = os.getppid() + (1_000_000 if gone else 0)
     fhir_pool.exit_if_orphaned()
     os._exit(0)
 
 
-def test_a_worker_whose_parent_is_gone_exits_without_prctl():
+@pytest.mark.parametrize("gone,code", [(True, 1), (False, 0)], ids=["parent gone", "parent alive"])
+def test_a_worker_whose_parent_is_gone_exits_without_prctl(gone, code):
     """The portable fallback to PR_SET_PDEATHSIG: a worker checks its parent between files and batches."""
     import multiprocessing
-    p = multiprocessing.get_context("fork").Process(target=_orphan)
+    p = multiprocessing.get_context("fork").Process(target=_orphan, args=(gone,))
     p.start()
     p.join(10)
-    assert p.exitcode == 1
+    assert p.exitcode == code
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the worker processes")
 def test_ctrl_c_stops_quietly_and_resume_equals_a_clean_run(big_source, tmp_path):
     out = tmp_path / "out"
     p = _start(big_source, out)
+    workers: list[int] = []
     try:
         def some_parts_done() -> bool:
             try:
@@ -395,6 +405,9 @@ def test_ctrl_c_stops_quietly_and_resume_equals_a_clean_run(big_source, tmp_path
     finally:
         if p.poll() is None:
             p.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
     err = err.decode()
     assert p.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

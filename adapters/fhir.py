@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter, write_table
-from .fhir_duplicates import Duplicates, settle
+from .fhir_duplicates import settle
 from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix
 from .fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
 from .fhir_pool import run_parts
@@ -131,7 +131,9 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
 
     ``views``: a folder of ViewDefinition JSON files adding to or replacing (by name) the packaged ones.
     ``validate``: also check every resource against fhir.resources' R4B models (slow); invalid ones are quarantined.
-    ``workers``: processes for the parts (default: up to 2, never more than the parts).
+    ``workers``: processes for the parts (default: up to 2, never more than the parts); they die with this one.
+    ``resume``: skip the parts a previous run finished; refused when the inputs differ (files, options, views).
+    A resource repeated (same type and id) is read once: see adapters/fhir_duplicates.py for which copy is kept.
     """
     t0 = time.perf_counter()
     files, notes, skipped = input_files(source, exclude=out)

@@ -60,7 +60,10 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
     main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    # fork on Linux (the default up to Python 3.13; 3.14 defaults to forkserver, whose workers are not our children
+    # and so could neither check their parent nor die with it); elsewhere the platform's default, spawn
+    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     finished = False
     try:
         for a, result in zip(args, pool.map(fn, args)):

@@ -58,12 +58,12 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
             done(a, fn(a))
         return
     main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
     before = set(multiprocessing.active_children())
     # fork on Linux (the default up to Python 3.13; 3.14 defaults to forkserver, whose workers are not our children
     # and so could neither check their parent nor die with it); elsewhere the platform's default, spawn
     ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
     finished = False
     try:
         for a, result in zip(args, pool.map(fn, args)):
@@ -73,9 +73,9 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
         raise ChildProcessError("a worker process died before its part was finished (killed, or out of memory?); "
                                 "the parts finished so far are kept: run again with --resume to continue") from None
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, old_term)
         if not finished:
             for p in set(multiprocessing.active_children()) - before:
                 p.terminate()
         pool.shutdown(wait=finished, cancel_futures=not finished)
-        if main:
-            signal.signal(signal.SIGTERM, old_term)

@@ -143,8 +143,7 @@ def _used(sql: str, params: dict) -> tuple[str, dict]:
 def _cast_errors(cdm: OmopCdm, table: str, alias: str, columns: list[str]) -> str:
     """The per-row reason a DDL-typed column does not parse (OmopCdm.cast_errors), or NULL."""
     present = [c for c in columns if c in cdm.columns(table)]
-    fn = getattr(cdm, "cast_errors", None)
-    return fn(table, alias=alias, columns=present) if fn and present else "CAST(NULL AS VARCHAR)"
+    return cdm.cast_errors(table, alias=alias, columns=present) if present else "CAST(NULL AS VARCHAR)"
 
 
 def _first_row_order(cdm: OmopCdm, table: str, alias: str) -> str:
@@ -208,7 +207,7 @@ def person_status_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]
     where, params = _filters(cdm, person_id, None, options)
     op = _op_cols(cdm)
     frag = {
-        "person_id": person_id, "person_raw": col("person_id"),
+        "person_id": person_id, "person_raw": cdm.raw("person", "person_id", "p"),
         "year_of_birth": cdm.cast(col("year_of_birth"), "INTEGER"), "year_raw": col("year_of_birth"),
         "month_of_birth": cdm.cast(col("month_of_birth", optional=True), "INTEGER"),
         "day_of_birth": cdm.cast(col("day_of_birth", optional=True), "INTEGER"),
@@ -263,24 +262,25 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
     """
     t = spec.table
     col = lambda c, **kw: cdm.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
-    start_raw = col(spec.start_date)
-    start_date = cdm.cast(start_raw, "DATE")
+    start_raw = cdm.raw(t, spec.start_date, "e")          # as held: missing and unparseable stay apart
+    start_date = cdm.cast(col(spec.start_date), "DATE")
     person_id = cdm.cast(col("person_id"), "BIGINT")
     where, params = _filters(cdm, person_id, start_date, options)
     if spec.coded_only:
         where = (f"(COALESCE({cdm.cast(col(spec.concept), 'BIGINT')}, 0) <> 0 OR "
                  f"{col(spec.source_value, optional=True)} IS NOT NULL) AND {where}")
     status, _ = person_status_sql(cdm, options)
-    dt_raw = col(spec.start_datetime, optional=True) if spec.start_datetime else "NULL"
+    dt_col = col(spec.start_datetime, optional=True) if spec.start_datetime else "NULL"
+    dt_raw = cdm.raw(t, spec.start_datetime, "e", optional=True) if spec.start_datetime else "NULL"
     row_id = col(spec.row_id, optional=True) if spec.row_id else "NULL"
     id_cols = ["person_id", spec.row_id if spec.unique_id else None, spec.start_date, spec.concept,
                spec.source_concept, spec.visit]
     frag = {
         "table": cdm.qtable(t) + " ",
         "row_id": row_id,
-        "person_id": person_id, "person_raw": col("person_id"),
+        "person_id": person_id, "person_raw": cdm.raw(t, "person_id", "e"),
         "start_date": start_date, "start_raw": start_raw,
-        "start_datetime": cdm.cast(dt_raw, "TIMESTAMP") if dt_raw != "NULL" else "CAST(NULL AS TIMESTAMP)",
+        "start_datetime": cdm.cast(dt_col, "TIMESTAMP") if dt_col != "NULL" else "CAST(NULL AS TIMESTAMP)",
         "start_datetime_raw": dt_raw,
         "end_date": cdm.cast(col(spec.end_date, optional=True), "DATE") if spec.end_date else "CAST(NULL AS DATE)",
         "concept_id": cdm.cast(col(spec.concept), "BIGINT"),
@@ -323,12 +323,13 @@ def observation_periods_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str,
     t = "observation_period"
     op = _op_cols(cdm)
     where, params = _filters(cdm, op["o_person_id"], None, options)
-    frag = {"o_person_id": op["o_person_id"], "o_person_raw": cdm.col(t, "person_id", "o"),
-            "o_start": op["o_start"], "o_start_raw": cdm.col(t, "observation_period_start_date", "o"),
-            "o_end": op["o_end"], "o_end_raw": cdm.col(t, "observation_period_end_date", "o"),
+    frag = {"o_person_id": op["o_person_id"], "o_person_raw": cdm.raw(t, "person_id", "o"),
+            "o_start": op["o_start"], "o_start_raw": cdm.raw(t, "observation_period_start_date", "o"),
+            "o_end": op["o_end"], "o_end_raw": cdm.raw(t, "observation_period_end_date", "o"),
             "o_id": cdm.col(t, "observation_period_id" if "observation_period_id" in cdm.columns(t)
                             else "person_id", "o"),
-            "cast_errors": _cast_errors(cdm, t, "o", ["person_id"]),
+            "cast_errors": _cast_errors(cdm, t, "o", ["person_id", "observation_period_start_date",
+                                                     "observation_period_end_date"]),
             "range_reason": _lit(f"observation_period outside the valid dates {options.window}"),
             "op_table": op["op_table"], "where": where}
     return _used(render(load_sql("omop/observation_periods.sql"), frag), params)

@@ -66,8 +66,12 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
     old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
     finished = False
     try:
-        for a, result in zip(args, pool.map(fn, args)):
-            done(a, result)
+        # submit, not map: map cancels its pending futures when the loop is left, and the executor's manager
+        # thread then fails (InvalidStateError traceback) marking those cancelled futures broken after the
+        # workers are terminated below; futures left pending are simply marked broken
+        futures = [pool.submit(fn, a) for a in args]
+        for a, f in zip(args, futures):
+            done(a, f.result())
         finished = True
     except BrokenProcessPool:
         raise ChildProcessError("a worker process died before its part was finished (killed, or out of memory?); "
@@ -78,4 +82,4 @@ def run_parts(fn: Callable[[Any], Any], args: list, workers: int, done: Callable
         if not finished:
             for p in set(multiprocessing.active_children()) - before:
                 p.terminate()
-        pool.shutdown(wait=finished, cancel_futures=not finished)
+        pool.shutdown(wait=True)

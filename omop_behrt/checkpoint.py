@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -41,19 +40,6 @@ def default_work_dir(out: str | Path) -> Path:
     """``<out>.work`` beside the model directory (never inside it: the model directory must stay shareable)."""
     out = Path(out).absolute()
     return out.parent / f"{out.name}.work"
-
-
-def ensure_writable(path: Path, option: str) -> None:
-    """Create ``path`` if needed and prove it takes a file, before any heavy work; one clear error otherwise."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{option} must be a directory, not a file", str(path))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise type(e)(e.errno, f"{option} is not writable ({e.strerror or e})", str(path)) from None
 
 
 class WorkDirLock:

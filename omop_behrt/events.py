@@ -11,8 +11,10 @@ The events table is a MEDS DataSchema superset (subject_id, time, code, numeric_
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,21 +187,21 @@ def write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def writable_dir(path: str | Path) -> Path:
-    """Create the output folder ``path`` if needed and prove a file can be written there, before any heavy work.
+def writable_dir(path: str | Path, what: str = "the output folder") -> Path:
+    """Create the folder ``path`` if needed and prove a file can be written there, before any heavy work.
 
-    Raises an OSError naming the path (a file where a folder is expected, a read-only or full file system).
+    Raises an OSError naming ``what`` and the path (a file where a folder is expected, a read-only or full disk).
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise NotADirectoryError(20, "output folder expected, but this is a file", str(p))
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} must be a folder, not a file", str(p))
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-probe-{os.getpid()}"
+        probe = p / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as e:
-        raise type(e)(e.errno, f"cannot write to the output folder ({e.strerror})", str(p)) from None
+        raise type(e)(e.errno, f"{what} is not writable ({e.strerror or e})", str(p)) from None
     return p
 
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, default_work_dir, ensure_writable,
+from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
-from .events import EventDir
+from .events import EventDir, writable_dir
 from .model import Behrt, BehrtConfig
 from .tokenizer import MASK, PAD, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
 
@@ -298,8 +298,8 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     if work.resolve() == out.resolve() or out.resolve() in work.resolve().parents:
         raise ValueError(f"--work-dir {work} is inside the model directory {out}: the work directory holds "
                          "per-person sequences and the model directory must not; give one outside it")
-    ensure_writable(out, "--out")
-    ensure_writable(work, "--work-dir")
+    writable_dir(out, "--out")
+    writable_dir(work, "--work-dir")
     stale = [n for n in ("data", CHECKPOINT) if (out / n).exists()]
     if stale:
         warnings.warn(f"{out} holds {' and '.join(stale)} from an older version (tokenised sequences of every "

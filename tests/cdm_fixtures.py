@@ -20,7 +20,12 @@ RENAMED_54_TO_53 = {"admitted_from_concept_id": "admitting_source_concept_id",
 
 def ddl(version: str, dialect: str, schema: str) -> list[str]:
     """The official CREATE TABLE statements with the schema filled in."""
-    text = (DATA / "omop_cdm_ddl" / version / f"OMOPCDM_{dialect}_{version}_ddl.sql").read_text()
+    if dialect == "duckdb":   # the package ships the DuckDB DDL (it types folder exports); tests read that copy
+        from omop_behrt.database import load_sql
+        text = load_sql(f"ddl/OMOPCDM_duckdb_{version}_ddl.sql")
+    else:
+        text = (DATA / "omop_cdm_ddl" / version / f"OMOPCDM_{dialect}_{version}_ddl.sql").read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     text = text.replace("@cdmDatabaseSchema", f'"{schema}"')
     return [s.strip() for s in text.split(";") if "CREATE TABLE" in s]
 

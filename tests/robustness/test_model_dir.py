@@ -305,7 +305,7 @@ def test_unwritable_out_or_work_dir_fails_before_tokenising(events, tmp_path, ca
     assert not (tmp_path / "w" / "data").exists() and not (tmp_path / "m" / "model.safetensors").exists()
     f = tmp_path / "a_file"
     f.write_text("")
-    with pytest.raises(NotADirectoryError, match="--out must be a directory, not a file"):
+    with pytest.raises(NotADirectoryError, match="--out must be a folder, not a file"):
         pretrain(events, out=f, max_steps=2, **TINY)
 
 

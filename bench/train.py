@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omop_behrt.model import Behrt, BehrtConfig
-from omop_behrt.pretrain import IGNORE, Objective, batches, collate, mask_tokens, optimizer_for
+from omop_behrt.batches import batches, collate
+from omop_behrt.pretrain import IGNORE, Objective, mask_tokens, optimizer_for
 from omop_behrt.tokenizer import TokenVocabulary, tokenize, visit_table
 
 ROOT = Path(__file__).resolve().parents[1]

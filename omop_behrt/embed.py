@@ -54,7 +54,7 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU: exact and deterministic), ``bf16`` (also on
     CPU: several times faster where the CPU has bf16 matrix units, vectors differ slightly), ``fp32``.
     """
-    from .pretrain import device_batches
+    from .batches import device_batches
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if precision not in ("auto", "bf16", "fp32"):
@@ -237,7 +237,7 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     ``work_dir`` keeps the censored events, tokens and finished chunks (``resume=True`` reuses them).
     """
     from .model import Behrt
-    from .pretrain import resolve_device
+    from .batches import resolve_device
     t0 = time.perf_counter()
     if resume and work_dir is None:
         raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
@@ -385,7 +385,7 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         """Load and check the model; when X is given, check it is (subject_id, index_date) rows."""
         from .model import Behrt
-        from .pretrain import resolve_device
+        from .batches import resolve_device
         if self.model_dir is None or self.source is None:
             raise ValueError("PatientEmbedder needs model_dir (a pretrained model directory) and source "
                              "(an OMOP CDM or an event directory)")

@@ -166,7 +166,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         return y.astype(np.float32)[:, None]
 
     def _device_batches(self, seqs: Sequences, epoch: int = 0, shuffle: bool = False):
-        from .pretrain import device_batches
+        from .batches import device_batches
         return device_batches(seqs, self.batch_tokens, torch.device(self.device), self.model_.encoder.config.extras,
                               self.seed, epoch, shuffle)
 
@@ -181,7 +181,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     # -- sklearn API ------------------------------------------------------------------------------
     def fit(self, X: Sequences, y, eval_set: tuple[Sequences, np.ndarray] | None = None):
         """Train end to end; early stopping on ``eval_set`` (else a seeded ``val_fraction`` of X, by row)."""
-        from .pretrain import batches, token_budget
+        from .batches import batches, token_budget
         Y = self._targets(y)
         if eval_set is None:
             val = np.random.default_rng(self.seed).random(len(X)) < self.val_fraction

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +32,9 @@ from . import __version__
 from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir, writable_dir
+from .batches import batches, device_batches, resolve_device
 from .model import Behrt, BehrtConfig
-from .tokenizer import MASK, PAD, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
+from .tokenizer import MASK, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
 
 IGNORE = -100
 
@@ -87,64 +88,6 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
     tv.save(data / "tokens.json")
     (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return tv, summary
-
-
-def batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
-    """Length-bucketed batches under a token budget (padded size B x max_len <= batch_tokens), seeded per epoch.
-
-    Sequences are sorted by length plus a little noise (so batch mates vary between epochs), cut greedily,
-    and the batch order is shuffled: padding stays a few percent of the tokens.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    noise = rng.uniform(0, 4, len(lengths)) if shuffle else np.zeros(len(lengths))
-    order = np.lexsort((np.arange(len(lengths)), lengths + noise))
-    cuts, start, longest = [], 0, 0
-    for i, n in enumerate(lengths[order]):             # one pass over sequences (not tokens) per epoch
-        longest_if = max(longest, n)
-        if i > start and (i - start + 1) * longest_if > batch_tokens:
-            cuts.append(i)
-            start, longest_if = i, n
-        longest = longest_if
-    out = np.split(order, cuts)
-    if shuffle:
-        out = [out[i] for i in rng.permutation(len(out))]
-    return out
-
-
-def collate(seqs: Sequences, idx: np.ndarray, extras: dict[str, int]) -> dict[str, torch.Tensor]:
-    """Pad sequences ``idx`` to the batch's longest (vectorised gather) -> tensors for the model."""
-    lens = seqs.lengths[idx]
-    T = int(lens.max())
-    pos = np.arange(T)
-    valid = pos[None, :] < lens[:, None]
-    take = np.where(valid, seqs.offsets[idx][:, None] + pos[None, :], 0)
-    batch = {"input_ids": torch.from_numpy(np.where(valid, seqs.input_ids[take], PAD).astype(np.int64)),
-             "ages": torch.from_numpy(np.where(valid, seqs.ages[take], 0).astype(np.int64)),
-             "segments": torch.from_numpy(np.where(valid, seqs.segments[take], 0).astype(np.int64)),
-             "positions": torch.from_numpy(np.where(valid, seqs.positions[take], 0).astype(np.int64)),
-             "attention_mask": torch.from_numpy(valid),
-             "plos": torch.from_numpy(seqs.plos[idx].astype(np.float32))}
-    if "sex" in extras:
-        batch["sex"] = torch.from_numpy(seqs.sex[idx].astype(np.int64))
-    return batch
-
-
-def token_budget(seqs: Sequences, batch_tokens: int) -> int:
-    """``batch_tokens`` raised to the longest sequence, so that no sequence is alone in a batch only for length."""
-    return max(int(batch_tokens), int(seqs.lengths.max(initial=1)))
-
-
-def device_batches(seqs: Sequences, batch_tokens: int, device: str | torch.device, extras: dict[str, int],
-                   seed: int = 0, epoch: int = 0, shuffle: bool = False, *, plan: list[np.ndarray] | None = None
-                   ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Yield ``(idx, batch)``: :func:`batches` under :func:`token_budget`, each :func:`collate`-d onto ``device``.
-
-    ``plan``: index batches already cut (one DDP rank's share, a resumed epoch's rest), used as they are.
-    """
-    if plan is None:
-        plan = batches(seqs.lengths, token_budget(seqs, batch_tokens), seed, epoch, shuffle=shuffle)
-    for idx in plan:
-        yield idx, {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, extras).items()}
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
@@ -208,14 +151,6 @@ class Objective(torch.nn.Module):
             loss = loss + self.plos_weight * plos
             stats["plos_loss"] = plos.detach()
         return loss, stats
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU (use --device cpu or auto)")
-    return torch.device(device)
 
 
 @torch.no_grad()

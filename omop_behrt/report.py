@@ -48,7 +48,7 @@ def _png(fig) -> str:
 @torch.no_grad()
 def _attention(model, seqs, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Last block's attention (B x heads x T x T, padding masked) and the padded ids (B x T) for rows ``idx``."""
-    from .pretrain import collate
+    from .batches import collate
     model.eval()
     b = collate(seqs, np.asarray(idx), model.config.extras)
     extras = {k: b[k] for k in model.config.extras}

@@ -9,7 +9,8 @@ import torch
 
 from omop_behrt.cli import main
 from omop_behrt.model import Behrt
-from omop_behrt.pretrain import IGNORE, batches, collate, mask_tokens, pretrain
+from omop_behrt.batches import batches, collate
+from omop_behrt.pretrain import IGNORE, mask_tokens, pretrain
 from omop_behrt.tokenizer import MASK, Sequences
 
 torch.set_num_threads(1)

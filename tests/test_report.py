@@ -57,7 +57,7 @@ def test_inputs_stop_before_the_index_date(prepared, small_task):
 
 
 def test_attention_weights_reproduce_the_fast_path(tiny_model, prepared):
-    from omop_behrt.pretrain import collate
+    from omop_behrt.batches import collate
     model = Behrt.load(tiny_model)
     i = int(np.argmax(prepared.seqs.lengths))
     w = attention_weights(model, prepared.seqs, i, mean=False)

@@ -359,7 +359,8 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             if good.num_rows < batch.num_rows:
                 quarantine.append(_quarantine_rows(batch, pc.invert(ok), spec.table))
             _count_values(good.column("time_note"), notes)
-            outside += pc.sum(good.column("outside_op")).as_py() or 0
+            if spec.domain != "death":      # a death after the last observation period is what death means
+                outside += pc.sum(good.column("outside_op")).as_py() or 0
             v = good.column("visit_id").to_numpy(zero_copy_only=False)
             visit_ids.append(_distinct(v if spec.domain != "visit" else v[:0]))
             bar.update(batch.num_rows)

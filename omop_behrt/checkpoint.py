@@ -16,8 +16,6 @@ fingerprint of every input that changes the result is stored in the checkpoint a
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .lock import exclusive_lock
 from .model import canonical_json
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,28 +41,10 @@ def default_work_dir(out: str | Path) -> Path:
     return out.parent / f"{out.name}.work"
 
 
-class WorkDirLock:
-    """An exclusive ``flock`` on ``<work>/.lock``: a second run on the same work directory is refused."""
-
-    def __init__(self, work: Path):
-        self.path, self.fd = work / ".lock", None
-
-    def __enter__(self) -> "WorkDirLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise BlockingIOError(errno.EWOULDBLOCK, "another pretraining run is using this work directory "
-                                  "(wait for it, or give another --out / --work-dir)", str(self.path.parent))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+def work_dir_lock(work: Path):
+    """One pretraining run per work directory: a second one is refused at once (BlockingIOError)."""
+    return exclusive_lock(work / ".lock", 0, f"another pretraining run is using this work directory {work} "
+                          "(wait for it, or give another --out / --work-dir)")
 
 
 # -- fingerprint ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .cohorts import INDEX_SCHEMA, index_dates_from_frame
 from .events import EventDir
-from .export import exclusive_lock
+from .lock import exclusive_lock
 
 POOLINGS = ("cls", "mean", "last_visit")
 

@@ -187,6 +187,21 @@ def write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def probe_write(folder: Path) -> None:
+    """Write, fsync and remove a small file in ``folder``: raises the OSError a real write there would meet."""
+    probe = Path(folder) / f".omop-behrt-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 def writable_dir(path: str | Path, what: str = "the output folder") -> Path:
     """Create the folder ``path`` if needed and prove a file can be written there, before any heavy work.
 
@@ -197,9 +212,7 @@ def writable_dir(path: str | Path, what: str = "the output folder") -> Path:
         raise NotADirectoryError(errno.ENOTDIR, f"{what} must be a folder, not a file", str(p))
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"probe")
-        probe.unlink()
+        probe_write(p)
     except OSError as e:
         raise type(e)(e.errno, f"{what} is not writable ({e.strerror or e})", str(p)) from None
     return p

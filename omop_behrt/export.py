@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import lock
 from .database import Database, SourceError, check_identifier, load_sql, quote, render
+from .events import probe_write
 from .postgres_copy import array_literals, copy_arrow
 
 #: Tables whose presence marks a schema as a CDM schema (never written to unless asked).
@@ -233,19 +234,10 @@ def _probe_folder(folder: Path, target: str, needed_bytes: int) -> None:
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise TargetError(f"cannot write embeddings to {target}: {base} is a file, not a folder")
-    probe = base / f".omop-behrt-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        with open(probe, "wb") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
+        probe_write(base)
     except OSError as e:
         raise TargetError(f"cannot write embeddings to {target}: {e.strerror or e} (in {base})") from None
-    finally:
-        try:
-            probe.unlink()
-        except OSError:
-            pass
     free = shutil.disk_usage(base).free
     if needed_bytes and free < needed_bytes:
         raise TargetError(f"cannot write embeddings to {target}: about {needed_bytes / 1e6:,.0f} MB needed, "
@@ -427,28 +419,9 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
 
 
 # -- locks ------------------------------------------------------------------------------------------
-@contextmanager
 def exclusive_lock(lock_path: Path, timeout: float = LOCK_TIMEOUT, target: str | None = None,
                    busy: str | None = None):
-    """An exclusive OS lock (flock) on ``lock_path``: one writer of a target at a time.
-
-    The kernel drops the lock when its holder exits, killed or not; a waiter gives up after ``timeout`` s
-    (with ``busy`` as the message when given).
-    """
-    import fcntl
-    with open(lock_path, "a") as f:
-        deadline, pause = time.monotonic() + timeout, 0.02
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TargetError(busy or f"cannot write embeddings to {target or lock_path.parent}: another "
-                                      f"writer has held {lock_path} for {timeout:.0f} s") from None
-                time.sleep(pause)
-                pause = min(pause * 1.5, 0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    """One writer of an export target at a time (:func:`omop_behrt.lock.exclusive_lock`); a TargetError after
+    ``timeout`` s of waiting."""
+    return lock.exclusive_lock(lock_path, timeout, busy or f"cannot write embeddings to {target or lock_path.parent}: "
+                               f"another writer has held {lock_path} for {timeout:.0f} s", TargetError)

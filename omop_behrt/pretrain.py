@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (CHECKPOINT, WorkDirLock, check_resume, default_work_dir,
+from .checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir, writable_dir
 from .batches import batches, device_batches, resolve_device
@@ -255,7 +255,7 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
                    "world_size": world}
     run = check_resume(work, fingerprint, out) if resume else None
     rank = int(os.environ.get("RANK", 0))
-    with WorkDirLock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
+    with work_dir_lock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
         return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
                       compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
                       progress=progress)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from omop_behrt.checkpoint import CHECKPOINT, ResumeError, WorkDirLock
+from omop_behrt.checkpoint import CHECKPOINT, ResumeError, work_dir_lock
 from omop_behrt.cli import main
 from omop_behrt.model import Behrt, BehrtConfig, ModelIntegrityError, ModelIntegrityWarning, model_id
 from omop_behrt.pretrain import pretrain
@@ -246,7 +246,7 @@ def test_resume_of_another_run_is_refused_and_a_copied_event_dir_resumes(events,
 
 def test_second_run_on_the_same_work_dir_is_refused(events, tmp_path):
     (tmp_path / "m.work").mkdir()
-    with WorkDirLock(tmp_path / "m.work"):
+    with work_dir_lock(tmp_path / "m.work"):
         with pytest.raises(BlockingIOError, match="another pretraining run is using this work directory"):
             pretrain(events, out=tmp_path / "m", max_steps=2, **TINY)
 

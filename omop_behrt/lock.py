@@ -1,0 +1,33 @@
+"""An exclusive OS file lock: one writer of a target (an export, a work directory) at a time.
+
+``flock`` is dropped by the kernel when its holder exits, killed or not, so a crashed run never leaves a stale
+lock behind. Export targets wait for their turn (bounded); work directories refuse a second run at once.
+"""
+from __future__ import annotations
+
+import fcntl
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path, timeout: float, busy: str,
+                   error: type[Exception] = BlockingIOError) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``; after ``timeout`` s of waiting (0: at once) raise ``error(busy)``."""
+    with open(lock_path, "a") as f:
+        deadline, pause = time.monotonic() + timeout, 0.02
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise error(busy) from None
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

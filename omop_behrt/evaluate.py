@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from .shareable import COUNT_KEYS, MIN_COUNT
+from .shareable import COUNT_KEYS, MIN_COUNT, shown_count, suppressed
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 _EPS = 1e-6
@@ -33,11 +33,6 @@ def format_ci(m: dict, k: str) -> str:
     """``m[k]`` with its 95% CI (``m[k + "_ci"]``) when there is one: ``0.812 (0.790-0.833)``."""
     ci = m.get(f"{k}_ci")
     return f"{m[k]:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{m[k]:.3f}"
-
-
-def suppressed(min_count: int = MIN_COUNT) -> str:
-    """How a count below ``min_count`` is shown: ``"<10"``."""
-    return f"<{min_count}"
 
 
 def _group_ends(p_sorted: np.ndarray, min_count: int, groups: int) -> np.ndarray:
@@ -114,7 +109,7 @@ def _suppress(obj, min_count: int, counts: bool = False):
         for k, v in obj.items():
             is_count = counts or k in COUNT_KEYS
             if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and is_count:
-                out[k] = suppressed(min_count) if 0 < v < min_count else int(v)
+                out[k] = shown_count(v, min_count)
             else:
                 out[k] = _suppress(v, min_count, k in ("attrition", "n"))
         for total, part in (("n", "positives"), ("rows", "positives"), ("n_train", "train_positives")):

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from .evaluate import MIN_COUNT, shareable_results, suppressed, write_results  # noqa: E402
+from .evaluate import shareable_results, write_results  # noqa: E402
+from .shareable import MIN_COUNT, suppressed  # noqa: E402
 from .evaluate import format_ci as _ci  # noqa: E402
 from .tokenizer import CLS, SEP, SPECIALS  # noqa: E402
 

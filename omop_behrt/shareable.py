@@ -25,6 +25,16 @@ from pathlib import Path
 
 #: the smallest count of persons a shareable output shows
 MIN_COUNT = 10
+
+
+def suppressed(min_count: int = MIN_COUNT) -> str:
+    """How a shareable output shows a count below ``min_count``: ``"<10"``."""
+    return f"<{min_count}"
+
+
+def shown_count(n: int, min_count: int = MIN_COUNT) -> "int | str":
+    """``n`` as a shareable output shows it: ``"<10"`` for 1..min_count-1, else the number (0 says nothing)."""
+    return suppressed(min_count) if 0 < n < min_count else int(n)
 #: keys whose integer values count persons (or rows of persons)
 COUNT_KEYS = frozenset({"rows", "persons", "patients", "positives", "negatives", "n", "n_train", "train_positives",
                         "aps_patients", "auroc_patients", "subjects"})

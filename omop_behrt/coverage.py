@@ -23,8 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from .database import load_sql, render
+from .database import load_sql
 from .events import write_json
+from .shareable import shown_count
 
 #: What the shareable forms of the report say about codes they leave out.
 RARE_NOTE = "{n} codes seen in < {m} persons not shown"
@@ -55,8 +56,8 @@ def _exact_persons(ctx: Any, keys: pa.Table, per_key: pa.Table, min_count: int, 
                    show_rare_codes: bool) -> pa.Table:
     """per_key with n_persons counted exactly (``exact``) for the unmapped keys near min_count (whose count
     decides whether the report may list them); the others keep the estimate, at least twice min_count."""
-    frag = {"min_count": str(min_count), "top": str(top), "all_top": "true" if show_rare_codes else "false"}
-    cand = ctx.sql(render(load_sql("vocab/unmapped_persons.sql"), frag), pk=per_key)
+    bound = {"min_count": int(min_count), "top": int(top), "all_top": bool(show_rare_codes)}
+    cand = ctx.sql(load_sql("vocab/unmapped_persons.sql"), bound, pk=per_key)
     if cand.num_rows == 0:
         return ctx.sql("SELECT *, false AS exact FROM pk", pk=per_key)
     c = ctx.sql("SELECT key_id, domain, code, source_code, concept_id, source_concept_id FROM k "
@@ -116,13 +117,9 @@ class CoverageReport:
         unmapped = ctx.sql("SELECT domain, code, source_code, n_events AS events FROM pk "
                            f"WHERE status = 'unmapped' {order}", pk=per_key).to_pylist()
         pk = _exact_persons(ctx, keys, per_key, int(min_count), int(top), show_rare_codes)
-        floor = 0 if show_rare_codes else int(min_count)
-        mn = int(min_count)
-        listed = ctx.sql("SELECT domain, code, source_code, n_events AS events, n_persons AS persons, "
-                         "exact AS persons_exact FROM pk WHERE status = 'unmapped' "
-                         f"AND n_persons >= {floor} AND (exact OR n_persons >= 2 * {mn}) {order}", pk=pk).to_pylist()
-        rare = ctx.sql(f"SELECT COUNT(*) AS n FROM pk WHERE status = 'unmapped' AND (n_events < {int(min_count)} "
-                       f"OR n_persons < {int(min_count)})", pk=pk).column("n")[0].as_py()
+        bound = {"floor": 0 if show_rare_codes else int(min_count), "min_count": int(min_count), "top": int(top)}
+        listed = ctx.sql(load_sql("vocab/unmapped_listed.sql"), bound, pk=pk).to_pylist()
+        rare = ctx.sql(load_sql("vocab/unmapped_rare.sql"), {"min_count": int(min_count)}, pk=pk).column("n")[0].as_py()
         distinct = ctx.sql("SELECT COUNT(DISTINCT token) AS n FROM m", m=mapping).column("n")[0].as_py()
         rep = cls(vocab=vocab, rows=rows, by_member={r["member"]: int(r["n"]) for r in members},
                   top_unmapped=unmapped, distinct_tokens=int(distinct), min_count=int(min_count),
@@ -150,7 +147,7 @@ class CoverageReport:
     # -- shareable forms ---------------------------------------------------------------------------------
     def cell(self, n: int) -> "int | str":
         """A count as the shareable forms show it: ``"<10"`` for 1..min_count-1 (unless show_rare_codes)."""
-        return n if self.show_rare_codes or n == 0 or n >= self.min_count else f"<{self.min_count}"
+        return n if self.show_rare_codes else shown_count(n, self.min_count)
 
     def _cells(self, d: dict, counts: tuple[str, ...] = _EVENT_COUNTS) -> dict:
         return {k: (self.cell(v) if k in counts else v) for k, v in d.items()}

@@ -83,12 +83,13 @@ class MapContext:
             self.warnings.append(message)
             warnings.warn(message, VocabularyWarning, stacklevel=3)
 
-    def sql(self, query: str, **tables: pa.Table) -> pa.Table:
-        """Run ``query`` over the given Arrow tables (registered under their keyword names) and return Arrow."""
+    def sql(self, query: str, params: dict | None = None, **tables: pa.Table) -> pa.Table:
+        """Run ``query`` over the given Arrow tables (registered under their keyword names), values bound from
+        ``params`` (``$name``), and return Arrow."""
         for name, table in tables.items():
             self.con.register(name, table)
         try:
-            return self.con.sql(query).to_arrow_table()
+            return self.con.sql(query, params=params).to_arrow_table()
         finally:
             for name in tables:
                 self.con.unregister(name)

@@ -13,7 +13,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from ..cdm import OmopCdm
-from ..database import _BIND, IDENTIFIER, load_sql, render
+from ..database import _BIND, IDENTIFIER, load_sql, render, sql_literal
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,6 @@ class ExtractOptions:
         return f"{self.valid_start}..{self.valid_end}"
 
 
-def _lit(text: str) -> str:
-    """A SQL string literal for a reason built only from our own column names and ISO dates."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _used(sql: str, params: dict) -> tuple[str, dict]:
     """The query with only the bound values it names (DuckDB refuses extra ones)."""
     names = set(_BIND.findall(sql))
@@ -220,7 +215,7 @@ def person_status_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]
         "deaths": _deaths_sql(cdm),
         "observed": render(load_sql("omop/observed.sql"), op),
         "person_table": cdm.qtable("person"), "where": where,
-        "birth_range_reason": _lit(f"birth date outside the valid dates {options.window}"),
+        "birth_range_reason": sql_literal(f"birth date outside the valid dates {options.window}"),
     }
     return _used(render(load_sql("omop/person_status.sql"), frag), params)
 
@@ -295,15 +290,15 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "where": where,
         "domain": f"'{spec.domain}'",
         "domain_source_prefix": "'SOURCE_" + spec.domain.upper() + "'",
-        "duplicate_reason": _lit(f"duplicate {spec.row_id}"),
-        "null_date_reason": _lit(f"null {spec.start_date}"),
-        "bad_date_reason": _lit(f"unparseable {spec.start_date}"),
-        "range_date_reason": _lit(f"{spec.start_date} outside the valid dates {options.window}"),
-        "before_birth_reason": _lit(f"{spec.start_date} before birth"),
-        "after_death_reason": _lit(f"{spec.start_date} more than {int(options.after_death_days)} days "
+        "duplicate_reason": sql_literal(f"duplicate {spec.row_id}"),
+        "null_date_reason": sql_literal(f"null {spec.start_date}"),
+        "bad_date_reason": sql_literal(f"unparseable {spec.start_date}"),
+        "range_date_reason": sql_literal(f"{spec.start_date} outside the valid dates {options.window}"),
+        "before_birth_reason": sql_literal(f"{spec.start_date} before birth"),
+        "after_death_reason": sql_literal(f"{spec.start_date} more than {int(options.after_death_days)} days "
                                    f"after death"),
-        "datetime_unparseable_note": _lit(f"{spec.start_datetime} unparseable: {spec.start_date} used"),
-        "datetime_differs_note": _lit(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
+        "datetime_unparseable_note": sql_literal(f"{spec.start_datetime} unparseable: {spec.start_date} used"),
+        "datetime_differs_note": sql_literal(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
                                       f"{spec.start_date} used"),
         "person_status": status,
         "observation_gaps": render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)),
@@ -330,6 +325,6 @@ def observation_periods_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str,
                             else "person_id", "o"),
             "cast_errors": _cast_errors(cdm, t, "o", ["person_id", "observation_period_start_date",
                                                      "observation_period_end_date"]),
-            "range_reason": _lit(f"observation_period outside the valid dates {options.window}"),
+            "range_reason": sql_literal(f"observation_period outside the valid dates {options.window}"),
             "op_table": op["op_table"], "where": where}
     return _used(render(load_sql("omop/observation_periods.sql"), frag), params)

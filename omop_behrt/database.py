@@ -149,10 +149,10 @@ class Database:
         if limit is not None:
             if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit.strip()):
                 raise ValueError(f"memory limit must look like '2GB' or '512MB', got {limit!r}")
-            self.duck.execute(f"SET memory_limit = {_sql_str(limit.strip())}").fetchall()
+            self.duck.execute(f"SET memory_limit = {sql_literal(limit.strip())}").fetchall()
         if temp_dir is not None:
             Path(temp_dir).mkdir(parents=True, exist_ok=True)
-            self.duck.execute(f"SET temp_directory = {_sql_str(str(temp_dir))}").fetchall()
+            self.duck.execute(f"SET temp_directory = {sql_literal(str(temp_dir))}").fetchall()
         if threads is not None:
             self.duck.execute(f"SET threads = {int(threads)}").fetchall()
 
@@ -376,6 +376,7 @@ def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:
     return fetch(batch_rows)
 
 
-def _sql_str(value: str) -> str:
-    """A SQL string literal for DDL that cannot take bind parameters (DuckDB view over a file path)."""
+def sql_literal(value: str) -> str:
+    """A SQL string literal where a bind parameter cannot go: DDL (a DuckDB view over a file path), or a constant
+    reason text built from our own column names and ISO dates."""
     return "'" + value.replace("'", "''") + "'"

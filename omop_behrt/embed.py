@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from .cohorts import INDEX_SCHEMA, index_dates_from_frame
-from .events import EventDir
+from .events import EventDir, write_json
 from .lock import exclusive_lock
 
 POOLINGS = ("cls", "mean", "last_visit")
@@ -157,7 +157,7 @@ def refuse_foreign(work: Path) -> None:
     """A fresh run clears its work directory: refuse one that holds anything an embedding run did not write."""
     if not work.is_dir():
         return
-    other = sorted(p.name for p in work.iterdir() if p.name not in _OURS and not p.name.startswith(RUN_FILE))
+    other = sorted(p.name for p in work.iterdir() if p.name not in _OURS and not p.name.startswith(f".{RUN_FILE}."))
     if other:
         raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
                          f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
@@ -175,9 +175,7 @@ def start_run(work: Path, fingerprint: dict) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    tmp = work / f"{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
-    os.replace(tmp, work / RUN_FILE)
+    write_json(fingerprint, work / RUN_FILE)
 
 
 @dataclass

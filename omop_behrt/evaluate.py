@@ -15,7 +15,6 @@ below ``min_count`` as ``"<10"``); per-person predictions go to their own file o
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from .events import write_json
 from .shareable import COUNT_KEYS, MIN_COUNT, shown_count, suppressed
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
@@ -179,9 +179,7 @@ def _complement(cells: dict, group: list, total: str | None) -> None:
 def write_results(results: dict, path: str | Path, min_count: int = MIN_COUNT) -> Path:
     """A comparison's :func:`shareable_results` as JSON: the CLI's --json and the report's results.json."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(shareable_results(results, min_count), indent=1, default=float))
-    os.replace(tmp, path)
+    write_json(shareable_results(results, min_count), path, default=float)
     return path
 
 

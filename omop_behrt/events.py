@@ -218,11 +218,11 @@ def writable_dir(path: str | Path, what: str = "the output folder") -> Path:
     return p
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically."""
+def write_json(obj: Any, path: Path, default: Any = str) -> None:
+    """Write JSON atomically (a temp name of this process's own, then a rename); ``default`` for other types."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=default))
     os.replace(tmp, path)
 
 

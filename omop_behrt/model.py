@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .events import write_json
 from .tokenizer import TokenVocabulary
 
 
@@ -211,13 +212,13 @@ class Behrt(nn.Module):
         save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path / "model.safetensors")
         vocab.save(path / "tokens.json")
-        _write_json(path / "config.json", asdict(self.config))
+        write_json(asdict(self.config), path / "config.json")
         meta = {k: v for k, v in (metadata if metadata is not None else self.metadata).items() if k not in INTEGRITY}
         meta["vocab_sha256"] = vocab.sha256
         files = file_digests(path)
         meta = json.loads(json.dumps(meta, default=str))         # as it will read back (str keys, lists)
         meta |= {"model_id": _id_from(files), "model_files": files | {"metadata.json": _metadata_digest(meta)}}
-        _write_json(path / "metadata.json", meta)
+        write_json(meta, path / "metadata.json")
         self.metadata = meta
         return path
 
@@ -276,12 +277,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelIntegrityError(f"{path} is not valid JSON: {e}") from None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def file_digests(path: str | Path) -> dict[str, str]:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
-from .events import EventDir, writable_dir
+from .events import EventDir, writable_dir, write_json
 from .batches import batches, device_batches, resolve_device
 from .model import Behrt, BehrtConfig
 from .tokenizer import MASK, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
@@ -413,9 +413,7 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         core.save(out, tv, meta)
         curve = [json.loads(r) for r in metrics_file.read_text().splitlines()]
-        tmp = out / f"metrics.json.{os.getpid()}.tmp"        # JSON (not JSONL): check-shareable reads it through
-        tmp.write_text(json.dumps(curve, indent=1))
-        os.replace(tmp, out / "metrics.json")
+        write_json(curve, out / "metrics.json")               # JSON (not JSONL): check-shareable reads it through
         result["model_id"] = core.metadata["model_id"]
     if world > 1:
         torch.distributed.barrier()

@@ -14,6 +14,7 @@ the ``patient`` view yields ``id``, ``birth_date``, ``gender``, ``deceased_time`
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import time
@@ -136,6 +137,8 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     A resource repeated (same type and id) is read once: see adapters/fhir_duplicates.py for which copy is kept.
     """
     t0 = time.perf_counter()
+    if validate and importlib.util.find_spec("fhir") is None:
+        raise ValueError("--validate checks resources with fhir.resources: pip install 'omop-behrt[fhir-validate]'")
     files, notes, skipped = input_files(source, exclude=out)
     load_fhir_views(views)          # fail fast on a bad view folder before any work
     out = EventDir(Path(out))

@@ -279,18 +279,16 @@ def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return sorted_ids[at] == values
 
 
-_RESOURCE_TYPES: dict[str, bool] = {}
+@lru_cache(maxsize=1)
+def _resource_types() -> frozenset[str]:
+    """The FHIR R4/R4B/R5 resource type names (``sql/fhir/resource_types.txt``), so sniffing needs no fhir.resources."""
+    text = (resources.files("omop_behrt.sql") / "fhir" / "resource_types.txt").read_text()
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
 def _is_resource_type(name: str) -> bool:
-    """Whether ``name`` is a FHIR resource type (R4B or R5 models of fhir.resources); cached."""
-    hit = _RESOURCE_TYPES.get(name)
-    if hit is None:
-        import fhir.resources.fhirtypes as r5
-        import fhir.resources.R4B.fhirtypes as r4b
-        hit = name[:1].isupper() and (hasattr(r4b, name + "Type") or hasattr(r5, name + "Type"))
-        _RESOURCE_TYPES[name] = hit
-    return hit
+    """Whether ``name`` is a FHIR resource type (R4, R4B or R5)."""
+    return name in _resource_types()
 
 
 def run_part(args: tuple) -> dict:

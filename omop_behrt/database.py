@@ -6,6 +6,7 @@ placeholders, filled only with validated, quoted identifiers (or fragments built
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from contextlib import contextmanager
 from importlib import resources
@@ -126,6 +127,8 @@ class Database:
             return cls(duck=duckdb.connect(path), description=url)
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]   # psycopg 3 is the driver we ship
+        if url.startswith("postgresql+psycopg://") and importlib.util.find_spec("psycopg") is None:
+            raise SourceError("PostgreSQL sources need psycopg 3: pip install 'omop-behrt[postgres]'")
         try:
             engine = sa.create_engine(url, pool_pre_ping=True)
             with engine.connect():

@@ -84,6 +84,7 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
                "first_year": pc.min(years).as_py(), "last_year": pc.max(years).as_py(),
                "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
                "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
+               "censored_at": (ev.manifest.get("fingerprint") or {}).get("index_dates"),
                "coverage": coverage}
     tv.save(data / "tokens.json")
     (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

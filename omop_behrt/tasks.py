@@ -23,10 +23,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
 from .database import Database, load_sql, render
+from .shareable import MIN_COUNT, shown_count
 
 LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_date", pa.timestamp("us")),
                            pa.field("label", pa.int8())])
@@ -278,3 +280,49 @@ def load_split(path: str | Path, subject_id: np.ndarray) -> np.ndarray:
     if not ok.all():
         raise ValueError(f"{path}: subject_id {int(np.asarray(subject_id)[~ok][0])} has no split")
     return split[order][pos]
+
+
+def pretraining_overlap(metadata: dict, task: "Task | MultiLabelTask", *, min_count: int = MIN_COUNT) -> str | None:
+    """A warning when the encoder was pretrained on events inside this task's outcome windows (None: no overlap).
+
+    Exact when the pretraining event directory (``training_data.events_dir``) is still here: one DuckDB join
+    counts the task entries whose person has pretraining events on or after the index date and inside
+    [index + tar_start, index + tar_end]. Otherwise the model's censoring digest is compared with the task's
+    index dates, then its last year of data with the task's first index year. Counts below ``min_count`` show
+    as ``<N``; no person is named.
+    """
+    data = metadata.get("training_data") or {}
+    d = task.definition
+    tar_start, tar_end = (int(d.get("tar_start", 1)), int(d.get("tar_end", 365))) if d.get("kind") == "plp" \
+        else (0, int(d.get("horizon_days") or 36_500))
+    window = f"days {tar_start}-{tar_end} after index" if d.get("kind") == "plp" else "after the cut"
+    fix = ("pretrain on events censored at the task's index dates (`omop-behrt extract --index-dates "
+           "<task>/labels.parquet ...`, as the demo does)")
+    ix = task.labels.select(["subject_id", "index_date"])
+    events = Path(str(data.get("events_dir", ""))) / "events"
+    files = sorted(events.glob("*.parquet")) if data.get("events_dir") and events.is_dir() else []
+    if files:
+        con = duckdb.connect()
+        con.register("ix", ix)
+        con.register("ev", ds.dataset([str(f) for f in files], format="parquet"))   # streamed, columns pushed down
+        later, inside, n = con.execute(load_sql("tasks/pretraining_overlap.sql"),
+                                       {"tar_start": tar_start, "tar_end": tar_end}).fetchone()
+        con.close()
+        if inside:
+            shown = lambda k: f"{c:,}" if isinstance(c := shown_count(k, min_count), int) else c  # noqa: E731
+            return (f"leakage: the model was pretrained on events inside the outcome window ({window}) of "
+                    f"{shown(inside)} of {shown(n)} task entries ({shown(later)} "
+                    f"have pretraining events on or after their index date), so its scores on this task are "
+                    f"optimistic; {fix}")
+        return None
+    from .adapters.omop import index_dates_digest
+    if data.get("censored_at") and data["censored_at"] == index_dates_digest(ix):
+        return None
+    first_index = pc.min(ix["index_date"]).as_py()
+    last_year = data.get("last_year")
+    if first_index is not None and last_year is not None and int(last_year) >= first_index.year:
+        return (f"possible leakage: the model's pretraining data runs to {last_year} and was not censored at this "
+                f"task's index dates (the first is in {first_index.year}); its pretraining events "
+                f"({data.get('events_dir') or 'unknown'}) are not here to check exactly. If they hold these "
+                f"persons' outcome windows ({window}), scores are optimistic; {fix}")
+    return None

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cdm import OmopCdm
+from ..cohorts import RESULTS_SCHEMA, CohortTable
 from ..database import Database, SourceError
 from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
                       ShardWriter, fill_rebuilt_visits, writable_dir, write_table)
@@ -199,7 +200,7 @@ def _no_person_error(cdm: OmopCdm, options: ExtractOptions) -> SourceError:
 
 def _open_cdm(source, cdm_schema, vocab_schema, results_schema) -> OmopCdm:
     """Open the CDM and check what every extraction needs before any query runs."""
-    cdm = OmopCdm(source, cdm_schema, vocab_schema, results_schema)
+    cdm = OmopCdm(source, cdm_schema, vocab_schema, results_schema or RESULTS_SCHEMA)
     for table in REQUIRED_TABLES:
         try:
             cdm.require(table)
@@ -250,6 +251,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     out = EventDir(writable_dir(out))            # a read-only or misplaced --out fails before the source is read
     domains = list(options.domains or DOMAINS)
     cdm = _open_cdm(source, cdm_schema, vocab_schema, results_schema)
+    if options.cohort_id is not None:            # a missing cohort table is no domain's fault: said on its own
+        CohortTable(cdm.db, cdm.results_schema, options.cohort_table).resolve(("cohort_definition_id", "subject_id"))
     for d in domains:                            # a present table with a broken schema fails before any work
         if cdm.has_table(EVENT_TABLES[d].table):
             try:

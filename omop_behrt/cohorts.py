@@ -15,6 +15,10 @@ import pyarrow.compute as pc
 
 from .database import Database, SourceError, check_identifier, load_sql, quote, render
 
+#: Where cohort tables are written and read unless a results schema is named (OHDSI's convention), for
+#: every stage: cohort building, extract --cohort-id, embed, task.
+RESULTS_SCHEMA = "results"
+
 INDEX_SCHEMA = pa.schema([pa.field("cohort_definition_id", pa.int64()), pa.field("subject_id", pa.int64()),
                           pa.field("index_date", pa.timestamp("us"))])
 
@@ -99,20 +103,28 @@ def index_dates_from_meds_labels(path: str | Path, cohort_definition_id: int = 0
 
 
 class CohortTable:
-    """An OHDSI cohort table in a database's results schema."""
+    """An OHDSI cohort table in a database's results schema (default :data:`RESULTS_SCHEMA`)."""
 
     def __init__(self, source: "str | Path | Database", results_schema: str | None = None,
                  cohort_table: str = "cohort", read_only: bool = True):
         self.db = Database.connect(source, read_only=read_only)
-        self.schema = check_identifier(results_schema or self.db.default_schema, "results schema name")
+        self.schema = check_identifier(results_schema or RESULTS_SCHEMA, "results schema name")
         self.table = check_identifier(cohort_table, "cohort table name")
 
     def resolve(self, columns: tuple[str, ...] = ("cohort_definition_id", "subject_id", "cohort_start_date")
                 ) -> tuple[str, dict[str, str]]:
         """The quoted table and {column: quoted column as stored}; a clear error when either is missing."""
-        stored = self.db.tables(self.schema).get(self.table.lower())
+        schemas = self.db.schemas()
+        stored = self.db.tables(self.schema).get(self.table.lower()) if self.schema in schemas else None
         if stored is None:
-            raise SourceError(f"cohort table {self.schema}.{self.table} not found in {self.db.description}")
+            where = "" if self.schema in schemas else f" (no schema {self.schema})"
+            named = (f" --results-schema {self.schema}" * (self.schema != RESULTS_SCHEMA)
+                     + f" --cohort-table {self.table}" * (self.table != "cohort"))
+            raise SourceError(
+                f"cohort table {self.schema}.{self.table} not found in {self.db.description}{where}; create it with "
+                f"`omop-behrt cohort first-occurrence|min-visits --source ... --cohort-id N{named}` (in Python: "
+                f"cohorts.first_occurrence_cohort), or name the schema and table holding it (--results-schema, "
+                f"--cohort-table)")
         cols = self.db.columns(self.schema, stored)
         missing = [c for c in columns if c not in cols]
         if missing:
@@ -132,7 +144,7 @@ class CohortTable:
 
 
 def _writable_results(cdm, results_schema: str | None, allow_cdm_schema: bool) -> str:
-    schema = check_identifier(results_schema or "results", "results schema name")
+    schema = check_identifier(results_schema or RESULTS_SCHEMA, "results schema name")
     if schema == cdm.cdm_schema and not allow_cdm_schema:
         raise ValueError(f"refusing to write a cohort table into the CDM schema {schema!r}; pass another "
                          f"results schema or allow_cdm_schema=True (--allow-cdm-schema)")

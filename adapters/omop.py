@@ -96,6 +96,20 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def index_dates_digest(index_dates: pa.Table) -> str:
+    """``N subjects, sha256 X`` over each subject's latest index date (the censoring an extraction applies).
+
+    Recorded in the manifest and, through pretraining, in a model's metadata, so a task can tell whether the
+    encoder's events were censored at its own index dates (a digest: no person or date is recoverable).
+    """
+    ix = index_dates.group_by("subject_id").aggregate([("index_date", "max")])
+    s = ix["subject_id"].cast(pa.int64()).to_numpy()
+    days = ix["index_date_max"].cast(pa.timestamp("us")).cast(pa.date32()).cast(pa.int32())
+    d = pc.add(days.cast(pa.int64()), 719_163).fill_null(0).to_numpy()     # date.toordinal(); 0 for none
+    order = np.lexsort((d, s))
+    return f"{len(s)} subjects, sha256 {_digest(s[order], d[order])}"
+
+
 def fingerprint(cdm: OmopCdm, options: ExtractOptions) -> dict:
     """Every input that changes an extraction's rows (the domains aside: a resume may add domains)."""
     ids = None
@@ -103,13 +117,7 @@ def fingerprint(cdm: OmopCdm, options: ExtractOptions) -> dict:
         a = np.unique(np.asarray(list(options.person_ids), dtype=np.int64))
         shown = a[:10].tolist()
         ids = f"{shown}{' ...' if len(a) > 10 else ''} ({len(a)} ids, sha256 {_digest(a)})"
-    ix = None
-    if options.index_dates is not None:
-        p = options.index_params()
-        s = np.asarray(p["ix_subject"], dtype=np.int64)
-        d = np.asarray([x.toordinal() if x else 0 for x in p["ix_date"]], dtype=np.int64)
-        order = np.lexsort((d, s))
-        ix = f"{len(s)} subjects, sha256 {_digest(s[order], d[order])}"
+    ix = None if options.index_dates is None else index_dates_digest(options.index_dates)
     return {"source": cdm.db.description, "cdm_schema": cdm.cdm_schema, "vocab_schema": cdm.vocab_schema,
             "results_schema": cdm.results_schema, "person_ids": ids,
             "cohort": None if options.cohort_id is None else f"{options.cohort_table}:{options.cohort_id}",

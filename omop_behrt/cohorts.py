@@ -93,13 +93,20 @@ def index_dates_from_csv(path: str | Path, cohort_definition_id: int = 0) -> pa.
 
 
 def index_dates_from_meds_labels(path: str | Path, cohort_definition_id: int = 0) -> pa.Table:
-    """From MEDS label files (subject_id, prediction_time): a parquet file or a folder of them."""
+    """From MEDS label files (subject_id, prediction_time): a parquet file or a folder of them.
+
+    A task's ``labels.parquet`` (subject_id, index_date) is read too, so extraction can be censored at a task's
+    index dates (``extract --index-dates task/labels.parquet``).
+    """
     import pyarrow.dataset as ds
     t = ds.dataset(str(path), format="parquet").to_table()
-    for need in ("subject_id", "prediction_time"):
+    time = "prediction_time" if "prediction_time" in t.column_names or "index_date" not in t.column_names \
+        else "index_date"
+    for need in ("subject_id", time):
         if need not in t.column_names:
-            raise ValueError(f"{path}: MEDS label column {need!r} is missing; columns present: {t.column_names}")
-    return _index_table(t["subject_id"], t["prediction_time"], cohort_definition_id, str(path))
+            raise ValueError(f"{path}: MEDS label column {need!r} is missing (or a task's index_date); columns "
+                             f"present: {t.column_names}")
+    return _index_table(t["subject_id"], t[time], cohort_definition_id, str(path))
 
 
 class CohortTable:

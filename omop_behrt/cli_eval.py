@@ -210,9 +210,10 @@ def _run_evaluate(args) -> int:
             write_results(res, args.json_out, args.min_count)
         return 0
     task = Task.load(args.task)
+    methods = comparison.check_methods(args.methods)          # a typo fails now, not after the extraction
     split = _split_of(Path(args.task), task)
     prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
-    res = comparison.run(prep, split, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+    res = comparison.run(prep, split, methods=methods,
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,
                          n_boot=args.bootstrap, seed=args.seed)

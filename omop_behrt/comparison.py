@@ -8,7 +8,9 @@ query otherwise).
 """
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,9 +24,26 @@ import scipy.sparse as sp
 from .evaluate import FRACTIONS, binary_metrics, few_shot, subsample
 from .tasks import Task
 
-METHODS = ("embeddings+LR", "counts+LR", "counts+GBM", "embeddings+counts", "fine-tuned (pretrained)",
-           "fine-tuned (scratch)")
-FEW_SHOT_METHODS = ("embeddings+LR", "counts+LR", "fine-tuned (pretrained)", "fine-tuned (scratch)")
+#: the names a user types (``--methods``), in the order the table shows them
+METHODS = ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
+           "finetuned-scratch")
+#: the methods with a few-shot curve (the others are refits of these with other features)
+FEW_SHOT_METHODS = ("embeddings-lr", "counts-lr", "finetuned-pretrained", "finetuned-scratch")
+#: the methods that train a torch model (the slow ones)
+TORCH_METHODS = ("finetuned-pretrained", "finetuned-scratch")
+
+
+def check_methods(methods: str | Sequence[str], valid: Sequence[str] = METHODS) -> list[str]:
+    """Method names from a comma-separated string or a list, checked: one error naming every valid name."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
+    names = list(dict.fromkeys(m for m in names if m))
+    unknown = [m for m in names if m not in valid]
+    if unknown:
+        raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"valid names: {', '.join(valid)}")
+    if not names:
+        raise ValueError(f"no method given; valid names: {', '.join(valid)}")
+    return names
 
 
 @dataclass
@@ -69,20 +88,108 @@ def _finetuner(prep: Prepared, pretrained: bool, finetune: dict, seed: int):
     return FineTunedBehrt(prep.model_dir, pretrained=pretrained, seed=seed, **finetune)
 
 
-def run(prep: Prepared, split: np.ndarray, *, methods: Sequence[str] = METHODS,
-        few_shot_fractions: Sequence[float] | None = FRACTIONS, few_shot_methods: Sequence[str] = FEW_SHOT_METHODS,
-        finetune: dict | None = None, pooling: str = "mean", n_boot: int = 1000, seed: int = 0,
-        progress: bool = True) -> dict:
-    """Fit every method on the train split (fine-tuning stops early on val), score on test; few-shot curves."""
-    from sklearn.preprocessing import StandardScaler
+_RELAY = None          # in a worker process: the queue its fine-tuning progress goes to
 
-    from .baselines import CountFeatures, counts_gbm, counts_lr, dense_top
-    from .embed import embed_sequences
-    from .heads import LinearProbe
-    from .model import Behrt
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+
+def _worker_init(relay, threads: int) -> None:
+    """A fit worker: ``threads`` torch threads (never more than its share of the cores), quiet on Ctrl-C."""
+    import signal
+
+    import torch
+    global _RELAY
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent stops the workers and says one line
+    torch.set_num_threads(threads)
+    _RELAY = relay
+
+
+def _finetune_job(label: str, model_dir: Path, pretrained: bool, finetune: dict, seed: int, train, y_train,
+                  val, y_val, test) -> np.ndarray:
+    """One fine-tune in a worker process (what ``fit_predict`` does in the parent), progress sent to the parent."""
+    from .heads import FineTunedBehrt
+    est = FineTunedBehrt(model_dir, pretrained=pretrained, seed=seed, **{**finetune, "progress": False})
+    if _RELAY is not None:
+        est._on_epoch = lambda epoch, total, post: _RELAY.put((label, epoch, total, post))
+    est.fit(train, y_train, eval_set=(val, y_val))
+    if _RELAY is not None:
+        _RELAY.put((label, None, None, None))
+    return est.predict_proba(test)[:, 1]
+
+
+class FitPool:
+    """Fine-tunes in ``n_jobs`` worker processes of ``cpus // n_jobs`` torch threads each (no oversubscription).
+
+    Each fit is seeded and self-contained, so the predictions are those of the same fits run one after
+    another. With ``progress``, one bar per running fine-tune (epochs, loss, validation AUROC) on stderr,
+    relayed from the workers by a thread here.
+    """
+
+    def __init__(self, n_jobs: int, progress: bool):
+        import multiprocessing as mp
+        import threading
+        from concurrent.futures import ProcessPoolExecutor
+        ctx = mp.get_context("spawn")                   # no fork of a process holding torch / DuckDB threads
+        self.relay = ctx.Queue() if progress else None
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        self.pool = ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_worker_init,
+                                        initargs=(self.relay, threads))
+        self.bars: dict = {}
+        self.thread = threading.Thread(target=self._show, daemon=True) if progress else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _show(self) -> None:
+        from tqdm.auto import tqdm
+        while True:
+            msg = self.relay.get()
+            if msg is None:
+                break
+            label, epoch, total, post = msg
+            bar = self.bars.get(label)
+            if epoch is None:
+                if bar is not None:
+                    self.bars.pop(label).close()
+                continue
+            if bar is None:
+                bar = self.bars[label] = tqdm(total=total, desc=f"fine-tune {label}", unit="epoch", leave=False,
+                                              dynamic_ncols=True)
+            bar.total = total
+            bar.update(epoch + 1 - bar.n)
+            if post:
+                bar.set_postfix(post, refresh=True)
+
+    def submit(self, label: str, *args):
+        return self.pool.submit(_finetune_job, label, *args)
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers (at once with ``cancel``: Ctrl-C must not wait for a fine-tune to end)."""
+        if cancel:
+            for proc in list(getattr(self.pool, "_processes", {}).values()):   # the executor has no kill()
+                proc.terminate()
+        self.pool.shutdown(wait=not cancel, cancel_futures=True)
+        if self.thread is not None:
+            self.relay.put(None)
+            self.thread.join(timeout=5)
+
+
+def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = METHODS,
+        few_shot_fractions: Sequence[float] | None = FRACTIONS, few_shot_methods: Sequence[str] | None = None,
+        finetune: dict | None = None, pooling: str = "mean", n_boot: int = 1000, seed: int = 0,
+        progress: bool = True, n_jobs: int = 1) -> dict:
+    """Fit each of ``methods`` on the train split (fine-tuning stops early on val), score on test; few-shot curves.
+
+    Only what is asked runs: embeddings only for the embedding methods, counts only for the count methods,
+    few-shot curves for ``few_shot_methods`` (default: the requested methods that have one, see
+    ``FEW_SHOT_METHODS``). The few-shot fit on 100% of the labels is the main fit (same rows, same seed), so
+    it is reused, not refitted. ``progress``: bars on stderr over the fits, the fine-tuning epochs (with the
+    validation AUROC) and the few-shot grid (with an ETA); each method's line on stdout as it finishes.
+    ``n_jobs`` > 1: the fine-tunes (main and few-shot) run in that many worker processes (see
+    :class:`FitPool`), started first so that the scikit-learn fits here overlap them; same numbers as serial.
+    """
+    methods = check_methods(methods)
+    few_shot_methods = ([m for m in methods if m in FEW_SHOT_METHODS] if few_shot_methods is None
+                        else check_methods(few_shot_methods, FEW_SHOT_METHODS))
+    if not few_shot_fractions:
+        few_shot_methods = []
     finetune = {"epochs": 8, "patience": 2, "head": "ffn", **(finetune or {})}
     y = prep.task.y
     split = np.asarray(split)
@@ -91,58 +198,120 @@ def run(prep: Prepared, split: np.ndarray, *, methods: Sequence[str] = METHODS,
         if len(rows) == 0 or not 0 < y[rows].sum() < len(rows):
             raise ValueError(f"the {name} split needs both classes; it has {len(rows)} rows, {int(y[rows].sum())} "
                              f"positive (too few outcomes for this split)")
-    say = print if progress else (lambda *a, **k: None)
+    wanted = set(methods) | set(few_shot_methods)
     t0, seconds = time.perf_counter(), {}
-    model = prep.model if prep.model is not None else Behrt.load(prep.model_dir)
-    emb = embed_sequences(model, prep.seqs, pooling=pooling)
-    seconds["embed"] = time.perf_counter() - t0
-    index = prep.task.labels.select(["subject_id", "index_date"])
-    cf = CountFeatures(persons=prep.persons).fit((prep.codes, index.take(pa.array(tr))))
-    C = cf.transform((prep.codes, index))
-    E = StandardScaler().fit(emb[tr]).transform(emb).astype(np.float32)
-    gbm_cols = None
-    preds: dict[str, np.ndarray] = {}
+    emb = E = C = None
+    if wanted & {"embeddings-lr", "embeddings-counts"}:
+        from sklearn.preprocessing import StandardScaler
 
-    def fit_predict(name: str, rows: np.ndarray, val: np.ndarray = va) -> np.ndarray:
+        from .embed import embed_sequences
+        from .model import Behrt
+        model = prep.model if prep.model is not None else Behrt.load(prep.model_dir)
+        emb = embed_sequences(model, prep.seqs, pooling=pooling)
+        E = StandardScaler().fit(emb[tr]).transform(emb).astype(np.float32)
+        seconds["embed"] = time.perf_counter() - t0
+    if wanted & {"counts-lr", "counts-gbm", "embeddings-counts"}:
+        from .baselines import CountFeatures
+        t = time.perf_counter()
+        index = prep.task.labels.select(["subject_id", "index_date"])
+        cf = CountFeatures(persons=prep.persons).fit((prep.codes, index.take(pa.array(tr))))
+        C = cf.transform((prep.codes, index))
+        seconds["counts"] = time.perf_counter() - t
+    gbm_cols = None
+    fitted: dict[tuple, np.ndarray] = {}      # (method, train rows, val rows) -> test predictions
+
+    def key(name: str, rows: np.ndarray, val: np.ndarray) -> tuple:
+        return name, rows.tobytes(), val.tobytes() if name in TORCH_METHODS else b""
+
+    def fit_predict(name: str, rows: np.ndarray, val: np.ndarray = va, bar: bool = progress) -> np.ndarray:
+        k = key(name, rows, val)
+        if k not in fitted:
+            fitted[k] = _fit_predict(name, rows, val, bar)
+        elif not isinstance(fitted[k], np.ndarray):                 # a fine-tune running in a worker
+            fitted[k] = fitted[k].result()
+        return fitted[k]
+
+    def _fit_predict(name: str, rows: np.ndarray, val: np.ndarray, bar: bool) -> np.ndarray:
         nonlocal gbm_cols
-        if name == "embeddings+LR":
+        from .baselines import counts_gbm, counts_lr, dense_top
+        from .heads import LinearProbe
+        if name == "embeddings-lr":
             return LinearProbe().fit(emb[rows], y[rows]).predict_proba(emb[te])[:, 1]
-        if name == "counts+LR":
+        if name == "counts-lr":
             return counts_lr(seed=seed).fit(C[rows], y[rows]).predict_proba(C[te])[:, 1]
-        if name == "counts+GBM":
+        if name == "counts-gbm":
             Xd, gbm_cols = dense_top(C[tr], columns=gbm_cols)
             sub = np.searchsorted(tr, rows)
             return counts_gbm(seed).fit(Xd[sub], y[rows]).predict_proba(dense_top(C[te], columns=gbm_cols)[0])[:, 1]
-        if name == "embeddings+counts":
+        if name == "embeddings-counts":
             EC = sp.hstack([sp.csr_matrix(E), C], format="csr")
             return counts_lr(seed=seed).fit(EC[rows], y[rows]).predict_proba(EC[te])[:, 1]
-        pretrained = name == "fine-tuned (pretrained)"
-        est = _finetuner(prep, pretrained, finetune, seed).fit(prep.seqs.select(rows), y[rows],
-                                                               eval_set=(prep.seqs.select(val), y[val]))
+        est = _finetuner(prep, name == "finetuned-pretrained", {**finetune, "progress": bar}, seed)
+        est.fit(prep.seqs.select(rows), y[rows], eval_set=(prep.seqs.select(val), y[val]))
         return est.predict_proba(prep.seqs.select(te))[:, 1]
 
+    # early stopping sees as small a share of the validation labels as training gets of its own
+    shrink = lambda rows: va[subsample(y[va], len(rows) / len(tr), seed)]  # noqa: E731
+    torch_jobs = [(m, tr, va, "100%") for m in methods if m in TORCH_METHODS]
+    for f in sorted(few_shot_fractions or (), reverse=True):                 # the longest first
+        sub = subsample(y[tr], f, seed)
+        torch_jobs += [(m, tr[sub], shrink(sub), f"{f * 100:g}%") for m in few_shot_methods if m in TORCH_METHODS]
+    pool = FitPool(min(n_jobs, len(torch_jobs)), progress) if n_jobs > 1 and len(torch_jobs) > 1 else None
+    try:
+        if pool is not None:
+            for name, rows, val, what in torch_jobs:
+                if key(name, rows, val) not in fitted:
+                    fitted[key(name, rows, val)] = pool.submit(
+                        f"{name.split('-')[1]} {what}", prep.model_dir, name == "finetuned-pretrained", finetune,
+                        seed, prep.seqs.select(rows), y[rows], prep.seqs.select(val), y[val], prep.seqs.select(te))
+        return _run_fits(prep, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
+                         n_boot, seed, progress, seconds, pooling, finetune, emb, C)
+    except BaseException:
+        if pool is not None:
+            pool.close(cancel=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
+              n_boot: int, seed: int, progress: bool, seconds: dict, pooling: str, finetune: dict, emb, C) -> dict:
+    """:func:`run`'s fits, metrics and few-shot grid, in the order of ``methods``; the results dict."""
+    from tqdm.auto import tqdm
+    say = (lambda line: tqdm.write(line, file=sys.stdout)) if progress else (lambda line: None)
     results: dict = {}
-    for name in methods:
+    preds: dict[str, np.ndarray] = {}
+    fits = tqdm(methods, desc="fits", unit="fit", disable=not progress, leave=False, dynamic_ncols=True)
+    for name in fits:
+        fits.set_postfix_str(name, refresh=True)
         t = time.perf_counter()
         preds[name] = fit_predict(name, tr)
         seconds[name] = time.perf_counter() - t
         results[name] = binary_metrics(y[te], preds[name], n_boot=n_boot, seed=seed)
-        say(f"  {name:<26} AUROC {results[name]['auroc']:.3f}  AUPRC {results[name]['auprc']:.3f}  "
-            f"({seconds[name]:.1f} s)")
+        seconds[name + " metrics"] = time.perf_counter() - t - seconds[name]
+        say(f"  {name:<22} AUROC {results[name]['auroc']:.3f}  AUPRC {results[name]['auprc']:.3f}  "
+            f"({seconds[name]:.1f} s fit, {seconds[name + ' metrics']:.1f} s metrics)")
+    fits.close()
     shots = []
-    if few_shot_fractions:
+    if few_shot_methods:
         t = time.perf_counter()
-        # early stopping sees as small a share of the validation labels as training gets of its own
-        shrink = lambda rows: va[subsample(y[va], len(rows) / len(tr), seed)]  # noqa: E731
         fs = {m: (lambda rows, m=m: fit_predict(m, tr[rows], shrink(rows))) for m in few_shot_methods}
-        shots = few_shot(fs, y[tr], y[te], few_shot_fractions, seed=seed, n_boot=min(n_boot, 200))
+        shots = few_shot(fs, y[tr], y[te], few_shot_fractions, seed=seed, n_boot=min(n_boot, 200),
+                         progress=progress)
         seconds["few_shot"] = time.perf_counter() - t
+    features = {}
+    if C is not None:
+        features["counts"] = int(C.shape[1])
+    if emb is not None:
+        features["embedding"] = int(emb.shape[1])
     return {"task": {"definition": prep.task.definition, "attrition": prep.task.attrition},
             "n": {s: {"rows": int(len(r)), "positives": int(y[r].sum()),
                       "persons": int(len(np.unique(prep.task.labels["subject_id"].to_numpy()[r])))}
                   for s, r in (("train", tr), ("val", va), ("test", te))},
             "methods": results, "few_shot": shots, "pooling": pooling, "finetune": finetune, "seed": seed,
-            "features": {"counts": int(C.shape[1]), "embedding": int(emb.shape[1])},
+            "features": features,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "test_predictions": {"subject_id": prep.task.labels["subject_id"].to_numpy()[te].tolist(),
                                  "y": y[te].tolist(), **{k: v.tolist() for k, v in preds.items()}}}
@@ -160,7 +329,7 @@ def run_behrt(prep: Prepared, split: np.ndarray, *, finetune: dict | None = None
     say = print if progress else (lambda *a, **k: None)
     finetune = {"epochs": 8, "patience": 2, **(finetune or {})}
     out = {"prevalence": multilabel_metrics(Y[te], np.tile(Y[tr].mean(0), (len(te), 1)), task.diseases)}
-    for name, pretrained in (("multi-label (pretrained)", True), ("multi-label (scratch)", False)):
+    for name, pretrained in (("multilabel-pretrained", True), ("multilabel-scratch", False)):
         est = MultiLabelBehrt(prep.model_dir, pretrained=pretrained, seed=seed, **finetune)
         est.fit(prep.seqs.select(tr), Y[tr], eval_set=(prep.seqs.select(va), Y[va]))
         out[name] = multilabel_metrics(Y[te], est.predict_proba(prep.seqs.select(te)), task.diseases)

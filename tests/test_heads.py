@@ -95,7 +95,7 @@ def test_behrt_t1_multilabel_end_to_end(tiny_model, eunomia_events, tmp_path):
     prep = comparison.prepare(tiny_model, eunomia_events, t)
     res = comparison.run_behrt(prep, split_persons(t.index["subject_id"].to_numpy()),
                                finetune={"epochs": 1, "min_steps": 2}, progress=False)
-    for name in ("prevalence", "multi-label (pretrained)", "multi-label (scratch)"):
+    for name in ("prevalence", "multilabel-pretrained", "multilabel-scratch"):
         m = res["methods"][name]
         assert 0 <= m["aps"] <= 1 and m["aps_patients"] > 0 and m["per_disease"]
 

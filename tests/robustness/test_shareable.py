@@ -51,7 +51,7 @@ def evaluated(cdm, task_dir, tiny_model, tmp_path_factory):
     """`omop-behrt evaluate` with the defaults (plus --save-predictions outside the report folder)."""
     out = tmp_path_factory.mktemp("shareable_eval")
     rc = main(["evaluate", "--model", str(tiny_model), "--source", str(cdm), "--task", str(task_dir),
-               "--methods", "embeddings+LR,counts+LR", "--no-few-shot", "--bootstrap", "20",
+               "--methods", "embeddings-lr,counts-lr", "--no-few-shot", "--bootstrap", "20",
                "--report", str(out / "report"), "--json", str(out / "results.json"),
                "--save-predictions", str(out / "predictions.csv")])
     assert rc == 0
@@ -149,7 +149,7 @@ def test_evaluate_defaults_give_a_shareable_report(evaluated, task_dir, capsys):
 def test_predictions_are_opt_in_and_fail_the_check(evaluated, task_dir, tmp_path, capsys):
     t = pacsv.read_csv(evaluated / "predictions.csv")
     labels = Task.load(task_dir).labels
-    assert t.column_names == ["subject_id", "y", "embeddings+LR", "counts+LR"]
+    assert t.column_names == ["subject_id", "y", "embeddings-lr", "counts-lr"]
     assert set(t["subject_id"].to_pylist()) <= set(labels["subject_id"].to_pylist())
     rep = tmp_path / "report"
     shutil.copytree(evaluated / "report", rep)

@@ -115,6 +115,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     """
 
     _multilabel = False
+    #: called as ``(epoch, n_epochs, postfix)`` after every epoch (progress relayed from a worker process)
+    _on_epoch = None
 
     def __init__(self, model_dir=None, *, pretrained: bool = True, head: str = "ffn", epochs: int = 10,
                  lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.01, batch_tokens: int = 4096,
@@ -203,11 +205,14 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
                                 weight_decay=self.weight_decay)
         gen_state = torch.get_rng_state()
         torch.manual_seed(self.seed)
-        best, best_state, bad, self.history_, steps = -np.inf, None, 0, [], 0
+        best, best_state, bad, self.history_, steps, post = -np.inf, None, 0, [], 0, {}
         per_epoch = max(1, len(batches(X.lengths, token_budget(X, self.batch_tokens), self.seed, 0, shuffle=False)))
         n_epochs = max(self.epochs, -(-self.min_steps // per_epoch))     # small data: at least min_steps steps
         every = max(1, n_epochs // max(self.epochs, 1))                  # and then at most ~epochs validations
-        for epoch in tqdm(range(n_epochs), desc="fine-tune", unit="epoch", disable=not self.progress, leave=False):
+        what = "val_auroc" if not self._multilabel and 0 < Yv.sum() < len(Yv) else "val_score"
+        bar = tqdm(range(n_epochs), desc=f"fine-tune ({'pretrained' if self.pretrained else 'scratch'}, "
+                   f"{len(X):,} rows)", unit="epoch", disable=not self.progress, leave=False, dynamic_ncols=True)
+        for epoch in bar:
             self.model_.train()
             total, n = 0.0, 0
             for idx, b in self._device_batches(X, epoch, shuffle=True):
@@ -220,16 +225,21 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
                 opt.step()
                 steps += 1
                 total, n = total + float(loss.detach()) * len(idx), n + len(idx)
-            if (epoch + 1) % every and epoch + 1 < n_epochs:
-                continue
-            score = self._score(Xv, Yv)
-            self.history_.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_score": score})
-            if score > best + 1e-6:
-                best, best_state, bad = score, copy.deepcopy(self.model_.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= self.patience and steps >= self.min_steps:
-                    break
+            validated = (epoch + 1) % every == 0 or epoch + 1 == n_epochs
+            if validated:
+                score = self._score(Xv, Yv)
+                self.history_.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_score": score})
+                post = {"loss": f"{total / max(n, 1):.3f}", what: f"{score:.3f}"}
+                bar.set_postfix(post, refresh=False)
+                if score > best + 1e-6:
+                    best, best_state, bad = score, copy.deepcopy(self.model_.state_dict()), 0
+                else:
+                    bad += 1
+            if self._on_epoch is not None:
+                self._on_epoch(epoch, n_epochs, post)
+            if validated and bad >= self.patience and steps >= self.min_steps:
+                break
+        bar.close()
         torch.set_rng_state(gen_state)
         if best_state is not None:
             self.model_.load_state_dict(best_state)

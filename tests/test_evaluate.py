@@ -1,6 +1,8 @@
 """Metrics against scikit-learn on known inputs, calibration on simulated risks, BEHRT's per-patient averaging."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
@@ -75,3 +77,114 @@ def test_subsample_nested_stratified_and_few_shot():
     rows = few_shot({"oracle": oracle}, y, y_test, fractions=(0.01, 1.0), n_boot=20)
     assert [r["fraction"] for r in rows] == [0.01, 1.0] and calls == [11, 1000]
     assert rows[0]["auroc"] == 1.0 and rows[1]["train_positives"] == 50
+
+
+def test_vectorised_bootstrap_is_the_per_replicate_loop():
+    from omop_behrt.evaluate import _point, bootstrap_points
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.15).astype(int)
+    p = np.round(np.clip(0.2 * y + rng.random(300) * 0.5, 0, 1), 2)          # many tied scores
+    draws = np.random.default_rng(7)
+    loop = []
+    for _ in range(200):
+        i = draws.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            loop.append(_point(y[i], p[i]))
+    fast = bootstrap_points(y, p, 200, seed=7, chunk_cells=10_000)             # several chunks
+    assert len(fast["auroc"]) == len(loop)
+    for k in loop[0]:
+        assert np.allclose(fast[k], [b[k] for b in loop], rtol=0, atol=1e-9), k
+
+
+# -- the comparison: method names, only what was asked, progress, parallel fits --------------------------------
+NSAIDS = [1118084, 1124300, 1177480, 1115008]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_model, eunomia_db, tmp_path_factory):
+    import shutil
+
+    from omop_behrt import cohorts, comparison
+    from omop_behrt.tasks import Task, plp_task
+    cdm = tmp_path_factory.mktemp("evaluate") / "eunomia.duckdb"
+    shutil.copy(eunomia_db, cdm)
+    cohorts.first_occurrence_cohort(cdm, 1, NSAIDS, domains=["drug"], results_schema="results")
+    t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
+    return comparison.prepare(tiny_model, cdm, Task(t.labels.slice(0, 600), t.definition, t.attrition))
+
+
+@pytest.fixture(scope="module")
+def split(prepared):
+    from omop_behrt.tasks import split_persons
+    return split_persons(prepared.task.labels["subject_id"].to_numpy(), seed=0)
+
+
+def test_method_names_are_typeable_and_checked():
+    from omop_behrt.comparison import FEW_SHOT_METHODS, METHODS, check_methods
+    assert METHODS == ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
+                       "finetuned-scratch")
+    assert set(FEW_SHOT_METHODS) <= set(METHODS)
+    assert all(" " not in m and "(" not in m and "+" not in m for m in METHODS)
+    assert check_methods(" counts-lr,embeddings-lr,counts-lr ") == ["counts-lr", "embeddings-lr"]
+    with pytest.raises(ValueError, match=r"unknown methods counts\+LR, gbm; valid names: embeddings-lr, counts-lr, "
+                                         r"counts-gbm, embeddings-counts, finetuned-pretrained, finetuned-scratch"):
+        check_methods("counts+LR,gbm")
+    with pytest.raises(ValueError, match="no method given"):
+        check_methods(",")
+
+
+def test_cli_unknown_method_is_one_error_listing_the_names(prepared, tiny_model, tmp_path, capsys):
+    from omop_behrt.cli import main
+    prepared.task.save(tmp_path / "task")
+    rc = main(["evaluate", "--model", str(tiny_model), "--source", str(tmp_path), "--task", str(tmp_path / "task"),
+               "--methods", "counts+LR"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "unknown method counts+LR; valid names: embeddings-lr, counts-lr" in err
+    assert "Traceback" not in err
+
+
+def test_only_the_requested_methods_run(prepared, split, monkeypatch):
+    from omop_behrt import comparison, embed
+    from omop_behrt.heads import FineTunedBehrt
+
+    def no(*a, **k):
+        raise AssertionError("a torch model was fitted or run for counts-lr")
+    monkeypatch.setattr(FineTunedBehrt, "fit", no)
+    monkeypatch.setattr(embed, "embed_sequences", no)
+    res = comparison.run(prepared, split, methods=["counts-lr"], few_shot_fractions=(0.25, 1.0), n_boot=20,
+                         progress=False)
+    assert list(res["methods"]) == ["counts-lr"] and {r["method"] for r in res["few_shot"]} == {"counts-lr"}
+    assert [r["fraction"] for r in res["few_shot"]] == [0.25, 1.0] and "embedding" not in res["features"]
+    # the 100% few-shot point is the main fit itself
+    assert res["few_shot"][1]["auroc"] == pytest.approx(res["methods"]["counts-lr"]["auroc"])
+
+
+def test_progress_goes_to_stderr_results_to_stdout(prepared, split, capfd):
+    from omop_behrt import comparison
+    comparison.run(prepared, split, methods=["embeddings-lr", "finetuned-pretrained"], few_shot_fractions=(0.25,),
+                   finetune={"epochs": 1, "min_steps": 2}, n_boot=20, progress=True)
+    out, err = capfd.readouterr()
+    assert "embeddings-lr" in out and "AUROC" in out and "finetuned-pretrained" in out
+    assert "fits" in err and "few-shot" in err and "fine-tune" in err and "val_auroc" in err
+    assert "it/s" not in out and "fine-tune" not in out
+    comparison.run(prepared, split, methods=["embeddings-lr"], few_shot_fractions=None, n_boot=20, progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and "fits" not in err
+
+
+def test_parallel_fine_tunes_give_the_serial_numbers(prepared, split, capfd):
+    import torch
+
+    from omop_behrt import comparison
+    kw = dict(methods=["counts-lr", "finetuned-pretrained", "finetuned-scratch"], few_shot_fractions=(0.1, 1.0),
+              finetune={"epochs": 2, "min_steps": 4}, n_boot=20, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))      # as each of the 2 workers
+    try:
+        serial = comparison.run(prepared, split, progress=False, n_jobs=1, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = comparison.run(prepared, split, progress=True, n_jobs=2, **kw)
+    assert "fine-tune" in capfd.readouterr().err                 # the workers' epochs, relayed
+    assert parallel["test_predictions"] == serial["test_predictions"]
+    assert parallel["few_shot"] == serial["few_shot"] and parallel["methods"] == serial["methods"]

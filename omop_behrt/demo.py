@@ -24,8 +24,18 @@ def eunomia_path() -> Path:
     return path
 
 
-def run_demo(out: Path, progress: bool = True, epochs: int = 10, few_shot: bool = True) -> int:
-    """Run every stage into ``out`` (a private copy of Eunomia, events, model, task, report) and say where."""
+def run_demo(out: Path, progress: bool = True, epochs: int = 10, few_shot: bool = True,
+             n_jobs: int | None = None) -> int:
+    """Run every stage into ``out`` (a private copy of Eunomia, events, model, task, report) and say where.
+
+    Torch runs one thread per process: the tiny model's matrices are too small for a second thread to pay,
+    and on a busy machine a thread waiting for its twin made pretraining 5x slower (40 steps: 21 s with one
+    thread, 105 s with two, at load average ~5 on 2 cores). The fine-tunes (main and few-shot) instead run
+    in ``n_jobs`` worker processes (default: one per core, at most 2) beside the scikit-learn fits.
+    """
+    import os
+
+    import torch
     from . import cohorts, comparison
     from .adapters import omop
     from .cli_eval import results_table
@@ -35,6 +45,8 @@ def run_demo(out: Path, progress: bool = True, epochs: int = 10, few_shot: bool 
     from .vocab import map_events
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    n_jobs = n_jobs or max(1, min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
     stamp = lambda: f"[{time.perf_counter() - t0:6.1f} s]"  # noqa: E731
     cdm = out / "eunomia.duckdb"          # a private copy: the cohort table is written into it
@@ -57,14 +69,15 @@ def run_demo(out: Path, progress: bool = True, epochs: int = 10, few_shot: bool 
     print(map_events(out / "events", "caliber", cdm=cdm, progress=False, sort=False).report.table())
     print(f"{stamp()} [4/7] pretrain: tiny BEHRT, {epochs} epochs, masked LM -> {out / 'model'}")
     res = pretrain(out / "events", "source", out / "model", "tiny", epochs=epochs, progress=progress, device="cpu",
-                   seed=0)
+                   seed=0, threads=1)
     print(f"        validation masked-token accuracy {res.get('val_acc', float('nan')):.3f}, "
           f"top-10 {res.get('val_top10', float('nan')):.3f}")
     print(f"{stamp()} [5/7] embed: each person's sequence before the index date")
-    prep = comparison.prepare(out / "model", out / "events", task, progress=False)
-    print(f"{stamp()} [6/7] heads and baselines (same split), few-shot curves")
+    prep = comparison.prepare(out / "model", out / "events", task, progress=progress)
+    print(f"{stamp()} [6/7] heads and baselines (same split), few-shot curves; fine-tuning in {n_jobs} "
+          f"process{'es' if n_jobs > 1 else ''}", flush=True)
     results = comparison.run(prep, split, few_shot_fractions=comparison.FRACTIONS if few_shot else None,
-                             finetune={"epochs": 4, "patience": 2}, n_boot=500, progress=True)
+                             finetune={"epochs": 4, "patience": 2}, n_boot=500, progress=progress, n_jobs=n_jobs)
     print(results_table(results))
     print(f"{stamp()} [7/7] report")
     path = write_report(out / "report", results, out / "model", seqs=prep.seqs, cdm=cdm,

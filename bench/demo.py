@@ -5,9 +5,9 @@ starts N busy background processes on the same cores for the loaded run (load av
 REV`` the same runs are made with the demo as it was at git revision REV (a temporary git worktree, imported
 through PYTHONPATH) and the ratio is reported. Phases come from the demo's own stamps (``[  12.3 s] [4/7]
 pretrain ...``). Targets (issue 11): <= 120 s idle on 2 cores, <= 300 s at load average 4. Prints a table and
-writes bench/out/demo.json.
+writes bench/out/demo.json (demo<tag>.json with --tag).
 
-    python bench/demo.py [--cores 2] [--load 4] [--before 388b5c7] [--runs idle,loaded]
+    python bench/demo.py [--cores 2] [--load 4] [--before 388b5c7] [--runs idle,loaded] [--tag _x]
 """
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ def main() -> int:
     ap.add_argument("--before", help="also run the demo at this git revision (e.g. the commit before the change)")
     ap.add_argument("--runs", default="idle,loaded", help="which of idle, loaded (default both)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (demo<tag>.json)")
     args = ap.parse_args()
     cores = f"0-{args.cores - 1}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def main() -> int:
             print(f"{run}: {now[0]['wall_s']:.1f} s, {verdict} the {TARGETS[run]:.0f} s target{ratio}")
     machine = {"nproc": os.cpu_count(), "cores_used": args.cores, "cpu": cpu_model(), "platform": platform.platform(),
                "python": platform.python_version(), "load_before_bench": [round(x, 2) for x in os.getloadavg()]}
-    (args.out / "demo.json").write_text(json.dumps({"machine": machine, "targets_s": TARGETS,
+    (args.out / f"demo{args.tag}.json").write_text(json.dumps({"machine": machine, "targets_s": TARGETS,
                                                     "before": args.before, "runs": rows}, indent=2))
     return 0
 

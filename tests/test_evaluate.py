@@ -1,4 +1,4 @@
-"""Metrics against scikit-learn on known inputs, calibration on simulated risks, BEHRT's per-patient averaging."""
+"""Metrics against scikit-learn, the vectorised bootstrap against its loop, calibration, BEHRT's per-patient averaging; the comparison's method names, progress and parallel fits."""
 from __future__ import annotations
 
 import os

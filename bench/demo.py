@@ -86,7 +86,8 @@ def run_demo(label: str, pythonpath: str | None, cores: str, load: int, work: Pa
     auroc = dict(re.findall(r"^(\S+(?: \([^)]*\))?)\s+([\d.]+) \([\d.]+-[\d.]+\)", p.stdout, re.M))
     return {"code": label, "load": load, "wall_s": round(wall, 1), "phases_s": phases(p.stdout, wall),
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
-            "auroc": {k: float(v) for k, v in auroc.items()}, "stderr_lines": p.stderr.count("\n") + p.stderr.count("\r")}
+            "auroc": {k: float(v) for k, v in auroc.items()},
+            "progress_updates": p.stderr.count("\n") + p.stderr.count("\r")}
 
 
 def main() -> int:

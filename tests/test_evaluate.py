@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn, the vectorised bootstrap against its loop, calibration, BEHRT's per-patient averaging; the comparison's method names, progress and parallel fits."""
+"""Metrics against scikit-learn, the vectorised bootstrap against its loop, calibration, BEHRT's per-patient
+averaging; the comparison's method names, what runs, progress on stderr and parallel fits = serial."""
 from __future__ import annotations
 
 import os

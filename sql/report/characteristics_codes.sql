@@ -1,0 +1,14 @@
+-- Table 1: persons with each code any time before their index date, by outcome group; codes in >= $min_count
+-- persons only. Inputs (DuckDB, registered Arrow): codes(subject_id, time, code), labels(subject_id, index_date,
+-- label).
+WITH hits AS (
+    SELECT DISTINCT c.code, l.subject_id, l.label
+    FROM codes c JOIN labels l ON c.subject_id = l.subject_id AND c.time < l.index_date
+)
+SELECT code, COUNT(DISTINCT subject_id) AS persons,
+       COUNT(DISTINCT subject_id) FILTER (WHERE label = 1) AS with_outcome,
+       COUNT(DISTINCT subject_id) FILTER (WHERE label = 0) AS without_outcome
+FROM hits
+GROUP BY code
+HAVING COUNT(DISTINCT subject_id) >= $min_count
+ORDER BY persons DESC, code

@@ -227,7 +227,7 @@ def _run_evaluate(args) -> int:
         from .embed import _is_cdm
         from .report import write_report
         cdm = args.source if _is_cdm(args.source) else None
-        path = write_report(args.report, res, args.model, seqs=prep.seqs, cdm=cdm,
+        path = write_report(args.report, res, args.model, prep=prep, cdm=cdm,
                             example_person=args.example_person, min_count=args.min_count)
         print(f"report: {path}" + (" (holds one person's record: not shareable)" if args.example_person is not None
                                    else ""))

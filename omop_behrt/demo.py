@@ -82,8 +82,9 @@ def run_demo(out: Path, progress: bool = True, epochs: int = 10, few_shot: bool 
                              finetune={"epochs": 4, "patience": 2}, n_boot=500, progress=progress, n_jobs=n_jobs)
     print(results_table(results))
     print(f"{stamp()} [7/7] report")
-    path = write_report(out / "report", results, out / "model", seqs=prep.seqs, cdm=cdm,
-                        title="omop-behrt demo: GI haemorrhage after a first NSAID (Eunomia)")
+    path = write_report(out / "report", results, out / "model", prep=prep, cdm=cdm,
+                        title="omop-behrt demo: GI haemorrhage after a first NSAID (Eunomia)",
+                        target="first exposure to an NSAID: celecoxib, diclofenac, ibuprofen or naproxen (cohort 1)")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     print(f"report: {path.resolve()}")
     return 0

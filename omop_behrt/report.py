@@ -1,9 +1,15 @@
-"""A self-contained HTML report of a comparison: curves, calibration, few-shot, code map, neighbours, attention.
+"""A self-contained HTML report of a comparison, written for the clinician who reads it.
 
 Every plot is a PNG (matplotlib, Agg backend) embedded as base64, so the report is one file to mail or
-archive. Sections: task and numbers, metrics with 95% CIs, ROC and PR curves, calibration, few-shot curves,
-a t-SNE map of the code embeddings coloured by CALIBER chapter, each common disease's 10 nearest codes by
-cosine similarity (as in the BEHRT paper), and last-layer attention.
+archive. Sections, each with a one-line "how to read this": the study in words (target cohort, outcome by
+concept name, time at risk, exclusions, the data source from cdm_source, CDM and vocabulary versions, the
+date, the omop-behrt version, the model: shape, pretraining steps, loss curve, validation masked-token
+accuracy, vocabulary) and the outcome rate as a rate; attrition and splits; baseline characteristics by
+outcome (Table 1, :mod:`omop_behrt.characteristics`); metrics with 95% CIs and a warning box for results
+not to take at face value (:func:`result_warnings`); ROC and PR curves; calibration; few-shot curves as small
+multiples; a t-SNE map of the code embeddings coloured by CALIBER chapter; each common disease's 10 nearest
+codes by cosine similarity (as in the BEHRT paper), by name; and last-layer attention, labelled by name.
+:func:`screenshot` renders a page with headless Chromium (docs/render_report.py, the test).
 
 The report is shareable by default (DESIGN.md, "What may leave a site"): the attention view is the mean over
 the test persons between the most common tokens, every count below ``min_count`` shows as ``<10``, curves
@@ -482,6 +488,9 @@ def _model_facts(model, model_dir: Path) -> tuple[list[list], str | None]:
         rows.append(["validation masked-token accuracy",
                      f"{m['val_acc']:.3f}" + (f" (top-10 {m['val_top10']:.3f})" if "val_top10" in m else "") +
                      (f"; loss {m['val_loss']:.3f}" if "val_loss" in m else "")])
+    if data.get("cdm_version") or data.get("vocabulary_version"):
+        rows.append(["pretraining data: OMOP CDM / vocabulary version",
+                     f"{data.get('cdm_version') or '?'} / {data.get('vocabulary_version') or 'not recorded'}"])
     vocab = meta.get("vocab", "?")
     rows.append(["vocabulary", f"{vocab}: {len(model.vocab) - len(SPECIALS):,} tokens, each seen in at least "
                                f"{data.get('min_count', MIN_COUNT)} persons"

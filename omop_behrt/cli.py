@@ -8,6 +8,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -549,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -560,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
         print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line as one line (``omop-behrt: warning: ...``), without the source location."""
+    print(f"omop-behrt: warning: {message}", file=sys.stderr)
 
 
 def _one_line(e: BaseException) -> str:

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from .evaluate import FRACTIONS, binary_metrics, few_shot, subsample
-from .tasks import Task
+from .tasks import LeakageWarning, Task, pretraining_overlap
 
 #: the names a user types (``--methods``), in the order the table shows them
 METHODS = ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
@@ -56,6 +57,7 @@ class Prepared:
     persons: pa.Table
     model_dir: Path
     model: object = None          # the loaded omop_behrt.model.Behrt (loaded once, shared by the methods)
+    leakage: str | None = None    # tasks.pretraining_overlap's warning: the encoder saw outcome-window events
 
 
 def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None = None,
@@ -66,6 +68,9 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     from .tokenizer import visit_table
     from .vocab import map_events
     model = Behrt.load(model_dir)
+    leakage = pretraining_overlap(model.metadata, task)
+    if leakage:
+        warnings.warn(leakage, LeakageWarning, stacklevel=2)
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-eval-"))
@@ -77,7 +82,7 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
         tokens = map_events(events, vocab=model.metadata.get("vocab", "source"), cdm=cdm, progress=False).tokens
         seqs, order = index_sequences(tokens, persons, visit_table(events), model,
                                       task.labels["subject_id"].to_numpy(), cut_times(task.labels))
-        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model)
+        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model, leakage)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -307,6 +312,7 @@ def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot
     if emb is not None:
         features["embedding"] = int(emb.shape[1])
     return {"task": {"definition": prep.task.definition, "attrition": prep.task.attrition},
+            "leakage": prep.leakage,
             "n": {s: {"rows": int(len(r)), "positives": int(y[r].sum()),
                       "persons": int(len(np.unique(prep.task.labels["subject_id"].to_numpy()[r])))}
                   for s, r in (("train", tr), ("val", va), ("test", te))},
@@ -335,5 +341,5 @@ def run_behrt(prep: Prepared, split: np.ndarray, *, finetune: dict | None = None
         out[name] = multilabel_metrics(Y[te], est.predict_proba(prep.seqs.select(te)), task.diseases)
     for name, m in out.items():
         say(f"  {name:<26} per-patient APS {m['aps']:.3f}  AUROC {m['auroc']:.3f}")
-    return {"task": task.definition, "diseases": len(task.diseases),
+    return {"task": task.definition, "diseases": len(task.diseases), "leakage": prep.leakage,
             "n": {s: int(len(r)) for s, r in (("train", tr), ("val", va), ("test", te))}, "methods": out}

@@ -282,6 +282,10 @@ def load_split(path: str | Path, subject_id: np.ndarray) -> np.ndarray:
     return split[order][pos]
 
 
+class LeakageWarning(UserWarning):
+    """The encoder was (or may have been) pretrained on events inside a task's outcome windows."""
+
+
 def pretraining_overlap(metadata: dict, task: "Task | MultiLabelTask", *, min_count: int = MIN_COUNT) -> str | None:
     """A warning when the encoder was pretrained on events inside this task's outcome windows (None: no overlap).
 

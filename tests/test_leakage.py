@@ -86,3 +86,19 @@ def test_small_counts_are_hidden(tiny_model, nsaid_task, window_entries):
     small = type(nsaid_task)(nsaid_task.labels.take(pa.array(rows)), nsaid_task.definition, nsaid_task.attrition)
     warning = pretraining_overlap(_metadata(tiny_model), small)
     assert "outcome window (days 1-365 after index) of <10 of <10 task entries (<10 have" in warning
+
+
+def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, eunomia_db, nsaid_task, tmp_path,
+                                                                   capsys):
+    from omop_behrt.cli import main
+    from omop_behrt.tasks import save_split, split_persons
+    subjects = nsaid_task.labels["subject_id"].to_numpy()
+    nsaid_task.save(tmp_path / "task")
+    save_split(tmp_path / "task" / "split.parquet", subjects, split_persons(subjects, seed=0))
+    rc = main(["evaluate", "--model", str(tiny_model), "--source", str(eunomia_db), "--task", str(tmp_path / "task"),
+               "--methods", "counts-lr", "--no-few-shot", "--bootstrap", "10", "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "omop-behrt: warning: leakage: the model was pretrained on events inside the outcome window" in err
+    assert "Traceback" not in err and "LeakageWarning" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["leakage"].startswith("leakage:")

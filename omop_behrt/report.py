@@ -313,7 +313,7 @@ def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
 def _few_shot_plot(rows: list[dict]) -> str:
     """Small multiples: one panel per method, AUROC against % of training labels with a light 95% band."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cols = min(3, len(methods))
+    cols = len(methods) if len(methods) <= 4 else 3
     nrows = -(-len(methods) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.0 * nrows), sharex=True, sharey=True,
                              squeeze=False)
@@ -332,6 +332,7 @@ def _few_shot_plot(rows: list[dict]) -> str:
         ax.set(xscale="log", ylim=(max(0.0, lo - 0.02), 1.0))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
+        ax.tick_params(labelbottom=True)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
@@ -541,6 +542,18 @@ def _study_rows(definition: dict, attrition: dict, target: str | None, cdm, sour
     return rows
 
 
+def _few_shot_table(rows: list[dict], num) -> str:
+    """The few-shot grid, one row per share of the labels, one AUROC (95% CI) column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["fraction"], r["method"]): r for r in rows}
+    body = []
+    for f in sorted({r["fraction"] for r in rows}):
+        first = next(r for r in rows if r["fraction"] == f)
+        body.append([f"{f * 100:g}", num(first["n_train"]), num(first["train_positives"]),
+                     *(_ci(cell[f, m], "auroc") if (f, m) in cell else "" for m in methods)])
+    return _table(["% train labels", "n train", "with the outcome", *(f"{m} AUROC" for m in methods)], body)
+
+
 def _metrics_rows(shown: dict, flags: dict[tuple[str, str], str]) -> list[list]:
     def cell(name: str, metric: str, text: str):
         return Markup(f"<span class='flag' title='{html.escape(flags[name, metric], quote=True)}'>⚠ "
@@ -692,10 +705,9 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
         parts += [f'<img src="{_few_shot_plot(shown["few_shot"])}">',
                   _how("Test AUROC when each method learns from only part of the training labels (same test "
                        "set). A method that stays high with 1-5% of the labels needs few labelled cases, which is "
-                       "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart."),
-                  _table(["method", "% train labels", "n train", "with the outcome", "AUROC", "AUPRC"],
-                         [[r["method"], f"{r['fraction'] * 100:g}", num(r["n_train"]), num(r["train_positives"]),
-                           _ci(r, "auroc"), _ci(r, "auprc")] for r in shown["few_shot"]])]
+                       "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. AUPRC per point: "
+                       "results.json."),
+                  _few_shot_table(shown["few_shot"], num)]
     else:
         parts.append("<p>Not run (pass few-shot fractions).</p>")
     parts += ["<h2>Code embeddings (t-SNE)</h2>", f'<img src="{_tsne_plot(model, tokens, chapters, seed)}">',

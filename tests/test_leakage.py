@@ -19,10 +19,18 @@ from omop_behrt.tasks import plp_task, pretraining_overlap
 
 
 @pytest.fixture(scope="module")
-def nsaid_task(eunomia_db):
-    """GI haemorrhage within a year of a first NSAID (cohort 911 in results.cohort of the session's Eunomia copy)."""
-    cohorts.first_occurrence_cohort(eunomia_db, 911, list(NSAIDS), domains=["drug"], results_schema="results")
-    return plp_task(eunomia_db, cohorts.CohortTable(eunomia_db, "results").read(911), outcome_concepts=[GI_BLEED])
+def cdm(eunomia_db, tmp_path_factory):
+    """This module's own copy of Eunomia: the cohort written into it must not reach other tests' copies."""
+    dst = tmp_path_factory.mktemp("leakage_cdm") / "eunomia.duckdb"
+    shutil.copy(eunomia_db, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def nsaid_task(cdm):
+    """GI haemorrhage within a year of a first NSAID (cohort 911 in results.cohort)."""
+    cohorts.first_occurrence_cohort(cdm, 911, list(NSAIDS), domains=["drug"])
+    return plp_task(cdm, cohorts.CohortTable(cdm).read(911), outcome_concepts=[GI_BLEED])
 
 
 def _metadata(model_dir) -> dict:
@@ -53,10 +61,10 @@ def test_uncensored_pretraining_is_flagged_with_the_exact_count(tiny_model, nsai
     assert "--index-dates" in warning
 
 
-def test_censored_pretraining_is_not_flagged(eunomia_db, nsaid_task, tmp_path):
+def test_censored_pretraining_is_not_flagged(cdm, nsaid_task, tmp_path):
     from omop_behrt.pretrain import pretrain
     opts = omop.ExtractOptions(index_dates=nsaid_task.labels.select(["subject_id", "index_date"]))
-    omop.extract(eunomia_db, tmp_path / "events", options=opts, progress=False)
+    omop.extract(cdm, tmp_path / "events", options=opts, progress=False)
     pretrain(tmp_path / "events", "source", tmp_path / "model", "tiny", max_steps=2, progress=False,
              device="cpu", seed=0)
     meta = _metadata(tmp_path / "model")
@@ -88,14 +96,13 @@ def test_small_counts_are_hidden(tiny_model, nsaid_task, window_entries):
     assert "outcome window (days 1-365 after index) of <10 of <10 task entries (<10 have" in warning
 
 
-def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, eunomia_db, nsaid_task, tmp_path,
-                                                                   capsys):
+def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, cdm, nsaid_task, tmp_path, capsys):
     from omop_behrt.cli import main
     from omop_behrt.tasks import save_split, split_persons
     subjects = nsaid_task.labels["subject_id"].to_numpy()
     nsaid_task.save(tmp_path / "task")
     save_split(tmp_path / "task" / "split.parquet", subjects, split_persons(subjects, seed=0))
-    rc = main(["evaluate", "--model", str(tiny_model), "--source", str(eunomia_db), "--task", str(tmp_path / "task"),
+    rc = main(["evaluate", "--model", str(tiny_model), "--source", str(cdm), "--task", str(tmp_path / "task"),
                "--methods", "counts-lr", "--no-few-shot", "--bootstrap", "10", "--json", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 0

@@ -334,8 +334,6 @@ def _add_vocab(sub) -> None:
 
 
 def _run_vocab(args) -> int:
-    import warnings
-
     from .vocab import VocabularyWarning, available_vocabularies, map_events
     if args.vocab_command == "list":
         for name, ep in sorted(available_vocabularies().items()):

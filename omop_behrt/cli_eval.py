@@ -5,6 +5,7 @@ runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,9 @@ def _add_evaluate(sub) -> None:
                    help="patient vector of the embedding methods: [CLS], mean of all tokens, or the last visit's")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test set for the 95%% CIs")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits, few-shot subsamples and bootstrap")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes for the fine-tunes (each with cores/jobs torch threads), beside the "
+                        "scikit-learn fits; 1 runs everything in this process (same numbers either way)")
     p.add_argument("--report", help="write report.html + results.json into this directory (shareable: aggregates "
                                     "only, counts below --min-count shown as <N)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here (aggregates only, as results.json)")
@@ -216,7 +220,7 @@ def _run_evaluate(args) -> int:
     res = comparison.run(prep, split, methods=methods,
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,
-                         n_boot=args.bootstrap, seed=args.seed)
+                         n_boot=args.bootstrap, seed=args.seed, n_jobs=args.jobs)
     print(results_table(res, args.min_count))
     if args.json_out:
         write_results(res, args.json_out, args.min_count)

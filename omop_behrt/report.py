@@ -26,7 +26,11 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ModuleNotFoundError as e:  # an optional part: the core installs without it
+    raise ModuleNotFoundError(f"the HTML report needs matplotlib ({e}): pip install 'omop-behrt[report]'",
+                              name=e.name) from e
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

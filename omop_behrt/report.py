@@ -241,9 +241,14 @@ def result_warnings(results: dict) -> list[dict]:
     - calibration slope outside :data:`SANE_SLOPE` (e.g. 275 from a model fine-tuned from scratch whose scores
       barely vary: the slope is then the inverse of a tiny spread, not a property of a usable model);
     - a Brier score no better than the prevalence model (everyone gets the training prevalence);
-    - an AUROC whose 95% CI contains 0.5 (no evidence of better than chance discrimination).
+    - an AUROC whose 95% CI contains 0.5 (no evidence of better than chance discrimination);
+    - leakage: the encoder was pretrained on events inside the task's outcome windows (``results["leakage"]``,
+      from :func:`omop_behrt.tasks.pretraining_overlap`), which makes every encoder-based score optimistic.
     """
     out = []
+    if results.get("leakage"):
+        out.append({"method": "encoder-based methods", "metric": "leakage", "value": "",
+                    "why": str(results["leakage"])})
     train = (results.get("n") or {}).get("train") or {}
     prior = (train["positives"] / train["rows"] if isinstance(train.get("positives"), int)
              and isinstance(train.get("rows"), int) and train["rows"] else None)

@@ -109,3 +109,11 @@ def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, cdm
     assert "omop-behrt: warning: leakage: the model was pretrained on events inside the outcome window" in err
     assert "Traceback" not in err and "LeakageWarning" not in err
     assert json.loads((tmp_path / "r.json").read_text())["leakage"].startswith("leakage:")
+
+
+def test_the_report_puts_it_in_the_warning_box():
+    from omop_behrt.report import result_warnings
+    assert result_warnings({"methods": {}}) == []
+    w = result_warnings({"methods": {}, "leakage": "leakage: the model was pretrained on events inside ..."})
+    assert w == [{"method": "encoder-based methods", "metric": "leakage", "value": "",
+                  "why": "leakage: the model was pretrained on events inside ..."}]

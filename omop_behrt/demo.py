@@ -2,9 +2,8 @@
 
 cohort + PLP task (GI haemorrhage within a year of a first NSAID exposure) -> extract (censored at the
 index dates) -> vocabulary coverage -> pretrain (tiny config) -> embed -> heads and baselines -> HTML report.
-Measured (bench/demo.py's phases): 657 s end to end on a shared 2-core VM at load average ~11 (pretraining
-193 s, fits and few-shot curves 433 s); the demo before one-thread torch, worker-process fine-tunes and the
-vectorised bootstrap spent 389 s on pretraining alone at that load. Every phase shows progress on stderr.
+Measured by bench/demo.py: 74 s end to end on 2 idle CPU cores (pretraining 27 s, fits and few-shot curves
+36 s). Every phase shows progress on stderr.
 """
 from __future__ import annotations
 

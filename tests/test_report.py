@@ -221,6 +221,7 @@ def test_report_shows_a_warning_box_for_degenerate_results(results, report, prep
     bad["methods"] = {"counts-lr": _SANE, "finetuned-scratch": _DEGENERATE}
     bad["n"]["train"] = {"rows": 1000, "persons": 1000, "positives": 100}
     bad.pop("test_predictions")
+    bad["leakage"] = None                     # the leakage line has its own test (test_leakage.py)
     page = write_report(tmp_path / "bad", bad, tiny_model, prep=prepared).read_text()
     box = page.split("<div class='warn'>")[1].split("</div>")[0]
     assert box.count("<li>") == 3 and "calibration slope 275.00" in box and "contains 0.5" in box

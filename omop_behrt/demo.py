@@ -2,8 +2,8 @@
 
 cohort + PLP task (GI haemorrhage within a year of a first NSAID exposure) -> extract (censored at the
 index dates) -> vocabulary coverage -> pretrain (tiny config) -> embed -> heads and baselines -> HTML report.
-Measured by bench/demo.py: 74 s end to end on 2 idle CPU cores (pretraining 27 s, fits and few-shot curves
-36 s). Every phase shows progress on stderr.
+Measured by bench/demo.py: 61 s end to end on 2 idle CPU cores (pretraining 21 s, fits and few-shot curves
+32 s), 185 s with 4 busy processes on the same cores. Every phase shows progress on stderr.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from .database import load_sql
-from .shareable import MIN_COUNT, shown_count
+from .shareable import MIN_COUNT, count_text, shown_count
 
 GROUPS = ("with_outcome", "without_outcome", "all")
 #: a count hidden only so that a suppressed one cannot be got back by subtraction
@@ -132,9 +132,8 @@ def describe_rate(outcome: dict, definition: dict | None = None) -> str:
     window = (f" within {d['tar_start']}-{d['tar_end']} days after the index date"
               if "tar_start" in d and "tar_end" in d else "")
     pos, rows, rate = outcome.get("positives"), outcome.get("rows"), outcome.get("rate")
-    num = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
     pct = f"{rate * 100:.1f}% " if isinstance(rate, float) else ""
-    return f"{pct}({num(pos)} of {num(rows)}) had the outcome{window}"
+    return f"{pct}({count_text(pos)} of {count_text(rows)}) had the outcome{window}"
 
 
 def _cell(count, n) -> str:

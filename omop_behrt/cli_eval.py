@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shareable import MIN_COUNT
+from .shareable import MIN_COUNT, count_text
 
 
 def _floats(s: str) -> list[float]:
@@ -244,8 +244,7 @@ def results_table(res: dict, min_count: int = MIN_COUNT) -> str:
     from .evaluate import shareable_results
     res = shareable_results(res, min_count)
     n = res["n"]["test"]
-    num = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
-    lines = [f"test: {num(n['rows'])} rows, {num(n['positives'])} positive",
+    lines = [f"test: {count_text(n['rows'])} rows, {count_text(n['positives'])} positive",
              f"{'method':<26} {'AUROC (95% CI)':<22} {'AUPRC (95% CI)':<22} {'Brier':>6} {'slope':>6}"]
     for name, m in res["methods"].items():
         lines.append(f"{name:<26} {ci(m, 'auroc'):<22} {ci(m, 'auprc'):<22} {m['brier']:>6.3f} "
@@ -253,8 +252,8 @@ def results_table(res: dict, min_count: int = MIN_COUNT) -> str:
     if res.get("few_shot"):
         lines.append(f"\n{'few-shot':<26} {'% labels':>8} {'n':>6} {'pos':>5} {'AUROC':>7} {'AUPRC':>7}")
         for r in res["few_shot"]:
-            lines.append(f"{r['method']:<26} {r['fraction'] * 100:>8g} {num(r['n_train']):>6} "
-                         f"{num(r['train_positives']):>5} "
+            lines.append(f"{r['method']:<26} {r['fraction'] * 100:>8g} {count_text(r['n_train']):>6} "
+                         f"{count_text(r['train_positives']):>5} "
                          f"{r['auroc']:>7.3f} {r['auprc']:>7.3f}")
     return "\n".join(lines)
 

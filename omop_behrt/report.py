@@ -39,7 +39,7 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from .evaluate import shareable_results, write_results  # noqa: E402
-from .shareable import MIN_COUNT, shown_count, suppressed  # noqa: E402
+from .shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
 from .evaluate import format_ci as _ci  # noqa: E402
 from .tokenizer import CLS, SEP, SPECIALS  # noqa: E402
 
@@ -551,14 +551,14 @@ def _study_rows(definition: dict, attrition: dict, target: str | None, cdm, sour
     return rows
 
 
-def _few_shot_table(rows: list[dict], num) -> str:
+def _few_shot_table(rows: list[dict]) -> str:
     """The few-shot grid, one row per share of the labels, one AUROC (95% CI) column per method."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["fraction"], r["method"]): r for r in rows}
     body = []
     for f in sorted({r["fraction"] for r in rows}):
         first = next(r for r in rows if r["fraction"] == f)
-        body.append([f"{f * 100:g}", num(first["n_train"]), num(first["train_positives"]),
+        body.append([f"{f * 100:g}", count_text(first["n_train"]), count_text(first["train_positives"]),
                      *(_ci(cell[f, m], "auroc") if (f, m) in cell else "" for m in methods)])
     return _table(["% train labels", "n train", "with the outcome", *(f"{m} AUROC" for m in methods)], body)
 
@@ -658,7 +658,6 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
     flags = {(w["method"], w["metric"]): w["why"] for w in warnings}
     model_rows, loss_png = _model_facts(model, model_dir)
     rate = describe_rate(ch["outcome"], definition) if ch else None
-    num = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
 
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p class='sub'>Written {time.strftime('%Y-%m-%d')} by omop-behrt {html.escape(__version__)}. "
@@ -673,9 +672,9 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                    "the outcome happen in the time at risk? The model was pretrained (masked-token prediction) "
                    "on records before the index dates and is then used as a feature extractor or fine-tuned.")]
     parts += ["<h2>Outcome and attrition</h2>",
-              _table(["step", "entries"], [[k, num(v)] for k, v in attrition.items()]),
+              _table(["step", "entries"], [[k, count_text(v)] for k, v in attrition.items()]),
               _table(["split", "rows", "persons", "with the outcome"],
-                     [[s, num(v["rows"]), num(v["persons"]), num(v["positives"])]
+                     [[s, count_text(v["rows"]), count_text(v["persons"]), count_text(v["positives"])]
                       for s, v in shown.get("n", {}).items()]),
               _how("Attrition: how many target entries each exclusion removed. Splits are by person (no person is "
                    "in two); models learn on train, stop early on val, and every number below is on test.")]
@@ -716,7 +715,7 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                        "set). A method that stays high with 1-5% of the labels needs few labelled cases, which is "
                        "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. AUPRC per point: "
                        "results.json."),
-                  _few_shot_table(shown["few_shot"], num)]
+                  _few_shot_table(shown["few_shot"])]
     else:
         parts.append("<p>Not run (pass few-shot fractions).</p>")
     parts += ["<h2>Code embeddings (t-SNE)</h2>", f'<img src="{_tsne_plot(model, tokens, chapters, seed)}">',
@@ -727,7 +726,7 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
               _table(["code", "chapter", "persons", "10 nearest codes (cosine similarity)"],
                      [[Markup(f"{html.escape(_short(names.get(d['token'], d['token']), 40))}<br><span class='sub'>"
                               f"{html.escape(d['token'])}</span>"), d["chapter"],
-                       num(shown_count(d["persons"], min_count)),
+                       count_text(shown_count(d["persons"], min_count)),
                        Markup(" · ".join(f"<span title='{html.escape(n['token'], quote=True)}'>"
                                          f"{html.escape(_short(names.get(n['token'], n['token']), 36))}</span> "
                                          f"<b>{n['cosine']:.2f}</b>" for n in d["nearest"]))] for d in near],

@@ -35,6 +35,11 @@ def suppressed(min_count: int = MIN_COUNT) -> str:
 def shown_count(n: int, min_count: int = MIN_COUNT) -> "int | str":
     """``n`` as a shareable output shows it: ``"<10"`` for 1..min_count-1, else the number (0 says nothing)."""
     return suppressed(min_count) if 0 < n < min_count else int(n)
+
+
+def count_text(v: "int | str") -> str:
+    """A count for a page or a console: ``2,674``, or a suppressed count (``<10``) as it is."""
+    return f"{v:,}" if isinstance(v, int) else str(v)
 #: keys whose integer values count persons (or rows of persons)
 COUNT_KEYS = frozenset({"rows", "persons", "patients", "positives", "negatives", "n", "n_train", "train_positives",
                         "aps_patients", "auroc_patients", "subjects"})

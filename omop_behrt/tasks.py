@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
 from .database import Database, load_sql, render
-from .shareable import MIN_COUNT, shown_count
+from .shareable import MIN_COUNT, count_text, shown_count
 
 LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_date", pa.timestamp("us")),
                            pa.field("label", pa.int8())])
@@ -313,7 +313,7 @@ def pretraining_overlap(metadata: dict, task: "Task | MultiLabelTask", *, min_co
                                        {"tar_start": tar_start, "tar_end": tar_end}).fetchone()
         con.close()
         if inside:
-            shown = lambda k: f"{c:,}" if isinstance(c := shown_count(k, min_count), int) else c  # noqa: E731
+            shown = lambda k: count_text(shown_count(k, min_count))  # noqa: E731
             return (f"leakage: the model was pretrained on events inside the outcome window ({window}) of "
                     f"{shown(inside)} of {shown(n)} task entries ({shown(later)} "
                     f"have pretraining events on or after their index date), so its scores on this task are "

@@ -113,3 +113,16 @@ def postgres_available(url: str = PG_URL) -> str | None:
         return None
     except Exception as e:  # any driver error means "not available"
         return re.sub(r"\s+", " ", str(e))[:200]
+
+
+def copy_with_nsaid_cohort(eunomia: Path, folder: Path, cohort_id: int = 1) -> Path:
+    """A private copy of Eunomia in ``folder`` with cohort ``cohort_id`` in results.cohort = each person's first
+    NSAID exposure (the demo's target; tests must not write into the session's shared copy)."""
+    import shutil
+
+    from omop_behrt import cohorts
+    from omop_behrt.demo import NSAIDS
+    dst = Path(folder) / "eunomia.duckdb"
+    shutil.copy(eunomia, dst)
+    cohorts.first_occurrence_cohort(dst, cohort_id, list(NSAIDS), domains=["drug"])
+    return dst

@@ -98,18 +98,14 @@ def test_vectorised_bootstrap_is_the_per_replicate_loop():
 
 
 # -- the comparison: method names, only what was asked, progress, parallel fits --------------------------------
-NSAIDS = [1118084, 1124300, 1177480, 1115008]
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_model, eunomia_db, tmp_path_factory):
-    import shutil
-
-    from omop_behrt import cohorts, comparison
+    from cdm_fixtures import copy_with_nsaid_cohort
+    from omop_behrt import comparison
     from omop_behrt.tasks import Task, plp_task
-    cdm = tmp_path_factory.mktemp("evaluate") / "eunomia.duckdb"
-    shutil.copy(eunomia_db, cdm)
-    cohorts.first_occurrence_cohort(cdm, 1, NSAIDS, domains=["drug"], results_schema="results")
+    cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("evaluate"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
     return comparison.prepare(tiny_model, cdm, Task(t.labels.slice(0, 600), t.definition, t.attrition))
 

@@ -14,22 +14,20 @@ import pytest
 
 from omop_behrt import cohorts
 from omop_behrt.adapters import omop
-from omop_behrt.demo import GI_BLEED, NSAIDS
+from omop_behrt.demo import GI_BLEED
 from omop_behrt.tasks import plp_task, pretraining_overlap
+from cdm_fixtures import copy_with_nsaid_cohort
 
 
 @pytest.fixture(scope="module")
 def cdm(eunomia_db, tmp_path_factory):
     """This module's own copy of Eunomia: the cohort written into it must not reach other tests' copies."""
-    dst = tmp_path_factory.mktemp("leakage_cdm") / "eunomia.duckdb"
-    shutil.copy(eunomia_db, dst)
-    return dst
+    return copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("leakage_cdm"), cohort_id=911)
 
 
 @pytest.fixture(scope="module")
 def nsaid_task(cdm):
     """GI haemorrhage within a year of a first NSAID (cohort 911 in results.cohort)."""
-    cohorts.first_occurrence_cohort(cdm, 911, list(NSAIDS), domains=["drug"])
     return plp_task(cdm, cohorts.CohortTable(cdm).read(911), outcome_concepts=[GI_BLEED])
 
 

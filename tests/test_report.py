@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 
 import duckdb
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omop_behrt import __version__, cohorts, comparison
+from omop_behrt import __version__, comparison
 from omop_behrt.baselines import CountFeatures
 from omop_behrt.cli import main
 from omop_behrt.evaluate import shareable_results
@@ -24,16 +23,11 @@ from omop_behrt.model import Behrt
 from omop_behrt.report import SECTIONS, attention_weights, chromium, result_warnings, screenshot, write_report
 from omop_behrt.shareable import check_shareable
 from omop_behrt.tasks import Task, plp_task, split_persons
-
-NSAIDS = [1118084, 1124300, 1177480, 1115008]
-
+from cdm_fixtures import copy_with_nsaid_cohort
 
 @pytest.fixture(scope="module")
 def cdm(eunomia_db, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("report") / "eunomia.duckdb"
-    shutil.copy(eunomia_db, dst)
-    cohorts.first_occurrence_cohort(dst, 1, NSAIDS, domains=["drug"], results_schema="results")
-    return dst
+    return copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("report"))
 
 
 @pytest.fixture(scope="module")

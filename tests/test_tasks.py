@@ -1,7 +1,6 @@
 """Prediction tasks: PLP labels against an independent computation, no leakage either way, BEHRT T1-T3, splits."""
 from __future__ import annotations
 
-import shutil
 
 import duckdb
 import numpy as np
@@ -10,17 +9,12 @@ import pytest
 
 from omop_behrt import cohorts
 from omop_behrt.tasks import Task, behrt_task, load_split, plp_task, save_split, split_persons
-
-NSAIDS = [1118084, 1124300, 1177480, 1115008]
-
+from cdm_fixtures import copy_with_nsaid_cohort
 
 @pytest.fixture(scope="module")
 def nsaid_cdm(eunomia_db, tmp_path_factory):
     """A private Eunomia copy with cohort 1 = first NSAID exposure."""
-    dst = tmp_path_factory.mktemp("plp") / "eunomia.duckdb"
-    shutil.copy(eunomia_db, dst)
-    cohorts.first_occurrence_cohort(dst, 1, NSAIDS, domains=["drug"], results_schema="results")
-    return dst
+    return copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("plp"))
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import cohorts, comparison
+from omop_behrt import comparison
 from omop_behrt.cli import main
 from omop_behrt.evaluate import binary_metrics, shareable_results, write_predictions, write_results
 from omop_behrt.report import PER_PERSON_MARKER, write_report
 from omop_behrt.shareable import check_shareable
 from omop_behrt.tasks import Task, plp_task, save_split, split_persons
-
-NSAIDS = [1118084, 1124300, 1177480, 1115008]
-
+from cdm_fixtures import copy_with_nsaid_cohort
 
 # -- fixtures: one tiny evaluation on Eunomia, shared by the report tests -------------------------------
 @pytest.fixture(scope="module")
 def cdm(eunomia_db, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("shareable") / "eunomia.duckdb"
-    shutil.copy(eunomia_db, dst)
-    cohorts.first_occurrence_cohort(dst, 1, NSAIDS, domains=["drug"], results_schema="results")
-    return dst
+    return copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("shareable"))
 
 
 @pytest.fixture(scope="module")

@@ -170,3 +170,17 @@ def test_extraction_censors_at_index_date(eunomia_rw, tmp_path):
     assert c.num_rows >= a.num_rows + ix.num_rows
     assert pc.sum(pc.equal(c["code"], "SNOMED/195662009")).as_py() > pc.sum(
         pc.equal(a["code"], "SNOMED/195662009")).as_py()
+
+
+def test_a_task_labels_file_gives_index_dates_and_a_file_without_times_is_refused(tmp_path):
+    """`extract --index-dates task/labels.parquet`: a task's labels (index_date) read like MEDS labels."""
+    pq.write_table(pa.table({"subject_id": pa.array([5, 6], pa.int64()),
+                             "index_date": pa.array([dt.datetime(2019, 3, 1), dt.datetime(2018, 1, 2)],
+                                                    pa.timestamp("us")),
+                             "label": pa.array([1, 0], pa.int8())}), tmp_path / "labels.parquet")
+    t = cohorts.index_dates_from_meds_labels(tmp_path / "labels.parquet")
+    assert t["subject_id"].to_pylist() == [5, 6] and t["index_date"][1].as_py() == dt.datetime(2018, 1, 2)
+    pq.write_table(pa.table({"subject_id": pa.array([5], pa.int64()), "label": [1]}), tmp_path / "nolabel.parquet")
+    with pytest.raises(ValueError, match=r"nolabel.parquet: MEDS label column 'prediction_time' is missing \(or a "
+                                         r"task's index_date\); columns present: \['subject_id', 'label'\]"):
+        cohorts.index_dates_from_meds_labels(tmp_path / "nolabel.parquet")

@@ -1,0 +1,817 @@
+"""A study in one command: a spec file (YAML or JSON) -> cohorts, task, events, model, embeddings, evaluation, report.
+
+:class:`StudySpec` holds what an OHDSI study team decides (source, target and outcome cohorts as ATLAS JSON,
+cohort ids or concept lists, time at risk, vocabulary, model, methods, outputs); :func:`run_study` runs the
+library's stages on it in a work directory. Each stage records a fingerprint of the spec part and the inputs it
+depends on (study.json in the work directory); a re-run skips a stage whose fingerprint matches and redoes it,
+saying why, when it does not, so a changed spec redoes from the first stage it changes. The demo is one such
+spec, shipped with the package (omop_behrt/studies/eunomia_gi_bleed.yaml).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cohorts import RESULTS_SCHEMA
+from .shareable import MIN_COUNT
+
+#: the specs shipped with the package (``omop-behrt demo`` runs the first)
+STUDIES = Path(__file__).parent / "studies"
+DEMO_SPEC = STUDIES / "eunomia_gi_bleed.yaml"
+STATE_FILE = "study.json"
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run: the message names the spec file and the field."""
+
+
+@dataclass
+class Source:
+    """The CDM: a DuckDB file, a SQLAlchemy URL, or ``eunomia`` (a private copy of the bundled demo CDM)."""
+    cdm: str
+    cdm_schema: str | None = None
+    vocab_schema: str | None = None
+    results_schema: str = RESULTS_SCHEMA
+    cohort_table: str = "cohort"
+    allow_cdm_schema: bool = False
+
+
+@dataclass
+class Cohort:
+    """An ATLAS/CIRCE JSON (``atlas``), a first occurrence of ``concepts``, or an existing ``cohort_id``."""
+    cohort_id: int | None = None
+    atlas: str | None = None
+    concepts: list[int] | None = None
+    domains: list[str] | None = None
+    descendants: bool = True
+    name: str | None = None
+
+
+@dataclass
+class TimeAtRisk:
+    """The PLP task's options (:func:`omop_behrt.tasks.plp_task`)."""
+    tar_start: int = 1
+    tar_end: int = 365
+    min_prior_observation: int = 0
+    min_time_at_risk: int = 364
+    include_all_outcomes: bool = True
+    remove_prior_outcome: bool = True
+    prior_outcome_lookback: int = 99999
+
+
+@dataclass
+class Split:
+    fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    seed: int = 0
+
+
+@dataclass
+class Vocabulary:
+    """``tokens``: what the model reads (pretraining); ``coverage``: vocabularies whose coverage is reported."""
+    tokens: str = "source"
+    coverage: list[str] | None = None
+
+
+@dataclass
+class Pretrain:
+    config: str = "tiny"
+    epochs: int = 10
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    min_count: int = 10
+
+
+@dataclass
+class Model:
+    """An existing model ``directory``, or ``pretrain`` settings (pretrained on the study's censored events)."""
+    directory: str | None = None
+    pretrain: Pretrain | None = None
+
+
+@dataclass
+class Evaluation:
+    methods: list[str] | None = None
+    few_shot: list[float] | None = None
+    bootstrap: int = 1000
+    epochs: int = 8
+    patience: int = 2
+    head: str = "ffn"
+    pooling: str = "mean"
+    seed: int = 0
+    jobs: int | None = None
+    min_count: int = MIN_COUNT
+
+
+@dataclass
+class OhdsiTables:
+    """Embedding tables + cohort_attribute/attribute_definition; ``target: cdm`` writes into the source."""
+    target: str = "cdm"
+    schema: str | None = RESULTS_SCHEMA
+    table: str = "patient_embedding"
+    analysis_id: int = 990
+    pooling: str = "cls"
+
+
+@dataclass
+class Outputs:
+    work_dir: str | None = None
+    report: str | None = None
+    title: str | None = None
+    ohdsi: OhdsiTables | None = None
+
+
+@dataclass
+class StudySpec:
+    """A whole study; relative paths in it resolve against the folder of the file it came from (``base``)."""
+    name: str
+    source: Source
+    target: Cohort
+    outcome: Cohort
+    model: Model
+    description: str | None = None
+    time_at_risk: TimeAtRisk = field(default_factory=TimeAtRisk)
+    split: Split = field(default_factory=Split)
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    outputs: Outputs = field(default_factory=Outputs)
+    origin: str = field(default="<dict>", metadata={"internal": True})
+    base: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+
+    def path(self, value: str) -> Path:
+        """A path named in the spec: relative ones against the spec file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def work_dir(self) -> Path:
+        """outputs.work_dir, else ``./<name>``."""
+        return self.path(self.outputs.work_dir) if self.outputs.work_dir else Path.cwd() / self.name
+
+    def part(self, name: str) -> dict:
+        """A section as plain JSON (what a stage's fingerprint records)."""
+        return _plain(dataclasses.asdict(getattr(self, name)))
+
+
+# -- reading and checking a spec -------------------------------------------------------------------
+def load_spec(spec: "str | Path | dict", overrides: dict | None = None) -> StudySpec:
+    """A checked :class:`StudySpec` from a YAML/JSON file (or a dict), ``overrides`` merged in first."""
+    if isinstance(spec, dict):
+        data, origin, base = spec, "<dict>", Path.cwd()
+    else:
+        path = Path(spec)
+        origin, base = str(path), path.resolve().parent
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read the study spec: {e.strerror or e}") from None
+        data = _parse(text, path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: a study spec is a mapping of sections (name, source, target, ...); got "
+                        f"{type(data).__name__}")
+    data = _merged(data, overrides or {})
+    for short, long in (("source", "cdm"), ("target", "cohort_id"), ("outcome", "cohort_id")):
+        if isinstance(data.get(short), (str, int)) and not isinstance(data.get(short), bool):
+            data[short] = {long: data[short]}         # source: file.duckdb / target: 1 (an existing cohort)
+    spec = _read(StudySpec, data, origin, "")
+    spec.origin, spec.base = origin, base
+    _check(spec)
+    return spec
+
+
+def _parse(text: str, path: Path) -> Any:
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def _merged(data: dict, overrides: dict) -> dict:
+    out = dict(data)
+    for k, v in overrides.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read(cls, data: Any, origin: str, where: str):
+    """A dataclass from a mapping, every field's type checked; unknown keys refused."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: {where or 'the spec'}: expected a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise SpecError(f"{origin}: {where + '.' if where else ''}{unknown[0]}: unknown field; expected one of "
+                        f"{', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        here = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(f"{origin}: {here}: missing (required)")
+            continue
+        values[name] = _value(hints[name], data[name], origin, here)
+    return cls(**values)
+
+
+def _value(hint, value: Any, origin: str, where: str):
+    args = typing.get_args(hint)
+    if type(None) in args:                       # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _read(hint, value, origin, where)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise SpecError(f"{origin}: {where}: expected a list of {args[0].__name__}, got {value!r}")
+        return [_value(args[0], v, origin, f"{where}[{i}]") for i, v in enumerate(value)]
+    ok = (isinstance(value, bool) if hint is bool else
+          isinstance(value, int) and not isinstance(value, bool) if hint is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if hint is float else
+          isinstance(value, str) and value.strip() != "" if hint is str else True)
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[hint]
+        raise SpecError(f"{origin}: {where}: expected {kind}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _fail(spec: StudySpec, where: str, what: str) -> None:
+    raise SpecError(f"{spec.origin}: {where}: {what}")
+
+
+def _check(spec: StudySpec) -> None:
+    """What the types do not say: choices, ranges, one of a kind, files present."""
+    from .cohorts import _OCCURRENCE_TABLES
+    from .database import SourceError, check_identifier
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name):
+        _fail(spec, "name", f"expected letters, digits, _ . - (it names the work directory), got {spec.name!r}")
+    for key in ("cdm_schema", "vocab_schema", "results_schema", "cohort_table"):
+        if getattr(spec.source, key) is not None:
+            try:
+                check_identifier(getattr(spec.source, key), key)
+            except (SourceError, ValueError) as e:
+                _fail(spec, f"source.{key}", str(e))
+    for role in ("target", "outcome"):
+        c: Cohort = getattr(spec, role)
+        if c.atlas is not None and c.concepts is not None:
+            _fail(spec, f"{role}", "give one of atlas (a cohort JSON), concepts or cohort_id alone, not both atlas "
+                                   "and concepts")
+        if c.atlas is not None:
+            path = spec.path(c.atlas)
+            if not path.is_file():
+                _fail(spec, f"{role}.atlas", f"{path} not found (relative paths start at the spec's folder)")
+            if c.cohort_id is None and path.stem.isdigit():
+                c.cohort_id = int(path.stem)           # 77.json is cohort 77, as ATLAS exports name them
+        if c.concepts is not None and not c.concepts:
+            _fail(spec, f"{role}.concepts", "expected at least one concept id")
+        if c.cohort_id is None and not (role == "outcome" and c.concepts):
+            _fail(spec, f"{role}.cohort_id", "missing: the id of an existing cohort, or the id to write the "
+                                             f"{'ATLAS' if c.atlas else 'concept'} cohort under")
+        if c.cohort_id is not None and c.cohort_id < 0:
+            _fail(spec, f"{role}.cohort_id", f"expected a non-negative integer, got {c.cohort_id}")
+        bad = [d for d in c.domains or () if d not in _OCCURRENCE_TABLES]
+        if bad:
+            _fail(spec, f"{role}.domains", f"unknown domain {bad[0]!r}; expected some of {', '.join(_OCCURRENCE_TABLES)}")
+        if c.domains is not None and c.concepts is None:
+            _fail(spec, f"{role}.domains", "only for a concept cohort (concepts)")
+    if (spec.target.cohort_id is not None and spec.target.cohort_id == spec.outcome.cohort_id
+            and (spec.target.atlas or spec.target.concepts)):
+        _fail(spec, "outcome.cohort_id", f"{spec.outcome.cohort_id} is the target's id too; give the outcome another")
+    tar = spec.time_at_risk
+    if tar.tar_start < 0 or tar.tar_end < tar.tar_start:
+        _fail(spec, "time_at_risk", f"expected 0 <= tar_start <= tar_end (days after index), got tar_start "
+                                    f"{tar.tar_start}, tar_end {tar.tar_end}")
+    for key in ("min_prior_observation", "min_time_at_risk", "prior_outcome_lookback"):
+        if getattr(tar, key) < 0:
+            _fail(spec, f"time_at_risk.{key}", f"expected days >= 0, got {getattr(tar, key)}")
+    fr = spec.split.fractions
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+        _fail(spec, "split.fractions", f"expected three fractions (train, val, test) >= 0 summing to 1, got {fr}")
+    _check_model(spec)
+    _check_evaluation(spec)
+    o = spec.outputs.ohdsi
+    if o is not None:
+        if not 990 <= o.analysis_id <= 999:
+            _fail(spec, "outputs.ohdsi.analysis_id", f"expected 990..999 (FeatureExtraction's custom range), got "
+                                                     f"{o.analysis_id}")
+        from .embed import POOLINGS
+        if o.pooling not in POOLINGS:
+            _fail(spec, "outputs.ohdsi.pooling", f"expected one of {', '.join(POOLINGS)}, got {o.pooling!r}")
+
+
+def _check_model(spec: StudySpec) -> None:
+    from .vocab import get_vocabulary
+    m = spec.model
+    if (m.directory is None) == (m.pretrain is None):
+        _fail(spec, "model", "give exactly one of directory (an existing model) or pretrain (settings)")
+    if m.directory is not None and not (spec.path(m.directory) / "config.json").is_file():
+        _fail(spec, "model.directory", f"{spec.path(m.directory)} is not a model directory (no config.json)")
+    p = m.pretrain
+    if p is not None:
+        if p.config not in ("tiny", "behrt") and not spec.path(p.config).is_file():
+            _fail(spec, "model.pretrain.config", f"expected tiny, behrt or a config.json file, got {p.config!r}")
+        if p.device not in ("auto", "cpu", "cuda"):
+            _fail(spec, "model.pretrain.device", f"expected auto, cpu or cuda, got {p.device!r}")
+        for key in ("epochs", "max_steps", "threads", "min_count"):
+            if getattr(p, key) is not None and getattr(p, key) < 1:
+                _fail(spec, f"model.pretrain.{key}", f"expected a positive integer, got {getattr(p, key)}")
+    for where, name in [("vocabulary.tokens", spec.vocabulary.tokens)] + [
+            (f"vocabulary.coverage[{i}]", v) for i, v in enumerate(spec.vocabulary.coverage or [])]:
+        try:
+            get_vocabulary(name)
+        except ValueError as e:
+            _fail(spec, where, str(e))
+
+
+def _check_evaluation(spec: StudySpec) -> None:
+    from .comparison import METHODS, check_methods
+    from .embed import POOLINGS
+    from .evaluate import FRACTIONS
+    from .heads import HEADS
+    e = spec.evaluation
+    try:
+        e.methods = check_methods(e.methods if e.methods is not None else list(METHODS))
+    except ValueError as err:
+        _fail(spec, "evaluation.methods", str(err))
+    e.few_shot = list(FRACTIONS) if e.few_shot is None else e.few_shot
+    bad = [f for f in e.few_shot if not 0 < f <= 1]
+    if bad:
+        _fail(spec, "evaluation.few_shot", f"expected fractions of the training labels in (0, 1], got {bad[0]}")
+    for key, choices in (("head", HEADS), ("pooling", POOLINGS)):
+        if getattr(e, key) not in choices:
+            _fail(spec, f"evaluation.{key}", f"expected one of {', '.join(choices)}, got {getattr(e, key)!r}")
+    for key in ("bootstrap", "epochs", "patience", "jobs", "min_count"):
+        if getattr(e, key) is not None and getattr(e, key) < 1:
+            _fail(spec, f"evaluation.{key}", f"expected a positive integer, got {getattr(e, key)}")
+
+
+# -- fingerprints and the stage record -------------------------------------------------------------
+def _plain(obj: Any) -> Any:
+    """JSON-normal form (tuples as lists, paths as strings), so a record read back compares equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def digest(obj: Any) -> str:
+    """sha256 (16 hex digits) of an object's canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def table_digest(table) -> str:
+    """sha256 (16 hex digits) over an Arrow table's columns in order (timestamps as µs integers)."""
+    import numpy as np
+    import pyarrow as pa
+    h = hashlib.sha256()
+    for name in table.column_names:
+        col = table[name]
+        h.update(name.encode() + b"\0")
+        if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+            col = col.cast(pa.timestamp("us")).cast(pa.int64())
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            h.update("\0".join(map(str, col.to_pylist())).encode())
+        else:
+            h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False)).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Stages:
+    """The work directory's record (study.json): per stage its inputs and output, written atomically."""
+
+    def __init__(self, work: Path, resume: bool):
+        from .events import write_json
+        self.file, self.resume, self._write = work / STATE_FILE, resume, write_json
+        self.record: dict = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.record.setdefault("stages", {})
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def why(self, name: str, inputs: dict, outputs: tuple[Path, ...] = ()) -> str | None:
+        """None when the stage is up to date; else why it (re)runs ('' on a first run)."""
+        old = self.record["stages"].get(name)
+        if old is None:
+            return ""
+        if not self.resume:
+            return "--no-resume"
+        if old["inputs"] != _plain(inputs):
+            new = _plain(inputs)
+            changed = [k for k in sorted(set(old["inputs"]) | set(new)) if old["inputs"].get(k) != new.get(k)]
+            return "changed: " + ", ".join(changed)
+        missing = [p for p in outputs if not Path(p).exists()]
+        return f"{missing[0]} is missing" if missing else None
+
+    def output(self, name: str) -> Any:
+        return self.record["stages"][name]["output"]
+
+    def start(self, name: str) -> None:
+        """Forget a stage about to run, so an interrupted run redoes it."""
+        self.record["stages"].pop(name, None)
+        self._write(self.record, self.file)
+
+    def done(self, name: str, inputs: dict, output: Any, seconds: float) -> None:
+        self.record["stages"][name] = {"inputs": _plain(inputs), "output": _plain(output),
+                                       "seconds": round(seconds, 2), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._write(self.record, self.file)
+        self.ran.append(name)
+
+
+@dataclass
+class StudyRun:
+    """What a run did: the work directory, the stages run and skipped, counts, the report."""
+    work_dir: Path
+    ran: list[str]
+    skipped: list[str]
+    cohorts: dict
+    attrition: dict
+    model_id: str
+    report: Path | None
+    seconds: float
+    results: dict | None = None
+
+
+# -- running a study -------------------------------------------------------------------------------
+def run_study(spec: "StudySpec | str | Path", work_dir: str | Path | None = None, *, resume: bool = True,
+              progress: bool = True, n_jobs: int | None = None, what: str = "study") -> StudyRun:
+    """Run every stage of ``spec`` in ``work_dir`` (default: the spec's), skipping those already done.
+
+    Prints each stage as ``[  t s] [k/7] name: ...`` (and ``skipped``/``redone`` with the reason on a
+    re-run), the coverage, attrition and results tables, then ``<what> finished in`` and the report's path.
+    ``n_jobs``: worker processes for the fine-tunes (default evaluation.jobs, else one per core, at most 2).
+    """
+    from .export import exclusive_lock
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    work = Path(work_dir) if work_dir is not None else spec.work_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(work / ".study.lock", timeout=0, busy=f"work directory {work} is in use by another "
+                        f"study run; wait for it or give another --work-dir"):
+        return _Run(spec, work.resolve(), Stages(work, resume), progress, n_jobs, what).all()
+
+
+class _Run:
+    """One run of a spec: the stages in order, each skipped or (re)done by the record in study.json."""
+
+    def __init__(self, spec: StudySpec, work: Path, stages: Stages, progress: bool, n_jobs: int | None, what: str):
+        self.spec, self.work, self.stages, self.progress, self.what = spec, work, stages, progress, what
+        self.n_jobs = n_jobs or spec.evaluation.jobs or max(1, min(2, os.cpu_count() or 1))
+        self.t0 = time.perf_counter()
+        self.src = spec.source
+        self.cdm = self._cdm()
+        self.prep = None
+
+    def say(self, k: int, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f} s] [{k}/7] {text}", flush=True)
+
+    def stage(self, name: str, inputs: dict, outputs: tuple = (), intact=None) -> bool:
+        """Whether ``name`` must run now (printing why on a re-run, or that it is skipped).
+
+        ``intact``: called when the record says the stage is done; a reason when its output is gone or changed.
+        """
+        why = self.stages.why(name, inputs, outputs)
+        if why is None and intact is not None:
+            why = intact()
+        if why is None:
+            print(f"        {name}: unchanged since the last run, skipped")
+            self.stages.skipped.append(name)
+            return False
+        if why:
+            print(f"        {name}: redone ({why})")
+        self.stages.start(name)
+        return True
+
+    def _cdm(self) -> str:
+        """The CDM to read (``eunomia``: a private copy in the work directory, made once)."""
+        cdm = self.src.cdm
+        if cdm == "eunomia":
+            from .demo import eunomia_path
+            copy = self.work / "eunomia.duckdb"
+            if not copy.exists():
+                part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+                shutil.copyfile(eunomia_path(), part)
+                os.replace(part, copy)
+            return str(copy)
+        if "://" in cdm:
+            return cdm
+        path = self.spec.path(cdm)
+        if not path.exists():
+            raise SpecError(f"{self.spec.origin}: source.cdm: {path} not found (a DuckDB file, a folder of CDM "
+                            f"exports, a SQLAlchemy URL or eunomia)")
+        return str(path)
+
+    def source_id(self) -> dict:
+        from .database import _redact
+        s = self.src
+        return {"cdm": _redact(self.cdm), "cdm_schema": s.cdm_schema, "vocab_schema": s.vocab_schema,
+                "results_schema": s.results_schema, "cohort_table": s.cohort_table}
+
+    def all(self) -> StudyRun:
+        cohorts, task, split = self.task()
+        events = self.extract(task)
+        self.coverage(events)
+        model = self.model(events)
+        self.embeddings(model, task, split, cohorts)
+        results = self.evaluate(model, task, split)
+        report = self.report(model, results)
+        seconds = time.perf_counter() - self.t0
+        print(f"{self.what} finished in {seconds:.1f} s")
+        if report is not None:
+            print(f"report: {report.resolve()}")
+        return StudyRun(self.work, self.stages.ran, self.stages.skipped, cohorts, task.attrition,
+                        self.stages.output("model")["model_id"], report, seconds, results)
+
+    # -- [1/7] cohorts and task
+    def _cohort_words(self, role: str) -> str:
+        """A cohort in words: its name, id and how it is made."""
+        c: Cohort = getattr(self.spec, role)
+        how = (f"ATLAS {Path(c.atlas).name}" if c.atlas else "existing cohort" if not c.concepts else
+               "first of " * (role == "target") + ", ".join(map(str, c.concepts)) + " + descendants" * c.descendants)
+        ident = f"cohort {c.cohort_id}" if c.cohort_id is not None and not (role == "outcome" and c.concepts) else ""
+        parts = "; ".join(x for x in (ident, how) if x)
+        return f"{c.name} ({parts})" if c.name else parts
+
+    def _cohort_inputs(self, role: str) -> dict:
+        c: Cohort = getattr(self.spec, role)
+        part = self.spec.part(role)
+        if c.atlas:
+            part["atlas"] = hashlib.sha256(self.spec.path(c.atlas).read_bytes()).hexdigest()[:16]
+        return part
+
+    def _generate(self, role: str) -> dict | None:
+        """Write ``role``'s cohort (ATLAS or concepts) into the cohort table; read it back; its count and digest."""
+        from . import cohorts
+        from .embed import index_hash
+        c: Cohort = getattr(self.spec, role)
+        if role == "outcome" and c.concepts:
+            return None                                   # outcome concepts: plp_task finds them itself
+        s = self.src
+        where = dict(cdm_schema=s.cdm_schema, results_schema=s.results_schema, cohort_table=s.cohort_table,
+                     allow_cdm_schema=s.allow_cdm_schema)
+        name = c.name
+        if c.atlas:
+            from .atlas import from_atlas
+            atlas = from_atlas(self.spec.path(c.atlas), cohort_id=c.cohort_id, name=c.name)
+            atlas.generate(self.cdm, cohort_definition_id=c.cohort_id, vocab_schema=s.vocab_schema, **where)
+            name = name or atlas.name
+        elif c.concepts:
+            cohorts.first_occurrence_cohort(self.cdm, c.cohort_id, c.concepts, descendants=c.descendants,
+                                            domains=c.domains, vocab_schema=s.vocab_schema, **where)
+        rows = cohorts.CohortTable(self.cdm, s.results_schema, s.cohort_table).read(c.cohort_id)
+        return {"cohort_id": c.cohort_id, "name": name, "entries": rows.num_rows,
+                "persons": len(set(rows["subject_id"].to_pylist())), "digest": index_hash(rows)}
+
+    def _cohorts_changed(self) -> str | None:
+        """Why the cohorts recorded as written need writing again (rows deleted or changed since), else None."""
+        from .cohorts import CohortTable
+        from .database import SourceError
+        from .embed import index_hash
+        for role, c in self.stages.output("cohorts").items():
+            if c is None:
+                continue
+            try:
+                rows = CohortTable(self.cdm, self.src.results_schema, self.src.cohort_table).read(c["cohort_id"])
+            except SourceError as e:
+                return str(e)
+            if index_hash(rows) != c["digest"]:
+                return f"the rows of {role} cohort {c['cohort_id']} changed since the last run"
+        return None
+
+    def task(self):
+        """Cohorts generated (or checked) in the CDM, then the PLP labels and the person split."""
+        from .tasks import Task, load_split, plp_task, save_split, split_persons
+        spec, tar = self.spec, self.spec.time_at_risk
+        self.say(1, f"task: {self._cohort_words('target')} -> {self._cohort_words('outcome')} in days "
+                    f"{tar.tar_start}-{tar.tar_end}")
+        inputs = {"source": self.source_id(), "target": self._cohort_inputs("target"),
+                  "outcome": self._cohort_inputs("outcome")}
+        if self.stage("cohorts", inputs, intact=self._cohorts_changed):
+            t = time.perf_counter()
+            found = {role: self._generate(role) for role in ("target", "outcome")}
+            self.stages.done("cohorts", inputs, found, time.perf_counter() - t)
+        found = self.stages.output("cohorts")
+        for role, c in found.items():
+            if c is not None:
+                print(f"        {role} cohort {c['cohort_id']}: {c['entries']:,} entries, {c['persons']:,} persons")
+        task_dir = self.work / "task"
+        inputs = {"cohorts": found, "time_at_risk": spec.part("time_at_risk"), "split": spec.part("split"),
+                  "outcome": spec.part("outcome")}
+        if self.stage("task", inputs, (task_dir / "labels.parquet", task_dir / "split.parquet")):
+            t = time.perf_counter()
+            s, out = self.src, spec.outcome
+            task = plp_task(self.cdm, spec.target.cohort_id, outcome_concepts=out.concepts if out.concepts else None,
+                            outcome_cohort=None if out.concepts else out.cohort_id, descendants=out.descendants,
+                            cdm_schema=s.cdm_schema, vocab_schema=s.vocab_schema, results_schema=s.results_schema,
+                            cohort_table=s.cohort_table, **dataclasses.asdict(tar))
+            subjects = task.labels["subject_id"].to_numpy()
+            split = split_persons(subjects, tuple(spec.split.fractions), seed=spec.split.seed)
+            task.save(task_dir)
+            save_split(task_dir / "split.parquet", subjects, split)
+            import pyarrow as pa
+            self.stages.done("task", inputs, {
+                "index_dates": table_digest(task.labels.select(["subject_id", "index_date"])),
+                "labels": table_digest(task.labels), "split": table_digest(pa.table({"split": split})),
+                "attrition": task.attrition}, time.perf_counter() - t)
+        else:
+            task = Task.load(task_dir)
+            split = load_split(task_dir / "split.parquet", task.labels["subject_id"].to_numpy())
+        for k, v in task.attrition.items():
+            print(f"        {k:<50} {v:>6,}")
+        self.task_rows = task
+        return found, task, split
+
+    # -- [2/7] extract, [3/7] vocabulary
+    def extract(self, task) -> Path:
+        """The CDM's events censored at the task's index dates, inside the SQL (pretraining never sees an outcome)."""
+        from .adapters import omop
+        from .checkpoint import events_fingerprint
+        out = self.work / "events"
+        self.say(2, f"extract: {self.cdm} -> {out}, censored at each person's index date inside the SQL "
+                    f"(pretraining never sees an outcome)")
+        inputs = {"source": self.source_id(), "index_dates": self.stages.output("task")["index_dates"]}
+        if self.stage("extract", inputs, (out / "manifest.json",)):
+            t = time.perf_counter()
+            opts = omop.ExtractOptions(index_dates=task.labels.select(["subject_id", "index_date"]))
+            kw = dict(cdm_schema=self.src.cdm_schema, vocab_schema=self.src.vocab_schema, options=opts,
+                      progress=self.progress)
+            try:            # an interrupted extraction of the same inputs continues; another one starts again
+                summary = omop.extract(self.cdm, out, resume=(out / "manifest.json").exists(), **kw)
+            except ValueError:
+                shutil.rmtree(out, ignore_errors=True)
+                summary = omop.extract(self.cdm, out, **kw)
+            print(summary.table())
+            self.stages.done("extract", inputs, {"events": events_fingerprint(out)}, time.perf_counter() - t)
+        return out
+
+    def coverage(self, events: Path) -> None:
+        from .vocab import map_events
+        vocabs = self.spec.vocabulary.coverage or [self.spec.vocabulary.tokens]
+        self.say(3, f"vocabulary: {', '.join(vocabs)} coverage (the model reads {self.spec.vocabulary.tokens} "
+                    f"tokens)")
+        folder = self.work / "coverage"
+        files = tuple(folder / f"{digest(v)}.txt" for v in vocabs)
+        inputs = {"events": self.stages.output("extract"), "coverage": vocabs}
+        if self.stage("coverage", inputs, files):
+            t = time.perf_counter()
+            folder.mkdir(exist_ok=True)
+            for v, f in zip(vocabs, files):
+                report = map_events(events, v, cdm=self.cdm, progress=False, sort=False).report
+                report.write_json(f.with_suffix(".json"))
+                f.write_text(f"{v}\n{report.table()}\n")
+            self.stages.done("coverage", inputs, {"vocabularies": vocabs}, time.perf_counter() - t)
+            for f in files:
+                print(f.read_text().split("\n", 1)[1], end="")
+
+    # -- [4/7] model
+    def model(self, events: Path) -> Path:
+        """Pretrain on the censored events, or check the spec's model directory."""
+        from .model import model_id
+        m, spec = self.spec.model, self.spec
+        if m.directory is not None:
+            out = spec.path(m.directory)
+            self.say(4, f"pretrain: none, the model in {out} is used")
+            inputs = {"directory": str(out.resolve()), "model_id": model_id(out)}
+            meta = json.loads((out / "metadata.json").read_text()) if (out / "metadata.json").exists() else {}
+            if meta.get("vocab", spec.vocabulary.tokens) != spec.vocabulary.tokens:
+                raise SpecError(f"{spec.origin}: vocabulary.tokens: {spec.vocabulary.tokens!r}, but the model in {out} "
+                                f"reads {meta['vocab']!r} tokens; name its vocabulary")
+            if self.stage("model", inputs):
+                self.stages.done("model", inputs, {"model_id": inputs["model_id"], "dir": str(out)}, 0.0)
+            return out
+        p, out = m.pretrain, self.work / "model"
+        self.say(4, f"pretrain: {p.config} BEHRT, {p.epochs} epochs, masked LM -> {out}")
+        inputs = {"events": self.stages.output("extract"), "tokens": spec.vocabulary.tokens,
+                  "pretrain": spec.part("model")["pretrain"]}
+        if self.stage("model", inputs, (out / "model.safetensors",)):
+            t = time.perf_counter()
+            from .checkpoint import ResumeError, default_work_dir
+            from .pretrain import pretrain
+            kw = dict(epochs=p.epochs, max_steps=p.max_steps, seed=p.seed, device=p.device, threads=p.threads,
+                      min_count=p.min_count, progress=self.progress)
+            config = p.config if p.config in ("tiny", "behrt") else str(spec.path(p.config))
+            try:            # an interrupted pretraining of the same inputs continues from its checkpoint
+                res = pretrain(events, spec.vocabulary.tokens, out, config, resume=(
+                    default_work_dir(out) / "checkpoint.safetensors").exists(), **kw)
+            except ResumeError:
+                res = pretrain(events, spec.vocabulary.tokens, out, config, **kw)
+            print(f"        validation masked-token accuracy {res.get('val_acc', float('nan')):.3f}, "
+                  f"top-10 {res.get('val_top10', float('nan')):.3f}")
+            self.stages.done("model", inputs, {"model_id": model_id(out), "dir": str(out)}, time.perf_counter() - t)
+        return out
+
+    # -- [5/7] embed (the task's rows, and the OHDSI tables)
+    def _prepared(self, model: Path, task):
+        from . import comparison
+        if self.prep is None:
+            self.prep = comparison.prepare(model, self.cdm, task, cdm_schema=self.src.cdm_schema,
+                                           vocab_schema=self.src.vocab_schema, progress=self.progress)
+        return self.prep
+
+    def _eval_inputs(self) -> dict:
+        e = self.spec.part("evaluation")
+        for runtime in ("jobs", "min_count"):          # same numbers either way / only what the report shows
+            e.pop(runtime)
+        return {"source": self.source_id(), "model": self.stages.output("model")["model_id"],
+                "labels": self.stages.output("task")["labels"], "split": self.stages.output("task")["split"],
+                "evaluation": e}
+
+    def embeddings(self, model: Path, task, split, found: dict) -> None:
+        """Each person's sequence before the index date; with outputs.ohdsi, their vectors into the OHDSI tables."""
+        o = self.spec.outputs.ohdsi
+        target = None if o is None else (self.cdm if o.target == "cdm" else
+                                         o.target if "://" in o.target else str(self.spec.path(o.target)))
+        self.say(5, "embed: each person's sequence before the index date" + (
+            f"; vectors to {target} ({o.schema}.{o.table}, cohort_attribute, analysis {o.analysis_id})" if o else ""))
+        if o is None:
+            return
+        from .database import _redact
+        inputs = {"model": self.stages.output("model")["model_id"], "rows": self.stages.output("task")["index_dates"],
+                  "cohort_id": self.spec.target.cohort_id, "ohdsi": self.spec.part("outputs")["ohdsi"],
+                  "target": _redact(target)}
+        if not self.stage("embeddings", inputs):
+            return
+        t = time.perf_counter()
+        w = self._write_embeddings(model, self._prepared(model, task), target, o)
+        print(f"        wrote {w.rows:,} rows ({w.vector_type}) to {w.target}; {w.ohdsi_rows:,} cohort_attribute rows")
+        self.stages.done("embeddings", inputs, {"rows": w.rows, "ohdsi_rows": w.ohdsi_rows}, time.perf_counter() - t)
+
+    def _write_embeddings(self, model: Path, prep, target: str, o: OhdsiTables):
+        """The task's rows (the study population) under the target cohort's id, as `omop-behrt embed` writes them."""
+        import numpy as np
+        import pyarrow as pa
+
+        from . import export
+        from .embed import embed_sequences, model_checksum
+        rows = prep.task.labels
+        keep = np.asarray(prep.seqs.lengths) > 1                       # [CLS] alone: no history before index
+        vectors = embed_sequences(prep.model, prep.seqs, pooling=o.pooling)
+        index = pa.table({"cohort_definition_id": pa.array(np.full(rows.num_rows, self.spec.target.cohort_id),
+                                                             pa.int64()),
+                          "subject_id": rows["subject_id"], "index_date": rows["index_date"]})
+        checksum = model_checksum(model)
+        meta = prep.model.metadata
+        info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", model.name),
+                                         dims=vectors.shape[1], checksum=checksum,
+                                         config=json.loads((model / "config.json").read_text()))
+        prov = {"study": self.spec.name, "spec": self.spec.origin, "pooling": o.pooling, "rows": rows.num_rows,
+                "exported": int(keep.sum()), "cohort_source": f"study {self.spec.name}: the task's rows of "
+                f"target cohort {self.spec.target.cohort_id}", "index_rule": "events strictly before the index date"}
+        return export.write_embeddings(target, index.filter(pa.array(keep)), vectors[keep], info, schema=o.schema,
+                                       table=o.table, ohdsi_analysis_id=o.analysis_id, provenance=prov,
+                                       allow_cdm_schema=self.src.allow_cdm_schema)
+
+    # -- [6/7] heads and baselines, [7/7] report
+    def evaluate(self, model: Path, task, split) -> dict:
+        from . import comparison
+        from .cli_eval import results_table
+        e, file = self.spec.evaluation, self.work / "evaluation.json"
+        self.say(6, f"heads and baselines (same split){', few-shot curves' if e.few_shot else ''}; fine-tuning in "
+                    f"{self.n_jobs} process{'es' if self.n_jobs > 1 else ''}")
+        inputs = self._eval_inputs()
+        if self.stage("evaluate", inputs, (file,)):
+            t = time.perf_counter()
+            results = comparison.run(self._prepared(model, task), split, methods=e.methods,
+                                     few_shot_fractions=e.few_shot or None,
+                                     finetune={"epochs": e.epochs, "patience": e.patience, "head": e.head},
+                                     pooling=e.pooling, n_boot=e.bootstrap, seed=e.seed, progress=self.progress,
+                                     n_jobs=self.n_jobs)
+            part = file.with_name(f".{file.name}.{os.getpid()}.tmp")     # in method order (not sorted), atomic
+            part.write_text(json.dumps(results, default=float))        # per-person test predictions: on site
+            os.replace(part, file)
+            self.stages.done("evaluate", inputs, {"results": hashlib.sha256(file.read_bytes()).hexdigest()[:16]},
+                             time.perf_counter() - t)
+        results = json.loads(file.read_text())
+        print(results_table(results, e.min_count))
+        return results
+
+    def report(self, model: Path, results: dict) -> Path | None:
+        from .report import write_report
+        o, spec = self.spec.outputs, self.spec
+        out = spec.path(o.report) if o.report else self.work / "report"
+        self.say(7, f"report -> {out}")
+        title = o.title or f"{spec.name}: {self._cohort_words('outcome')} after {self._cohort_words('target')}"
+        inputs = {"results": self.stages.output("evaluate"), "model": self.stages.output("model")["model_id"],
+                  "title": title, "target": self._cohort_words("target"), "min_count": spec.evaluation.min_count,
+                  "out": str(out)}
+        if self.stage("report", inputs, (out / "report.html",)):
+            t = time.perf_counter()
+            prep = self._prepared(model, self.task_rows)
+            path = write_report(out, results, model, prep=prep, cdm=self.cdm, title=title,
+                                target=spec.target.name or self._cohort_words("target"),
+                                min_count=spec.evaluation.min_count)
+            self.stages.done("report", inputs, {"report": str(path)}, time.perf_counter() - t)
+        return out / "report.html"

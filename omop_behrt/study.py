@@ -28,6 +28,8 @@ from .shareable import MIN_COUNT
 STUDIES = Path(__file__).parent / "studies"
 DEMO_SPEC = STUDIES / "eunomia_gi_bleed.yaml"
 STATE_FILE = "study.json"
+#: the stages a run records, in order (``embeddings`` only with outputs.ohdsi)
+STAGES_ALL = ("cohorts", "task", "extract", "coverage", "model", "embeddings", "evaluate", "report")
 
 
 class SpecError(ValueError):
@@ -564,9 +566,11 @@ class _Run:
                      allow_cdm_schema=s.allow_cdm_schema)
         name = c.name
         if c.atlas:
-            from .atlas import from_atlas
+            from .atlas import attrition_table, from_atlas, generate_cohort_set
             atlas = from_atlas(self.spec.path(c.atlas), cohort_id=c.cohort_id, name=c.name)
-            atlas.generate(self.cdm, cohort_definition_id=c.cohort_id, vocab_schema=s.vocab_schema, **where)
+            gen = generate_cohort_set(self.cdm, [atlas], cohort_ids=[c.cohort_id], vocab_schema=s.vocab_schema,
+                                      **where)
+            print("        " + attrition_table(gen).replace("\n", "\n        "))
             name = name or atlas.name
         elif c.concepts:
             cohorts.first_occurrence_cohort(self.cdm, c.cohort_id, c.concepts, descendants=c.descendants,
@@ -608,8 +612,10 @@ class _Run:
             if c is not None:
                 print(f"        {role} cohort {c['cohort_id']}: {c['entries']:,} entries, {c['persons']:,} persons")
         task_dir = self.work / "task"
+        outcome = {"concepts": spec.outcome.concepts, "descendants": spec.outcome.descendants} \
+            if spec.outcome.concepts else None                 # an outcome cohort: its rows are in ``cohorts``
         inputs = {"cohorts": found, "time_at_risk": spec.part("time_at_risk"), "split": spec.part("split"),
-                  "outcome": spec.part("outcome")}
+                  "outcome": outcome}
         if self.stage("task", inputs, (task_dir / "labels.parquet", task_dir / "split.parquet")):
             t = time.perf_counter()
             s, out = self.src, spec.outcome
@@ -806,7 +812,7 @@ class _Run:
         title = o.title or f"{spec.name}: {self._cohort_words('outcome')} after {self._cohort_words('target')}"
         inputs = {"results": self.stages.output("evaluate"), "model": self.stages.output("model")["model_id"],
                   "title": title, "target": self._cohort_words("target"), "min_count": spec.evaluation.min_count,
-                  "out": str(out)}
+                  "out": os.path.relpath(out, self.work)}
         if self.stage("report", inputs, (out / "report.html",)):
             t = time.perf_counter()
             prep = self._prepared(model, self.task_rows)

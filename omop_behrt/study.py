@@ -165,7 +165,7 @@ class StudySpec:
 
 
 # -- reading and checking a spec -------------------------------------------------------------------
-def load_spec(spec: "str | Path | dict", overrides: dict | None = None) -> StudySpec:
+def load_spec(spec: str | Path | dict, overrides: dict | None = None) -> StudySpec:
     """A checked :class:`StudySpec` from a YAML/JSON file (or a dict), ``overrides`` merged in first."""
     if isinstance(spec, dict):
         data, origin, base = spec, "<dict>", Path.cwd()
@@ -292,7 +292,8 @@ def _check(spec: StudySpec) -> None:
             _fail(spec, f"{role}.cohort_id", f"expected a non-negative integer, got {c.cohort_id}")
         bad = [d for d in c.domains or () if d not in _OCCURRENCE_TABLES]
         if bad:
-            _fail(spec, f"{role}.domains", f"unknown domain {bad[0]!r}; expected some of {', '.join(_OCCURRENCE_TABLES)}")
+            _fail(spec, f"{role}.domains", f"unknown domain {bad[0]!r}; expected some of "
+                                           f"{', '.join(_OCCURRENCE_TABLES)}")
         if c.domains is not None and c.concepts is None:
             _fail(spec, f"{role}.domains", "only for a concept cohort (concepts)")
     if (spec.target.cohort_id is not None and spec.target.cohort_id == spec.outcome.cohort_id
@@ -449,7 +450,7 @@ class StudyRun:
 
 
 # -- running a study -------------------------------------------------------------------------------
-def run_study(spec: "StudySpec | str | Path", work_dir: str | Path | None = None, *, resume: bool = True,
+def run_study(spec: StudySpec | str | Path, work_dir: str | Path | None = None, *, resume: bool = True,
               progress: bool = True, n_jobs: int | None = None, what: str = "study") -> StudyRun:
     """Run every stage of ``spec`` in ``work_dir`` (default: the spec's), skipping those already done.
 
@@ -656,7 +657,9 @@ class _Run:
                       progress=self.progress)
             try:            # an interrupted extraction of the same inputs continues; another one starts again
                 summary = omop.extract(self.cdm, out, resume=(out / "manifest.json").exists(), **kw)
-            except ValueError:
+            except ValueError as e:
+                if not str(e).startswith("--resume:"):
+                    raise
                 shutil.rmtree(out, ignore_errors=True)
                 summary = omop.extract(self.cdm, out, **kw)
             print(summary.table())

@@ -105,25 +105,30 @@ def test_a_rerun_resumes_and_a_changed_spec_redoes_its_stages(first, tmp_path, c
     ran, out = rerun({"evaluation": {"bootstrap": 30}, "split": {"seed": 1}})
     assert ran == ["task", "evaluate", "report"]      # same index dates: the events, model and vectors stand
     assert "task: redone (changed: split)" in out
-    ran, _ = rerun({"evaluation": {"bootstrap": 30}, "split": {"seed": 1}, "time_at_risk": {"tar_end": 180,
-                                                                                           "min_time_at_risk": 179}})
+    change = {"evaluation": {"bootstrap": 30}, "split": {"seed": 1},
+              "time_at_risk": {"tar_end": 180, "min_time_at_risk": 179}}
+    ran, _ = rerun(change)
     assert ran == ["task", "extract", "coverage", "model", "embeddings", "evaluate", "report"]
     # the same model given as a directory: recorded, and nothing after it is redone
-    ran, out = rerun({"evaluation": {"bootstrap": 30}, "split": {"seed": 1},
-                      "time_at_risk": {"tar_end": 180, "min_time_at_risk": 179},
-                      "model": {"directory": str(work / "model"), "pretrain": None}})
+    change["model"] = {"directory": str(work / "model"), "pretrain": None}
+    ran, out = rerun(change)
     assert ran == ["model"] and "model: redone (changed: " in out
     # rows deleted from the cohort table behind the study's back: the cohorts are written again
     con = duckdb.connect(str(work / "eunomia.duckdb"))
     con.execute("DELETE FROM results.cohort WHERE cohort_definition_id = 1")
     con.close()
-    ran, out = rerun({"evaluation": {"bootstrap": 30}, "split": {"seed": 1},
-                      "time_at_risk": {"tar_end": 180, "min_time_at_risk": 179},
-                      "model": {"directory": str(work / "model"), "pretrain": None}})
+    ran, out = rerun(change)
     assert ran == ["cohorts"] and "cohorts: redone (cohort 1 has no rows" in out
-    # the command line: back to the first spec, whose changed stages are redone
-    assert main(["study", "--spec", str(spec), "--work-dir", str(work), "--quiet"]) == 0
-    assert "redone (changed: " in capsys.readouterr().out
+    # the command line resumes the same study (written out as a spec file); --no-resume redoes every stage
+    changed = json.loads(json.dumps(FAST))
+    for k, v in change.items():
+        changed[k] = {**changed.get(k, {}), **v}
+    same = _write(tmp_path, changed)
+    assert main(["study", "--spec", str(same), "--work-dir", str(work), "--quiet"]) == 0
+    assert capsys.readouterr().out.count("since the last run, skipped") == len(STAGES_ALL)
+    assert main(["study", "--spec", str(same), "--work-dir", str(work), "--quiet", "--no-resume"]) == 0
+    out = capsys.readouterr().out
+    assert "since the last run" not in out and out.count("redone (--no-resume)") == len(STAGES_ALL)
 
 
 def test_atlas_target_and_outcome(tmp_path, capsys):

@@ -39,12 +39,23 @@ def quote(name: str, what: str = "identifier") -> str:
     return '"' + check_identifier(name, what) + '"'
 
 
-def load_sql(name: str) -> str:
+class TemplateSql(str):
+    """SQL read from a template, carrying the template's name: what the database translates (dialects.py)."""
+
+    template: str
+
+    def __new__(cls, text: str, template: str) -> "TemplateSql":
+        self = super().__new__(cls, text)
+        self.template = template
+        return self
+
+
+def load_sql(name: str) -> TemplateSql:
     """Read a SQL template shipped in ``sql/`` (e.g. ``"omop/events.sql"``)."""
     ref = resources.files("omop_behrt.sql")
     for part in name.split("/"):
         ref = ref / part
-    return ref.read_text(encoding="utf-8")
+    return TemplateSql(ref.read_text(encoding="utf-8"), name)
 
 
 def render(template: str, fragments: Mapping[str, str]) -> str:
@@ -58,7 +69,8 @@ def render(template: str, fragments: Mapping[str, str]) -> str:
             raise KeyError(f"SQL template placeholder {{{key}}} has no value")
         return fragments[key]
     body = "\n".join(line for line in template.splitlines() if not line.lstrip().startswith("--"))
-    return _PLACEHOLDER.sub(sub, body)
+    out = _PLACEHOLDER.sub(sub, body)
+    return TemplateSql(out, template.template) if isinstance(template, TemplateSql) else out
 
 
 def _redact(url: str) -> str:
@@ -214,7 +226,14 @@ class Database:
 
     # -- running SQL -----------------------------------------------------------------------------
     def _duck_sql(self, sql: str) -> str:
-        return _BIND.sub(r"$\1", sql)
+        return _BIND.sub(r"$\1", self.translated(sql))
+
+    def translated(self, sql: str) -> str:
+        """A template's SQL as this database runs it (dialects.translate, cached); other SQL as it is."""
+        if not isinstance(sql, TemplateSql) or self.dialect not in ("duckdb", "postgresql"):
+            return sql
+        from .dialects import translate
+        return translate(sql, self.dialect, read=self.dialect if self.duck is not None else "postgres")
 
     def stream(self, sql: str, params: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
                batch_rows: int = 1_000_000) -> Iterator[pa.RecordBatch]:
@@ -232,7 +251,7 @@ class Database:
         import sqlalchemy as sa
         with self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
-                sa.text(sql), params)
+                sa.text(self.translated(sql)), params)
             names = list(result.keys())
             for part in result.partitions(batch_rows):
                 cols = list(zip(*part))
@@ -304,7 +323,7 @@ class Transaction:
             except duckdb.Error as e:
                 raise self.db._file_error(e, sql) from None
         import sqlalchemy as sa
-        result = self.conn.execute(sa.text(sql), dict(params or {}))
+        result = self.conn.execute(sa.text(self.db.translated(sql)), dict(params or {}))
         return list(result.fetchall()) if result.returns_rows else []
 
     def insert_arrow(self, qualified_table: str, table: pa.Table) -> None:

@@ -1,0 +1,1 @@
+-- does not translate: SQL template omop/observation_gaps.sql does not translate to bigquery: 'NULLS LAST' translation not supported in window function MAX

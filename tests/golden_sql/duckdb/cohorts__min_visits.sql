@@ -1,0 +1,27 @@
+INSERT INTO "results"."cohort" (
+  cohort_definition_id,
+  subject_id,
+  cohort_start_date,
+  cohort_end_date
+)
+SELECT
+  :cohort_definition_id,
+  person_id,
+  MAX(CASE WHEN n = :min_visits THEN start_date END),
+  MAX(start_date)
+FROM (
+  SELECT
+    person_id,
+    start_date,
+    ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY start_date) AS n
+  FROM (
+    SELECT
+      CAST(e."PERSON_ID" AS BIGINT) AS person_id,
+      CAST(e."VISIT_START_DATE" AS DATE) AS start_date
+    FROM "main"."visit_occurrence" AS e
+  ) AS v
+) AS numbered
+GROUP BY
+  person_id
+HAVING
+  MAX(n) >= :min_visits

@@ -1,0 +1,3 @@
+SELECT
+  MAX(CAST("CDM_VERSION" AS TEXT))
+FROM "main"."cdm_source"

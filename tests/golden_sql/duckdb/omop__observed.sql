@@ -1,0 +1,7 @@
+SELECT
+  TRY_CAST(o."PERSON_ID" AS BIGINT) AS person_id,
+  MIN(TRY_CAST(o."OBSERVATION_PERIOD_START_DATE" AS DATE)) AS first_observed,
+  MAX(TRY_CAST(o."OBSERVATION_PERIOD_END_DATE" AS DATE)) AS last_observed
+FROM "main"."observation_period" AS o
+GROUP BY
+  TRY_CAST(o."PERSON_ID" AS BIGINT)

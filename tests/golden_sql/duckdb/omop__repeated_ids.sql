@@ -1,0 +1,10 @@
+SELECT
+  1
+FROM "main"."visit_occurrence" AS e
+WHERE
+  NOT e."VISIT_OCCURRENCE_ID" IS NULL
+GROUP BY
+  e."VISIT_OCCURRENCE_ID"
+HAVING
+  COUNT(*) > 1
+LIMIT 1

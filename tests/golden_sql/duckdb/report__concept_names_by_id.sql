@@ -1,0 +1,11 @@
+SELECT
+  CAST(c."CONCEPT_ID" AS BIGINT) AS concept_id,
+  MIN(CAST(c."CONCEPT_NAME" AS TEXT)) AS name
+FROM "main"."concept" AS c
+WHERE
+  CAST(c."CONCEPT_ID" AS BIGINT) IN (
+    SELECT
+      UNNEST(CAST(:ids AS BIGINT[]))
+  )
+GROUP BY
+  1

@@ -1,0 +1,9 @@
+SELECT
+  CAST("CONCEPT_ID" AS BIGINT) AS concept_id,
+  CAST("VOCABULARY_ID" AS TEXT) AS vocabulary_id,
+  CAST("CONCEPT_CODE" AS TEXT) AS concept_code,
+  CAST("STANDARD_CONCEPT" AS TEXT) AS standard_concept
+FROM "main"."concept"
+WHERE
+  ARRAY_CONTAINS(:ids, "CONCEPT_ID")
+  OR ARRAY_CONTAINS(:codes, CAST("CONCEPT_CODE" AS TEXT))

@@ -1,0 +1,8 @@
+SELECT DISTINCT
+  CAST("CONCEPT_ID_1" AS BIGINT) AS concept_id_1,
+  CAST("CONCEPT_ID_2" AS BIGINT) AS concept_id_2
+FROM "main"."concept_relationship"
+WHERE
+  "RELATIONSHIP_ID" = 'Maps to'
+  AND "INVALID_REASON" IS NULL
+  AND ARRAY_CONTAINS(:ids, "CONCEPT_ID_1")

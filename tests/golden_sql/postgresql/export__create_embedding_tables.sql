@@ -1,0 +1,22 @@
+CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."patient_embedding" (
+  cohort_definition_id BIGINT NOT NULL,
+  subject_id BIGINT NOT NULL,
+  index_date DATE NOT NULL,
+  model_id VARCHAR(64) NOT NULL,
+  embedding REAL[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."embedding_model" (
+  model_id VARCHAR(64) NOT NULL,
+  name VARCHAR(255) NOT NULL,
+  dims INT NOT NULL,
+  created_at TIMESTAMP NOT NULL,
+  config TEXT NOT NULL,
+  checksum VARCHAR(64) NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."embedding_run" (
+  run_id VARCHAR(64) NOT NULL,
+  model_id VARCHAR(64) NOT NULL,
+  cohort_definition_id BIGINT NOT NULL,
+  created_at TIMESTAMP NOT NULL,
+  provenance TEXT NOT NULL
+)

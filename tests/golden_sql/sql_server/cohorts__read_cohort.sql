@@ -1,0 +1,1 @@
+-- does not translate: SQL template cohorts/read_cohort.sql does not translate to sql server: 'NULLS LAST' translation not supported with positional ordering

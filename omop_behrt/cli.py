@@ -372,9 +372,11 @@ def _add_cohort(sub) -> None:
                                    "inside the database; extract, embed and task read it with --cohort-id. "
                                    "Re-running replaces the cohort's rows.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--source", required=True, help="DuckDB file or SQLAlchemy URL of the CDM (written to: the "
-                                                        "cohort table goes into its results schema)")
-    common.add_argument("--cohort-id", type=int, required=True, help="cohort_definition_id to write")
+    common.add_argument("--source", help="DuckDB file or SQLAlchemy URL of the CDM (written to: the cohort table "
+                                         "goes into its results schema); required unless atlas --sql-dialect")
+    common.add_argument("--cohort-id", type=int, action="append",
+                        help="cohort_definition_id to write (atlas: default the numeric file name, 77.json -> 77; "
+                             "once per --json)")
     common.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
                                              "connection's default schema, e.g. public, on a server)")
     common.add_argument("--results-schema", default=RESULTS_SCHEMA,
@@ -399,10 +401,28 @@ def _add_cohort(sub) -> None:
     q.add_argument("--min-visits", type=int, default=2, help="N: visits required; the index is the N-th")
     q.add_argument("--visits", choices=["visit_occurrence", "days"], default="visit_occurrence",
                    help="count CDM visits (visit_occurrence), or distinct days with events (days)")
+    q = kinds.add_parser("atlas", parents=[common], help="ATLAS/CIRCE cohort definitions (JSON), as OHDSI studies "
+                                                         "share them",
+                         description="Generate ATLAS/CIRCE cohort definitions with OHDSI's own SQL (ohdsi-circepy, "
+                                     "translated by sqlrender to the database's dialect), one transaction per "
+                                     "cohort; prints entries, persons and inclusion-rule attrition per cohort.")
+    q.add_argument("--json", action="append", metavar="FILE", help="a cohort definition (repeat for several)")
+    q.add_argument("--folder", help="a folder of <cohort_id>.json definitions (a cohort set)")
+    q.add_argument("--csv", help="a cohort set as CSV: cohort_id, cohort_name, json (path relative to the CSV)")
+    q.add_argument("--vocab-schema", help="schema holding the vocabulary tables (default: the CDM schema)")
+    q.add_argument("--no-attrition", action="store_true", help="skip CIRCE's inclusion-rule statistics tables")
+    q.add_argument("--sql-dialect", help="do not run: write each cohort's SQL translated to this dialect "
+                                         "(postgresql, sql server, oracle, spark, bigquery, snowflake, redshift, ...)")
+    q.add_argument("--sql-out", default=".", help="folder for --sql-dialect's files (<cohort_id>.sql)")
 
 
 def _run_cohort(args) -> int:
     from . import cohorts
+    if args.kind == "atlas":
+        return _run_cohort_atlas(args)
+    if args.source is None or not args.cohort_id or len(args.cohort_id) != 1:
+        raise ValueError(f"cohort {args.kind} needs --source and one --cohort-id")
+    args.cohort_id = args.cohort_id[0]
     common = dict(cdm_schema=args.cdm_schema, results_schema=args.results_schema, cohort_table=args.cohort_table,
                   allow_cdm_schema=args.allow_cdm_schema)
     if args.kind == "first-occurrence":
@@ -414,6 +434,40 @@ def _run_cohort(args) -> int:
     else:
         n = cohorts.min_visits_cohort(args.source, args.cohort_id, args.min_visits, visits=args.visits, **common)
     print(f"cohort {args.cohort_id}: {n:,} persons written to {args.results_schema}.{args.cohort_table}")
+    return 0
+
+
+def _run_cohort_atlas(args) -> int:
+    from . import atlas
+    files, ids = args.json or [], args.cohort_id
+    if ids is not None and len(ids) != len(files):
+        raise ValueError(f"{len(ids)} --cohort-id for {len(files)} --json: give one per --json, in order "
+                         f"(--folder/--csv cohorts take their ids from the file names or the CSV)")
+    defs = [atlas.from_atlas(f, cohort_id=cid) for f, cid in zip(files, ids or [None] * len(files))]
+    for cohort_set in (args.folder, args.csv):
+        if cohort_set:
+            defs += atlas.read_cohort_set(cohort_set)
+    if not defs:
+        raise ValueError("cohort atlas needs --json FILE (repeatable), --folder DIR or --csv FILE")
+    if args.sql_dialect:
+        out = Path(args.sql_out)
+        out.mkdir(parents=True, exist_ok=True)
+        for d in defs:
+            sql = d.sql(args.sql_dialect, cdm_schema=args.cdm_schema or "cdm", vocab_schema=args.vocab_schema,
+                        results_schema=args.results_schema, cohort_table=args.cohort_table,
+                        attrition=not args.no_attrition)
+            path = out / f"{d.cohort_id}.sql"
+            path.write_text(";\n\n".join(sql) + ";\n", encoding="utf-8")
+            print(f"{d.label}: {len(sql)} statements for {args.sql_dialect} -> {path}")
+        return 0
+    if args.source is None:
+        raise ValueError("cohort atlas needs --source (or --sql-dialect to only write the SQL)")
+    gens = atlas.generate_cohort_set(args.source, defs, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
+                                     results_schema=args.results_schema, cohort_table=args.cohort_table,
+                                     allow_cdm_schema=args.allow_cdm_schema, attrition=not args.no_attrition,
+                                     progress=True)
+    print(atlas.attrition_table(gens))
+    print(f"{len(gens)} cohort{'s' * (len(gens) != 1)} written to {args.results_schema}.{args.cohort_table}")
     return 0
 
 
@@ -521,9 +575,33 @@ def _run_embed(args) -> int:
     return 0
 
 
+# -- study -----------------------------------------------------------------------------------------
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="run a whole study from one spec file: cohorts to report, resuming",
+                       description="Run the study a spec (YAML or JSON) describes: generate the target and outcome "
+                                   "cohorts (ATLAS JSON, concepts or existing ids), build the task, extract censored "
+                                   "events, pretrain or load the model, embed (and write the OHDSI tables), evaluate "
+                                   "and write the report. Each stage records a fingerprint in the work directory; a "
+                                   "re-run skips the stages whose inputs are unchanged and says which it redoes. "
+                                   "`omop-behrt demo` runs the packaged omop_behrt/studies/eunomia_gi_bleed.yaml.")
+    p.add_argument("--spec", required=True, help="study spec file (.yaml/.yml or .json); relative paths in it "
+                                                 "start at its folder")
+    p.add_argument("--work-dir", help="folder for every output (CDM copy, task, events, model, report; per-person "
+                                      "data: keep it on site) (default: the spec's outputs.work_dir, else ./<name>)")
+    p.add_argument("--no-resume", action="store_true", help="redo every stage (default: skip the stages whose "
+                                                            "spec part and inputs are unchanged)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_study(args) -> int:
+    from .study import run_study
+    run_study(args.spec, args.work_dir, resume=not args.no_resume, progress=not args.quiet)
+    return 0
+
+
 COMMANDS = {"extract": _run_extract, "to-meds": _run_to_meds, "from-meds": _run_from_meds, "demo": _run_demo,
             "demo-cdm": _run_demo_cdm, "pretrain": _run_pretrain, "vocab": _run_vocab, "cohort": _run_cohort,
-            "embed": _run_embed}
+            "embed": _run_embed, "study": _run_study}
 from .cli_eval import COMMANDS as _EVAL_COMMANDS, add_parsers as _add_eval_parsers  # noqa: E402
 
 COMMANDS.update(_EVAL_COMMANDS)
@@ -543,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cohort(sub)
     _add_embed(sub)
     _add_eval_parsers(sub)
+    _add_study(sub)
     return parser
 
 

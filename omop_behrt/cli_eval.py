@@ -39,9 +39,13 @@ def _add_task(sub) -> None:
     q.add_argument("--source", required=True, help="the CDM (DuckDB file, URL, export folder)")
     q.add_argument("--target-cohort-id", type=int, help="target cohort id in <results-schema>.<cohort-table>")
     q.add_argument("--target", help="CSV with subject_id,index_date instead of a cohort")
+    q.add_argument("--target-json", help="ATLAS/CIRCE target cohort definition, generated first (as "
+                                         "--target-cohort-id, default its numeric file name)")
     q.add_argument("--outcome-concepts", type=_ids,
                    help="outcome concept ids (with descendants; comma separated, or a file of ids)")
     q.add_argument("--outcome-cohort-id", type=int, help="outcome cohort id (same cohort table) instead of concepts")
+    q.add_argument("--outcome-json", help="ATLAS/CIRCE outcome cohort definition, generated first (as "
+                                          "--outcome-cohort-id, default its numeric file name)")
     q.add_argument("--no-descendants", action="store_true",
                    help="the outcome concepts only (default: with their descendants)")
     q.add_argument("--tar-start", type=int, default=1, help="time at risk starts this many days after index")
@@ -71,11 +75,18 @@ def _run_task(args) -> int:
     from . import cohorts, tasks
     out = Path(args.out)
     if args.kind == "plp":
-        if (args.target_cohort_id is None) == (args.target is None):
-            raise ValueError("task plp needs exactly one of --target-cohort-id or --target (CSV)")
-        target = args.target_cohort_id if args.target is None else cohorts.index_dates_from_csv(args.target)
+        if args.target_json:
+            if args.target:
+                raise ValueError("task plp takes --target-json or --target (CSV), not both")
+            target = cohorts.from_atlas(args.target_json, cohort_id=args.target_cohort_id)
+        elif (args.target_cohort_id is None) == (args.target is None):
+            raise ValueError("task plp needs one of --target-cohort-id, --target (CSV) or --target-json")
+        else:
+            target = args.target_cohort_id if args.target is None else cohorts.index_dates_from_csv(args.target)
+        outcome = (cohorts.from_atlas(args.outcome_json, cohort_id=args.outcome_cohort_id) if args.outcome_json
+                   else args.outcome_cohort_id)
         task = tasks.plp_task(args.source, target, outcome_concepts=args.outcome_concepts,
-                              outcome_cohort=args.outcome_cohort_id, descendants=not args.no_descendants,
+                              outcome_cohort=outcome, descendants=not args.no_descendants,
                               tar_start=args.tar_start, tar_end=args.tar_end,
                               min_prior_observation=args.min_prior_observation,
                               min_time_at_risk=args.min_time_at_risk, remove_prior_outcome=not args.keep_prior_outcome,

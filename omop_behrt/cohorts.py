@@ -158,9 +158,8 @@ def _writable_results(cdm, results_schema: str | None, allow_cdm_schema: bool) -
     return schema
 
 
-def _write_cohort(cdm, schema: str, cohort_table: str, cohort_definition_id: int, sql: str, fragments: dict,
-                  params: dict) -> int:
-    """Create the cohort table if needed and replace the cohort's rows, in one transaction."""
+def _prepare_cohort_table(cdm, schema: str, cohort_table: str) -> str:
+    """Create the results schema and cohort table if needed; the table, quoted as stored (its shape checked)."""
     db = cdm.db
     check_identifier(cohort_table, "cohort table name")
     if schema not in db.schemas():
@@ -172,8 +171,20 @@ def _write_cohort(cdm, schema: str, cohort_table: str, cohort_definition_id: int
             ("cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"))
     except SourceError as e:
         raise SourceError(f"existing table {e}; choose another cohort table name") from None
+    return qualified
+
+
+def _write_cohort(cdm, schema: str, cohort_table: str, cohort_definition_id: int, sql: str, fragments: dict,
+                  params: dict) -> int:
+    """Create the cohort table if needed and replace the cohort's rows, in one transaction (one writer of the
+    cohort table at a time on PostgreSQL, so two runs never leave a cohort's rows twice)."""
+    db = cdm.db
+    qualified = _prepare_cohort_table(cdm, schema, cohort_table)
     params = dict(params, cohort_definition_id=int(cohort_definition_id))
     with db.transaction() as tx:
+        if db.dialect == "postgresql":
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext(:key))",
+                       {"key": f"omop_behrt.cohort {qualified}"})
         tx.execute(render(load_sql("cohorts/delete_cohort.sql"), {"cohort_table": qualified}),
                    {"cohort_definition_id": params["cohort_definition_id"]})
         tx.execute(render(sql, {"cohort_table": qualified, **fragments}), params)
@@ -251,3 +262,10 @@ def min_visits_cohort(source, cohort_definition_id: int, min_visits: int, *, vis
         raise ValueError(f"visits must be 'visit_occurrence' or 'days', got {visits!r}")
     return _write_cohort(cdm, schema, cohort_table, cohort_definition_id, load_sql("cohorts/min_visits.sql"),
                          {"visits": v}, {"min_visits": int(min_visits)})
+
+
+def from_atlas(definition: "str | Path | dict", *, cohort_id: int | None = None, name: str | None = None):
+    """An ATLAS/CIRCE cohort definition (file, JSON text or dict): see :func:`omop_behrt.atlas.from_atlas`; its
+    ``generate(source)`` writes the cohort like the builders above, and tasks/embedding take it as a cohort."""
+    from .atlas import from_atlas as _from_atlas
+    return _from_atlas(definition, cohort_id=cohort_id, name=name)

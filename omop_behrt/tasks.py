@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import duckdb
 import numpy as np
@@ -29,6 +29,9 @@ import pyarrow.parquet as pq
 from .cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
 from .database import Database, load_sql, render
 from .shareable import MIN_COUNT, count_text, shown_count
+
+if TYPE_CHECKING:
+    from .atlas import AtlasCohort
 
 LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_date", pa.timestamp("us")),
                            pa.field("label", pa.int8())])
@@ -98,22 +101,35 @@ def _outcome_sql(cdm, concept_ids: Sequence[int] | None, outcome_cohort: int | N
     return occurrences_sql(cdm, None, wanted), {"concept_ids": [int(c) for c in concept_ids]}
 
 
-def plp_task(source, target: "pa.Table | int", *, outcome_concepts: Sequence[int] | None = None,
-             outcome_cohort: int | None = None, descendants: bool = True, tar_start: int = 1, tar_end: int = 365,
+def plp_task(source, target: "pa.Table | int | AtlasCohort", *, outcome_concepts: Sequence[int] | None = None,
+             outcome_cohort: "int | AtlasCohort | None" = None, descendants: bool = True, tar_start: int = 1,
+             tar_end: int = 365,
              min_prior_observation: int = 0, min_time_at_risk: int = 364, include_all_outcomes: bool = True,
              remove_prior_outcome: bool = True, prior_outcome_lookback: int = 99999,
              cdm_schema: str | None = None, vocab_schema: str | None = None, results_schema: str | None = None,
              cohort_table: str = "cohort") -> Task:
     """Binary labels for target entries: outcome in [index + tar_start, index + tar_end] days (PLP defaults).
 
-    ``target``: an index table (subject_id, index_date) or a cohort_definition_id in the results schema's
-    cohort table. Entries failing an exclusion are dropped and counted in ``attrition``.
+    ``target``: an index table (subject_id, index_date), a cohort_definition_id in the results schema's
+    cohort table, or an ATLAS definition (:func:`omop_behrt.atlas.from_atlas`), generated there first under its
+    cohort id; ``outcome_cohort`` likewise. Entries failing an exclusion are dropped and counted in ``attrition``.
     """
     from .adapters.omop import OmopCdm
+    from .atlas import AtlasCohort, generate_cohort_set
     if tar_start < 0 or tar_end < tar_start:
         raise ValueError(f"time at risk must satisfy 0 <= tar_start <= tar_end (days after index); got "
                          f"[{tar_start}, {tar_end}]: an outcome before the index would overlap the inputs")
-    cdm = OmopCdm(Database.connect(source), cdm_schema, vocab_schema)
+    roles = [(r, c) for r, c in (("target", target), ("outcome", outcome_cohort)) if isinstance(c, AtlasCohort)]
+    db = Database.connect(source, read_only=not roles)
+    definitions, ids = {}, {}
+    if roles:
+        gens = generate_cohort_set(db, [c for _, c in roles], cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                                   results_schema=results_schema, cohort_table=cohort_table)
+        for (role, c), g in zip(roles, gens):
+            definitions[role] = {"name": c.name, "cohort_id": g.cohort_id, "sha256": c.digest(), "origin": c.origin}
+            ids[role] = g.cohort_id
+    target, outcome_cohort = ids.get("target", target), ids.get("outcome", outcome_cohort)
+    cdm = OmopCdm(db, cdm_schema, vocab_schema)
     if isinstance(target, int):
         target_name = f"cohort {target}"
         target = CohortTable(cdm.db, results_schema, cohort_table).read(target)
@@ -144,7 +160,8 @@ def plp_task(source, target: "pa.Table | int", *, outcome_concepts: Sequence[int
                   "outcome_cohort": outcome_cohort, "descendants": descendants, "tar_start": tar_start,
                   "tar_end": tar_end, "min_prior_observation": min_prior_observation,
                   "min_time_at_risk": min_time_at_risk, "include_all_outcomes": include_all_outcomes,
-                  "remove_prior_outcome": remove_prior_outcome, "prior_outcome_lookback": prior_outcome_lookback}
+                  "remove_prior_outcome": remove_prior_outcome, "prior_outcome_lookback": prior_outcome_lookback,
+                  **{f"{role}_atlas": d for role, d in definitions.items()}}
     return Task(labels, definition, attrition)
 
 

@@ -126,3 +126,40 @@ def copy_with_nsaid_cohort(eunomia: Path, folder: Path, cohort_id: int = 1) -> P
     shutil.copy(eunomia, dst)
     cohorts.first_occurrence_cohort(dst, cohort_id, list(NSAIDS), domains=["drug"])
     return dst
+
+
+def copy_duckdb_to_postgres(path: Path, url: str, schema: str, tables: list[str] | None = None) -> None:
+    """Copy a DuckDB CDM's ``main`` tables into a PostgreSQL schema as they are stored: the same column types and
+    the same column names (Eunomia's are UPPER-CASE and some of its numbers are text), through CSV and COPY."""
+    import tempfile
+
+    import sqlalchemy as sa
+    pg_type = {"BIGINT": "BIGINT", "INTEGER": "INTEGER", "DOUBLE": "DOUBLE PRECISION", "DATE": "DATE",
+               "TIMESTAMP": "TIMESTAMP", "VARCHAR": "TEXT", "FLOAT": "REAL"}
+    src = duckdb.connect(str(path), read_only=True)
+    names = tables or [r[0] for r in src.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        with tempfile.TemporaryDirectory() as tmp:
+            for t in names:
+                cols = src.execute("SELECT column_name, data_type FROM information_schema.columns WHERE "
+                                   "table_schema = 'main' AND table_name = $t ORDER BY ordinal_position",
+                                   {"t": t}).fetchall()
+                cur.execute(f'CREATE TABLE "{schema}"."{t}" ('
+                            + ", ".join(f'"{c}" {pg_type.get(ty, "TEXT")}' for c, ty in cols) + ")")
+                csv = Path(tmp) / f"{t}.csv"
+                src.execute(f"COPY (SELECT * FROM main.\"{t}\") TO '{csv}' (FORMAT csv, HEADER false)")
+                with open(csv, "rb") as fh, cur.copy(f'COPY "{schema}"."{t}" FROM STDIN (FORMAT csv)') as cp:
+                    while chunk := fh.read(1 << 20):
+                        cp.write(chunk)
+        raw.commit()
+    finally:
+        raw.close()
+        engine.dispose()
+        src.close()

@@ -1,0 +1,4 @@
+-- Entries and distinct persons of one cohort in a cohort table.
+SELECT COUNT(*) AS entries, COUNT(DISTINCT subject_id) AS persons
+FROM {cohort_table}
+WHERE cohort_definition_id = :cohort_definition_id

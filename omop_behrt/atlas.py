@@ -30,6 +30,16 @@ SQLRENDER_DIALECTS = {"duckdb": "duckdb", "postgresql": "postgresql", "mssql": "
                       "redshift": "redshift", "snowflake": "snowflake", "bigquery": "bigquery", "spark": "spark",
                       "databricks": "spark", "sqlite": "sqlite"}
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+try:
+    from importlib.metadata import version as _dist_version
+    _CIRCEPY_VERSION = _version(_dist_version("ohdsi-circepy"))
+except Exception:  # not installed: sql() fails on the import with its own message
+    _CIRCEPY_VERSION = (0,)
+
 #: where the generating transaction puts its typed views of the CDM (dropped before it commits)
 _VIEW_SCHEMA = {"duckdb": "temp.main", "postgresql": "pg_temp"}
 
@@ -79,6 +89,11 @@ class AtlasCohort:
         if target not in sqlrender.get_supported_dialects():
             raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of "
                              f"{sorted(sqlrender.get_supported_dialects())}")
+        if target == "bigquery" and _CIRCEPY_VERSION <= (0, 3, 0):
+            raise ValueError("ohdsi-circepy 0.3.0 cannot translate cohort SQL to BigQuery: its string-"
+                             "concatenation patterns search the whole script super-linearly and did not finish "
+                             "in 10 minutes on Phenotype Library definition 77; translate for another dialect, or "
+                             "with OHDSI's SqlRender (R/Java)")
         cid = self._id(cohort_definition_id)
         schema = quote(check_identifier(results_schema, "results schema name"))
         options = BuildExpressionQueryOptions()
@@ -209,8 +224,22 @@ def generate_cohort_set(source: "str | Path | Database", cohorts: Sequence[Atlas
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise AtlasError(f"cohort set: cohort id {min(dup)} is given to more than one definition")
-    cdm = OmopCdm(Database.connect(source, read_only=False), cdm_schema, vocab_schema)
+    if not isinstance(source, Database) and "://" not in str(source) and not Path(source).exists():
+        raise SourceError(f"{source}: no such CDM (a DuckDB file, a folder of exports or a SQLAlchemy URL)")
+    db = Database.connect(source, read_only=False)
+    try:
+        return _generate(OmopCdm(db, cdm_schema, vocab_schema), cohorts, ids, results_schema, cohort_table,
+                         allow_cdm_schema, attrition, progress)
+    finally:
+        if db is not source:     # opened here: closed here, so the next reader of a DuckDB file may open it
+            db.close()
+
+
+def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schema: str | None, cohort_table: str,
+              allow_cdm_schema: bool, attrition: bool, progress: bool) -> list[Generation]:
     db = cdm.db
+    for table in ("person", "observation_period", "concept"):     # every CIRCE cohort reads them
+        cdm.require(table)
     if db.dialect not in _VIEW_SCHEMA:
         raise SourceError(f"{db.description}: generating ATLAS cohorts runs on DuckDB and PostgreSQL; for "
                           f"{db.dialect}, run AtlasCohort.sql({db.dialect!r}) there")

@@ -483,6 +483,8 @@ def _add_embed(sub) -> None:
                                                  "(written by `omop-behrt cohort`)")
     g.add_argument("--cohort", help="CSV with subject_id,index_date[,cohort_definition_id]")
     g.add_argument("--labels", help="MEDS label parquet file or folder (subject_id, prediction_time)")
+    g.add_argument("--cohort-json", help="ATLAS/CIRCE cohort definition: generated into the cohort table first "
+                                         "(as --cohort-definition-id, default its numeric file name), then read")
     p.add_argument("--out", required=True, help="target: DuckDB file, SQLAlchemy URL, .parquet file or folder "
                                                 "(one vector per subject_id and index date: patient-level data)")
     p.add_argument("--schema", help="schema of the target tables in a DuckDB/PostgreSQL --out (default: results; "
@@ -493,7 +495,8 @@ def _add_embed(sub) -> None:
                                         "connection's default schema on a server)")
     p.add_argument("--results-schema", default=RESULTS_SCHEMA, help="schema of the cohort table --cohort-id reads")
     p.add_argument("--cohort-table", default="cohort", help="cohort table name in the results schema")
-    p.add_argument("--cohort-definition-id", type=int, default=0, help="id recorded for --cohort/--labels rows")
+    p.add_argument("--cohort-definition-id", type=int, help="id recorded for --cohort/--labels rows (default 0), "
+                                                            "or the id --cohort-json is generated as")
     p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="cls",
                    help="one vector per person: the pooled [CLS] token, the mean over all tokens, or the mean "
                         "over the last visit's tokens")
@@ -531,14 +534,19 @@ def _run_embed(args) -> int:
 
     from . import cohorts, export
     from .embed import embed_cohort
+    if args.cohort_json:
+        definition = cohorts.from_atlas(args.cohort_json, cohort_id=args.cohort_definition_id)
+        definition.generate(args.source, cdm_schema=args.cdm_schema, results_schema=args.results_schema,
+                            cohort_table=args.cohort_table)
+        args.cohort_id = definition.cohort_id
     if args.cohort_id is not None:
         index = cohorts.CohortTable(args.source, args.results_schema, args.cohort_table).read(args.cohort_id)
         cohort_source = f"{args.results_schema}.{args.cohort_table} cohort_definition_id={args.cohort_id}"
     elif args.cohort:
-        index = cohorts.index_dates_from_csv(args.cohort, args.cohort_definition_id)
+        index = cohorts.index_dates_from_csv(args.cohort, args.cohort_definition_id or 0)
         cohort_source = f"csv {args.cohort}"
     else:
-        index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id)
+        index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id or 0)
         cohort_source = f"MEDS labels {args.labels}"
     config = json.loads((Path(args.model) / "config.json").read_text())
     # an unwritable --out fails here, in one line, before any vector is computed

@@ -257,14 +257,20 @@ def test_cohort_set_and_id_errors(tmp_path, eunomia_db):
         c.sql("db2", cohort_definition_id=1)
 
 
-@pytest.mark.parametrize("dialect", ["postgresql", "duckdb", "spark", "bigquery", "snowflake", "sql server",
-                                     "redshift", "oracle"])
+def test_bigquery_refused_with_reason():
+    """ohdsi-circepy 0.3.0's BigQuery translation does not finish on cohort SQL: a clear refusal, not a hang."""
+    with pytest.raises(ValueError, match="cannot translate cohort SQL to BigQuery"):
+        atlas.from_atlas(PHENOTYPES / "cohorts" / "77.json").sql("bigquery")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "duckdb", "spark", "snowflake", "sql server", "redshift",
+                                     "oracle"])
 def test_sql_translates_to_every_dialect(dialect):
     c = atlas.from_atlas(PHENOTYPES / "cohorts" / "27.json")
     stmts = c.sql(dialect, cdm_schema="cdm")
     text = "\n".join(stmts)
     assert len(stmts) > 30 and "cdm.CONCEPT" in text and "@" not in text
-    assert ("#Codesets" in text) == (dialect == "sql server")
+    assert ("#Codesets" in text) == (dialect in ("sql server", "redshift"))     # their own temp tables
 
 
 def test_cli_cohort_atlas_set_and_sql(eunomia_db, tmp_path, capsys):
@@ -301,6 +307,23 @@ def test_plp_task_with_atlas_target_and_outcome(eunomia_db, tmp_path, capsys):
     assert int(sum(task.labels["label"].to_pylist())) == task.attrition["outcomes"] == 252
 
 
-def test_generation_refuses_missing_source(tmp_path):
-    with pytest.raises(SourceError):
-        atlas.generate_cohort_set(tmp_path / "nothing.duckdb", [atlas.from_atlas(NSAID_JSON, cohort_id=1)])
+def test_generation_refuses_missing_or_empty_source(tmp_path):
+    nsaid = [atlas.from_atlas(NSAID_JSON, cohort_id=1)]
+    with pytest.raises(SourceError, match="nothing.duckdb: no such CDM"):
+        atlas.generate_cohort_set(tmp_path / "nothing.duckdb", nsaid)
+    assert not (tmp_path / "nothing.duckdb").exists()
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
+    with pytest.raises(SourceError, match="CDM table main.person is missing"):
+        atlas.generate_cohort_set(tmp_path / "empty.duckdb", nsaid)
+
+
+def test_embed_cohort_json(eunomia_db, tiny_model, tmp_path, capsys):
+    """embed --cohort-json generates the ATLAS cohort, then embeds each of its entries."""
+    import pyarrow.parquet as pq
+    db = tmp_path / "e.duckdb"
+    shutil.copy(eunomia_db, db)
+    assert main(["embed", "--model", str(tiny_model), "--source", str(db), "--cohort-json",
+                 str(PHENOTYPES / "cohorts" / "77.json"), "--out", str(tmp_path / "v.parquet")]) == 0
+    assert "embedded 391 of 391 cohort entries" in capsys.readouterr().out
+    vectors = pq.read_table(tmp_path / "v.parquet")
+    assert vectors.num_rows == 391 and set(vectors["cohort_definition_id"].to_pylist()) == {77}

@@ -14,6 +14,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -111,7 +112,7 @@ class AtlasCohort:
                              ) from None
         rendered = sqlrender.render(ohdsi_sql, results_database_schema=schema, cdm_database_schema=cdm_schema,
                                     vocabulary_database_schema=options.vocabulary_schema)
-        return [s for s in sqlrender.split_sql(sqlrender.translate(rendered, target)) if s.strip()]
+        return [s for s in sqlrender.split_sql(translate(rendered, target)) if s.strip()]
 
     def generate(self, source: "str | Path | Database", cohort_definition_id: int | None = None, **kwargs) -> int:
         """Write the cohort into ``<results_schema>.<cohort_table>``; returns its number of entries.
@@ -253,10 +254,10 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     views = _Views(cdm)
     out = []
     bar = _progress(len(cohorts), progress)
-    for cohort, cid in zip(cohorts, ids):
-        t0 = time.perf_counter()
-        statements = cohort.sql(db.dialect, cohort_definition_id=cid, cdm_schema=_VIEW_SCHEMA[db.dialect],
-                                results_schema=schema, cohort_table=cohort_table, attrition=attrition)
+    jobs = [(c, db.dialect, dict(cohort_definition_id=cid, cdm_schema=_VIEW_SCHEMA[db.dialect], results_schema=schema,
+                                 cohort_table=cohort_table, attrition=attrition)) for c, cid in zip(cohorts, ids)]
+    for (cohort, cid), (statements, built) in zip(zip(cohorts, ids), _translated(jobs)):
+        t0 = time.perf_counter() - built
         used = _tables_used(statements, _VIEW_SCHEMA[db.dialect])
         notes = [views.notes[t] for t in sorted(used) if t in views.notes]
         for note in notes:
@@ -295,6 +296,29 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     return out
 
 
+def _sql_of(job: tuple) -> tuple[list[str], float]:
+    cohort, dialect, kwargs = job
+    t0 = time.perf_counter()
+    return cohort.sql(dialect, **kwargs), time.perf_counter() - t0
+
+
+def _translated(jobs: list[tuple]) -> Iterable[tuple[list[str], float]]:
+    """Each cohort's translated SQL (and the seconds it took), in order. sqlrender's translation is pure-Python
+    work of about 0.2-0.4 s per cohort, so a set of cohorts is translated in worker processes while the database
+    runs the ones already translated; a bad definition fails before anything is written."""
+    import os
+    for cohort, _, _ in jobs:
+        cohort.expression()                 # our checks first, in this process: the error names the cohort
+    workers = min(len(jobs) - 1, os.cpu_count() or 1)
+    if workers < 2:
+        yield from map(_sql_of, jobs)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        yield from pool.map(_sql_of, jobs)
+
+
 def attrition_table(generations: Iterable[Generation]) -> str:
     """A plain-text table of counts per cohort and, under each, its inclusion-rule attrition."""
     lines = [f"{'cohort':>8}  {'entries':>9}  {'persons':>9}  {'seconds':>7}  name"]
@@ -306,6 +330,38 @@ def attrition_table(generations: Iterable[Generation]) -> str:
                 lines.append(f"{'':>8}  rule {i}: {a['rule']}: {a['persons_meeting']:,} meet it, "
                              f"{a['persons_remaining']:,} remain")
     return "\n".join(lines)
+
+
+# -- translation ----------------------------------------------------------------------------------
+_VARIABLE = re.compile(r"@@\([^)]*\)\w+|@@\w+")
+
+
+@lru_cache(maxsize=None)
+def _rules(target: str) -> tuple:
+    """sqlrender's patterns for ``target``, each with the literal words it cannot match without."""
+    from circe.sqlrender import patterns, translator
+    return tuple((tuple(sorted(set(re.findall(r"[a-z_][a-z0-9_]*", _VARIABLE.sub(" ", pattern.lower()))))),
+                  translator.parse_search_pattern(pattern), replacement)
+                 for pattern, replacement in patterns.load_patterns()[target])
+
+
+def translate(sql: str, target: str) -> str:
+    """``circe.sqlrender.translate(sql, target)``, 5-6x faster: a pattern is tried only when every literal word
+    of it occurs in the SQL (sqlrender re-tokenises the whole script for each of its ~90-200 patterns; most
+    cannot match cohort SQL). The output is the same (tests compare both); targets whose translation has extra
+    steps (BigQuery, Spark, Impala) go to sqlrender unchanged."""
+    from circe import sqlrender
+    from circe.sqlrender import patterns, translator
+    if target in ("bigquery", "spark", "impala") or target not in patterns.load_patterns():
+        return sqlrender.translate(sql, target)
+    session = patterns.get_global_session_id()
+    out = translator._strip_blank_lines(sql)
+    for words, parsed, replacement in _rules(target):
+        low = out.lower()
+        if all(w in low for w in words):
+            replacement = replacement.replace("%session_id%", session).replace("%temp_prefix%", "")
+            out = translator._strip_blank_lines(translator.search_and_replace(out, parsed, replacement))
+    return out
 
 
 # -- checks ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .cohorts import RESULTS_SCHEMA, _prepare_cohort_table, _writable_results
-from .database import Database, SourceError, check_identifier, load_sql, quote, render
+from .database import Database, SourceError, check_identifier, load_sql, quote, render, statements
 
 #: CIRCE criteria that ohdsi-circepy builds SQL for (a definition naming another one is refused by name).
 CRITERIA = ("ConditionOccurrence", "ConditionEra", "Death", "DeviceExposure", "DoseEra", "DrugEra", "DrugExposure",
@@ -248,17 +248,16 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     qualified = _prepare_cohort_table(cdm, schema, cohort_table)
     cohort_table = qualified.split(".")[1].strip('"')
     qschema = quote(schema, "schema name")
-    for stmt in render(load_sql("cohorts/create_inclusion_tables.sql"), {"schema": qschema}).split(";"):
-        if stmt.strip():
-            db.execute(stmt)
+    for stmt in statements(render(load_sql("cohorts/create_inclusion_tables.sql"), {"schema": qschema})):
+        db.execute(stmt)
     views = _Views(cdm)
     out = []
     bar = _progress(len(cohorts), progress)
     jobs = [(c, db.dialect, dict(cohort_definition_id=cid, cdm_schema=_VIEW_SCHEMA[db.dialect], results_schema=schema,
                                  cohort_table=cohort_table, attrition=attrition)) for c, cid in zip(cohorts, ids)]
-    for (cohort, cid), (statements, built) in zip(zip(cohorts, ids), _translated(jobs)):
+    for (cohort, cid), (circe_sql, built) in zip(zip(cohorts, ids), _translated(jobs)):
         t0 = time.perf_counter() - built
-        used = _tables_used(statements, _VIEW_SCHEMA[db.dialect])
+        used = _tables_used(circe_sql, _VIEW_SCHEMA[db.dialect])
         notes = [views.notes[t] for t in sorted(used) if t in views.notes]
         for note in notes:
             warnings.warn(f"{cohort.label}: {note}", stacklevel=2)
@@ -276,7 +275,7 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
                            f"description) VALUES (:c, :s, :n, :d)",
                            {"c": cid, "s": seq, "n": str(rule.get("name") or f"rule {seq + 1}")[:255],
                             "d": (rule.get("description") or None) and str(rule["description"])[:1000]})
-            for stmt in statements:
+            for stmt in circe_sql:
                 try:
                     tx.execute_raw(stmt)
                 except Exception as e:  # the driver's own error types; re-raised naming the cohort

@@ -50,6 +50,13 @@ class TemplateSql(str):
         return self
 
 
+def statements(sql: str) -> list[str]:
+    """A template's ``;``-separated statements, each still carrying the template's name (so each is translated)."""
+    parts = [part.strip() for part in sql.split(";") if part.strip()]
+    template = getattr(sql, "template", None)
+    return [TemplateSql(part, template) for part in parts] if template else parts
+
+
 def load_sql(name: str) -> TemplateSql:
     """Read a SQL template shipped in ``sql/`` (e.g. ``"omop/events.sql"``)."""
     ref = resources.files("omop_behrt.sql")
@@ -253,13 +260,17 @@ class Database:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
                 sa.text(self.translated(sql)), params)
             names = list(result.keys())
+            empty = True
             for part in result.partitions(batch_rows):
+                empty = False
                 cols = list(zip(*part))
                 if schema is not None:
                     arrays = [pa.array(c, type=f.type) for c, f in zip(cols, schema)]
                     yield pa.RecordBatch.from_arrays(arrays, schema=schema)
                 else:
                     yield pa.RecordBatch.from_arrays([pa.array(c) for c in cols], names=names)
+            if empty and schema is None:     # no row: still the query's columns, as DuckDB gives them
+                yield pa.RecordBatch.from_arrays([pa.array([], pa.null()) for _ in names], names=names)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         """Run a query and return the whole result as an Arrow table (for small results)."""

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import lock
-from .database import Database, SourceError, check_identifier, load_sql, quote, render
+from .database import Database, SourceError, check_identifier, load_sql, quote, render, statements
 from .events import probe_write
 from .postgres_copy import array_literals, copy_arrow
 
@@ -128,10 +128,6 @@ class WriteResult:
     ohdsi_rows: int = 0
     run_id: str = ""
     duplicates: int = 0
-
-
-def _split(sql: str) -> list[str]:
-    return [s.strip() for s in sql.split(";") if s.strip()]
 
 
 def _is_parquet(target: str) -> bool:
@@ -382,17 +378,18 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
                                   f"the schema's export lock for {lock_timeout:.0f} s") from None
             tx.execute("SET LOCAL lock_timeout = 0")
         tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema, 'schema name')}")
-        for stmt in _split(render(load_sql("export/create_embedding_tables.sql"), {**q, "vector_type": vector_type})):
+        ddl = render(load_sql("export/create_embedding_tables.sql"), {**q, "vector_type": vector_type})
+        for stmt in statements(ddl):
             tx.execute(stmt)
         if analysis_id is not None:
-            for stmt in _split(render(load_sql("export/create_cohort_attribute_tables.sql"), q)):
+            for stmt in statements(render(load_sql("export/create_cohort_attribute_tables.sql"), q)):
                 tx.execute(stmt)
         replaced = tx.execute(f"SELECT COUNT(*) FROM {q['embedding_table']} WHERE model_id = :model_id "
                               f"AND cohort_definition_id = :cohort_definition_id", key)[0][0]
-        for stmt in _split(render(load_sql("export/replace_embeddings.sql"), q)):
+        for stmt in statements(render(load_sql("export/replace_embeddings.sql"), q)):
             tx.execute(stmt, {k: v for k, v in key.items() if f":{k}" in stmt})
         if postgres:   # duplicates impossible even for a writer that bypassed the lock
-            for stmt in _split(render(load_sql("export/unique_keys_postgresql.sql"), q)):
+            for stmt in statements(render(load_sql("export/unique_keys_postgresql.sql"), q)):
                 tx.execute(stmt)
             copy_arrow(tx, q["embedding_table"], array_literals(rows, pgvector) if pgvector else rows)
             tx.execute(render(load_sql("export/upsert_model_postgresql.sql"), q), model.params())
@@ -404,7 +401,7 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
             "created_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
             "provenance": [json.dumps(prov, sort_keys=True, default=str)]}))
         if analysis_id is not None:
-            for stmt in _split(render(load_sql("export/replace_cohort_attributes.sql"), q)):
+            for stmt in statements(render(load_sql("export/replace_cohort_attributes.sql"), q)):
                 tx.execute(stmt, {k: v for k, v in {"cohort_definition_id": cid, "analysis_id": int(analysis_id)}.items()
                                   if f":{k}" in stmt})
             attrs = cohort_attribute_rows(rows, int(analysis_id))

@@ -4,4 +4,4 @@ SELECT CAST(c.{c_cohort_definition_id} AS BIGINT) AS cohort_definition_id,
        CAST(c.{c_cohort_start_date} AS TIMESTAMP) AS index_date
 FROM {cohort_table} c
 WHERE c.{c_cohort_definition_id} = :cohort_definition_id
-ORDER BY 2, 3
+ORDER BY subject_id, index_date

@@ -6,5 +6,5 @@ FROM "bench_sql_dialects"."cohort" c
 WHERE
   c."cohort_definition_id" = :cohort_definition_id
 ORDER BY
-  2,
-  3
+  subject_id,
+  index_date

@@ -6,5 +6,5 @@ FROM `bench_sql_dialects`.`cohort` AS c
 WHERE
   c.`cohort_definition_id` = :cohort_definition_id
 ORDER BY
-  2 NULLS LAST,
-  3 NULLS LAST
+  subject_id NULLS LAST,
+  index_date NULLS LAST

@@ -1,0 +1,3 @@
+DELETE FROM "schema"."cohort_inclusion"
+WHERE
+  cohort_definition_id = :cohort_definition_id

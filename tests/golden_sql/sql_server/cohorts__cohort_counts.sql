@@ -1,0 +1,6 @@
+SELECT
+  COUNT_BIG(*) AS entries,
+  COUNT_BIG(DISTINCT subject_id) AS persons
+FROM [cohort_table]
+WHERE
+  cohort_definition_id = :cohort_definition_id

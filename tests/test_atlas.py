@@ -163,6 +163,7 @@ def eunomia_pg(eunomia_db, pg_url):
     drop_postgres_schema(pg_url, schema + "_res")
 
 
+@pytest.mark.postgres
 def test_phenotype_library_equal_on_postgresql(eunomia_cohorts, eunomia_pg, pg_url):
     _, duck = eunomia_cohorts
     pg = atlas.generate_cohort_set(pg_url, atlas.read_cohort_set(PHENOTYPES / "cohorts.csv"), cdm_schema=eunomia_pg,
@@ -171,24 +172,27 @@ def test_phenotype_library_equal_on_postgresql(eunomia_cohorts, eunomia_pg, pg_u
     assert [g.attrition for g in pg] == [g.attrition for g in duck]
 
 
-def test_concurrent_generation_on_postgresql_keeps_one_copy(eunomia_pg, pg_url):
-    """Two runs generating the same cohort at once: the advisory lock serialises them, no row twice."""
+@pytest.mark.postgres
+def test_generation_waits_for_another_writer_on_postgresql(eunomia_pg, pg_url):
+    """While another transaction holds the cohort table's advisory lock, generation waits; then it writes the
+    cohort once (two runs take turns instead of leaving its rows twice)."""
+    import sqlalchemy as sa
+    res = eunomia_pg + "_res"
     c = atlas.from_atlas(PHENOTYPES / "cohorts" / "77.json")
-    errors = []
-
-    def run():
-        try:
-            c.generate(pg_url, cdm_schema=eunomia_pg, results_schema=eunomia_pg + "_res", cohort_table="conc")
-        except Exception as e:  # reported below
-            errors.append(e)
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
+    c.generate(pg_url, cdm_schema=eunomia_pg, results_schema=res, cohort_table="conc")
+    done = threading.Event()
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                       {"k": f'omop_behrt.cohort "{res}"."conc"'})
+        t = threading.Thread(target=lambda: (c.generate(pg_url, cdm_schema=eunomia_pg, results_schema=res,
+                                                        cohort_table="conc"), done.set()))
         t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    table = cohorts.CohortTable(pg_url, eunomia_pg + "_res", "conc").read(77)
-    assert table.num_rows == 391
+        assert not done.wait(2.0)
+    t.join(60)
+    engine.dispose()
+    assert done.is_set()
+    assert cohorts.CohortTable(pg_url, res, "conc").read(77).num_rows == 391
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +209,7 @@ def synthea_both(synthea_dir, pg_url, tmp_path_factory):
     drop_postgres_schema(pg_url, schema + "_res")
 
 
+@pytest.mark.postgres
 def test_phenotype_library_on_synthea_both_engines(synthea_both, pg_url):
     duck, schema = synthea_both
     defs = atlas.read_cohort_set(PHENOTYPES / "cohorts")

@@ -104,6 +104,23 @@ def test_cohorts_in_postgres(pg_url, pg_schema, synthea_dir, tmp_path):
         assert m == exp > 0
         ix = cohorts.CohortTable(pg_url, res).read(10)
         assert ix.num_rows == m
+        # a second writer of the cohort table waits for the first (advisory lock held by another transaction),
+        # then writes: the cohort's rows once, not twice
+        import threading
+
+        import sqlalchemy as sa
+        engine = sa.create_engine(pg_url)
+        done = threading.Event()
+        with engine.begin() as holder:
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                           {"k": f'omop_behrt.cohort "{res}"."cohort"'})
+            t = threading.Thread(target=lambda: (cohorts.first_occurrence_cohort(
+                pg_url, 10, [40481087], descendants=False, cdm_schema=pg_schema, results_schema=res), done.set()))
+            t.start()
+            assert not done.wait(1.5)            # blocked while the other transaction holds the lock
+        t.join(30)
+        engine.dispose()
+        assert done.is_set() and cohorts.CohortTable(pg_url, res).read(10).num_rows == m
     finally:
         from cdm_fixtures import drop_postgres_schema
         drop_postgres_schema(pg_url, res)

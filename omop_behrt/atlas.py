@@ -225,6 +225,8 @@ def generate_cohort_set(source: "str | Path | Database", cohorts: Sequence[Atlas
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise AtlasError(f"cohort set: cohort id {min(dup)} is given to more than one definition")
+    for c in cohorts:       # every definition checked before anything is written; the error names the cohort
+        c.expression()
     if not isinstance(source, Database) and "://" not in str(source) and not Path(source).exists():
         raise SourceError(f"{source}: no such CDM (a DuckDB file, a folder of exports or a SQLAlchemy URL)")
     db = Database.connect(source, read_only=False)
@@ -271,10 +273,10 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
             tx.execute(render(load_sql("cohorts/delete_inclusion_rules.sql"), {"schema": qschema}),
                        {"cohort_definition_id": cid})
             for seq, rule in enumerate(rules):
-                tx.execute(f"INSERT INTO {qschema}.\"cohort_inclusion\" (cohort_definition_id, rule_sequence, name, "
-                           f"description) VALUES (:c, :s, :n, :d)",
-                           {"c": cid, "s": seq, "n": str(rule.get("name") or f"rule {seq + 1}")[:255],
-                            "d": (rule.get("description") or None) and str(rule["description"])[:1000]})
+                tx.execute(render(load_sql("cohorts/insert_inclusion_rule.sql"), {"schema": qschema}),
+                           {"cohort_definition_id": cid, "rule_sequence": seq,
+                            "name": str(rule.get("name") or f"rule {seq + 1}")[:255],
+                            "description": str(rule["description"])[:1000] if rule.get("description") else None})
             for stmt in circe_sql:
                 try:
                     tx.execute_raw(stmt)
@@ -304,10 +306,8 @@ def _sql_of(job: tuple) -> tuple[list[str], float]:
 def _translated(jobs: list[tuple]) -> Iterable[tuple[list[str], float]]:
     """Each cohort's translated SQL (and the seconds it took), in order. sqlrender's translation is pure-Python
     work of about 0.2-0.4 s per cohort, so a set of cohorts is translated in worker processes while the database
-    runs the ones already translated; a bad definition fails before anything is written."""
+    runs the ones already translated."""
     import os
-    for cohort, _, _ in jobs:
-        cohort.expression()                 # our checks first, in this process: the error names the cohort
     workers = min(len(jobs) - 1, os.cpu_count() or 1)
     if workers < 2:
         yield from map(_sql_of, jobs)

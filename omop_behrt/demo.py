@@ -4,8 +4,8 @@ The demo is a study spec shipped with the package (omop_behrt/studies/eunomia_gi
 :func:`omop_behrt.study.run_study`: cohort + PLP task (GI haemorrhage within a year of a first NSAID
 exposure) -> extract (censored at the index dates) -> vocabulary coverage -> pretrain (tiny config) -> embed
 (and the OHDSI tables) -> heads and baselines -> HTML report. Re-running it in the same folder skips what is done.
-Measured by bench/demo.py: 61 s end to end on 2 idle CPU cores (pretraining 21 s, fits and few-shot curves
-32 s), 185 s with 4 busy processes on the same cores. Every phase shows progress on stderr.
+Measured by bench/demo.py: 49 s end to end on 2 idle CPU cores (pretraining 16 s, fits and few-shot curves
+25 s), 185 s with 4 busy processes on the same cores (issue 11's run). Every phase shows progress on stderr.
 """
 from __future__ import annotations
 

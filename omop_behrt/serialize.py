@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 
 from .cohorts import INDEX_SCHEMA
 from .database import load_sql, render, statements
-from .events import EventDir
 
 #: Bumped whenever the same input would give other text (wording, order, truncation rule).
 SERIALIZER_VERSION = "1"
@@ -187,6 +186,7 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     counted by ``count_tokens(text) -> int`` (a tokenizer's count).
     """
     import duckdb
+
     from .embed import censored_events, cut_times
     t0 = time.perf_counter()
     if group not in GROUPS:
@@ -261,7 +261,7 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
 
 def dump_text(result: SerializedTexts, directory: str | Path) -> Path:
     """Write the texts (texts.parquet) for debugging, warning that the folder now holds patient data."""
-    from .events import write_table, writable_dir
+    from .events import writable_dir, write_table
     folder = writable_dir(directory, "the text dump folder")
     path = folder / "texts.parquet"
     write_table(result.texts, path)

@@ -140,8 +140,8 @@ def _planted(eunomia_events, tmp_path, rows: list[dict]) -> EventDir:
 
 
 def test_censoring_later_events_change_nothing(eunomia_events, eunomia_db, index, texts, tmp_path):
-    ev = dict(subject_id=PERSON, code="SNOMED/74474003", domain="condition", numeric_value=None, visit_id=None,
-              concept_id=192671, end_time=None, source_code=None, source_concept_id=None)
+    ev = {"subject_id": PERSON, "code": "SNOMED/74474003", "domain": "condition", "numeric_value": None, "visit_id": None,
+              "concept_id": 192671, "end_time": None, "source_code": None, "source_concept_id": None}
     planted = _planted(eunomia_events, tmp_path, [
         {**ev, "time": datetime(1984, 12, 10)},                 # on the index day: not strictly before
         {**ev, "time": datetime(1984, 12, 10, 23, 59)},
@@ -191,7 +191,7 @@ def test_truncation_keeps_header_and_newest_lines(eunomia_events, eunomia_db, in
 
 
 def test_truncation_by_tokens(eunomia_events, eunomia_db, index, texts):
-    words = lambda s: len(s.split())  # noqa: E731 - a stand-in tokenizer: whitespace words
+    words = lambda s: len(s.split())
     got = serialize(eunomia_events, index, cdm=eunomia_db, max_tokens=60, count_tokens=words)
     assert max(words(t) for t, n in zip(got.texts["text"].to_pylist(), got.texts["n_lines"].to_pylist()) if n) <= 60
     one = got.texts.filter(pa.compute.equal(got.texts["subject_id"], PERSON))
@@ -226,8 +226,8 @@ def test_coverage_and_descriptions(eunomia_events, eunomia_db, index, texts):
 
 
 def test_code_without_description_falls_back_to_the_code(eunomia_events, eunomia_db, index, tmp_path):
-    ev = dict(subject_id=PERSON, numeric_value=None, visit_id=None, concept_id=None, end_time=None,
-              source_code=None, source_concept_id=None, time=datetime(1984, 11, 1))
+    ev = {"subject_id": PERSON, "numeric_value": None, "visit_id": None, "concept_id": None, "end_time": None,
+              "source_code": None, "source_concept_id": None, "time": datetime(1984, 11, 1)}
     planted = _planted(eunomia_events, tmp_path, [
         {**ev, "code": "LOCAL/xyz-1", "domain": "condition"},
         {**ev, "code": "CALIBER/Asthma", "domain": "condition"},

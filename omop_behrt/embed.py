@@ -334,6 +334,37 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling: str | None = None,
+                      group: str = "domain", inclusive: bool = False, cdm_schema: str | None = None,
+                      vocab_schema: str | None = None, device: str = "auto", work_dir: str | Path | None = None,
+                      progress: bool = True, encoder=None) -> EmbeddingResult:
+    """The text encoder (Hegselmann et al.): each row's record before its index date serialised as text
+    (:mod:`omop_behrt.serialize`, the same censoring as :func:`embed_cohort`) and embedded by a language model
+    (:class:`omop_behrt.text_encoder.TextEncoder`; ``text_model`` a local directory, or ``default``, the packaged
+    all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are never written."""
+    from .serialize import serialize
+    from .text_encoder import TextEncoder
+    t0 = time.perf_counter()
+    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    encoder = encoder if encoder is not None else TextEncoder(text_model, pooling=pooling, device=device,
+                                                              progress=progress)
+    texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,
+                      vocab_schema=vocab_schema, work_dir=work_dir)
+    vectors = encoder.encode(texts.texts["text"])
+    has_history = texts.texts["n_lines"].to_numpy(zero_copy_only=False) > 0
+    unknown = int(texts.provenance["subject not in source"])
+    prov = {"encoder": "text", "text_model": encoder.describe(), "serializer_version": texts.version,
+            "group": group, "description_coverage": texts.coverage,
+            "model_checksum": encoder.checksum(), "pooling": encoder.pooling,
+            "index_rule": "events on or before the index date" if inclusive else
+            "events strictly before the index date",
+            "rows": index.num_rows, "embedded": int(has_history.sum()),
+            "skipped": {"no history before index": int((~has_history).sum()) - unknown,
+                        "subject not in source": unknown},
+            "seconds": round(time.perf_counter() - t0, 3), "device": str(encoder.device)}
+    return EmbeddingResult(index, vectors, has_history, prov)
+
+
 def _as_index(X) -> pa.Table:
     """Accept a DataFrame / Arrow table with (subject_id, index_date[, cohort_definition_id]) or an (n, 2) array."""
     if isinstance(X, pa.Table) or hasattr(X, "columns"):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,7 +163,7 @@ class TextEncoder:
         self._checksum: str | None = None
 
     @classmethod
-    def default(cls, **kwargs: Any) -> "TextEncoder":
+    def default(cls, **kwargs: Any) -> TextEncoder:
         """The packaged all-MiniLM-L6-v2 (384 dims, 256-token window), loaded from site-packages with no download."""
         return cls("default", **kwargs)
 
@@ -187,7 +188,7 @@ class TextEncoder:
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             net = transformers.AutoModel.from_pretrained(self.path, local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the user needs the directory named
+        except Exception as e:
             raise TextModelError(f"text model directory {self.path}: cannot load it with transformers "
                                  f"({type(e).__name__}: {e})") from e
         decoder = _is_decoder(net.config)
@@ -213,7 +214,7 @@ class TextEncoder:
         where = str(self.path) if self.path is not None else ref
         try:
             net = st.SentenceTransformer(where, device=self.device, local_files_only=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             hint = ("" if self.path is not None else
                     " (neither a local directory nor in the local Hugging Face cache; nothing is downloaded)")
             raise TextModelError(f"text model {where}: cannot load it with sentence-transformers{hint}: "
@@ -353,4 +354,4 @@ def model_card(path: Path) -> dict[str, Any]:
     return card
 
 
-__all__ = ["TextEncoder", "TextModelError", "default_model_dir", "model_card", "POOLINGS", "DEFAULT_NAME"]
+__all__ = ["DEFAULT_NAME", "POOLINGS", "TextEncoder", "TextModelError", "default_model_dir", "model_card"]

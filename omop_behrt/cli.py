@@ -488,6 +488,8 @@ def _add_embed(sub) -> None:
                         "models use their own)")
     p.add_argument("--text-group", choices=["domain", "visit"], default="domain",
                    help="--encoder text: the history grouped by domain or by visit")
+    p.add_argument("--dump-text", metavar="DIR", help="--encoder text: also write the serialised records to "
+                                                      "DIR/texts.parquet, for debugging (patient data: a warning)")
     p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--cohort-id", type=int, help="cohort_definition_id in <results-schema>.<cohort-table> "
@@ -580,7 +582,7 @@ def _run_embed(args) -> int:
     if args.encoder == "text":
         res = embed_text_cohort(args.source, index, encoder=encoder, group=args.text_group,
                                 inclusive=args.inclusive, cdm_schema=args.cdm_schema, work_dir=args.work_dir,
-                                progress=not args.quiet)
+                                progress=not args.quiet, dump_text=args.dump_text)
         from .serialize import SERIALIZER_VERSION
         config["serializer_version"] = SERIALIZER_VERSION
         checksum = hashlib.sha256(f"{res.provenance['model_checksum']} {SERIALIZER_VERSION} {args.text_group}"

@@ -337,12 +337,13 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
 def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling: str | None = None,
                       group: str = "domain", inclusive: bool = False, cdm_schema: str | None = None,
                       vocab_schema: str | None = None, device: str = "auto", work_dir: str | Path | None = None,
-                      progress: bool = True, encoder=None) -> EmbeddingResult:
+                      progress: bool = True, encoder=None, dump_text: str | Path | None = None) -> EmbeddingResult:
     """The text encoder (Hegselmann et al.): each row's record before its index date serialised as text
     (:mod:`omop_behrt.serialize`, the same censoring as :func:`embed_cohort`) and embedded by a language model
     (:class:`omop_behrt.text_encoder.TextEncoder`; ``text_model`` a local directory, or ``default``, the packaged
-    all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are never written."""
-    from .serialize import serialize
+    all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are written only to
+    ``dump_text`` (a folder, for debugging: patient data, with a warning)."""
+    from .serialize import dump_text as write_texts, serialize
     from .text_encoder import TextEncoder
     t0 = time.perf_counter()
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
@@ -350,6 +351,8 @@ def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling:
                                                               progress=progress)
     texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,
                       vocab_schema=vocab_schema, work_dir=work_dir)
+    if dump_text is not None:
+        write_texts(texts, dump_text)
     vectors = encoder.encode(texts.texts["text"])
     has_history = texts.texts["n_lines"].to_numpy(zero_copy_only=False) > 0
     unknown = int(texts.provenance["subject not in source"])
@@ -392,16 +395,22 @@ def _index_from_array(arr: np.ndarray) -> pa.Table:
 class PatientEmbedder(TransformerMixin, BaseEstimator):
     """scikit-learn transformer: (subject_id, index_date) rows -> (n, d) float32 patient vectors.
 
+    ``encoder="behrt"`` (default) embeds with the pretrained model at ``model_dir``; ``encoder="text"`` serialises
+    each record as text and embeds it with ``text_model`` (a local directory or ``default``), no pretraining.
+
     ``fit`` loads and checks the model (no learning: the encoder is pretrained) and returns self;
     ``transform`` embeds as of each row's index date. Rows without any history before the index date get the
     model's empty-history vector and are listed in ``skipped_`` after ``transform``.
     """
 
-    def __init__(self, model_dir=None, source=None, *, pooling: str = "cls", inclusive: bool = False,
+    def __init__(self, model_dir=None, source=None, *, encoder: str = "behrt", text_model: str = "default",
+                 pooling: str = "cls", inclusive: bool = False,
                  batch_tokens: int = 16_384, chunk_persons: int = 20_000, device: str = "auto",
                  precision: str = "auto", cdm_schema: str | None = None, progress: bool = False):
         self.model_dir = model_dir
         self.source = source
+        self.encoder = encoder
+        self.text_model = text_model
         self.pooling = pooling
         self.inclusive = inclusive
         self.batch_tokens = batch_tokens
@@ -415,9 +424,19 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
         """Load and check the model; when X is given, check it is (subject_id, index_date) rows."""
         from .model import Behrt
         from .batches import resolve_device
-        if self.model_dir is None or self.source is None:
-            raise ValueError("PatientEmbedder needs model_dir (a pretrained model directory) and source "
-                             "(an OMOP CDM or an event directory)")
+        if self.encoder not in ("behrt", "text"):
+            raise ValueError(f"encoder must be 'behrt' or 'text', got {self.encoder!r}")
+        if self.source is None or (self.encoder == "behrt" and self.model_dir is None):
+            raise ValueError("PatientEmbedder needs source (an OMOP CDM or an event directory) and, for "
+                             "encoder='behrt', model_dir (a pretrained model directory)")
+        if self.encoder == "text":      # Hegselmann et al.: the record as text, a language model's vectors
+            from .text_encoder import TextEncoder
+            if X is not None:
+                _as_index(X)
+                self.n_features_in_ = 2
+            self.model_ = TextEncoder(self.text_model, device=self.device, progress=self.progress)
+            self.n_features_out_ = self.model_.dims
+            return self
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if X is not None:
@@ -433,10 +452,14 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
         from sklearn.utils.validation import check_is_fitted
         check_is_fitted(self, "model_")
         index = _as_index(X)
-        res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
-                           cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,
-                           chunk_persons=self.chunk_persons, device=self.device, progress=self.progress,
-                           precision=self.precision, model=self.model_)
+        if self.encoder == "text":
+            res = embed_text_cohort(self.source, index, encoder=self.model_, inclusive=self.inclusive,
+                                    cdm_schema=self.cdm_schema, progress=self.progress)
+        else:
+            res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
+                               cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,
+                               chunk_persons=self.chunk_persons, device=self.device, progress=self.progress,
+                               precision=self.precision, model=self.model_)
         self.skipped_ = index.filter(pa.array(~res.has_history))
         self.provenance_ = res.provenance
         return res.vectors

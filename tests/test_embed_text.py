@@ -66,5 +66,41 @@ def test_embed_text_registry_names_encoder(gi_bleed_cdm, tiny_text_model, tmp_pa
 
 
 def test_behrt_encoder_still_needs_a_model(gi_bleed_cdm, tmp_path, capsys):
-    assert main(["embed", "--source", str(gi_bleed_cdm), "--cohort-id", "77", "--out", str(tmp_path / "v.parquet")]) == 2
+    out = str(tmp_path / "v.parquet")
+    assert main(["embed", "--source", str(gi_bleed_cdm), "--cohort-id", "77", "--out", out]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_patient_embedder_text_in_a_pipeline(gi_bleed_cdm, tiny_text_model):
+    """PatientEmbedder(encoder="text") has BEHRT's contract: fit returns self, transform gives (n, dims) float32
+    rows in the input's order, usable in a scikit-learn Pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from omop_behrt.embed import PatientEmbedder
+    index = cohorts.CohortTable(gi_bleed_cdm, "results").read(77).to_pandas().iloc[:40]
+    emb = PatientEmbedder(source=gi_bleed_cdm, encoder="text", text_model=str(tiny_text_model))
+    X = emb.fit(index).transform(index)
+    assert X.shape == (40, emb.n_features_out_) and X.dtype == np.float32
+    again = emb.transform(index.iloc[::-1])
+    np.testing.assert_allclose(again[::-1], X, rtol=1e-5, atol=1e-6)
+    y = np.arange(40) % 2
+    pipe = make_pipeline(PatientEmbedder(source=gi_bleed_cdm, encoder="text", text_model=str(tiny_text_model)),
+                         LogisticRegression(max_iter=200)).fit(index, y)
+    assert pipe.predict_proba(index).shape == (40, 2)
+    with pytest.raises(ValueError, match="encoder must be 'behrt' or 'text'"):
+        PatientEmbedder(source=gi_bleed_cdm, encoder="gpt").fit()
+
+
+def test_dump_text_warns_and_writes_only_when_asked(gi_bleed_cdm, tiny_text_model, tmp_path, capsys):
+    out = tmp_path / "v.parquet"
+    assert main(["embed", "--encoder", "text", "--text-model", str(tiny_text_model), "--source", str(gi_bleed_cdm),
+                 "--cohort-id", "77", "--out", str(out), "--quiet", "--dump-text", str(tmp_path / "texts")]) == 0
+    assert "holds serialised patient records (patient data)" in capsys.readouterr().err
+    texts = pq.read_table(tmp_path / "texts" / "texts.parquet")
+    assert texts.num_rows == 391 and all("before" in t for t in texts["text"].to_pylist())
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("texts*")] == ["texts", "texts/texts.parquet"]
+    assert main(["embed", "--encoder", "text", "--text-model", str(tiny_text_model), "--source", str(gi_bleed_cdm),
+                 "--cohort-id", "77", "--out", str(tmp_path / "w.parquet"), "--quiet"]) == 0
+    assert "patient data" not in capsys.readouterr().err
+    assert len(list(tmp_path.rglob("texts*"))) == 2        # nothing more written without --dump-text

@@ -166,7 +166,7 @@ def _run_finetune(args) -> int:
 
 # -- evaluate --------------------------------------------------------------------------------------
 def _add_evaluate(sub) -> None:
-    from .comparison import METHODS
+    from .comparison import ALL_METHODS, METHODS, TEXT_METHODS
     from .embed import POOLINGS
     from .evaluate import FRACTIONS
     from .heads import HEADS
@@ -176,7 +176,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="pretrained model directory")
     p.add_argument("--source", required=True, help="CDM (censored at index in its SQL) or event directory")
     p.add_argument("--task", required=True, help="task directory (from `omop-behrt task plp`)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {', '.join(ALL_METHODS)}; the text encoder's "
+                        f"{', '.join(TEXT_METHODS)} (the record as text embedded by --text-model: with LR, beside "
+                        f"the counts, beside BEHRT's vectors) run only when named")
+    p.add_argument("--text-model", default="default",
+                   help="the text-* methods' language model: a local Hugging Face or sentence-transformers "
+                        "directory, or default (the packaged all-MiniLM-L6-v2)")
     p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
                    help="few-shot curves: fractions of the training labels to fit on")
     p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot curves (much faster)")
@@ -225,9 +231,11 @@ def _run_evaluate(args) -> int:
             write_results(res, args.json_out, args.min_count)
         return 0
     task = Task.load(args.task)
-    methods = comparison.check_methods(args.methods)          # a typo fails now, not after the extraction
+    methods = comparison.check_methods(args.methods, comparison.ALL_METHODS)   # a typo fails now, not after extraction
     split = _split_of(Path(args.task), task)
-    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema)
+    text = any(m in comparison.TEXT_METHODS for m in methods)
+    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema,
+                              text_model=args.text_model if text else None)
     res = comparison.run(prep, split, methods=methods,
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,

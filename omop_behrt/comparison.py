@@ -2,7 +2,8 @@
 
 Methods: embeddings + logistic regression (the linear probe), counts + logistic regression, counts +
 gradient boosting, embeddings + counts, and the encoder fine-tuned end to end from pretrained weights and
-from scratch; then the few-shot curves. Inputs for every method are the events strictly before each row's
+from scratch; then the few-shot curves. On request, the text encoder (Hegselmann et al.: each record
+serialised as text and embedded by a language model) beside them: text + LR, text + counts, text + BEHRT. Inputs for every method are the events strictly before each row's
 index date (censored in the extraction SQL when the source is a CDM, cut by the tokenizer and the count
 query otherwise).
 """
@@ -28,8 +29,12 @@ from .tasks import LeakageWarning, Task, pretraining_overlap
 #: the names a user types (``--methods``), in the order the table shows them
 METHODS = ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
            "finetuned-scratch")
+#: the text encoder's methods: asked for by name only (they load a language model), never in the default set
+TEXT_METHODS = ("text-lr", "text-counts", "text-behrt")
+#: every name ``--methods`` takes
+ALL_METHODS = METHODS + TEXT_METHODS
 #: the methods with a few-shot curve (the others are refits of these with other features)
-FEW_SHOT_METHODS = ("embeddings-lr", "counts-lr", "finetuned-pretrained", "finetuned-scratch")
+FEW_SHOT_METHODS = ("embeddings-lr", "counts-lr", "finetuned-pretrained", "finetuned-scratch", "text-lr")
 #: the methods that train a torch model (the slow ones)
 TORCH_METHODS = ("finetuned-pretrained", "finetuned-scratch")
 
@@ -58,11 +63,18 @@ class Prepared:
     model_dir: Path
     model: object = None          # the loaded omop_behrt.model.Behrt (loaded once, shared by the methods)
     leakage: str | None = None    # tasks.pretraining_overlap's warning: the encoder saw outcome-window events
+    text: object = None           # omop_behrt.embed.EmbeddingResult of the text encoder (row i = task row i), or None
 
 
 def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None = None,
-            vocab_schema: str | None = None, work_dir: str | Path | None = None, progress: bool = False) -> Prepared:
-    """Extract (censored at the index dates when ``source`` is a CDM), map to the model's tokens, tokenise."""
+            vocab_schema: str | None = None, work_dir: str | Path | None = None, progress: bool = False,
+            text_model: str | Path | None = None, text_encoder=None) -> Prepared:
+    """Extract (censored at the index dates when ``source`` is a CDM), map to the model's tokens, tokenise.
+
+    With ``text_model`` (a local model directory or ``default``; or a loaded ``text_encoder``), also the text
+    vectors of the rows for the text-* methods: :func:`omop_behrt.embed.embed_text_cohort` on the same source,
+    censored the same way. Without, nothing of the text path is imported.
+    """
     from .embed import censored_events, cut_times, index_sequences
     from .model import Behrt
     from .tokenizer import visit_table
@@ -82,7 +94,13 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
         tokens = map_events(events, vocab=model.metadata.get("vocab", "source"), cdm=cdm, progress=False).tokens
         seqs, order = index_sequences(tokens, persons, visit_table(events), model,
                                       task.labels["subject_id"].to_numpy(), cut_times(task.labels))
-        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model, leakage)
+        text = None
+        if text_model is not None or text_encoder is not None:
+            from .embed import embed_text_cohort
+            text = embed_text_cohort(source, task.index, text_model=text_model or "default", cdm_schema=cdm_schema,
+                                     vocab_schema=vocab_schema, work_dir=Path(work_dir) / "text",
+                                     progress=progress, encoder=text_encoder)
+        return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model, leakage, text)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -189,8 +207,9 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
     validation AUROC) and the few-shot grid (with an ETA); each method's line on stdout as it finishes.
     ``n_jobs`` > 1: the fine-tunes (main and few-shot) run in that many worker processes (see
     :class:`FitPool`), started first so that the scikit-learn fits here overlap them; same numbers as serial.
+    The text-* methods read ``prep.text`` (``prepare(..., text_model=...)``).
     """
-    methods = check_methods(methods)
+    methods = check_methods(methods, ALL_METHODS)
     few_shot_methods = ([m for m in methods if m in FEW_SHOT_METHODS] if few_shot_methods is None
                         else check_methods(few_shot_methods, FEW_SHOT_METHODS))
     if not few_shot_fractions:
@@ -204,9 +223,12 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
             raise ValueError(f"the {name} split needs both classes; it has {len(rows)} rows, {int(y[rows].sum())} "
                              f"positive (too few outcomes for this split)")
     wanted = set(methods) | set(few_shot_methods)
+    if wanted & set(TEXT_METHODS) and prep.text is None:
+        raise ValueError(f"{', '.join(m for m in TEXT_METHODS if m in wanted)} need the text vectors: "
+                         f"prepare(..., text_model=DIR or 'default') (evaluate --text-model)")
     t0, seconds = time.perf_counter(), {}
-    emb = E = C = None
-    if wanted & {"embeddings-lr", "embeddings-counts"}:
+    emb = E = C = T = None
+    if wanted & {"embeddings-lr", "embeddings-counts", "text-behrt"}:
         from sklearn.preprocessing import StandardScaler
 
         from .embed import embed_sequences
@@ -222,7 +244,13 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
         cf = CountFeatures(persons=prep.persons).fit((prep.codes, index.take(pa.array(tr))))
         C = cf.transform((prep.codes, index))
         seconds["counts"] = time.perf_counter() - t
+    if wanted & set(TEXT_METHODS):
+        T = np.asarray(prep.text.vectors, dtype=np.float32)
+        if T.shape[0] != len(y):
+            raise ValueError(f"the text vectors have {T.shape[0]} rows, the task {len(y)}: prepare them for this task")
+        seconds["text"] = float(prep.text.provenance.get("seconds", 0.0))
     gbm_cols = None
+    widths: dict[str, int] = {}                # method -> columns of the matrix it was fitted on
     fitted: dict[tuple, np.ndarray] = {}      # (method, train rows, val rows) -> test predictions
 
     def key(name: str, rows: np.ndarray, val: np.ndarray) -> tuple:
@@ -241,16 +269,33 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
         from .baselines import counts_gbm, counts_lr, dense_top
         from .heads import LinearProbe
         if name == "embeddings-lr":
+            widths[name] = emb.shape[1]
             return LinearProbe().fit(emb[rows], y[rows]).predict_proba(emb[te])[:, 1]
         if name == "counts-lr":
+            widths[name] = C.shape[1]
             return counts_lr(seed=seed).fit(C[rows], y[rows]).predict_proba(C[te])[:, 1]
         if name == "counts-gbm":
             Xd, gbm_cols = dense_top(C[tr], columns=gbm_cols)
+            widths[name] = Xd.shape[1]
             sub = np.searchsorted(tr, rows)
             return counts_gbm(seed).fit(Xd[sub], y[rows]).predict_proba(dense_top(C[te], columns=gbm_cols)[0])[:, 1]
         if name == "embeddings-counts":
             EC = sp.hstack([sp.csr_matrix(E), C], format="csr")
+            widths[name] = EC.shape[1]
             return counts_lr(seed=seed).fit(EC[rows], y[rows]).predict_proba(EC[te])[:, 1]
+        if name == "text-lr":
+            widths[name] = T.shape[1]
+            return LinearProbe().fit(T[rows], y[rows]).predict_proba(T[te])[:, 1]
+        if name == "text-counts":                     # as embeddings-counts, the text vectors for BEHRT's
+            from sklearn.preprocessing import StandardScaler
+            TS = StandardScaler().fit(T[tr]).transform(T).astype(np.float32)
+            TC = sp.hstack([sp.csr_matrix(TS), C], format="csr")
+            widths[name] = TC.shape[1]
+            return counts_lr(seed=seed).fit(TC[rows], y[rows]).predict_proba(TC[te])[:, 1]
+        if name == "text-behrt":                      # the two patient vectors side by side, one linear probe
+            TB = np.hstack([T, emb.astype(np.float32)])
+            widths[name] = TB.shape[1]
+            return LinearProbe().fit(TB[rows], y[rows]).predict_proba(TB[te])[:, 1]
         est = _finetuner(prep, name == "finetuned-pretrained", {**finetune, "progress": bar}, seed)
         est.fit(prep.seqs.select(rows), y[rows], eval_set=(prep.seqs.select(val), y[val]))
         return est.predict_proba(prep.seqs.select(te))[:, 1]
@@ -270,7 +315,7 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
                         f"{name.split('-')[1]} {what}", prep.model_dir, name == "finetuned-pretrained", finetune,
                         seed, prep.seqs.select(rows), y[rows], prep.seqs.select(val), y[val], prep.seqs.select(te))
         return _run_fits(prep, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
-                         n_boot, seed, progress, seconds, pooling, finetune, emb, C)
+                         n_boot, seed, progress, seconds, pooling, finetune, emb, C, T, widths)
     except BaseException:
         if pool is not None:
             pool.close(cancel=True)
@@ -282,7 +327,8 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
 
 
 def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
-              n_boot: int, seed: int, progress: bool, seconds: dict, pooling: str, finetune: dict, emb, C) -> dict:
+              n_boot: int, seed: int, progress: bool, seconds: dict, pooling: str, finetune: dict, emb, C, T,
+              widths: dict) -> dict:
     """:func:`run`'s fits, metrics and few-shot grid, in the order of ``methods``; the results dict."""
     from tqdm.auto import tqdm
     say = (lambda line: tqdm.write(line, file=sys.stdout)) if progress else (lambda line: None)
@@ -311,16 +357,29 @@ def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot
         features["counts"] = int(C.shape[1])
     if emb is not None:
         features["embedding"] = int(emb.shape[1])
+    if T is not None:
+        features["text"] = int(T.shape[1])
+    features["by_method"] = {m: int(widths[m]) for m in methods if m in widths}
     return {"task": {"definition": prep.task.definition, "attrition": prep.task.attrition},
             "leakage": prep.leakage,
             "n": {s: {"rows": int(len(r)), "positives": int(y[r].sum()),
                       "persons": int(len(np.unique(prep.task.labels["subject_id"].to_numpy()[r])))}
                   for s, r in (("train", tr), ("val", va), ("test", te))},
             "methods": results, "few_shot": shots, "pooling": pooling, "finetune": finetune, "seed": seed,
-            "features": features,
+            "features": features, **({"text": _text_provenance(prep.text)} if T is not None else {}),
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "test_predictions": {"subject_id": prep.task.labels["subject_id"].to_numpy()[te].tolist(),
                                  "y": y[te].tolist(), **{k: v.tolist() for k, v in preds.items()}}}
+
+
+def _text_provenance(text) -> dict:
+    """What the results say about the text vectors: model, serialiser, description coverage, time (no counts)."""
+    p = text.provenance
+    cov = p.get("description_coverage") or {}
+    return {"text_model": p.get("text_model"), "serializer_version": p.get("serializer_version"),
+            "group": p.get("group"), "index_rule": p.get("index_rule"), "device": p.get("device"),
+            "description_coverage": {"event_share": cov.get("event_share"), "code_share": cov.get("code_share")},
+            "seconds": p.get("seconds")}
 
 
 def run_behrt(prep: Prepared, split: np.ndarray, *, finetune: dict | None = None, seed: int = 0,

@@ -117,11 +117,15 @@ def split(prepared):
 
 
 def test_method_names_are_typeable_and_checked():
-    from omop_behrt.comparison import FEW_SHOT_METHODS, METHODS, check_methods
+    from omop_behrt.comparison import ALL_METHODS, FEW_SHOT_METHODS, METHODS, TEXT_METHODS, check_methods
     assert METHODS == ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
                        "finetuned-scratch")
-    assert set(FEW_SHOT_METHODS) <= set(METHODS)
-    assert all(" " not in m and "(" not in m and "+" not in m for m in METHODS)
+    assert TEXT_METHODS == ("text-lr", "text-counts", "text-behrt") and ALL_METHODS == METHODS + TEXT_METHODS
+    assert set(FEW_SHOT_METHODS) <= set(ALL_METHODS)
+    assert all(" " not in m and "(" not in m and "+" not in m for m in ALL_METHODS)
+    assert check_methods("counts-lr,text-lr", ALL_METHODS) == ["counts-lr", "text-lr"]
+    with pytest.raises(ValueError, match="unknown method text-lr"):          # a study's names: no text methods
+        check_methods("text-lr")
     assert check_methods(" counts-lr,embeddings-lr,counts-lr ") == ["counts-lr", "embeddings-lr"]
     with pytest.raises(ValueError, match=r"unknown methods counts\+LR, gbm; valid names: embeddings-lr, counts-lr, "
                                          r"counts-gbm, embeddings-counts, finetuned-pretrained, finetuned-scratch"):
@@ -137,6 +141,7 @@ def test_cli_unknown_method_is_one_error_listing_the_names(prepared, tiny_model,
                "--methods", "counts+LR"])
     err = capsys.readouterr().err
     assert rc != 0 and "unknown method counts+LR; valid names: embeddings-lr, counts-lr" in err
+    assert "finetuned-scratch, text-lr, text-counts, text-behrt" in err
     assert "Traceback" not in err
 
 

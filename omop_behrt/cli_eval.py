@@ -180,9 +180,9 @@ def _add_evaluate(sub) -> None:
                    help=f"comma-separated subset of {', '.join(ALL_METHODS)}; the text encoder's "
                         f"{', '.join(TEXT_METHODS)} (the record as text embedded by --text-model: with LR, beside "
                         f"the counts, beside BEHRT's vectors) run only when named")
-    p.add_argument("--text-model", default="default",
+    p.add_argument("--text-model", default="all-MiniLM-L6-v2",
                    help="the text-* methods' language model: a local Hugging Face or sentence-transformers "
-                        "directory, or default (the packaged all-MiniLM-L6-v2)")
+                        "directory, or the packaged all-MiniLM-L6-v2")
     p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
                    help="few-shot curves: fractions of the training labels to fit on")
     p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot curves (much faster)")

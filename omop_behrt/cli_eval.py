@@ -233,9 +233,11 @@ def _run_evaluate(args) -> int:
     task = Task.load(args.task)
     methods = comparison.check_methods(args.methods, comparison.ALL_METHODS)   # a typo fails now, not after extraction
     split = _split_of(Path(args.task), task)
-    text = any(m in comparison.TEXT_METHODS for m in methods)
-    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema,
-                              text_model=args.text_model if text else None)
+    encoder = None
+    if any(m in comparison.TEXT_METHODS for m in methods):     # loaded first: a bad --text-model fails at once
+        from .text_encoder import TextEncoder
+        encoder = TextEncoder(args.text_model, progress=True)  # minutes on a CPU: a bar on stderr
+    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema, text_encoder=encoder)
     res = comparison.run(prep, split, methods=methods,
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,

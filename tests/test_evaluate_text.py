@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("transformers", reason="the text encoder's extra (omop-behrt[text]) is not installed")
 
-from test_text_encoder import _bert_dir  # noqa: E402  (after the importorskip: it needs transformers)
+from test_text_encoder import _bert_dir  # after the importorskip: it needs transformers
 
 TEXT = ["text-lr", "text-counts", "text-behrt"]
 
@@ -20,6 +20,7 @@ TEXT = ["text-lr", "text-counts", "text-behrt"]
 def gi_bleed(eunomia_db, tmp_path_factory):
     """The GI-bleed task of the other evaluate tests (first NSAID -> GI bleed, 600 rows) and its CDM copy."""
     from cdm_fixtures import copy_with_nsaid_cohort
+
     from omop_behrt.tasks import Task, plp_task
     cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("evaluate_text"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
@@ -111,6 +112,10 @@ def test_cli_text_methods_and_no_text_import_otherwise(gi_bleed, tiny_model, ber
     import json
     saved = json.loads((tmp_path / "r.json").read_text())
     assert set(saved["methods"]) == {"counts-lr", "text-lr", "text-counts"} and saved["text"]["text_model"]
+    # a text model that is not there: one line naming it, before any extraction
+    assert main([*base, "--methods", "text-lr", "--text-model", str(tmp_path / "no-model")]) != 0
+    err = capsys.readouterr().err
+    assert f"text model directory {tmp_path / 'no-model'} does not exist" in err and "Traceback" not in err
     # the same command without a text method, in a fresh process: nothing of the text path is imported
     code = textwrap.dedent(f"""
         import sys

@@ -385,8 +385,14 @@ class _Run:
     def _prepared(self, model: Path, task):
         from . import comparison
         if self.prep is None:
+            e = self.spec.evaluation
+            text_model = None
+            if any(m in comparison.TEXT_METHODS for m in e.methods):     # a directory near the spec, or a name
+                local = self.spec.path(e.text_model)
+                text_model = str(local) if local.exists() else e.text_model
             self.prep = comparison.prepare(model, self.cdm, task, cdm_schema=self.src.cdm_schema,
-                                           vocab_schema=self.src.vocab_schema, progress=self.progress)
+                                           vocab_schema=self.src.vocab_schema, progress=self.progress,
+                                           text_model=text_model)
         return self.prep
 
     def _eval_inputs(self) -> dict:

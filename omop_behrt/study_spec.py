@@ -104,6 +104,8 @@ class Evaluation:
     seed: int = 0
     jobs: int | None = None
     min_count: int = MIN_COUNT
+    #: the text-* methods' language model: a local directory (relative to the spec) or the packaged one by name
+    text_model: str = "all-MiniLM-L6-v2"
 
 
 @dataclass
@@ -337,13 +339,13 @@ def _check_model(spec: StudySpec) -> None:
 
 
 def _check_evaluation(spec: StudySpec) -> None:
-    from .comparison import METHODS, check_methods
+    from .comparison import ALL_METHODS, METHODS, check_methods
     from .embed import POOLINGS
     from .evaluate import FRACTIONS
     from .heads import HEADS
     e = spec.evaluation
     try:
-        e.methods = check_methods(e.methods if e.methods is not None else list(METHODS))
+        e.methods = check_methods(e.methods if e.methods is not None else list(METHODS), ALL_METHODS)
     except ValueError as err:
         _fail(spec, "evaluation.methods", str(err))
     e.few_shot = list(FRACTIONS) if e.few_shot is None else e.few_shot

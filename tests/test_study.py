@@ -192,3 +192,21 @@ def test_a_bad_spec_file_fails_in_one_line_on_the_command_line(tmp_path, capsys)
     missing = {k: v for k, v in FAST.items() if k != "model"}
     assert main(["study", "--spec", str(_write(tmp_path, missing, "s.json"))]) == 2
     assert "s.json: model: missing (required)" in capsys.readouterr().err
+
+
+def test_text_methods_in_a_study(tmp_path):
+    """A spec may name the text encoder's methods; its text model (a directory beside the spec) is used, and a
+    different text model redoes the evaluation."""
+    pytest.importorskip("transformers", reason="the text encoder needs transformers (omop-behrt[text])")
+    from test_text_encoder import _bert_dir
+    _bert_dir(tmp_path / "bert")
+    spec = dict(FAST, name="text", outputs={},
+                evaluation=dict(FAST["evaluation"], methods=["counts-lr", "text-lr"], text_model="bert"))
+    run = run_study(_write(tmp_path, spec), tmp_path / "work", progress=False)
+    text = run.results["text"]
+    assert text["text_model"]["name"] == "bert" and text["serializer_version"] == "1"
+    assert set(run.results["methods"]) >= {"counts-lr", "text-lr"}
+    _bert_dir(tmp_path / "bert2", seed=1)
+    again = run_study(load_spec(_write(tmp_path, spec), {"evaluation": {"text_model": "bert2"}}), tmp_path / "work",
+                      progress=False)
+    assert "evaluate" in again.ran and "model" not in again.ran

@@ -1,6 +1,4 @@
 """``python -m omop_behrt``: the same command line as the ``omop-behrt`` console script."""
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -695,5 +695,18 @@ def _one_line(e: BaseException) -> str:
     return str(e)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The console script: :func:`main`, then exit with its code. After Ctrl-C (130) the process ends at once:
+    a native thread still inside DuckDB or torch at interpreter shutdown can abort it (SIGABRT, "terminate called
+    without an active exception") after the one-line message; the state left behind is resumable either way."""
+    code = main(argv)
+    if code == 130:
+        import os
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -226,7 +226,7 @@ def test_sigint_in_a_real_process_then_resume(tiny_model, eunomia_events, subjec
     slow = ("import time, omop_behrt.embed as e; real = e.embed_sequences\n"
             "def slow(*a, **k):\n    time.sleep(0.5); return real(*a, **k)\n"
             "e.embed_sequences = slow\n"
-            "import sys, omop_behrt.cli as c; sys.exit(c.main(sys.argv[1:]))\n")
+            "import sys, omop_behrt.cli as c; c.run(sys.argv[1:])\n")
     proc = subprocess.Popen([sys.executable, "-c", slow] + cmd[3:], env=env, cwd=root, stderr=subprocess.PIPE,
                             text=True)
     first = tmp_path / "w" / "chunks" / "chunk-00000.npz"

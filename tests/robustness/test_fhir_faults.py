@@ -306,7 +306,7 @@ def big_source(tmp_path_factory):
 
 
 _RUN = ("import sys; import omop_behrt.adapters.fhir as f; f._PART_BYTES = 1 << 20; "
-        "from omop_behrt.cli import main; sys.exit(main(sys.argv[1:]))")
+        "from omop_behrt.cli import run; run(sys.argv[1:])")
 
 
 def _start(src: Path, out: Path, *extra: str) -> subprocess.Popen:

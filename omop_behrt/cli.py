@@ -673,14 +673,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        # the stages leave a resumable state behind (finished tables, chunks, checkpoints); say so in one line
-        hint = "; run again with --resume to continue" if hasattr(args, "resume") else ""
-        print(f"\nomop-behrt {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        return _interrupted(args)
+    except RuntimeError as e:
+        if str(e).startswith("Query interrupted"):     # DuckDB's form of a Ctrl-C that lands inside a query
+            return _interrupted(args)
+        raise
     except (SourceError, EventSchemaError, OSError, ValueError) as e:
         # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
         print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args) -> int:
+    """Ctrl-C: the stages leave a resumable state behind (finished tables, chunks, checkpoints); one line, 130."""
+    hint = "; run again with --resume to continue" if hasattr(args, "resume") else ""
+    print(f"\nomop-behrt {args.command}: interrupted{hint}", file=sys.stderr)
+    return 130
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

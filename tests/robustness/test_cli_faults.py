@@ -33,9 +33,13 @@ def test_python_dash_m():
     assert r.returncode == 0 and r.stdout.startswith("omop-behrt ")
 
 
+@pytest.mark.parametrize("how", ["python", "duckdb"])
 @pytest.mark.parametrize("command", ["extract", "pretrain", "embed"])
-def test_ctrl_c_is_one_line(command, monkeypatch, capsys):
+def test_ctrl_c_is_one_line(command, how, monkeypatch, capsys):
+    """Ctrl-C as Python's KeyboardInterrupt, or as DuckDB's "Query interrupted" when it lands inside a query."""
     def interrupted(args):
+        if how == "duckdb":
+            raise RuntimeError("Query interrupted")
         raise KeyboardInterrupt
     monkeypatch.setitem(cli.COMMANDS, command, interrupted)
     argv = {"extract": ["extract", "--source", "x", "--out", "y"],

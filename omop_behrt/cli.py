@@ -674,14 +674,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return _interrupted(args)
-    except RuntimeError as e:
-        if str(e).startswith("Query interrupted"):     # DuckDB's form of a Ctrl-C that lands inside a query
-            return _interrupted(args)
-        raise
     except (SourceError, EventSchemaError, OSError, ValueError) as e:
         # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
         print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:      # after SourceError, which is one
+        if str(e).startswith("Query interrupted"):     # DuckDB's form of a Ctrl-C that lands inside a query
+            return _interrupted(args)
+        raise
 
 
 def _interrupted(args) -> int:

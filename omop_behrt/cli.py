@@ -541,7 +541,6 @@ def _add_embed(sub) -> None:
 
 
 def _run_embed(args) -> int:
-    import hashlib
     import time
 
     import pyarrow as pa
@@ -567,13 +566,11 @@ def _run_embed(args) -> int:
         from .text_encoder import TextEncoder
         encoder = TextEncoder(args.text_model, pooling=args.text_pooling, device=args.device,
                               progress=not args.quiet)
-        config = {"encoder": "text", **encoder.describe(), "group": args.text_group}
         dims = encoder.dims
     elif args.model is None:
         raise ValueError("embed --encoder behrt needs --model (a model directory from `omop-behrt pretrain`)")
     else:
-        config = json.loads((Path(args.model) / "config.json").read_text())
-        dims = int(config.get("hidden", 0))
+        dims = int(json.loads((Path(args.model) / "config.json").read_text()).get("hidden", 0))
     # an unwritable --out fails here, in one line, before any vector is computed
     export.check_writable(args.out, schema=args.schema, table=args.table, allow_cdm_schema=args.allow_cdm_schema,
                           needed_bytes=export.estimated_bytes(index.num_rows, dims, args.ohdsi_analysis_id is not None),
@@ -583,22 +580,16 @@ def _run_embed(args) -> int:
         res = embed_text_cohort(args.source, index, encoder=encoder, group=args.text_group,
                                 inclusive=args.inclusive, cdm_schema=args.cdm_schema, work_dir=args.work_dir,
                                 progress=not args.quiet, dump_text=args.dump_text)
-        from .serialize import SERIALIZER_VERSION
-        config["serializer_version"] = SERIALIZER_VERSION
-        checksum = hashlib.sha256(f"{res.provenance['model_checksum']} {SERIALIZER_VERSION} {args.text_group}"
-                                  .encode()).hexdigest()
-        name = f"text:{encoder.name}"
+        info = export.EmbeddingModelInfo.of_text_encoder(encoder, args.text_group)
     else:
         res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
                            cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
                            chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
                            resume=args.resume, progress=not args.quiet, precision=args.precision)
-        checksum = res.provenance["model_checksum"]
-        name = json.loads((Path(args.model) / "metadata.json").read_text()).get("name", Path(args.model).name)
+        info = export.EmbeddingModelInfo.of_model_dir(args.model, res.provenance["model_checksum"],
+                                                      res.vectors.shape[1])
     seconds = time.perf_counter() - t0
     keep = pa.array(res.has_history | args.keep_empty)
-    info = export.EmbeddingModelInfo(model_id=checksum[:16], name=name, dims=res.vectors.shape[1],
-                                     checksum=checksum, config=config)
     prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))
     w = export.write_embeddings(args.out, res.index.filter(keep), res.vectors[keep.to_numpy(zero_copy_only=False)],
                                 info, schema=args.schema, table=args.table, ohdsi_analysis_id=args.ohdsi_analysis_id,

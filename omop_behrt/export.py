@@ -54,6 +54,26 @@ class EmbeddingModelInfo:
     config: dict = field(default_factory=dict)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
 
+    @classmethod
+    def of_model_dir(cls, model_dir: str | Path, checksum: str, dims: int) -> "EmbeddingModelInfo":
+        """The registry row of a BEHRT model directory (its metadata name, config.json, weights checksum)."""
+        model_dir = Path(model_dir)
+        meta = json.loads((model_dir / "metadata.json").read_text())
+        return cls(model_id=checksum[:16], name=meta.get("name", model_dir.name), dims=int(dims), checksum=checksum,
+                   config=json.loads((model_dir / "config.json").read_text()))
+
+    @classmethod
+    def of_text_encoder(cls, encoder, group: str) -> "EmbeddingModelInfo":
+        """The registry row of the text encoder: the language model's checksum with the serialiser version and
+        grouping (a new serialiser is a new model_id)."""
+        import hashlib
+
+        from .serialize import SERIALIZER_VERSION
+        described = encoder.describe()
+        checksum = hashlib.sha256(f"{described['checksum']} {SERIALIZER_VERSION} {group}".encode()).hexdigest()
+        return cls(model_id=checksum[:16], name=f"text:{encoder.name}", dims=encoder.dims, checksum=checksum,
+                   config={"encoder": "text", **described, "group": group, "serializer_version": SERIALIZER_VERSION})
+
     def params(self) -> dict:
         """The registry row as bound values (the PostgreSQL upsert)."""
         return {"model_id": self.model_id, "name": self.name, "dims": int(self.dims), "created_at": self.created_at,

@@ -436,11 +436,7 @@ class _Run:
         index = pa.table({"cohort_definition_id": pa.array(np.full(rows.num_rows, self.spec.target.cohort_id),
                                                              pa.int64()),
                           "subject_id": rows["subject_id"], "index_date": rows["index_date"]})
-        checksum = model_checksum(model)
-        meta = prep.model.metadata
-        info = export.EmbeddingModelInfo(model_id=checksum[:16], name=meta.get("name", model.name),
-                                         dims=vectors.shape[1], checksum=checksum,
-                                         config=json.loads((model / "config.json").read_text()))
+        info = export.EmbeddingModelInfo.of_model_dir(model, model_checksum(model), vectors.shape[1])
         prov = {"study": self.spec.name, "spec": self.spec.origin, "pooling": o.pooling, "rows": rows.num_rows,
                 "exported": int(keep.sum()), "cohort_source": f"study {self.spec.name}: the task's rows of "
                 f"target cohort {self.spec.target.cohort_id}", "index_rule": "events strictly before the index date"}

@@ -14,12 +14,12 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .cohorts import RESULTS_SCHEMA, _prepare_cohort_table, _writable_results
 from .database import Database, SourceError, check_identifier, load_sql, quote, render, statements
+from .dialects import translate_ohdsi
 
 #: CIRCE criteria that ohdsi-circepy builds SQL for (a definition naming another one is refused by name).
 CRITERIA = ("ConditionOccurrence", "ConditionEra", "Death", "DeviceExposure", "DoseEra", "DrugEra", "DrugExposure",
@@ -112,7 +112,7 @@ class AtlasCohort:
                              ) from None
         rendered = sqlrender.render(ohdsi_sql, results_database_schema=schema, cdm_database_schema=cdm_schema,
                                     vocabulary_database_schema=options.vocabulary_schema)
-        return [s for s in sqlrender.split_sql(translate(rendered, target)) if s.strip()]
+        return [s for s in sqlrender.split_sql(translate_ohdsi(rendered, target)) if s.strip()]
 
     def generate(self, source: "str | Path | Database", cohort_definition_id: int | None = None, **kwargs) -> int:
         """Write the cohort into ``<results_schema>.<cohort_table>``; returns its number of entries.
@@ -329,38 +329,6 @@ def attrition_table(generations: Iterable[Generation]) -> str:
                 lines.append(f"{'':>8}  rule {i}: {a['rule']}: {a['persons_meeting']:,} meet it, "
                              f"{a['persons_remaining']:,} remain")
     return "\n".join(lines)
-
-
-# -- translation ----------------------------------------------------------------------------------
-_VARIABLE = re.compile(r"@@\([^)]*\)\w+|@@\w+")
-
-
-@lru_cache(maxsize=None)
-def _rules(target: str) -> tuple:
-    """sqlrender's patterns for ``target``, each with the literal words it cannot match without."""
-    from circe.sqlrender import patterns, translator
-    return tuple((tuple(sorted(set(re.findall(r"[a-z_][a-z0-9_]*", _VARIABLE.sub(" ", pattern.lower()))))),
-                  translator.parse_search_pattern(pattern), replacement)
-                 for pattern, replacement in patterns.load_patterns()[target])
-
-
-def translate(sql: str, target: str) -> str:
-    """``circe.sqlrender.translate(sql, target)``, 5-6x faster: a pattern is tried only when every literal word
-    of it occurs in the SQL (sqlrender re-tokenises the whole script for each of its ~90-200 patterns; most
-    cannot match cohort SQL). The output is the same (tests compare both); targets whose translation has extra
-    steps (BigQuery, Spark, Impala) go to sqlrender unchanged."""
-    from circe import sqlrender
-    from circe.sqlrender import patterns, translator
-    if target in ("bigquery", "spark", "impala") or target not in patterns.load_patterns():
-        return sqlrender.translate(sql, target)
-    session = patterns.get_global_session_id()
-    out = translator._strip_blank_lines(sql)
-    for words, parsed, replacement in _rules(target):
-        low = out.lower()
-        if all(w in low for w in words):
-            replacement = replacement.replace("%session_id%", session).replace("%temp_prefix%", "")
-            out = translator._strip_blank_lines(translator.search_and_replace(out, parsed, replacement))
-    return out
 
 
 # -- checks ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from omop_behrt import atlas, cohorts, tasks
 from omop_behrt.cli import main
 from omop_behrt.database import SourceError
+from omop_behrt.dialects import translate_ohdsi
 
 from conftest import DATA
 
@@ -336,7 +337,7 @@ def test_embed_cohort_json(eunomia_db, tiny_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("dialect", ["duckdb", "postgresql", "oracle", "redshift"])
 def test_fast_translation_equals_sqlrender(dialect):
-    """atlas.translate skips the patterns that cannot match; its output is sqlrender's, byte for byte."""
+    """dialects.translate_ohdsi skips the patterns that cannot match; its output is sqlrender's, byte for byte."""
     from circe import sqlrender
     from circe.api import build_cohort_query
     from circe.cohortdefinition import BuildExpressionQueryOptions
@@ -346,4 +347,4 @@ def test_fast_translation_equals_sqlrender(dialect):
         o.cdm_schema, o.vocabulary_schema, o.result_schema, o.target_table = "cdm", "cdm", "res", "res.cohort"
         o.cohort_id, o.generate_stats = cid, True
         rendered = sqlrender.render(build_cohort_query(c.expression(), o))
-        assert atlas.translate(rendered, dialect) == sqlrender.translate(rendered, dialect)
+        assert translate_ohdsi(rendered, dialect) == sqlrender.translate(rendered, dialect)

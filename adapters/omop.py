@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..cdm import OmopCdm
 from ..cohorts import RESULTS_SCHEMA, CohortTable
-from ..database import Database, SourceError
-from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir,
-                      ShardWriter, fill_rebuilt_visits, writable_dir, write_table)
+from ..database import Database, SourceError, load_sql, render
+from ..events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
+                      PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, fill_rebuilt_visits, writable_dir,
+                      write_table)
 from .omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START, EventTable,
-                           ExtractOptions, duplicate_counts, events_sql, observation_periods_sql, persons_sql)
+                           ExtractOptions, duplicate_counts, events_sql, notes_sql, observation_periods_sql,
+                           persons_sql)
 
 __all__ = ["extract", "ExtractOptions", "ExtractSummary", "EventTable", "EVENT_TABLES", "DOMAINS",
            "VALID_START", "VALID_END", "fingerprint"]
@@ -54,6 +56,8 @@ class ExtractSummary:
     skipped_files: list = field(default_factory=list)    # files of a source folder not read as tables
     visits: int = 0
     rebuilt_visits: int = 0
+    #: with ExtractOptions.notes: the note table's rows read, written to notes/ and quarantined
+    clinical_notes: dict | None = None
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -70,6 +74,10 @@ class ExtractSummary:
             lines.append(f"  {d:<12}{n:>12,}")
         lines.append(f"visits        {self.visits:,} from visit_occurrence, {self.rebuilt_visits:,} rebuilt "
                      f"from (person, day)")
+        if self.clinical_notes is not None:
+            c = self.clinical_notes
+            lines.append(f"notes         {c['written']:,} written, {c['quarantined']:,} quarantined, {c['read']:,} "
+                         f"read (clinical notes: patient text)")
         for r, n in sorted(self.quarantined_by_reason.items()):
             lines.append(f"  quarantined {n:>10,}  {r}")
         for r, n in sorted(self.notes.items()):
@@ -168,6 +176,7 @@ _QUERY_SCHEMA = _query_schema(EVENTS_SCHEMA, _s("row_key"), _s("reason"), _s("ti
 _PERSON_QUERY_SCHEMA = _query_schema(PERSONS_SCHEMA, _s("row_key"), _s("reason"), _s("birth_note"),
                                      _s("death_note"))
 _OP_QUERY_SCHEMA = _query_schema(OBSERVATION_PERIODS_SCHEMA, _s("row_key"), _s("reason"))
+_NOTE_QUERY_SCHEMA = _query_schema(NOTES_SCHEMA, _s("row_key"), _s("reason"))
 
 
 def _quarantine_rows(batch: pa.RecordBatch | pa.Table, mask, source: str, with_code: bool = True) -> pa.Table:
@@ -329,6 +338,11 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
         done[d] = _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress)
         out.write_manifest()
 
+    if options.notes and "note" not in done:
+        done["note"] = _extract_notes(cdm, options, out, batch_rows, progress, skipped)
+        out.write_manifest()
+    write_descriptions(cdm, out)
+
     summary.skipped_files = list(getattr(cdm.db, "skipped_files", []) or [])
     listed = {f"{cdm.db.description}: file {f['file']} not read: {f['reason']}" for f in summary.skipped_files}
     summary.warnings = [w for w in cdm.warnings if w not in listed]     # the skipped files have their own line
@@ -387,6 +401,69 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             "shared_id_rows": shared_ids}
 
 
+def _extract_notes(cdm: OmopCdm, options: ExtractOptions, out: EventDir, batch_rows: int, progress: bool,
+                   skipped: dict) -> dict:
+    """Stream the note table into notes/ shards (NOTES_SCHEMA) and its quarantine file; return its manifest part.
+
+    The notes/ folder is made even when the CDM has no usable note table, so a reader can tell "asked, none
+    there" (recorded in ``skipped``) from "not asked".
+    """
+    for old in out.notes_dir.glob("*.parquet"):
+        old.unlink()
+    out.notes_dir.mkdir(exist_ok=True)
+    if not cdm.has_table("note") or "note_text" not in cdm.columns("note"):
+        skipped["note"] = ("table note absent" if not cdm.in_catalogue("note") else
+                           "table note has no CDM columns" if not cdm.has_table("note") else
+                           "table note has no note_text column")
+        return {"rows_in": 0, "rows_out": 0, "quarantined": 0, "files": []}
+    skipped.pop("note", None)
+    sql, params = notes_sql(cdm, options)
+    writer = ShardWriter(out.notes_dir, "note", NOTES_SCHEMA)
+    quarantine: list[pa.Table] = []
+    rows_in = 0
+    with tqdm(desc="extract note", unit="note", unit_scale=True, disable=not progress, leave=False) as bar:
+        for batch in cdm.db.stream(sql, params, _NOTE_QUERY_SCHEMA, batch_rows):
+            rows_in += batch.num_rows
+            ok = pc.is_null(batch.column("reason"))
+            writer.write(batch.filter(ok).select(NOTES_SCHEMA.names).cast(NOTES_SCHEMA))
+            if not pc.all(ok).as_py():
+                quarantine.append(_quarantine_rows(batch, pc.invert(ok), "note", with_code=False))
+            bar.update(batch.num_rows)
+    writer.close()
+    q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
+    write_table(q, out.path / "quarantine-note.parquet")
+    return {"rows_in": rows_in, "rows_out": writer.rows, "quarantined": q.num_rows,
+            "files": [f.name for f in writer.files]}
+
+
+def write_descriptions(cdm: OmopCdm, out: EventDir) -> None:
+    """codes.parquet: the concept_name of every code the events hold by a known concept, for the text serialiser."""
+    import duckdb
+    files = [str(f) for f in out.event_files()]
+    pairs = pa.table({"code": pa.array([], pa.string()), "concept_id": pa.array([], pa.int64())})
+    if files:
+        con = duckdb.connect()
+        try:
+            pairs = con.sql("SELECT DISTINCT code, concept_id FROM read_parquet($files) WHERE concept_id IS NOT NULL "
+                            "AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2", params={"files": files}).to_arrow_table()
+        finally:
+            con.close()
+    names = CODE_DESCRIPTIONS_SCHEMA.empty_table()
+    if pairs.num_rows and cdm.has_table("concept") and "concept_name" in cdm.columns("concept"):
+        sql = render(load_sql("omop/concept_names_by_id.sql"), {
+            "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
+            "c_concept_id": cdm.col("concept", "concept_id", "c")})
+        got = cdm.db.query(sql, {"ids": pc.unique(pairs["concept_id"]).to_pylist()})
+        joined = pairs.join(got, "concept_id", join_type="inner")
+        text = pc.utf8_trim_whitespace(pc.replace_substring_regex(joined["name"].cast(pa.string()), r"\s+", " "))
+        names = pa.table({"code": joined["code"], "description": text})
+        names = names.filter(pc.fill_null(pc.greater(pc.utf8_length(names["description"]), 0), False))
+        # one description per code (a code shared by two concept ids keeps the smallest name)
+        names = names.group_by("code").aggregate([("description", "min")]).rename_columns(["code", "description"])
+        names = names.sort_by("code").cast(CODE_DESCRIPTIONS_SCHEMA)
+    write_table(names, out.path / "codes.parquet")
+
+
 def _distinct(a: np.ndarray) -> np.ndarray:
     """Sorted distinct values (sort + neighbour compare; faster here than numpy 2's hash-based unique)."""
     a = np.sort(a)
@@ -401,7 +478,10 @@ def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     rebuilt visits are the distinct negative ids over all tables.
     """
     all_parts = out.manifest.get("parts", {})
-    parts = {k: v for k, v in all_parts.items() if k != "persons"}
+    parts = {k: v for k, v in all_parts.items() if k not in ("persons", "note")}
+    if "note" in all_parts:
+        n = all_parts["note"]
+        summary.clinical_notes = {"read": n["rows_in"], "written": n["rows_out"], "quarantined": n["quarantined"]}
     summary.events_in = sum(v.get("rows_in", 0) for v in parts.values())
     summary.events_by_domain = {d: v["rows_out"] for d, v in parts.items() if v.get("rows_out")}
     summary.events_out = sum(summary.events_by_domain.values())
@@ -425,6 +505,6 @@ def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     summary.quarantined_by_reason = {f"{r['source']}: {r['reason']}": r["reason_count"] for r in
                                      q.group_by(["source", "reason"]).aggregate([("reason", "count")]).to_pylist()}
     summary.quarantined = sum(n for k, n in summary.quarantined_by_reason.items()
-                              if not k.startswith(("person:", "observation_period:")))
+                              if not k.startswith(("person:", "observation_period:", "note:")))
     summary.persons = out.persons().num_rows
     shutil.rmtree(out.path / ".duckdb_tmp", ignore_errors=True)

@@ -30,6 +30,7 @@ class EventTable:
     source_value: str | None = None
     source_concept: str | None = None
     value: str | None = None
+    unit: tuple[str, str] | None = None   # (unit_concept_id, unit_source_value) columns of numeric_value's unit
     visit: str | None = "visit_occurrence_id"
     unique_id: bool = True        # row_id is the table's primary key: a second row with it is a duplicate
     coded_only: bool = False      # read only rows that carry a code (death rows that only give the date do not)
@@ -49,10 +50,10 @@ EVENT_TABLES: dict[str, EventTable] = {t.domain: t for t in [
                "procedure_source_concept_id"),
     EventTable("measurement", "measurement", "measurement_id", "measurement_concept_id", "measurement_date",
                "measurement_datetime", None, "measurement_source_value", "measurement_source_concept_id",
-               value="value_as_number"),
+               value="value_as_number", unit=("unit_concept_id", "unit_source_value")),
     EventTable("observation", "observation", "observation_id", "observation_concept_id", "observation_date",
                "observation_datetime", None, "observation_source_value", "observation_source_concept_id",
-               value="value_as_number"),
+               value="value_as_number", unit=("unit_concept_id", "unit_source_value")),
     EventTable("device_exposure", "device", "device_exposure_id", "device_concept_id",
                "device_exposure_start_date", "device_exposure_start_datetime", "device_exposure_end_date",
                "device_source_value", "device_source_concept_id"),
@@ -95,6 +96,8 @@ class ExtractOptions:
     #: check that each row id appears once (one aggregate over the id column per table, skipped anyway where
     #: the database declares the primary key); off: repeated records are all written
     check_duplicates: bool = True
+    #: also read the clinical notes (note.note_text) into the event directory's notes/ (patient text)
+    notes: bool = False
     _index_params: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> None:
@@ -284,6 +287,9 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "value": (cdm.cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value
                   else "CAST(NULL AS DOUBLE PRECISION)"),
         "visit_ref": cdm.cast(col(spec.visit, optional=True), "BIGINT") if spec.visit else "CAST(NULL AS BIGINT)",
+        "unit_concept_id": (cdm.cast(col(spec.unit[0], optional=True), "BIGINT") if spec.unit
+                            else "CAST(NULL AS BIGINT)"),
+        "unit_source_value": col(spec.unit[1], optional=True) if spec.unit else "NULL",
         "cast_errors": _cast_errors(cdm, t, "e", [c for c in id_cols if c]),
         "dup_rank": (f"row_number() OVER (PARTITION BY {_record(cdm, spec)} ORDER BY {_first_row_order(cdm, t, 'e')})"
                      if duplicates else "1"),
@@ -309,8 +315,35 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "c_concept_id": cdm.col("concept", "concept_id"),
         "c_vocabulary_id": cdm.col("concept", "vocabulary_id"),
         "c_concept_code": cdm.col("concept", "concept_code"),
+        "unit_name": cdm.col("concept", "concept_name", "uc", optional=True),
     }
     return _used(render(load_sql("omop/events.sql"), frag), params)
+
+
+def notes_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]:
+    """The clinical notes query (note.note_text), filtered and censored as the events; bad rows with a reason."""
+    t = "note"
+    col = lambda c, **kw: cdm.col(t, c, "e", **kw)   # noqa: E731
+    person_id = cdm.cast(col("person_id"), "BIGINT")
+    note_date = cdm.cast(col("note_date"), "DATE")
+    where, params = _filters(cdm, person_id, note_date, options)
+    status, _ = person_status_sql(cdm, options)
+    frag = {
+        "table": cdm.qtable(t) + " ", "row_id": col("note_id", optional=True),
+        "person_id": person_id, "person_raw": cdm.raw(t, "person_id", "e"),
+        "note_date": note_date, "note_date_raw": cdm.raw(t, "note_date", "e"),
+        "note_datetime": (cdm.cast(col("note_datetime"), "TIMESTAMP") if "note_datetime" in cdm.columns(t)
+                          else "CAST(NULL AS TIMESTAMP)"),
+        "note_title": col("note_title", optional=True), "note_text": col("note_text"),
+        "visit_ref": cdm.cast(col("visit_occurrence_id", optional=True), "BIGINT"),
+        "cast_errors": _cast_errors(cdm, t, "e", ["person_id", "note_id", "note_date", "visit_occurrence_id"]),
+        "where": where, "person_status": status,
+        "range_date_reason": sql_literal(f"note_date outside the valid dates {options.window}"),
+        "visit_table": cdm.qtable("visit_occurrence"),
+        "v_visit_occurrence_id": cdm.col("visit_occurrence", "visit_occurrence_id"),
+        "v_person_id": cdm.col("visit_occurrence", "person_id"),
+    }
+    return _used(render(load_sql("omop/notes.sql"), frag), params)
 
 
 def observation_periods_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]:

@@ -15,7 +15,7 @@ if not (_here / "adapters").is_dir() and (_here.parent / "adapters" / "__init__.
     __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
 
 from .database import Database, SourceError
-from .events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, EventSchemaError,
+from .events import (EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, EventSchemaError,
                      validate_events, validate_persons)
 from .adapters import ExtractOptions, extract, from_meds, to_meds
 from . import cohorts
@@ -31,6 +31,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'omop_behrt' has no attribute {name!r}")
 
 __all__ = ["__version__", "Database", "SourceError", "EventDir", "EventSchemaError", "EVENTS_SCHEMA",
-           "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "validate_events", "validate_persons",
+           "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "NOTES_SCHEMA", "validate_events", "validate_persons",
            "extract", "ExtractOptions", "to_meds", "from_meds", "cohorts", "PatientEmbedder", "embed_cohort",
            "write_embeddings"]

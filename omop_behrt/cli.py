@@ -112,6 +112,10 @@ def _add_extract(sub) -> None:
                                                            "R4B models (slow); invalid ones are quarantined")
     p.add_argument("--fhir-views", help="FHIR: folder of SQL-on-FHIR ViewDefinition JSON files adding to or "
                                         "replacing (by name) the packaged mapping views")
+    p.add_argument("--notes", action="store_true",
+                   help="also read the clinical notes (OMOP note.note_text; FHIR DocumentReference and "
+                        "DiagnosticReport text attachments) into the event directory's notes/, censored like the "
+                        "events: patient text, for `embed --encoder text --notes`")
     p.add_argument("--json", dest="json_out", help="also write the summary (counts, no person's rows) as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -128,7 +132,8 @@ def _run_extract(args) -> int:
         if omop_only:
             raise ValueError(f"{', '.join(omop_only)}: OMOP options; {args.source} is a FHIR source")
         summary = fhir.extract(args.source, args.out, validate=args.validate, views=args.fhir_views,
-                               resume=args.resume, progress=not args.quiet)
+                               resume=args.resume, progress=not args.quiet,
+                               **({"notes": True} if args.notes else {}))
         print(summary.table())
         print(f"event directory: {args.out}")
         if args.json_out:
@@ -145,7 +150,7 @@ def _run_extract(args) -> int:
                                   cohort_table=args.cohort_table, start=args.start, end=args.end,
                                   domains=args.domains.split(",") if args.domains else None,
                                   index_dates=index, inclusive=args.inclusive, allow_empty=args.allow_empty,
-                                  check_duplicates=not args.no_duplicate_check, **window)
+                                  check_duplicates=not args.no_duplicate_check, notes=args.notes, **window)
     summary = omop.extract(args.source, args.out, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
                            results_schema=args.results_schema, options=options, resume=args.resume,
                            progress=not args.quiet)
@@ -488,6 +493,10 @@ def _add_embed(sub) -> None:
                         "models use their own)")
     p.add_argument("--text-group", choices=["domain", "visit"], default="domain",
                    help="--encoder text: the history grouped by domain or by visit")
+    p.add_argument("--notes", choices=["none", "append", "pooled"], default="none",
+                   help="--encoder text: clinical notes before the index date (a CDM's note table, or an event "
+                        "directory extracted with --notes): appended to the record's text, or embedded one by one "
+                        "and pooled with it")
     p.add_argument("--dump-text", metavar="DIR", help="--encoder text: also write the serialised records to "
                                                       "DIR/texts.parquet, for debugging (patient data: a warning)")
     p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")
@@ -561,6 +570,8 @@ def _run_embed(args) -> int:
     else:
         index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id or 0)
         cohort_source = f"MEDS labels {args.labels}"
+    if args.encoder != "text" and args.notes != "none":
+        raise ValueError("--notes is for --encoder text (BEHRT reads codes only)")
     if args.encoder == "text":
         from .embed import embed_text_cohort
         from .text_encoder import TextEncoder
@@ -579,8 +590,9 @@ def _run_embed(args) -> int:
     if args.encoder == "text":
         res = embed_text_cohort(args.source, index, encoder=encoder, group=args.text_group,
                                 inclusive=args.inclusive, cdm_schema=args.cdm_schema, work_dir=args.work_dir,
-                                progress=not args.quiet, dump_text=args.dump_text)
-        info = export.EmbeddingModelInfo.of_text_encoder(encoder, args.text_group)
+                                progress=not args.quiet, dump_text=args.dump_text,
+                                notes=None if args.notes == "none" else args.notes)
+        info = export.EmbeddingModelInfo.of_text_encoder(encoder, args.text_group, args.notes)
     else:
         res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
                            cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,

@@ -34,7 +34,7 @@ ALIASES = {"mssql": "sql server", "tsql": "sql server", "sqlserver": "sql server
 LOCAL = frozenset({
     "report/characteristics_codes.sql", "report/characteristics_groups.sql", "report/characteristics_sex.sql",
     "serialize/coverage.sql", "serialize/headers.sql", "serialize/lines_domain.sql", "serialize/lines_visit.sql",
-    "serialize/macros.sql", "serialize/texts.sql",
+    "serialize/lines_notes.sql", "serialize/macros.sql", "serialize/notes.sql", "serialize/texts.sql",
     "tasks/pretraining_overlap.sql",
     "vocab/ancestor_level.sql", "vocab/ancestor_set.sql", "vocab/caliber_codes.sql", "vocab/caliber_map.sql",
     "vocab/concept_tokens.sql", "vocab/coverage_inferred.sql", "vocab/coverage_keys.sql",

@@ -189,17 +189,19 @@ class EmbeddingResult:
 
 
 def censored_events(source, index: pa.Table, work: Path, *, inclusive: bool = False, cdm_schema: str | None = None,
-                    vocab_schema: str | None = None, resume: bool = False, progress: bool = False):
+                    vocab_schema: str | None = None, resume: bool = False, progress: bool = False,
+                    notes: bool = False):
     """The events an index table may see, and the CDM (or None) vocabularies may consult.
 
     A CDM source is extracted into ``work/events`` with the censoring in its SQL (only events before each
     subject's latest index date leave the database); an event directory is used as it is (the tokenizer's
-    cut-off then does the censoring).
+    cut-off then does the censoring). ``notes``: a CDM's note table is extracted too, censored the same way.
     """
     from .adapters import omop
     if not _is_cdm(source):
         return (source if isinstance(source, EventDir) else EventDir.open(source)), None
-    opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive)
+    opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive,
+                               notes=notes)
     omop.extract(source, work / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema, options=opts,
                  resume=resume and (work / "events" / "manifest.json").exists(), progress=progress)
     return EventDir.open(work / "events"), source
@@ -337,12 +339,18 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
 def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling: str | None = None,
                       group: str = "domain", inclusive: bool = False, cdm_schema: str | None = None,
                       vocab_schema: str | None = None, device: str = "auto", work_dir: str | Path | None = None,
-                      progress: bool = True, encoder=None, dump_text: str | Path | None = None) -> EmbeddingResult:
+                      progress: bool = True, encoder=None, dump_text: str | Path | None = None,
+                      notes: str | None = None, cdm=None) -> EmbeddingResult:
     """The text encoder (Hegselmann et al.): each row's record before its index date serialised as text
     (:mod:`omop_behrt.serialize`, the same censoring as :func:`embed_cohort`) and embedded by a language model
     (:class:`omop_behrt.text_encoder.TextEncoder`; ``text_model`` a local directory, or ``default``, the packaged
     all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are written only to
-    ``dump_text`` (a folder, for debugging: patient data, with a warning)."""
+    ``dump_text`` (a folder, for debugging: patient data, with a warning).
+
+    ``notes`` (clinical notes before the index date): ``append`` them to the record's text, or ``pooled``: embed
+    each note on its own and average the notes' mean with the record's vector (:func:`pool_notes`).
+    ``cdm``: where concept names come from when ``source`` is an event directory without its own.
+    """
     from .serialize import dump_text as write_texts, serialize
     from .text_encoder import TextEncoder
     t0 = time.perf_counter()
@@ -350,11 +358,14 @@ def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling:
     encoder = encoder if encoder is not None else TextEncoder(text_model, pooling=pooling, device=device,
                                                               progress=progress)
     texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,
-                      vocab_schema=vocab_schema, work_dir=work_dir)
+                      vocab_schema=vocab_schema, work_dir=work_dir, notes=notes, cdm=cdm)
     if dump_text is not None:
         write_texts(texts, dump_text)
     vectors = encoder.encode(texts.texts["text"])
     has_history = texts.texts["n_lines"].to_numpy(zero_copy_only=False) > 0
+    if texts.notes is not None:
+        vectors, with_notes = pool_notes(vectors, texts.notes, encoder)
+        has_history |= with_notes
     unknown = int(texts.provenance["subject not in source"])
     prov = {"encoder": "text", "text_model": encoder.describe(), "serializer_version": texts.version,
             "group": group, "description_coverage": texts.coverage,
@@ -365,7 +376,29 @@ def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling:
             "skipped": {"no history before index": int((~has_history).sum()) - unknown,
                         "subject not in source": unknown},
             "seconds": round(time.perf_counter() - t0, 3), "device": str(encoder.device)}
+    if "notes" in texts.provenance:
+        prov["notes"] = texts.provenance["notes"]
     return EmbeddingResult(index, vectors, has_history, prov)
+
+
+def pool_notes(vectors: np.ndarray, notes: pa.Table, encoder) -> tuple[np.ndarray, np.ndarray]:
+    """Each note embedded once (a note several rows see, or two equal notes, is one text), the notes of a row
+    averaged, and that mean averaged with the row's record vector: structured record and narrative weigh the
+    same whatever the number of notes. Rows without a note keep their record vector."""
+    n = vectors.shape[0]
+    with_notes = np.zeros(n, dtype=bool)
+    if notes.num_rows == 0:
+        return vectors, with_notes
+    coded = pc.dictionary_encode(notes["text"].combine_chunks())
+    note_vectors = np.asarray(encoder.encode(coded.dictionary), dtype=np.float32)
+    rows = notes["row"].to_numpy()
+    sums = np.zeros((n, note_vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, rows, note_vectors[coded.indices.to_numpy()])
+    counts = np.bincount(rows, minlength=n)
+    with_notes = counts > 0
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    out[with_notes] = ((out[with_notes] + sums[with_notes] / counts[with_notes, None]) / 2).astype(np.float32)
+    return out, with_notes
 
 
 def _as_index(X) -> pa.Table:

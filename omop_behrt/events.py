@@ -7,6 +7,8 @@ The events table is a MEDS DataSchema superset (subject_id, time, code, numeric_
     <dir>/persons.parquet            one row per subject
     <dir>/observation_periods.parquet
     <dir>/quarantine.parquet         rows that could not become events, each with a reason
+    <dir>/notes/part-*.parquet       clinical notes as text (optional: ``extract --notes``), NOTES_SCHEMA
+    <dir>/codes.parquet              code -> description as the source gives it (optional; MEDS codes.parquet style)
     <dir>/manifest.json              source, CDM version, counts in / out / quarantined, finished parts
 """
 from __future__ import annotations
@@ -41,6 +43,26 @@ EVENTS_SCHEMA = pa.schema([
     pa.field("end_time", pa.timestamp("us")),        # visit / drug / condition end where the source has it
     pa.field("source_code", pa.string()),            # "VOCAB/value" as the source recorded it
     pa.field("source_concept_id", pa.int64()),
+    pa.field("unit", pa.string()),                   # unit of numeric_value as the source gives it (UCUM where known)
+])
+
+#: Clinical notes (OMOP note.note_text, FHIR DocumentReference / DiagnosticReport text attachments): patient data
+#: like the events, kept in the event directory only when extraction is asked for them.
+NOTES_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("time", pa.timestamp("us"), nullable=False),   # when the note was written (date-only at 00:00)
+    pa.field("note_id", pa.string()),                       # note_id / resource id, for tracing and de-duplication
+    pa.field("title", pa.string()),                         # note_title / type display, may be null
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("visit_id", pa.int64()),
+    pa.field("source", pa.string()),                        # table or resource type the note came from
+])
+
+#: Descriptions of the codes an event directory holds, as the source names them (OMOP concept_name, FHIR
+#: coding.display): what the text serialiser writes instead of the code. Same columns as MEDS codes.parquet.
+CODE_DESCRIPTIONS_SCHEMA = pa.schema([
+    pa.field("code", pa.string(), nullable=False),
+    pa.field("description", pa.string(), nullable=False),
 ])
 
 PERSONS_SCHEMA = pa.schema([
@@ -276,6 +298,31 @@ class EventDir:
         if not files:
             return QUARANTINE_SCHEMA.empty_table()
         return pa.concat_tables(pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files)
+
+    @property
+    def notes_dir(self) -> Path:
+        return self.path / "notes"
+
+    def note_files(self) -> list[Path]:
+        return sorted(self.notes_dir.glob("*.parquet")) if self.notes_dir.is_dir() else []
+
+    def has_notes(self) -> bool:
+        """Whether extraction was asked for notes (the folder exists, perhaps empty: no note in the source)."""
+        return self.notes_dir.is_dir()
+
+    def notes(self) -> ds.Dataset:
+        """The clinical notes as a lazily read Arrow dataset (empty when extraction took none)."""
+        files = self.note_files()
+        if not files:
+            return ds.dataset(NOTES_SCHEMA.empty_table())
+        return ds.dataset([str(f) for f in files], schema=NOTES_SCHEMA, format="parquet")
+
+    def descriptions(self) -> pa.Table:
+        """(code, description) as the source named its codes; empty when the source gave none."""
+        p = self.path / "codes.parquet"
+        if not p.exists():
+            return CODE_DESCRIPTIONS_SCHEMA.empty_table()
+        return pq.read_table(p, schema=CODE_DESCRIPTIONS_SCHEMA)
 
     def write_manifest(self) -> None:
         write_json(self.manifest, self.path / "manifest.json")

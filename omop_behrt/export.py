@@ -63,16 +63,19 @@ class EmbeddingModelInfo:
                    config=json.loads((model_dir / "config.json").read_text()))
 
     @classmethod
-    def of_text_encoder(cls, encoder, group: str) -> "EmbeddingModelInfo":
-        """The registry row of the text encoder: the language model's checksum with the serialiser version and
-        grouping (a new serialiser is a new model_id)."""
+    def of_text_encoder(cls, encoder, group: str, notes: str | None = None) -> "EmbeddingModelInfo":
+        """The registry row of the text encoder: the language model's checksum with the serialiser version,
+        grouping and notes mode (a new serialiser, or notes joined another way, is a new model_id)."""
         import hashlib
 
         from .serialize import SERIALIZER_VERSION
         described = encoder.describe()
-        checksum = hashlib.sha256(f"{described['checksum']} {SERIALIZER_VERSION} {group}".encode()).hexdigest()
+        notes = notes or "none"
+        checksum = hashlib.sha256(f"{described['checksum']} {SERIALIZER_VERSION} {group} notes={notes}".encode()
+                                  ).hexdigest()
         return cls(model_id=checksum[:16], name=f"text:{encoder.name}", dims=encoder.dims, checksum=checksum,
-                   config={"encoder": "text", **described, "group": group, "serializer_version": SERIALIZER_VERSION})
+                   config={"encoder": "text", **described, "group": group, "notes": notes,
+                           "serializer_version": SERIALIZER_VERSION})
 
     def params(self) -> dict:
         """The registry row as bound values (the PostgreSQL upsert)."""

@@ -33,14 +33,18 @@ from .cohorts import INDEX_SCHEMA
 from .database import load_sql, render, statements
 
 #: Bumped whenever the same input would give other text (wording, order, truncation rule).
-SERIALIZER_VERSION = "1"
+SERIALIZER_VERSION = "2"
 GROUPS = ("domain", "visit")
+#: How clinical notes join the record: not at all, as lines of a last "Notes:" section of the text, or as
+#: texts of their own that the encoder embeds one by one and pools (:attr:`SerializedTexts.notes`).
+NOTE_MODES = (None, "append", "pooled")
 
 TEXTS_SCHEMA = pa.schema([pa.field("cohort_definition_id", pa.int64()), pa.field("subject_id", pa.int64()),
                           pa.field("index_date", pa.timestamp("us")), pa.field("text", pa.string()),
                           pa.field("n_lines", pa.int32()), pa.field("truncated", pa.bool_())])
 DESCRIPTIONS_SCHEMA = pa.schema([pa.field("code", pa.string()), pa.field("description", pa.string()),
                                  pa.field("origin", pa.string())])
+NOTE_ROWS_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("days", pa.int64()), pa.field("text", pa.string())])
 _CALIBER_PREFIXES = ("CALIBER/", "CALIBER_CHAPTER/")
 
 
@@ -52,6 +56,9 @@ class SerializedTexts:
     coverage: dict
     version: str = SERIALIZER_VERSION
     provenance: dict = field(default_factory=dict)
+    #: with ``notes="pooled"``: one row per (index row, note it may see): row (position in ``texts``), days
+    #: before the index date, "title: text" (NOTE_ROWS_SCHEMA); else None
+    notes: pa.Table | None = None
 
 
 def _sql(name: str) -> list[str]:
@@ -108,10 +115,21 @@ def _caliber_descriptions(codes: list[str]) -> pa.Table:
                      "origin": pa.array(["caliber"] * len(pairs), pa.string())}, schema=DESCRIPTIONS_SCHEMA)
 
 
+def _source_descriptions(events, codes: list[str]) -> pa.Table:
+    """The event directory's own codes.parquet (FHIR coding.display, the CDM's concept_name at extraction)."""
+    if events is None or not hasattr(events, "descriptions"):
+        return DESCRIPTIONS_SCHEMA.empty_table()
+    t = events.descriptions()
+    t = t.filter(pc.is_in(t["code"], value_set=pa.array(codes, pa.string())))
+    return pa.table({"code": t["code"], "description": t["description"],
+                     "origin": pa.array(["source"] * t.num_rows, pa.string())}, schema=DESCRIPTIONS_SCHEMA)
+
+
 def describe(codes: list[str], *, cdm=None, descriptions=None, cdm_schema: str | None = None,
-             vocab_schema: str | None = None) -> pa.Table:
-    """(code, description, origin) for the codes that have one: the caller's first, then CALIBER, then concept_name."""
-    parts = [_given_descriptions(descriptions), _caliber_descriptions(codes),
+             vocab_schema: str | None = None, events=None) -> pa.Table:
+    """(code, description, origin) for the codes that have one: the caller's first, then the event directory's
+    own (``events``: FHIR coding.display, concept_name at extraction), then CALIBER, then the CDM's concept_name."""
+    parts = [_given_descriptions(descriptions), _source_descriptions(events, codes), _caliber_descriptions(codes),
              _concept_descriptions(cdm, codes, cdm_schema, vocab_schema)]
     out = pa.concat_tables(parts)
     out = out.filter(pc.and_(pc.is_valid(out["description"]),
@@ -174,7 +192,7 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
               descriptions=None, max_chars: int | None = None, max_tokens: int | None = None,
               count_tokens: Callable[[str], int] | None = None, cdm_schema: str | None = None,
               vocab_schema: str | None = None, work_dir: str | Path | None = None,
-              threads: int | None = None) -> SerializedTexts:
+              threads: int | None = None, notes: str | None = None) -> SerializedTexts:
     """One text per row of ``index`` from the events strictly before its index date (through it if ``inclusive``).
 
     ``source``: an event directory, or an OMOP CDM (DuckDB file, URL, export folder), extracted with the
@@ -184,6 +202,9 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     ``group``: ``domain`` (sections Conditions, Drugs, ... in that order) or ``visit`` (one section per visit).
     Truncation drops the oldest lines first, never the header: ``max_chars`` characters, or ``max_tokens`` as
     counted by ``count_tokens(text) -> int`` (a tokenizer's count).
+    ``notes``: the clinical notes before the index date (an event directory extracted with notes, or a CDM's
+    note table), ``append``-ed as a last "Notes:" section (truncated with the rest, oldest first), or
+    ``pooled``: returned apart in :attr:`SerializedTexts.notes` for the encoder to embed one by one.
     """
     import duckdb
 
@@ -191,6 +212,9 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     t0 = time.perf_counter()
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    notes = None if notes in (None, "none") else notes
+    if notes not in NOTE_MODES:
+        raise ValueError(f"notes must be one of none, append, pooled; got {notes!r}")
     if max_tokens is not None and count_tokens is None:
         raise ValueError("max_tokens needs count_tokens (a callable str -> number of tokens, e.g. a tokenizer's)")
     if max_chars is not None and max_tokens is not None:
@@ -204,7 +228,11 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-serialize-"))
     try:
         events, source_cdm = censored_events(source, index, Path(work_dir), inclusive=inclusive,
-                                             cdm_schema=cdm_schema, vocab_schema=vocab_schema)
+                                             cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                                             notes=notes is not None)
+        if notes is not None and not events.has_notes():
+            raise ValueError(f"notes={notes!r}: the event directory {events.path} was extracted without notes; "
+                             f"extract it again with notes (`omop-behrt extract --notes`), or pass the CDM itself")
         cdm = cdm if cdm is not None else source_cdm
         con = duckdb.connect()
         try:
@@ -221,11 +249,14 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
                 con.execute(stmt)
             codes = [r[0] for r in con.execute("SELECT DISTINCT code FROM seen ORDER BY 1").fetchall()]
             desc = describe(codes, cdm=cdm, descriptions=descriptions, cdm_schema=cdm_schema,
-                            vocab_schema=vocab_schema)
+                            vocab_schema=vocab_schema, events=events)
             con.unregister("descriptions")
             con.register("descriptions", desc)
             con.execute("CREATE TEMP TABLE headers AS " + _sql("headers.sql")[0])
             con.execute("CREATE TEMP TABLE lines AS " + _sql(f"lines_{group}.sql")[0])
+            note_rows, note_stats = None, {}
+            if notes is not None:
+                note_rows, note_stats = _notes(con, events, notes)
             texts = con.sql(_sql("texts.sql")[0], params={"budget": max_chars}).to_arrow_table()
             if max_tokens is not None:
                 texts = _fit_tokens(con, texts, max_tokens, count_tokens)
@@ -256,7 +287,30 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
             "rows": out.num_rows, "subject not in source": int(unknown),
             "truncated": int(pc.sum(out["truncated"]).as_py() or 0),
             "text_bytes": text_bytes, "seconds": round(time.perf_counter() - t0, 3)}
-    return SerializedTexts(out, coverage, SERIALIZER_VERSION, prov)
+    if notes is not None:
+        prov["notes"] = {"mode": notes, **note_stats}
+    return SerializedTexts(out, coverage, SERIALIZER_VERSION, prov, note_rows)
+
+
+def _notes(con, events, mode: str) -> tuple[pa.Table | None, dict]:
+    """The notes each index row may see (notes_seen): appended to ``lines`` as a last section, re-ranked with the
+    coded lines by recency so truncation drops the oldest of either; or, ``pooled``, returned as a table."""
+    con.register("notes", events.notes())
+    for stmt in _sql("notes.sql"):
+        con.execute(stmt)
+    n, rows, chars = con.execute("SELECT count(*), count(DISTINCT row_id), coalesce(sum(length(text)), 0) "
+                                 "FROM notes_seen").fetchall()[0]
+    stats = {"notes": int(n), "rows_with_notes": int(rows), "note_chars": int(chars)}
+    if mode == "append":
+        con.execute("CREATE TEMP TABLE coded AS SELECT row_id, section, heading, days, line_order, line FROM lines")
+        con.execute("DROP TABLE lines")
+        con.execute("CREATE TEMP TABLE lines AS SELECT *, row_number() OVER (PARTITION BY row_id ORDER BY days, "
+                    "section, line_order) AS rank FROM (SELECT * FROM coded UNION ALL " + _sql("lines_notes.sql")[0]
+                    + ")")
+        return None, stats
+    table = con.sql("SELECT row_id AS row, days, coalesce(title, 'Note') || ': ' || text AS text FROM notes_seen "
+                    "ORDER BY row_id, days, time DESC, note_id, text").to_arrow_table()
+    return table.cast(NOTE_ROWS_SCHEMA), stats
 
 
 def dump_text(result: SerializedTexts, directory: str | Path) -> Path:

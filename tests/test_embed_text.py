@@ -61,7 +61,7 @@ def test_embed_text_registry_names_encoder(gi_bleed_cdm, tiny_text_model, tmp_pa
     con = duckdb.connect(str(target), read_only=True)
     name, config = con.execute("SELECT name, config FROM results.embedding_model").fetchall()[0]
     config = json.loads(config)
-    assert name.startswith("text:") and config["encoder"] == "text" and config["serializer_version"] == "1"
+    assert name.startswith("text:") and config["encoder"] == "text" and config["serializer_version"] == "2"
     assert len(config["checksum"]) == 64
 
 

@@ -88,7 +88,7 @@ def _text_of(result, subject: int) -> str:
 
 def test_exact_text_of_one_person(texts):
     assert _text_of(texts, PERSON) == EXPECTED_DOMAIN
-    assert texts.version == SERIALIZER_VERSION == texts.provenance["serializer_version"] == "1"
+    assert texts.version == SERIALIZER_VERSION == texts.provenance["serializer_version"] == "2"
     assert texts.texts.num_rows == 2694 and texts.texts.column_names == [
         "cohort_definition_id", "subject_id", "index_date", "text", "n_lines", "truncated"]
 
@@ -203,7 +203,7 @@ def test_truncation_by_tokens(eunomia_events, eunomia_db, index, texts):
     assert set(untouched) <= set(texts.texts["text"].to_pylist())
 
 
-def test_coverage_and_descriptions(eunomia_events, eunomia_db, index, texts):
+def test_coverage_and_descriptions(eunomia_events, eunomia_db, index, texts, tmp_path):
     con = duckdb.connect()
     ev = eunomia_events.read_events(["subject_id", "time", "code"])
     con.register("ev", ev)
@@ -212,15 +212,21 @@ def test_coverage_and_descriptions(eunomia_events, eunomia_db, index, texts):
                                     "WHERE ev.time < ix.index_date").fetchone()
     assert texts.coverage == {"events": n_events, "events_described": n_events, "event_share": 1.0,
                               "codes": n_codes, "codes_described": n_codes, "code_share": 1.0,
-                              "events_by_origin": {"concept": n_events}}
+                              "events_by_origin": {"source": n_events}}
     # the names are the concept table's
     cdm = duckdb.connect(str(eunomia_db), read_only=True)
     name = cdm.execute("SELECT concept_name FROM concept WHERE vocabulary_id = 'SNOMED' AND concept_code = '74474003'"
                        ).fetchone()[0]
     cdm.close()
     assert name == "Gastrointestinal hemorrhage" and f"- {name}: 4 years before" in _text_of(texts, PERSON)
-    # without a CDM every code stands for itself and nothing is described
-    bare = serialize(eunomia_events, index.filter(pa.compute.equal(index["subject_id"], PERSON)))
+    one = index.filter(pa.compute.equal(index["subject_id"], PERSON))
+    # the event directory describes itself (codes.parquet, concept_name written at extraction): no CDM needed
+    own = serialize(eunomia_events, one)
+    assert own.texts["text"][0].as_py() == _text_of(texts, PERSON) and own.coverage["code_share"] == 1.0
+    # without codes.parquet and without a CDM every code stands for itself and nothing is described
+    shutil.copytree(eunomia_events.path, tmp_path / "ev")
+    (tmp_path / "ev" / "codes.parquet").unlink()
+    bare = serialize(tmp_path / "ev", one)
     assert "- SNOMED/74474003: 4 years before" in bare.texts["text"][0].as_py()
     assert bare.coverage["event_share"] == 0.0 and bare.coverage["codes_described"] == 0
 
@@ -231,17 +237,21 @@ def test_code_without_description_falls_back_to_the_code(eunomia_events, eunomia
     planted = _planted(eunomia_events, tmp_path, [
         {**ev, "code": "LOCAL/xyz-1", "domain": "condition"},
         {**ev, "code": "CALIBER/Asthma", "domain": "condition"},
-        {**ev, "code": "LOCAL/bp", "domain": "measurement", "numeric_value": 132.5},
-        {**ev, "code": "LOCAL/bp", "domain": "measurement", "numeric_value": 141.0, "time": datetime(1984, 11, 20)}])
+        {**ev, "code": "LOCAL/bp", "domain": "measurement", "numeric_value": 132.5, "unit": "mm[Hg]"},
+        {**ev, "code": "LOCAL/bp", "domain": "measurement", "numeric_value": 141.0, "time": datetime(1984, 11, 20),
+         "unit": "mm[Hg]"},
+        {**ev, "code": "LOCAL/temp", "domain": "measurement", "numeric_value": 37.25}])
     one = index.filter(pa.compute.equal(index["subject_id"], PERSON))
     got = serialize(planted, one, cdm=eunomia_db, descriptions={"LOCAL/bp": "Systolic blood pressure"})
     text = got.texts["text"][0].as_py()
     assert "- LOCAL/xyz-1: 5 weeks before" in text
     assert "- Asthma: 5 weeks before" in text
-    assert "- Systolic blood pressure: 2 times, last 2 weeks before, last value 141" in text
-    assert got.coverage["codes"] == 22 and got.coverage["codes_described"] == 21
-    assert got.coverage["events"] == 28 and got.coverage["events_described"] == 27
-    assert got.coverage["events_by_origin"] == {"caliber": 1, "concept": 24, "given": 2}
+    assert "- Systolic blood pressure: 2 times, last 2 weeks before, last value 141 mm[Hg]\n" in text
+    assert "- LOCAL/temp: 5 weeks before, value 37.25\n" in text + "\n"         # no unit given: none written
+    assert got.coverage["codes"] == 23 and got.coverage["codes_described"] == 21
+    assert got.coverage["events"] == 29 and got.coverage["events_described"] == 27
+    # the event directory's own names first (codes.parquet), then CALIBER's; the caller's win over both
+    assert got.coverage["events_by_origin"] == {"caliber": 1, "source": 24, "given": 2}
 
 
 def test_dump_text_warns(texts, tmp_path):

@@ -13,6 +13,8 @@
 --               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why.
 -- dup_rank    : 1 for the row kept per record (row id, person, start date, concept, source value): the most
 --               complete, then the first by all columns; > 1 for its duplicates (see duplicate_ids.sql).
+-- unit        : the unit of numeric_value: the UCUM code of unit_concept_id when the concept table has it,
+--               else unit_source_value, else the unit concept's name (NULL without a value).
 -- outside_op  : 1 when the event lies outside every observation period of its person (kept, counted).
 WITH src AS (
     SELECT
@@ -29,6 +31,8 @@ WITH src AS (
         {source_concept_id} AS source_concept_id,
         {value} AS numeric_value,
         {visit_ref} AS visit_ref,
+        {unit_concept_id} AS unit_concept_id,
+        NULLIF(TRIM(CAST({unit_source_value} AS VARCHAR)), '') AS unit_source_value,
         {cast_errors} AS cast_error,
         {dup_rank} AS dup_rank
     FROM {table} e
@@ -63,6 +67,11 @@ SELECT
         ELSE {domain_source_prefix} || '/' || s.source_value
     END AS source_code,
     CASE WHEN s.source_concept_id <> 0 THEN s.source_concept_id END AS source_concept_id,
+    CASE
+        WHEN s.numeric_value IS NULL THEN NULL
+        WHEN uc.{c_vocabulary_id} = 'UCUM' THEN uc.{c_concept_code}
+        ELSE COALESCE(s.unit_source_value, {unit_name})
+    END AS unit,
     CAST(s.row_key AS VARCHAR) AS row_key,
     CASE
         WHEN s.person_raw IS NULL THEN 'null person_id'
@@ -94,3 +103,4 @@ LEFT JOIN ({observation_gaps}) g ON g.person_id = s.person_id AND s.start_date >
     AND s.start_date < g.gap_end
 LEFT JOIN {concept_table} c ON c.{c_concept_id} = s.concept_id AND s.concept_id <> 0
 LEFT JOIN {concept_table} sc ON sc.{c_concept_id} = s.source_concept_id AND s.source_concept_id <> 0
+LEFT JOIN {concept_table} uc ON uc.{c_concept_id} = s.unit_concept_id AND s.unit_concept_id <> 0

@@ -13,6 +13,7 @@ WITH visits AS (
     SELECT row_id, visit_key, domain, code, count(*) AS n,
            first(numeric_value ORDER BY time DESC, numeric_value DESC) FILTER (WHERE numeric_value IS NOT NULL)
                AS value,
+           first(unit ORDER BY time DESC, numeric_value DESC) FILTER (WHERE numeric_value IS NOT NULL) AS unit,
            first(stay ORDER BY time DESC, stay DESC NULLS LAST) AS stay
     FROM seen
     GROUP BY row_id, visit_key, domain, code
@@ -29,12 +30,13 @@ WITH visits AS (
     FROM labelled
 )
 SELECT row_id, section, upper(before_words(visit_days)[1]) || before_words(visit_days)[2:] || ':' AS heading,
+       visit_days AS days,
        row_number() OVER (PARTITION BY row_id ORDER BY section, line_order) AS rank,
        line_order,
        domain_label || ': ' || label
            || CASE WHEN n > 1 THEN ' (' || CAST(n AS VARCHAR) || ' times)' ELSE '' END
            || CASE WHEN value IS NULL THEN ''
-                   WHEN n > 1 THEN ', last value ' || value_words(value)
-                   ELSE ', value ' || value_words(value) END
+                   WHEN n > 1 THEN ', last value ' || value_words(value) || unit_words(unit)
+                   ELSE ', value ' || value_words(value) || unit_words(unit) END
            || CASE WHEN domain = 'visit' THEN stay_words(stay) ELSE '' END AS line
 FROM ordered

@@ -20,6 +20,8 @@ END;
 CREATE OR REPLACE TEMP MACRO value_words(v) AS CASE
     WHEN v IS NULL THEN '' ELSE format('{:.6g}', CAST(v AS DOUBLE))
 END;
+-- unit_words(u): the unit after a value (" mg/dL"), nothing when the source gave none.
+CREATE OR REPLACE TEMP MACRO unit_words(u) AS CASE WHEN u IS NULL THEN '' ELSE ' ' || u END;
 -- Domain sections: order in the text, heading, and the label a line carries when lines are grouped by visit.
 CREATE OR REPLACE TEMP TABLE sections AS SELECT * FROM (VALUES
     ('condition', 1, 'Conditions:', 'condition'),
@@ -36,7 +38,7 @@ CREATE OR REPLACE TEMP TABLE sections AS SELECT * FROM (VALUES
 -- seen: every event an index row may see (strictly before its cut: the index date, or the end of that day when
 -- inclusive), with the whole days from the event's date to the index date.
 CREATE OR REPLACE TEMP TABLE seen AS
-SELECT i.row_id, e.domain, e.code, e.time, e.numeric_value,
+SELECT i.row_id, e.domain, e.code, e.time, e.numeric_value, nullif(trim(e.unit), '') AS unit,
        coalesce(CAST(e.visit_id AS VARCHAR), 'day ' || CAST(CAST(e.time AS DATE) AS VARCHAR)) AS visit_key,
        date_diff('day', CAST(e.time AS DATE), CAST(i.index_date AS DATE)) AS days,
        date_diff('day', CAST(e.time AS DATE), CAST(e.end_time AS DATE)) AS stay

@@ -13,6 +13,8 @@ WITH src AS (
     TRY_CAST(NULL AS BIGINT) AS source_concept_id,
     CAST(NULL AS DOUBLE) AS numeric_value,
     TRY_CAST(e."VISIT_OCCURRENCE_ID" AS BIGINT) AS visit_ref,
+    "unit_concept_id" AS unit_concept_id,
+    NULLIF(TRIM(CAST("unit_source_value" AS TEXT)), '') AS unit_source_value,
     CAST(NULL AS TEXT) AS cast_error,
     1 AS dup_rank
   FROM "main"."visit_occurrence" AS e
@@ -59,6 +61,13 @@ SELECT
     ELSE 'SOURCE_VISIT' || '/' || s.source_value
   END AS source_code,
   CASE WHEN s.source_concept_id <> 0 THEN s.source_concept_id END AS source_concept_id,
+  CASE
+    WHEN s.numeric_value IS NULL
+    THEN NULL
+    WHEN uc."VOCABULARY_ID" = 'UCUM'
+    THEN uc."CONCEPT_CODE"
+    ELSE COALESCE(s.unit_source_value, "unit_name")
+  END AS unit,
   CAST(s.row_key AS TEXT) AS row_key,
   CASE
     WHEN s.person_raw IS NULL
@@ -289,3 +298,5 @@ LEFT JOIN "main"."concept" AS c
   ON c."CONCEPT_ID" = s.concept_id AND s.concept_id <> 0
 LEFT JOIN "main"."concept" AS sc
   ON sc."CONCEPT_ID" = s.source_concept_id AND s.source_concept_id <> 0
+LEFT JOIN "main"."concept" AS uc
+  ON uc."CONCEPT_ID" = s.unit_concept_id AND s.unit_concept_id <> 0

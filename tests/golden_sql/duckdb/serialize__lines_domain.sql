@@ -7,6 +7,8 @@ WITH grouped AS (
     MIN(days) AS days,
     FIRST(numeric_value ORDER BY time DESC, numeric_value DESC) FILTER(WHERE
       NOT numeric_value IS NULL) AS value,
+    FIRST(unit ORDER BY time DESC, numeric_value DESC) FILTER(WHERE
+      NOT numeric_value IS NULL) AS unit,
     FIRST(stay ORDER BY time DESC, stay DESC) AS stay
   FROM seen
   GROUP BY
@@ -29,13 +31,14 @@ SELECT
   row_id,
   section_order AS section,
   title AS heading,
+  days,
   ROW_NUMBER() OVER (PARTITION BY row_id ORDER BY days, section_order, label, code) AS rank,
   ROW_NUMBER() OVER (PARTITION BY row_id, section_order ORDER BY days, label, code) AS line_order,
   label || ': ' || CASE WHEN n > 1 THEN CAST(n AS TEXT) || ' times, last ' ELSE '' END || BEFORE_WORDS(days) || CASE
     WHEN value IS NULL
     THEN ''
     WHEN n > 1
-    THEN ', last value ' || VALUE_WORDS(value)
-    ELSE ', value ' || VALUE_WORDS(value)
+    THEN ', last value ' || VALUE_WORDS(value) || UNIT_WORDS(unit)
+    ELSE ', value ' || VALUE_WORDS(value) || UNIT_WORDS(unit)
   END || CASE WHEN domain = 'visit' THEN STAY_WORDS(stay) ELSE '' END AS line
 FROM labelled

@@ -23,6 +23,8 @@ WITH visits AS (
     COUNT(*) AS n,
     FIRST(numeric_value ORDER BY time DESC, numeric_value DESC) FILTER(WHERE
       NOT numeric_value IS NULL) AS value,
+    FIRST(unit ORDER BY time DESC, numeric_value DESC) FILTER(WHERE
+      NOT numeric_value IS NULL) AS unit,
     FIRST(stay ORDER BY time DESC, stay DESC) AS stay
   FROM seen
   GROUP BY
@@ -55,13 +57,14 @@ SELECT
   row_id,
   section,
   UPPER(BEFORE_WORDS(visit_days)[1]) || BEFORE_WORDS(visit_days)[2:] || ':' AS heading,
+  visit_days AS days,
   ROW_NUMBER() OVER (PARTITION BY row_id ORDER BY section, line_order) AS rank,
   line_order,
   domain_label || ': ' || label || CASE WHEN n > 1 THEN ' (' || CAST(n AS TEXT) || ' times)' ELSE '' END || CASE
     WHEN value IS NULL
     THEN ''
     WHEN n > 1
-    THEN ', last value ' || VALUE_WORDS(value)
-    ELSE ', value ' || VALUE_WORDS(value)
+    THEN ', last value ' || VALUE_WORDS(value) || UNIT_WORDS(unit)
+    ELSE ', value ' || VALUE_WORDS(value) || UNIT_WORDS(unit)
   END || CASE WHEN domain = 'visit' THEN STAY_WORDS(stay) ELSE '' END AS line
 FROM ordered

@@ -32,6 +32,10 @@ CREATE OR REPLACE TEMPORARY MACRO value_words(
     v
 ) AS
 CASE WHEN v IS NULL THEN '' ELSE FORMAT('{:.6g}', CAST(v AS DOUBLE)) END;
+CREATE OR REPLACE TEMPORARY MACRO unit_words(
+    u
+) AS
+CASE WHEN u IS NULL THEN '' ELSE ' ' || u END;
 CREATE OR REPLACE TEMPORARY TABLE sections AS
 SELECT
   *
@@ -53,6 +57,7 @@ SELECT
   e.code,
   e.time,
   e.numeric_value,
+  NULLIF(TRIM(e.unit), '') AS unit,
   COALESCE(CAST(e.visit_id AS TEXT), 'day ' || CAST(CAST(e.time AS DATE) AS TEXT)) AS visit_key,
   DATE_DIFF('DAY', CAST(e.time AS DATE), CAST(i.index_date AS DATE)) AS days,
   DATE_DIFF('DAY', CAST(e.time AS DATE), CAST(e.end_time AS DATE)) AS stay

@@ -13,6 +13,8 @@ WITH src AS (
     CAST(NULL AS BIGINT) AS source_concept_id,
     CAST(NULL AS DOUBLE PRECISION) AS numeric_value,
     CAST(e."visit_occurrence_id" AS BIGINT) AS visit_ref,
+    "unit_concept_id" AS unit_concept_id,
+    NULLIF(TRIM(CAST("unit_source_value" AS VARCHAR)), '') AS unit_source_value,
     CAST(NULL AS VARCHAR) AS cast_error,
     1 AS dup_rank
   FROM "bench_sql_dialects"."visit_occurrence" AS e
@@ -59,6 +61,13 @@ SELECT
     ELSE 'SOURCE_VISIT' || '/' || s.source_value
   END AS source_code,
   CASE WHEN s.source_concept_id <> 0 THEN s.source_concept_id END AS source_concept_id,
+  CASE
+    WHEN s.numeric_value IS NULL
+    THEN NULL
+    WHEN uc."vocabulary_id" = 'UCUM'
+    THEN uc."concept_code"
+    ELSE COALESCE(s.unit_source_value, "unit_name")
+  END AS unit,
   CAST(s.row_key AS VARCHAR) AS row_key,
   CASE
     WHEN s.person_raw IS NULL
@@ -290,3 +299,5 @@ LEFT JOIN "bench_sql_dialects"."concept" AS c
   ON c."concept_id" = s.concept_id AND s.concept_id <> 0
 LEFT JOIN "bench_sql_dialects"."concept" AS sc
   ON sc."concept_id" = s.source_concept_id AND s.source_concept_id <> 0
+LEFT JOIN "bench_sql_dialects"."concept" AS uc
+  ON uc."concept_id" = s.unit_concept_id AND s.unit_concept_id <> 0

@@ -1,9 +1,9 @@
 SELECT
-  CAST(c.`concept_id` AS INT64) AS concept_id,
-  MIN(CAST(c.`concept_name` AS STRING)) AS name
-FROM `bench_sql_dialects`.`concept` AS c
+  CAST(`c_concept_id` AS INT64) AS concept_id,
+  MIN(CAST(`c_name` AS STRING)) AS name
+FROM `concept` AS c
 WHERE
-  CAST(c.`concept_id` AS INT64) IN (
+  CAST(`c_concept_id` AS INT64) IN (
     SELECT
       IF(pos = pos_2, col, NULL) AS col
     FROM UNNEST(GENERATE_ARRAY(0, GREATEST(ARRAY_LENGTH(CAST(:ids AS ARRAY<INT64>))) - 1)) AS pos

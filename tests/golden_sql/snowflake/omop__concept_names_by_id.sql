@@ -1,9 +1,9 @@
 SELECT
-  CAST(c."concept_id" AS BIGINT) AS concept_id,
-  MIN(CAST(c."concept_name" AS VARCHAR)) AS name
-FROM "bench_sql_dialects"."concept" AS c
+  CAST("c_concept_id" AS BIGINT) AS concept_id,
+  MIN(CAST("c_name" AS VARCHAR)) AS name
+FROM "concept" AS c
 WHERE
-  CAST(c."concept_id" AS BIGINT) IN (
+  CAST("c_concept_id" AS BIGINT) IN (
     SELECT
       IFF(_u.pos = _u_2.pos_2, _u_2.col, NULL) AS col
     FROM TABLE(FLATTEN(INPUT => ARRAY_GENERATE_RANGE(0, (

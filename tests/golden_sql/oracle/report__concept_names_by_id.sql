@@ -1,1 +1,0 @@
--- does not translate: SQL template report/concept_names_by_id.sql does not translate to oracle: it binds a list as an array (unnest(CAST(:x AS T[])) or an array column), which this database has no type for

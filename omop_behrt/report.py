@@ -185,7 +185,7 @@ def concept_names_by_id(cdm, ids: list[int]) -> dict[int, str]:
     cdm = _as_cdm(cdm)
     if not cdm.has_table("concept"):
         return {}
-    sql = render(load_sql("report/concept_names_by_id.sql"), {
+    sql = render(load_sql("omop/concept_names_by_id.sql"), {
         "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
         "c_concept_id": cdm.col("concept", "concept_id", "c")})
     t = cdm.db.query(sql, {"ids": [int(i) for i in ids]})

@@ -8,8 +8,15 @@ starts the parts (adapters/fhir_pool.py: workers die with the run) and then sett
 resources (adapters/fhir_duplicates.py), persons, rows pending on a Patient, counts and the summary.
 
 An event view yields rows with columns ``subject`` (a Patient reference), ``time``, ``domain`` and ``coding``
-(a Coding; or ``system`` + ``code``), optionally ``encounter``, ``end_time``, ``value`` and ``source_coding``;
-the ``patient`` view yields ``id``, ``birth_date``, ``gender``, ``deceased_time``, ``deceased``.
+(a Coding; or ``system`` + ``code``), optionally ``encounter``, ``end_time``, ``value`` + ``unit`` or ``quantity``
+(a Quantity: value, and unit = the UCUM code, else ``unit``, else ``code``), ``display`` (describes the code where
+the Coding has no display: ``code.text``) and ``source_coding``; the ``patient`` view yields ``id``,
+``birth_date``, ``gender``, ``deceased_time``, ``deceased``.
+
+``codes.parquet`` (code, description): each code's most frequent Coding display (else ``display``), whitespace
+collapsed, ties to the smallest; counted per part (``.fhir/codes-<part>.parquet``) and merged at the end.
+``notes=True`` also writes the text attachments of DocumentReference / DiagnosticReport to ``notes/``
+(adapters/fhir_notes.py).
 """
 from __future__ import annotations
 
@@ -28,9 +35,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, ShardWriter, write_table
+from ..events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
+                      QUARANTINE_SCHEMA, EventDir, ShardWriter, write_table)
 from .fhir_duplicates import settle
-from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix
+from .fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix,
+                          description_counts)
+from .fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
 from .fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
 from .fhir_pool import run_parts
 from .fhir_reader import NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson, read_ndjson
@@ -64,6 +74,15 @@ class FhirExtractSummary:
     visits: int = 0
     rebuilt_visits: int = 0
     validated: bool = False
+    codes_described: int = 0          # rows of codes.parquet
+    with_notes: bool = False          # extraction was asked for notes (the notes_* counts below)
+    notes_in: int = 0                 # text attachments met (a DocumentReference without one counts once)
+    notes_out: int = 0
+    notes_quarantined: int = 0
+    notes_skipped: int = 0
+    notes_by_source: dict = field(default_factory=dict)
+    notes_quarantined_by_reason: dict = field(default_factory=dict)
+    notes_skipped_by_reason: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,6 +121,15 @@ class FhirExtractSummary:
                      f"(person, day)")
         for r, n in sorted(self.quarantined_by_reason.items()):
             lines.append(f"  quarantined {n:>10,}  {r}")
+        if self.with_notes:
+            lines.append(f"notes         {self.notes_in:,} in = {self.notes_out:,} written + "
+                         f"{self.notes_quarantined:,} quarantined + {self.notes_skipped:,} skipped"
+                         + "".join(f", {t} {n:,}" for t, n in sorted(self.notes_by_source.items())))
+            for r, n in sorted(self.notes_quarantined_by_reason.items()):
+                lines.append(f"  quarantined {n:>10,}  {r}")
+            for r, n in sorted(self.notes_skipped_by_reason.items()):
+                lines.append(f"  skipped     {n:>10,}  {r}")
+        lines.append(f"codes         {self.codes_described:,} with a description (codes.parquet)")
         for s, n in sorted(self.unknown_code_systems.items()):
             prefix = code_prefix(None if s == "(no system)" else s)
             lines.append(f"  unknown code system {s} ({n:,} events, prefix {prefix})")
@@ -127,19 +155,23 @@ def _parts(files: list[Path]) -> list[list[str]]:
 
 
 def extract(source: str | Path, out: str | Path, *, validate: bool = False, views: str | Path | None = None,
-            progress: bool = True, resume: bool = False, workers: int | None = None) -> FhirExtractSummary:
+            progress: bool = True, resume: bool = False, workers: int | None = None,
+            notes: bool = False) -> FhirExtractSummary:
     """Read FHIR Bundles / bulk NDJSON at ``source`` into an event directory at ``out``; return the summary.
 
     ``views``: a folder of ViewDefinition JSON files adding to or replacing (by name) the packaged ones.
     ``validate``: also check every resource against fhir.resources' R4B models (slow); invalid ones are quarantined.
     ``workers``: processes for the parts (default: up to 2, never more than the parts); they die with this one.
     ``resume``: skip the parts a previous run finished; refused when the inputs differ (files, options, views).
+    ``notes``: also write the text of DocumentReference / DiagnosticReport.presentedForm attachments to
+    ``<out>/notes/`` (adapters/fhir_notes.py); without it no notes/ folder. ``<out>/codes.parquet`` always holds
+    the codes' descriptions (their most frequent Coding display).
     A resource repeated (same type and id) is read once: see adapters/fhir_duplicates.py for which copy is kept.
     """
     t0 = time.perf_counter()
     if validate and importlib.util.find_spec("fhir") is None:
         raise ValueError("--validate checks resources with fhir.resources: pip install 'omop-behrt[fhir-validate]'")
-    files, notes, skipped = input_files(source, exclude=out)
+    files, file_notes, skipped = input_files(source, exclude=out)
     load_fhir_views(views)          # fail fast on a bad view folder before any work
     out = EventDir(Path(out))
     out.path.mkdir(parents=True, exist_ok=True)
@@ -147,22 +179,26 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     src = str(Path(source).resolve())
     manifest = out.manifest if resume else {}
     parts = _parts(files)
-    now = _fingerprint(src, files, parts, validate, views)
+    now = _fingerprint(src, files, parts, validate, views, notes)
     if resume:
         _check_resume(out, manifest, now)
     else:
         for old in (list(out.events_dir.glob("*.parquet*")) + list(out.path.glob("quarantine*.parquet*"))
-                    + list((out.path / ".fhir").glob("*.parquet*"))):
+                    + list((out.path / ".fhir").glob("*.parquet*")) + list(out.path.glob("codes.parquet*"))):
             old.unlink()
+        clear_notes(out.path)
+    if notes:
+        out.notes_dir.mkdir(exist_ok=True)
     done: dict = manifest.setdefault("parts", {})
     manifest.update({"source": src, "adapter": "fhir", "fingerprint": now, "validate": validate,
-                     "views": str(views) if views else None, "notes": notes, "skipped_files": skipped})
+                     "views": str(views) if views else None, "notes": file_notes, "with_notes": bool(notes),
+                     "skipped_files": skipped})
     out.manifest = manifest
     out.write_manifest()
     known = _patient_ids_first(files)
     todo = [(i, p) for i, p in enumerate(parts) if str(i) not in done]
     nworkers = max(1, min(workers or min(2, os.cpu_count() or 1), len(todo)))
-    args = [(i, p, str(out.path), str(views) if views else None, validate, known) for i, p in todo]
+    args = [(i, p, str(out.path), str(views) if views else None, validate, known, notes) for i, p in todo]
     bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="extract FHIR", unit="part",
                disable=not progress, leave=False)
 
@@ -175,7 +211,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     finally:
         bar.close()
     summary = FhirExtractSummary(source=src, files=len(files), validated=validate, skipped_files=skipped)
-    finish(out, summary, notes)
+    finish(out, summary, file_notes)
     summary.seconds = round(time.perf_counter() - t0, 3)
     manifest["summary"] = summary.as_dict()
     out.write_manifest()
@@ -183,7 +219,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
 
 
 def _fingerprint(src: str, files: list[Path], parts: list[list[str]], validate: bool,
-                 views: str | Path | None) -> dict:
+                 views: str | Path | None, notes: bool = False) -> dict:
     """Every input that changes the result of a run: the files (path, size, mtime), their split into parts, the
     options and the views (their content), so that ``resume`` continues the same run or refuses."""
     h = hashlib.sha256()
@@ -199,7 +235,8 @@ def _fingerprint(src: str, files: list[Path], parts: list[list[str]], validate: 
             vh.update(f.name.encode() + b"\0" + f.read_bytes())
         v = f"{Path(views).resolve()} (sha256 {vh.hexdigest()[:16]})"
     return {"source": src, "files": f"{len(files):,} files, {size:,} bytes, sha256 {h.hexdigest()[:16]}",
-            "parts": len(parts), "validate": bool(validate), "views": v, "version": __version__}
+            "parts": len(parts), "validate": bool(validate), "views": v, "notes": bool(notes),
+            "version": __version__}
 
 
 def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
@@ -272,11 +309,13 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     ids = persons.column("subject_id")
     writer = ShardWriter(out.events_dir, "part-pending", EVENTS_SCHEMA)
     q: list[pa.Table] = []
+    pending_codes: list[pa.Table] = []
     for f in sorted((out.path / ".fhir").glob("pending-*.parquet")):
         t = dups.keep(pq.read_table(f))
         ok = pc.is_in(t.column("subject_id"), value_set=ids)
         kept = t.filter(ok)
         writer.write(EventBuffer.to_events(kept))
+        pending_codes.append(description_counts(kept))
         resolved += kept.group_by(["source", "row"]).aggregate([]).num_rows
         lost = t.filter(pc.invert(ok))
         if lost.num_rows:
@@ -293,6 +332,9 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     writer.close()
     if q:
         write_table(pa.concat_tables(q), out.path / "quarantine-fhir-pending.parquet")
+    summary.codes_described = write_descriptions(out, pending_codes)
+    if out.manifest.get("with_notes"):
+        _settle_notes(out, summary, ids)
     summary.resources_out = sum(p["out"] for p in parts.values()) + resolved - dups.out
     summary.quarantined = sum(p["quarantined"] for p in parts.values()) + quarantined + dups.out + dups.pending
     for p in parts.values():
@@ -338,7 +380,10 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
                                     f"Encounter id, or a hash collision)")
     con.close()
     summary.quarantined_by_reason = {}
-    quarantine = out.quarantine()
+    # resources' quarantine rows (the notes' are counted apart, in the notes_* fields)
+    files = [f for f in sorted(out.path.glob("quarantine*.parquet")) if not f.name.startswith("quarantine-notes")]
+    quarantine = pa.concat_tables([QUARANTINE_SCHEMA.empty_table()]
+                                  + [pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files])
     reasons = pc.value_counts(quarantine.column("reason")).to_pylist()
     broken = quarantine.filter(pc.or_(pc.starts_with(quarantine.column("reason"), "gzip stream"),
                                       pc.starts_with(quarantine.column("reason"), "read error")))
@@ -348,6 +393,58 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
         key = _reason_kind(r["values"])
         summary.quarantined_by_reason[key] = summary.quarantined_by_reason.get(key, 0) + r["counts"]
     summary.warnings = notes + summary.warnings
+
+
+#: the most frequent description of each code (ties: the smallest), over the parts' counts and the pending rows'
+_DESCRIPTIONS_SQL = """
+SELECT code, description FROM (SELECT code, description, SUM(n) AS n FROM counts GROUP BY code, description)
+QUALIFY ROW_NUMBER() OVER (PARTITION BY code ORDER BY n DESC, description) = 1
+ORDER BY code
+"""
+
+
+def write_descriptions(out: EventDir, pending: list[pa.Table]) -> int:
+    """Write ``codes.parquet`` (code, description) from the parts' (code, description, n) counts and those of the
+    pending rows that were written; return its rows. The same counts give the same file, resumed or not."""
+    import duckdb
+    tables = [pq.read_table(f) for f in sorted((out.path / ".fhir").glob("codes-*.parquet"))] + pending
+    counts = pa.concat_tables([DESCRIPTION_COUNTS_SCHEMA.empty_table()]
+                              + [t.cast(DESCRIPTION_COUNTS_SCHEMA) for t in tables])
+    con = duckdb.connect()
+    try:
+        con.register("counts", counts)
+        table = con.sql(_DESCRIPTIONS_SQL).to_arrow_table()
+    finally:
+        con.close()
+    write_table(table.cast(CODE_DESCRIPTIONS_SCHEMA), out.path / "codes.parquet")
+    return table.num_rows
+
+
+def _settle_notes(out: EventDir, summary: FhirExtractSummary, person_ids: pa.Array) -> None:
+    """Settle the notes pending on a Patient and count the notes: in = written + quarantined + skipped."""
+    resolved, lost = settle_pending_notes(out.path, person_ids)
+    counts = [p.get("notes", {}) for p in out.manifest.get("parts", {}).values()]
+    summary.with_notes = True
+    summary.notes_in = sum(c.get("in", 0) for c in counts)
+    summary.notes_by_source = notes_on_disk(out.path)
+    summary.notes_out = sum(summary.notes_by_source.values())
+    summary.notes_quarantined = sum(c.get("quarantined", 0) for c in counts) + lost
+    for c in counts:
+        for r, n in c.get("skipped", {}).items():
+            summary.notes_skipped_by_reason[r] = summary.notes_skipped_by_reason.get(r, 0) + n
+    summary.notes_skipped = sum(summary.notes_skipped_by_reason.values())
+    files = sorted(out.path.glob("quarantine-notes-*.parquet"))
+    if files:
+        reasons = pa.concat_tables(pq.read_table(f, columns=["reason"]) for f in files).column("reason")
+        for r in pc.value_counts(reasons).to_pylist():
+            key = _reason_kind(r["values"])
+            summary.notes_quarantined_by_reason[key] = summary.notes_quarantined_by_reason.get(key, 0) + r["counts"]
+    expected = sum(c.get("out", 0) for c in counts) + resolved
+    if summary.notes_out != expected or summary.notes_in != (summary.notes_out + summary.notes_quarantined
+                                                             + summary.notes_skipped):
+        summary.warnings.append(f"notes do not add up: {summary.notes_in:,} in, {summary.notes_out:,} written "
+                                f"({expected:,} expected), {summary.notes_quarantined:,} quarantined, "
+                                f"{summary.notes_skipped:,} skipped")
 
 
 def _reason_kind(reason: str) -> str:

@@ -29,6 +29,7 @@ CODE_SYSTEMS = {
     "http://read.info/ctv3": "CTV3",
     "http://terminology.hl7.org/CodeSystem/v3-ActCode": "ActCode",
 }
+_UCUM = "http://unitsofmeasure.org"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _DATETIME = (r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+\-]\d{2}:\d{2})?)?)?)?$")
 
@@ -126,7 +127,8 @@ class EventBuffer:
     view's column layout; :meth:`build` transposes each group and makes the Arrow table with a reason column."""
 
     _COLS = ("subject_id", "patient", "visit", "time", "end_time", "system", "code", "value", "domain",
-             "source_system", "source_code", "source", "row")
+             "source_system", "source_code", "source", "row", "unit", "display", "coding_display",
+             "source_display")
 
     def __init__(self):
         self.groups: dict[tuple, list[tuple]] = {}    # view layout -> [(view row, subject_id, patient, ...)]
@@ -155,27 +157,44 @@ class EventBuffer:
                 c[name].extend(values)
             c["time"].extend(col(2))
             c["end_time"].extend(col(3))
-            c["value"].extend(col(7))
             c["domain"].extend(col(8))
-            for coding, system, code, sname, cname in ((4, 5, 6, "system", "code"),
-                                                        (9, 10, 11, "source_system", "source_code")):
+            c["display"].extend(col(13))
+            qs = view_cols[at[14]] if at[14] is not None else None
+            if qs is None or at[7] is not None:
+                c["value"].extend(col(7))
+            else:
+                c["value"].extend([q.get("value") if type(q) is dict else None for q in qs])
+            if qs is None or at[12] is not None:
+                c["unit"].extend(col(12))
+            else:                        # the UCUM code, else the unit as written, else the code
+                c["unit"].extend([(q.get("code") if q.get("system") == _UCUM and q.get("code") else
+                                   q.get("unit") or q.get("code")) if type(q) is dict else None for q in qs])
+            for coding, system, code, sname, cname, dname in (
+                    (4, 5, 6, "system", "code", "coding_display"),
+                    (9, 10, 11, "source_system", "source_code", "source_display")):
                 if at[coding] is not None:
                     cds = view_cols[at[coding]]
                     c[sname].extend([d.get("system") if type(d) is dict else None for d in cds])
                     c[cname].extend([d.get("code") if type(d) is dict else None for d in cds])
+                    c[dname].extend([d.get("display") if type(d) is dict else None for d in cds])
                 else:
                     c[sname].extend(col(system))
                     c[cname].extend(col(code))
+                    c[dname].extend(none)
             res.extend(key)
         return c, res
 
     @staticmethod
     def pending_schema() -> pa.Schema:
         return pa.schema(list(EVENTS_SCHEMA) + [pa.field("patient", pa.string()), pa.field("source", pa.string()),
-                                                pa.field("row", pa.string()), pa.field("key", pa.int64())])
+                                                pa.field("row", pa.string()), pa.field("key", pa.int64()),
+                                                pa.field("description", pa.string()),
+                                                pa.field("source_description", pa.string())])
 
     def build(self) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({"table": events + patient/source/row/reason, "unknown_systems": {...}}, bad-row mask, resource key)."""
+        """({"table": events + patient/source/row/reason + descriptions, "unknown_systems": {...}}, bad-row mask,
+        resource key). ``description``: the Coding's display, else the view's ``display``; ``source_description``:
+        the source Coding's display (both whitespace-collapsed, null when empty)."""
         c, res = self._columns()
 
         def text(k: str) -> pa.Array:
@@ -193,6 +212,9 @@ class EventBuffer:
         t, t_reason = parse_times(text("time"))
         end, _ = parse_times(text("end_time"), "end_time")
         domain = text("domain")
+        values = _floats(c["value"]).cast(pa.float32())
+        unit = pc.if_else(pc.is_valid(values), _clean(text("unit")), pa.scalar(None, pa.string()))
+        description = pc.coalesce(_clean(text("coding_display")), _clean(text("display")))
         ok_domain = pc.is_in(domain, value_set=pa.array(DOMAINS))
         reason = pc.case_when(
             pc.make_struct(pc.is_null(code_raw), pc.invert(pc.fill_null(ok_domain, False)), pc.is_valid(t_reason)),
@@ -202,11 +224,13 @@ class EventBuffer:
             t_reason)
         table = pa.table({
             "subject_id": pa.array(c["subject_id"], pa.int64()), "time": t, "code": code,
-            "numeric_value": _floats(c["value"]).cast(pa.float32()), "visit_id": pa.array(c["visit"], pa.int64()),
+            "numeric_value": values, "visit_id": pa.array(c["visit"], pa.int64()),
             "domain": domain, "concept_id": pa.nulls(self.rows, pa.int64()), "end_time": end,
-            "source_code": source_code, "source_concept_id": pa.nulls(self.rows, pa.int64()),
+            "source_code": source_code, "source_concept_id": pa.nulls(self.rows, pa.int64()), "unit": unit,
             "patient": pa.array(c["patient"], pa.string()), "source": pa.array(c["source"], pa.string()),
-            "row": pa.array(c["row"], pa.string()), "reason": reason})
+            "row": pa.array(c["row"], pa.string()), "reason": reason, "description": description,
+            "source_description": pc.if_else(pc.is_valid(src_raw), _clean(text("source_display")),
+                                             pa.scalar(None, pa.string()))})
         bad = pc.is_valid(reason).to_numpy(zero_copy_only=False)
         return {"table": table, "unknown_systems": unknown}, bad, np.asarray(res, np.int64)
 
@@ -215,6 +239,35 @@ class EventBuffer:
         """The event columns, with visits rebuilt from (subject, day) where there is no Encounter."""
         t = table.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
         return fill_rebuilt_visits(t)
+
+
+def _clean(values: pa.Array) -> pa.Array:
+    """Whitespace runs collapsed to one space and trimmed; empty strings become null (vectorised, on the distinct
+    values only: descriptions and units repeat)."""
+    if values.null_count == len(values):
+        return values
+    enc = values.dictionary_encode()
+    s = pc.utf8_trim_whitespace(pc.replace_substring_regex(enc.dictionary, r"\s+", " "))
+    s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+    return s.take(enc.indices)
+
+
+#: per-(code, description) counts of the events written, summed over parts at the end (fhir.py)
+DESCRIPTION_COUNTS_SCHEMA = pa.schema([pa.field("code", pa.string()), pa.field("description", pa.string()),
+                                       pa.field("n", pa.int64())])
+
+
+def description_counts(table: pa.Table) -> pa.Table:
+    """(code, description, n) over the rows of ``table`` (built by :meth:`EventBuffer.build`): the code with its
+    description, and the source code with the source Coding's display where the view had one."""
+    def pair(code: str, description: str) -> pa.Table:
+        return pa.table({"code": table.column(code).cast(pa.string()),
+                         "description": table.column(description).cast(pa.string())})
+    pairs = pa.concat_tables([pair("code", "description"), pair("source_code", "source_description")])
+    pairs = pairs.filter(pc.and_(pc.is_valid(pairs.column("description")), pc.is_valid(pairs.column("code"))))
+    counted = pairs.group_by(["code", "description"]).aggregate([("code", "count")])
+    return pa.table({"code": counted.column("code"), "description": counted.column("description"),
+                     "n": counted.column("code_count")}).cast(DESCRIPTION_COUNTS_SCHEMA)
 
 
 class QuarantineBuffer:

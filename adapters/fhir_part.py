@@ -8,7 +8,10 @@ the run settles them once every Patient is known.
 Every resource with an id is also listed (key, type, id, meta.lastUpdated, file, line) in
 ``.fhir/resources-<part>.parquet``, and each event shard has a row-aligned ``.fhir/eventkeys-*`` shard of resource
 keys, so that repeated (type, id) pairs across parts are settled after the parts (adapters/fhir_duplicates.py).
-A resource's key is ``part << 32 | its number in the part``: increasing in reading order.
+A resource's key is ``part << 32 | its number in the part``: increasing in reading order. The part also counts the
+(code, description) pairs of the events it writes (``.fhir/codes-<part>.parquet``) and, with notes asked for,
+reads DocumentReference / DiagnosticReport text attachments (adapters/fhir_notes.py); their types then leave the
+view dispatch, so that other resources pay nothing for notes.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..events import EVENTS_SCHEMA, ShardWriter, write_table
-from .fhir_events import EventBuffer, PersonBuffer, QuarantineBuffer
+from .fhir_events import DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer, description_counts
 from .fhir_pool import exit_if_orphaned
 from .fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
 from .viewdefinition import View, ViewError, load_views
@@ -46,9 +49,11 @@ def _subject_id(fhir_resource_id: str) -> int:
     return fhir_id(fhir_resource_id)
 
 
-#: Columns an event view may have; subject, time, domain and either coding or code are required.
+#: Columns an event view may have; subject, time, domain and either coding or code are required. ``unit``: of
+#: ``value``; ``quantity``: a Quantity giving both (where the view has no value / unit column); ``display``:
+#: describes the code where the Coding has no display (or with system + code).
 EVENT_COLUMNS = ("subject", "encounter", "time", "end_time", "coding", "system", "code", "value", "domain",
-                 "source_coding", "source_system", "source_code")
+                 "source_coding", "source_system", "source_code", "unit", "display", "quantity")
 
 
 def _event_columns(view: View) -> tuple:
@@ -59,7 +64,8 @@ def _event_columns(view: View) -> tuple:
         missing = [c for c in ("subject", "time", "domain") if c not in names]
         if missing or ("coding" not in names and "code" not in names):
             raise ViewError(f"{view.origin}: an event view needs columns subject, time, domain and coding (a "
-                            f"Coding) or system + code; it may add encounter, end_time, value, source_coding; "
+                            f"Coding) or system + code; it may add encounter, end_time, value, unit, quantity, "
+                            f"display, source_coding; "
                             f"its columns are {names}")
         at = tuple(names.index(c) if c in names else None for c in EVENT_COLUMNS)
         view._event_at = at
@@ -76,7 +82,7 @@ class Part:
     """Reads one part (a list of whole files) into event shards, a persons part, quarantine and pending rows."""
 
     def __init__(self, index: int, files: list[str], out: str, views_dir: str | None, validate: bool,
-                 known: set[int] | None, batch_rows: int = 200_000):
+                 known: set[int] | None, notes: bool = False, batch_rows: int = 200_000):
         self.index, self.files, self.out, self.validate = index, [Path(f) for f in files], Path(out), validate
         self.base = index << 32
         views = load_fhir_views(views_dir)
@@ -101,6 +107,16 @@ class Part:
         self.persons = PersonBuffer()
         self.buffer = EventBuffer()
         self.systems: dict[str, int] = {}
+        self.descriptions: list[pa.Table] = []       # (code, description, n) of the events written, per batch
+        # notes (only when asked): their types leave the view dispatch, so no other resource pays for them
+        self.note_types: frozenset[str] = frozenset()
+        self.note_views: dict[str, list[View]] = {}
+        self.notes = None
+        if notes:
+            from .fhir_notes import NOTE_TYPES, NoteReader
+            self.note_types = NOTE_TYPES
+            self.note_views = {t: self.by_type.pop(t) for t in NOTE_TYPES if t in self.by_type}
+            self.notes = NoteReader(index, self.out, self._known)
 
     # -- per resource ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -121,6 +137,13 @@ class Part:
         self.events.close()
         self.event_keys.close()
         self.pending.close()
+        if self.notes is not None:
+            self.counts["notes"] = self.notes.close()
+        codes = pa.concat_tables([DESCRIPTION_COUNTS_SCHEMA.empty_table()] + self.descriptions)
+        codes = codes.group_by(["code", "description"]).aggregate([("n", "sum")])
+        write_table(pa.table({"code": codes.column("code"), "description": codes.column("description"),
+                              "n": codes.column("n_sum")}, schema=DESCRIPTION_COUNTS_SCHEMA),
+                    self.out / ".fhir" / f"codes-{self.index:05d}.parquet")
         # the file as its number in the part, written as a dictionary of the part's files (cheaper than a path each)
         listed = pa.Table.from_struct_array(pa.array(self.resources, _LISTED))
         source = pa.DictionaryArray.from_arrays(listed.column("source").combine_chunks(),
@@ -146,6 +169,8 @@ class Part:
                 continue
             rt = res.get("resourceType")
             views = self.by_type.get(rt)
+            if views is None and rt != "Patient" and rt in self.note_types:    # notes=True only
+                views = self._note(res, source, item.row, urls)
             if views is None and rt != "Patient":
                 if isinstance(rt, str) and _is_resource_type(rt):
                     reason = self._check(res) if self.validate else None
@@ -188,6 +213,20 @@ class Part:
                 return f"invalid FHIR R4B {res['resourceType']}: " + "; ".join(parts)
             return f"invalid FHIR R4B {res['resourceType']}: {str(e).splitlines()[0]}"
         return None
+
+    def _note(self, res: dict, source: str, row: str, urls: dict) -> list[View] | None:
+        """Read a note resource's text attachments (a resource --validate rejects gives none); return the views of
+        its type, if any, so that it makes its events as without notes."""
+        if not self.validate or self._check(res) is None:
+            self.notes.add(res, source, row, urls)
+        return self.note_views.get(res["resourceType"])
+
+    def _known(self, subject_ids: np.ndarray) -> np.ndarray:
+        """Which subject ids are Patients seen so far (read up front, or earlier in this part)."""
+        if self.new_known:
+            self.known_here = np.union1d(self.known_here, np.array(self.new_known, np.int64))
+            self.new_known = []
+        return _in_sorted(subject_ids, self.known) | _in_sorted(subject_ids, self.known_here)
 
     def _patient(self, res: dict, source: str, row: str, key: int) -> str | None:
         pid = res.get("id")
@@ -238,6 +277,8 @@ class Part:
     # -- per batch -----------------------------------------------------------------------------------
     def _flush(self) -> None:
         exit_if_orphaned()
+        if self.notes is not None:
+            self.notes.flush()
         if self.buffer.rows == 0:
             return
         batch, bad, per_resource = self.buffer.build()
@@ -253,17 +294,15 @@ class Part:
             self.quarantine.add_table(qt)
             self.counts["quarantined"] += len(bad_res)
         keep = ~np.isin(per_resource, bad_res)
-        subj = table.column("subject_id").to_numpy()
-        if self.new_known:
-            self.known_here = np.union1d(self.known_here, np.array(self.new_known, np.int64))
-            self.new_known = []
-        known = _in_sorted(subj, self.known) | _in_sorted(subj, self.known_here)
+        known = self._known(table.column("subject_id").to_numpy())
         ok = keep & known
         wait = keep & ~known
         self.counts["out"] += len(np.unique(per_resource[ok]))
         self.counts["pending"] += len(np.unique(per_resource[wait]))
         if ok.any():
-            self.events.write(EventBuffer.to_events(table.filter(pa.array(ok))))
+            written = table.filter(pa.array(ok))
+            self.events.write(EventBuffer.to_events(written))
+            self.descriptions.append(description_counts(written))
             self.event_keys.write(pa.table({"key": per_resource[ok]}, schema=KEY_SCHEMA))
         if wait.any():
             schema = EventBuffer.pending_schema()

@@ -312,3 +312,51 @@ def test_a_resumed_run_writes_the_same_notes_and_codes(tmp_path, monkeypatch):
     assert b.descriptions().equals(a.descriptions())
     assert (again.notes_in, again.notes_out, again.events_out) == (one.notes_in, one.notes_out, one.events_out) \
         == (16, 16, one.events_out)
+
+
+def test_report_times_r5_context_and_a_users_report_view(tmp_path):
+    """DiagnosticReport: effectivePeriod.start, else issued; several presentedForm -> #1, #2; no presentedForm ->
+    no note. R5 DocumentReference: context = references, period.start. A view the user adds for DiagnosticReport
+    keeps making its events with notes on."""
+    src, views = tmp_path / "src", tmp_path / "views"
+    src.mkdir(), views.mkdir()
+    txt = {"contentType": "text/plain", "data": base64.b64encode(b"Impression: normal.").decode()}
+    html = {"contentType": "text/html", "data": base64.b64encode(b"<p>normal</p>").decode()}
+    code = {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "Chest CT"}]}
+    rows = [{"resourceType": "Patient", "id": "p1"},
+            {"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"},
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "period": {"start": "2021-05-01T08:00:00Z"}},
+            {"resourceType": "DiagnosticReport", "id": "r1", "subject": {"reference": "Patient/p1"}, "code": code,
+             "effectivePeriod": {"start": "2021-05-01T09:30:00+02:00"}, "issued": "2021-05-03",
+             "encounter": {"reference": "Encounter/e1"}, "presentedForm": [txt, html]},
+            {"resourceType": "DiagnosticReport", "id": "r2", "subject": {"reference": "Patient/p1"}, "code": code,
+             "issued": "2021-06-02T10:00:00Z", "presentedForm": [txt]},
+            {"resourceType": "DiagnosticReport", "id": "r3", "subject": {"reference": "Patient/p1"}, "code": code,
+             "effectiveDateTime": "2021-07-01"},
+            {"resourceType": "DocumentReference", "id": "d5", "subject": {"reference": "Patient/p1"},
+             "context": [{"reference": "Encounter/e1"}], "period": {"start": "2021-05-01T11:00:00Z"},
+             "date": "2021-05-09", "type": {"text": "Discharge summary"}, "content": [{"attachment": txt}]}]
+    (src / "all.ndjson").write_text("\n".join(json.dumps(r) for r in rows))
+    (views / "diagnostic_report.json").write_text(json.dumps({
+        "resourceType": "ViewDefinition", "name": "diagnostic_report", "resource": "DiagnosticReport",
+        "select": [{"column": [
+            {"name": "subject", "path": "subject.reference", "type": "string"},
+            {"name": "time", "path": "(effective.ofType(dateTime) | effective.ofType(Period).start | issued).first()",
+             "type": "dateTime"},
+            {"name": "domain", "path": "'measurement'", "type": "string"},
+            {"name": "coding", "path": "code.coding.first()", "type": "Coding"}]}]}))
+    on = fhir.extract(src, tmp_path / "on", views=views, notes=True, progress=False)
+    off = fhir.extract(src, tmp_path / "off", views=views, progress=False)
+    assert on.events_by_domain == off.events_by_domain == {"measurement": 3, "visit": 1}
+    assert on.resources_by_type == off.resources_by_type and on.quarantined == off.quarantined == 0
+    d = EventDir.open(tmp_path / "on")
+    notes = {n["note_id"]: n for n in d.notes().to_table().to_pylist()}
+    assert set(notes) == {"r1#1", "r1#2", "r2", "d5"}
+    assert (on.notes_in, on.notes_out, on.notes_quarantined, on.notes_skipped) == (4, 4, 0, 0)
+    assert notes["r1#1"]["time"] == dt.datetime(2021, 5, 1, 9, 30) and notes["r1#2"]["text"] == "<p>normal</p>"
+    assert notes["r2"]["time"] == dt.datetime(2021, 6, 2, 10) and notes["r2"]["visit_id"] is None
+    assert notes["r1#1"]["visit_id"] == notes["d5"]["visit_id"] == fhir_id("e1")
+    assert notes["d5"]["time"] == dt.datetime(2021, 5, 1, 11) and notes["d5"]["title"] == "Discharge summary"
+    assert notes["r1#1"]["title"] == "Chest CT" and notes["r1#1"]["source"] == "DiagnosticReport"
+    assert {r["code"]: r["description"] for r in d.descriptions().to_pylist()} == {"LOINC/24627-2": "Chest CT"}

@@ -426,7 +426,10 @@ def _settle_notes(out: EventDir, summary: FhirExtractSummary, person_ids: pa.Arr
     counts = [p.get("notes", {}) for p in out.manifest.get("parts", {}).values()]
     summary.with_notes = True
     summary.notes_in = sum(c.get("in", 0) for c in counts)
-    summary.notes_by_source = notes_on_disk(out.path)
+    summary.notes_by_source, repeated = notes_on_disk(out.path)
+    if repeated:
+        summary.warnings.append(f"{repeated:,} notes repeat a DocumentReference / DiagnosticReport id already "
+                                f"written (a resource read twice; every copy kept)")
     summary.notes_out = sum(summary.notes_by_source.values())
     summary.notes_quarantined = sum(c.get("quarantined", 0) for c in counts) + lost
     for c in counts:

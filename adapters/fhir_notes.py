@@ -283,10 +283,13 @@ def settle_pending_notes(out: Path, person_ids: pa.Array) -> tuple[int, int]:
     return writer.rows, quarantine.num_rows
 
 
-def notes_on_disk(out: Path) -> dict[str, int]:
-    """Notes written per source resource type, read from the files (so the summary counts what is there)."""
+def notes_on_disk(out: Path) -> tuple[dict[str, int], int]:
+    """Notes written per source resource type, read from the files (so the summary counts what is there), and how
+    many repeat a (type, note_id) written before (a resource read twice: all copies are kept)."""
     files = sorted((out / "notes").glob("*.parquet"))
     if not files:
-        return {}
-    src = pa.concat_tables(pq.read_table(f, columns=["source"]) for f in files).column("source")
-    return {r["values"]: r["counts"] for r in pc.value_counts(src).to_pylist()}
+        return {}, 0
+    keys = pa.concat_tables(pq.read_table(f, columns=["source", "note_id"]) for f in files)
+    by_source = {r["values"]: r["counts"] for r in pc.value_counts(keys.column("source")).to_pylist()}
+    with_id = keys.filter(pc.is_valid(keys.column("note_id")))
+    return by_source, with_id.num_rows - with_id.group_by(["source", "note_id"]).aggregate([]).num_rows

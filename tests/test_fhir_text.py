@@ -360,3 +360,10 @@ def test_report_times_r5_context_and_a_users_report_view(tmp_path):
     assert notes["d5"]["time"] == dt.datetime(2021, 5, 1, 11) and notes["d5"]["title"] == "Discharge summary"
     assert notes["r1#1"]["title"] == "Chest CT" and notes["r1#1"]["source"] == "DiagnosticReport"
     assert {r["code"]: r["description"] for r in d.descriptions().to_pylist()} == {"LOINC/24627-2": "Chest CT"}
+    assert on.warnings == []
+    # the same report in a second file: its notes are written twice, and the summary says so
+    (src / "again.ndjson").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[3]) + "\n")
+    twice = fhir.extract(src, tmp_path / "twice", views=views, notes=True, progress=False)
+    assert twice.notes_out == 5 and twice.warnings == [
+        "1 notes repeat a DocumentReference / DiagnosticReport id already written (a resource read twice; every "
+        "copy kept)"]

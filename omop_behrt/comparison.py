@@ -3,9 +3,11 @@
 Methods: embeddings + logistic regression (the linear probe), counts + logistic regression, counts +
 gradient boosting, embeddings + counts, and the encoder fine-tuned end to end from pretrained weights and
 from scratch; then the few-shot curves. On request, the text encoder (Hegselmann et al.: each record
-serialised as text and embedded by a language model) beside them: text + LR, text + counts, text + BEHRT. Inputs for every method are the events strictly before each row's
-index date (censored in the extraction SQL when the source is a CDM, cut by the tokenizer and the count
-query otherwise).
+serialised as text and embedded by a language model) beside them: text + LR, text + counts, text + BEHRT.
+The two "vectors + counts" methods fit both the logistic regression and the GBM and keep the one with the
+better validation AUROC (:func:`fit_better`; on Eunomia counts alone do better with the GBM). Inputs for every
+method are the events strictly before each row's index date (censored in the extraction SQL when the source is a
+CDM, cut by the tokenizer and the count query otherwise).
 """
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ ALL_METHODS = METHODS + TEXT_METHODS
 FEW_SHOT_METHODS = ("embeddings-lr", "counts-lr", "finetuned-pretrained", "finetuned-scratch", "text-lr")
 #: the methods that train a torch model (the slow ones)
 TORCH_METHODS = ("finetuned-pretrained", "finetuned-scratch")
+#: vectors ⊕ counts: LR and GBM both fitted on the training rows, the better on the validation rows kept
+CHOICE_METHODS = ("embeddings-counts", "text-counts")
+#: the rule :func:`fit_better` applies, as the results and the report say it
+CHOICE_RULE = "the higher AUROC on the validation rows; a tie keeps LR"
 
 
 def check_methods(methods: str | Sequence[str], valid: Sequence[str] = METHODS) -> list[str]:
@@ -104,6 +110,34 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fit_better(X_lr, X_gbm: np.ndarray, y: np.ndarray, rows: np.ndarray, val: np.ndarray, test: np.ndarray,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Fit LR (:func:`~omop_behrt.baselines.counts_lr` on ``X_lr``) and the GBM (``counts_gbm`` on the dense
+    ``X_gbm``) on ``rows``; keep the one with the higher AUROC on ``val``; its predictions for ``test``.
+
+    The choice reads only ``rows`` and ``val`` (never ``test``). Returns (test predictions, the choice: ``chosen``
+    ``lr`` or ``gbm``, each candidate's ``validation_auroc`` and the ``rule``). A validation set without both
+    classes cannot choose: LR is kept and ``why`` says so.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from .baselines import counts_gbm, counts_lr
+    rows, val, test = (np.asarray(r) for r in (rows, val, test))
+    y = np.asarray(y)
+    models = {"lr": counts_lr(seed=seed).fit(X_lr[rows], y[rows]),
+              "gbm": counts_gbm(seed).fit(X_gbm[rows], y[rows])}
+    X = {"lr": X_lr, "gbm": X_gbm}
+    if len(val) == 0 or len(np.unique(y[val])) < 2:
+        choice = {"chosen": "lr", "validation_auroc": None, "rule": CHOICE_RULE,
+                  "why": "the validation rows lack one of the two classes: no choice possible, LR kept"}
+    else:
+        aurocs = {k: float(roc_auc_score(y[val], m.predict_proba(X[k][val])[:, 1])) for k, m in models.items()}
+        choice = {"chosen": "gbm" if aurocs["gbm"] > aurocs["lr"] else "lr",
+                  "validation_auroc": {k: round(v, 4) for k, v in aurocs.items()}, "rule": CHOICE_RULE}
+    k = choice["chosen"]
+    return models[k].predict_proba(X[k][test])[:, 1], choice
 
 
 def _finetuner(prep: Prepared, pretrained: bool, finetune: dict, seed: int):
@@ -237,7 +271,7 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
         emb = embed_sequences(model, prep.seqs, pooling=pooling)
         E = StandardScaler().fit(emb[tr]).transform(emb).astype(np.float32)
         seconds["embed"] = time.perf_counter() - t0
-    if wanted & {"counts-lr", "counts-gbm", "embeddings-counts"}:
+    if wanted & {"counts-lr", "counts-gbm", "embeddings-counts", "text-counts"}:
         from .baselines import CountFeatures
         t = time.perf_counter()
         index = prep.task.labels.select(["subject_id", "index_date"])
@@ -252,9 +286,10 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
     gbm_cols = None
     widths: dict[str, int] = {}                # method -> columns of the matrix it was fitted on
     fitted: dict[tuple, np.ndarray] = {}      # (method, train rows, val rows) -> test predictions
+    choices: dict[tuple, dict] = {}           # (method, train rows, val rows) -> fit_better's choice
 
     def key(name: str, rows: np.ndarray, val: np.ndarray) -> tuple:
-        return name, rows.tobytes(), val.tobytes() if name in TORCH_METHODS else b""
+        return name, rows.tobytes(), val.tobytes() if name in TORCH_METHODS + CHOICE_METHODS else b""
 
     def fit_predict(name: str, rows: np.ndarray, val: np.ndarray = va, bar: bool = progress) -> np.ndarray:
         k = key(name, rows, val)
@@ -279,19 +314,23 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
             widths[name] = Xd.shape[1]
             sub = np.searchsorted(tr, rows)
             return counts_gbm(seed).fit(Xd[sub], y[rows]).predict_proba(dense_top(C[te], columns=gbm_cols)[0])[:, 1]
-        if name == "embeddings-counts":
-            EC = sp.hstack([sp.csr_matrix(E), C], format="csr")
-            widths[name] = EC.shape[1]
-            return counts_lr(seed=seed).fit(EC[rows], y[rows]).predict_proba(EC[te])[:, 1]
+        if name in CHOICE_METHODS:                    # standardised vectors ⊕ counts: LR or GBM, chosen on val
+            if name == "embeddings-counts":
+                V = E
+            else:                                     # the text vectors standardised as BEHRT's are (on train)
+                from sklearn.preprocessing import StandardScaler
+                V = StandardScaler().fit(T[tr]).transform(T).astype(np.float32)
+            if gbm_cols is None:                      # the count columns counts-gbm reads (densest on train)
+                gbm_cols = dense_top(C[tr])[1]
+            X_lr = sp.hstack([sp.csr_matrix(V), C], format="csr")
+            X_gbm = np.hstack([V, dense_top(C, columns=gbm_cols)[0]])
+            p, choice = fit_better(X_lr, X_gbm, y, rows, val, te, seed)
+            choices[key(name, rows, val)] = choice
+            widths[name] = (X_lr if choice["chosen"] == "lr" else X_gbm).shape[1]
+            return p
         if name == "text-lr":
             widths[name] = T.shape[1]
             return LinearProbe().fit(T[rows], y[rows]).predict_proba(T[te])[:, 1]
-        if name == "text-counts":                     # as embeddings-counts, the text vectors for BEHRT's
-            from sklearn.preprocessing import StandardScaler
-            TS = StandardScaler().fit(T[tr]).transform(T).astype(np.float32)
-            TC = sp.hstack([sp.csr_matrix(TS), C], format="csr")
-            widths[name] = TC.shape[1]
-            return counts_lr(seed=seed).fit(TC[rows], y[rows]).predict_proba(TC[te])[:, 1]
         if name == "text-behrt":                      # the two patient vectors side by side, one linear probe
             TB = np.hstack([T, emb.astype(np.float32)])
             widths[name] = TB.shape[1]
@@ -315,7 +354,8 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
                         f"{name.split('-')[1]} {what}", prep.model_dir, name == "finetuned-pretrained", finetune,
                         seed, prep.seqs.select(rows), y[rows], prep.seqs.select(val), y[val], prep.seqs.select(te))
         return _run_fits(prep, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
-                         n_boot, seed, progress, seconds, pooling, finetune, emb, C, T, widths)
+                         n_boot, seed, progress, seconds, pooling, finetune, emb, C, T, widths,
+                         lambda name: choices.get(key(name, tr, va)))
     except BaseException:
         if pool is not None:
             pool.close(cancel=True)
@@ -328,8 +368,11 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
 
 def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot_fractions, fit_predict, shrink,
               n_boot: int, seed: int, progress: bool, seconds: dict, pooling: str, finetune: dict, emb, C, T,
-              widths: dict) -> dict:
-    """:func:`run`'s fits, metrics and few-shot grid, in the order of ``methods``; the results dict."""
+              widths: dict, choice_of) -> dict:
+    """:func:`run`'s fits, metrics and few-shot grid, in the order of ``methods``; the results dict.
+
+    A :data:`CHOICE_METHODS` method's metrics carry its main fit's choice under ``classifier``.
+    """
     from tqdm.auto import tqdm
     say = (lambda line: tqdm.write(line, file=sys.stdout)) if progress else (lambda line: None)
     results: dict = {}
@@ -342,8 +385,12 @@ def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot
         seconds[name] = time.perf_counter() - t
         results[name] = binary_metrics(y[te], preds[name], n_boot=n_boot, seed=seed)
         seconds[name + " metrics"] = time.perf_counter() - t - seconds[name]
+        choice = choice_of(name)
+        if choice is not None:
+            results[name]["classifier"] = choice
         say(f"  {name:<22} AUROC {results[name]['auroc']:.3f}  AUPRC {results[name]['auprc']:.3f}  "
-            f"({seconds[name]:.1f} s fit, {seconds[name + ' metrics']:.1f} s metrics)")
+            f"({seconds[name]:.1f} s fit, {seconds[name + ' metrics']:.1f} s metrics)"
+            + (f"  [{choice_text(choice)}]" if choice else ""))
     fits.close()
     shots = []
     if few_shot_methods:
@@ -372,13 +419,39 @@ def _run_fits(prep: Prepared, y, tr, va, te, methods, few_shot_methods, few_shot
                                  "y": y[te].tolist(), **{k: v.tolist() for k, v in preds.items()}}}
 
 
+def choice_text(choice: dict) -> str:
+    """One line for a :func:`fit_better` choice: ``GBM kept: validation AUROC 0.741 vs LR 0.712``."""
+    kept, other = choice["chosen"], "lr" if choice["chosen"] == "gbm" else "gbm"
+    auc = choice.get("validation_auroc")
+    if not auc:
+        return f"{kept.upper()} kept ({choice.get('why', 'no validation AUROC')})"
+    return f"{kept.upper()} kept: validation AUROC {auc[kept]:.3f} vs {other.upper()} {auc[other]:.3f}"
+
+
+def _share(part, whole) -> float | None:
+    """part / whole rounded to 4 places, None when either is missing or whole is 0."""
+    ok = isinstance(part, (int, float)) and isinstance(whole, (int, float)) and whole
+    return round(float(part) / float(whole), 4) if ok else None
+
+
 def _text_provenance(text) -> dict:
-    """What the results say about the text vectors: model, serialiser, description coverage, time (no counts)."""
+    """What the results say about the text vectors: model, serialiser, description coverage (overall and by where
+    the descriptions came from: shares of events), rows cut to the serialiser's budget, rows with no history and
+    rows with a note (under ``rows``, so :func:`~omop_behrt.evaluate.shareable_results` suppresses small ones),
+    time."""
     p = text.provenance
     cov = p.get("description_coverage") or {}
+    by_origin = {str(k): _share(v, cov.get("events")) for k, v in sorted((cov.get("events_by_origin") or {}).items())}
+    skipped = (p.get("skipped") or {}).get("no history before index")
+    notes = p.get("notes") or {}
+    rows = lambda v: {"rows": int(v)} if isinstance(v, (int, np.integer)) else None  # noqa: E731 - suppressed later
     return {"text_model": p.get("text_model"), "serializer_version": p.get("serializer_version"),
             "group": p.get("group"), "index_rule": p.get("index_rule"), "device": p.get("device"),
-            "description_coverage": {"event_share": cov.get("event_share"), "code_share": cov.get("code_share")},
+            "pooling": p.get("pooling"),
+            "description_coverage": {"event_share": cov.get("event_share"), "code_share": cov.get("code_share"),
+                                     "event_share_by_origin": by_origin},
+            "truncated": rows(p.get("truncated")), "no_history": rows(skipped),
+            "notes": {"mode": notes.get("mode"), "with_notes": rows(notes.get("rows_with_notes"))} if notes else None,
             "seconds": p.get("seconds")}
 
 

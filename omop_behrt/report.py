@@ -5,7 +5,8 @@ archive. Sections, each with a one-line "how to read this": the study in words (
 concept name, time at risk, exclusions, the data source from cdm_source, CDM and vocabulary versions, the
 date, the omop-behrt version, the model: shape, pretraining steps, loss curve, validation masked-token
 accuracy, vocabulary) and the outcome rate as a rate; attrition and splits; baseline characteristics by
-outcome (Table 1, :mod:`omop_behrt.characteristics`); metrics with 95% CIs and a warning box for results
+outcome (Table 1, :mod:`omop_behrt.characteristics`); with text methods, the text encoder's model, serialiser
+and description coverage (:mod:`omop_behrt.report_text`); metrics with 95% CIs and a warning box for results
 not to take at face value (:func:`result_warnings`); ROC and PR curves; calibration; few-shot curves as small
 multiples; a t-SNE map of the code embeddings coloured by CALIBER chapter; each common disease's 10 nearest
 codes by cosine similarity (as in the BEHRT paper), by name; and last-layer attention, labelled by name.
@@ -42,6 +43,7 @@ from .evaluate import shareable_results, write_results  # noqa: E402
 from .shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
 from .evaluate import format_ci as _ci  # noqa: E402
 from .tokenizer import CLS, SEP, SPECIALS  # noqa: E402
+from .report_text import has_text, line_style, method_label, text_section  # noqa: E402
 
 SECTIONS = ("Study", "Outcome and attrition", "Baseline characteristics", "Metrics", "ROC and precision-recall curves",
             "Calibration", "Few-shot curves", "Code embeddings (t-SNE)", "Nearest codes", "Attention")
@@ -287,8 +289,8 @@ def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
     drawn = {name: m for name, m in results["methods"].items() if m.get("curves")}
     for name, m in drawn.items():
         c = m["curves"]
-        axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{name} ({m['auroc']:.3f})")
-        axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{name} ({m['auprc']:.3f})")
+        axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], line_style(name), label=f"{name} ({m['auroc']:.3f})")
+        axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], line_style(name), label=f"{name} ({m['auprc']:.3f})")
     axes[0].plot([0, 1], [0, 1], ":", color="grey")
     prev = next(iter(results["methods"].values()), {}).get("prevalence")
     if prev is not None:
@@ -299,7 +301,9 @@ def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
     axes[1].set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
                 title="Precision-recall (AUPRC in brackets)", ylim=(0, 1.02))
     for a in axes:
-        if drawn:
+        if drawn and a is axes[1] and len(drawn) > 6:        # many methods: beside the plot, not over the curves
+            a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        elif drawn:
             a.legend(fontsize=7, loc="lower right" if a is axes[0] else "upper right")
         else:
             a.text(0.5, 0.5, "withheld: too few outcomes", ha="center", transform=a.transAxes)
@@ -309,7 +313,8 @@ def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
     for name, m in drawn.items():
         c = m["curves"]["calibration"]
         mark = " (!)" if name in flagged else ""
-        ax.plot(c["predicted"], c["observed"], "o-", ms=3, label=f"{name}: slope {m['calibration_slope']:.2f}{mark}")
+        ax.plot(c["predicted"], c["observed"], "o" + line_style(name), ms=3,
+                label=f"{name}: slope {m['calibration_slope']:.2f}{mark}")
         top = max(top, max(c["predicted"] + c["observed"]))
     ax.plot([0, top], [0, top], ":", color="grey")
     ax.set(xlabel="mean predicted risk (quantile bins of >= 10 persons)", ylabel="observed outcome rate",
@@ -567,7 +572,8 @@ def _metrics_rows(shown: dict, flags: dict[tuple[str, str], str]) -> list[list]:
     def cell(name: str, metric: str, text: str):
         return Markup(f"<span class='flag' title='{html.escape(flags[name, metric], quote=True)}'>⚠ "
                       f"{html.escape(text)}</span>") if (name, metric) in flags else text
-    return [[n, cell(n, "AUROC", _ci(m, "auroc")), _ci(m, "auprc"), cell(n, "Brier", _ci(m, "brier")),
+    return [[Markup(method_label(n, m)), cell(n, "AUROC", _ci(m, "auroc")), _ci(m, "auprc"),
+             cell(n, "Brier", _ci(m, "brier")),
              f"{m['calibration_intercept']:.2f}", cell(n, "calibration slope", f"{m['calibration_slope']:.2f}")]
             for n, m in shown["methods"].items()]
 
@@ -689,6 +695,8 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                        f"'suppressed': hidden so that a {suppressed(min_count)} cell cannot be worked out.")]
     else:
         parts.append("<p>Not computed (pass the comparison's prepared data, <code>prep=</code>).</p>")
+    if has_text(shown):
+        parts += text_section(shown, _table, _how, min_count)
     parts.append("<h2>Metrics</h2>")
     if warnings:
         parts.append("<div class='warn'><h3>⚠ Check these results before reading them</h3><ul>" +
@@ -713,8 +721,8 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
         parts += [f'<img src="{_few_shot_plot(shown["few_shot"])}">',
                   _how("Test AUROC when each method learns from only part of the training labels (same test "
                        "set). A method that stays high with 1-5% of the labels needs few labelled cases, which is "
-                       "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. AUPRC per point: "
-                       "results.json."),
+                       "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. "
+                       "AUPRC per point: results.json."),
                   _few_shot_table(shown["few_shot"])]
     else:
         parts.append("<p>Not run (pass few-shot fractions).</p>")

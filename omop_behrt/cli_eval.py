@@ -183,6 +183,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--text-model", default="all-MiniLM-L6-v2",
                    help="the text-* methods' language model: a local Hugging Face or sentence-transformers "
                         "directory, or the packaged all-MiniLM-L6-v2")
+    p.add_argument("--text-notes", choices=["none", "append", "pooled"], default="none",
+                   help="the text-* methods: clinical notes before each index date (a CDM's note table, or an event "
+                        "directory extracted with --notes) appended to the record's text, or embedded one by one "
+                        "and pooled with it")
     p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
                    help="few-shot curves: fractions of the training labels to fit on")
     p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot curves (much faster)")
@@ -237,7 +241,8 @@ def _run_evaluate(args) -> int:
     if any(m in comparison.TEXT_METHODS for m in methods):     # loaded first: a bad --text-model fails at once
         from .text_encoder import TextEncoder
         encoder = TextEncoder(args.text_model, progress=True)  # minutes on a CPU: a bar on stderr
-    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema, text_encoder=encoder)
+    prep = comparison.prepare(args.model, args.source, task, cdm_schema=args.cdm_schema, text_encoder=encoder,
+                              text_notes=args.text_notes)
     res = comparison.run(prep, split, methods=methods,
                          few_shot_fractions=None if args.no_few_shot else args.few_shot,
                          finetune={"epochs": args.epochs, "head": args.head}, pooling=args.pooling,

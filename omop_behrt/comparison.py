@@ -74,12 +74,13 @@ class Prepared:
 
 def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None = None,
             vocab_schema: str | None = None, work_dir: str | Path | None = None, progress: bool = False,
-            text_model: str | Path | None = None, text_encoder=None) -> Prepared:
+            text_model: str | Path | None = None, text_encoder=None, text_notes: str | None = None) -> Prepared:
     """Extract (censored at the index dates when ``source`` is a CDM), map to the model's tokens, tokenise.
 
     With ``text_model`` (a local model directory or ``default``; or a loaded ``text_encoder``), also the text
-    vectors of the rows for the text-* methods: :func:`omop_behrt.embed.embed_text_cohort` on the same source,
-    censored the same way. Without, nothing of the text path is imported.
+    vectors of the rows for the text-* methods: :func:`omop_behrt.embed.embed_text_cohort` on the same censored
+    events (no second extraction), with the clinical notes when ``text_notes`` is ``append`` or ``pooled``.
+    Without, nothing of the text path is imported.
     """
     from .embed import censored_events, cut_times, index_sequences
     from .model import Behrt
@@ -93,19 +94,23 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-eval-"))
     try:
+        text_notes = None if text_notes in (None, "none") else text_notes
+        with_text = text_model is not None or text_encoder is not None
         events, cdm = censored_events(source, task.labels, Path(work_dir), cdm_schema=cdm_schema,
-                                      vocab_schema=vocab_schema, progress=progress)
+                                      vocab_schema=vocab_schema, progress=progress,
+                                      notes=with_text and text_notes is not None)
         persons = events.persons()
         codes = events.read_events(["subject_id", "time", "code"])
         tokens = map_events(events, vocab=model.metadata.get("vocab", "source"), cdm=cdm, progress=False).tokens
         seqs, order = index_sequences(tokens, persons, visit_table(events), model,
                                       task.labels["subject_id"].to_numpy(), cut_times(task.labels))
         text = None
-        if text_model is not None or text_encoder is not None:
+        if with_text:
             from .embed import embed_text_cohort
-            text = embed_text_cohort(source, task.index, text_model=text_model or "default", cdm_schema=cdm_schema,
-                                     vocab_schema=vocab_schema, work_dir=Path(work_dir) / "text",
-                                     progress=progress, encoder=text_encoder)
+            text = embed_text_cohort(events, task.index, text_model=text_model or "default", cdm=cdm,
+                                     cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                                     work_dir=Path(work_dir) / "text", progress=progress, encoder=text_encoder,
+                                     notes=text_notes)
         return Prepared(task, seqs.select(order), codes, persons, Path(model_dir), model, leakage, text)
     finally:
         if tmp is not None:

@@ -375,6 +375,7 @@ def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling:
             "rows": index.num_rows, "embedded": int(has_history.sum()),
             "skipped": {"no history before index": int((~has_history).sum()) - unknown,
                         "subject not in source": unknown},
+            "truncated": texts.provenance["truncated"],
             "seconds": round(time.perf_counter() - t0, 3), "device": str(encoder.device)}
     if "notes" in texts.provenance:
         prov["notes"] = texts.provenance["notes"]

@@ -382,17 +382,20 @@ class _Run:
         return out
 
     # -- [5/7] embed (the task's rows, and the OHDSI tables)
-    def _prepared(self, model: Path, task):
+    def _prepared(self, model: Path, task, text: bool = True):
+        """The comparison's prepared rows, once per run; with the text vectors only when ``text`` and the methods
+        need them (the report reads the text run's figures from the results: it never re-embeds)."""
         from . import comparison
-        if self.prep is None:
-            e = self.spec.evaluation
+        e = self.spec.evaluation
+        wants_text = text and any(m in comparison.TEXT_METHODS for m in e.methods)
+        if self.prep is None or (wants_text and self.prep.text is None):
             text_model = None
-            if any(m in comparison.TEXT_METHODS for m in e.methods):     # a directory near the spec, or a name
+            if wants_text:                                     # a directory near the spec, or a name
                 local = self.spec.path(e.text_model)
                 text_model = str(local) if local.exists() else e.text_model
             self.prep = comparison.prepare(model, self.cdm, task, cdm_schema=self.src.cdm_schema,
                                            vocab_schema=self.src.vocab_schema, progress=self.progress,
-                                           text_model=text_model)
+                                           text_model=text_model, text_notes=e.text_notes)
         return self.prep
 
     def _eval_inputs(self) -> dict:
@@ -479,7 +482,7 @@ class _Run:
                   "out": os.path.relpath(out, self.work)}
         if self.stage("report", inputs, (out / "report.html",)):
             t = time.perf_counter()
-            prep = self._prepared(model, self.task_rows)
+            prep = self._prepared(model, self.task_rows, text=False)
             path = write_report(out, results, model, prep=prep, cdm=self.cdm, title=title,
                                 target=spec.target.name or self._cohort_words("target"),
                                 min_count=spec.evaluation.min_count)

@@ -106,6 +106,8 @@ class Evaluation:
     min_count: int = MIN_COUNT
     #: the text-* methods' language model: a local directory (relative to the spec) or the packaged one by name
     text_model: str = "all-MiniLM-L6-v2"
+    #: the text-* methods' clinical notes (the CDM's note table): none, append or pooled
+    text_notes: str = "none"
 
 
 @dataclass
@@ -352,7 +354,7 @@ def _check_evaluation(spec: StudySpec) -> None:
     bad = [f for f in e.few_shot if not 0 < f <= 1]
     if bad:
         _fail(spec, "evaluation.few_shot", f"expected fractions of the training labels in (0, 1], got {bad[0]}")
-    for key, choices in (("head", HEADS), ("pooling", POOLINGS)):
+    for key, choices in (("head", HEADS), ("pooling", POOLINGS), ("text_notes", ("none", "append", "pooled"))):
         if getattr(e, key) not in choices:
             _fail(spec, f"evaluation.{key}", f"expected one of {', '.join(choices)}, got {getattr(e, key)!r}")
     for key in ("bootstrap", "epochs", "patience", "jobs", "min_count"):

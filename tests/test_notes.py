@@ -259,3 +259,22 @@ def test_postgres_notes_match_duckdb(notes_cdm, notes_events, index, pg_url, pg_
                                    index_dates=index.select(["subject_id", "index_date"]))
     omop.extract(pg_url, tmp_path / "pgc", cdm_schema=pg_schema, options=censored, progress=False)
     assert sorted(EventDir.open(tmp_path / "pgc").notes().to_table()["note_id"].to_pylist()) == ["1", "2"]
+
+
+def test_evaluation_takes_notes(notes_cdm, notes_events, index, tiny_model, tmp_path):
+    """comparison.prepare(text_notes=...) embeds the task rows with their notes, from the one censored extraction
+    the other methods use (no second extraction): the same vectors as embed_text_cohort on the event directory."""
+    pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
+    from test_text_encoder import _bert_dir
+
+    from omop_behrt import comparison
+    from omop_behrt.embed import embed_text_cohort
+    from omop_behrt.tasks import LABELS_SCHEMA, Task
+    from omop_behrt.text_encoder import TextEncoder
+    labels = pa.table({"subject_id": index["subject_id"], "index_date": index["index_date"],
+                       "label": pa.array([1, 0], pa.int8())}).cast(LABELS_SCHEMA)
+    encoder = TextEncoder(_bert_dir(tmp_path / "bert"), device="cpu")
+    prep = comparison.prepare(tiny_model, notes_cdm[0], Task(labels), text_encoder=encoder, text_notes="pooled")
+    assert prep.text.provenance["notes"]["notes"] == 2
+    want = embed_text_cohort(notes_events[0], Task(labels).index, encoder=encoder, notes="pooled", progress=False)
+    np.testing.assert_allclose(prep.text.vectors, want.vectors, rtol=1e-5, atol=1e-6)

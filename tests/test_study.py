@@ -199,12 +199,14 @@ def test_text_methods_in_a_study(tmp_path):
     different text model redoes the evaluation."""
     pytest.importorskip("transformers", reason="the text encoder needs transformers (omop-behrt[text])")
     from test_text_encoder import _bert_dir
+
+    from omop_behrt.serialize import SERIALIZER_VERSION
     _bert_dir(tmp_path / "bert")
     spec = dict(FAST, name="text", outputs={},
                 evaluation=dict(FAST["evaluation"], methods=["counts-lr", "text-lr"], text_model="bert"))
     run = run_study(_write(tmp_path, spec), tmp_path / "work", progress=False)
     text = run.results["text"]
-    assert text["text_model"]["name"] == "bert" and text["serializer_version"] == "1"
+    assert text["text_model"]["name"] == "bert" and text["serializer_version"] == SERIALIZER_VERSION
     assert set(run.results["methods"]) >= {"counts-lr", "text-lr"}
     _bert_dir(tmp_path / "bert2", seed=1)
     again = run_study(load_spec(_write(tmp_path, spec), {"evaluation": {"text_model": "bert2"}}), tmp_path / "work",

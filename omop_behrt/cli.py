@@ -496,10 +496,10 @@ def _add_embed(sub) -> None:
                         "models use their own)")
     p.add_argument("--text-group", choices=["domain", "visit"], default="domain",
                    help="--encoder text: the history grouped by domain or by visit")
-    p.add_argument("--notes", choices=["none", "append", "pooled"], default="none",
+    p.add_argument("--notes", nargs="?", const="append", choices=["none", "append", "pooled"], default="none",
                    help="--encoder text: clinical notes before the index date (a CDM's note table, or an event "
-                        "directory extracted with --notes): appended to the record's text, or embedded one by one "
-                        "and pooled with it")
+                        "directory extracted with --notes): appended to the record's text (--notes alone; the "
+                        "better of the two in bench/notes.py), or embedded one by one and pooled with it")
     p.add_argument("--dump-text", metavar="DIR", help="--encoder text: also write the serialised records to "
                                                       "DIR/texts.parquet, for debugging (patient data: a warning)")
     p.add_argument("--source", required=True, help="OMOP CDM (DuckDB file, URL, export folder) or event directory")

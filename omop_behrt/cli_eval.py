@@ -183,7 +183,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--text-model", default="all-MiniLM-L6-v2",
                    help="the text-* methods' language model: a local Hugging Face or sentence-transformers "
                         "directory, or the packaged all-MiniLM-L6-v2")
-    p.add_argument("--text-notes", choices=["none", "append", "pooled"], default="none",
+    p.add_argument("--text-notes", nargs="?", const="append", choices=["none", "append", "pooled"], default="none",
                    help="the text-* methods: clinical notes before each index date (a CDM's note table, or an event "
                         "directory extracted with --notes) appended to the record's text, or embedded one by one "
                         "and pooled with it")

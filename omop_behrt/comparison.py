@@ -94,7 +94,7 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-eval-"))
     try:
-        text_notes = None if text_notes in (None, "none") else text_notes
+        text_notes = None if text_notes in (None, False, "none") else text_notes
         with_text = text_model is not None or text_encoder is not None
         events, cdm = censored_events(source, task.labels, Path(work_dir), cdm_schema=cdm_schema,
                                       vocab_schema=vocab_schema, progress=progress,

@@ -38,6 +38,8 @@ GROUPS = ("domain", "visit")
 #: How clinical notes join the record: not at all, as lines of a last "Notes:" section of the text, or as
 #: texts of their own that the encoder embeds one by one and pools (:attr:`SerializedTexts.notes`).
 NOTE_MODES = (None, "append", "pooled")
+#: ``notes=True``: appended, the better of the two on the one task measured (bench/notes.py; bench/RESULTS.md)
+DEFAULT_NOTES = "append"
 
 TEXTS_SCHEMA = pa.schema([pa.field("cohort_definition_id", pa.int64()), pa.field("subject_id", pa.int64()),
                           pa.field("index_date", pa.timestamp("us")), pa.field("text", pa.string()),
@@ -204,7 +206,8 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     counted by ``count_tokens(text) -> int`` (a tokenizer's count).
     ``notes``: the clinical notes before the index date (an event directory extracted with notes, or a CDM's
     note table), ``append``-ed as a last "Notes:" section (truncated with the rest, oldest first), or
-    ``pooled``: returned apart in :attr:`SerializedTexts.notes` for the encoder to embed one by one.
+    ``pooled``: returned apart in :attr:`SerializedTexts.notes` for the encoder to embed one by one
+    (``True``: :data:`DEFAULT_NOTES`).
     """
     import duckdb
 
@@ -212,7 +215,7 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     t0 = time.perf_counter()
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
-    notes = None if notes in (None, "none") else notes
+    notes = None if notes in (None, False, "none") else DEFAULT_NOTES if notes is True else notes
     if notes not in NOTE_MODES:
         raise ValueError(f"notes must be one of none, append, pooled; got {notes!r}")
     if max_tokens is not None and count_tokens is None:

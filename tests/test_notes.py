@@ -137,6 +137,7 @@ def test_appended_notes(notes_events, index, eunomia_db):
                     "Present Illness The patient is a 35 year-old male. # Assessment and Plan Gastrointestinal "
                     "hemorrhage. Admitted."]
     assert NOTE_INDEX_DAY not in text
+    assert serialize(events, index, cdm=eunomia_db, notes=True).texts.equals(got.texts)    # True: the default, append
     assert _row(got, OTHER) == _row(plain, OTHER)                       # OTHER's only note is after the index
     assert got.provenance["notes"] == {"mode": "append", "notes": 2, "rows_with_notes": 1,
                                        "note_chars": sum(len(line.split(": ", 1)[1]) for line in tail)}

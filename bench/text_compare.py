@@ -118,12 +118,13 @@ def held_out_sets(events: Path, task, split: np.ndarray, min_persons: int) -> di
                                  for i in np.argsort(-chi2, kind="stable")[:TOP_K]]}
 
 
-def pretrain_model(spec, events: Path, work: Path, name: str, held: list[str] | None, epochs: int,
+def pretrain_model(spec, events: Path, task, work: Path, name: str, held: list[str] | None, epochs: int,
                    threads: int, fresh: bool) -> tuple[Path, float, dict]:
     """BEHRT in the spec's shape on the censored events; ``held`` codes dropped by the vocabulary filter.
-    Reused when a stamp says the same inputs made it (the extraction is deterministic; --fresh redoes it)."""
-    from omop_behrt.checkpoint import events_fingerprint
+    Reused when a stamp says the same inputs made it (the same task rows of the same CDM give the same
+    censored events; --fresh redoes it)."""
     from omop_behrt.pretrain import pretrain
+    from omop_behrt.study import table_digest
     p = spec.model.pretrain
     out = work / f"model_{name}"
     vocab = spec.vocabulary.tokens
@@ -131,7 +132,7 @@ def pretrain_model(spec, events: Path, work: Path, name: str, held: list[str] | 
         codes_file = work / f"held_{name}.txt"
         codes_file.write_text("\n".join(held) + "\n")
         vocab = f"drop(codes={codes_file}),{vocab}"
-    inputs = {"events": events_fingerprint(events), "vocab": vocab, "held": held, "epochs": epochs,
+    inputs = {"task": table_digest(task.labels), "vocab": vocab, "held": held, "epochs": epochs,
               "config": spec.path(p.config).read_text(), "seed": p.seed, "min_count": p.min_count}
     stamp = work / f"model_{name}.stamp.json"
     if not fresh and stamp.exists() and (out / "model.safetensors").exists():
@@ -221,8 +222,10 @@ def evaluate(model: Path, task, split: np.ndarray, text, held: list[str] | None,
     return res, prepare_s
 
 
-def summary(res: dict) -> dict:
-    """The aggregates of one run (no predictions, no person)."""
+def summary(res: dict, min_count: int) -> dict:
+    """The aggregates of one run (no predictions, no person; counts below ``min_count`` shown as <N)."""
+    from omop_behrt.evaluate import shareable_results
+    res = shareable_results(res, min_count)
     keep = ("auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "calibration_slope", "classifier")
     return {"n": res["n"], "features": res["features"],
             "methods": {m: {k: v for k, v in r.items() if k in keep} for m, r in res["methods"].items()},
@@ -333,11 +336,12 @@ def main() -> int:
 
     runs, pretrain_info, prepare_s = {}, {}, {}
     for name, codes in (("full", None), ("random30", held["random30"]), ("top_assoc", held["top_assoc"])):
-        model, secs, info = pretrain_model(spec, events, work, name, codes, epochs, args.threads, args.fresh)
+        model, secs, info = pretrain_model(spec, events, task, work, name, codes, epochs, args.threads,
+                                           args.fresh)
         pretrain_info[name] = {"seconds": round(secs, 1), **info}
         print(f"[{name}] pretrained in {secs:.0f} s {info}")
         res, prepare_s[name] = evaluate(model, task, split, text, codes, methods, n_boot, seed)
-        runs[name] = summary(res)
+        runs[name] = summary(res, spec.evaluation.min_count)
         if name == "full":
             behrt_tokens = res["behrt_tokens"]
         for m, r in res["methods"].items():
@@ -347,7 +351,7 @@ def main() -> int:
             opaque = opaque_text_vectors(work, task, encoder, codes, name, args.fresh)
             res, _ = evaluate(model, task, split, opaque, codes, [m for m in methods if m.startswith("text")],
                               n_boot, seed)
-            runs[f"{name}_opaque"] = summary(res)
+            runs[f"{name}_opaque"] = summary(res, spec.evaluation.min_count)
             runs[f"{name}_opaque"]["text_coverage"] = opaque.provenance["description_coverage"]
             for m, r in res["methods"].items():
                 print(f"  [{name}, text without their descriptions] {m:<14} AUROC {ci(r, 'auroc')}  "

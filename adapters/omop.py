@@ -303,8 +303,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
                          "vocab_schema": cdm.vocab_schema, "fingerprint": now, "filters": _filters_record(options)})
         out.manifest = manifest
         ok = pc.is_null(persons.column("reason"))
-        write_table(persons.filter(ok).select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA),
-                    out.path / "persons.parquet")
+        write_table(persons.filter(ok).select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA).sort_by("subject_id"),
+                    out.path / "persons.parquet")          # sorted: the same bytes whatever order the database returns
         write_table(_quarantine_rows(persons, pc.invert(ok), "person", with_code=False),
                     out.path / "quarantine-person.parquet")
         notes: dict = {}

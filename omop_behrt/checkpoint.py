@@ -48,24 +48,39 @@ def work_dir_lock(work: Path):
 
 
 # -- fingerprint ------------------------------------------------------------------------------------
-def events_fingerprint(events_path: Path, tail_bytes: int = 1 << 16) -> str:
-    """sha256 over the event directory's manifest and, per data file, its name, size and last 64 KiB.
+def events_fingerprint(events_path: Path) -> str:
+    """sha256 over the event directory's manifest (its timing left out) and, per data file, its name, row count
+    and per-column statistics (min, max, nulls over all row groups), read from the Parquet footers only.
 
-    Cheap (one small read per file) yet content-sensitive: a Parquet file's footer (the last bytes) holds its
-    row counts and column statistics, so a re-extraction with other rows changes it; a copy does not.
+    Cheap (no data page is read) yet content-sensitive: a re-extraction with other rows changes the counts or
+    the statistics. Independent of row order, so the same extraction run again (a database may return rows in
+    another order) keeps its fingerprint, and `pretrain --resume` after it is not refused.
     """
+    import pyarrow.parquet as pq
     h = hashlib.sha256()
     manifest = events_path / "manifest.json"
     if manifest.exists():
-        h.update(b"manifest\0" + canonical_json(json.loads(manifest.read_text())))
+        record = json.loads(manifest.read_text())
+        record.get("summary", {}).pop("seconds", None)    # how long it took: two identical extractions differ
+        h.update(b"manifest\0" + canonical_json(record))
     files = sorted(events_path.glob("events/*.parquet")) + sorted(
         p for p in (events_path / "persons.parquet", events_path / "observation_periods.parquet") if p.exists())
     for f in files:
-        size = f.stat().st_size
-        with open(f, "rb") as fh:
-            fh.seek(max(0, size - tail_bytes))
-            tail = fh.read()
-        h.update(f"{f.relative_to(events_path).as_posix()}\0{size}\0".encode() + hashlib.sha256(tail).digest())
+        meta = pq.ParquetFile(f).metadata
+        stats: dict[str, list] = {}
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                st, seen = col.statistics, stats.setdefault(col.path_in_schema, [None, None, 0])
+                if st is None:
+                    continue
+                seen[2] += st.null_count or 0
+                if st.has_min_max:
+                    seen[0] = st.min if seen[0] is None else min(seen[0], st.min)
+                    seen[1] = st.max if seen[1] is None else max(seen[1], st.max)
+        h.update(f"{f.relative_to(events_path).as_posix()}\0{meta.num_rows}\0".encode()
+                 + canonical_json({k: [str(v) for v in vs] for k, vs in sorted(stats.items())}))
     return h.hexdigest()
 
 

@@ -10,6 +10,7 @@ longest first (little padding) and put back in the callers' order. Nothing is do
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,20 @@ def _require(module: str) -> Any:
     except ImportError as e:
         raise TextModelError(f"the text encoder needs the Python package {module!r} ({e}); "
                              f"install it with: {EXTRA_HINT}") from e
+
+
+@contextlib.contextmanager
+def _loading_bar(shown: bool):
+    """transformers' "Loading weights" bar only when progress is asked for (it ignores our progress flag)."""
+    logging = _require("transformers").utils.logging
+    was = logging.is_progress_bar_enabled()
+    if not shown:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def default_model_dir() -> Path:
@@ -148,10 +163,11 @@ class TextEncoder:
             raise TextModelError(f"text model directory {ref} does not exist")
         else:
             self.path, self.name = None, ref
-        if self.path is None or (self.path / "modules.json").is_file():
-            self._load_sentence_transformer(ref)
-        else:
-            self._load_hf(ref)
+        with _loading_bar(self.progress):
+            if self.path is None or (self.path / "modules.json").is_file():
+                self._load_sentence_transformer(ref)
+            else:
+                self._load_hf(ref)
         if self.max_tokens is not None:
             if self.max_tokens <= len(self._prefix) + len(self._suffix):
                 raise TextModelError(f"text model {self.name}: max_tokens={self.max_tokens} leaves no room for text")

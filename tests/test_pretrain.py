@@ -114,3 +114,15 @@ def test_cuda_bf16_compile(eunomia_events, tmp_path):
                    compile=True, progress=False)
     assert res["finished"] and np.isfinite(res["val_loss"])
     assert Behrt.load(tmp_path / "m").embeddings.code.weight.dtype == torch.float32
+
+
+def test_events_fingerprint_is_the_extraction_not_its_timing(synthea_dir, tmp_path):
+    """The same extraction run twice has one fingerprint (a re-extraction does not refuse `pretrain --resume`);
+    other rows give another."""
+    from omop_behrt.adapters import omop
+    from omop_behrt.checkpoint import events_fingerprint
+    for name in ("a", "b"):
+        omop.extract(synthea_dir, tmp_path / name, progress=False)
+    omop.extract(synthea_dir, tmp_path / "c", progress=False, options=omop.ExtractOptions(person_ids=[1, 2, 3]))
+    a, b, c = (events_fingerprint(tmp_path / n) for n in "abc")
+    assert a == b and a != c

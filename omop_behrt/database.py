@@ -112,6 +112,12 @@ class Database:
             return cls._connect_url(s)
         p = Path(s)
         if p.is_dir():
+            if not read_only:
+                raise SourceError(f"{p} is a folder of CDM exports, read through an in-memory database: a table "
+                                  f"written there (a cohort, embeddings) would be gone when this command ends. "
+                                  f"Load the exports into a DuckDB file or a server, or generate and use the "
+                                  f"cohort in one command (`task plp --target-json ... --outcome-json ...`, a "
+                                  f"study spec), or in Python pass one open Database.connect(folder) to every step")
             from .cdm_exports import open_folder
             return open_folder(p)
         if p.is_file():

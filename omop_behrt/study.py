@@ -135,6 +135,9 @@ class _Run:
         self.t0 = time.perf_counter()
         self.src = spec.source
         self.cdm = self._cdm()
+        #: where cohorts are written and read back: the CDM itself, or for a folder of exports one in-memory
+        #: database kept open for the whole run (a second connection would not see what the first wrote)
+        self.cohort_db = self._cdm_session()
         self.prep = None
 
     def say(self, k: int, text: str) -> None:
@@ -175,6 +178,10 @@ class _Run:
             raise SpecError(f"{self.spec.origin}: source.cdm: {path} not found (a DuckDB file, a folder of CDM "
                             f"exports, a SQLAlchemy URL or eunomia)")
         return str(path)
+
+    def _cdm_session(self):
+        from .database import Database
+        return Database.connect(self.cdm) if "://" not in self.cdm and Path(self.cdm).is_dir() else self.cdm
 
     def source_id(self) -> dict:
         from .database import _redact
@@ -228,14 +235,14 @@ class _Run:
         if c.atlas:
             from .atlas import attrition_table, from_atlas, generate_cohort_set
             atlas = from_atlas(self.spec.path(c.atlas), cohort_id=c.cohort_id, name=c.name)
-            gen = generate_cohort_set(self.cdm, [atlas], cohort_ids=[c.cohort_id], vocab_schema=s.vocab_schema,
+            gen = generate_cohort_set(self.cohort_db, [atlas], cohort_ids=[c.cohort_id], vocab_schema=s.vocab_schema,
                                       **where)
             print("        " + attrition_table(gen).replace("\n", "\n        "))
             name = name or atlas.name
         elif c.concepts:
-            cohorts.first_occurrence_cohort(self.cdm, c.cohort_id, c.concepts, descendants=c.descendants,
+            cohorts.first_occurrence_cohort(self.cohort_db, c.cohort_id, c.concepts, descendants=c.descendants,
                                             domains=c.domains, vocab_schema=s.vocab_schema, **where)
-        rows = cohorts.CohortTable(self.cdm, s.results_schema, s.cohort_table).read(c.cohort_id)
+        rows = cohorts.CohortTable(self.cohort_db, s.results_schema, s.cohort_table).read(c.cohort_id)
         return {"cohort_id": c.cohort_id, "name": name, "entries": rows.num_rows,
                 "persons": len(set(rows["subject_id"].to_pylist())), "digest": index_hash(rows)}
 
@@ -248,7 +255,7 @@ class _Run:
             if c is None:
                 continue
             try:
-                rows = CohortTable(self.cdm, self.src.results_schema, self.src.cohort_table).read(c["cohort_id"])
+                rows = CohortTable(self.cohort_db, self.src.results_schema, self.src.cohort_table).read(c["cohort_id"])
             except SourceError as e:
                 return str(e)
             if index_hash(rows) != c["digest"]:
@@ -279,7 +286,8 @@ class _Run:
         if self.stage("task", inputs, (task_dir / "labels.parquet", task_dir / "split.parquet")):
             t = time.perf_counter()
             s, out = self.src, spec.outcome
-            task = plp_task(self.cdm, spec.target.cohort_id, outcome_concepts=out.concepts if out.concepts else None,
+            task = plp_task(self.cohort_db, spec.target.cohort_id,
+                            outcome_concepts=out.concepts if out.concepts else None,
                             outcome_cohort=None if out.concepts else out.cohort_id, descendants=out.descendants,
                             cdm_schema=s.cdm_schema, vocab_schema=s.vocab_schema, results_schema=s.results_schema,
                             cohort_table=s.cohort_table, **dataclasses.asdict(tar))

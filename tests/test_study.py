@@ -212,3 +212,22 @@ def test_text_methods_in_a_study(tmp_path):
     again = run_study(load_spec(_write(tmp_path, spec), {"evaluation": {"text_model": "bert2"}}), tmp_path / "work",
                       progress=False)
     assert "evaluate" in again.ran and "model" not in again.ran
+
+
+def test_cohorts_in_a_folder_of_exports(synthea_dir, tmp_path, capsys):
+    """A folder of CSV exports is read through an in-memory database: the study keeps one open for its cohorts
+    (written, then read back by the task), while a lone `cohort` command into it is refused, not lost."""
+    from omop_behrt.cli import main
+    from omop_behrt.study import Stages, _Run
+    spec = dict(FAST, name="folder", source={"cdm": str(synthea_dir)},
+                target={"cohort_id": 1, "concepts": [40481087], "domains": ["condition"], "name": "viral sinusitis",
+                        "descendants": False},
+                outcome={"concepts": [260139], "name": "acute bronchitis", "descendants": False}, outputs={})
+    (tmp_path / "work").mkdir()
+    run = _Run(load_spec(_write(tmp_path, spec)), tmp_path / "work", Stages(tmp_path / "work", True), False, 1, "t")
+    cohorts, task, split = run.task()
+    assert cohorts["target"]["entries"] == 64 and cohorts["target"]["persons"] == 64    # every sinusitis patient
+    assert 0 < task.labels.num_rows <= 64 and len(split) == task.labels.num_rows
+    assert main(["cohort", "first-occurrence", "--source", str(synthea_dir), "--cohort-id", "1",
+                 "--concepts", "40481087", "--no-descendants"]) != 0
+    assert "would be gone when this command ends" in capsys.readouterr().err

@@ -84,6 +84,12 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
+def is_cdm_source(source) -> bool:
+    """Whether ``source`` names a CDM (a URL, a DuckDB file, a folder of exports) rather than an event directory."""
+    s = str(source)
+    return "://" in s or Path(s).is_file() or (Path(s).is_dir() and not (Path(s) / "events").is_dir())
+
+
 class Database:
     """A CDM-holding database: DuckDB (file, in-memory over exported files) or any SQLAlchemy engine."""
 

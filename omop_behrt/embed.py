@@ -8,8 +8,6 @@ sorted batches inside a chunk); each finished chunk is saved, so an interrupted 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +24,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from .cohorts import INDEX_SCHEMA, index_dates_from_frame
-from .events import EventDir, write_json
+from .database import is_cdm_source as _is_cdm
+from .embed_run import LOCK_FILE, check_resume, refuse_foreign, run_fingerprint, start_run
+from .events import EventDir
 from .lock import exclusive_lock
 
 POOLINGS = ("cls", "mean", "last_visit")
@@ -90,92 +90,10 @@ def _match_rows(seq_subject: np.ndarray, seq_time: np.ndarray, row_subject: np.n
     return found
 
 
-def _is_cdm(source) -> bool:
-    s = str(source)
-    return "://" in s or (Path(s).is_file()) or (Path(s).is_dir() and not (Path(s) / "events").is_dir())
-
-
 def model_checksum(model_dir: str | Path) -> str:
     """The model's id (sha256 over config, tokens and weights): what the registry, provenance and resume record."""
     from .model import model_id
     return model_id(model_dir)
-
-
-def index_hash(index: pa.Table) -> str:
-    """sha256 over the index rows in order (cohort_definition_id, subject_id, index_date in µs)."""
-    h = hashlib.sha256()
-    for name in ("cohort_definition_id", "subject_id", "index_date"):
-        col = index[name].cast(pa.timestamp("us")).cast(pa.int64()) if name == "index_date" else \
-            index[name].cast(pa.int64())
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
-def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str | None = None) -> str:
-    """What the vectors are read from: an event directory by its manifest's hash, a CDM by its description."""
-    if isinstance(source, EventDir) or not _is_cdm(source):
-        path = source.path if isinstance(source, EventDir) else Path(source)
-        manifest = path / "manifest.json"
-        text = manifest.read_bytes() if manifest.exists() else b""
-        return f"event directory {path.resolve()} manifest sha256 {hashlib.sha256(text).hexdigest()[:16]}"
-    from .database import _redact
-    return f"OMOP CDM {_redact(str(source))} cdm_schema={cdm_schema} vocab_schema={vocab_schema}"
-
-
-def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
-                    chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None) -> dict:
-    """Every input that changes an embedding run's vectors; a resume must find the same values."""
-    return {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
-            "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
-            "precision": precision, "chunk_persons": int(chunk_persons)}
-
-
-RUN_FILE = "embed_run.json"
-LOCK_FILE = ".embed.lock"
-
-
-def check_resume(work: Path, fingerprint: dict) -> None:
-    """Refuse to resume another run's work: say what differs (or that there is nothing to resume)."""
-    saved_file = work / RUN_FILE
-    if not saved_file.exists():
-        empty = not work.exists() or not any(p.name != LOCK_FILE for p in work.iterdir())
-        what = "is empty" if empty else f"has no {RUN_FILE}"
-        raise ValueError(f"cannot resume: work directory {work} {what} (no embedding run was started there); "
-                         f"run without --resume to start one")
-    saved = json.loads(saved_file.read_text())
-    diff = [f"{k}: was {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
-    if diff:
-        raise ValueError(f"cannot resume the embedding run in {work}: its inputs differ ("
-                         + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")
-
-
-_OURS = {"events", "tokens", "chunks", RUN_FILE, LOCK_FILE}
-
-
-def refuse_foreign(work: Path) -> None:
-    """A fresh run clears its work directory: refuse one that holds anything an embedding run did not write."""
-    if not work.is_dir():
-        return
-    other = sorted(p.name for p in work.iterdir() if p.name not in _OURS and not p.name.startswith(f".{RUN_FILE}."))
-    if other:
-        raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
-                         f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
-
-
-def start_run(work: Path, fingerprint: dict) -> None:
-    """A fresh run in ``work``: forget any earlier run's events, tokens and chunks, then record the inputs.
-
-    A folder that holds anything else (an event directory, say) is refused rather than cleared.
-    """
-    refuse_foreign(work)
-    for name in _OURS - {LOCK_FILE}:
-        p = work / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    write_json(fingerprint, work / RUN_FILE)
 
 
 @dataclass

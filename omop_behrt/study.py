@@ -224,7 +224,7 @@ class _Run:
     def _generate(self, role: str) -> dict | None:
         """Write ``role``'s cohort (ATLAS or concepts) into the cohort table; read it back; its count and digest."""
         from . import cohorts
-        from .embed import index_hash
+        from .embed_run import index_hash
         c: Cohort = getattr(self.spec, role)
         if role == "outcome" and c.concepts:
             return None                                   # outcome concepts: plp_task finds them itself
@@ -250,7 +250,7 @@ class _Run:
         """Why the cohorts recorded as written need writing again (rows deleted or changed since), else None."""
         from .cohorts import CohortTable
         from .database import SourceError
-        from .embed import index_hash
+        from .embed_run import index_hash
         for role, c in self.stages.output("cohorts").items():
             if c is None:
                 continue

@@ -14,7 +14,8 @@ import torch
 from omop_behrt import embed as embed_module
 from omop_behrt.cli import main
 from omop_behrt.cohorts import index_dates_from_frame
-from omop_behrt.embed import RUN_FILE, embed_cohort, model_checksum
+from omop_behrt.embed import embed_cohort, model_checksum
+from omop_behrt.embed_run import RUN_FILE
 from omop_behrt.model import Behrt, model_id
 
 

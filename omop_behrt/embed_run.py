@@ -1,0 +1,99 @@
+"""The work directory of an embedding run: what it records of its inputs, and the checks a resume makes.
+
+    <work>/embed_run.json     the run's fingerprint (source, index rows, model, settings)
+    <work>/events, tokens     the censored extraction and its tokens (per person: site-internal)
+    <work>/chunks             each finished chunk's vectors
+    <work>/.embed.lock        held while a run uses the directory
+
+A resume must continue the same run: every input that changes the vectors is compared, and a fresh run clears
+only what an embedding run wrote (a folder holding anything else is refused, never emptied).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .database import is_cdm_source
+from .events import EventDir, write_json
+
+
+def index_hash(index: pa.Table) -> str:
+    """sha256 over the index rows in order (cohort_definition_id, subject_id, index_date in µs)."""
+    h = hashlib.sha256()
+    for name in ("cohort_definition_id", "subject_id", "index_date"):
+        col = index[name].cast(pa.timestamp("us")).cast(pa.int64()) if name == "index_date" else \
+            index[name].cast(pa.int64())
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str | None = None) -> str:
+    """What the vectors are read from: an event directory by its manifest's hash, a CDM by its description."""
+    if isinstance(source, EventDir) or not is_cdm_source(source):
+        path = source.path if isinstance(source, EventDir) else Path(source)
+        manifest = path / "manifest.json"
+        text = manifest.read_bytes() if manifest.exists() else b""
+        return f"event directory {path.resolve()} manifest sha256 {hashlib.sha256(text).hexdigest()[:16]}"
+    from .database import _redact
+    return f"OMOP CDM {_redact(str(source))} cdm_schema={cdm_schema} vocab_schema={vocab_schema}"
+
+
+def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
+                    chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None) -> dict:
+    """Every input that changes an embedding run's vectors; a resume must find the same values."""
+    return {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
+            "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
+            "precision": precision, "chunk_persons": int(chunk_persons)}
+
+
+RUN_FILE = "embed_run.json"
+LOCK_FILE = ".embed.lock"
+
+
+def check_resume(work: Path, fingerprint: dict) -> None:
+    """Refuse to resume another run's work: say what differs (or that there is nothing to resume)."""
+    saved_file = work / RUN_FILE
+    if not saved_file.exists():
+        empty = not work.exists() or not any(p.name != LOCK_FILE for p in work.iterdir())
+        what = "is empty" if empty else f"has no {RUN_FILE}"
+        raise ValueError(f"cannot resume: work directory {work} {what} (no embedding run was started there); "
+                         f"run without --resume to start one")
+    saved = json.loads(saved_file.read_text())
+    diff = [f"{k}: was {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    if diff:
+        raise ValueError(f"cannot resume the embedding run in {work}: its inputs differ ("
+                         + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")
+
+
+_OURS = {"events", "tokens", "chunks", RUN_FILE, LOCK_FILE}
+
+
+def refuse_foreign(work: Path) -> None:
+    """A fresh run clears its work directory: refuse one that holds anything an embedding run did not write."""
+    if not work.is_dir():
+        return
+    other = sorted(p.name for p in work.iterdir() if p.name not in _OURS and not p.name.startswith(f".{RUN_FILE}."))
+    if other:
+        raise ValueError(f"work directory {work} holds files that are not an embedding run's ({', '.join(other[:5])}); "
+                         f"give an empty folder or one used only by `omop-behrt embed --work-dir`")
+
+
+def start_run(work: Path, fingerprint: dict) -> None:
+    """A fresh run in ``work``: forget any earlier run's events, tokens and chunks, then record the inputs.
+
+    A folder that holds anything else (an event directory, say) is refused rather than cleared.
+    """
+    refuse_foreign(work)
+    for name in _OURS - {LOCK_FILE}:
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    write_json(fingerprint, work / RUN_FILE)

@@ -348,7 +348,8 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
     """scikit-learn transformer: (subject_id, index_date) rows -> (n, d) float32 patient vectors.
 
     ``encoder="behrt"`` (default) embeds with the pretrained model at ``model_dir``; ``encoder="text"`` serialises
-    each record as text and embeds it with ``text_model`` (a local directory or ``default``), no pretraining.
+    each record as text and embeds it with ``text_model`` (a local directory or ``default``), no pretraining,
+    with the clinical notes before the index date when ``notes`` is ``append`` or ``pooled``.
 
     ``fit`` loads and checks the model (no learning: the encoder is pretrained) and returns self;
     ``transform`` embeds as of each row's index date. Rows without any history before the index date get the
@@ -356,13 +357,14 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, model_dir=None, source=None, *, encoder: str = "behrt", text_model: str = "default",
-                 pooling: str = "cls", inclusive: bool = False,
+                 notes: str | None = None, pooling: str = "cls", inclusive: bool = False,
                  batch_tokens: int = 16_384, chunk_persons: int = 20_000, device: str = "auto",
                  precision: str = "auto", cdm_schema: str | None = None, progress: bool = False):
         self.model_dir = model_dir
         self.source = source
         self.encoder = encoder
         self.text_model = text_model
+        self.notes = notes
         self.pooling = pooling
         self.inclusive = inclusive
         self.batch_tokens = batch_tokens
@@ -378,6 +380,8 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
         from .batches import resolve_device
         if self.encoder not in ("behrt", "text"):
             raise ValueError(f"encoder must be 'behrt' or 'text', got {self.encoder!r}")
+        if self.notes not in (None, "none") and self.encoder != "text":
+            raise ValueError("notes is for encoder='text' (BEHRT reads codes only)")
         if self.source is None or (self.encoder == "behrt" and self.model_dir is None):
             raise ValueError("PatientEmbedder needs source (an OMOP CDM or an event directory) and, for "
                              "encoder='behrt', model_dir (a pretrained model directory)")
@@ -406,7 +410,7 @@ class PatientEmbedder(TransformerMixin, BaseEstimator):
         index = _as_index(X)
         if self.encoder == "text":
             res = embed_text_cohort(self.source, index, encoder=self.model_, inclusive=self.inclusive,
-                                    cdm_schema=self.cdm_schema, progress=self.progress)
+                                    cdm_schema=self.cdm_schema, progress=self.progress, notes=self.notes)
         else:
             res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
                                cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,

@@ -279,3 +279,22 @@ def test_evaluation_takes_notes(notes_cdm, notes_events, index, tiny_model, tmp_
     assert prep.text.provenance["notes"]["notes"] == 2
     want = embed_text_cohort(notes_events[0], Task(labels).index, encoder=encoder, notes="pooled", progress=False)
     np.testing.assert_allclose(prep.text.vectors, want.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_patient_embedder_takes_notes(notes_events, index, tmp_path):
+    """The scikit-learn estimator gives the same vectors as embed_text_cohort with notes, and refuses notes for
+    BEHRT."""
+    pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
+    from test_text_encoder import _bert_dir
+
+    from omop_behrt.embed import PatientEmbedder, embed_text_cohort
+    from omop_behrt.text_encoder import TextEncoder
+    events, _ = notes_events
+    bert = _bert_dir(tmp_path / "bert")
+    X = index.select(["subject_id", "index_date"]).to_pandas()
+    got = PatientEmbedder(source=events.path, encoder="text", text_model=str(bert), notes="pooled",
+                          device="cpu").fit_transform(X)
+    want = embed_text_cohort(events, index, encoder=TextEncoder(bert, device="cpu"), notes="pooled", progress=False)
+    np.testing.assert_allclose(got, want.vectors, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="notes is for encoder='text'"):
+        PatientEmbedder("model", events.path, notes="append").fit()

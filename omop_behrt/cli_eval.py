@@ -158,8 +158,11 @@ def _run_finetune(args) -> int:
     est.fit(prep.seqs.select(tr), y[tr], eval_set=(prep.seqs.select(va), y[va]))
     est.save(args.out)
     m = binary_metrics(y[te], est.predict_proba(prep.seqs.select(te))[:, 1], n_boot=200, curves=False)
-    print(f"test AUROC {m['auroc']:.3f} ({m['auroc_ci'][0]:.3f}-{m['auroc_ci'][1]:.3f}), AUPRC {m['auprc']:.3f}; "
-          f"{est.history_[-1]['epoch'] + 1} epochs, best val AUROC {est.best_score_:.3f}")
+    best = (f"best val AUROC {est.best_score_:.3f}" if est.early_stopping == "auroc" else
+            f"best val loss {-est.best_score_:.3f}")
+    print(f"test AUROC {m['auroc']:.3f} ({m['auroc_ci'][0]:.3f}-{m['auroc_ci'][1]:.3f}), AUPRC {m['auprc']:.3f}, "
+          f"Brier {m['brier']:.3f}, calibration slope {m['calibration_slope']:.2f}; "
+          f"{est.history_[-1]['epoch'] + 1} epochs, {best}; risks: {est.calibration_['how']}")
     print(f"head directory: {args.out}")
     return 0
 

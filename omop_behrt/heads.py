@@ -106,6 +106,10 @@ class HeadModel(nn.Module):
         return self.out(torch.cat([h[0], h[1]], dim=-1))
 
 
+#: what early stopping watches on the validation rows: the training loss (class-weighted BCE) or the AUROC
+EARLY_STOPPING = ("loss", "auroc")
+
+
 class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     """Med-BERT-style single-disease fine-tuning of a BEHRT encoder (X: Sequences, y: 0/1).
 
@@ -122,7 +126,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
                  lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.01, batch_tokens: int = 4096,
                  patience: int = 3, class_weight: str | None = "balanced", val_fraction: float = 0.15,
                  dropout: float = 0.1, min_steps: int = 100, seed: int = 0, device: str = "cpu",
-                 progress: bool = False):
+                 progress: bool = False, early_stopping: str = "loss", calibrate: bool = True):
         self.model_dir = model_dir
         self.pretrained = pretrained
         self.head = head
@@ -139,6 +143,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.early_stopping = early_stopping
+        self.calibrate = calibrate
 
     # -- building --------------------------------------------------------------------------------
     def _build(self, n_out: int) -> HeadModel:
@@ -184,6 +190,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     def fit(self, X: Sequences, y, eval_set: tuple[Sequences, np.ndarray] | None = None):
         """Train end to end; early stopping on ``eval_set`` (else a seeded ``val_fraction`` of X, by row)."""
         from .batches import batches, token_budget
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
         Y = self._targets(y)
         if eval_set is None:
             val = np.random.default_rng(self.seed).random(len(X)) < self.val_fraction
@@ -209,7 +217,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         per_epoch = max(1, len(batches(X.lengths, token_budget(X, self.batch_tokens), self.seed, 0, shuffle=False)))
         n_epochs = max(self.epochs, -(-self.min_steps // per_epoch))     # small data: at least min_steps steps
         every = max(1, n_epochs // max(self.epochs, 1))                  # and then at most ~epochs validations
-        what = "val_auroc" if not self._multilabel and 0 < Yv.sum() < len(Yv) else "val_score"
+        auroc = self.early_stopping == "auroc" and not self._multilabel and 0 < Yv.sum() < len(Yv)
+        what = "val_auroc" if auroc else "val_loss"
         bar = tqdm(range(n_epochs), desc=f"fine-tune ({'pretrained' if self.pretrained else 'scratch'}, "
                    f"{len(X):,} rows)", unit="epoch", disable=not self.progress, leave=False, dynamic_ncols=True)
         for epoch in bar:
@@ -227,9 +236,9 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
                 total, n = total + float(loss.detach()) * len(idx), n + len(idx)
             validated = (epoch + 1) % every == 0 or epoch + 1 == n_epochs
             if validated:
-                score = self._score(Xv, Yv)
+                score = self._score(Xv, Yv, pos_weight)
                 self.history_.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_score": score})
-                post = {"loss": f"{total / max(n, 1):.3f}", what: f"{score:.3f}"}
+                post = {"loss": f"{total / max(n, 1):.3f}", what: f"{score if auroc else -score:.3f}"}
                 bar.set_postfix(post, refresh=False)
                 if score > best + 1e-6:
                     best, best_state, bad = score, copy.deepcopy(self.model_.state_dict()), 0
@@ -245,22 +254,51 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
             self.model_.load_state_dict(best_state)
         self.model_.eval()
         self.best_score_ = float(best)
+        self.calibration_ = self._calibration(Xv, Yv, pw)
         return self
 
-    def _score(self, Xv: Sequences, Yv: np.ndarray) -> float:
-        """Validation score for early stopping: AUROC (binary, both classes present), else -BCE."""
+    def _score(self, Xv: Sequences, Yv: np.ndarray, pos_weight: torch.Tensor | None = None) -> float:
+        """Validation score for early stopping (higher is better): minus the training loss (class-weighted BCE)
+        by default; with ``early_stopping="auroc"`` the AUROC where both classes are present."""
         if len(Xv) == 0:
             return 0.0
         logits = self._logits(Xv)
-        if not self._multilabel and 0 < Yv.sum() < len(Yv):
+        if self.early_stopping == "auroc" and not self._multilabel and 0 < Yv.sum() < len(Yv):
             return float(roc_auc_score(Yv[:, 0], logits[:, 0]))
-        return -float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(Yv)))
+        pw = None if pos_weight is None else pos_weight.detach().cpu()
+        return -float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(Yv),
+                                                         pos_weight=pw))
+
+    def _calibration(self, Xv: Sequences, Yv: np.ndarray, pos_weight: np.ndarray) -> dict:
+        """Platt scaling on the validation rows (binary): risk = sigmoid(a * logit + b). Class weighting shifts
+        the logits by log(pos_weight) and a small or collapsed model squeezes them: both made the risks unusable
+        (Brier worse than the outcome rate, calibration slope 275). Without both classes in validation only the
+        class-weight shift is undone."""
+        if self._multilabel or not self.calibrate:
+            return {"a": 1.0, "b": 0.0, "how": "none"}
+        shift = float(np.log(pos_weight[0])) if pos_weight[0] > 0 else 0.0
+        if len(Xv) == 0 or not 0 < Yv.sum() < len(Yv):
+            return {"a": 1.0, "b": -shift, "how": "class-weight shift undone (validation lacks a class)"}
+        from sklearn.linear_model import LogisticRegression
+        z = self._logits(Xv)[:, :1].astype(np.float64)
+        fit = LogisticRegression(C=1e4, max_iter=1000).fit(z, Yv[:, 0].astype(int))
+        a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        if a <= 0:      # higher scores did not mean more outcomes on validation: never flip or trust the ranking
+            rate = float(Yv[:, 0].mean())
+            return {"a": 0.0, "b": float(np.log(rate / (1 - rate))),
+                    "how": f"no positive association on the {len(Xv)} validation rows: every risk is their "
+                           f"outcome rate ({rate:.3f})"}
+        return {"a": a, "b": b, "how": f"Platt scaling on {len(Xv)} validation rows"}
 
     def predict_proba(self, X: Sequences) -> np.ndarray:
-        """Binary: (n, 2) [P(0), P(1)]; multi-label: (n, diseases) sigmoid outputs."""
+        """Binary: (n, 2) [P(0), P(1)], calibrated on the validation rows; multi-label: (n, diseases) sigmoids."""
         from sklearn.utils.validation import check_is_fitted
         check_is_fitted(self, "model_")
-        p = 1 / (1 + np.exp(-self._logits(X)))
+        z = self._logits(X)
+        if not self._multilabel:
+            c = getattr(self, "calibration_", None) or {"a": 1.0, "b": 0.0}
+            z = c["a"] * z + c["b"]
+        p = 1 / (1 + np.exp(-z))
         return p if self._multilabel else np.column_stack([1 - p[:, 0], p[:, 0]])
 
     def predict(self, X: Sequences) -> np.ndarray:
@@ -281,7 +319,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         head = {"class": type(self).__name__, "params": {k: v for k, v in self.get_params().items()
                                                          if k != "model_dir"} | {"model_dir": model_dir},
                 "n_outputs": self.n_outputs_, "history": self.history_, "best_score": self.best_score_,
-                "vocab_sha256": self.vocab_.sha256}
+                "calibration": getattr(self, "calibration_", None), "vocab_sha256": self.vocab_.sha256}
         write_json(asdict(self.model_.encoder.config), path / "config.json")    # as Behrt.save writes it
         write_json(head, path / "head.json")
         return path
@@ -304,6 +342,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         est.model_.to(device).eval()
         est.vocab_, est.n_outputs_, est.history_ = enc.vocab, head["n_outputs"], head["history"]
         est.best_score_ = head["best_score"]
+        est.calibration_ = head.get("calibration") or {"a": 1.0, "b": 0.0, "how": "none"}
         est.classes_ = np.arange(2) if not est._multilabel else np.arange(est.n_outputs_)
         return est
 

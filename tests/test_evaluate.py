@@ -167,7 +167,7 @@ def test_progress_goes_to_stderr_results_to_stdout(prepared, split, capfd):
                    finetune={"epochs": 1, "min_steps": 2}, n_boot=20, progress=True)
     out, err = capfd.readouterr()
     assert "embeddings-lr" in out and "AUROC" in out and "finetuned-pretrained" in out
-    assert "fits" in err and "few-shot" in err and "fine-tune" in err and "val_auroc" in err
+    assert "fits" in err and "few-shot" in err and "fine-tune" in err and "val_loss" in err   # early stopping
     assert "it/s" not in out and "fine-tune" not in out
     comparison.run(prepared, split, methods=["embeddings-lr"], few_shot_fractions=None, n_boot=20, progress=False)
     out, err = capfd.readouterr()

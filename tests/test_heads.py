@@ -110,3 +110,49 @@ def test_cli_task_behrt(eunomia_events, tmp_path, capsys):
     assert t.definition["first_incidence"] and t.Y.shape == (t.index.num_rows, len(t.diseases))
     assert set(load_split(tmp_path / "t2" / "split.parquet", t.index["subject_id"].to_numpy())) == {"train", "val",
                                                                                                     "test"}
+
+
+def test_risks_are_calibrated_on_validation(seqs_y, tiny_model, tmp_path):
+    """Class weighting (balanced) shifts the logits by log(pos_weight): raw risks far above the outcome rate, the
+    Brier-worse-than-prevalence of the issue. Platt scaling on the validation rows brings the mean risk there to
+    the validation outcome rate; training itself is unchanged (same weights with calibrate=False), and the
+    calibration survives save/load."""
+    seqs, y_sex = seqs_y
+    y = y_sex * (np.arange(len(y_sex)) % 3 == 0)                  # a rarer outcome (~1 in 6)
+    tr, va = np.arange(110), np.arange(110, len(seqs))
+    kw = dict(epochs=3, patience=2, min_steps=1, seed=0)
+    est = FineTunedBehrt(tiny_model, **kw).fit(seqs.select(tr), y[tr], eval_set=(seqs.select(va), y[va]))
+    raw = FineTunedBehrt(tiny_model, calibrate=False, **kw).fit(seqs.select(tr), y[tr],
+                                                                 eval_set=(seqs.select(va), y[va]))
+    p, q = est.predict_proba(seqs.select(va))[:, 1], raw.predict_proba(seqs.select(va))[:, 1]
+    assert 0 < y[va].sum() < len(va)
+    assert abs(p.mean() - y[va].mean()) < 0.02                    # Platt with an intercept: mean risk = rate
+    assert q.mean() > y[va].mean() + 0.1                          # class weighting alone inflates the risks
+    assert raw.calibration_["how"] == "none"
+    np.testing.assert_allclose(est._logits(seqs.select(va)), raw._logits(seqs.select(va)))   # same training
+    back = FineTunedBehrt.load(est.save(tmp_path / "head"))
+    np.testing.assert_allclose(back.predict_proba(seqs.select(va)), est.predict_proba(seqs.select(va)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        FineTunedBehrt(tiny_model, early_stopping="brier").fit(seqs.select(tr), y[tr])
+
+
+def test_platt_scaling_never_flips_the_ranking(seqs_y, tiny_model, monkeypatch):
+    """Validation scores that rise with the outcome are rescaled (mean risk = the validation rate, order kept);
+    scores that do not (a model that learned nothing, as from-scratch fine-tuning on Eunomia) give everyone the
+    validation rate instead of a flipped or stretched ranking (test AUROC 0.41 or slope 275 before)."""
+    seqs, y = seqs_y
+    est = FineTunedBehrt(tiny_model, epochs=1, min_steps=1, seed=0).fit(seqs.select(np.arange(60)), y[:60])
+    rng = np.random.default_rng(0)
+    Yv = (rng.random(200) < 0.2).astype(np.float32)[:, None]
+    good = (Yv[:, 0] * 1.5 + rng.normal(size=200)).astype(np.float32)[:, None]
+    monkeypatch.setattr(est, "_logits", lambda X: good)
+    c = est._calibration(np.zeros(200), Yv, np.array([4.0]))
+    assert c["a"] > 0 and c["how"] == "Platt scaling on 200 validation rows"
+    risk = 1 / (1 + np.exp(-(c["a"] * good[:, 0] + c["b"])))
+    assert abs(risk.mean() - Yv.mean()) < 1e-3
+    monkeypatch.setattr(est, "_logits", lambda X: -good)
+    c = est._calibration(np.zeros(200), Yv, np.array([4.0]))
+    assert c["a"] == 0.0 and abs(1 / (1 + np.exp(-c["b"])) - Yv.mean()) < 1e-9 and "no positive association" in c["how"]
+    one_class = est._calibration(np.zeros(200), np.zeros((200, 1), np.float32), np.array([4.0]))
+    assert one_class == {"a": 1.0, "b": -np.log(4.0), "how": "class-weight shift undone (validation lacks a class)"}

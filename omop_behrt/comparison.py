@@ -292,6 +292,7 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
     widths: dict[str, int] = {}                # method -> columns of the matrix it was fitted on
     fitted: dict[tuple, np.ndarray] = {}      # (method, train rows, val rows) -> test predictions
     choices: dict[tuple, dict] = {}           # (method, train rows, val rows) -> fit_better's choice
+    stacked: dict[str, tuple] = {}            # vectors ⊕ counts method -> (LR matrix, GBM matrix), all rows
 
     def key(name: str, rows: np.ndarray, val: np.ndarray) -> tuple:
         return name, rows.tobytes(), val.tobytes() if name in TORCH_METHODS + CHOICE_METHODS else b""
@@ -320,15 +321,17 @@ def run(prep: Prepared, split: np.ndarray, *, methods: str | Sequence[str] = MET
             sub = np.searchsorted(tr, rows)
             return counts_gbm(seed).fit(Xd[sub], y[rows]).predict_proba(dense_top(C[te], columns=gbm_cols)[0])[:, 1]
         if name in CHOICE_METHODS:                    # standardised vectors ⊕ counts: LR or GBM, chosen on val
-            if name == "embeddings-counts":
-                V = E
-            else:                                     # the text vectors standardised as BEHRT's are (on train)
-                from sklearn.preprocessing import StandardScaler
-                V = StandardScaler().fit(T[tr]).transform(T).astype(np.float32)
-            if gbm_cols is None:                      # the count columns counts-gbm reads (densest on train)
-                gbm_cols = dense_top(C[tr])[1]
-            X_lr = sp.hstack([sp.csr_matrix(V), C], format="csr")
-            X_gbm = np.hstack([V, dense_top(C, columns=gbm_cols)[0]])
+            if name not in stacked:                   # built once; every few-shot fit takes rows of it
+                if name == "embeddings-counts":
+                    V = E
+                else:                                 # the text vectors standardised as BEHRT's are (on train)
+                    from sklearn.preprocessing import StandardScaler
+                    V = StandardScaler().fit(T[tr]).transform(T).astype(np.float32)
+                if gbm_cols is None:                  # the count columns counts-gbm reads (densest on train)
+                    gbm_cols = dense_top(C[tr])[1]
+                stacked[name] = (sp.hstack([sp.csr_matrix(V), C], format="csr"),
+                                 np.hstack([V, dense_top(C, columns=gbm_cols)[0]]))
+            X_lr, X_gbm = stacked[name]
             p, choice = fit_better(X_lr, X_gbm, y, rows, val, te, seed)
             choices[key(name, rows, val)] = choice
             widths[name] = (X_lr if choice["chosen"] == "lr" else X_gbm).shape[1]

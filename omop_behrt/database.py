@@ -262,8 +262,12 @@ class Database:
             import duckdb
             try:
                 rel = self.duck.sql(self._duck_sql(sql), params=params or None)
-                for batch in prefetch(arrow_reader(rel, batch_rows)):
+                reader, empty = arrow_reader(rel, batch_rows), True
+                for batch in prefetch(reader):
+                    empty = False
                     yield batch.cast(schema) if schema is not None else batch
+                if empty and schema is None:     # no row: still the query's columns (as the server path)
+                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
             except (duckdb.Error, OSError, pa.ArrowException) as e:   # Arrow's stream re-raises as OSError
                 raise self._file_error(e, sql) from None
             return

@@ -131,8 +131,10 @@ def describe(codes: list[str], *, cdm=None, descriptions=None, cdm_schema: str |
              vocab_schema: str | None = None, events=None) -> pa.Table:
     """(code, description, origin) for the codes that have one: the caller's first, then the event directory's
     own (``events``: FHIR coding.display, concept_name at extraction), then CALIBER, then the CDM's concept_name."""
-    parts = [_given_descriptions(descriptions), _source_descriptions(events, codes), _caliber_descriptions(codes),
-             _concept_descriptions(cdm, codes, cdm_schema, vocab_schema)]
+    parts = [_given_descriptions(descriptions), _source_descriptions(events, codes), _caliber_descriptions(codes)]
+    named = set(pa.concat_tables(parts).filter(pc.is_valid(pc.field("description")))["code"].to_pylist())
+    rest = [c for c in codes if c not in named]           # the CDM is asked only for codes still without a name
+    parts.append(_concept_descriptions(cdm, rest, cdm_schema, vocab_schema))
     out = pa.concat_tables(parts)
     out = out.filter(pc.and_(pc.is_valid(out["description"]),
                              pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(out["description"])), 0)))
@@ -145,7 +147,7 @@ def describe(codes: list[str], *, cdm=None, descriptions=None, cdm_schema: str |
 
 
 def _assemble(header: str, lines: list[tuple[int, str, int, int, str]], keep: int) -> str:
-    """The text texts.sql builds, from the header and the newest ``keep`` lines (section, heading, rank, order, line)."""
+    """The text texts.sql builds from the header and the newest ``keep`` lines (section, heading, rank, order, line)."""
     kept = sorted((ln for ln in lines if ln[2] <= keep), key=lambda ln: (ln[0], ln[3]))
     parts, section = [header], None
     for sec, heading, _rank, _order, line in kept:
@@ -281,9 +283,10 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     out = pa.table({"cohort_definition_id": index["cohort_definition_id"], "subject_id": index["subject_id"],
                     "index_date": index["index_date"], "text": texts["text"], "n_lines": texts["n_lines"],
                     "truncated": texts["truncated"]}, schema=TEXTS_SCHEMA)
-    text_bytes = sum(len(t.encode()) for t in out["text"].to_pylist())
+    text_bytes = int(pc.sum(pc.binary_length(out["text"].cast(pa.binary()))).as_py() or 0)
     prov = {"serializer_version": SERIALIZER_VERSION, "group": group, "inclusive": bool(inclusive),
-            "index_rule": "events on or before the index date" if inclusive else "events strictly before the index date",
+            "index_rule": ("events on or before the index date" if inclusive else
+                           "events strictly before the index date"),
             "censoring": "extraction SQL" if source_cdm is not None else "cut at each row's index date",
             "budget": {"max_chars": max_chars} if max_chars is not None else
             ({"max_tokens": max_tokens} if max_tokens is not None else None),
@@ -317,11 +320,14 @@ def _notes(con, events, mode: str) -> tuple[pa.Table | None, dict]:
 
 
 def dump_text(result: SerializedTexts, directory: str | Path) -> Path:
-    """Write the texts (texts.parquet) for debugging, warning that the folder now holds patient data."""
+    """Write the texts (texts.parquet, and notes.parquet for pooled notes) for debugging, warning that the folder
+    now holds patient data."""
     from .events import writable_dir, write_table
     folder = writable_dir(directory, "the text dump folder")
     path = folder / "texts.parquet"
     write_table(result.texts, path)
+    if result.notes is not None:
+        write_table(result.notes, folder / "notes.parquet")
     warnings.warn(f"{path} holds serialised patient records (patient data): keep it inside the site and never "
                   f"share it", UserWarning, stacklevel=2)
     return path

@@ -168,12 +168,13 @@ class Part:
                 counts["quarantined"] += 1
                 continue
             rt = res.get("resourceType")
-            views = self.by_type.get(rt)
-            if views is None and rt != "Patient" and rt in self.note_types:    # notes=True only
-                views = self._note(res, source, item.row, urls)
+            views, checked, invalid = self.by_type.get(rt), False, None
+            if views is None and rt in self.note_types:        # notes=True only; --validate checks it once
+                checked, invalid = self.validate, (self._check(res) if self.validate else None)
+                views = self._note(res, source, item.row, urls, invalid)
             if views is None and rt != "Patient":
                 if isinstance(rt, str) and _is_resource_type(rt):
-                    reason = self._check(res) if self.validate else None
+                    reason = invalid if checked else (self._check(res) if self.validate else None)
                     if reason is None:
                         ignored[rt] = ignored.get(rt, 0) + 1
                     else:                    # --validate reports every invalid resource, mapped or not
@@ -191,7 +192,7 @@ class Part:
             if type(rid) is str:
                 meta = res.get("meta")
                 listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None, fi, item.row))
-            reason = self._check(res) if self.validate else None
+            reason = invalid if checked else (self._check(res) if self.validate else None)
             if reason is None:
                 reason = self._patient(res, source, item.row, seq) if rt == "Patient" else \
                     self._event(res, views, source, item.row, urls, seq)
@@ -214,10 +215,10 @@ class Part:
             return f"invalid FHIR R4B {res['resourceType']}: {str(e).splitlines()[0]}"
         return None
 
-    def _note(self, res: dict, source: str, row: str, urls: dict) -> list[View] | None:
-        """Read a note resource's text attachments (a resource --validate rejects gives none); return the views of
-        its type, if any, so that it makes its events as without notes."""
-        if not self.validate or self._check(res) is None:
+    def _note(self, res: dict, source: str, row: str, urls: dict, invalid: str | None) -> list[View] | None:
+        """Read a note resource's text attachments (one --validate rejected, ``invalid``, gives none); return the
+        views of its type, if any, so that it makes its events as without notes."""
+        if invalid is None:
             self.notes.add(res, source, row, urls)
         return self.note_views.get(res["resourceType"])
 

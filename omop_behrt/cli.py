@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -673,21 +675,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGINT_SEEN = False
+
+
+def _note_sigint(signum, frame):
+    """Remember that Ctrl-C came, then raise KeyboardInterrupt as Python does: native code (DuckDB scanning a
+    registered Arrow object, a torch thread) may turn it into its own exception on the way up."""
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = True
+    signal.default_int_handler(signum, frame)
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    """A Ctrl-C in any of its disguises: DuckDB's "Query interrupted", an error that wraps a KeyboardInterrupt
+    (DuckDB's InvalidInputException "... failed: KeyboardInterrupt"), or anything raised after SIGINT arrived."""
+    msg = str(e)
+    return _SIGINT_SEEN or msg.startswith("Query interrupted") or "KeyboardInterrupt" in msg
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _SIGINT_SEEN
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    _SIGINT_SEEN = False
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, _note_sigint)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return _interrupted(args)
-    except (SourceError, EventSchemaError, OSError, ValueError) as e:
-        # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
-        print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:      # after SourceError, which is one
-        if str(e).startswith("Query interrupted"):     # DuckDB's form of a Ctrl-C that lands inside a query
+    except Exception as e:
+        if _is_interrupt(e):
             return _interrupted(args)
+        if isinstance(e, (SourceError, EventSchemaError, OSError, ValueError)):
+            # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
+            print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
         raise
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _interrupted(args) -> int:

@@ -33,13 +33,18 @@ def test_python_dash_m():
     assert r.returncode == 0 and r.stdout.startswith("omop-behrt ")
 
 
-@pytest.mark.parametrize("how", ["python", "duckdb"])
+@pytest.mark.parametrize("how", ["python", "duckdb", "duckdb-scan"])
 @pytest.mark.parametrize("command", ["extract", "pretrain", "embed"])
 def test_ctrl_c_is_one_line(command, how, monkeypatch, capsys):
-    """Ctrl-C as Python's KeyboardInterrupt, or as DuckDB's "Query interrupted" when it lands inside a query."""
+    """Ctrl-C as Python's KeyboardInterrupt, as DuckDB's "Query interrupted" when it lands inside a query, or as
+    DuckDB's InvalidInputException when it lands while DuckDB scans a registered Arrow object."""
     def interrupted(args):
         if how == "duckdb":
             raise RuntimeError("Query interrupted")
+        if how == "duckdb-scan":
+            import duckdb
+            raise duckdb.InvalidInputException("Invalid Input Error: counting the rows of the object registered as "
+                                               "'p' failed: KeyboardInterrupt: ")
         raise KeyboardInterrupt
     monkeypatch.setitem(cli.COMMANDS, command, interrupted)
     argv = {"extract": ["extract", "--source", "x", "--out", "y"],

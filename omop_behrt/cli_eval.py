@@ -157,6 +157,9 @@ def _run_finetune(args) -> int:
                          patience=args.patience, lr=args.lr, min_steps=args.min_steps, seed=args.seed)
     est.fit(prep.seqs.select(tr), y[tr], eval_set=(prep.seqs.select(va), y[va]))
     est.save(args.out)
+    if est.coverage_ is not None:
+        from .fallback import coverage_line
+        print(coverage_line(est.coverage_))
     m = binary_metrics(y[te], est.predict_proba(prep.seqs.select(te))[:, 1], n_boot=200, curves=False)
     best = (f"best val AUROC {est.best_score_:.3f}" if est.early_stopping == "auroc" else
             f"best val loss {-est.best_score_:.3f}")
@@ -313,13 +316,17 @@ def _run_check_shareable(args) -> int:
     return 1
 
 
+from .cli_bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
+
 COMMANDS = {"task": _run_task, "finetune": _run_finetune, "evaluate": _run_evaluate,
-            "check-shareable": _run_check_shareable}
+            "check-shareable": _run_check_shareable, **_BENCH_COMMANDS}
 
 
 def add_parsers(sub) -> None:
-    """Declare the prediction subcommands (and check-shareable) on cli.py's subparsers."""
+    """Declare the prediction subcommands (and check-shareable, benchmark) on cli.py's subparsers."""
+    from .cli_bench import add_parsers as add_benchmark
     _add_task(sub)
     _add_finetune(sub)
     _add_evaluate(sub)
+    add_benchmark(sub)
     _add_check_shareable(sub)

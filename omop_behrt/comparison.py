@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -70,6 +70,15 @@ class Prepared:
     model: object = None          # the loaded omop_behrt.model.Behrt (loaded once, shared by the methods)
     leakage: str | None = None    # tasks.pretraining_overlap's warning: the encoder saw outcome-window events
     text: object = None           # omop_behrt.embed.EmbeddingResult of the text encoder (row i = task row i), or None
+
+    def subset(self, rows: np.ndarray, task: Task) -> "Prepared":
+        """The same preparation for some of its rows, labelled by another task (a suite: one preparation, many
+        tasks at the same index rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        text = None if self.text is None else replace(
+            self.text, index=self.text.index.take(pa.array(rows)), vectors=np.asarray(self.text.vectors)[rows],
+            has_history=np.asarray(self.text.has_history)[rows])
+        return replace(self, task=task, seqs=self.seqs.select(rows), text=text)
 
 
 def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None = None,

@@ -35,6 +35,7 @@ LOCAL = frozenset({
     "report/characteristics_codes.sql", "report/characteristics_groups.sql", "report/characteristics_sex.sql",
     "serialize/coverage.sql", "serialize/headers.sql", "serialize/lines_domain.sql", "serialize/lines_visit.sql",
     "serialize/lines_notes.sql", "serialize/macros.sql", "serialize/notes.sql", "serialize/texts.sql",
+    "suite/deaths.sql", "suite/labels.sql", "suite/outcomes.sql", "suite/spans.sql", "suite/event_days.sql",
     "tasks/pretraining_overlap.sql",
     "vocab/ancestor_level.sql", "vocab/ancestor_set.sql", "vocab/caliber_codes.sql", "vocab/caliber_map.sql",
     "vocab/concept_tokens.sql", "vocab/coverage_inferred.sql", "vocab/coverage_keys.sql",

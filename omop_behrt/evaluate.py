@@ -269,6 +269,45 @@ def _newton_weighted(X: np.ndarray, y: np.ndarray, w: np.ndarray, offset: np.nda
     return beta
 
 
+def _ranking(w: np.ndarray, ys: np.ndarray, order: np.ndarray, starts: np.ndarray, pos_w: np.ndarray,
+             neg_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision under row weights w (B, n), rows sorted by score (``order``, tie ``starts``)."""
+    ws = w[:, order]
+    gp = np.add.reduceat(ws * ys, starts, axis=1)                                 # positives per tie group
+    gn = np.add.reduceat(ws * (1 - ys), starts, axis=1)
+    below = np.cumsum(gn, axis=1) - gn                                            # negatives scored lower
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (gp * (below + 0.5 * gn)).sum(1) / (pos_w * neg_w)
+        tp, fp = np.cumsum(gp[:, ::-1], axis=1), np.cumsum(gn[:, ::-1], axis=1)  # thresholds high to low
+        prec = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+        auprc = (gp[:, ::-1] * prec).sum(1) / pos_w
+    return auroc, auprc
+
+
+def ranking_bootstrap(y: np.ndarray, p: np.ndarray, draws: np.ndarray, chunk_cells: int = 4_000_000
+                      ) -> dict[str, np.ndarray]:
+    """AUROC and average precision on the resamples ``draws`` ((B, n) row indices; see :func:`_resamples`), NaN
+    where a resample has one class. The same draws for every method of a task make a paired bootstrap."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    n = len(y)
+    order = np.argsort(p, kind="stable")
+    ys, ps = y[order].astype(float), p[order]
+    starts = np.r_[0, np.flatnonzero(ps[1:] != ps[:-1]) + 1] if n else np.zeros(0, np.int64)
+    out: dict[str, list] = {"auroc": [], "auprc": []}
+    step = max(1, chunk_cells // max(n, 1))
+    for c in range(0, len(draws), step):
+        d = draws[c:c + step]
+        w = np.zeros((len(d), n))
+        np.add.at(w, (np.repeat(np.arange(len(d)), n), d.ravel()), 1.0)
+        pos_w = w @ y
+        auroc, auprc = _ranking(w, ys, order, starts, pos_w, n - pos_w)
+        one_class = (pos_w == 0) | (pos_w == n)
+        auroc[one_class], auprc[one_class] = np.nan, np.nan
+        out["auroc"].append(auroc)
+        out["auprc"].append(auprc)
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
 def bootstrap_points(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int = 0, chunk_cells: int = 4_000_000
                      ) -> dict[str, np.ndarray]:
     """:func:`_point`'s metrics on ``n_boot`` seeded resamples, vectorised (replicates as row-weight vectors).
@@ -297,14 +336,9 @@ def bootstrap_points(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int = 0, c
         if not len(w):
             continue
         neg_w = n - pos_w
-        ws = w[:, order]
-        gp = np.add.reduceat(ws * ys, starts, axis=1)                             # positives per tie group
-        gn = np.add.reduceat(ws * (1 - ys), starts, axis=1)
-        below = np.cumsum(gn, axis=1) - gn                                        # negatives scored lower
-        out["auroc"].append((gp * (below + 0.5 * gn)).sum(1) / (pos_w * neg_w))
-        tp, fp = np.cumsum(gp[:, ::-1], axis=1), np.cumsum(gn[:, ::-1], axis=1)  # thresholds high to low
-        prec = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
-        out["auprc"].append((gp[:, ::-1] * prec).sum(1) / pos_w)
+        auroc, auprc = _ranking(w, ys, order, starts, pos_w, neg_w)
+        out["auroc"].append(auroc)
+        out["auprc"].append(auprc)
         out["brier"].append(w @ (p - y) ** 2 / n)
         out["calibration_intercept"].append(_newton_weighted(X1, y, w, lp)[:, 0])
         out["calibration_slope"].append(_newton_weighted(X2, y, w, np.zeros(n))[:, 1])

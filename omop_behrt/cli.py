@@ -253,13 +253,19 @@ def _add_pretrain(sub) -> None:
                        description="Tokenise an event directory (vocabulary from training persons only) and "
                                    "pretrain a BEHRT encoder; --out becomes a model directory.")
     p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
-    p.add_argument("--vocab", default="source", help="token vocabulary (source, concept, caliber, ...; see "
-                                                     "`omop-behrt vocab list`)")
+    p.add_argument("--vocab", help="token vocabulary (source, the default; concept, caliber, ...; see "
+                                   "`omop-behrt vocab list`); with --init the init model's")
     p.add_argument("--out", required=True, help="model directory to write: config.json, model.safetensors, "
                    "tokens.json, metadata.json, metrics.json; nothing per person (shareable)")
     p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
                    "the run's fingerprint go (default: <out>.work beside --out)")
-    p.add_argument("--config", default="tiny", help="tiny, behrt (the paper's shape) or a config.json")
+    p.add_argument("--config", help="tiny (default), behrt (the paper's shape) or a config.json; with --init the "
+                                    "init model's (a different one is an error)")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="continued pretraining: start from this model directory's weights (another site's, say), "
+                        "with its configuration and --vocab, its token vocabulary extended by the local tokens seen "
+                        "in at least --min-count training persons that it lacks; metadata.json records its model "
+                        "id (not its path) and the extension counts")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training persons")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: 16384; 4096 for tiny)")
@@ -292,7 +298,14 @@ def _run_pretrain(args) -> int:
                    epochs=args.epochs, max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr,
                    plos=args.plos, sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                   threads=args.threads, progress=not args.quiet, precision=args.precision)
+                   threads=args.threads, progress=not args.quiet, precision=args.precision, init=args.init)
+    if args.init and res.get("finished"):
+        from .fallback import coverage_line
+        ext = json.loads((Path(args.out) / "metadata.json").read_text()).get("vocab_extension") or {}
+        if ext:
+            print(f"--init: {ext['init_tokens']:,} tokens of the init model + {ext['added_tokens']:,} local ones "
+                  f"({ext['added_from_ancestor']:,} started at a known ancestor's vector, {ext['added_from_mean']:,} "
+                  f"at the mean); init model alone: {coverage_line(ext['init_coverage'])}", file=sys.stderr)
     print(json.dumps(res, indent=2))
     print(f"model directory: {args.out}")
     return 0
@@ -551,6 +564,13 @@ def _add_embed(sub) -> None:
                         "dates, model, pooling, --inclusive, precision or --chunk-persons changed")
     p.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another writer of the same --out target")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="--encoder behrt: a code the model never saw becomes [UNK], exactly as in training "
+                        "(default: its nearest ancestor the model knows: concept_ancestor of a CDM --source, ICD "
+                        "prefixes, CALIBER chapters); the coverage line says how many events either way")
+    p.add_argument("--vocab-cdm", metavar="CDM",
+                   help="--encoder behrt with an event-directory --source: a CDM (DuckDB file, URL, export folder) "
+                        "whose concept_ancestor the fallback uses, as a CDM --source lends its own")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -602,7 +622,8 @@ def _run_embed(args) -> int:
         res = embed_cohort(args.model, args.source, index, pooling=args.pooling, inclusive=args.inclusive,
                            cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
                            chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
-                           resume=args.resume, progress=not args.quiet, precision=args.precision)
+                           resume=args.resume, progress=not args.quiet, precision=args.precision,
+                           fallback=not args.no_fallback, vocab_cdm=args.vocab_cdm)
         info = export.EmbeddingModelInfo.of_model_dir(args.model, res.provenance["model_checksum"],
                                                       res.vectors.shape[1])
     seconds = time.perf_counter() - t0
@@ -613,6 +634,9 @@ def _run_embed(args) -> int:
                                 provenance=prov, allow_cdm_schema=args.allow_cdm_schema,
                                 lock_timeout=args.lock_timeout)
     sk = res.provenance["skipped"]
+    if "coverage" in res.provenance:
+        from .fallback import coverage_line
+        print(coverage_line(res.provenance["coverage"]))
     print(f"embedded {res.provenance['embedded']:,} of {index.num_rows:,} cohort entries in {seconds:.1f} s "
           f"({index.num_rows / max(seconds, 1e-9):,.0f} patients/s, {res.provenance['device']})")
     print(f"skipped: {sk['no history before index']:,} without history before the index date, "

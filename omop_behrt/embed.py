@@ -134,12 +134,25 @@ def cut_times(index: pa.Table, inclusive: bool = False) -> np.ndarray:
 
 
 def index_sequences(tokens: pa.Table, persons: pa.Table, visits: pa.Table, model, subject_id: np.ndarray,
-                    cut: np.ndarray):
-    """Tokenise each (subject, cut) row with the model's vocabulary; returns (sequences, sequence of each row)."""
+                    cut: np.ndarray, *, fallback: bool = True, cdm=None, mapping: pa.Table | None = None):
+    """Tokenise each (subject, cut) row with the model's vocabulary; returns (sequences, sequence of each row).
+
+    A token the model lacks falls back to its nearest ancestor the model knows (:mod:`omop_behrt.fallback`;
+    ``cdm``, an OmopCdm or a CDM path/URL, lends concept_ancestor), unless ``fallback=False``; the coverage
+    (shares of the rows' events in the model as they are, through the fallback, [UNK]) is in
+    ``sequences.meta["coverage"]``. ``mapping``: a fallback mapping already made (coverage then not counted).
+    """
+    from .fallback import apply, replace
     from .tokenizer import tokenize
     cutoff = pa.table({"subject_id": pa.array(subject_id, pa.int64()), "index_time": pa.array(cut, pa.timestamp("us"))})
+    if mapping is None:
+        tokens, cov, _ = apply(tokens, model.vocab, cdm=cdm, fallback=fallback, cutoff=cutoff)
+    else:
+        tokens, cov = replace(tokens, mapping), None
     seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len, age_unit=model.config.age_unit,
-                    cutoff=cutoff, visits=visits)
+                    cutoff=cutoff, visits=visits, time_tokens=model.config.time_tokens)
+    if cov is not None:
+        seqs.meta["coverage"] = cov
     return seqs, _match_rows(seqs.subject_id, seqs.index_time, subject_id, cut)
 
 
@@ -147,12 +160,16 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                  cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
                  chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
                  resume: bool = False, progress: bool = True, precision: str = "auto",
-                 model=None) -> EmbeddingResult:
+                 model=None, fallback: bool = True, vocab_cdm=None) -> EmbeddingResult:
     """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
 
     ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
     directory. Tokens are mapped once (sorted by subject, so each chunk reads only its own shards);
     ``work_dir`` keeps the censored events, tokens and finished chunks (``resume=True`` reuses them).
+    A code the model never saw falls back to its nearest ancestor the model knows (concept_ancestor of a CDM
+    source, or of ``vocab_cdm`` for an event-directory source; ICD prefixes; CALIBER chapters. ``fallback=False``:
+    [UNK], exactly as the model was trained); the provenance's ``coverage`` says what share of the site's events
+    the model covers.
     """
     from .model import Behrt
     from .batches import resolve_device
@@ -167,7 +184,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     effective = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
     fingerprint = run_fingerprint(source, index, checksum or f"vocab {model.vocab.sha256}", pooling=pooling,
                                   inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
-                                  cdm_schema=cdm_schema, vocab_schema=vocab_schema)
+                                  cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
+                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None)
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
@@ -188,14 +206,15 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
         return _embed_run(model, model_dir, source, index, work, tmp, fingerprint, checksum, vocab_name, dev, t0,
                           pooling=pooling, inclusive=inclusive, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                           batch_tokens=batch_tokens, chunk_persons=chunk_persons, resume=resume, progress=progress,
-                          precision=precision)
+                          precision=precision, fallback=fallback, vocab_cdm=vocab_cdm)
 
 
 def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path | None, fingerprint: dict,
                checksum: str | None, vocab_name: str, dev, t0: float, *, pooling: str, inclusive: bool,
                cdm_schema: str | None, vocab_schema: str | None, batch_tokens: int, chunk_persons: int,
-               resume: bool, progress: bool, precision: str) -> EmbeddingResult:
+               resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None) -> EmbeddingResult:
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
+    from .fallback import site_fallback
     from .tokenizer import visit_table
     from .vocab import map_events
     try:
@@ -210,6 +229,11 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
         tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
         row_subject = index["subject_id"].to_numpy()
         row_cut = cut_times(index, inclusive)
+        t_fb = time.perf_counter()
+        mapping, cov = site_fallback(tokens_ds, model.vocab, row_subject, row_cut,
+                                     cdm=cdm if cdm is not None else vocab_cdm,
+                                     cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback)
+        cov["seconds"] = round(time.perf_counter() - t_fb, 3)
         subjects = np.unique(row_subject)
         n_chunks = max(1, -(-len(subjects) // chunk_persons))
         vectors = np.zeros((index.num_rows, model.config.hidden), dtype=np.float32)
@@ -229,7 +253,8 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                 mine = ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64()))
                 tokens = tokens_ds.to_table(filter=mine)
                 visits = visit_table(events.events().filter(mine))
-                seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows])
+                seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],
+                                                   mapping=mapping)
                 vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
                                       precision=precision)
                 vectors[rows] = vec[seq_of_row]
@@ -247,7 +272,8 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                 "rows": index.num_rows, "embedded": int(has_history.sum()),
                 "skipped": {"no history before index": int((~has_history).sum()) - skipped_unknown,
                             "subject not in source": skipped_unknown},
-                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev), "precision": precision}
+                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev), "precision": precision,
+                "fallback": bool(fallback), "coverage": cov}
         return EmbeddingResult(index, vectors, has_history, prov)
     finally:
         if tmp is not None:

@@ -45,11 +45,15 @@ def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str 
 
 
 def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
-                    chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None) -> dict:
+                    chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None,
+                    fallback: bool = True, vocab_cdm=None) -> dict:
     """Every input that changes an embedding run's vectors; a resume must find the same values."""
-    return {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
-            "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
-            "precision": precision, "chunk_persons": int(chunk_persons)}
+    fp = {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
+          "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
+          "precision": precision, "chunk_persons": int(chunk_persons), "fallback": bool(fallback)}
+    if vocab_cdm is not None:
+        fp["vocab_cdm"] = source_fingerprint(vocab_cdm, None, vocab_schema)
+    return fp
 
 
 RUN_FILE = "embed_run.json"

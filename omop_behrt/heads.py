@@ -193,6 +193,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         if self.early_stopping not in EARLY_STOPPING:
             raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
         Y = self._targets(y)
+        # what share of the site's events the (possibly foreign) encoder covers: aggregates, from the tokenising
+        self.coverage_ = (X.meta or {}).get("coverage")
         if eval_set is None:
             val = np.random.default_rng(self.seed).random(len(X)) < self.val_fraction
             Xv, Yv = X.select(np.flatnonzero(val)), Y[val]
@@ -319,7 +321,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         head = {"class": type(self).__name__, "params": {k: v for k, v in self.get_params().items()
                                                          if k != "model_dir"} | {"model_dir": model_dir},
                 "n_outputs": self.n_outputs_, "history": self.history_, "best_score": self.best_score_,
-                "calibration": getattr(self, "calibration_", None), "vocab_sha256": self.vocab_.sha256}
+                "calibration": getattr(self, "calibration_", None), "vocab_sha256": self.vocab_.sha256,
+                "coverage": getattr(self, "coverage_", None)}
         write_json(asdict(self.model_.encoder.config), path / "config.json")    # as Behrt.save writes it
         write_json(head, path / "head.json")
         return path
@@ -343,6 +346,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         est.vocab_, est.n_outputs_, est.history_ = enc.vocab, head["n_outputs"], head["history"]
         est.best_score_ = head["best_score"]
         est.calibration_ = head.get("calibration") or {"a": 1.0, "b": 0.0, "how": "none"}
+        est.coverage_ = head.get("coverage")
         est.classes_ = np.arange(2) if not est._multilabel else np.arange(est.n_outputs_)
         return est
 

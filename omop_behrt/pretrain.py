@@ -58,19 +58,26 @@ def validation_mask(subject_id: np.ndarray, val_fraction: float, seed: int) -> n
 
 
 def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: BehrtConfig, *, min_count: int = 10,
-            val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year") -> tuple[TokenVocabulary, dict]:
+            val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year",
+            init_vocab: TokenVocabulary | None = None) -> tuple[TokenVocabulary, dict]:
     """Tokenise once: vocabulary from training persons only; train/val sequences, tokens and summary to ``data``.
 
     ``data`` is in the work directory: the sequences are per person. The summary holds aggregates only
-    (counts, first and last year), as it goes into the shareable metadata.json.
+    (counts, first and last year), as it goes into the shareable metadata.json. ``init_vocab`` (continued
+    pretraining): the vocabulary is that one extended by the local tokens it lacks (:func:`extend_vocabulary`),
+    and a local token in neither falls back to its nearest ancestor the vocabulary knows.
     """
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
     tokens, coverage = token_table(ev, vocab)
     persons = ev.persons()
     is_val = validation_mask(tokens.column("subject_id").to_numpy(), val_fraction, seed)
     train_tokens = tokens.filter(pa.array(~is_val))
-    tv = TokenVocabulary.build(train_tokens, min_count=min_count)
-    seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev))
+    extension = None
+    tv = TokenVocabulary.build(train_tokens, min_count=min_count, time_tokens=config.time_tokens)
+    if init_vocab is not None:
+        tv, extension, tokens = continue_vocabulary(init_vocab, tv, tokens)
+    seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev),
+                    time_tokens=config.time_tokens)
     val = validation_mask(seqs.subject_id, val_fraction, seed)
     if not (~val).any():
         raise ValueError(f"{ev.path}: no training persons with a mapped event under vocabulary {vocab!r} "
@@ -86,9 +93,57 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
                "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
                "censored_at": (ev.manifest.get("fingerprint") or {}).get("index_dates"),
                "coverage": coverage}
+    if extension is not None:
+        summary["vocab_extension"] = extension
     tv.save(data / "tokens.json")
     (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return tv, summary
+
+
+def extend_vocabulary(init: TokenVocabulary, local: TokenVocabulary) -> TokenVocabulary:
+    """The init model's vocabulary (same ids) followed by the local tokens it lacks (seen in >= min_count local
+    persons), most frequent first; counts are each token's persons where it was counted (shareable both)."""
+    known = set(init.tokens)
+    added = [(t, c) for t, c in zip(local.tokens, local.counts) if t not in known]
+    return TokenVocabulary(list(init.tokens) + [t for t, _ in added], list(init.counts) + [c for _, c in added],
+                           min_count=min(init.min_count, local.min_count), persons=local.persons)
+
+
+def continue_vocabulary(init: TokenVocabulary, local: TokenVocabulary, tokens: pa.Table
+                        ) -> tuple[TokenVocabulary, dict, pa.Table]:
+    """Continued pretraining's vocabulary, what it added (counts only) and the local tokens with the fallback
+    applied (a token rare here and unknown to the init model becomes its nearest known ancestor)."""
+    from .fallback import apply, fallback_map
+    tv = extend_vocabulary(init, local)
+    new = pa.array(tv.tokens[len(init):], pa.string())
+    from_ancestor = fallback_map(new, init).num_rows
+    _, init_cov, _ = apply(tokens, init)          # what the init model alone covers of the local events
+    tokens, cov, _ = apply(tokens, tv)
+    return tv, {"init_tokens": len(init), "added_tokens": len(new), "added_from_ancestor": from_ancestor,
+                "added_from_mean": len(new) - from_ancestor, "init_coverage": init_cov, "coverage": cov}, tokens
+
+
+def init_weights(core: Behrt, init: Behrt, tv: TokenVocabulary) -> None:
+    """Start ``core`` from the init model's weights; the code-embedding rows (and MLM biases) of the tokens the
+    vocabulary added start at their nearest known ancestor's, else at the mean of the init model's code rows."""
+    from .fallback import fallback_map
+    n = len(init.vocab)
+    if tv.tokens[:n] != init.vocab.tokens:
+        raise ValueError("internal error: the extended vocabulary does not start with the init model's tokens")
+    state = {k: v.detach().clone() for k, v in init.state_dict().items()}
+    emb, bias = state["embeddings.code.weight"], state["mlm_bias"]
+    codes = torch.as_tensor(np.asarray(init.vocab.counts) > 0)
+    rows = emb[codes].mean(0, keepdim=True).repeat(len(tv) - n, 1)
+    biases = bias[codes].mean().repeat(len(tv) - n)
+    m = fallback_map(pa.array(tv.tokens[n:], pa.string()), init.vocab)
+    if m.num_rows:
+        new_pos = pc.index_in(m.column("token"), value_set=pa.array(tv.tokens[n:], pa.string())).to_numpy()
+        anc = torch.as_tensor(init.vocab.encode(m.column("fallback")).astype(np.int64))
+        rows[torch.as_tensor(new_pos)] = emb[anc]
+        biases[torch.as_tensor(new_pos)] = bias[anc]
+    state["embeddings.code.weight"] = torch.cat([emb, rows])
+    state["mlm_bias"] = torch.cat([bias, biases])
+    core.load_state_dict(state)
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
@@ -209,14 +264,15 @@ class Interrupt:
         return bool(flag.item())
 
 
-def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Path = "model",
-             config: str | BehrtConfig = "tiny", *, epochs: int = 10, max_steps: int | None = None,
+def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str | Path = "model",
+             config: str | BehrtConfig | None = None, *, epochs: int = 10, max_steps: int | None = None,
              stop_after: int | None = None, batch_tokens: int | None = None, lr: float = 5e-4,
              warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0, plos: bool = False,
              plos_weight: float = 1.0, sex: bool = False, min_count: int = 10, val_fraction: float = 0.1,
              seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
              log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
-             age_unit: str = "year", precision: str = "auto", work_dir: str | Path | None = None) -> dict[str, Any]:
+             age_unit: str | None = None, precision: str = "auto", work_dir: str | Path | None = None,
+             init: str | Path | None = None) -> dict[str, Any]:
     """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
 
     ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
@@ -224,7 +280,14 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     (default ``<out>.work``) exactly, and refuses when there is none or when an input or setting that changes
     the result differs from the first run's. ``batch_tokens`` is the padded-token budget per batch (default
     16k; 4k for tiny). ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` (autocast on
-    CPU too; fast on CPUs with AVX512-BF16/AMX) or ``fp32``.
+    CPU too; fast on CPUs with AVX512-BF16/AMX) or ``fp32``. ``vocab`` defaults to ``source``, ``config`` to
+    ``tiny``, ``age_unit`` to ``year``.
+
+    ``init`` (a model directory, perhaps another site's): continued pretraining from its weights, with its
+    configuration and vocabulary spec (a ``config``, ``vocab``, ``age_unit``, ``plos`` or ``sex`` that
+    disagrees is an error), its token vocabulary extended by the local tokens seen in >= ``min_count`` local
+    training persons that it lacks (new rows start at their nearest known ancestor's, else the mean).
+    metadata.json records the init model's id and the extension counts, never its path.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
@@ -243,10 +306,15 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
     if min_count < 10:
         warnings.warn(f"min_count {min_count} < 10: tokens seen in so few persons are in tokens.json, so the model "
                       "directory is not shareable under the default rule", stacklevel=2)
-    cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
-    cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
-                                 "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
-                                 "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+    init_model = None
+    if init is not None:
+        init_model, cfg, vocab = _init_model(init, config, vocab, plos=plos, sex=sex, age_unit=age_unit)
+    else:
+        vocab, age_unit = vocab or "source", age_unit or "year"
+        cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config or "tiny")
+        cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
+                                     "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
+                                     "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
     world = int(os.environ.get("WORLD_SIZE", 1))
     budget = batch_tokens or (4096 if cfg.hidden <= 128 else 16384)
     fingerprint = {"events": events_fingerprint(ev.path), "vocab": vocab, "config": asdict(cfg),
@@ -254,17 +322,52 @@ def pretrain(events: str | Path | EventDir, vocab: str = "source", out: str | Pa
                    "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "clip": clip,
                    "plos_weight": plos_weight, "epochs": epochs, "max_steps": max_steps, "precision": precision,
                    "world_size": world}
+    if init_model is not None:                 # its id (sha256 of config, tokens, weights), never its path
+        fingerprint["init_model"] = init_model.metadata["model_id"]
     run = check_resume(work, fingerprint, out) if resume else None
     rank = int(os.environ.get("RANK", 0))
     with work_dir_lock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
         return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
                       compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
-                      progress=progress)
+                      progress=progress, init=init_model)
+
+
+ARCHITECTURE = ("hidden", "layers", "heads", "intermediate", "max_len", "n_segments", "dropout", "attn_dropout",
+                "use_age", "use_segment", "use_position", "norm_eps", "init_std")
+
+
+def _init_model(init: str | Path, config, vocab: str | None, *, plos: bool, sex: bool, age_unit: str | None
+                ) -> tuple[Behrt, BehrtConfig, str]:
+    """The init model of continued pretraining (verified), its configuration and vocabulary spec, after checking
+    that nothing asked for disagrees with them."""
+    model = Behrt.load(init)
+    if "model_id" not in model.metadata:
+        from .model import model_id
+        model.metadata["model_id"] = model_id(init)
+    icfg = model.config
+    clash = []
+    if config is not None:
+        asked = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
+        clash += [f"{k} {getattr(asked, k)} (init model: {getattr(icfg, k)})" for k in ARCHITECTURE
+                  if getattr(asked, k) != getattr(icfg, k, None)]
+    if plos and not icfg.plos:
+        clash.append("plos (the init model has no PLOS head)")
+    if sex and "sex" not in icfg.extras:
+        clash.append("sex (the init model has no sex embedding)")
+    if age_unit is not None and age_unit != icfg.age_unit:
+        clash.append(f"age_unit {age_unit} (init model: {icfg.age_unit})")
+    ivocab = model.metadata.get("vocab", "source")
+    if vocab is not None and vocab != ivocab:
+        clash.append(f"vocab {vocab!r} (init model: {ivocab!r})")
+    if clash:
+        raise ValueError(f"--init {init}: continued pretraining keeps the init model's configuration and "
+                         f"vocabulary, but these options disagree with it: {'; '.join(clash)}. Leave them out")
+    return model, BehrtConfig.from_dict(asdict(icfg)), ivocab
 
 
 def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | None, fingerprint: dict, *,
            stop_after: int | None, device: str, compile: bool, checkpoint_every: int, log_every: int,
-           threads: int | None, progress: bool) -> dict[str, Any]:
+           threads: int | None, progress: bool, init: Behrt | None = None) -> dict[str, Any]:
     """The run itself, under the work directory's lock: tokenise (or reload), train, checkpoint, save."""
     ckpt, data, metrics_file = work / CHECKPOINT, work / "data", work / "metrics.jsonl"
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -293,7 +396,8 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
             ckpt.unlink(missing_ok=True)       # a fresh run: an older checkpoint must never be resumed into it
             metrics_file.unlink(missing_ok=True)
             tv, summary = prepare(ev, fp["vocab"], data, cfg, min_count=fp["min_count"],
-                                  val_fraction=fp["val_fraction"], seed=fp["seed"], age_unit=cfg.age_unit)
+                                  val_fraction=fp["val_fraction"], seed=fp["seed"], age_unit=cfg.age_unit,
+                                  init_vocab=init.vocab if init is not None else None)
         if world > 1:
             torch.distributed.barrier()
             if rank != 0:                      # rank 0 tokenised; the others read what it wrote
@@ -315,7 +419,10 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                "log_every": log_every, "world_size": world, "precision": fp["precision"], "fingerprint": fp}
 
     torch.manual_seed(run["seed"])
-    core = Behrt(cfg).to(dev)
+    core = Behrt(cfg)
+    if init is not None and not resuming:
+        init_weights(core, init, tv)
+    core = core.to(dev)
     opt = optimizer_for(core, run["lr"], run["weight_decay"])
     gen = torch.Generator(device=dev).manual_seed(run["seed"] + rank)
     state = {"step": 0, "epoch": 0, "batch": 0}
@@ -412,6 +519,11 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                 | {"steps": step, "events_fingerprint": run["fingerprint"]["events"]},
                 "metrics": {k: v for k, v in result.items() if k.startswith("val")},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if "init_model" in run["fingerprint"]:
+            meta["init_model"] = {"model_id": run["fingerprint"]["init_model"],
+                                  **{k: (init.metadata.get(k) if init is not None else None) for k in
+                                     ("vocab", "vocab_sha256", "vocab_size", "library_version", "created_at")}}
+            meta["vocab_extension"] = summary.get("vocab_extension")
         core.save(out, tv, meta)
         curve = [json.loads(r) for r in metrics_file.read_text().splitlines()]
         write_json(curve, out / "metrics.json")               # JSON (not JSONL): check-shareable reads it through

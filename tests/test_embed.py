@@ -31,8 +31,9 @@ def test_no_leakage_after_index(cdm, tiny_model, eunomia_events):
     ix = cohorts.CohortTable(cdm, "results").read(1)
     before = embed_cohort(tiny_model, cdm, ix, progress=False, device="cpu")
     assert before.vectors.shape == (479, 64) and before.has_history.all()
-    # the same vectors from the already-extracted event directory (censoring then in the tokenizer)
-    same = embed_cohort(tiny_model, eunomia_events, ix, progress=False, device="cpu")
+    # the same vectors from the already-extracted event directory (censoring then in the tokenizer), the CDM
+    # lending its concept_ancestor to the fallback as the CDM source did
+    same = embed_cohort(tiny_model, eunomia_events, ix, progress=False, device="cpu", vocab_cdm=cdm)
     assert np.array_equal(before.vectors, same.vectors)
     # plant events on and after every index date: nothing may change
     con = duckdb.connect(str(cdm))

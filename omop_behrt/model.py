@@ -1,6 +1,7 @@
 """The BEHRT encoder (Li et al. 2020) in plain PyTorch, one readable file.
 
-Embeddings = code + age + segment + position (fixed sinusoidal) [+ extras such as sex], LayerNorm, dropout;
+Embeddings = code + age + segment + position (fixed sinusoidal) [+ extras such as sex], LayerNorm, dropout
+(``time_tokens``: CEHR-BERT time-gap tokens are codes of the token vocabulary, see :mod:`omop_behrt.tokenizer`);
 N pre-norm encoder blocks on ``F.scaled_dot_product_attention`` with a padding mask; GELU; an MLM head tied
 to the code embeddings; a pooler over [CLS]; an optional Med-BERT PLOS head. A model directory holds
 config.json, model.safetensors, tokens.json and metadata.json (no pickles) and nothing per person; its model
@@ -46,6 +47,7 @@ class BehrtConfig:
     use_position: bool = True
     extras: dict[str, int] = field(default_factory=dict)   # per-sequence extra embeddings, e.g. {"sex": 3}
     plos: bool = False                      # Med-BERT prolonged-length-of-stay head on [CLS]
+    time_tokens: bool = False               # CEHR-BERT time-gap tokens between visits (in the token vocabulary)
     norm_eps: float = 1e-12
     init_std: float = 0.02
 
@@ -248,6 +250,9 @@ class Behrt(nn.Module):
         except (ValueError, TypeError) as e:
             raise ModelIntegrityError(f"{path}/config.json: {e}") from None
         check_shapes(path, cfg, vocab)
+        if cfg.time_tokens != vocab.has_time_tokens:
+            raise ModelIntegrityError(f"{path}: config.json says time_tokens={cfg.time_tokens} but tokens.json "
+                                      f"{'holds' if vocab.has_time_tokens else 'lacks'} the time-gap tokens")
         model = cls(cfg)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         model.vocab, model.metadata = vocab, meta

@@ -8,6 +8,12 @@ Every token carries an age (years at the visit; months as an option), a segment 
 and a position (the visit index). [CLS] shares the first visit's attributes, each [SEP] those of the visit it
 closes. Too-long histories keep the most recent visits within ``max_len``. The work is one DuckDB query over
 the whole token table (sort once, window functions), never a per-person Python loop.
+
+With ``time_tokens`` (CEHR-BERT's artificial time tokens, Pang et al. 2021), the gap between two visits' starts
+goes in as one token before the later visit: ``[W0]``..``[W3]`` (weeks, under 28 days), ``[M1]``..``[M11]``
+(months of 30 days, under 360 days), ``[LT]`` (longer). It carries the age, segment and position of the visit
+it precedes; the first kept visit has none. The vocabulary holds them right after the specials
+(``TokenVocabulary.build(..., time_tokens=True)``); a vocabulary without them tokenises exactly as before.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import pyarrow.dataset as ds
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
+#: CEHR-BERT's time-gap tokens (weeks under 28 days, months under 360, longer): structural, counted in no person
+TIME_TOKENS = ("[W0]", "[W1]", "[W2]", "[W3]") + tuple(f"[M{m}]" for m in range(1, 12)) + ("[LT]",)
 
 
 @dataclass
@@ -39,8 +47,12 @@ class TokenVocabulary:
     _index: pa.Array | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, tokens: pa.Table, min_count: int = 10) -> "TokenVocabulary":
-        """Count distinct persons per token (DuckDB) and keep tokens seen in >= ``min_count`` of them."""
+    def build(cls, tokens: pa.Table, min_count: int = 10, time_tokens: bool = False) -> "TokenVocabulary":
+        """Count distinct persons per token (DuckDB) and keep tokens seen in >= ``min_count`` of them.
+
+        ``time_tokens``: :data:`TIME_TOKENS` follow the specials (count 0 like them: they name no code).
+        """
+        fixed = list(SPECIALS) + (list(TIME_TOKENS) if time_tokens else [])
         t = tokens.select(["subject_id", "token"])
         con = duckdb.connect()
         con.register("t", t)
@@ -48,10 +60,10 @@ class TokenVocabulary:
             SELECT token, count(DISTINCT subject_id) AS n FROM t
             WHERE token IS NOT NULL AND token NOT IN (SELECT unnest(?))
             GROUP BY token HAVING count(DISTINCT subject_id) >= ? ORDER BY n DESC, token""",
-                           [list(SPECIALS), min_count]).fetchall()
+                           [fixed, min_count]).fetchall()
         persons = con.execute("SELECT count(DISTINCT subject_id) FROM t").fetchone()[0]
         con.close()
-        return cls(list(SPECIALS) + [r[0] for r in rows], [0] * len(SPECIALS) + [int(r[1]) for r in rows],
+        return cls(fixed + [r[0] for r in rows], [0] * len(fixed) + [int(r[1]) for r in rows],
                    min_count=min_count, persons=int(persons))
 
     def __len__(self) -> int:
@@ -71,6 +83,11 @@ class TokenVocabulary:
         if isinstance(ids, pa.ChunkedArray):
             ids = ids.combine_chunks()
         return ids.to_numpy(zero_copy_only=False).astype(np.int32)
+
+    @property
+    def has_time_tokens(self) -> bool:
+        """Whether :data:`TIME_TOKENS` follow the specials (the vocabulary of a model trained with them)."""
+        return tuple(self.tokens[len(SPECIALS):len(SPECIALS) + len(TIME_TOKENS)]) == TIME_TOKENS
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """Ids -> token strings."""
@@ -108,7 +125,8 @@ class TokenVocabulary:
         if [v["id"] for _, v in items] != list(range(len(items))) or tuple(k for k, _ in items[:5]) != SPECIALS:
             raise ValueError(f"{path}: token ids must be 0..n-1 with {SPECIALS} first")
         counts, min_count = [int(v["persons"]) for _, v in items], int(d["min_count"])
-        rare = sum(c < min_count for c in counts[len(SPECIALS):])
+        rare = sum(c < min_count for (k, _), c in zip(items[len(SPECIALS):], counts[len(SPECIALS):])
+                   if k not in TIME_TOKENS)
         if rare:                                # only an edited file can hold them: build() drops them
             raise ValueError(f"{path}: {rare} tokens have a person count below min_count {min_count}; "
                              "a token vocabulary holds only tokens seen in at least min_count persons")
@@ -193,7 +211,8 @@ def visit_table(events: Any) -> pa.Table:
 
 def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max_len: int = 256,
              age_unit: str = "year", cutoff: pa.Table | None = None, inclusive: bool = False,
-             visits: pa.Table | None = None, plos_days: float = 7.0, dedupe: bool = True) -> Sequences:
+             visits: pa.Table | None = None, plos_days: float = 7.0, dedupe: bool = True,
+             time_tokens: bool | None = None) -> Sequences:
     """Token table (subject_id, time, visit_id, token) -> :class:`Sequences`, one query, deterministic.
 
     ``cutoff`` (subject_id, index_time): one sequence per row, seeing only events strictly before index_time
@@ -201,11 +220,19 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
     one sequence per person present in ``tokens``. ``visits`` (subject_id, visit_id, time, end_time; see
     :func:`visit_table`) gives the PLOS label: some kept visit lasted more than ``plos_days``. Within a visit,
     codes are ordered by id (order inside a visit carries no meaning) and, with ``dedupe``, kept once.
+    ``time_tokens``: a time-gap token before every visit but the first kept (see the module docstring); None
+    means "when the vocabulary holds them", so a model's own vocabulary decides.
     """
     if max_len < 3:
         raise ValueError(f"max_len must be >= 3 ([CLS] code [SEP]), got {max_len}")
     if age_unit not in ("year", "month"):
         raise ValueError(f"age_unit must be 'year' or 'month', got {age_unit!r}")
+    if time_tokens is None:
+        time_tokens = vocab.has_time_tokens
+    elif time_tokens and not vocab.has_time_tokens:
+        raise ValueError("time_tokens=True needs a vocabulary holding them after the specials: build it with "
+                         "TokenVocabulary.build(..., time_tokens=True)")
+    tt = int(bool(time_tokens))
     con = duckdb.connect()
     t = tokens.select(["subject_id", "time", "visit_id"]).append_column(
         "tok", pa.array(vocab.encode(tokens.column("token")), pa.int32()))
@@ -230,6 +257,13 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
     cap = max_len - 2
     group = "GROUP BY ALL" if dedupe else ""
     age = (f"greatest(0, floor(coalesce(date_diff('day', p.birth_date, {{t}}::DATE), 0) / {per_day}))::INT")
+    # time tokens: days between this kept visit's start and the previous one's -> [W0..3] [M1..11] [LT]
+    gap = (",\n               date_diff('day', (lag(vstart) OVER (PARTITION BY seq ORDER BY vi))::DATE, vstart::DATE)"
+           " AS gap") if tt else ""
+    time_rows = (f"""
+      UNION ALL SELECT seq, pre, {len(SPECIALS)} + CASE WHEN gap < 28 THEN gap // 7
+                 WHEN gap < 360 THEN 3 + greatest(1, gap // 30) ELSE {len(TIME_TOKENS) - 1} END, age, k % 2, k
+        FROM kv WHERE k > 0""") if tt else ""
     con.execute(f"""
     CREATE TEMP TABLE seqs AS {seqs};
     CREATE TEMP TABLE ev AS
@@ -241,12 +275,13 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
                row_number() OVER (PARTITION BY seq ORDER BY min(time), visit_id) AS vi
         FROM ev GROUP BY seq, visit_id),
       suf AS (
-        SELECT *, sum(n + 1) OVER (PARTITION BY seq ORDER BY vi DESC ROWS UNBOUNDED PRECEDING) AS suf FROM vis),
+        SELECT *, sum(n + 1 + {tt}) OVER (PARTITION BY seq ORDER BY vi DESC ROWS UNBOUNDED PRECEDING) AS suf
+        FROM vis),
       kept AS (
         SELECT seq, visit_id, vstart, n, row_number() OVER (PARTITION BY seq ORDER BY vi) - 1 AS k,
-               coalesce(sum(n + 1) OVER (PARTITION BY seq ORDER BY vi
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS pre
-        FROM suf WHERE suf + 1 <= {max_len})
+               coalesce(sum(n + 1 + {tt}) OVER (PARTITION BY seq ORDER BY vi
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS pre{gap}
+        FROM suf WHERE suf + 1 - {tt} <= {max_len})
       SELECT kept.*, {age.format(t="kept.vstart")} AS age, s.subject_id
       FROM kept JOIN seqs s USING (seq) LEFT JOIN p ON p.subject_id = s.subject_id;
     """)
@@ -255,7 +290,7 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
         SELECT e.seq, 1 + kv.pre + row_number() OVER (PARTITION BY e.seq, e.visit_id ORDER BY e.tok, e.time) - 1
                  AS pos, e.tok, kv.age, kv.k % 2 AS seg, kv.k AS position, kv.pre, kv.n
         FROM ev e JOIN kv USING (seq, visit_id)) WHERE pos <= pre + n
-      UNION ALL SELECT seq, 1 + pre + n, {SEP}, age, k % 2, k FROM kv
+      UNION ALL SELECT seq, 1 + pre + n, {SEP}, age, k % 2, k FROM kv{time_rows}
       UNION ALL SELECT s.seq, 0, {CLS},
              coalesce(kv.age, {age.format(t="s.index_time")}), 0, 0
         FROM seqs s LEFT JOIN kv ON kv.seq = s.seq AND kv.k = 0 LEFT JOIN p ON p.subject_id = s.subject_id
@@ -276,6 +311,8 @@ def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max
     col = lambda tab, name, dtype: tab.column(name).to_numpy().astype(dtype)  # noqa: E731
     meta = {"max_len": max_len, "age_unit": age_unit, "vocab_sha256": vocab.sha256, "vocab_size": len(vocab),
             "dedupe": dedupe, "plos_days": plos_days, "cutoff": cutoff is not None, "inclusive": inclusive}
+    if tt:
+        meta["time_tokens"] = True
     return Sequences(offsets, col(rows, "tok", np.int32), col(rows, "age", np.int16), col(rows, "seg", np.int8),
                      col(rows, "position", np.int16), col(per_seq, "subject_id", np.int64),
                      col(per_seq, "index_time", np.int64), col(per_seq, "sex", np.int8),

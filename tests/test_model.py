@@ -99,3 +99,42 @@ def test_cpu_bf16_autocast_close_to_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = m(**b)
     torch.testing.assert_close(low.float(), m(**b), atol=0.1, rtol=0.05)
+
+
+def _reseal(path) -> None:
+    """Record a model id over the files as they are now (what an older version's save wrote for its files)."""
+    from omop_behrt.model import _id_from, _metadata_digest, file_digests
+    meta = json.loads((path / "metadata.json").read_text())
+    files = file_digests(path)
+    meta |= {"model_id": _id_from(files), "model_files": files | {"metadata.json": _metadata_digest(meta)}}
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_config_without_time_tokens_loads_as_before(tmp_path):
+    """A model directory from before the option (config.json without the key) loads with time tokens off."""
+    m = tiny()
+    m.save(tmp_path / "old", vocab(), {})
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert cfg.pop("time_tokens") is False
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    _reseal(tmp_path / "old")
+    r = Behrt.load(tmp_path / "old")
+    assert r.config.time_tokens is False and not r.vocab.has_time_tokens
+    b = batch([8, 5])
+    assert torch.equal(m(**b), r(**b))
+
+
+def test_time_tokens_config_and_vocabulary_must_agree(tmp_path):
+    from omop_behrt.model import ModelIntegrityError
+    from omop_behrt.tokenizer import TIME_TOKENS
+    timed = TokenVocabulary(list(SPECIALS) + list(TIME_TOKENS) + [f"T/{i}" for i in range(19)],
+                            [0] * 21 + [100] * 19, min_count=10)
+    torch.manual_seed(0)
+    m = Behrt(BehrtConfig.preset("tiny", vocab_size=40, time_tokens=True)).eval()
+    m.save(tmp_path / "timed", timed, {})
+    assert Behrt.load(tmp_path / "timed").config.time_tokens is True
+    cfg = json.loads((tmp_path / "timed" / "config.json").read_text())
+    (tmp_path / "timed" / "config.json").write_text(json.dumps(dict(cfg, time_tokens=False)))
+    _reseal(tmp_path / "timed")
+    with pytest.raises(ModelIntegrityError, match="time_tokens=False but tokens.json holds"):
+        Behrt.load(tmp_path / "timed")

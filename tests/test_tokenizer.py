@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from omop_behrt.tokenizer import CLS, SEP, UNK, Sequences, TokenVocabulary, tokenize, visit_table
+from omop_behrt.tokenizer import CLS, SEP, TIME_TOKENS, UNK, Sequences, TokenVocabulary, tokenize, visit_table
 
 
 def events_as_tokens(events) -> pa.Table:
@@ -148,3 +148,83 @@ def test_cutoff_no_later_event_leaks_eunomia(eunomia_events):
     a = a.select(np.flatnonzero(has))
     for name in ("offsets", "input_ids", "ages", "segments", "positions", "subject_id"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+# -- CEHR-BERT time-gap tokens ------------------------------------------------------------------------
+def test_time_tokens_exact(hand):
+    tokens, persons, visits = hand
+    v = TokenVocabulary.build(tokens, min_count=1, time_tokens=True)
+    assert v.tokens[:5 + len(TIME_TOKENS)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TIME_TOKENS]
+    assert v.has_time_tokens and v.counts[5:21] == [0] * 16 and v.tokens[21:] == ["A", "B", "C"]
+    s = tokenize(tokens, persons, v, visits=visits)
+    assert s.meta["time_tokens"] is True
+    assert v.decode(s[0]["input_ids"]) == ["[CLS]", "A", "B", "[SEP]", "[LT]", "A", "C", "[SEP]",
+                                           "[LT]", "B", "[SEP]"]
+    np.testing.assert_array_equal(s[0]["ages"], [9, 9, 9, 9, 15, 15, 15, 15, 20, 20, 20])  # the next visit's
+    np.testing.assert_array_equal(s[0]["segments"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(s[0]["positions"], [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    assert v.decode(s[1]["input_ids"]) == ["[CLS]", "A", "[SEP]"]      # one visit: no gap
+    plain = tokenize(tokens, persons, v, visits=visits, time_tokens=False)
+    assert v.decode(plain[0]["input_ids"]) == ["[CLS]", "A", "B", "[SEP]", "A", "C", "[SEP]", "B", "[SEP]"]
+    assert "time_tokens" not in plain.meta
+
+
+def test_time_token_bins_are_cehr_berts():
+    gaps = [0, 6, 7, 27, 28, 29, 30, 59, 60, 359, 360, 5000]      # days after the previous visit
+    want = ["[W0]", "[W0]", "[W1]", "[W3]", "[M1]", "[M1]", "[M1]", "[M1]", "[M2]", "[M11]", "[LT]", "[LT]"]
+    days = np.cumsum([0] + gaps)
+    start = np.datetime64("2000-01-01", "us")
+    tokens = pa.table({"subject_id": pa.array(np.ones(len(days)), pa.int64()),
+                       "time": pa.array(start + days.astype("timedelta64[D]"), pa.timestamp("us")),
+                       "visit_id": pa.array(np.arange(len(days)), pa.int64()), "token": ["X"] * len(days)})
+    persons = pa.table({"subject_id": pa.array([1], pa.int64()),
+                        "birth_date": pa.array([dt.date(1950, 1, 1)], pa.date32()), "sex": ["F"]})
+    v = TokenVocabulary.build(tokens, min_count=1, time_tokens=True)
+    got = v.decode(tokenize(tokens, persons, v)[0]["input_ids"])
+    assert got[3::3] == want and got[:4] == ["[CLS]", "X", "[SEP]", "[W0]"]
+    assert len(got) == 1 + 2 * len(days) + len(gaps)
+
+
+def test_time_tokens_truncation_and_cutoff(hand):
+    tokens, persons, visits = hand
+    v = TokenVocabulary.build(tokens, min_count=1, time_tokens=True)
+    A, B, C = 21, 22, 23
+    for max_len, want in [(10, [CLS, A, C, SEP, v.encode(["[LT]"])[0], B, SEP]), (7, [CLS, A, C, SEP, 20, B, SEP]),
+                          (6, [CLS, B, SEP]), (3, [CLS, B, SEP])]:
+        s = tokenize(tokens, persons, v, max_len=max_len)
+        np.testing.assert_array_equal(s[0]["input_ids"], want)   # the first kept visit never has a gap token
+        assert s.lengths.max() <= max_len
+    cutoff = pa.table({"subject_id": pa.array([1], pa.int64()), "index_time": pa.array([ts("2005-07-01")])})
+    np.testing.assert_array_equal(tokenize(tokens, persons, v, cutoff=cutoff)[0]["input_ids"], [CLS, A, B, SEP])
+
+
+def test_time_tokens_vocabulary_round_trip_and_errors(hand, tmp_path):
+    tokens, persons, _ = hand
+    v = TokenVocabulary.build(tokens, min_count=1, time_tokens=True)
+    w = TokenVocabulary.load(v.save(tmp_path))                 # count 0 below min_count: allowed for them only
+    assert w.tokens == v.tokens and w.has_time_tokens and w.sha256 == v.sha256
+    plain = TokenVocabulary.build(tokens, min_count=1)
+    assert not plain.has_time_tokens
+    with pytest.raises(ValueError, match="time_tokens=True needs a vocabulary"):
+        tokenize(tokens, persons, plain, time_tokens=True)
+    np.testing.assert_array_equal(tokenize(tokens, persons, plain).input_ids,            # default: as before
+                                  tokenize(tokens, persons, plain, time_tokens=False).input_ids)
+
+
+def test_time_tokens_eunomia_are_the_plain_stream_plus_gaps(eunomia_events):
+    tokens = events_as_tokens(eunomia_events)
+    plain_v, tv = TokenVocabulary.build(tokens), TokenVocabulary.build(tokens, time_tokens=True)
+    assert tv.tokens[21:] == plain_v.tokens[5:]
+    persons = eunomia_events.persons()
+    plain = tokenize(tokens, persons, plain_v, max_len=4096)
+    timed = tokenize(tokens, persons, tv, max_len=4096)
+    is_gap = (timed.input_ids >= 5) & (timed.input_ids < 21)
+    np.testing.assert_array_equal(np.where(timed.input_ids[~is_gap] >= 21, timed.input_ids[~is_gap] - 16,
+                                           timed.input_ids[~is_gap]), plain.input_ids)
+    per_seq = np.add.reduceat(is_gap.astype(np.int64), timed.offsets[:-1])
+    visits = np.add.reduceat((plain.input_ids == SEP).astype(np.int64), plain.offsets[:-1])
+    np.testing.assert_array_equal(per_seq, visits - 1)         # one gap token between two visits
+    for name in ("ages", "segments", "positions"):             # a gap token carries its visit's attributes
+        np.testing.assert_array_equal(getattr(timed, name)[~is_gap], getattr(plain, name))
+        np.testing.assert_array_equal(getattr(timed, name)[is_gap], getattr(timed, name)[np.flatnonzero(is_gap) + 1])
+    assert (timed.lengths == plain.lengths + per_seq).all()

@@ -157,7 +157,8 @@ def test_visit_long_stay_death_and_follow_up(tmp_path):
     from omop_behrt.suite import _connect, _spans, task_labels
     con = _connect(ev)
     _spans(con)
-    ix = pa.table({"cohort_definition_id": pa.array([0] * 4, pa.int64()), "subject_id": pa.array([1, 2, 3, 4], pa.int64()),
+    ix = pa.table({"cohort_definition_id": pa.array([0] * 4, pa.int64()),
+                   "subject_id": pa.array([1, 2, 3, 4], pa.int64()),
                    "index_date": pa.array([pd.Timestamp("2011-01-01")] * 3 + [pd.Timestamp("2011-02-01")],
                                           pa.timestamp("us"))})
     got = {t.name: dict(zip(*[task_labels(con, ix, t)[0].labels[c].to_pylist() for c in ("subject_id", "label")]))

@@ -104,7 +104,7 @@ def fallback_map(unknown: pa.Array, vocab: TokenVocabulary, cdm: Any = None) -> 
             parts.append("""
             SELECT u.token, 'CALIBER_CHAPTER/' || ph.chapter AS candidate, 1 AS distance, 3 AS rank
             FROM u JOIN ph ON u.token = 'CALIBER/' || ph.phenotype""")
-        if cdm is not None and cdm.has_table("concept_ancestor"):
+        if cdm is not None and cdm.has_table("concept_ancestor") and cdm.has_table("concept"):
             con.register("cc", _concept_candidates(con, unknown, cdm))
             parts.append("SELECT token, candidate, distance, 1 AS rank FROM cc")
         rows = con.sql(f"""
@@ -224,7 +224,7 @@ def coverage_line(cov: dict) -> str:
     """One line for a person: what share of the site's events the model covers."""
     def pct(k: str) -> str:
         v = cov.get(f"share_{k}")
-        return "<suppressed>" if v is None else f"{100 * v:.1f}%"
+        return "<suppressed>" if v is None else f"{100 * v:.2f}%"
     how = "" if cov.get("fallback_enabled") else " (fallback off)"
     total = cov.get("events")
     return (f"model coverage of the site's events{how}: {pct('in_model')} as they are, {pct('fallback')} through "

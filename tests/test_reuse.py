@@ -180,3 +180,17 @@ def test_resume_refuses_another_init_model_and_config_clashes(sites, tiny_model,
         pretrain(site, out=tmp_path / "x", init=foreign, config="behrt", **kw)
     assert main(["pretrain", "--events", str(site.path), "--out", str(tmp_path / "y"), "--init", str(foreign),
                  "--vocab", "concept", "--quiet"]) != 0
+
+
+def test_finetune_records_the_coverage_of_its_sequences(sites, tmp_path):
+    from omop_behrt.heads import FineTunedBehrt
+    foreign, _, site = sites
+    model = Behrt.load(foreign)
+    tokens = map_events(site, "source", progress=False).tokens
+    subj = np.unique(tokens["subject_id"].to_numpy())[:80]
+    cut = np.full(len(subj), CUT).astype(np.int64)
+    seqs, order = index_sequences(tokens, site.persons(), visit_table(site), model, subj, cut)
+    X, y = seqs.select(order), np.arange(len(subj)) % 2
+    est = FineTunedBehrt(foreign, epochs=1, min_steps=1, device="cpu").fit(X, y)
+    assert est.coverage_ == seqs.meta["coverage"] and est.coverage_["events"] > 0
+    assert FineTunedBehrt.load(est.save(tmp_path / "head")).coverage_ == est.coverage_

@@ -38,8 +38,9 @@ def _expected_labels(events: EventDir, index: pd.DataFrame, codes, start: int, e
         death = persons.loc[s, "death_date"]
         if death is not None and not pd.isna(death):
             follow = min(follow, pd.Timestamp(death))
-        hit = bool(((times >= ix + start * DAY) & (times < ix + (end + 1) * DAY)).any())
-        if new_onset and (times < ix).any():
+        times_seen = times[times < follow + DAY]          # outcomes dated after the record ends are not observed
+        hit = bool(((times_seen >= ix + start * DAY) & (times_seen < ix + (end + 1) * DAY)).any())
+        if new_onset and (times_seen < ix).any():
             continue
         if not hit and follow < ix + end * DAY:
             continue
@@ -122,6 +123,7 @@ def _tiny_dir(tmp_path) -> EventDir:
         (3, t("2011-06-01"), "SNOMED/2", "condition", None),
         (4, t("2010-01-01"), "SNOMED/1", "condition", None),
         (4, t("2011-01-01"), "SNOMED/9", "condition", None),
+        (4, t("2012-01-01"), "Visit/IP", "visit", t("2012-01-02")),          # after its record ends (2011-06-01)
     ]
     ev = pd.DataFrame(rows, columns=["subject_id", "time", "code", "domain", "end_time"])
     table = pa.table({"subject_id": pa.array(ev["subject_id"], pa.int64()),
@@ -164,7 +166,8 @@ def test_visit_long_stay_death_and_follow_up(tmp_path):
     got = {t.name: dict(zip(*[task_labels(con, ix, t)[0].labels[c].to_pylist() for c in ("subject_id", "label")]))
            for t in spec.tasks}
     # person 3 dies 2012-06-01 (inside the window, no visit): not followed to the end -> excluded, except for death;
-    # person 4's record ends 2011-06-01: excluded without an outcome; its SNOMED/9 came before index: new_onset drops it
+    # person 4's record ends 2011-06-01: its visit dated 2012 is not an observed outcome, so without follow-up to the
+    # window's end it is excluded; its SNOMED/9 came before index: new_onset drops it
     assert got["ip"] == {1: 1, 2: 1}
     assert got["long"] == {1: 1, 2: 0}
     assert got["death"] == {1: 0, 2: 0, 3: 1}

@@ -10,6 +10,8 @@ WITH hits AS (
   FROM ix
   JOIN o
     ON o.subject_id = ix.subject_id
+  JOIN sp
+    ON sp.subject_id = ix.subject_id AND o.time < sp.followup_end + INTERVAL '1' DAY
   GROUP BY
     ix.subject_id,
     ix.index_date

@@ -7,6 +7,8 @@ metadata.json and metrics.json (loss curves), nothing per person. Everything per
 resume (tokenised sequences, the checkpoint) lives in a work directory, ``<out>.work`` by default (see
 :mod:`omop_behrt.checkpoint`). Checkpoints are written every ``checkpoint_every`` steps, at the end of each
 epoch, at the end and on Ctrl-C; ``resume`` continues exactly, after checking it is the same run.
+``init`` (``--init MODEL_DIR``) continues another model's pretraining on this site's data, its vocabulary
+extended by the site's frequent codes it lacks.
 """
 from __future__ import annotations
 
@@ -333,7 +335,7 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
 
 
 ARCHITECTURE = ("hidden", "layers", "heads", "intermediate", "max_len", "n_segments", "dropout", "attn_dropout",
-                "use_age", "use_segment", "use_position", "norm_eps", "init_std")
+                "use_age", "use_segment", "use_position", "norm_eps", "init_std", "time_tokens")
 
 
 def _init_model(init: str | Path, config, vocab: str | None, *, plos: bool, sex: bool, age_unit: str | None

@@ -133,7 +133,8 @@ def _run(source, suite, work: Path, models, pretrain_options, methods, few_shot_
             prep = comparison.prepare(model_dir, events, _all_rows_task(built), work_dir=work / "prepare",
                                       progress=progress, text_model=text_model if k == 0 and any(
                                           m.startswith("text-") for m in mine) else None)
-        provenance[model_name] = {"leakage": prep.leakage, **_model_info(model_dir)}
+        provenance[model_name] = {"leakage": prep.leakage, "coverage": prep.seqs.meta.get("coverage"),
+                                  **_model_info(model_dir)}
         seconds[f"prepare {model_name}"] = round(time.perf_counter() - t, 2)
         for name in _bar(scored, progress, f"tasks ({model_name})"):
             t = time.perf_counter()

@@ -1,5 +1,8 @@
 """The benchmark's HTML page: the macro table on top, then one table per task, the few-shot means and provenance.
 
+Results a reader should not take at face value (a calibration slope outside 0.2-5, a Brier score no better than
+the outcome rate, an AUROC whose CI holds 0.5: :func:`omop_behrt.evaluate.result_warnings`) are marked and said.
+
 One self-contained file (no scripts, no external assets); aggregates only, counts below ``min_count`` shown as
 ``<N``, so the page can leave the site like the other reports.
 """
@@ -10,6 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 from .benchmark import BASELINE
+from .evaluate import result_warnings
+from .fallback import coverage_line
 from .shareable import MIN_COUNT
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
@@ -77,18 +82,24 @@ def render(out: Mapping, min_count: int = MIN_COUNT) -> str:
         spec = specs.get(name, {})
         parts.append(f"<h3>{esc(name)}</h3><p>{esc(spec.get('description', ''))} (window days "
                      f"{esc(spec.get('window'))}). {sizes}.</p>")
-        rows = [[esc(m), _ci(e, "auroc"), _ci(e, "auprc"), f"{e['brier']:.3f}" if "brier" in e else "-",
-                 f"{e['calibration_slope']:.2f}" if "calibration_slope" in e else "-"]
+        flags = result_warnings({"methods": res.get("methods", {}), "n": n})
+        flagged = {(w["method"], w["metric"]) for w in flags}
+        mark = lambda m, k, v: v + (" &#9888;" if (m, k) in flagged else "")  # noqa: E731
+        rows = [[esc(m), mark(m, "AUROC", _ci(e, "auroc")), _ci(e, "auprc"),
+                 mark(m, "Brier", f"{e['brier']:.3f}") if "brier" in e else "-",
+                 mark(m, "calibration slope", f"{e['calibration_slope']:.2f}") if "calibration_slope" in e else "-"]
                 for m, e in res.get("methods", {}).items()]
         parts.append(_table(["method", "AUROC (95% CI)", "AUPRC (95% CI)", "Brier", "calibration slope"], rows))
+        parts.extend(f"<p class='note'>&#9888; {esc(w['method'])}: {esc(w['why'])}</p>" for w in flags)
     for name, why in (out.get("problems") or {}).items():
         parts.append(f"<p class='note'>{esc(name)}: {esc(why)}</p>")
     for note in suite.get("notes") or []:
         parts.append(f"<p class='note'>{esc(note)}</p>")
     parts.append("<h2>Provenance</h2>")
-    parts.append(_table(["model", "vocabulary", "config", "leakage check"],
-                        [[esc(k), esc(v.get("vocab")), esc(v.get("config")), esc(v.get("leakage") or "none found")]
-                         for k, v in (out.get("models") or {}).items()]))
+    parts.append(_table(["model", "vocabulary", "config", "coverage of the site's events", "leakage check"],
+                        [[esc(k), esc(v.get("vocab")), esc(v.get("config")),
+                          esc(coverage_line(v["coverage"]) if v.get("coverage") else "-"),
+                          esc(v.get("leakage") or "none found")] for k, v in (out.get("models") or {}).items()]))
     att = out.get("attrition") or {}
     parts.append(_table(["index rows", "count"], [[esc(k), _count(v, min_count)] for k, v in att.items()]))
     parts.append(_table(["stage", "seconds"], [[esc(k), f"{v:.1f}"] for k, v in (out.get("seconds") or {}).items()]))

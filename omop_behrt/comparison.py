@@ -112,7 +112,7 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
         codes = events.read_events(["subject_id", "time", "code"])
         tokens = map_events(events, vocab=model.metadata.get("vocab", "source"), cdm=cdm, progress=False).tokens
         seqs, order = index_sequences(tokens, persons, visit_table(events), model,
-                                      task.labels["subject_id"].to_numpy(), cut_times(task.labels))
+                                      task.labels["subject_id"].to_numpy(), cut_times(task.labels), cdm=cdm)
         text = None
         if with_text:
             from .embed import embed_text_cohort

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from .evaluate import shareable_results, write_results  # noqa: E402
+from .evaluate import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: E402,F401
 from .shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
 from .evaluate import format_ci as _ci  # noqa: E402
 from .tokenizer import CLS, SEP, SPECIALS  # noqa: E402
@@ -229,57 +229,6 @@ def nearest_codes(model, tokens: list[str], chapters: list[str], k: int = 10, n_
         near = [j for j in np.argsort(-S[r], kind="stable")[:k] if np.isfinite(S[r, j])]
         out.append({"token": tokens[i], "chapter": chapters[i], "persons": int(counts[i]),
                     "nearest": [{"token": tokens[j], "cosine": float(S[r, j])} for j in near]})
-    return out
-
-
-# -- degenerate results -------------------------------------------------------------------------------
-#: a calibration slope outside this range says the scores are near-constant or wildly over-confident
-SANE_SLOPE = (0.2, 5.0)
-
-
-def result_warnings(results: dict) -> list[dict]:
-    """Results a reader should not take at face value: one dict (method, metric, value, why) each.
-
-    - calibration slope outside :data:`SANE_SLOPE` (e.g. 275 from a model fine-tuned from scratch whose scores
-      barely vary: the slope is then the inverse of a tiny spread, not a property of a usable model);
-    - a Brier score no better than the prevalence model (everyone gets the training prevalence);
-    - an AUROC whose 95% CI contains 0.5 (no evidence of better than chance discrimination);
-    - leakage: the encoder was pretrained on events inside the task's outcome windows (``results["leakage"]``,
-      from :func:`omop_behrt.tasks.pretraining_overlap`), which makes every encoder-based score optimistic.
-    """
-    out = []
-    if results.get("leakage"):
-        out.append({"method": "encoder-based methods", "metric": "leakage", "value": "",
-                    "why": str(results["leakage"])})
-    train = (results.get("n") or {}).get("train") or {}
-    prior = (train["positives"] / train["rows"] if isinstance(train.get("positives"), int)
-             and isinstance(train.get("rows"), int) and train["rows"] else None)
-    for name, m in (results.get("methods") or {}).items():
-        slope = m.get("calibration_slope")
-        if isinstance(slope, (int, float)) and np.isfinite(slope) and not SANE_SLOPE[0] <= slope <= SANE_SLOPE[1]:
-            why = ("the predicted risks barely vary between persons (near-constant scores), so any small "
-                   "spread is stretched to fit: the model learned little, and its risks are not usable as such"
-                   if slope > SANE_SLOPE[1] else
-                   "the scores run against the outcome" if slope < 0 else
-                   "the predicted risks are far too extreme (over-fitted): high risks are much too high, low "
-                   "ones much too low")
-            out.append({"method": name, "metric": "calibration slope", "value": f"{slope:.2f}",
-                        "why": f"calibration slope {slope:.2f} (ideal 1; sane {SANE_SLOPE[0]:g}-{SANE_SLOPE[1]:g}): "
-                               f"{why}."})
-        prev = m.get("prevalence")
-        if prior is not None and isinstance(prev, float) and isinstance(m.get("brier"), float):
-            ref = prev * (1 - prior) ** 2 + (1 - prev) * prior ** 2
-            if m["brier"] >= ref:
-                out.append({"method": name, "metric": "Brier", "value": f"{m['brier']:.3f}",
-                            "why": f"Brier {m['brier']:.3f} is no better than {ref:.3f}, the score of giving "
-                                   f"everyone the training outcome rate ({prior * 100:.1f}%): its risks add "
-                                   f"nothing over the outcome rate."})
-        ci = m.get("auroc_ci")
-        if ci and ci[0] <= 0.5 <= ci[1]:
-            out.append({"method": name, "metric": "AUROC", "value": f"{m['auroc']:.3f}",
-                        "why": f"AUROC {m['auroc']:.3f}, 95% CI {ci[0]:.3f}-{ci[1]:.3f} contains 0.5: no "
-                               f"evidence that it ranks persons with the outcome above those without better "
-                               f"than chance."})
     return out
 
 

@@ -84,8 +84,9 @@ def _open(cdm: Path) -> duckdb.DuckDBPyConnection:
     con.execute("""CREATE TABLE pat AS SELECT person_id, person_source_value AS pid FROM person""")
     con.execute("""CREATE TABLE enc AS SELECT visit_occurrence_id, person_id, visit_source_value AS eid
                    FROM visit_occurrence""")
-    con.execute("""CREATE TABLE cond_keys AS SELECT DISTINCT person_id AS c_person, TRIM(condition_source_value) AS c_src,
-                   TRY_CAST(condition_start_date AS DATE) AS c_start FROM condition_occurrence""")
+    con.execute("""CREATE TABLE cond_keys AS SELECT DISTINCT person_id AS c_person,
+                   TRIM(condition_source_value) AS c_src, TRY_CAST(condition_start_date AS DATE) AS c_start
+                   FROM condition_occurrence""")
     return con
 
 

@@ -61,8 +61,14 @@ def pretrain_local(events: EventDir, built: BuiltSuite, work: Path, options: Map
     digest of the options and the index dates, so a run with other settings or another suite never reuses it."""
     from .adapters.omop import index_dates_digest
     from .pretrain import pretrain
-    opts = {"vocab": "source", "config": "tiny", "epochs": 10, "seed": 0, "device": "auto", **(options or {})}
-    key = hashlib.sha256(json.dumps({"options": {k: v for k, v in opts.items() if k != "device"},
+    init = (options or {}).get("init")        # continued pretraining: config and vocabulary are the init model's
+    opts = {"vocab": None if init else "source", "config": None if init else "tiny", "epochs": 10, "seed": 0,
+            "device": "auto", **(options or {})}
+    if init:
+        from .model import model_id
+        opts["init"] = str(init)
+        opts["init_model"] = model_id(init)
+    key = hashlib.sha256(json.dumps({"options": {k: v for k, v in opts.items() if k not in ("device", "init")},
                                      "index": index_dates_digest(built.index.select(["subject_id", "index_date"]))},
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = work / "models" / f"local-{key}"
@@ -70,6 +76,7 @@ def pretrain_local(events: EventDir, built: BuiltSuite, work: Path, options: Map
         return out
     censored = censor(events, built.index, work / "censored")
     vocab = opts.pop("vocab")
+    opts.pop("init_model", None)
     pretrain(censored, vocab, out, work_dir=work / "models" / f"local-{key}.work", progress=progress, **opts)
     return out
 

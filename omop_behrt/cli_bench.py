@@ -54,9 +54,12 @@ def _add_benchmark(sub) -> None:
                    help="few-shot curves at these fractions of the training labels, e.g. 0.01,0.1,1 (default: none)")
     p.add_argument("--text-model", help="the text-* methods' language model (a local directory, or "
                                         "all-MiniLM-L6-v2, the packaged default)")
-    p.add_argument("--config", default="tiny", help="pretraining: tiny, behrt or a config.json")
+    p.add_argument("--config", help="pretraining: tiny (default), behrt or a config.json")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="continue pretraining this model (e.g. one shared by another site) on the suite's events "
+                        "before the index dates, instead of starting from random weights (see pretrain --init)")
     p.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
-    p.add_argument("--vocab", default="source", help="pretraining vocabulary (see `omop-behrt vocab`)")
+    p.add_argument("--vocab", help="pretraining vocabulary (default source; see `omop-behrt vocab`)")
     p.add_argument("--finetune-epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
     p.add_argument("--pooling", default="mean", help="patient vector of the embedding methods: cls, mean or last")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
@@ -80,8 +83,9 @@ def _run_benchmark(args) -> int:
         raise ValueError("benchmark needs --source and --work-dir (or --list-suites)")
     from .benchmark import results_table, run_benchmark
     out = run_benchmark(args.source, args.suite, args.work_dir, models=_models(args.model),
-                        pretrain_options={"config": args.config, "epochs": args.epochs, "vocab": args.vocab,
-                                          "device": args.device, "seed": args.seed},
+                        pretrain_options={"epochs": args.epochs, "device": args.device, "seed": args.seed,
+                                          **{k: v for k, v in (("config", args.config), ("vocab", args.vocab),
+                                                               ("init", args.init)) if v is not None}},
                         methods=args.methods, few_shot_fractions=args.few_shot, text_model=args.text_model,
                         finetune={"epochs": args.finetune_epochs}, pooling=args.pooling, n_jobs=args.jobs,
                         n_boot=args.bootstrap, seed=args.seed, cdm_schema=args.cdm_schema,

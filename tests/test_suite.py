@@ -235,3 +235,20 @@ def test_benchmark_cli_end_to_end(eunomia_events, tiny_model, tmp_path):
     subjects = set(eunomia_events.persons()["subject_id"].to_pylist())
     assert "subject_id" not in json.dumps(res) and "test_predictions" not in json.dumps(res)
     assert res["attrition"]["index rows"] == len(subjects)
+
+
+def test_local_pretraining_is_censored_and_keyed_by_its_settings(eunomia_events, eunomia_suite, tmp_path):
+    """The benchmark's own model learns only from events before the index dates (no leakage warning for any
+    task); other settings never reuse it, the same settings do."""
+    from omop_behrt.benchmark import pretrain_local
+    from omop_behrt.tasks import pretraining_overlap
+    a = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 3, "device": "cpu"})
+    assert pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 3, "device": "cpu"}) == a
+    b = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 4, "device": "cpu"})
+    assert b != a and (b / "model.safetensors").exists()
+    meta = json.loads((a / "metadata.json").read_text())
+    for task in eunomia_suite.tasks.values():
+        assert pretraining_overlap(meta, task) is None
+    c = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"init": a, "max_steps": 2, "device": "cpu"})
+    assert c not in (a, b)
+    assert json.loads((c / "metadata.json").read_text())["init_model"]["model_id"] == meta["model_id"]

@@ -270,6 +270,11 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: 16384; 4096 for tiny)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    p.add_argument("--time-tokens", action="store_true",
+                   help="CEHR-BERT time-gap tokens between visits ([W0]-[W3] weeks, [M1]-[M11] months, [LT] longer): "
+                        "the model then tells 60 days from 400 (a year-age cannot)")
+    p.add_argument("--max-len", type=int, help="tokens per sequence (the config's otherwise: tiny 64, behrt 256); "
+                                               "longer keeps more of each history, the most recent first")
     p.add_argument("--plos", action="store_true", help="add Med-BERT's prolonged-length-of-stay objective")
     p.add_argument("--sex", action="store_true", help="add a sex embedding")
     p.add_argument("--min-count", type=int, default=10, help="keep tokens seen in at least this many persons "
@@ -294,7 +299,16 @@ def _run_pretrain(args) -> int:
     work = args.work_dir or default_work_dir(args.out)
     print(f"work directory (tokenised sequences and checkpoint; per person, keep it on site): {work}",
           file=sys.stderr)
-    res = pretrain(args.events, vocab=args.vocab, out=args.out, work_dir=work, config=args.config,
+    config = args.config
+    overrides = {k: v for k, v in (("time_tokens", args.time_tokens or None), ("max_len", args.max_len))
+                 if v is not None}
+    if overrides:
+        if args.init:
+            raise ValueError("--time-tokens and --max-len set a new model's shape; with --init the shape is the "
+                             "init model's")
+        from .model import BehrtConfig
+        config = BehrtConfig.preset(args.config or "tiny", **overrides)
+    res = pretrain(args.events, vocab=args.vocab, out=args.out, work_dir=work, config=config,
                    epochs=args.epochs, max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr,
                    plos=args.plos, sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,

@@ -126,3 +126,19 @@ def test_events_fingerprint_is_the_extraction_not_its_timing(synthea_dir, tmp_pa
     omop.extract(synthea_dir, tmp_path / "c", progress=False, options=omop.ExtractOptions(person_ids=[1, 2, 3]))
     a, b, c = (events_fingerprint(tmp_path / n) for n in "abc")
     assert a == b and a != c
+
+
+def test_cli_time_tokens_and_max_len(eunomia_events, tmp_path, capsys):
+    """`pretrain --time-tokens --max-len 96`: the model's config and vocabulary carry them, and embedding reads
+    them back; with --init the shape is the init model's, so both are refused."""
+    out = tmp_path / "m"
+    assert main(["pretrain", "--events", str(eunomia_events.path), "--out", str(out), "--max-steps", "2",
+                 "--time-tokens", "--max-len", "96", "--device", "cpu", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["time_tokens"] is True and cfg["max_len"] == 96 and cfg["hidden"] == 64     # tiny otherwise
+    model = Behrt.load(out)
+    assert model.vocab.has_time_tokens and "[LT]" in model.vocab.tokens
+    capsys.readouterr()
+    assert main(["pretrain", "--events", str(eunomia_events.path), "--out", str(tmp_path / "m2"), "--init", str(out),
+                 "--time-tokens", "--max-steps", "1", "--quiet"]) == 2
+    assert "with --init the shape is the init model's" in capsys.readouterr().err

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
+from .continued import continue_vocabulary, init_model_for, init_weights
 from .checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir, writable_dir, write_json
@@ -66,8 +67,9 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
 
     ``data`` is in the work directory: the sequences are per person. The summary holds aggregates only
     (counts, first and last year), as it goes into the shareable metadata.json. ``init_vocab`` (continued
-    pretraining): the vocabulary is that one extended by the local tokens it lacks (:func:`extend_vocabulary`),
-    and a local token in neither falls back to its nearest ancestor the vocabulary knows.
+    pretraining): the vocabulary is that one extended by the local tokens it lacks
+    (:func:`omop_behrt.continued.extend_vocabulary`), and a local token in neither falls back to its nearest
+    ancestor the vocabulary knows.
     """
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
     tokens, coverage = token_table(ev, vocab)
@@ -100,52 +102,6 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
     tv.save(data / "tokens.json")
     (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return tv, summary
-
-
-def extend_vocabulary(init: TokenVocabulary, local: TokenVocabulary) -> TokenVocabulary:
-    """The init model's vocabulary (same ids) followed by the local tokens it lacks (seen in >= min_count local
-    persons), most frequent first; counts are each token's persons where it was counted (shareable both)."""
-    known = set(init.tokens)
-    added = [(t, c) for t, c in zip(local.tokens, local.counts) if t not in known]
-    return TokenVocabulary(list(init.tokens) + [t for t, _ in added], list(init.counts) + [c for _, c in added],
-                           min_count=min(init.min_count, local.min_count), persons=local.persons)
-
-
-def continue_vocabulary(init: TokenVocabulary, local: TokenVocabulary, tokens: pa.Table
-                        ) -> tuple[TokenVocabulary, dict, pa.Table]:
-    """Continued pretraining's vocabulary, what it added (counts only) and the local tokens with the fallback
-    applied (a token rare here and unknown to the init model becomes its nearest known ancestor)."""
-    from .fallback import apply, fallback_map
-    tv = extend_vocabulary(init, local)
-    new = pa.array(tv.tokens[len(init):], pa.string())
-    from_ancestor = fallback_map(new, init).num_rows
-    _, init_cov, _ = apply(tokens, init)          # what the init model alone covers of the local events
-    tokens, cov, _ = apply(tokens, tv)
-    return tv, {"init_tokens": len(init), "added_tokens": len(new), "added_from_ancestor": from_ancestor,
-                "added_from_mean": len(new) - from_ancestor, "init_coverage": init_cov, "coverage": cov}, tokens
-
-
-def init_weights(core: Behrt, init: Behrt, tv: TokenVocabulary) -> None:
-    """Start ``core`` from the init model's weights; the code-embedding rows (and MLM biases) of the tokens the
-    vocabulary added start at their nearest known ancestor's, else at the mean of the init model's code rows."""
-    from .fallback import fallback_map
-    n = len(init.vocab)
-    if tv.tokens[:n] != init.vocab.tokens:
-        raise ValueError("internal error: the extended vocabulary does not start with the init model's tokens")
-    state = {k: v.detach().clone() for k, v in init.state_dict().items()}
-    emb, bias = state["embeddings.code.weight"], state["mlm_bias"]
-    codes = torch.as_tensor(np.asarray(init.vocab.counts) > 0)
-    rows = emb[codes].mean(0, keepdim=True).repeat(len(tv) - n, 1)
-    biases = bias[codes].mean().repeat(len(tv) - n)
-    m = fallback_map(pa.array(tv.tokens[n:], pa.string()), init.vocab)
-    if m.num_rows:
-        new_pos = pc.index_in(m.column("token"), value_set=pa.array(tv.tokens[n:], pa.string())).to_numpy()
-        anc = torch.as_tensor(init.vocab.encode(m.column("fallback")).astype(np.int64))
-        rows[torch.as_tensor(new_pos)] = emb[anc]
-        biases[torch.as_tensor(new_pos)] = bias[anc]
-    state["embeddings.code.weight"] = torch.cat([emb, rows])
-    state["mlm_bias"] = torch.cat([bias, biases])
-    core.load_state_dict(state)
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
@@ -310,7 +266,7 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
                       "directory is not shareable under the default rule", stacklevel=2)
     init_model = None
     if init is not None:
-        init_model, cfg, vocab = _init_model(init, config, vocab, plos=plos, sex=sex, age_unit=age_unit)
+        init_model, cfg, vocab = init_model_for(init, config, vocab, plos=plos, sex=sex, age_unit=age_unit)
     else:
         vocab, age_unit = vocab or "source", age_unit or "year"
         cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config or "tiny")
@@ -332,39 +288,6 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
         return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
                       compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
                       progress=progress, init=init_model)
-
-
-ARCHITECTURE = ("hidden", "layers", "heads", "intermediate", "max_len", "n_segments", "dropout", "attn_dropout",
-                "use_age", "use_segment", "use_position", "norm_eps", "init_std", "time_tokens")
-
-
-def _init_model(init: str | Path, config, vocab: str | None, *, plos: bool, sex: bool, age_unit: str | None
-                ) -> tuple[Behrt, BehrtConfig, str]:
-    """The init model of continued pretraining (verified), its configuration and vocabulary spec, after checking
-    that nothing asked for disagrees with them."""
-    model = Behrt.load(init)
-    if "model_id" not in model.metadata:
-        from .model import model_id
-        model.metadata["model_id"] = model_id(init)
-    icfg = model.config
-    clash = []
-    if config is not None:
-        asked = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config)
-        clash += [f"{k} {getattr(asked, k)} (init model: {getattr(icfg, k)})" for k in ARCHITECTURE
-                  if getattr(asked, k) != getattr(icfg, k, None)]
-    if plos and not icfg.plos:
-        clash.append("plos (the init model has no PLOS head)")
-    if sex and "sex" not in icfg.extras:
-        clash.append("sex (the init model has no sex embedding)")
-    if age_unit is not None and age_unit != icfg.age_unit:
-        clash.append(f"age_unit {age_unit} (init model: {icfg.age_unit})")
-    ivocab = model.metadata.get("vocab", "source")
-    if vocab is not None and vocab != ivocab:
-        clash.append(f"vocab {vocab!r} (init model: {ivocab!r})")
-    if clash:
-        raise ValueError(f"--init {init}: continued pretraining keeps the init model's configuration and "
-                         f"vocabulary, but these options disagree with it: {'; '.join(clash)}. Leave them out")
-    return model, BehrtConfig.from_dict(asdict(icfg)), ivocab
 
 
 def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | None, fingerprint: dict, *,

@@ -23,7 +23,8 @@ from omop_behrt.embed import embed_cohort, index_sequences
 from omop_behrt.events import EventDir
 from omop_behrt.fallback import apply, coverage, fallback_map, replace, unknown_tokens
 from omop_behrt.model import Behrt
-from omop_behrt.pretrain import extend_vocabulary, init_weights, pretrain
+from omop_behrt.continued import extend_vocabulary, init_weights
+from omop_behrt.pretrain import pretrain
 from omop_behrt.tokenizer import SPECIALS, UNK, TokenVocabulary, visit_table
 from omop_behrt.vocab import map_events
 

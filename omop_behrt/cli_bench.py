@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 
+from .choices import BENCHMARK_METHODS, POOLINGS
 from .shareable import MIN_COUNT
 
-DEFAULT_METHODS = "counts-lr,counts-gbm,embeddings-lr,embeddings-counts"
+DEFAULT_METHODS = ",".join(BENCHMARK_METHODS)
 
 
 def _floats(s: str) -> list[float]:
@@ -61,7 +62,8 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
     p.add_argument("--vocab", help="pretraining vocabulary (default source; see `omop-behrt vocab`)")
     p.add_argument("--finetune-epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
-    p.add_argument("--pooling", default="mean", help="patient vector of the embedding methods: cls, mean or last")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="patient vector of the embedding methods: [CLS], mean of all tokens, or the last visit's")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits, few-shot subsamples and bootstrap")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),

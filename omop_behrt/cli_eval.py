@@ -1,16 +1,21 @@
 """Prediction subcommands of ``omop-behrt``: ``task`` (labels + split), ``finetune`` and ``evaluate`` (+ report).
 
 Same shape as omop_behrt/cli.py: ``_add_<name>(subparsers)`` declares a subcommand, ``_run_<name>(args)``
-runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers.
+runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers. Nothing heavy is imported to build
+the parser (choices from :mod:`omop_behrt.choices`; numpy, torch and scikit-learn inside the ``_run_*``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .choices import ALL_METHODS, FRACTIONS, HEADS, METHODS, POOLINGS, RESULTS_SCHEMA, TEXT_METHODS
 from .shareable import MIN_COUNT, count_text
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _floats(s: str) -> list[float]:
@@ -19,10 +24,7 @@ def _floats(s: str) -> list[float]:
 
 # -- task ------------------------------------------------------------------------------------------
 def _add_task(sub) -> None:
-    import argparse
-
     from .cli import _ids          # here, not at the top: cli.py imports this module at its end
-    from .cohorts import RESULTS_SCHEMA
     p = sub.add_parser("task", help="make prediction labels (PLP-style or BEHRT T1-T3) and a person split",
                        description="Write a task directory: labels (per person: keep on site), task.json "
                                    "(definition, attrition) and split.parquet (seeded train/val/test by person).")
@@ -121,7 +123,6 @@ def _split_of(task_dir: Path, task) -> np.ndarray:
 
 # -- finetune --------------------------------------------------------------------------------------
 def _add_finetune(sub) -> None:
-    from .heads import HEADS
     p = sub.add_parser("finetune", help="fine-tune a BEHRT encoder + head on a PLP task (Med-BERT style)",
                        description="Fine-tune the pretrained encoder with a prediction head on the task's train "
                                    "split, stopping early on val; print test AUROC/AUPRC and write the head "
@@ -144,6 +145,8 @@ def _add_finetune(sub) -> None:
 
 
 def _run_finetune(args) -> int:
+    import numpy as np
+
     from .comparison import prepare
     from .evaluate import binary_metrics
     from .heads import FineTunedBehrt
@@ -172,10 +175,6 @@ def _run_finetune(args) -> int:
 
 # -- evaluate --------------------------------------------------------------------------------------
 def _add_evaluate(sub) -> None:
-    from .comparison import ALL_METHODS, METHODS, TEXT_METHODS
-    from .embed import POOLINGS
-    from .evaluate import FRACTIONS
-    from .heads import HEADS
     p = sub.add_parser("evaluate", help="compare embeddings, fine-tuning and count baselines on a task; report",
                        description="Fit every method on the task's train split (fine-tuning stops early on val), "
                                    "score on test with bootstrap CIs, few-shot curves, optional HTML report.")

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from .database import Database, SourceError, check_identifier, load_sql, quote, render
 
 #: Where cohort tables are written and read unless a results schema is named (OHDSI's convention), for
-#: every stage: cohort building, extract --cohort-id, embed, task.
-RESULTS_SCHEMA = "results"
+#: every stage: cohort building, extract --cohort-id, embed, task (defined in choices.py, for the parser).
+from .choices import RESULTS_SCHEMA
 
 INDEX_SCHEMA = pa.schema([pa.field("cohort_definition_id", pa.int64()), pa.field("subject_id", pa.int64()),
                           pa.field("index_date", pa.timestamp("us"))])

@@ -28,19 +28,10 @@ import scipy.sparse as sp
 from .evaluate import FRACTIONS, binary_metrics, few_shot, subsample
 from .tasks import LeakageWarning, Task, pretraining_overlap
 
-#: the names a user types (``--methods``), in the order the table shows them
-METHODS = ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
-           "finetuned-scratch")
-#: the text encoder's methods: asked for by name only (they load a language model), never in the default set
-TEXT_METHODS = ("text-lr", "text-counts", "text-behrt")
-#: every name ``--methods`` takes
-ALL_METHODS = METHODS + TEXT_METHODS
-#: the methods with a few-shot curve (the others are refits of these with other features)
-FEW_SHOT_METHODS = ("embeddings-lr", "counts-lr", "finetuned-pretrained", "finetuned-scratch", "text-lr")
-#: the methods that train a torch model (the slow ones)
-TORCH_METHODS = ("finetuned-pretrained", "finetuned-scratch")
-#: vectors ⊕ counts: LR and GBM both fitted on the training rows, the better on the validation rows kept
-CHOICE_METHODS = ("embeddings-counts", "text-counts")
+# the method names (METHODS, TEXT_METHODS, ALL_METHODS, FEW_SHOT_METHODS, TORCH_METHODS, CHOICE_METHODS) live in
+# choices.py, which the command line reads without importing this module
+from .choices import (ALL_METHODS, CHOICE_METHODS, FEW_SHOT_METHODS, METHODS, TEXT_METHODS,  # noqa: F401
+                      TORCH_METHODS)
 #: the rule :func:`fit_better` applies, as the results and the report say it
 CHOICE_RULE = "the higher AUROC on the validation rows; a tie keeps LR"
 

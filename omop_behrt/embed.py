@@ -29,7 +29,7 @@ from .embed_run import LOCK_FILE, check_resume, refuse_foreign, run_fingerprint,
 from .events import EventDir
 from .lock import exclusive_lock
 
-POOLINGS = ("cls", "mean", "last_visit")
+from .choices import POOLINGS
 
 
 def pool(model, hidden: torch.Tensor, batch: dict, pooling: str) -> torch.Tensor:

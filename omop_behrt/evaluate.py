@@ -25,7 +25,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from .events import write_json
 from .shareable import COUNT_KEYS, MIN_COUNT, shown_count, suppressed
 
-FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
+from .choices import FRACTIONS
 _EPS = 1e-6
 
 

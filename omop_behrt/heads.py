@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .model import Behrt, BehrtConfig
 from .tokenizer import Sequences, TokenVocabulary
 
-HEADS = ("ffn", "gru", "linear")
+from .choices import HEADS
 
 
 @functools.lru_cache(maxsize=2)

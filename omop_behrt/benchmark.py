@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .choices import BENCHMARK_METHODS
 from .evaluate import _resamples, _suppress, ranking_bootstrap, shareable_results
 from .events import EventDir, write_json
 from .lock import exclusive_lock
@@ -31,7 +32,7 @@ from .suite import BuiltSuite, Suite, build, censor, task_problems
 from .tasks import Task
 
 #: the methods a benchmark runs unless told otherwise (fine-tuning is asked for by name: minutes per task)
-DEFAULT_METHODS = ("counts-lr", "counts-gbm", "embeddings-lr", "embeddings-counts")
+DEFAULT_METHODS = BENCHMARK_METHODS
 #: methods that read no encoder: run once, with the first model
 COUNT_METHODS = ("counts-lr", "counts-gbm")
 #: the baseline row every method is compared with: per task the better of these two

@@ -35,7 +35,7 @@ CANDIDATES = {
     "tiny": ({"config": BehrtConfig(**TINY, max_len=64)}, "mean"),
     "tiny-256": ({"config": BehrtConfig(**TINY, max_len=256)}, "mean"),
     "tiny-256-cls": ({"config": BehrtConfig(**TINY, max_len=256)}, "cls"),
-    "tiny-256-last": ({"config": BehrtConfig(**TINY, max_len=256)}, "last"),
+    "tiny-256-last": ({"config": BehrtConfig(**TINY, max_len=256)}, "last_visit"),
     "tiny-256-time": ({"config": BehrtConfig(**TINY, max_len=256, time_tokens=True)}
                       if "time_tokens" in BehrtConfig.__dataclass_fields__ else None, "mean"),
     "tiny-256-plos": ({"config": BehrtConfig(**TINY, max_len=256), "plos": True}, "mean"),

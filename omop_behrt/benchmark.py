@@ -237,6 +237,17 @@ def few_shot_macro(results: Mapping[str, Mapping]) -> list[dict]:
             for (m, f), v in sorted(acc.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
+SHORT = {"embeddings-lr": "emb", "embeddings-counts": "emb+cnt", "counts-lr": "cnt-lr", "counts-gbm": "cnt-gbm",
+         "finetuned-pretrained": "ft-pre", "finetuned-scratch": "ft-scr", "text-lr": "txt", "text-counts": "txt+cnt",
+         "text-behrt": "txt+emb"}
+
+
+def _short(method: str) -> str:
+    """A column heading: ``model:method`` with the method abbreviated, cut to 16 characters."""
+    model, _, m = method.rpartition(":")
+    return ((model + ":" if model else "") + SHORT.get(m, m))[-16:]
+
+
 def results_table(out: Mapping) -> str:
     """The console table: macro row per method on top, then AUROC per task and method."""
     macro = out.get("macro") or {}
@@ -254,13 +265,13 @@ def results_table(out: Mapping) -> str:
         lines.append(f"{m:<{width}}  {ci:<24} {d:<24}")
     lines.append("")
     cols = [m for m in methods if m != BASELINE]
-    lines.append(f"{'task':<22} {'test n/pos':>12}  " + "  ".join(f"{c[-14:]:>14}" for c in cols))
+    lines.append(f"{'task':<26} {'test n/pos':>10}  " + "  ".join(f"{_short(c):>16}" for c in cols))
     for t in tasks:
         n = out["tasks"][t].get("n", {}).get("test", {})
         shown = f"{n.get('rows', 0)}/{n.get('positives', 0)}"
         scores = out["tasks"][t].get("methods", {})
         cells = [f"{scores[c]['auroc']:.3f}" if c in scores else "-" for c in cols]
-        lines.append(f"{t:<22} {shown:>12}  " + "  ".join(f"{c:>14}" for c in cells))
+        lines.append(f"{t:<26} {shown:>10}  " + "  ".join(f"{c:>16}" for c in cells))
     for t, why in (out.get("problems") or {}).items():
         lines.append(f"note: {t}: {why}")
     return "\n".join(lines)

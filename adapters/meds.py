@@ -145,7 +145,7 @@ def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_
 def _meds_schema() -> pa.Schema:
     head = [pa.field("subject_id", pa.int64(), nullable=False), pa.field("time", pa.timestamp("us")),
             pa.field("code", pa.string(), nullable=False), pa.field("numeric_value", pa.float32()),
-            pa.field("text_value", pa.string())]
+            pa.field("text_value", pa.large_string())]  # meds.DataSchema: large_string, not string
     rest = [pa.field(f.name, f.type) for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code",
                                                                                  "numeric_value")]
     return pa.schema(head + rest)

@@ -8,7 +8,8 @@
    `benchmark.pretrain_local` on the events censored at the suite's index dates; then one `run_benchmark` compares
    them all on the suite (count baselines once, each encoder + LR, encoder ⊕ counts; fine-tuning with --finetune),
    with paired bootstrap CIs. Pooling candidates (mean / cls / last) reuse a pretrained model.
-3. Prints the macro table and writes bench/out/benchmark_<suite>.json (aggregates only) and the HTML page in the
+3. Prints the macro table and writes bench/out/benchmark_<suite>.json (aggregates only; without the curves also
+   to bench/results/, kept in the repository) and the HTML page in the
    work directory (bench/out/benchmark_<suite>/benchmark.html; per-person work files beside it).
 
 Pretraining time per candidate is recorded (the CPU budget a user can afford is part of the choice).
@@ -121,7 +122,19 @@ def main() -> None:
                     | {"tasks": {t: v["methods"] for t, v in r["tasks"].items()}} for p, r in runs.items()}}
     path = ROOT / "bench" / "out" / f"{name}.json"
     path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {path}")
+    kept = ROOT / "bench" / "results" / f"{name}.json"          # the figures RESULTS.md quotes, in the repository
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text(json.dumps(compact(out), indent=1, default=str))
+    print(f"wrote {path} and {kept}")
+
+
+def compact(obj):
+    """The results without curves (small enough to keep in the repository)."""
+    if isinstance(obj, dict):
+        return {k: compact(v) for k, v in obj.items() if k not in ("curves", "curves_withheld")}
+    if isinstance(obj, list):
+        return [compact(v) for v in obj]
+    return obj
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@
 3. One `run_benchmark` over the three: counts (LR, GBM), each encoder + LR, encoder ⊕ counts, each encoder
    fine-tuned (finetuned-pretrained), few-shot at 1%, 10%, 100% of the training labels; macro AUROC per fraction.
 
-Prints the tables and writes bench/out/reuse.json (aggregates only).
+Prints the tables and writes bench/out/reuse.json (aggregates only) and, without curves, bench/results/reuse.json.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    from benchmark import CANDIDATES, source_events
+    from benchmark import CANDIDATES, compact, source_events
     from omop_behrt.benchmark import pretrain_local, results_table, run_benchmark
     from omop_behrt.events import EventDir
     from omop_behrt.pretrain import pretrain
@@ -95,7 +95,10 @@ def main() -> None:
            "tasks": {t: v["methods"] for t, v in out["tasks"].items()}}
     path = ROOT / "bench" / "out" / "reuse.json"
     path.write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {path}")
+    kept = ROOT / "bench" / "results" / "reuse.json"            # the figures RESULTS.md quotes, in the repository
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text(json.dumps(compact(res), indent=1, default=str))
+    print(f"wrote {path} and {kept}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Batches of token sequences for the model: length-bucketed under a token budget, padded, on a device.
+"""Batches of token sequences for the model: length-bucketed under a token budget, padded, on a device; and
+what a batch holds to be predicted under the next-visit objective (:func:`next_visit_targets`).
 
 Training (pretrain, heads) and inference (embed, report) share these, so inference never imports a training
 module.
@@ -78,3 +79,29 @@ def device_batches(seqs: Sequences, batch_tokens: int, device: str | torch.devic
         plan = batches(seqs.lengths, token_budget(seqs, batch_tokens), seed, epoch, shuffle=shuffle)
     for idx in plan:
         yield idx, {k: v.to(device, non_blocking=True) for k, v in collate(seqs, idx, extras).items()}
+
+
+def next_visit_targets(input_ids: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
+                       vocab_size: int, first_code: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each visit followed by another ends (B, T) and the multi-hot (Q, vocab) of the next visit's codes.
+
+    A visit is a run of equal positions; its last token (the closing [SEP]) is the one that, under the causal
+    mask, has seen its visit and every earlier one and nothing later. Codes are ids >= ``first_code`` (no
+    specials, no time tokens). Row q of the targets belongs to the q-th True of the mask in row-major order
+    (``hidden[end]``). Vectorised: one scatter over the batch's tokens.
+    """
+    B = input_ids.shape[0]
+    pos = positions.masked_fill(~attention_mask, -1)
+    prev = torch.cat([torch.full_like(pos[:, :1], -2), pos[:, :-1]], 1)
+    nxt = torch.cat([pos[:, 1:], torch.full_like(pos[:, :1], -1)], 1)
+    rank = torch.cumsum(attention_mask & (pos != prev), 1) - 1              # visit number in its sequence, 0..
+    n_visits = torch.where(attention_mask, rank, -1).max(1, keepdim=True).values + 1
+    end = attention_mask & (nxt != pos) & (rank < n_visits - 1)             # last token of a visit with a successor
+    P = max(1, int(n_visits.max()))
+    slot = torch.arange(B, device=pos.device)[:, None] * P + rank           # (sequence, visit) -> one flat slot
+    row_of = torch.full((B * P,), -1, dtype=torch.long, device=pos.device)
+    row_of[slot[end]] = torch.arange(int(end.sum()), device=pos.device)
+    code = attention_mask & (input_ids >= first_code) & (rank > 0)          # each code -> its previous visit's row
+    target = torch.zeros(int(end.sum()), vocab_size, device=pos.device)
+    target[row_of[slot[code] - 1], input_ids[code]] = 1.0
+    return end, target

@@ -272,6 +272,10 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--time-tokens", action="store_true",
                    help="CEHR-BERT time-gap tokens between visits ([W0]-[W3] weeks, [M1]-[M11] months, [LT] longer): "
                         "the model then tells 60 days from 400 (a year-age cannot)")
+    p.add_argument("--objective", choices=("mlm", "next_visit"),
+                   help="mlm (BEHRT's masked LM, the default) or next_visit (CLMBR-style: attention causal by visit, "
+                        "each visit's closing [SEP] predicts the next visit's codes; embed it with --pooling "
+                        "last_visit); with --init the init model's")
     p.add_argument("--max-len", type=int, help="tokens per sequence (the config's otherwise: tiny 64, behrt 256); "
                                                "longer keeps more of each history, the most recent first")
     p.add_argument("--plos", action="store_true", help="add Med-BERT's prolonged-length-of-stay objective")
@@ -299,12 +303,12 @@ def _run_pretrain(args) -> int:
     print(f"work directory (tokenised sequences and checkpoint; per person, keep it on site): {work}",
           file=sys.stderr)
     config = args.config
-    overrides = {k: v for k, v in (("time_tokens", args.time_tokens or None), ("max_len", args.max_len))
-                 if v is not None}
+    overrides = {k: v for k, v in (("time_tokens", args.time_tokens or None), ("max_len", args.max_len),
+                                   ("objective", args.objective)) if v is not None}
     if overrides:
         if args.init:
-            raise ValueError("--time-tokens and --max-len set a new model's shape; with --init the shape is the "
-                             "init model's")
+            raise ValueError("--time-tokens, --max-len and --objective set a new model's shape; with --init the "
+                             "shape is the init model's")
         from .model import BehrtConfig
         config = BehrtConfig.preset(args.config or "tiny", **overrides)
     res = pretrain(args.events, vocab=args.vocab, out=args.out, work_dir=work, config=config,

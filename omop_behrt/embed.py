@@ -51,6 +51,11 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
                     progress: bool = False) -> np.ndarray:
     """Vectors (n, hidden) float32 for tokenised sequences, in their order; batches are length-sorted.
 
+    The model's forward applies its own attention mask (causal by visit for ``objective="next_visit"``). For a
+    next-visit model the natural pooling is ``last_visit``: every token of the last visit has seen the whole
+    history, and its closing [SEP] is the state trained to predict what comes next; ``mean`` works but mixes in
+    states that saw only a prefix; ``cls`` (its [CLS] saw the first visit only, its pooler is untrained) warns.
+
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU: exact and deterministic), ``bf16`` (also on
     CPU: several times faster where the CPU has bf16 matrix units, vectors differ slightly), ``fp32``.
     """
@@ -59,6 +64,10 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
+    if pooling == "cls" and getattr(model.config, "objective", "mlm") == "next_visit":
+        import warnings
+        warnings.warn("pooling 'cls' of a next_visit model: its [CLS] sees the first visit only and its pooler "
+                      "was never trained; use pooling 'last_visit'", UserWarning, stacklevel=2)
     device = torch.device(device)
     out = np.zeros((len(seqs), model.config.hidden), dtype=np.float32)
     extras = model.config.extras

@@ -3,9 +3,12 @@
 Embeddings = code + age + segment + position (fixed sinusoidal) [+ extras such as sex], LayerNorm, dropout
 (``time_tokens``: CEHR-BERT time-gap tokens are codes of the token vocabulary, see :mod:`omop_behrt.tokenizer`);
 N pre-norm encoder blocks on ``F.scaled_dot_product_attention`` with a padding mask; GELU; an MLM head tied
-to the code embeddings; a pooler over [CLS]; an optional Med-BERT PLOS head. A model directory holds
-config.json, model.safetensors, tokens.json and metadata.json (no pickles) and nothing per person; its model
-id (:func:`model_id`) covers config, tokens and weights, and loading verifies it.
+to the code embeddings; a pooler over [CLS]; an optional Med-BERT PLOS head. ``objective="next_visit"``
+(CLMBR-style, Steinberg et al. 2021) makes attention causal by visit: a token sees its own and earlier visits
+only, so the last visit's states summarise the whole history; the tied head then predicts the next visit's
+codes (:class:`omop_behrt.pretrain.Objective`) and the weights have the same names and shapes as under MLM.
+A model directory holds config.json, model.safetensors, tokens.json and metadata.json (no pickles) and nothing
+per person; its model id (:func:`model_id`) covers config, tokens and weights, and loading verifies it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ from safetensors.torch import load_file, save_file
 
 from .events import write_json
 from .tokenizer import TokenVocabulary
+
+
+#: pretraining objectives: BEHRT's masked LM, or CLMBR-style next-visit prediction under a causal-by-visit mask
+OBJECTIVES = ("mlm", "next_visit")
 
 
 @dataclass
@@ -48,8 +55,13 @@ class BehrtConfig:
     extras: dict[str, int] = field(default_factory=dict)   # per-sequence extra embeddings, e.g. {"sex": 3}
     plos: bool = False                      # Med-BERT prolonged-length-of-stay head on [CLS]
     time_tokens: bool = False               # CEHR-BERT time-gap tokens between visits (in the token vocabulary)
+    objective: str = "mlm"                  # "mlm" (BEHRT) or "next_visit" (CLMBR-style: causal by visit)
     norm_eps: float = 1e-12
     init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "BehrtConfig":
@@ -178,10 +190,20 @@ class Behrt(nn.Module):
                 **extras: torch.Tensor) -> torch.Tensor:
         """Token ids and attributes (B, T), attention_mask (B, T) True on real tokens -> hidden states (B, T, H)."""
         x = self.embeddings(input_ids, ages, segments, positions, extras)
-        mask = None if attention_mask is None else attention_mask[:, None, None, :]
+        mask = self.attention_mask(positions, attention_mask)
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)
+
+    def attention_mask(self, positions: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """SDPA's boolean mask (True: may attend): padding only (B, 1, 1, T) under MLM; under ``next_visit`` also
+        causal by visit (B, 1, T, T): query i sees key j iff positions[j] <= positions[i] (visit indices)."""
+        if self.config.objective == "next_visit":
+            mask = positions[:, None, :] <= positions[:, :, None]
+            if attention_mask is not None:   # a padded query (position 0) still sees [CLS]: no empty row, no NaN
+                mask = mask & attention_mask[:, None, :]
+            return mask[:, None]
+        return None if attention_mask is None else attention_mask[:, None, None, :]
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the vocabulary for some hidden states (..., H), decoder tied to the code embeddings."""

@@ -1,4 +1,5 @@
-"""Pretraining: BEHRT's masked-LM (+ Med-BERT's prolonged-length-of-stay) on a site's own visit stream.
+"""Pretraining: BEHRT's masked-LM (+ Med-BERT's prolonged-length-of-stay) on a site's own visit stream, or
+CLMBR-style next-visit prediction (``BehrtConfig.objective="next_visit"``: causal by visit, no masking).
 
     pretrain(events_dir, vocab="source", out=model_dir, config="tiny", epochs=10)
 
@@ -35,9 +36,9 @@ from .continued import continue_vocabulary, init_model_for, init_weights
 from .checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, save_checkpoint)
 from .events import EventDir, writable_dir, write_json
-from .batches import batches, device_batches, resolve_device
+from .batches import batches, device_batches, next_visit_targets, resolve_device
 from .model import Behrt, BehrtConfig
-from .tokenizer import MASK, SPECIALS, Sequences, TokenVocabulary, tokenize, visit_table
+from .tokenizer import MASK, SPECIALS, TIME_TOKENS, Sequences, TokenVocabulary, tokenize, visit_table
 
 IGNORE = -100
 
@@ -138,7 +139,8 @@ def optimizer_for(model: Behrt, lr: float, weight_decay: float) -> torch.optim.A
 
 
 class Objective(torch.nn.Module):
-    """The pretraining forward as one module (masking, encoder, MLM on chosen tokens, PLOS), so DDP sees it all."""
+    """The pretraining forward as one module, so DDP sees it all: masking, encoder, MLM on chosen tokens, PLOS;
+    or (``next_visit``) the causal encoder and, at each visit's closing token, the next visit's codes."""
 
     def __init__(self, model: Behrt, plos_weight: float = 1.0):
         super().__init__()
@@ -147,6 +149,8 @@ class Objective(torch.nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = self.model
+        if core.config.objective == "next_visit":
+            return self.next_visit(batch)
         ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
         extras = {k: batch[k] for k in core.config.extras}
         hidden = core(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
@@ -155,7 +159,7 @@ class Objective(torch.nn.Module):
         logits = core.mlm_logits(hidden[chosen]).float()
         mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
         loss = mlm
-        stats = {"mlm_loss": mlm.detach(), "n": torch.tensor(target.numel())}
+        stats = {"mlm_loss": mlm.detach(), "loss": mlm.detach(), "n": torch.tensor(target.numel())}
         if target.numel():
             top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
             stats["correct"] = (top10[:, 0] == target).sum()
@@ -166,24 +170,50 @@ class Objective(torch.nn.Module):
             stats["plos_loss"] = plos.detach()
         return loss, stats
 
+    def next_visit(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CLMBR's flattened variant: softmax over the codes, cross-entropy against the next visit's code set
+        (uniform over it); stats: visits predicted (n), next-visit codes (targets) and those in the top 10."""
+        core, c = self.model, self.model.config
+        extras = {k: batch[k] for k in c.extras}
+        hidden = core(batch["input_ids"], batch["ages"], batch["segments"], batch["positions"],
+                      batch["attention_mask"], **extras)
+        first = len(SPECIALS) + (len(TIME_TOKENS) if c.time_tokens else 0)
+        end, target = next_visit_targets(batch["input_ids"], batch["positions"], batch["attention_mask"],
+                                         c.vocab_size, first)
+        target = target[:, first:]
+        keep = target.sum(1) > 0                                             # a next visit of [UNK]s only: none
+        target = target[keep]
+        logits = core.mlm_logits(hidden[end][keep]).float()[:, first:]
+        loss = (F.cross_entropy(logits, target / target.sum(1, keepdim=True)) if len(target)
+                else logits.sum() * 0)
+        stats = {"loss": loss.detach(), "n": torch.tensor(len(target)), "targets": target.sum().long()}
+        if len(target):
+            top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
+            stats["hits10"] = target.gather(1, top10).sum().long()
+        return loss, stats
+
 
 @torch.no_grad()
 def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.device, seed: int,
              amp: bool) -> dict[str, float]:
-    """Masked-token loss / accuracy / top-10 accuracy on held-out sequences (fixed masking seed)."""
+    """Held-out loss and accuracy: masked-token accuracy and top-10 accuracy (fixed masking seed) under MLM;
+    next-visit recall@10 (the share of the next visit's codes among the 10 likeliest) under ``next_visit``."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 7919)
-    tot = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0}
+    tot = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "hits10": 0, "targets": 0}
     for _, b in device_batches(seqs, batch_tokens, device, model.config.extras, seed):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             _, s = Objective(model, 0.0)(b, gen)
         n = int(s["n"])
-        tot["loss"] += float(s["mlm_loss"]) * n
+        tot["loss"] += float(s["loss"]) * n
         tot["n"] += n
-        tot["correct"] += int(s.get("correct", 0))
-        tot["top10"] += int(s.get("top10", 0))
+        for k in ("correct", "top10", "hits10", "targets"):
+            tot[k] += int(s.get(k, 0))
     model.train()
     n = max(1, tot["n"])
+    if model.config.objective == "next_visit":
+        return {"val_loss": tot["loss"] / n, "val_recall10": tot["hits10"] / max(1, tot["targets"]),
+                "val_visits": tot["n"]}
     return {"val_loss": tot["loss"] / n, "val_acc": tot["correct"] / n, "val_top10": tot["top10"] / n,
             "val_masked": tot["n"]}
 
@@ -273,6 +303,9 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
         cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
                                      "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
                                      "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+    if cfg.objective == "next_visit" and cfg.plos:
+        raise ValueError("plos (Med-BERT's length-of-stay head) reads [CLS], which under objective next_visit sees "
+                         "the first visit only: pretrain next_visit without plos")
     world = int(os.environ.get("WORLD_SIZE", 1))
     budget = batch_tokens or (4096 if cfg.hidden <= 128 else 16384)
     fingerprint = {"events": events_fingerprint(ev.path), "vocab": vocab, "config": asdict(cfg),
@@ -365,7 +398,8 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                                         find_unused_parameters=not cfg.plos)   # the pooler serves PLOS only
     amp = run["precision"] == "bf16" or (run["precision"] == "auto" and dev.type == "cuda")
     total, step, saved = run["total_steps"], state["step"], state["step"]
-    acc = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "plos": 0.0, "real": 0, "padded": 0, "steps": 0}
+    acc = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "hits10": 0, "targets": 0, "plos": 0.0, "real": 0,
+           "padded": 0, "steps": 0}
     t_log = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
     model.train()
@@ -387,10 +421,10 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                     opt.step()
                     step += 1
                     n = int(s["n"])
-                    acc["loss"] += float(s["mlm_loss"]) * n
+                    acc["loss"] += float(s["loss"]) * n
                     acc["n"] += n
-                    acc["correct"] += int(s.get("correct", 0))
-                    acc["top10"] += int(s.get("top10", 0))
+                    for k in ("correct", "top10", "hits10", "targets"):
+                        acc[k] += int(s.get(k, 0))
                     acc["plos"] += float(s.get("plos_loss", 0.0))
                     acc["real"] += int(b["attention_mask"].sum())
                     acc["padded"] += b["attention_mask"].numel()
@@ -401,11 +435,14 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                     if rank == 0 and (step % run["log_every"] == 0 or done):
                         dt = time.perf_counter() - t_log
                         row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                               "loss": acc["loss"] / max(1, acc["n"]),
-                               "masked_acc": acc["correct"] / max(1, acc["n"]),
-                               "top10_acc": acc["top10"] / max(1, acc["n"]),
-                               "precision": acc["correct"] / max(1, acc["n"]),  # BEHRT's micro precision
-                               "tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
+                               "loss": acc["loss"] / max(1, acc["n"])}
+                        if cfg.objective == "next_visit":
+                            row["recall10"] = acc["hits10"] / max(1, acc["targets"])
+                        else:
+                            row |= {"masked_acc": acc["correct"] / max(1, acc["n"]),
+                                    "top10_acc": acc["top10"] / max(1, acc["n"]),
+                                    "precision": acc["correct"] / max(1, acc["n"])}    # BEHRT's micro precision
+                        row |= {"tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
                         if cfg.plos:
                             row["plos_loss"] = acc["plos"] / acc["steps"]
                         with metrics_file.open("a") as f:

@@ -42,6 +42,8 @@ CANDIDATES = {
     "tiny-256-plos": ({"config": BehrtConfig(**TINY, max_len=256), "plos": True}, "mean"),
     "small-256": ({"config": BehrtConfig(hidden=128, layers=4, heads=4, intermediate=256, max_len=256)}, "mean"),
     "tiny-256-concept": ({"config": BehrtConfig(**TINY, max_len=256), "vocab": "concept"}, "mean"),
+    "tiny-256-next": ({"config": BehrtConfig(**TINY, max_len=256, objective="next_visit")}
+                      if "objective" in BehrtConfig.__dataclass_fields__ else None, "last_visit"),
 }
 
 

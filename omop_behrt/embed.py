@@ -28,21 +28,9 @@ from .database import is_cdm_source as _is_cdm
 from .embed_run import LOCK_FILE, check_resume, refuse_foreign, run_fingerprint, start_run
 from .events import EventDir
 from .lock import exclusive_lock
+from .model import pool
 
 from .choices import POOLINGS
-
-
-def pool(model, hidden: torch.Tensor, batch: dict, pooling: str) -> torch.Tensor:
-    """One vector per sequence: the pooled [CLS] (BEHRT), the mean of real tokens, or the last visit's mean."""
-    if pooling == "cls":
-        return model.pool(hidden)
-    mask = batch["attention_mask"]
-    if pooling == "last_visit":
-        pos = batch["positions"].masked_fill(~mask, -1)
-        last = pos.max(dim=1, keepdim=True).values
-        mask = mask & (pos == last)
-    w = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .model import Behrt, BehrtConfig
+from .model import Behrt, BehrtConfig, pool
 from .tokenizer import Sequences, TokenVocabulary
 
 from .choices import HEADS
@@ -77,7 +77,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
 
 class HeadModel(nn.Module):
-    """Encoder + head: ``ffn`` / ``linear`` on the pooled [CLS], ``gru`` (bidirectional) over token outputs."""
+    """Encoder + head: ``ffn`` / ``linear`` on the pooled [CLS] (on the last visit's mean for a next-visit
+    encoder, whose [CLS] sees the first visit only), ``gru`` (bidirectional) over token outputs."""
 
     def __init__(self, encoder: Behrt, head: str, n_out: int, dropout: float = 0.1):
         super().__init__()
@@ -98,8 +99,9 @@ class HeadModel(nn.Module):
         extras = {k: batch[k] for k in self.encoder.config.extras}
         hidden = self.encoder(batch["input_ids"], batch["ages"], batch["segments"], batch["positions"],
                               batch["attention_mask"], **extras)
-        if self.kind != "gru":
-            return self.out(self.encoder.pool(hidden))
+        if self.kind != "gru":       # a next-visit encoder's [CLS] sees the first visit only: its last visit
+            causal = getattr(self.encoder.config, "objective", "mlm") == "next_visit"
+            return self.out(pool(self.encoder, hidden, batch, "last_visit") if causal else self.encoder.pool(hidden))
         lengths = batch["attention_mask"].sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths, batch_first=True, enforce_sorted=False)
         _, h = self.gru(packed)                      # (2, B, H/2): last forward and backward states

@@ -374,3 +374,17 @@ def check_shapes(path: Path, cfg: BehrtConfig, vocab: TokenVocabulary) -> None:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ModelIntegrityError(f"{path}: config.json does not match model.safetensors: "
                                   + "; ".join(problems[:3]) + more)
+
+
+def pool(model: "Behrt", hidden: torch.Tensor, batch: dict, pooling: str) -> torch.Tensor:
+    """One vector per sequence: the pooled [CLS] (BEHRT), the mean of real tokens, or the last visit's mean
+    (what a next-visit model is trained to summarise at); shared by embedding and the fine-tuning heads."""
+    if pooling == "cls":
+        return model.pool(hidden)
+    mask = batch["attention_mask"]
+    if pooling == "last_visit":
+        pos = batch["positions"].masked_fill(~mask, -1)
+        last = pos.max(dim=1, keepdim=True).values
+        mask = mask & (pos == last)
+    w = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)

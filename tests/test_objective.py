@@ -11,6 +11,7 @@ import torch
 
 from omop_behrt.batches import collate, next_visit_targets
 from omop_behrt.cli import build_parser, main
+from omop_behrt.model import pool as model_pool
 from omop_behrt.model import OBJECTIVES, Behrt, BehrtConfig, _id_from, _metadata_digest, file_digests
 
 torch.set_num_threads(1)
@@ -168,3 +169,26 @@ def test_old_config_without_objective_embeds_identically(tiny_model, eunomia_eve
         assert a.tobytes() == b.tobytes()
     b = collate(seqs, np.arange(3), {})
     assert m_old.attention_mask(b["positions"], b["attention_mask"]).shape == (3, 1, 1, b["input_ids"].shape[1])
+
+
+def test_ffn_head_of_a_next_visit_encoder_reads_the_last_visit():
+    """The FFN head pools the last visit of a next-visit encoder (its [CLS] sees the first visit only): changing
+    the last visit changes the head's output; the MLM encoder's head still reads the pooled [CLS]."""
+    from omop_behrt.heads import HeadModel
+    b = visits_batch()
+    last = b["positions"] == b["positions"].masked_fill(~b["attention_mask"], -1).amax(1, keepdim=True)
+    changed = dict(b, input_ids=torch.where(last & (b["input_ids"] > 3), (b["input_ids"] - 5 + 7) % 35 + 5,
+                                            b["input_ids"]))
+    for objective in OBJECTIVES:
+        torch.manual_seed(0)
+        head = HeadModel(tiny(objective), "ffn", 1).eval()
+        with torch.no_grad():
+            out, out2 = head(b), head(changed)
+        if objective == "next_visit":        # its [CLS] cannot see the last visit: only the pooling can
+            assert (out - out2).abs().max() > 1e-4
+        with torch.no_grad():
+            hidden = head.encoder(**b)
+        expected = (model_pool(head.encoder, hidden, b, "last_visit") if objective == "next_visit"
+                    else head.encoder.pool(hidden))
+        with torch.no_grad():
+            assert torch.allclose(head.out(expected), out)

@@ -121,9 +121,22 @@ def check_resume(work: Path, fingerprint: dict, out: Path) -> dict:
 
 
 # -- checkpoint -------------------------------------------------------------------------------------
+def rank_rng_states(gen: torch.Generator, world: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Every rank's (torch, masking) RNG states, gathered on all ranks (None in one process): under DDP each rank
+    draws its own masks and dropout, so an exact resume restores each rank's own streams."""
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+    mine = (torch.get_rng_state(), gen.get_state().cpu())
+    out: list = [None] * world
+    dist.all_gather_object(out, mine)
+    return out
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                    state: dict) -> None:
-    """One safetensors file (no pickles): weights, optimizer moments, RNG states; the rest as JSON metadata."""
+                    state: dict, ranks: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """One safetensors file (no pickles): weights, optimizer moments, RNG states (each rank's, from
+    :func:`rank_rng_states`, under DDP); the rest as JSON metadata."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     osd = opt.state_dict()
     for i, s in osd["state"].items():
@@ -131,6 +144,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.mask"] = gen.get_state()
+    for r, (torch_state, mask_state) in enumerate(ranks or ()):
+        tensors[f"rng.torch.{r}"], tensors[f"rng.mask.{r}"] = torch_state, mask_state
     if torch.cuda.is_available() and gen.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"])}
@@ -142,8 +157,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict:
-    """Restore what :func:`save_checkpoint` wrote; returns the JSON state (step, epoch, batch, run)."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                    rank: int = 0) -> dict:
+    """Restore what :func:`save_checkpoint` wrote, with this rank's own RNG streams when the checkpoint has them;
+    returns the JSON state (step, epoch, batch, run)."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -154,8 +171,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             _, i, name = k.split(".", 2)
             osd["state"].setdefault(int(i), {})[name] = v
     opt.load_state_dict(osd)
-    torch.set_rng_state(tensors["rng.torch"])
-    gen.set_state(tensors["rng.mask"].to(gen.get_state().device))
+    own = f"rng.torch.{rank}" in tensors
+    torch.set_rng_state(tensors[f"rng.torch.{rank}" if own else "rng.torch"])
+    gen.set_state(tensors[f"rng.mask.{rank}" if own else "rng.mask"].to(gen.get_state().device))
     if "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return json.loads(meta["state"])

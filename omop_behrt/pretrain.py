@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .continued import continue_vocabulary, init_model_for, init_weights
 from .checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
-                         events_fingerprint, load_checkpoint, save_checkpoint)
+                         events_fingerprint, load_checkpoint, rank_rng_states, save_checkpoint)
 from .events import EventDir, writable_dir, write_json
 from .batches import batches, device_batches, next_visit_targets, resolve_device
 from .model import Behrt, BehrtConfig
@@ -385,7 +385,7 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
     gen = torch.Generator(device=dev).manual_seed(run["seed"] + rank)
     state = {"step": 0, "epoch": 0, "batch": 0}
     if resuming:
-        state = load_checkpoint(ckpt, core, opt, gen)
+        state = load_checkpoint(ckpt, core, opt, gen, rank)
         if rank == 0 and metrics_file.exists():   # rows logged after the checkpoint are logged again
             rows = metrics_file.read_text().splitlines()
             metrics_file.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= state["step"]))
@@ -452,9 +452,10 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                         t_log = time.perf_counter()
                     bar.update(1)
                     stopping = interrupt.stop(world, dev)
-                    if rank == 0 and (step % run["checkpoint_every"] == 0 or state["batch"] == 0 or done
-                                      or stopping):
-                        save_checkpoint(ckpt, core, opt, gen, state)   # atomic; every epoch end and on Ctrl-C
+                    if step % run["checkpoint_every"] == 0 or state["batch"] == 0 or done or stopping:
+                        ranks = rank_rng_states(gen, world)           # the same decision on every rank
+                        if rank == 0:                                  # atomic; every epoch end and on Ctrl-C
+                            save_checkpoint(ckpt, core, opt, gen, state, ranks)
                         saved = step
                     if stopping:
                         raise KeyboardInterrupt

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from .events import write_json
@@ -216,7 +217,7 @@ def _newton_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray, iters: in
     """Unpenalised logistic regression by Newton-Raphson (tiny designs: 1-2 columns)."""
     beta = np.zeros(X.shape[1])
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(X @ beta + offset)))
+        p = expit(X @ beta + offset)
         w = p * (1 - p) + 1e-12
         step = np.linalg.solve(X.T @ (X * w[:, None]) + 1e-9 * np.eye(X.shape[1]), X.T @ (y - p))
         beta += step

@@ -302,7 +302,8 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         if not self._multilabel:
             c = getattr(self, "calibration_", None) or {"a": 1.0, "b": 0.0}
             z = c["a"] * z + c["b"]
-        p = 1 / (1 + np.exp(-z))
+        from scipy.special import expit
+        p = expit(z)                                  # no overflow warning on large logits
         return p if self._multilabel else np.column_stack([1 - p[:, 0], p[:, 0]])
 
     def predict(self, X: Sequences) -> np.ndarray:

@@ -581,6 +581,11 @@ def _add_embed(sub) -> None:
                         "dates, model, pooling, --inclusive, precision or --chunk-persons changed")
     p.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another writer of the same --out target")
+    p.add_argument("--shard", metavar="I/N",
+                   help="--encoder behrt: embed and write only shard I of N (0 <= I < N): the entries whose person "
+                        "hash (splitmix64 of subject_id) mod N is I. Run N processes, one per shard (each with its "
+                        "own --work-dir), into one --out: each replaces only its persons' rows, one transaction per "
+                        "shard, and together they write exactly the vectors of one unsharded run")
     p.add_argument("--no-fallback", action="store_true",
                    help="--encoder behrt: a code the model never saw becomes [UNK], exactly as in training "
                         "(default: its nearest ancestor the model knows: concept_ancestor of a CDM --source, ICD "
@@ -598,6 +603,10 @@ def _run_embed(args) -> int:
 
     from . import cohorts, export
     from .embed import embed_cohort
+    from .embed_run import parse_shard
+    shard = parse_shard(args.shard)          # a bad --shard is one line before any work
+    if shard is not None and args.encoder == "text":
+        raise ValueError("--shard is for --encoder behrt (the text encoder embeds the cohort in one process)")
     if args.cohort_json:
         definition = cohorts.from_atlas(args.cohort_json, cohort_id=args.cohort_definition_id)
         definition.generate(args.source, cdm_schema=args.cdm_schema, results_schema=args.results_schema,
@@ -640,22 +649,26 @@ def _run_embed(args) -> int:
                            cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
                            chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
                            resume=args.resume, progress=not args.quiet, precision=args.precision,
-                           fallback=not args.no_fallback, vocab_cdm=args.vocab_cdm)
+                           fallback=not args.no_fallback, vocab_cdm=args.vocab_cdm, shard=shard)
         info = export.EmbeddingModelInfo.of_model_dir(args.model, res.provenance["model_checksum"],
                                                       res.vectors.shape[1])
     seconds = time.perf_counter() - t0
     keep = pa.array(res.has_history | args.keep_empty)
     prov = dict(res.provenance, cohort_source=cohort_source, exported=int(pa.compute.sum(keep).as_py() or 0))
+    cids = pa.compute.unique(index["cohort_definition_id"]).to_pylist()
     w = export.write_embeddings(args.out, res.index.filter(keep), res.vectors[keep.to_numpy(zero_copy_only=False)],
                                 info, schema=args.schema, table=args.table, ohdsi_analysis_id=args.ohdsi_analysis_id,
                                 provenance=prov, allow_cdm_schema=args.allow_cdm_schema,
-                                lock_timeout=args.lock_timeout)
+                                lock_timeout=args.lock_timeout, shard=shard,
+                                cohort_definition_id=cids[0] if shard and len(cids) == 1 else None)
     sk = res.provenance["skipped"]
     if "coverage" in res.provenance:
         from .fallback import coverage_line
         print(coverage_line(res.provenance["coverage"]))
-    print(f"embedded {res.provenance['embedded']:,} of {index.num_rows:,} cohort entries in {seconds:.1f} s "
-          f"({index.num_rows / max(seconds, 1e-9):,.0f} patients/s, {res.provenance['device']})")
+    n = res.index.num_rows
+    print(f"embedded {res.provenance['embedded']:,} of {n:,} cohort entries"
+          + (f" (shard {shard[0]}/{shard[1]} of {index.num_rows:,})" if shard else "")
+          + f" in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} patients/s, {res.provenance['device']})")
     print(f"skipped: {sk['no history before index']:,} without history before the index date, "
           f"{sk['subject not in source']:,} not in the source")
     print(f"wrote {w.rows:,} rows ({w.vector_type}) to {w.target}; replaced {w.replaced:,}; model_id {info.model_id}"

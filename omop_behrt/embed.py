@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .cohorts import INDEX_SCHEMA, index_dates_from_frame
 from .database import is_cdm_source as _is_cdm
-from .embed_run import LOCK_FILE, check_resume, refuse_foreign, run_fingerprint, start_run
+from .embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign, run_fingerprint,
+                        start_run)
 from .events import EventDir
 from .lock import exclusive_lock
 from .model import pool
@@ -33,10 +34,47 @@ from .model import pool
 from .choices import POOLINGS
 
 
+#: Fixed-shape batches pad each sequence to the next multiple of this many tokens (at most the model's max_len).
+SHAPE_STEP = 16
+
+
+def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step: int = SHAPE_STEP
+                     ) -> list[tuple[np.ndarray, int, int]]:
+    """Batches whose shape depends only on their sequences' own lengths: ``(idx, T, n)``, the first n of idx
+    real (the rest copies of the last), with T the length rounded
+    up to ``step`` (capped at ``max_len``) and every batch of that T padded to the same row count.
+
+    A CPU or GPU kernel may pick its algorithm by the matrix shape (a (B*T, H) product with few rows takes
+    another path), so the last bits of a person's vector could depend on who shared its batch. With every batch
+    of one T holding B(T) = max(1, max(batch_tokens, max_len) // T) rows (the last filled with copies, whose
+    outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    budget = max(int(batch_tokens), int(max_len))
+    shape = np.minimum(-(-np.maximum(lengths, 1) // step) * step, max(int(max_len), int(lengths.max(initial=1))))
+    plan = []
+    for T in np.unique(shape):
+        rows = np.flatnonzero(shape == T)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        B = max(1, budget // int(T))
+        for start in range(0, len(rows), B):
+            idx = rows[start:start + B]
+            plan.append((np.concatenate([idx, np.full(B - len(idx), idx[-1])]), int(T), len(idx)))
+    return plan
+
+
+def _padded(batch: dict[str, torch.Tensor], T: int) -> dict[str, torch.Tensor]:
+    """A collated batch padded along the token axis to ``T`` (PAD ids, masked out), as collate pads."""
+    pad = T - batch["input_ids"].shape[1]
+    if pad <= 0:
+        return batch
+    return {k: torch.nn.functional.pad(v, (0, pad)) if v.dim() == 2 else v for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16_384,
                     device: str | torch.device = "cpu", precision: str = "auto",
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, fixed_shapes: bool = False) -> np.ndarray:
     """Vectors (n, hidden) float32 for tokenised sequences, in their order; batches are length-sorted.
 
     The model's forward applies its own attention mask (causal by visit for ``objective="next_visit"``). For a
@@ -46,8 +84,11 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
 
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU: exact and deterministic), ``bf16`` (also on
     CPU: several times faster where the CPU has bf16 matrix units, vectors differ slightly), ``fp32``.
+
+    ``fixed_shapes``: batches from :func:`fixed_shape_plan`, so each vector is bit-for-bit independent of the
+    other sequences (what lets shards of a cohort reproduce one run); costs some padding, mostly on small inputs.
     """
-    from .batches import device_batches
+    from .batches import collate, device_batches
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if precision not in ("auto", "bf16", "fp32"):
@@ -60,14 +101,20 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
     out = np.zeros((len(seqs), model.config.hidden), dtype=np.float32)
     extras = model.config.extras
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if fixed_shapes:
+        plan = fixed_shape_plan(seqs.lengths, batch_tokens, model.config.max_len)
+        stream = ((idx, n, {k: v.to(device, non_blocking=True)
+                            for k, v in _padded(collate(seqs, idx, extras), T).items()}) for idx, T, n in plan)
+    else:
+        stream = ((idx, len(idx), b) for idx, b in device_batches(seqs, batch_tokens, device, extras))
     with tqdm(total=len(seqs), desc="embed", unit="patient", disable=not progress, leave=False) as bar:
-        for idx, b in device_batches(seqs, batch_tokens, device, extras):
+        for idx, n, b in stream:
             b.pop("plos", None)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 hidden = model(**b)
                 vec = pool(model, hidden, b, pooling)
-            out[idx] = vec.float().cpu().numpy()
-            bar.update(len(idx))
+            out[idx[:n]] = vec[:n].float().cpu().numpy()     # the filler rows' outputs are dropped
+            bar.update(n)
     return out
 
 
@@ -157,7 +204,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                  cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
                  chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
                  resume: bool = False, progress: bool = True, precision: str = "auto",
-                 model=None, fallback: bool = True, vocab_cdm=None) -> EmbeddingResult:
+                 model=None, fallback: bool = True, vocab_cdm=None, shard: Shard | str | None = None
+                 ) -> EmbeddingResult:
     """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
 
     ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
@@ -167,13 +215,21 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     source, or of ``vocab_cdm`` for an event-directory source; ICD prefixes; CALIBER chapters. ``fallback=False``:
     [UNK], exactly as the model was trained); the provenance's ``coverage`` says what share of the site's events
     the model covers.
+
+    ``shard=(i, n)`` (or ``"i/n"``): embed only the rows whose person hash mod n is i
+    (:func:`omop_behrt.embed_run.in_shard`); the result holds those rows, and the n shards' vectors are exactly
+    the unsharded run's (each person is embedded alone, whatever its batch mates). The work directory, the
+    fingerprint and the provenance are the shard's own.
     """
     from .model import Behrt
     from .batches import resolve_device
     t0 = time.perf_counter()
     if resume and work_dir is None:
         raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
+    shard = parse_shard(shard)
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    if shard is not None:
+        index = index.filter(pa.array(in_shard(index["subject_id"].to_numpy(), shard)))
     dev = resolve_device(device)
     model = model if model is not None else Behrt.load(model_dir, device=dev)
     vocab_name = model.metadata.get("vocab", "source")
@@ -182,7 +238,13 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     fingerprint = run_fingerprint(source, index, checksum or f"vocab {model.vocab.sha256}", pooling=pooling,
                                   inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
                                   cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
-                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None)
+                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard)
+    if shard is not None and index.num_rows == 0:     # a shard without entries: nothing to read or run
+        return EmbeddingResult(index, np.zeros((0, model.config.hidden), np.float32), np.zeros(0, bool), {
+            "model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
+            "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling, "rows": 0, "embedded": 0,
+            "skipped": {"no history before index": 0, "subject not in source": 0}, "seconds": 0.0,
+            "device": str(dev), "precision": effective, "fallback": bool(fallback), "shard": fingerprint["shard"]})
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
@@ -253,7 +315,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                 seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],
                                                    mapping=mapping)
                 vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
-                                      precision=precision)
+                                      precision=precision, fixed_shapes=True)
                 vectors[rows] = vec[seq_of_row]
                 has_history[rows] = seqs.lengths[seq_of_row] > 1
                 tmp_file = chunk_dir / f"chunk-{k:05d}.{os.getpid()}.tmp.npz"
@@ -271,6 +333,8 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                             "subject not in source": skipped_unknown},
                 "seconds": round(time.perf_counter() - t0, 3), "device": str(dev), "precision": precision,
                 "fallback": bool(fallback), "coverage": cov}
+        if "shard" in fingerprint:
+            prov["shard"] = fingerprint["shard"]
         return EmbeddingResult(index, vectors, has_history, prov)
     finally:
         if tmp is not None:

@@ -7,6 +7,10 @@
 
 A resume must continue the same run: every input that changes the vectors is compared, and a fresh run clears
 only what an embedding run wrote (a folder holding anything else is refused, never emptied).
+
+Shards (``embed --shard I/N``): shard I of N takes the index rows whose person hash (splitmix64 of the int64
+subject_id read as uint64, :func:`person_hash`; pure numpy, so any engine or process computes the same) mod N
+is I. All entries of one person fall in one shard, and the N shards together are exactly the unsharded cohort.
 """
 from __future__ import annotations
 
@@ -20,6 +24,48 @@ import pyarrow as pa
 
 from .database import is_cdm_source
 from .events import EventDir, write_json
+
+
+Shard = tuple[int, int]
+
+
+def parse_shard(text: str | Shard | None) -> Shard | None:
+    """``"I/N"`` (or ``(I, N)``) with 0 <= I < N -> (I, N); None stays None; anything else is one clear error."""
+    if text is None:
+        return None
+    try:
+        i, n = (text.split("/") if isinstance(text, str) else text)
+        i, n = int(i), int(n)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be I/N (this process's shard I of N, 0 <= I < N, e.g. 0/2), got {text!r}"
+                         ) from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard must be I/N with N >= 1 and 0 <= I < N (e.g. 0/2 and 1/2), got {i}/{n}")
+    return i, n
+
+
+def person_hash(subject_id: np.ndarray) -> np.ndarray:
+    """splitmix64 of each subject_id (int64 bits as uint64): a stable, well-mixed uint64 per person."""
+    z = np.asarray(subject_id, dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def in_shard(subject_id: np.ndarray, shard: Shard | None) -> np.ndarray:
+    """Which subject ids belong to ``shard`` (person hash mod N == I); all of them when ``shard`` is None."""
+    subject_id = np.asarray(subject_id, dtype=np.int64)
+    if shard is None:
+        return np.ones(len(subject_id), dtype=bool)
+    i, n = shard
+    return person_hash(subject_id) % np.uint64(n) == np.uint64(i)
+
+
+def shard_text(shard: Shard | None) -> str | None:
+    """``"I/N"`` as the fingerprint and provenance record it (None for an unsharded run)."""
+    return None if shard is None else f"{shard[0]}/{shard[1]}"
 
 
 def index_hash(index: pa.Table) -> str:
@@ -46,13 +92,19 @@ def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str 
 
 def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
                     chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None,
-                    fallback: bool = True, vocab_cdm=None) -> dict:
-    """Every input that changes an embedding run's vectors; a resume must find the same values."""
+                    fallback: bool = True, vocab_cdm=None, shard: Shard | None = None) -> dict:
+    """Every input that changes an embedding run's vectors; a resume must find the same values.
+
+    ``index`` is the run's own rows (a shard's, for a sharded run); the shard is recorded beside them (absent
+    for an unsharded run, so an unsharded work directory of an earlier version still resumes).
+    """
     fp = {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
           "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
           "precision": precision, "chunk_persons": int(chunk_persons), "fallback": bool(fallback)}
     if vocab_cdm is not None:
         fp["vocab_cdm"] = source_fingerprint(vocab_cdm, None, vocab_schema)
+    if shard is not None:
+        fp["shard"] = shard_text(shard)
     return fp
 
 
@@ -69,7 +121,8 @@ def check_resume(work: Path, fingerprint: dict) -> None:
         raise ValueError(f"cannot resume: work directory {work} {what} (no embedding run was started there); "
                          f"run without --resume to start one")
     saved = json.loads(saved_file.read_text())
-    diff = [f"{k}: was {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    now = dict(fingerprint, **({} if "shard" in fingerprint or "shard" not in saved else {"shard": None}))
+    diff = [f"{k}: was {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
     if diff:
         raise ValueError(f"cannot resume the embedding run in {work}: its inputs differ ("
                          + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")

@@ -5,6 +5,11 @@ model_id, embedding)``, the registry ``embedding_model(model_id, name, dims, cre
 one provenance row per run in ``embedding_run``. Writes are transactional (Parquet: written aside, then
 renamed) and idempotent per (model_id, cohort_definition_id): a re-run replaces, never duplicates.
 
+Shards (``embed --shard I/N``): a shard's write replaces only the rows of its own persons (person hash mod N ==
+I, :func:`omop_behrt.embed_run.in_shard`) of the (model_id, cohort_definition_id), in one transaction, so N
+shards written in any order, concurrently or again, leave exactly the rows of one unsharded run; the registry
+row stays one per model. An unsharded write replaces all the rows of its (model, cohort), as before.
+
 Concurrent writers to one target serialise: Parquet under an exclusive lock file of the folder, DuckDB by its
 single-writer file lock (a second process waits its turn), PostgreSQL under a transaction-scoped advisory lock
 of the schema with unique keys on the vectors and the registry. :func:`check_writable` finds an unwritable
@@ -28,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import lock
+from .embed_run import Shard, in_shard, parse_shard, shard_text
 from .database import Database, SourceError, check_identifier, load_sql, quote, render, statements
 from .events import probe_write
 from .postgres_copy import array_literals, copy_arrow
@@ -37,6 +43,8 @@ _CDM_MARKERS = {"person", "observation_period", "condition_occurrence", "visit_o
 #: How long a writer waits for another writer of the same target before it gives up (seconds).
 LOCK_TIMEOUT = 600.0
 LOCK_FILE = ".omop-behrt-export.lock"
+#: The temporary table of a sharded database write: the subject ids whose rows the shard replaces.
+_SHARD_SUBJECTS = "omop_behrt_shard_subjects"
 
 
 class TargetError(OSError, ValueError):
@@ -161,20 +169,34 @@ def write_embeddings(target: str | Path, index: pa.Table, vectors: np.ndarray, m
                      schema: str | None = None, table: str = "patient_embedding",
                      model_table: str = "embedding_model", run_table: str = "embedding_run",
                      ohdsi_analysis_id: int | None = None, provenance: dict | None = None,
-                     allow_cdm_schema: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> WriteResult:
+                     allow_cdm_schema: bool = False, lock_timeout: float = LOCK_TIMEOUT,
+                     shard: Shard | str | None = None, cohort_definition_id: int | None = None) -> WriteResult:
     """Write vectors for one cohort to ``target``: a ``.parquet`` path or folder, a DuckDB file or a URL.
 
     ``index`` holds (cohort_definition_id, subject_id, index_date) aligned with ``vectors``' rows; all rows
     must share one cohort_definition_id. ``ohdsi_analysis_id`` (990..999) also writes cohort_attribute and
     attribute_definition for FeatureExtraction. Concurrent writers of one target wait for each other (up to
     ``lock_timeout`` seconds); the last one's rows for a (model, cohort) are what remains.
+
+    ``shard=(i, n)``: the rows are shard i of n (each subject's person hash mod n is i, else a ValueError) and
+    replace only that shard's rows of the (model, cohort); the other shards' rows stay. ``cohort_definition_id``
+    names the cohort when ``index`` may be empty (a shard without entries still clears its stale rows).
     """
+    shard = parse_shard(shard)
     rows = embedding_table(index, vectors, model.model_id)
+    if shard is not None:
+        outside = ~in_shard(rows["subject_id"].to_numpy(), shard)
+        if outside.any():
+            raise ValueError(f"shard {shard_text(shard)}: {int(outside.sum()):,} rows belong to other shards (e.g. "
+                             f"subject_id {int(rows['subject_id'].to_numpy()[outside][0])}); embed with the same "
+                             f"--shard as the write")
     keep = unique_entries(index)
     duplicates = rows.num_rows - len(keep)
     if duplicates:
         rows = rows.take(pa.array(keep))
     cids = pc.unique(rows["cohort_definition_id"]).to_pylist()
+    if cohort_definition_id is not None and set(cids) <= {int(cohort_definition_id)}:
+        cids = [int(cohort_definition_id)]
     if len(cids) != 1:
         raise ValueError(f"one cohort per write: got cohort_definition_ids {cids[:5]}")
     if ohdsi_analysis_id is not None and not 990 <= int(ohdsi_analysis_id) <= 999:
@@ -182,18 +204,21 @@ def write_embeddings(target: str | Path, index: pa.Table, vectors: np.ndarray, m
     run_id = uuid.uuid4().hex
     prov = {"run_id": run_id, "model_id": model.model_id, "cohort_definition_id": cids[0],
             "duplicate_entries_dropped": duplicates, **(provenance or {})}
+    if shard is not None:
+        prov["shard"] = shard_text(shard)
     t = str(target)
     try:
         if _is_parquet(t):
             from .export_parquet import write_parquet
             res = write_parquet(Path(t), rows, model, prov, ohdsi_analysis_id, table, model_table, run_table,
-                                 lock_timeout)
+                                lock_timeout, cid=cids[0], shard=shard)
         else:
             with _duckdb_file_lock(t, lock_timeout):
                 db = _connect_target(t, lock_timeout)
                 try:
                     res = _write_database(db, rows, model, prov, schema, table, model_table, run_table,
-                                          ohdsi_analysis_id, allow_cdm_schema, lock_timeout)
+                                          ohdsi_analysis_id, allow_cdm_schema, lock_timeout, cid=cids[0],
+                                          shard=shard)
                 finally:
                     db.close()
     except TargetError:
@@ -372,7 +397,8 @@ def _target_schema(db: Database, schema: str | None) -> str:
 
 def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, schema: str | None,
                     table: str, model_table: str, run_table: str, analysis_id: int | None,
-                    allow_cdm_schema: bool, lock_timeout: float = LOCK_TIMEOUT) -> WriteResult:
+                    allow_cdm_schema: bool, lock_timeout: float = LOCK_TIMEOUT, *, cid: int,
+                    shard: Shard | None = None) -> WriteResult:
     schema = _target_schema(db, schema)
     _refuse_cdm_schema(db, schema, allow_cdm_schema)
     dims = rows["embedding"].type.list_size
@@ -385,7 +411,6 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
           "cohort_attribute_table": "cohort_attribute", "attribute_definition_table": "attribute_definition"}.items()}
     q.update({"embedding_key": quote(f"{table}_key", "index name"),
               "model_key": quote(f"{model_table}_key", "index name")})
-    cid = rows["cohort_definition_id"][0].as_py()
     key = {"model_id": model.model_id, "cohort_definition_id": cid}
     ohdsi_rows = 0
     with db.transaction() as tx:
@@ -407,10 +432,13 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
         if analysis_id is not None:
             for stmt in statements(render(load_sql("export/create_cohort_attribute_tables.sql"), q)):
                 tx.execute(stmt)
-        replaced = tx.execute(f"SELECT COUNT(*) FROM {q['embedding_table']} WHERE model_id = :model_id "
-                              f"AND cohort_definition_id = :cohort_definition_id", key)[0][0]
-        for stmt in statements(render(load_sql("export/replace_embeddings.sql"), q)):
-            tx.execute(stmt, {k: v for k, v in key.items() if f":{k}" in stmt})
+        if shard is None:
+            replaced = tx.execute(f"SELECT COUNT(*) FROM {q['embedding_table']} WHERE model_id = :model_id "
+                                  f"AND cohort_definition_id = :cohort_definition_id", key)[0][0]
+            for stmt in statements(render(load_sql("export/replace_embeddings.sql"), q)):
+                tx.execute(stmt, {k: v for k, v in key.items() if f":{k}" in stmt})
+        else:
+            replaced = _replace_shard(tx, q, key, shard, analysis_id, postgres)
         if postgres:   # duplicates impossible even for a writer that bypassed the lock
             for stmt in statements(render(load_sql("export/unique_keys_postgresql.sql"), q)):
                 tx.execute(stmt)
@@ -420,13 +448,16 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
             tx.insert_arrow(q["embedding_table"], rows)
             tx.insert_arrow(q["model_table"], model.row())
         tx.insert_arrow(q["run_table"], pa.table({
-            "run_id": [prov["run_id"]], "model_id": [model.model_id], "cohort_definition_id": pa.array([cid], pa.int64()),
+            "run_id": [prov["run_id"]], "model_id": [model.model_id],
+            "cohort_definition_id": pa.array([cid], pa.int64()),
             "created_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
             "provenance": [json.dumps(prov, sort_keys=True, default=str)]}))
         if analysis_id is not None:
             for stmt in statements(render(load_sql("export/replace_cohort_attributes.sql"), q)):
-                tx.execute(stmt, {k: v for k, v in {"cohort_definition_id": cid, "analysis_id": int(analysis_id)}.items()
-                                  if f":{k}" in stmt})
+                if shard is not None and q["cohort_attribute_table"] in stmt:
+                    continue            # a shard's own attribute rows went in _replace_shard
+                params = {"cohort_definition_id": cid, "analysis_id": int(analysis_id)}
+                tx.execute(stmt, {k: v for k, v in params.items() if f":{k}" in stmt})
             attrs = cohort_attribute_rows(rows, int(analysis_id))
             tx.insert_arrow(q["attribute_definition_table"], attribute_definitions(dims, int(analysis_id), model.name))
             if postgres:
@@ -436,6 +467,40 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
             ohdsi_rows = attrs.num_rows
     return WriteResult(f"{db.description} {schema}.{table}", rows.num_rows, replaced, vector_type, ohdsi_rows,
                        prov["run_id"])
+
+
+def _replace_shard(tx, q: dict, key: dict, shard: Shard, analysis_id: int | None, postgres: bool) -> int:
+    """Delete the rows of ``shard``'s persons of (model, cohort) (and their OHDSI attributes of
+    ``analysis_id``) and the model's registry row; returns how many vector rows went.
+
+    The person hash is numpy's (:func:`omop_behrt.embed_run.person_hash`, not a SQL function, so every engine
+    agrees): the subject ids the table holds for the (model, cohort) are read, those of the shard go to a
+    temporary table, and the deletes join it. Runs inside the write's transaction, after its lock.
+    """
+    where = "model_id = :model_id AND cohort_definition_id = :cohort_definition_id"
+    held = [tx.execute(f"SELECT DISTINCT subject_id FROM {q['embedding_table']} WHERE {where}", key)]
+    attr_where = "cohort_definition_id = :cohort_definition_id AND MOD(attribute_definition_id, 1000) = :analysis_id"
+    attr_key = {"cohort_definition_id": key["cohort_definition_id"], "analysis_id": int(analysis_id or 0)}
+    if analysis_id is not None:
+        held.append(tx.execute(f"SELECT DISTINCT subject_id FROM {q['cohort_attribute_table']} WHERE {attr_where}",
+                               attr_key))
+    ids = np.unique(np.array([r[0] for part in held for r in part], dtype=np.int64))
+    mine = pa.table({"subject_id": pa.array(ids[in_shard(ids, shard)], pa.int64())})
+    tx.execute(f"CREATE TEMP TABLE {_SHARD_SUBJECTS} (subject_id BIGINT NOT NULL)"
+               + (" ON COMMIT DROP" if postgres else ""))
+    if postgres:
+        copy_arrow(tx, _SHARD_SUBJECTS, mine)
+    else:
+        tx.insert_arrow(_SHARD_SUBJECTS, mine)
+    ours = f"subject_id IN (SELECT subject_id FROM {_SHARD_SUBJECTS})"
+    replaced = tx.execute(f"SELECT COUNT(*) FROM {q['embedding_table']} WHERE {where} AND {ours}", key)[0][0]
+    tx.execute(f"DELETE FROM {q['embedding_table']} WHERE {where} AND {ours}", key)
+    if analysis_id is not None:
+        tx.execute(f"DELETE FROM {q['cohort_attribute_table']} WHERE {attr_where} AND {ours}", attr_key)
+    tx.execute(f"DELETE FROM {q['model_table']} WHERE model_id = :model_id", {"model_id": key["model_id"]})
+    if not postgres:
+        tx.execute(f"DROP TABLE {_SHARD_SUBJECTS}")
+    return replaced
 
 
 # -- locks ------------------------------------------------------------------------------------------

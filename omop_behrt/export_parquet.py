@@ -2,7 +2,7 @@
 
 Writers of one folder take turns under an exclusive lock file; each file is rewritten aside under a name no other
 writer uses and renamed over the old one, so a reader sees the old or the new file, and a failed write (disk
-full) leaves the old one.
+full) leaves the old one. A shard's write (``shard=(i, n)``) drops only the rows of its own persons.
 """
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .embed_run import Shard, in_shard
 from .export import (LOCK_FILE, LOCK_TIMEOUT, EmbeddingModelInfo, WriteResult, attribute_definitions,
                      cohort_attribute_rows, exclusive_lock)
 
@@ -53,24 +55,32 @@ def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
     return dropped
 
 
+def _of_shard(table: pa.Table, shard: Shard | None) -> pa.Array:
+    """Rows whose subject belongs to ``shard`` (all rows for an unsharded write)."""
+    return pa.array(in_shard(table["subject_id"].combine_chunks().to_numpy(zero_copy_only=False), shard)
+                    if table.num_rows else np.zeros(0, dtype=bool), pa.bool_())
+
+
 def write_parquet(path: Path, rows: pa.Table, model: EmbeddingModelInfo, prov: dict, analysis_id: int | None,
-                   table: str, model_table: str, run_table: str, lock_timeout: float) -> WriteResult:
+                  table: str, model_table: str, run_table: str, lock_timeout: float, *, cid: int,
+                  shard: Shard | None = None) -> WriteResult:
+    """Replace the (model, cohort)'s rows (a shard's: its persons' only) in the folder's files, under its lock."""
     folder = path.parent if path.suffix == ".parquet" else path
     emb_path = path if path.suffix == ".parquet" else folder / f"{table}.parquet"
     folder.mkdir(parents=True, exist_ok=True)
-    cid = rows["cohort_definition_id"][0].as_py()
     ohdsi_rows = 0
     with folder_lock(folder, lock_timeout):
         for stale in folder.glob("*.parquet.*.tmp"):     # left by a writer that was killed: none is writing now
             stale.unlink(missing_ok=True)
-        replaced = _replace_parquet(emb_path, rows, lambda old: pc.invert(pc.and_(
-            pc.equal(old["model_id"], model.model_id), pc.equal(old["cohort_definition_id"], cid))))
+        replaced = _replace_parquet(emb_path, rows, lambda old: pc.invert(pc.and_(pc.and_(
+            pc.equal(old["model_id"], model.model_id), pc.equal(old["cohort_definition_id"], cid)),
+            _of_shard(old, shard))))
         _replace_parquet(folder / f"{model_table}.parquet", model.row(),
                          lambda old: pc.not_equal(old["model_id"], model.model_id))
         if analysis_id is not None:
             attrs = cohort_attribute_rows(rows, int(analysis_id))
-            _replace_parquet(folder / "cohort_attribute.parquet", attrs, lambda old: pc.invert(pc.and_(
-                pc.equal(old["cohort_definition_id"], cid), _of_analysis(old, analysis_id))))
+            _replace_parquet(folder / "cohort_attribute.parquet", attrs, lambda old: pc.invert(pc.and_(pc.and_(
+                pc.equal(old["cohort_definition_id"], cid), _of_analysis(old, analysis_id)), _of_shard(old, shard))))
             _replace_parquet(folder / "attribute_definition.parquet",
                              attribute_definitions(rows["embedding"].type.list_size, int(analysis_id), model.name),
                              lambda old: pc.invert(_of_analysis(old, analysis_id)))
@@ -81,5 +91,5 @@ def write_parquet(path: Path, rows: pa.Table, model: EmbeddingModelInfo, prov: d
             f.write(json.dumps(prov, sort_keys=True, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
-    return WriteResult(str(emb_path), rows.num_rows, replaced, f"fixed_size_list<float>[{rows['embedding'].type.list_size}]",
-                       ohdsi_rows, prov["run_id"])
+    vector_type = f"fixed_size_list<float>[{rows['embedding'].type.list_size}]"
+    return WriteResult(str(emb_path), rows.num_rows, replaced, vector_type, ohdsi_rows, prov["run_id"])

@@ -565,7 +565,12 @@ def _add_embed(sub) -> None:
                    help="allow writing into a schema that holds a CDM (default: refuse)")
     p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index "
                                                              "(default: skipped and counted)")
-    p.add_argument("--batch-tokens", type=int, default=16_384, help="padded tokens per forward batch (memory)")
+    p.add_argument("--batch-tokens", type=int, default=16_384,
+                   help="padded tokens per forward batch (memory). Batches have fixed shapes (lengths rounded up to "
+                        "16, a fixed row count per length), so a vector never depends on its batch mates and shards "
+                        "reproduce one run exactly; the last batch of each length is filled with copies, up to "
+                        "(max_len/16) x this many tokens of extra work per chunk (a few %% on large cohorts; lower it "
+                        "on CPU for small ones)")
     p.add_argument("--chunk-persons", type=int, default=20_000,
                    help="persons per chunk: memory is bounded by a chunk and each finished chunk is saved "
                         "for --resume")
@@ -578,7 +583,8 @@ def _add_embed(sub) -> None:
                                       "stopped run (default: a temporary folder, removed at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --work-dir; refused, saying what differs, when the source, index "
-                        "dates, model, pooling, --inclusive, precision or --chunk-persons changed")
+                        "dates, model, pooling, --inclusive, precision, --chunk-persons, --batch-tokens or --shard "
+                        "changed")
     p.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another writer of the same --out target")
     p.add_argument("--shard", metavar="I/N",

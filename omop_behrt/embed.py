@@ -238,7 +238,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     fingerprint = run_fingerprint(source, index, checksum or f"vocab {model.vocab.sha256}", pooling=pooling,
                                   inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
                                   cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
-                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard)
+                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard,
+                                  batch_tokens=batch_tokens)
     if shard is not None and index.num_rows == 0:     # a shard without entries: nothing to read or run
         return EmbeddingResult(index, np.zeros((0, model.config.hidden), np.float32), np.zeros(0, bool), {
             "model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,

@@ -569,8 +569,8 @@ def _add_embed(sub) -> None:
                    help="padded tokens per forward batch (memory). Batches have fixed shapes (lengths rounded up to "
                         "16, a fixed row count per length), so a vector never depends on its batch mates and shards "
                         "reproduce one run exactly; the last batch of each length is filled with copies, up to "
-                        "(max_len/16) x this many tokens of extra work per chunk (a few %% on large cohorts; lower it "
-                        "on CPU for small ones)")
+                        "(max_len/16) x this many tokens of extra work per chunk (a few %% on large cohorts); on CPU "
+                        "at most 4096 are used")
     p.add_argument("--chunk-persons", type=int, default=20_000,
                    help="persons per chunk: memory is bounded by a chunk and each finished chunk is saved "
                         "for --resume")

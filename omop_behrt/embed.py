@@ -36,6 +36,9 @@ from .choices import POOLINGS
 
 #: Fixed-shape batches pad each sequence to the next multiple of this many tokens (at most the model's max_len).
 SHAPE_STEP = 16
+#: Tokens of a fixed-shape batch on CPU (at most): each length's last batch is filled with copies, so a smaller
+#: batch wastes less on small cohorts and shards, and a CPU is as fast on 4k-token batches as on 16k ones.
+CPU_FIXED_TOKENS = 4096
 
 
 def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step: int = SHAPE_STEP
@@ -219,7 +222,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     ``shard=(i, n)`` (or ``"i/n"``): embed only the rows whose person hash mod n is i
     (:func:`omop_behrt.embed_run.in_shard`); the result holds those rows, and the n shards' vectors are exactly
     the unsharded run's (each person is embedded alone, whatever its batch mates). The work directory, the
-    fingerprint and the provenance are the shard's own.
+    fingerprint and the provenance are the shard's own. Batches have fixed shapes (:func:`fixed_shape_plan`, on
+    CPU at most ``CPU_FIXED_TOKENS`` tokens), which is what makes a vector independent of the rest of the cohort.
     """
     from .model import Behrt
     from .batches import resolve_device
@@ -227,10 +231,12 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     if resume and work_dir is None:
         raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
     shard = parse_shard(shard)
+    dev = resolve_device(device)
+    if dev.type != "cuda":          # the fixed batch shapes' filler costs up to (max_len / 16) batches per chunk
+        batch_tokens = min(int(batch_tokens), CPU_FIXED_TOKENS)
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
     if shard is not None:
         index = index.filter(pa.array(in_shard(index["subject_id"].to_numpy(), shard)))
-    dev = resolve_device(device)
     model = model if model is not None else Behrt.load(model_dir, device=dev)
     vocab_name = model.metadata.get("vocab", "source")
     checksum = model_checksum(model_dir) if model_dir else None

@@ -478,13 +478,14 @@ def _replace_shard(tx, q: dict, key: dict, shard: Shard, analysis_id: int | None
     temporary table, and the deletes join it. Runs inside the write's transaction, after its lock.
     """
     where = "model_id = :model_id AND cohort_definition_id = :cohort_definition_id"
-    held = [tx.execute(f"SELECT DISTINCT subject_id FROM {q['embedding_table']} WHERE {where}", key)]
     attr_where = "cohort_definition_id = :cohort_definition_id AND MOD(attribute_definition_id, 1000) = :analysis_id"
     attr_key = {"cohort_definition_id": key["cohort_definition_id"], "analysis_id": int(analysis_id or 0)}
+    held = f"SELECT subject_id FROM {q['embedding_table']} WHERE {where}"
     if analysis_id is not None:
-        held.append(tx.execute(f"SELECT DISTINCT subject_id FROM {q['cohort_attribute_table']} WHERE {attr_where}",
-                               attr_key))
-    ids = np.unique(np.array([r[0] for part in held for r in part], dtype=np.int64))
+        held += f" UNION SELECT subject_id FROM {q['cohort_attribute_table']} WHERE {attr_where}"
+    listed = tx.execute(f"SELECT array_agg(DISTINCT subject_id) FROM ({held}) AS held", {**key, **attr_key}
+                        if analysis_id is not None else key)[0][0]     # one row: no per-row Python
+    ids = np.asarray(listed if listed is not None else [], dtype=np.int64)
     mine = pa.table({"subject_id": pa.array(ids[in_shard(ids, shard)], pa.int64())})
     tx.execute(f"CREATE TEMP TABLE {_SHARD_SUBJECTS} (subject_id BIGINT NOT NULL)"
                + (" ON COMMIT DROP" if postgres else ""))

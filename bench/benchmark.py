@@ -42,6 +42,9 @@ CANDIDATES = {
     "tiny-256-plos": ({"config": BehrtConfig(**TINY, max_len=256), "plos": True}, "mean"),
     "small-256": ({"config": BehrtConfig(hidden=128, layers=4, heads=4, intermediate=256, max_len=256)}, "mean"),
     "tiny-256-concept": ({"config": BehrtConfig(**TINY, max_len=256), "vocab": "concept"}, "mean"),
+    "behrt": ({"config": BehrtConfig.preset("behrt")}, "mean"),
+    "behrt-next": ({"config": BehrtConfig.preset("behrt", objective="next_visit")}
+                   if "objective" in BehrtConfig.__dataclass_fields__ else None, "last_visit"),
     "tiny-256-next": ({"config": BehrtConfig(**TINY, max_len=256, objective="next_visit")}
                       if "objective" in BehrtConfig.__dataclass_fields__ else None, "last_visit"),
 }
@@ -78,6 +81,7 @@ def main() -> None:
     ap.add_argument("--few-shot", default="", help="fractions, e.g. 0.01,0.1,1")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="pretraining device (cuda on the GPU machine)")
     ap.add_argument("--tag", default="", help="suffix of the output names")
     args = ap.parse_args()
     import torch
@@ -98,7 +102,7 @@ def main() -> None:
             print(f"skip {cand}: this version has no such option")
             continue
         t = time.perf_counter()
-        models[cand] = pretrain_local(events, built, work, {"epochs": args.epochs, "device": "cpu", **opts},
+        models[cand] = pretrain_local(events, built, work, {"epochs": args.epochs, "device": args.device, **opts},
                                       progress=False)
         pretrain_s[cand] = round(time.perf_counter() - t, 1)
         poolings[cand] = pooling

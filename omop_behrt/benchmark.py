@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from .choices import BENCHMARK_METHODS
+from .database import is_cdm_source
 from .evaluate import _resamples, _suppress, ranking_bootstrap, shareable_results
 from .events import EventDir, write_json
 from .lock import exclusive_lock
@@ -39,16 +40,11 @@ COUNT_METHODS = ("counts-lr", "counts-gbm")
 BASELINE = "counts (best of LR / GBM)"
 
 
-def _is_cdm(source) -> bool:
-    from .embed import _is_cdm as is_cdm
-    return is_cdm(source)
-
-
 def source_events(source, work: Path, *, cdm_schema: str | None = None, progress: bool = False) -> EventDir:
     """An event directory as is; a CDM extracted (whole, uncensored) into ``work/events`` (resumed when there)."""
     if isinstance(source, EventDir):
         return source
-    if not _is_cdm(source):
+    if not is_cdm_source(source):
         return EventDir.open(source)
     from .adapters import omop
     out = work / "events"
@@ -144,13 +140,13 @@ def _run(source, suite, work: Path, models, pretrain_options, methods, few_shot_
         provenance[model_name] = {"leakage": prep.leakage, "coverage": prep.seqs.meta.get("coverage"),
                                   **_model_info(model_dir)}
         seconds[f"prepare {model_name}"] = round(time.perf_counter() - t, 2)
+        label = (lambda m: m) if len(models) == 1 else (lambda m: m if m in COUNT_METHODS else f"{model_name}:{m}")
         for name in _bar(scored, progress, f"tasks ({model_name})"):
             t = time.perf_counter()
             rows = built.rows[name]
             res = comparison.run(prep.subset(rows, built.tasks[name]), built.task_split(name), methods=mine,
                                  few_shot_fractions=few_shot_fractions, finetune=finetune, pooling=pooling,
                                  n_boot=n_boot, seed=seed, progress=False, n_jobs=n_jobs)
-            label = (lambda m: m) if len(models) == 1 else (lambda m: m if m in COUNT_METHODS else f"{model_name}:{m}")
             preds = res["test_predictions"]
             predictions[name].setdefault("y", np.asarray(preds["y"]))
             for m in mine:

@@ -34,3 +34,8 @@ FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 #: Where cohort tables are written and read unless a results schema is named (OHDSI's convention), for
 #: every stage: cohort building, extract --cohort-id, embed, task.
 RESULTS_SCHEMA = "results"
+
+
+def comma_floats(s: str) -> list[float]:
+    """A command-line list of numbers (``0.01,0.1,1``), for the parsers that take fractions."""
+    return [float(x) for x in s.split(",") if x.strip()]

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 
-from .choices import BENCHMARK_METHODS, POOLINGS
+from .choices import BENCHMARK_METHODS, POOLINGS, comma_floats
 from .shareable import MIN_COUNT
 
 DEFAULT_METHODS = ",".join(BENCHMARK_METHODS)
 
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
 
 
 def _models(items: list[str] | None) -> dict[str, str] | None:
@@ -51,7 +48,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated comparison methods (see `evaluate --help`); fine-tuning "
                         "(finetuned-pretrained, finetuned-scratch) and text-* run only when named")
-    p.add_argument("--few-shot", type=_floats, default=None, metavar="FRACTIONS",
+    p.add_argument("--few-shot", type=comma_floats, default=None, metavar="FRACTIONS",
                    help="few-shot curves at these fractions of the training labels, e.g. 0.01,0.1,1 (default: none)")
     p.add_argument("--text-model", help="the text-* methods' language model (a local directory, or "
                                         "all-MiniLM-L6-v2, the packaged default)")

@@ -11,15 +11,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .choices import ALL_METHODS, FRACTIONS, HEADS, METHODS, POOLINGS, RESULTS_SCHEMA, TEXT_METHODS
+from .choices import (ALL_METHODS, FRACTIONS, HEADS, METHODS, POOLINGS, RESULTS_SCHEMA, TEXT_METHODS,
+                      comma_floats)
 from .shareable import MIN_COUNT, count_text
 
 if TYPE_CHECKING:
     import numpy as np
 
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
 
 
 # -- task ------------------------------------------------------------------------------------------
@@ -30,7 +28,8 @@ def _add_task(sub) -> None:
                                    "(definition, attrition) and split.parquet (seeded train/val/test by person).")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="task directory to write (per-person labels: keep it on site)")
-    common.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,val,test fractions of persons")
+    common.add_argument("--split", type=comma_floats, default=[0.6, 0.2, 0.2],
+                        help="train,val,test fractions of persons")
     common.add_argument("--seed", type=int, default=0, help="seed of the person split (and of BEHRT's cut visits)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     q = kinds.add_parser("plp", parents=[common], help="binary outcome in a time at risk after a target cohort's "
@@ -192,7 +191,7 @@ def _add_evaluate(sub) -> None:
                    help="the text-* methods: clinical notes before each index date (a CDM's note table, or an event "
                         "directory extracted with --notes) appended to the record's text, or embedded one by one "
                         "and pooled with it")
-    p.add_argument("--few-shot", type=_floats, default=list(FRACTIONS),
+    p.add_argument("--few-shot", type=comma_floats, default=list(FRACTIONS),
                    help="few-shot curves: fractions of the training labels to fit on")
     p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot curves (much faster)")
     p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")

@@ -252,3 +252,15 @@ def test_local_pretraining_is_censored_and_keyed_by_its_settings(eunomia_events,
     c = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"init": a, "max_steps": 2, "device": "cpu"})
     assert c not in (a, b)
     assert json.loads((c / "metadata.json").read_text())["init_model"]["model_id"] == meta["model_id"]
+
+
+def test_benchmark_cli_bad_input_is_one_line(capsys):
+    """A repeated model name, a malformed --model or a missing --source: one line, exit 2, before any work."""
+    from omop_behrt.cli import main
+    for argv, says in ((["--source", "x", "--work-dir", "w", "--model", "a=m1", "--model", "a=m2"],
+                        "two models are named 'a'"),
+                       (["--source", "x", "--work-dir", "w", "--model", "=m1"], "--model takes NAME=DIR or DIR"),
+                       (["--work-dir", "w"], "benchmark needs --source and --work-dir")):
+        assert main(["benchmark", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err

@@ -34,16 +34,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
+from omop_behrt import __version__
+from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
                       QUARANTINE_SCHEMA, EventDir, ShardWriter, write_table)
-from .fhir_duplicates import settle
-from .fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer, code_prefix,
+from omop_behrt.adapters.fhir_duplicates import settle
+from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer,
+                                             code_prefix,
                           description_counts)
-from .fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
-from .fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
-from .fhir_pool import run_parts
-from .fhir_reader import NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson, read_ndjson
+from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
+from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
+from omop_behrt.adapters.fhir_pool import run_parts
+from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson,
+                                             read_ndjson)
 
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]

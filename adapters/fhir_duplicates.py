@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..events import QUARANTINE_SCHEMA, write_table
+from omop_behrt.events import QUARANTINE_SCHEMA, write_table
 
 #: (type, id) pairs read more than once: one hash aggregation over two columns, the only cost when there are none
 _REPEATED_SQL = "SELECT type, id FROM read_parquet($res) GROUP BY type, id HAVING COUNT(*) > 1"

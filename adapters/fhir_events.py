@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..events import DOMAINS, EVENTS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, fill_rebuilt_visits
+from omop_behrt.events import DOMAINS, EVENTS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, fill_rebuilt_visits
 
 #: FHIR code system URI -> vocabulary prefix of ``code`` (OMOP vocabulary_id spelling where there is one).
 CODE_SYSTEMS = {

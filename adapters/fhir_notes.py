@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..events import NOTES_SCHEMA, QUARANTINE_SCHEMA, ShardWriter, write_table
-from .fhir_events import parse_times
-from .fhir_part import _subject_id
-from .fhir_reader import resolve
+from omop_behrt.events import NOTES_SCHEMA, QUARANTINE_SCHEMA, ShardWriter, write_table
+from omop_behrt.adapters.fhir_events import parse_times
+from omop_behrt.adapters.fhir_part import _subject_id
+from omop_behrt.adapters.fhir_reader import resolve
 
 #: the resource types notes are read from
 NOTE_TYPES = frozenset({"DocumentReference", "DiagnosticReport"})

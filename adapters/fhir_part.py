@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..events import EVENTS_SCHEMA, ShardWriter, write_table
-from .fhir_events import DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer, description_counts
-from .fhir_pool import exit_if_orphaned
-from .fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
-from .viewdefinition import View, ViewError, load_views
+from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, write_table
+from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer,
+                                             description_counts)
+from omop_behrt.adapters.fhir_pool import exit_if_orphaned
+from omop_behrt.adapters.fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
+from omop_behrt.adapters.viewdefinition import View, ViewError, load_views
 
 _MASK63 = (1 << 63) - 1
 KEY_SCHEMA = pa.schema([pa.field("key", pa.int64())])
@@ -113,7 +114,7 @@ class Part:
         self.note_views: dict[str, list[View]] = {}
         self.notes = None
         if notes:
-            from .fhir_notes import NOTE_TYPES, NoteReader
+            from omop_behrt.adapters.fhir_notes import NOTE_TYPES, NoteReader
             self.note_types = NOTE_TYPES
             self.note_views = {t: self.by_type.pop(t) for t in NOTE_TYPES if t in self.by_type}
             self.notes = NoteReader(index, self.out, self._known)

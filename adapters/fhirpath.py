@@ -16,7 +16,7 @@ import re
 from decimal import Decimal
 from typing import Any, Callable
 
-from .fhirpath_grammar import FhirPathError, Parser
+from omop_behrt.adapters.fhirpath_grammar import FhirPathError, Parser
 
 Fn = Callable[[list, dict], list]
 

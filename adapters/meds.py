@@ -18,8 +18,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..database import arrow_reader
-from ..events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
+from omop_behrt.db.database import arrow_reader
+from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
                       fill_rebuilt_visits, validate_events, validate_persons, write_json, write_table)
 
 MEDS_VERSION = "0.4.0"
@@ -72,7 +72,7 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
     write_table(codes.cast(pa.schema([("code", pa.string()), ("description", pa.string()),
                                       ("parent_codes", pa.list_(pa.string()))])), out / "metadata" / "codes.parquet")
     subjects = con.execute("SELECT COUNT(DISTINCT subject_id) FROM meds_rows").fetchall()[0][0]
-    from .. import __version__
+    from omop_behrt import __version__
     write_json({"dataset_name": dataset_name or src.path.name, "dataset_version": src.manifest.get("created_at", "1"),
                 "etl_name": "omop-behrt", "etl_version": __version__, "meds_version": MEDS_VERSION,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},

@@ -18,14 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..cdm import OmopCdm
-from ..cohorts import RESULTS_SCHEMA, CohortTable
-from ..database import Database, SourceError, load_sql, render
-from ..events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
+from omop_behrt import __version__
+from omop_behrt.db.cdm import OmopCdm
+from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, CohortTable
+from omop_behrt.db.database import Database, SourceError, load_sql, render
+from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
                       PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, fill_rebuilt_visits, writable_dir,
                       write_table)
-from .omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START, EventTable,
+from omop_behrt.adapters.omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START,
+                                              EventTable,
                            ExtractOptions, duplicate_counts, events_sql, notes_sql, observation_periods_sql,
                            persons_sql)
 

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from ..cdm import OmopCdm
-from ..database import _BIND, IDENTIFIER, load_sql, render, sql_literal
+from omop_behrt.db.cdm import OmopCdm
+from omop_behrt.db.database import _BIND, IDENTIFIER, load_sql, render, sql_literal
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ExtractOptions:
     end: dt.date | None = None
     domains: Sequence[str] | None = None
     #: (subject_id, index_date) rows: read only these persons, and only their events before their (latest)
-    #: index date, on or before it when ``inclusive``; see omop_behrt.cohorts for where index dates come from
+    #: index date, on or before it when ``inclusive``; see omop_behrt.tasks.cohorts for where index dates come from
     index_dates: pa.Table | None = None
     inclusive: bool = False
     #: dates outside [valid_start, valid_end] (events, births, deaths, observation periods) are not trusted:
@@ -158,7 +158,7 @@ def _filters(cdm: OmopCdm, person_col: str, date_col: str | None, options: Extra
         clauses.append(f"list_contains(:person_ids, {person_col})" if cdm.db.dialect == "duckdb"
                        else f"{person_col} = ANY(:person_ids)")
     if options.cohort_id is not None:
-        from ..cohorts import CohortTable
+        from omop_behrt.tasks.cohorts import CohortTable
         table, c = CohortTable(cdm.db, cdm.results_schema, options.cohort_table).resolve(
             ("cohort_definition_id", "subject_id"))
         clauses.append(f"{person_col} IN (SELECT c.{c['subject_id']} FROM {table} c "

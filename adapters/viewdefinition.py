@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .fhirpath import Compiler, FhirPathError
+from omop_behrt.adapters.fhirpath import Compiler, FhirPathError
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _CONSTANT_KEYS = ("valueBase64Binary", "valueBoolean", "valueCanonical", "valueCode", "valueDate",

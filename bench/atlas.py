@@ -26,8 +26,8 @@ import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from omop_behrt import atlas  # noqa: E402
-from omop_behrt.demo import eunomia_path  # noqa: E402
+from omop_behrt.tasks import atlas  # noqa: E402
+from omop_behrt.study.demo import eunomia_path  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 PHENOTYPES = ROOT / "tests" / "data" / "ohdsi_phenotypes" / "cohorts.csv"
@@ -60,7 +60,7 @@ def replicate(copies: int, work: Path) -> Path:
 def clean_copy(cdm: Path) -> Path:
     """The same CDM with lower-case column names and the DDL's types (what circepy's Ibis engine needs: it fails
     on Eunomia's upper-case columns and text value_as_number); not timed."""
-    from omop_behrt.cdm import READ_AS, ddl_types, type_kind
+    from omop_behrt.db.cdm import READ_AS, ddl_types, type_kind
     dst = cdm.with_name(cdm.stem + "_clean.duckdb")
     shutil.copy(cdm, dst)
     con = duckdb.connect(str(dst))

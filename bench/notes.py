@@ -118,8 +118,8 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from omop_behrt.cli import main as cli
-    from omop_behrt.demo import eunomia_path, run_demo
+    from omop_behrt.cli.main import main as cli
+    from omop_behrt.study.demo import eunomia_path, run_demo
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

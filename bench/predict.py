@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from omop_behrt import cohorts, comparison
+from omop_behrt.tasks import cohorts
+from omop_behrt.evaluation import comparison
 from omop_behrt.adapters import omop
-from omop_behrt.cli_eval import results_table
-from omop_behrt.demo import GI_BLEED, NSAIDS, eunomia_path
-from omop_behrt.pretrain import pretrain
-from omop_behrt.tasks import plp_task, split_persons
+from omop_behrt.cli.evaluate import results_table
+from omop_behrt.study.demo import GI_BLEED, NSAIDS, eunomia_path
+from omop_behrt.behrt.pretrain import pretrain
+from omop_behrt.tasks.labels import plp_task, split_persons
 
 SYNTHEA = Path("/work/shared/data/synthea_omop_1k")
 #: hypertensive disorder, impaired glucose tolerance, hyperlipidaemia, coronary arteriosclerosis, type 2 diabetes,
@@ -43,7 +44,7 @@ def eunomia_task(work: Path):
 
 
 def synthea_task(work: Path):
-    from omop_behrt.database import Database
+    from omop_behrt.db.database import Database
     db = Database.connect(SYNTHEA)
     rows = db.query("SELECT DISTINCT CAST(person_id AS BIGINT) AS subject_id FROM observation_period "
                     "WHERE observation_period_start_date <= DATE '2011-01-01' "
@@ -79,8 +80,8 @@ def run(name: str, args, work: Path) -> dict:
 def behrt_tasks(args, work: Path) -> dict:
     """BEHRT T1-T3 on Eunomia (CALIBER phenotypes): the encoder pretrained on the training persons only."""
     from omop_behrt.events import EventDir
-    from omop_behrt.tasks import behrt_task
-    from omop_behrt.vocab import map_events
+    from omop_behrt.tasks.labels import behrt_task
+    from omop_behrt.vocab.registry import map_events
     t0 = time.perf_counter()
     cdm = work / "eunomia.duckdb"
     shutil.copy(eunomia_path(), cdm)

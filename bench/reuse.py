@@ -47,10 +47,10 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     from benchmark import CANDIDATES, compact, source_events
-    from omop_behrt.benchmark import pretrain_local, results_table, run_benchmark
+    from omop_behrt.evaluation.benchmark import pretrain_local, results_table, run_benchmark
     from omop_behrt.events import EventDir
-    from omop_behrt.pretrain import pretrain
-    from omop_behrt.suite import Suite, build
+    from omop_behrt.behrt.pretrain import pretrain
+    from omop_behrt.tasks.suite import Suite, build
     work = ROOT / "bench" / "out" / "reuse"
     work.mkdir(parents=True, exist_ok=True)
     opts, pooling = CANDIDATES[args.config]

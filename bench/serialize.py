@@ -23,9 +23,9 @@ from pathlib import Path
 import duckdb
 from omop_behrt.adapters import omop
 
-from omop_behrt.cohorts import INDEX_SCHEMA
+from omop_behrt.tasks.cohorts import INDEX_SCHEMA
 from omop_behrt.events import EventDir, write_json
-from omop_behrt.serialize import SERIALIZER_VERSION, serialize
+from omop_behrt.text.serialize import SERIALIZER_VERSION, serialize
 
 OUT = Path(__file__).parent / "out"
 

@@ -28,7 +28,7 @@ from extract import build_cdm  # noqa: E402
 EXTRACT = """
 import sys, json, time
 t = time.perf_counter()
-from omop_behrt.database import Database
+from omop_behrt.db.database import Database
 db = Database.connect(sys.argv[1]); opened = time.perf_counter() - t; db.close()
 from omop_behrt.adapters import omop
 t = time.perf_counter()

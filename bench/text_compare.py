@@ -57,7 +57,8 @@ def build_task(spec, work: Path, quick: bool):
     """The spec's PLP task from its two CIRCE definitions (generated inside the read-only CSV CDM's session)."""
     import dataclasses
 
-    from omop_behrt import cohorts, tasks
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.tasks import labels as tasks
     target, outcome = (cohorts.from_atlas(spec.path(c.atlas), cohort_id=c.cohort_id, name=c.name)
                        for c in (spec.target, spec.outcome))
     task = tasks.plp_task(SOURCE, target, outcome_cohort=outcome, **dataclasses.asdict(spec.time_at_risk))
@@ -123,8 +124,8 @@ def pretrain_model(spec, events: Path, task, work: Path, name: str, held: list[s
     """BEHRT in the spec's shape on the censored events; ``held`` codes dropped by the vocabulary filter.
     Reused when a stamp says the same inputs made it (the same task rows of the same CDM give the same
     censored events; --fresh redoes it)."""
-    from omop_behrt.pretrain import pretrain
-    from omop_behrt.study import table_digest
+    from omop_behrt.behrt.pretrain import pretrain
+    from omop_behrt.study.run import table_digest
     p = spec.model.pretrain
     out = work / f"model_{name}"
     vocab = spec.vocabulary.tokens
@@ -153,8 +154,8 @@ def pretrain_model(spec, events: Path, task, work: Path, name: str, held: list[s
 
 def text_vectors(work: Path, task, encoder, threads: int, fresh: bool):
     """The evaluate path's text vectors (embed_text_cohort), cached per task rows and text model."""
-    from omop_behrt.embed import EmbeddingResult, embed_text_cohort
-    from omop_behrt.study import table_digest
+    from omop_behrt.vectors.embed import EmbeddingResult, embed_text_cohort
+    from omop_behrt.study.run import table_digest
     key = hashlib.sha256((table_digest(task.index) + encoder.checksum()).encode()).hexdigest()[:16]
     cache = work / f"text_{key}.npz"
     if cache.exists() and not fresh:
@@ -170,9 +171,9 @@ def text_vectors(work: Path, task, encoder, threads: int, fresh: bool):
 def opaque_text_vectors(work: Path, task, encoder, held: list[str], name: str, fresh: bool):
     """Text vectors with the held codes' descriptions replaced by the bare code (``RxNorm/807283``): a code the
     language model cannot read either. serialize(descriptions=...) + TextEncoder.encode, as embed_text_cohort."""
-    from omop_behrt.embed import EmbeddingResult
-    from omop_behrt.serialize import serialize
-    from omop_behrt.study import table_digest
+    from omop_behrt.vectors.embed import EmbeddingResult
+    from omop_behrt.text.serialize import serialize
+    from omop_behrt.study.run import table_digest
     key = hashlib.sha256((table_digest(task.index) + encoder.checksum() + "|".join(held)).encode()).hexdigest()[:16]
     cache = work / f"text_opaque_{name}_{key}.npz"
     if cache.exists() and not fresh:
@@ -192,7 +193,7 @@ def opaque_text_vectors(work: Path, task, encoder, held: list[str], name: str, f
 
 def text_tokens(work: Path, task, encoder) -> dict:
     """Serialise the same rows again (timed alone) and count the tokens the encoder embeds (every chunk)."""
-    from omop_behrt.serialize import serialize
+    from omop_behrt.text.serialize import serialize
     t = time.perf_counter()
     texts = serialize(SOURCE, task.index, work_dir=work / "serialize_work")
     seconds = time.perf_counter() - t
@@ -207,7 +208,7 @@ def text_tokens(work: Path, task, encoder) -> dict:
 def evaluate(model: Path, task, split: np.ndarray, text, held: list[str] | None, methods: list[str],
              n_boot: int, seed: int) -> tuple[dict, float]:
     """comparison.prepare (BEHRT's sequences, censored) + run; the held codes also leave the count features."""
-    from omop_behrt import comparison
+    from omop_behrt.evaluation import comparison
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -224,7 +225,7 @@ def evaluate(model: Path, task, split: np.ndarray, text, held: list[str] | None,
 
 def summary(res: dict, min_count: int) -> dict:
     """The aggregates of one run (no predictions, no person; counts below ``min_count`` shown as <N)."""
-    from omop_behrt.evaluate import shareable_results
+    from omop_behrt.evaluation.metrics import shareable_results
     res = shareable_results(res, min_count)
     keep = ("auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "calibration_slope", "classifier")
     return {"n": res["n"], "features": res["features"],
@@ -299,7 +300,7 @@ def main() -> int:
                          "(two more text embeddings of every row)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "text_compare.json"))
     args = ap.parse_args()
-    from omop_behrt.study_spec import load_spec
+    from omop_behrt.study.spec import load_spec
     spec = load_spec(SPEC)
     if spec.path(spec.source.cdm).resolve() != SOURCE.resolve():
         raise SystemExit(f"{SPEC}: source.cdm is not {SOURCE}")
@@ -311,7 +312,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     duckdb.default_connection().execute(f"SET threads = {args.threads}")
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.text.encoder import TextEncoder
     work = ROOT / "bench" / "out" / ("text_compare_quick" if args.quick else "text_compare")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ Two measurements on the same texts, in the same run:
            texts batched longest first under a padded-token budget, chunk vectors length-weighted per text)
   * naive: one text at a time, no sorting, truncated at 512 tokens (what a per-row loop with the tokenizer's
            defaults does; it drops every token past 512 and runs past the model's 256-token training length)
-The texts are synthetic but shaped like omop_behrt.serialize's output (a header, then per-domain lines of
+The texts are synthetic but shaped like omop_behrt.text.serialize's output (a header, then per-domain lines of
 descriptions with counts and times before index), with lengths drawn from a log-normal (median ~350 tokens,
 long tail to ~2,500). Prints a table and writes bench/out/text_encoder.json.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omop_behrt.text_encoder import TextEncoder
+from omop_behrt.text.encoder import TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTIONS = {

@@ -1,7 +1,7 @@
 """Benchmark BEHRT training and inference throughput (real, non-pad tokens/s) next to a naive reference.
 
 Data: Eunomia's persons tokenised for the BEHRT config (max_len 256; the real length distribution).
-  * omop-behrt: omop_behrt.model.Behrt with the pretraining step of omop_behrt.pretrain (length-bucketed
+  * omop-behrt: omop_behrt.behrt.model.Behrt with the pretraining step of omop_behrt.behrt.pretrain (length-bucketed
     batches under a token budget, SDPA, MLM logits on chosen tokens only; bf16 + TF32 (+ compile) on CUDA)
   * naive     : written here for the benchmark: fp32, every sequence padded to max_len, hand-written
     attention, MLM logits for every position
@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omop_behrt.model import Behrt, BehrtConfig
-from omop_behrt.batches import batches, collate
-from omop_behrt.pretrain import IGNORE, Objective, mask_tokens, optimizer_for
-from omop_behrt.tokenizer import TokenVocabulary, tokenize, visit_table
+from omop_behrt.behrt.model import Behrt, BehrtConfig
+from omop_behrt.behrt.batches import batches, collate
+from omop_behrt.behrt.pretrain import IGNORE, Objective, mask_tokens, optimizer_for
+from omop_behrt.behrt.tokenizer import TokenVocabulary, tokenize, visit_table
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from omop_behrt.adapters import omop
 from omop_behrt.events import EventDir
-from omop_behrt.vocab import map_events
+from omop_behrt.vocab.registry import map_events
 
 OUT = Path(__file__).parent / "out"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from omop_behrt.report import screenshot
+from omop_behrt.evaluation.report import screenshot
 
 
 def render(page: Path, png: Path, *, width: int = 1280, max_kb: int = 1000) -> tuple[int, int, int]:

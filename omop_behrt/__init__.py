@@ -1,6 +1,6 @@
 """omop-behrt: BEHRT-style transformer patient embeddings from OMOP CDM and FHIR data.
 
-The public names below import on first use (PEP 562), so that ``import omop_behrt.cli`` and ``omop-behrt --help``
+The public names below import on first use (PEP 562), so that ``import omop_behrt.cli.main`` and ``omop-behrt --help``
 load no pyarrow, pandas, torch or scikit-learn: ``from omop_behrt import PatientEmbedder`` works as before.
 """
 from pathlib import Path as _Path
@@ -12,13 +12,13 @@ if not (_here / "adapters").is_dir() and (_here.parent / "adapters" / "__init__.
     __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
 
 # public name -> the submodule defining it (a name equal to its module's, like cohorts, is the submodule itself)
-_LAZY = {"Database": "database", "SourceError": "database",
+_LAZY = {"Database": "db.database", "SourceError": "db.database",
          "EventDir": "events", "EventSchemaError": "events", "EVENTS_SCHEMA": "events", "NOTES_SCHEMA": "events",
          "OBSERVATION_PERIODS_SCHEMA": "events", "PERSONS_SCHEMA": "events", "validate_events": "events",
          "validate_persons": "events",
          "ExtractOptions": "adapters", "extract": "adapters", "from_meds": "adapters", "to_meds": "adapters",
-         "cohorts": "cohorts", "write_embeddings": "export",
-         "PatientEmbedder": "embed", "embed_cohort": "embed"}
+         "cohorts": "tasks.cohorts", "write_embeddings": "vectors.export",
+         "PatientEmbedder": "vectors.embed", "embed_cohort": "vectors.embed"}
 
 __all__ = ["__version__", "Database", "SourceError", "EventDir", "EventSchemaError", "EVENTS_SCHEMA",
            "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "NOTES_SCHEMA", "validate_events", "validate_persons",
@@ -42,7 +42,7 @@ def __getattr__(name: str):
         value = _package_version()
     elif name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        value = module if name == _LAZY[name] else getattr(module, name)
+        value = module if name == _LAZY[name].rsplit(".", 1)[-1] else getattr(module, name)
     else:
         raise AttributeError(f"module 'omop_behrt' has no attribute {name!r}")
     globals()[name] = value

@@ -1,4 +1,4 @@
 """``python -m omop_behrt``: the same command line as the ``omop-behrt`` console script."""
-from .cli import run
+from omop_behrt.cli.main import run
 
 run()

@@ -109,7 +109,7 @@ def _is_count(key: str, under_counts: bool) -> bool:
 
 def _json_findings(obj, min_count: int, where: str = "") -> list[tuple[str, str]]:
     """(what, why) for each per-person key, small count, rare listed code or per-person curve in a JSON value."""
-    from .evaluate import curves_problem
+    from omop_behrt.evaluation.metrics import curves_problem
     out: list[tuple[str, str]] = []
 
     def walk(o, path: str, under_counts: bool) -> None:

@@ -21,7 +21,7 @@ RENAMED_54_TO_53 = {"admitted_from_concept_id": "admitting_source_concept_id",
 def ddl(version: str, dialect: str, schema: str) -> list[str]:
     """The official CREATE TABLE statements with the schema filled in."""
     if dialect == "duckdb":   # the package ships the DuckDB DDL (it types folder exports); tests read that copy
-        from omop_behrt.database import load_sql
+        from omop_behrt.db.database import load_sql
         text = load_sql(f"ddl/OMOPCDM_duckdb_{version}_ddl.sql")
     else:
         text = (DATA / "omop_cdm_ddl" / version / f"OMOPCDM_{dialect}_{version}_ddl.sql").read_text()
@@ -120,8 +120,8 @@ def copy_with_nsaid_cohort(eunomia: Path, folder: Path, cohort_id: int = 1) -> P
     NSAID exposure (the demo's target; tests must not write into the session's shared copy)."""
     import shutil
 
-    from omop_behrt import cohorts
-    from omop_behrt.demo import NSAIDS
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.study.demo import NSAIDS
     dst = Path(folder) / "eunomia.duckdb"
     shutil.copy(eunomia, dst)
     cohorts.first_occurrence_cohort(dst, cohort_id, list(NSAIDS), domains=["drug"])

@@ -67,7 +67,7 @@ def synthea_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(eunomia_events, tmp_path_factory) -> Path:
     """A tiny BEHRT pretrained briefly on Eunomia (source codes): enough for shape/plumbing/leakage tests."""
-    from omop_behrt.pretrain import pretrain
+    from omop_behrt.behrt.pretrain import pretrain
     out = tmp_path_factory.mktemp("tiny_model")
     pretrain(eunomia_events, "source", out, "tiny", max_steps=30, progress=False, device="cpu", seed=0)
     return out

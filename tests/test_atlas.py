@@ -13,10 +13,12 @@ import warnings
 import duckdb
 import pytest
 
-from omop_behrt import atlas, cohorts, tasks
-from omop_behrt.cli import main
-from omop_behrt.database import SourceError
-from omop_behrt.dialects import translate_ohdsi
+from omop_behrt.tasks import atlas
+from omop_behrt.tasks import cohorts
+from omop_behrt.tasks import labels as tasks
+from omop_behrt.cli.main import main
+from omop_behrt.db.database import SourceError
+from omop_behrt.db.dialects import translate_ohdsi
 
 from conftest import DATA
 

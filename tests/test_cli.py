@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from omop_behrt import EventDir
-from omop_behrt.cli import main
+from omop_behrt.cli.main import main
 
 
 def test_extract_cli(eunomia_db, tmp_path, capsys):

@@ -18,7 +18,7 @@ def _python(code: str) -> str:
 
 
 def test_building_the_parser_imports_nothing_heavy():
-    out = _python("import sys, omop_behrt.cli as c; c.build_parser(); "
+    out = _python("import sys, omop_behrt.cli.main as c; c.build_parser(); "
                   f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     assert out == "[]", f"building the parser imported: {out}"
 
@@ -27,7 +27,7 @@ def test_every_subcommand_help_imports_nothing_heavy():
     """Each command's --help in one fresh process (main's exit 0 per command), and still no heavy import."""
     out = _python(
         "import argparse, contextlib, io, sys\n"
-        "import omop_behrt.cli as c\n"
+        "import omop_behrt.cli.main as c\n"
         "def walk(p, path=()):\n"
         "    yield path\n"
         "    for a in p._actions:\n"
@@ -62,8 +62,14 @@ def test_console_script_help_and_version():
 
 def test_choices_are_the_librarys_own():
     """One definition: the heavy modules re-export choices.py's objects, and the parser offers exactly those."""
-    from omop_behrt import choices, cohorts, comparison, embed, evaluate, heads, text_encoder
-    from omop_behrt.cli import build_parser
+    from omop_behrt import choices
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.vectors import embed
+    from omop_behrt.evaluation import metrics as evaluate
+    from omop_behrt.evaluation import heads
+    from omop_behrt.text import encoder as text_encoder
+    from omop_behrt.cli.main import build_parser
     assert comparison.METHODS is choices.METHODS and comparison.ALL_METHODS is choices.ALL_METHODS
     assert comparison.TEXT_METHODS is choices.TEXT_METHODS and heads.HEADS is choices.HEADS
     assert embed.POOLINGS is choices.POOLINGS and evaluate.FRACTIONS is choices.FRACTIONS
@@ -91,13 +97,13 @@ def test_public_names_import_lazily():
                   "from omop_behrt import EventDir, SourceError, extract, cohorts, write_embeddings\n"
                   "print(EventDir.__module__, SourceError.__module__, extract.__module__, cohorts.__name__, "
                   "write_embeddings.__module__, 'torch' in sys.modules)")
-    assert out == ("omop_behrt.events omop_behrt.database omop_behrt.adapters.omop omop_behrt.cohorts "
-                   "omop_behrt.export False")
+    assert out == ("omop_behrt.events omop_behrt.db.database omop_behrt.adapters.omop omop_behrt.tasks.cohorts "
+                   "omop_behrt.vectors.export False")
     import omop_behrt
     assert set(omop_behrt.__all__) <= set(dir(omop_behrt))
     for name in omop_behrt.__all__:
         assert getattr(omop_behrt, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         omop_behrt.nope  # noqa: B018
-    from omop_behrt import export_parquet          # a submodule that is no public name still imports
-    assert export_parquet.__name__ == "omop_behrt.export_parquet"
+    from omop_behrt.vectors import export_parquet          # a submodule that is no public name still imports
+    assert export_parquet.__name__ == "omop_behrt.vectors.export_parquet"

@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pytest
 
 from omop_behrt import EventDir
-from omop_behrt.cli import build_parser, main, shown_default
-from omop_behrt.cohorts import RESULTS_SCHEMA, CohortTable
-from omop_behrt.comparison import METHODS
-from omop_behrt.demo import eunomia_path
+from omop_behrt.cli.main import build_parser, main, shown_default
+from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, CohortTable
+from omop_behrt.evaluation.comparison import METHODS
+from omop_behrt.study.demo import eunomia_path
 
 NO_HELP_NEEDED = {"-h", "--help", "--version"}
 

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdm_fixtures import load_postgres_cdm
-from omop_behrt import EventDir, cohorts
+from omop_behrt import EventDir
+from omop_behrt.tasks import cohorts
 from omop_behrt.adapters import omop
 
 

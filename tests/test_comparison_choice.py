@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
-from omop_behrt import comparison
-from omop_behrt.baselines import counts_gbm, counts_lr
-from omop_behrt.comparison import CHOICE_RULE, fit_better
+from omop_behrt.evaluation import comparison
+from omop_behrt.evaluation.baselines import counts_gbm, counts_lr
+from omop_behrt.evaluation.comparison import CHOICE_RULE, fit_better
 
 
 def _rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +98,7 @@ def gi_bleed(eunomia_db, tiny_model, tmp_path_factory):
     """The GI-bleed task's first 600 rows, prepared without a text model (the tests bring their own vectors)."""
     from cdm_fixtures import copy_with_nsaid_cohort
 
-    from omop_behrt.tasks import Task, plp_task, split_persons
+    from omop_behrt.tasks.labels import Task, plp_task, split_persons
     cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("choice"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
     prep = comparison.prepare(tiny_model, cdm, Task(t.labels.slice(0, 600), t.definition, t.attrition))
@@ -107,7 +107,7 @@ def gi_bleed(eunomia_db, tiny_model, tmp_path_factory):
 
 def _with_text(prep, vectors: np.ndarray):
     """``prep`` with these vectors as its text vectors (the shape embed_text_cohort returns)."""
-    from omop_behrt.embed import EmbeddingResult
+    from omop_behrt.vectors.embed import EmbeddingResult
     index = prep.task.labels.select(["subject_id", "index_date"])
     prov = {"text_model": {"name": "planted", "dims": vectors.shape[1]}, "seconds": 0.1, "rows": len(vectors)}
     return replace(prep, text=EmbeddingResult(index, vectors.astype(np.float32), np.ones(len(vectors), bool), prov))
@@ -152,7 +152,7 @@ def test_text_counts_keeps_gbm_chosen_on_validation_and_records_it(gi_bleed):
 
 
 def test_the_choice_is_in_the_shareable_results(gi_bleed):
-    from omop_behrt.evaluate import shareable_results
+    from omop_behrt.evaluation.metrics import shareable_results
     prep, split = gi_bleed
     res = comparison.run(_with_text(prep, _ring_text(prep.task.y)), split, methods=["text-counts"],
                          few_shot_fractions=None, n_boot=10, progress=False)

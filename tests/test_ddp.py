@@ -40,7 +40,7 @@ def _run_torchrun(events: Path, out: Path, tmp: Path, extra: str = "") -> float:
         pytest.skip("this torch build has no torch.distributed gloo backend")
     script = tmp / "ddp_pretrain.py"
     script.write_text(textwrap.dedent(f"""
-        from omop_behrt.pretrain import pretrain
+        from omop_behrt.behrt.pretrain import pretrain
         pretrain({str(events)!r}, "source", {str(out)!r}, "tiny", max_steps={STEPS}, batch_tokens={BATCH_TOKENS},
                  log_every=1, device="cpu", seed={SEED}, threads=1, progress=False, checkpoint_every=1{extra})
         """))
@@ -65,10 +65,10 @@ def _run_torchrun(events: Path, out: Path, tmp: Path, extra: str = "") -> float:
 def _one_process_reference(work: Path, config: dict, ranks: tuple[int, ...] = (0, 1)
                            ) -> tuple[torch.nn.Module, list[float]]:
     """The same 4 steps in one process: the ranks' batches per step, gradients averaged as DDP averages them."""
-    from omop_behrt.batches import batches, device_batches
-    from omop_behrt.model import Behrt, BehrtConfig
-    from omop_behrt.pretrain import Objective, lr_at, optimizer_for
-    from omop_behrt.tokenizer import Sequences
+    from omop_behrt.behrt.batches import batches, device_batches
+    from omop_behrt.behrt.model import Behrt, BehrtConfig
+    from omop_behrt.behrt.pretrain import Objective, lr_at, optimizer_for
+    from omop_behrt.behrt.tokenizer import Sequences
     train = Sequences.load(work / "data" / "train")                 # tokenised by the torchrun's rank 0
     cfg = BehrtConfig.from_dict(config)
     torch.manual_seed(SEED)
@@ -134,7 +134,7 @@ def test_two_process_gloo_ddp_equals_one_process(eunomia_events, tmp_path):
 
 def _initial(config: dict) -> dict[str, torch.Tensor]:
     """The weights both runs start from (seeded init)."""
-    from omop_behrt.model import Behrt, BehrtConfig
+    from omop_behrt.behrt.model import Behrt, BehrtConfig
     torch.manual_seed(SEED)
     return Behrt(BehrtConfig.from_dict(config)).state_dict()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from omop_behrt import study
-from omop_behrt.comparison import TEXT_METHODS
-from omop_behrt.demo import DEMO_TEXT_MODEL, run_demo
+from omop_behrt.study import run as study
+from omop_behrt.evaluation.comparison import TEXT_METHODS
+from omop_behrt.study.demo import DEMO_TEXT_MODEL, run_demo
 
 
 @pytest.fixture

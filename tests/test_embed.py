@@ -14,9 +14,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from omop_behrt import cohorts
-from omop_behrt.cli import main
-from omop_behrt.embed import PatientEmbedder, embed_cohort
+from omop_behrt.tasks import cohorts
+from omop_behrt.cli.main import main
+from omop_behrt.vectors.embed import PatientEmbedder, embed_cohort
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import cohorts
-from omop_behrt.cli import main
-from omop_behrt.embed import embed_cohort, fixed_shape_plan
-from omop_behrt.embed_run import in_shard, parse_shard, person_hash
-from omop_behrt.export import EmbeddingModelInfo, write_embeddings
+from omop_behrt.tasks import cohorts
+from omop_behrt.cli.main import main
+from omop_behrt.vectors.embed import embed_cohort, fixed_shape_plan
+from omop_behrt.vectors.embed_run import in_shard, parse_shard, person_hash
+from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
 
 # Each shard process: embed its shard, wait until both shards have their vectors, then write every target (in
 # opposite orders), so the writes really overlap.
@@ -25,9 +25,9 @@ SHARD_SCRIPT = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import pyarrow.csv as pcsv, torch
-    from omop_behrt import cohorts
-    from omop_behrt.embed import embed_cohort
-    from omop_behrt.export import EmbeddingModelInfo, write_embeddings
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.vectors.embed import embed_cohort
+    from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
     torch.set_num_threads(1)
     model, events, csv, work, i, targets = sys.argv[1:7]
     i = int(i)

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import atlas, cohorts
-from omop_behrt.cli import main
+from omop_behrt.tasks import atlas
+from omop_behrt.tasks import cohorts
+from omop_behrt.cli.main import main
 
 from conftest import DATA
 
@@ -31,9 +32,9 @@ def tiny_text_model(tmp_path_factory):
 
 
 def test_embed_text_cli_and_api_agree(gi_bleed_cdm, tiny_text_model, tmp_path, capsys):
-    from omop_behrt.embed import embed_text_cohort
-    from omop_behrt.serialize import SERIALIZER_VERSION, serialize
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.text.serialize import SERIALIZER_VERSION, serialize
+    from omop_behrt.text.encoder import TextEncoder
     out = tmp_path / "v.parquet"
     assert main(["embed", "--encoder", "text", "--text-model", str(tiny_text_model), "--source", str(gi_bleed_cdm),
                  "--cohort-id", "77", "--out", str(out), "--quiet"]) == 0
@@ -77,7 +78,7 @@ def test_patient_embedder_text_in_a_pipeline(gi_bleed_cdm, tiny_text_model):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from omop_behrt.embed import PatientEmbedder
+    from omop_behrt.vectors.embed import PatientEmbedder
     index = cohorts.CohortTable(gi_bleed_cdm, "results").read(77).to_pandas().iloc[:40]
     emb = PatientEmbedder(source=gi_bleed_cdm, encoder="text", text_model=str(tiny_text_model))
     X = emb.fit(index).transform(index)

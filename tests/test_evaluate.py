@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from omop_behrt.evaluate import binary_metrics, calibration, few_shot, multilabel_metrics, subsample
+from omop_behrt.evaluation.metrics import binary_metrics, calibration, few_shot, multilabel_metrics, subsample
 
 
 def test_binary_metrics_match_sklearn():
@@ -81,7 +81,7 @@ def test_subsample_nested_stratified_and_few_shot():
 
 
 def test_vectorised_bootstrap_is_the_per_replicate_loop():
-    from omop_behrt.evaluate import _point, bootstrap_points
+    from omop_behrt.evaluation.metrics import _point, bootstrap_points
     rng = np.random.default_rng(3)
     y = (rng.random(300) < 0.15).astype(int)
     p = np.round(np.clip(0.2 * y + rng.random(300) * 0.5, 0, 1), 2)          # many tied scores
@@ -103,8 +103,8 @@ def test_vectorised_bootstrap_is_the_per_replicate_loop():
 @pytest.fixture(scope="module")
 def prepared(tiny_model, eunomia_db, tmp_path_factory):
     from cdm_fixtures import copy_with_nsaid_cohort
-    from omop_behrt import comparison
-    from omop_behrt.tasks import Task, plp_task
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.tasks.labels import Task, plp_task
     cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("evaluate"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
     return comparison.prepare(tiny_model, cdm, Task(t.labels.slice(0, 600), t.definition, t.attrition))
@@ -112,12 +112,12 @@ def prepared(tiny_model, eunomia_db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def split(prepared):
-    from omop_behrt.tasks import split_persons
+    from omop_behrt.tasks.labels import split_persons
     return split_persons(prepared.task.labels["subject_id"].to_numpy(), seed=0)
 
 
 def test_method_names_are_typeable_and_checked():
-    from omop_behrt.comparison import ALL_METHODS, FEW_SHOT_METHODS, METHODS, TEXT_METHODS, check_methods
+    from omop_behrt.evaluation.comparison import ALL_METHODS, FEW_SHOT_METHODS, METHODS, TEXT_METHODS, check_methods
     assert METHODS == ("embeddings-lr", "counts-lr", "counts-gbm", "embeddings-counts", "finetuned-pretrained",
                        "finetuned-scratch")
     assert TEXT_METHODS == ("text-lr", "text-counts", "text-behrt") and ALL_METHODS == METHODS + TEXT_METHODS
@@ -135,7 +135,7 @@ def test_method_names_are_typeable_and_checked():
 
 
 def test_cli_unknown_method_is_one_error_listing_the_names(prepared, tiny_model, tmp_path, capsys):
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     prepared.task.save(tmp_path / "task")
     rc = main(["evaluate", "--model", str(tiny_model), "--source", str(tmp_path), "--task", str(tmp_path / "task"),
                "--methods", "counts+LR"])
@@ -146,8 +146,9 @@ def test_cli_unknown_method_is_one_error_listing_the_names(prepared, tiny_model,
 
 
 def test_only_the_requested_methods_run(prepared, split, monkeypatch):
-    from omop_behrt import comparison, embed
-    from omop_behrt.heads import FineTunedBehrt
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.vectors import embed
+    from omop_behrt.evaluation.heads import FineTunedBehrt
 
     def no(*a, **k):
         raise AssertionError("a torch model was fitted or run for counts-lr")
@@ -162,7 +163,7 @@ def test_only_the_requested_methods_run(prepared, split, monkeypatch):
 
 
 def test_progress_goes_to_stderr_results_to_stdout(prepared, split, capfd):
-    from omop_behrt import comparison
+    from omop_behrt.evaluation import comparison
     comparison.run(prepared, split, methods=["embeddings-lr", "finetuned-pretrained"], few_shot_fractions=(0.25,),
                    finetune={"epochs": 1, "min_steps": 2}, n_boot=20, progress=True)
     out, err = capfd.readouterr()
@@ -177,7 +178,7 @@ def test_progress_goes_to_stderr_results_to_stdout(prepared, split, capfd):
 def test_parallel_fine_tunes_give_the_serial_numbers(prepared, split, capfd):
     import torch
 
-    from omop_behrt import comparison
+    from omop_behrt.evaluation import comparison
     kw = dict(methods=["counts-lr", "finetuned-pretrained", "finetuned-scratch"], few_shot_fractions=(0.1, 1.0),
               finetune={"epochs": 2, "min_steps": 4}, n_boot=20, seed=1)
     threads = torch.get_num_threads()

@@ -21,7 +21,7 @@ def gi_bleed(eunomia_db, tmp_path_factory):
     """The GI-bleed task of the other evaluate tests (first NSAID -> GI bleed, 600 rows) and its CDM copy."""
     from cdm_fixtures import copy_with_nsaid_cohort
 
-    from omop_behrt.tasks import Task, plp_task
+    from omop_behrt.tasks.labels import Task, plp_task
     cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("evaluate_text"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
     return cdm, Task(t.labels.slice(0, 600), t.definition, t.attrition)
@@ -34,14 +34,14 @@ def bert(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(gi_bleed, tiny_model, bert):
-    from omop_behrt import comparison
+    from omop_behrt.evaluation import comparison
     cdm, task = gi_bleed
     return comparison.prepare(tiny_model, cdm, task, text_model=bert)
 
 
 @pytest.fixture(scope="module")
 def split(prepared):
-    from omop_behrt.tasks import split_persons
+    from omop_behrt.tasks.labels import split_persons
     return split_persons(prepared.task.labels["subject_id"].to_numpy(), seed=0)
 
 
@@ -55,8 +55,8 @@ def test_text_vectors_are_the_task_rows(prepared, bert):
 
 
 def test_text_methods_run_reproducibly_on_the_same_split(prepared, split):
-    from omop_behrt import comparison
-    from omop_behrt.heads import LinearProbe
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.evaluation.heads import LinearProbe
     kw = dict(methods=["counts-lr", "embeddings-lr", *TEXT], few_shot_fractions=(0.5, 1.0), n_boot=50, seed=3,
               progress=False)
     a = comparison.run(prepared, split, **kw)
@@ -93,14 +93,14 @@ def test_text_methods_run_reproducibly_on_the_same_split(prepared, split):
 def test_text_methods_without_text_vectors_say_what_to_do(prepared, split):
     from dataclasses import replace
 
-    from omop_behrt import comparison
+    from omop_behrt.evaluation import comparison
     with pytest.raises(ValueError, match=r"text-behrt need the text vectors: prepare\(\.\.\., text_model="):
         comparison.run(replace(prepared, text=None), split, methods=["counts-lr", "text-behrt"],
                        few_shot_fractions=None, n_boot=10, progress=False)
 
 
 def test_cli_text_methods_and_no_text_import_otherwise(gi_bleed, tiny_model, bert, tmp_path, capsys):
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     cdm, task = gi_bleed
     task.save(tmp_path / "task")
     base = ["evaluate", "--model", str(tiny_model), "--source", str(cdm), "--task", str(tmp_path / "task"),
@@ -119,10 +119,10 @@ def test_cli_text_methods_and_no_text_import_otherwise(gi_bleed, tiny_model, ber
     # the same command without a text method, in a fresh process: nothing of the text path is imported
     code = textwrap.dedent(f"""
         import sys
-        from omop_behrt.cli import main
+        from omop_behrt.cli.main import main
         rc = main({[*base, "--methods", "counts-lr,embeddings-lr"]!r})
         text = sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "sentence_transformers")
-                      or m in ("omop_behrt.text_encoder", "omop_behrt.serialize"))
+                      or m in ("omop_behrt.text.encoder", "omop_behrt.text.serialize"))
         print("TEXT-MODULES", text)
         sys.exit(rc or bool(text))
     """)

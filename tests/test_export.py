@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.database import Database, Transaction
-from omop_behrt.export import EmbeddingModelInfo, write_embeddings
+from omop_behrt.db.database import Database, Transaction
+from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
 
 
 def _index(n: int, cid: int = 3) -> pa.Table:

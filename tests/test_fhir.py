@@ -348,7 +348,7 @@ def test_resume_skips_finished_parts(tmp_path, bundle_events):
 
 
 def test_cli_routes_fhir_sources(tmp_path, capsys):
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     assert main(["extract", "--source", str(NDJSON), "--out", str(tmp_path / "o"), "--quiet",
                  "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out

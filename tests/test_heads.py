@@ -7,14 +7,14 @@ import pyarrow.compute as pc
 import pytest
 from sklearn.base import clone
 
-from omop_behrt.heads import FineTunedBehrt, LinearProbe, MultiLabelBehrt
-from omop_behrt.model import Behrt
-from omop_behrt.tokenizer import tokenize
+from omop_behrt.evaluation.heads import FineTunedBehrt, LinearProbe, MultiLabelBehrt
+from omop_behrt.behrt.model import Behrt
+from omop_behrt.behrt.tokenizer import tokenize
 
 
 @pytest.fixture(scope="module")
 def seqs_y(tiny_model, eunomia_events):
-    from omop_behrt.vocab import map_events
+    from omop_behrt.vocab.registry import map_events
     persons = eunomia_events.persons()
     keep = persons["subject_id"].to_numpy()[:160]
     tokens = map_events(eunomia_events, "source", progress=False).tokens
@@ -84,9 +84,9 @@ def test_multilabel_head(seqs_y, tiny_model, tmp_path):
 
 
 def test_behrt_t1_multilabel_end_to_end(tiny_model, eunomia_events, tmp_path):
-    from omop_behrt import comparison
-    from omop_behrt.tasks import MultiLabelTask, behrt_task, split_persons
-    from omop_behrt.vocab import map_events
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.tasks.labels import MultiLabelTask, behrt_task, split_persons
+    from omop_behrt.vocab.registry import map_events
     tokens = map_events(eunomia_events, "caliber", progress=False).tokens
     t = behrt_task(tokens, "T1", seed=0)
     t = MultiLabelTask(t.index.slice(0, 300), t.Y[:300], t.diseases, t.definition)
@@ -101,8 +101,8 @@ def test_behrt_t1_multilabel_end_to_end(tiny_model, eunomia_events, tmp_path):
 
 
 def test_cli_task_behrt(eunomia_events, tmp_path, capsys):
-    from omop_behrt.cli import main
-    from omop_behrt.tasks import MultiLabelTask, load_split
+    from omop_behrt.cli.main import main
+    from omop_behrt.tasks.labels import MultiLabelTask, load_split
     rc = main(["task", "behrt", "--events", str(eunomia_events.path), "--task", "T2", "--first-incidence",
                "--out", str(tmp_path / "t2")])
     assert rc == 0 and "T2:" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from omop_behrt.heads import FineTunedBehrt, LinearProbe, MultiLabelBehrt
+from omop_behrt.evaluation.heads import FineTunedBehrt, LinearProbe, MultiLabelBehrt
 
 MAX_LEN = 24
 BINARY = "CVX/121"
@@ -38,9 +38,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def planted(tiny_model, eunomia_events):
     """(sequences, presence of each token per sequence, token ids, train rows, test rows)."""
-    from omop_behrt.model import Behrt
-    from omop_behrt.tokenizer import tokenize
-    from omop_behrt.vocab import map_events
+    from omop_behrt.behrt.model import Behrt
+    from omop_behrt.behrt.tokenizer import tokenize
+    from omop_behrt.vocab.registry import map_events
     model = Behrt.load(tiny_model)
     tokens = map_events(eunomia_events, "source", progress=False).tokens
     seqs = tokenize(tokens, eunomia_events.persons(), model.vocab, max_len=MAX_LEN)
@@ -63,8 +63,8 @@ def test_the_planted_labels_are_not_age(planted):
 
 
 def test_linear_probe_learns(planted, tiny_model):
-    from omop_behrt.embed import embed_sequences
-    from omop_behrt.model import Behrt
+    from omop_behrt.vectors.embed import embed_sequences
+    from omop_behrt.behrt.model import Behrt
     seqs, present, ids, tr, te = planted
     y = present[:, ids[BINARY]].astype(int)
     X = embed_sequences(Behrt.load(tiny_model), seqs, pooling="mean")

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from omop_behrt import cohorts
+from omop_behrt.tasks import cohorts
 from omop_behrt.adapters import omop
-from omop_behrt.demo import GI_BLEED
-from omop_behrt.tasks import plp_task, pretraining_overlap
+from omop_behrt.study.demo import GI_BLEED
+from omop_behrt.tasks.labels import plp_task, pretraining_overlap
 from cdm_fixtures import copy_with_nsaid_cohort
 
 
@@ -60,7 +60,7 @@ def test_uncensored_pretraining_is_flagged_with_the_exact_count(tiny_model, nsai
 
 
 def test_censored_pretraining_is_not_flagged(cdm, nsaid_task, tmp_path):
-    from omop_behrt.pretrain import pretrain
+    from omop_behrt.behrt.pretrain import pretrain
     opts = omop.ExtractOptions(index_dates=nsaid_task.labels.select(["subject_id", "index_date"]))
     omop.extract(cdm, tmp_path / "events", options=opts, progress=False)
     pretrain(tmp_path / "events", "source", tmp_path / "model", "tiny", max_steps=2, progress=False,
@@ -95,8 +95,8 @@ def test_small_counts_are_hidden(tiny_model, nsaid_task, window_entries):
 
 
 def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, cdm, nsaid_task, tmp_path, capsys):
-    from omop_behrt.cli import main
-    from omop_behrt.tasks import save_split, split_persons
+    from omop_behrt.cli.main import main
+    from omop_behrt.tasks.labels import save_split, split_persons
     subjects = nsaid_task.labels["subject_id"].to_numpy()
     nsaid_task.save(tmp_path / "task")
     save_split(tmp_path / "task" / "split.parquet", subjects, split_persons(subjects, seed=0))
@@ -110,7 +110,7 @@ def test_evaluate_says_it_on_the_command_line_and_in_the_results(tiny_model, cdm
 
 
 def test_the_report_puts_it_in_the_warning_box():
-    from omop_behrt.report import result_warnings
+    from omop_behrt.evaluation.report import result_warnings
     assert result_warnings({"methods": {}}) == []
     w = result_warnings({"methods": {}, "leakage": "leakage: the model was pretrained on events inside ..."})
     assert w == [{"method": "encoder-based methods", "metric": "leakage", "value": "",

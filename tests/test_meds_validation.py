@@ -20,7 +20,7 @@ import pytest
 
 meds = pytest.importorskip("meds", reason="the `meds` package (official MEDS schemas) is not installed")
 
-from omop_behrt import cohorts  # noqa: E402
+from omop_behrt.tasks import cohorts  # noqa: E402
 from omop_behrt.adapters import fhir  # noqa: E402
 from omop_behrt.adapters.meds import from_meds, to_meds  # noqa: E402
 from omop_behrt.events import EventDir  # noqa: E402

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from omop_behrt.model import Behrt, BehrtConfig, sinusoidal
-from omop_behrt.tokenizer import SPECIALS, TokenVocabulary
+from omop_behrt.behrt.model import Behrt, BehrtConfig, sinusoidal
+from omop_behrt.behrt.tokenizer import SPECIALS, TokenVocabulary
 
 torch.set_num_threads(1)
 
@@ -103,7 +103,7 @@ def test_cpu_bf16_autocast_close_to_fp32():
 
 def _reseal(path) -> None:
     """Record a model id over the files as they are now (what an older version's save wrote for its files)."""
-    from omop_behrt.model import _id_from, _metadata_digest, file_digests
+    from omop_behrt.behrt.model import _id_from, _metadata_digest, file_digests
     meta = json.loads((path / "metadata.json").read_text())
     files = file_digests(path)
     meta |= {"model_id": _id_from(files), "model_files": files | {"metadata.json": _metadata_digest(meta)}}
@@ -125,8 +125,8 @@ def test_config_without_time_tokens_loads_as_before(tmp_path):
 
 
 def test_time_tokens_config_and_vocabulary_must_agree(tmp_path):
-    from omop_behrt.model import ModelIntegrityError
-    from omop_behrt.tokenizer import TIME_TOKENS
+    from omop_behrt.behrt.model import ModelIntegrityError
+    from omop_behrt.behrt.tokenizer import TIME_TOKENS
     timed = TokenVocabulary(list(SPECIALS) + list(TIME_TOKENS) + [f"T/{i}" for i in range(19)],
                             [0] * 21 + [100] * 19, min_count=10)
     torch.manual_seed(0)

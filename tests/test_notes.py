@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 from omop_behrt.adapters import omop
-from omop_behrt.cohorts import INDEX_SCHEMA
+from omop_behrt.tasks.cohorts import INDEX_SCHEMA
 from omop_behrt.events import NOTES_SCHEMA, EventDir
-from omop_behrt.serialize import serialize
+from omop_behrt.text.serialize import serialize
 
 PERSON, OTHER = 5111, 6      # index dates: the ends of their observation periods, 1984-12-10 and 2007-02-06
 
@@ -189,8 +189,8 @@ def test_pooled_vectors(notes_events, index, eunomia_db, tmp_path):
     pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.embed import embed_text_cohort
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.text.encoder import TextEncoder
     events, _ = notes_events
     encoder = TextEncoder(_bert_dir(tmp_path / "bert"), device="cpu")
     plain = embed_text_cohort(events, index, encoder=encoder, cdm=eunomia_db, progress=False)
@@ -214,9 +214,9 @@ def test_cli_extract_and_embed_with_notes(notes_cdm, index, tmp_path, capsys):
     import pyarrow.parquet as pq
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.cli import main
-    from omop_behrt.embed import embed_text_cohort
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.cli.main import main
+    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.text.encoder import TextEncoder
     assert main(["extract", "--source", str(notes_cdm[0]), "--out", str(tmp_path / "ev"), "--notes", "--quiet"]) == 0
     assert "notes         4 written, 4 quarantined, 8 read (clinical notes: patient text)" in capsys.readouterr().out
     pq.write_table(index.select(["subject_id", "index_date"]), tmp_path / "ix.parquet")
@@ -268,10 +268,10 @@ def test_evaluation_takes_notes(notes_cdm, notes_events, index, tiny_model, tmp_
     pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt import comparison
-    from omop_behrt.embed import embed_text_cohort
-    from omop_behrt.tasks import LABELS_SCHEMA, Task
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.evaluation import comparison
+    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.tasks.labels import LABELS_SCHEMA, Task
+    from omop_behrt.text.encoder import TextEncoder
     labels = pa.table({"subject_id": index["subject_id"], "index_date": index["index_date"],
                        "label": pa.array([1, 0], pa.int8())}).cast(LABELS_SCHEMA)
     encoder = TextEncoder(_bert_dir(tmp_path / "bert"), device="cpu")
@@ -287,8 +287,8 @@ def test_patient_embedder_takes_notes(notes_events, index, tmp_path):
     pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.embed import PatientEmbedder, embed_text_cohort
-    from omop_behrt.text_encoder import TextEncoder
+    from omop_behrt.vectors.embed import PatientEmbedder, embed_text_cohort
+    from omop_behrt.text.encoder import TextEncoder
     events, _ = notes_events
     bert = _bert_dir(tmp_path / "bert")
     X = index.select(["subject_id", "index_date"]).to_pandas()

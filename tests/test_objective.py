@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from omop_behrt.batches import collate, next_visit_targets
-from omop_behrt.cli import build_parser, main
-from omop_behrt.model import pool as model_pool
-from omop_behrt.model import OBJECTIVES, Behrt, BehrtConfig, _id_from, _metadata_digest, file_digests
+from omop_behrt.behrt.batches import collate, next_visit_targets
+from omop_behrt.cli.main import build_parser, main
+from omop_behrt.behrt.model import pool as model_pool
+from omop_behrt.behrt.model import OBJECTIVES, Behrt, BehrtConfig, _id_from, _metadata_digest, file_digests
 
 torch.set_num_threads(1)
 
@@ -102,10 +102,10 @@ def test_next_visit_targets_match_a_plain_loop():
 def test_next_visit_pretrain_cli_embed_and_resume_check(eunomia_events, tmp_path):
     """`pretrain --objective next_visit`: loss falls over 30 steps, recall@10 reported, the config records it,
     embedding uses the causal mask; the checkpoint refuses an MLM resume; --init, --plos are refused."""
-    from omop_behrt.checkpoint import ResumeError
-    from omop_behrt.embed import embed_sequences
-    from omop_behrt.pretrain import pretrain
-    from omop_behrt.tokenizer import Sequences
+    from omop_behrt.behrt.checkpoint import ResumeError
+    from omop_behrt.vectors.embed import embed_sequences
+    from omop_behrt.behrt.pretrain import pretrain
+    from omop_behrt.behrt.tokenizer import Sequences
     out = tmp_path / "m"
     assert main(["pretrain", "--events", str(eunomia_events.path), "--out", str(out), "--objective", "next_visit",
                  "--max-steps", "30", "--device", "cpu", "--quiet", "--threads", "1"]) == 0
@@ -146,9 +146,9 @@ def test_next_visit_pretrain_cli_embed_and_resume_check(eunomia_events, tmp_path
 def test_old_config_without_objective_embeds_identically(tiny_model, eunomia_events, tmp_path):
     """A model directory whose config.json has no ``objective`` key (as an older version wrote it, model id and
     digests consistent) loads as MLM, and embeds bit-identically to the same weights under objective "mlm"."""
-    from omop_behrt.checkpoint import default_work_dir
-    from omop_behrt.embed import embed_sequences
-    from omop_behrt.tokenizer import Sequences
+    from omop_behrt.behrt.checkpoint import default_work_dir
+    from omop_behrt.vectors.embed import embed_sequences
+    from omop_behrt.behrt.tokenizer import Sequences
     old = tmp_path / "old"
     shutil.copytree(tiny_model, old)
     cfg = json.loads((old / "config.json").read_text())
@@ -174,7 +174,7 @@ def test_old_config_without_objective_embeds_identically(tiny_model, eunomia_eve
 def test_ffn_head_of_a_next_visit_encoder_reads_the_last_visit():
     """The FFN head pools the last visit of a next-visit encoder (its [CLS] sees the first visit only): changing
     the last visit changes the head's output; the MLM encoder's head still reads the pooled [CLS]."""
-    from omop_behrt.heads import HeadModel
+    from omop_behrt.evaluation.heads import HeadModel
     b = visits_batch()
     last = b["positions"] == b["positions"].masked_fill(~b["attention_mask"], -1).amax(1, keepdim=True)
     changed = dict(b, input_ids=torch.where(last & (b["input_ids"] > 3), (b["input_ids"] - 5 + 7) % 35 + 5,

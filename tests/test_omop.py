@@ -317,7 +317,7 @@ def test_cohort_filter_bad_cohort_table(eunomia_db, tmp_path):
 def test_server_query_without_rows_keeps_its_columns(pg_url):
     """A query matching nothing on a server still has its columns (it had none, and callers indexing a column,
     e.g. report.concept_names_by_id for an id not in the concept table, raised KeyError)."""
-    from omop_behrt.database import Database
+    from omop_behrt.db.database import Database
     db = Database.connect(pg_url)
     t = db.query("SELECT 1 AS concept_id, 'x' AS name WHERE 1 = 0")
     assert t.column_names == ["concept_id", "name"] and t.num_rows == 0

@@ -47,7 +47,7 @@ def test_core_imports_and_reads_fhir_without_extras(tmp_path):
     r = _child(f"""
         import pkgutil, importlib, sys
         import omop_behrt, omop_behrt.adapters
-        skip = {{"omop_behrt.report", "omop_behrt.__main__"}}     # the report is the [report] extra
+        skip = {{"omop_behrt.evaluation.report", "omop_behrt.__main__"}}     # the report is the [report] extra
         for pkg in (omop_behrt, omop_behrt.adapters):
             for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
                 if m.name not in skip:
@@ -64,7 +64,7 @@ def test_core_imports_and_reads_fhir_without_extras(tmp_path):
 def test_missing_extras_name_the_extra(tmp_path):
     r = _child(f"""
         from omop_behrt.adapters import fhir
-        from omop_behrt.database import Database, SourceError
+        from omop_behrt.db.database import Database, SourceError
         try:
             fhir.extract({str(BUNDLES)!r}, "events", validate=True, progress=False)
         except ValueError as e:
@@ -74,7 +74,7 @@ def test_missing_extras_name_the_extra(tmp_path):
         except SourceError as e:
             print("PG:", e)
         try:
-            import omop_behrt.report
+            import omop_behrt.evaluation.report
         except ModuleNotFoundError as e:
             print("REPORT:", e)
     """, tmp_path)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from omop_behrt.cli import main
-from omop_behrt.model import Behrt
-from omop_behrt.batches import batches, collate
-from omop_behrt.pretrain import IGNORE, mask_tokens, pretrain
-from omop_behrt.tokenizer import MASK, Sequences
+from omop_behrt.cli.main import main
+from omop_behrt.behrt.model import Behrt
+from omop_behrt.behrt.batches import batches, collate
+from omop_behrt.behrt.pretrain import IGNORE, mask_tokens, pretrain
+from omop_behrt.behrt.tokenizer import MASK, Sequences
 
 torch.set_num_threads(1)
 
@@ -120,7 +120,7 @@ def test_events_fingerprint_is_the_extraction_not_its_timing(synthea_dir, tmp_pa
     """The same extraction run twice has one fingerprint (a re-extraction does not refuse `pretrain --resume`);
     other rows give another."""
     from omop_behrt.adapters import omop
-    from omop_behrt.checkpoint import events_fingerprint
+    from omop_behrt.behrt.checkpoint import events_fingerprint
     for name in ("a", "b"):
         omop.extract(synthea_dir, tmp_path / name, progress=False)
     omop.extract(synthea_dir, tmp_path / "c", progress=False, options=omop.ExtractOptions(person_ids=[1, 2, 3]))

@@ -15,14 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omop_behrt import __version__, comparison
-from omop_behrt.baselines import CountFeatures
-from omop_behrt.cli import main
-from omop_behrt.evaluate import shareable_results
-from omop_behrt.model import Behrt
-from omop_behrt.report import SECTIONS, attention_weights, chromium, result_warnings, screenshot, write_report
+from omop_behrt import __version__
+from omop_behrt.evaluation import comparison
+from omop_behrt.evaluation.baselines import CountFeatures
+from omop_behrt.cli.main import main
+from omop_behrt.evaluation.metrics import shareable_results
+from omop_behrt.behrt.model import Behrt
+from omop_behrt.evaluation.report import (SECTIONS, attention_weights, chromium, result_warnings, screenshot,
+                                          write_report)
 from omop_behrt.shareable import check_shareable
-from omop_behrt.tasks import Task, plp_task, split_persons
+from omop_behrt.tasks.labels import Task, plp_task, split_persons
 from cdm_fixtures import copy_with_nsaid_cohort
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_inputs_stop_before_the_index_date(prepared, small_task):
 
 
 def test_attention_weights_reproduce_the_fast_path(tiny_model, prepared):
-    from omop_behrt.batches import collate
+    from omop_behrt.behrt.batches import collate
     model = Behrt.load(tiny_model)
     i = int(np.argmax(prepared.seqs.lengths))
     w = attention_weights(model, prepared.seqs, i, mean=False)
@@ -159,7 +161,7 @@ def test_baseline_characteristics_match_pandas(results, report, prepared):
 
 
 def test_characteristics_hide_small_cells(prepared, tmp_path):
-    from omop_behrt.characteristics import COMPLEMENT, baseline_characteristics
+    from omop_behrt.evaluation.characteristics import COMPLEMENT, baseline_characteristics
     ch = baseline_characteristics(prepared.task.labels, prepared.persons, prepared.codes, min_count=200)
     y = prepared.task.y
     assert int(y.sum()) < 200 and ch["n"]["with_outcome"] == "<200" and ch["n"]["without_outcome"] == COMPLEMENT

@@ -15,10 +15,10 @@ pytest.importorskip("transformers", reason="the text encoder's extra (omop-behrt
 
 from test_text_encoder import _bert_dir  # after the importorskip: it needs transformers
 
-from omop_behrt import comparison
-from omop_behrt.evaluate import shareable_results
-from omop_behrt.report import SECTIONS, write_report
-from omop_behrt.report_text import METHOD_WORDS, ORIGIN_WORDS, TEXT_SECTION, text_rows
+from omop_behrt.evaluation import comparison
+from omop_behrt.evaluation.metrics import shareable_results
+from omop_behrt.evaluation.report import SECTIONS, write_report
+from omop_behrt.evaluation.report_text import METHOD_WORDS, ORIGIN_WORDS, TEXT_SECTION, text_rows
 from omop_behrt.shareable import check_shareable
 
 METHODS = ["counts-lr", "embeddings-lr", "text-lr", "text-counts", "text-behrt"]
@@ -34,7 +34,7 @@ def run(eunomia_db, tiny_model, bert, tmp_path_factory):
     """The GI-bleed task (first 500 rows) with the tiny BERT's text vectors, the text methods, and the report."""
     from cdm_fixtures import copy_with_nsaid_cohort
 
-    from omop_behrt.tasks import Task, plp_task, split_persons
+    from omop_behrt.tasks.labels import Task, plp_task, split_persons
     cdm = copy_with_nsaid_cohort(eunomia_db, tmp_path_factory.mktemp("report_text"))
     t = plp_task(cdm, 1, outcome_concepts=[192671], results_schema="results")
     task = Task(t.labels.slice(0, 500), t.definition, t.attrition)
@@ -108,7 +108,7 @@ def test_method_cells_are_readable(run):
 
 def test_no_serialised_text_and_the_folder_is_shareable(run, bert):
     cdm, task, _, _, report = run
-    from omop_behrt.serialize import serialize
+    from omop_behrt.text.serialize import serialize
     texts = serialize(cdm, task.index).texts["text"].to_pylist()
     lines = {ln.strip() for t in texts for ln in t.splitlines() if "before" in ln and len(ln.strip()) > 20}
     assert len(lines) > 100                        # the serialiser's dated lines: "...: 3 times, last 2 years before"

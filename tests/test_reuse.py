@@ -17,16 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from omop_behrt.checkpoint import ResumeError
-from omop_behrt.cli import main
-from omop_behrt.embed import embed_cohort, index_sequences
+from omop_behrt.behrt.checkpoint import ResumeError
+from omop_behrt.cli.main import main
+from omop_behrt.vectors.embed import embed_cohort, index_sequences
 from omop_behrt.events import EventDir
-from omop_behrt.fallback import apply, coverage, fallback_map, replace, unknown_tokens
-from omop_behrt.model import Behrt
-from omop_behrt.continued import extend_vocabulary, init_weights
-from omop_behrt.pretrain import pretrain
-from omop_behrt.tokenizer import SPECIALS, UNK, TokenVocabulary, visit_table
-from omop_behrt.vocab import map_events
+from omop_behrt.vocab.fallback import apply, coverage, fallback_map, replace, unknown_tokens
+from omop_behrt.behrt.model import Behrt
+from omop_behrt.behrt.continued import extend_vocabulary, init_weights
+from omop_behrt.behrt.pretrain import pretrain
+from omop_behrt.behrt.tokenizer import SPECIALS, UNK, TokenVocabulary, visit_table
+from omop_behrt.vocab.registry import map_events
 
 torch.set_num_threads(1)
 TINY = dict(progress=False, device="cpu", seed=0)
@@ -184,7 +184,7 @@ def test_resume_refuses_another_init_model_and_config_clashes(sites, tiny_model,
 
 
 def test_finetune_records_the_coverage_of_its_sequences(sites, tmp_path):
-    from omop_behrt.heads import FineTunedBehrt
+    from omop_behrt.evaluation.heads import FineTunedBehrt
     foreign, _, site = sites
     model = Behrt.load(foreign)
     tokens = map_events(site, "source", progress=False).tokens

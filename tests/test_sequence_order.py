@@ -76,7 +76,7 @@ def write_event_dir(path: Path, events: pa.Table, persons: pa.Table) -> Path:
 
 def index_table(subject_id: np.ndarray) -> pa.Table:
     """One index row per person, on INDEX_DATE (cohorts.INDEX_SCHEMA)."""
-    from omop_behrt.cohorts import INDEX_SCHEMA
+    from omop_behrt.tasks.cohorts import INDEX_SCHEMA
     n = len(subject_id)
     return pa.table({"cohort_definition_id": pa.array(np.ones(n, np.int64)), "subject_id": pa.array(subject_id),
                      "index_date": pa.array([INDEX_DATE] * n, pa.date32())}).cast(INDEX_SCHEMA)
@@ -120,7 +120,7 @@ def test_order_data_is_what_it_says():
 
 
 def test_counts_cannot_separate_order_and_timing(order_dir):
-    from omop_behrt.baselines import CountFeatures
+    from omop_behrt.evaluation.baselines import CountFeatures
     path, events, y, train, index = order_dir
     counts = CountFeatures().fit((events, index.filter(pa.array(train))))
     auc = probe_auroc(counts.transform((events, index)), y, train)
@@ -130,9 +130,9 @@ def test_counts_cannot_separate_order_and_timing(order_dir):
 
 def test_encoder_learns_order_and_timing(order_dir, tmp_path):
     """Pretrained encoder + LR: >= 0.9 with time tokens; the order half (> 0.65) even without them."""
-    from omop_behrt.embed import embed_cohort
-    from omop_behrt.model import BehrtConfig
-    from omop_behrt.pretrain import pretrain
+    from omop_behrt.vectors.embed import embed_cohort
+    from omop_behrt.behrt.model import BehrtConfig
+    from omop_behrt.behrt.pretrain import pretrain
     path, _, y, train, index = order_dir
     auc, seconds = {}, {}
     for tokens in (True, False):

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.cohorts import INDEX_SCHEMA
+from omop_behrt.tasks.cohorts import INDEX_SCHEMA
 from omop_behrt.events import EVENTS_SCHEMA, EventDir
-from omop_behrt.serialize import SERIALIZER_VERSION, dump_text, serialize
+from omop_behrt.text.serialize import SERIALIZER_VERSION, dump_text, serialize
 
 PERSON = 5111        # 24 events in 6 domains; index at the end of the observation period, 1984-12-10
 
@@ -282,7 +282,7 @@ def test_subject_not_in_source(eunomia_events, index):
 
 
 def test_time_words_at_their_boundaries():
-    from omop_behrt.serialize import _sql
+    from omop_behrt.text.serialize import _sql
     con = duckdb.connect()
     con.register("events", EVENTS_SCHEMA.empty_table())
     con.register("idx", pa.table({"row_id": pa.array([], pa.int64()), "subject_id": pa.array([], pa.int64()),

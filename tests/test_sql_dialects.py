@@ -3,7 +3,7 @@
 tests/golden_sql/<dialect>/<dir>__<template>.sql holds each template rendered with fixed fragments
 (tests/golden_sql/fragments.json: what the code builds on Eunomia in DuckDB and on the Synthea CDM in
 PostgreSQL, recorded by ``python bench/sql_dialects.py --write-fragments``) and translated by
-omop_behrt.dialects for postgresql, duckdb, spark, bigquery, snowflake, sql server, redshift and oracle; a
+omop_behrt.db.dialects for postgresql, duckdb, spark, bigquery, snowflake, sql server, redshift and oracle; a
 template a dialect cannot express holds the error instead. A change in rendering shows up as a diff here.
 After an intended change, rewrite the golden files and review the diff:
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from omop_behrt import dialects
-from omop_behrt.database import Database, TemplateSql, load_sql, render
+from omop_behrt.db import dialects
+from omop_behrt.db.database import Database, TemplateSql, load_sql, render
 
 GOLDEN = Path(__file__).parent / "golden_sql"
 SQL = Path(__file__).parents[1] / "sql"

@@ -9,9 +9,9 @@ import duckdb
 import pytest
 import yaml
 
-from omop_behrt.cli import main
-from omop_behrt.demo import GI_BLEED, NSAIDS
-from omop_behrt.study import DEMO_SPEC, STAGES_ALL, SpecError, load_spec, run_study
+from omop_behrt.cli.main import main
+from omop_behrt.study.demo import GI_BLEED, NSAIDS
+from omop_behrt.study.run import DEMO_SPEC, STAGES_ALL, SpecError, load_spec, run_study
 
 ROOT = Path(__file__).parent.parent
 PHENOTYPES = Path(__file__).parent / "data" / "ohdsi_phenotypes" / "cohorts"
@@ -200,7 +200,7 @@ def test_text_methods_in_a_study(tmp_path):
     pytest.importorskip("transformers", reason="the text encoder needs transformers (omop-behrt[text])")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.serialize import SERIALIZER_VERSION
+    from omop_behrt.text.serialize import SERIALIZER_VERSION
     _bert_dir(tmp_path / "bert")
     spec = dict(FAST, name="text", outputs={},
                 evaluation=dict(FAST["evaluation"], methods=["counts-lr", "text-lr"], text_model="bert"))
@@ -217,8 +217,8 @@ def test_text_methods_in_a_study(tmp_path):
 def test_cohorts_in_a_folder_of_exports(synthea_dir, tmp_path, capsys):
     """A folder of CSV exports is read through an in-memory database: the study keeps one open for its cohorts
     (written, then read back by the task), while a lone `cohort` command into it is refused, not lost."""
-    from omop_behrt.cli import main
-    from omop_behrt.study import Stages, _Run
+    from omop_behrt.cli.main import main
+    from omop_behrt.study.run import Stages, _Run
     spec = dict(FAST, name="folder", source={"cdm": str(synthea_dir)},
                 target={"cohort_id": 1, "concepts": [40481087], "domains": ["condition"], "name": "viral sinusitis",
                         "descendants": False},

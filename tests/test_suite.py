@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from omop_behrt.benchmark import BASELINE, macro_table
+from omop_behrt.evaluation.benchmark import BASELINE, macro_table
 from omop_behrt.events import EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA, EventDir
-from omop_behrt.suite import Suite, build, censor, suite_names
+from omop_behrt.tasks.suite import Suite, build, censor, suite_names
 
 DAY = pd.Timedelta(days=1)
 
@@ -84,7 +84,7 @@ def test_index_dates_one_per_person_seeded_and_at_a_condition_day(eunomia_events
 
 
 def test_shipped_suite_meets_its_positives_goal_or_says_so(eunomia_suite):
-    from omop_behrt.suite import task_problems
+    from omop_behrt.tasks.suite import task_problems
     counts = eunomia_suite.counts()
     assert len(counts) >= 8
     problems = task_problems(eunomia_suite)
@@ -156,7 +156,7 @@ def test_visit_long_stay_death_and_follow_up(tmp_path):
                                       {"name": "long", "kind": "long_stay", "min_stay_days": 7, "window": [0, 1000]},
                                       {"name": "death", "kind": "death", "window": [0, 1000]},
                                       {"name": "s9", "codes": ["SNOMED/9"], "window": [0, 1000], "new_onset": True}]})
-    from omop_behrt.suite import _connect, _spans, task_labels
+    from omop_behrt.tasks.suite import _connect, _spans, task_labels
     con = _connect(ev)
     _spans(con)
     ix = pa.table({"cohort_definition_id": pa.array([0] * 4, pa.int64()),
@@ -240,8 +240,8 @@ def test_benchmark_cli_end_to_end(eunomia_events, tiny_model, tmp_path):
 def test_local_pretraining_is_censored_and_keyed_by_its_settings(eunomia_events, eunomia_suite, tmp_path):
     """The benchmark's own model learns only from events before the index dates (no leakage warning for any
     task); other settings never reuse it, the same settings do."""
-    from omop_behrt.benchmark import pretrain_local
-    from omop_behrt.tasks import pretraining_overlap
+    from omop_behrt.evaluation.benchmark import pretrain_local
+    from omop_behrt.tasks.labels import pretraining_overlap
     a = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 3, "device": "cpu"})
     assert pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 3, "device": "cpu"}) == a
     b = pretrain_local(eunomia_events, eunomia_suite, tmp_path, {"max_steps": 4, "device": "cpu"})
@@ -256,7 +256,7 @@ def test_local_pretraining_is_censored_and_keyed_by_its_settings(eunomia_events,
 
 def test_benchmark_cli_bad_input_is_one_line(capsys):
     """A repeated model name, a malformed --model or a missing --source: one line, exit 2, before any work."""
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     for argv, says in ((["--source", "x", "--work-dir", "w", "--model", "a=m1", "--model", "a=m2"],
                         "two models are named 'a'"),
                        (["--source", "x", "--work-dir", "w", "--model", "=m1"], "--model takes NAME=DIR or DIR"),

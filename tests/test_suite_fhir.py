@@ -10,7 +10,7 @@ import pytest
 
 from omop_behrt.adapters import fhir
 from omop_behrt.events import EventDir
-from omop_behrt.suite import Suite, build
+from omop_behrt.tasks.suite import Suite, build
 
 FHIR = Path(__file__).parent / "data" / "fhir"
 DAY = pd.Timedelta(days=1)

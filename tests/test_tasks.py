@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from omop_behrt import cohorts
-from omop_behrt.tasks import Task, behrt_task, load_split, plp_task, save_split, split_persons
+from omop_behrt.tasks import cohorts
+from omop_behrt.tasks.labels import Task, behrt_task, load_split, plp_task, save_split, split_persons
 from cdm_fixtures import copy_with_nsaid_cohort
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers",
                                    reason="the text encoder's extra (omop-behrt[text]) is not installed")
 
-from omop_behrt.text_encoder import TextEncoder, TextModelError, default_model_dir
+from omop_behrt.text.encoder import TextEncoder, TextModelError, default_model_dir
 
 WORDS = ("patient", "age", "sex", "female", "male", "years", "months", "days", "before", "index", "condition",
          "drug", "procedure", "measurement", "visit", "inpatient", "outpatient", "diabetes", "mellitus", "type",

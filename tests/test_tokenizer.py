@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from omop_behrt.tokenizer import CLS, SEP, TIME_TOKENS, UNK, Sequences, TokenVocabulary, tokenize, visit_table
+from omop_behrt.behrt.tokenizer import CLS, SEP, TIME_TOKENS, UNK, Sequences, TokenVocabulary, tokenize, visit_table
 
 
 def events_as_tokens(events) -> pa.Table:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.vocab import (BUILTINS, TOKENS_SCHEMA, Chain, PerDomain, Vocabulary, VocabularyError,
+from omop_behrt.vocab.registry import (BUILTINS, TOKENS_SCHEMA, Chain, PerDomain, Vocabulary, VocabularyError,
                               available_vocabularies, get_vocabulary, map_events)
 
 DATA = Path(__file__).parent / "data"
@@ -145,7 +145,7 @@ def test_csv_vocabulary(eunomia_events, tmp_path):
 
 PLUGIN = '''
 import pyarrow as pa
-from omop_behrt.vocab import Vocabulary, mapping_table
+from omop_behrt.vocab.registry import Vocabulary, mapping_table
 
 
 class Upper(Vocabulary):
@@ -192,7 +192,7 @@ def test_builtins_are_declared_entry_points():
 
 
 def test_min_count_rule(eunomia_events):
-    from omop_behrt.tokenizer import UNK, TokenVocabulary
+    from omop_behrt.behrt.tokenizer import UNK, TokenVocabulary
     tokens = map_events(eunomia_events, "caliber", progress=False).tokens
     persons = {r["token"]: r["subject_id_count_distinct"] for r in
                tokens.group_by("token").aggregate([("subject_id", "count_distinct")]).to_pylist()}
@@ -209,7 +209,7 @@ def test_min_count_rule(eunomia_events):
 
 
 def test_cli_report_and_map(synthea_events, tmp_path, capsys):
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     out = tmp_path / "report.json"
     assert main(["vocab", "report", "--events", str(synthea_events.path), "--vocab", "caliber",
                  "--json", str(out), "--quiet", "--top", "3"]) == 0

@@ -10,8 +10,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from omop_behrt.caliber import caliber_codes, caliber_phenotypes, snomed_crosswalk, vocab_map_path
-from omop_behrt.vocab import map_events
+from omop_behrt.vocab.caliber import caliber_codes, caliber_phenotypes, snomed_crosswalk, vocab_map_path
+from omop_behrt.vocab.registry import map_events
 
 
 def events(*codes: str | tuple[str, str]) -> pa.Table:

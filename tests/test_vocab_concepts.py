@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from omop_behrt.adapters.omop import OmopCdm
-from omop_behrt.vocab import VocabularyError, map_events
+from omop_behrt.vocab.registry import VocabularyError, map_events
 
 
 @pytest.fixture(scope="module")

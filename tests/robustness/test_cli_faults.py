@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from omop_behrt import cli
+from omop_behrt.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def test_import_from_repository_root_without_editable_finder():
     """`python -c "import omop_behrt"` from the root: the local folder shadows any wheel and must still work."""
     # -S: no site processing, so no editable-install finder; site-packages only through PYTHONPATH for deps
     env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"])
-    code = ("import omop_behrt, omop_behrt.adapters as a, omop_behrt.database as d, omop_behrt.caliber as c;"
+    code = ("import omop_behrt, omop_behrt.adapters as a, omop_behrt.db.database as d, omop_behrt.vocab.caliber as c;"
             "print(a.__file__); print(len(d.load_sql('omop/events.sql')) > 0); print(c.caliber_codes().num_rows)")
     r = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from omop_behrt import embed as embed_module
-from omop_behrt.cli import main
-from omop_behrt.cohorts import index_dates_from_frame
-from omop_behrt.embed import embed_cohort, model_checksum
-from omop_behrt.embed_run import RUN_FILE
-from omop_behrt.model import Behrt, model_id
+from omop_behrt.vectors import embed as embed_module
+from omop_behrt.cli.main import main
+from omop_behrt.tasks.cohorts import index_dates_from_frame
+from omop_behrt.vectors.embed import embed_cohort, model_checksum
+from omop_behrt.vectors.embed_run import RUN_FILE
+from omop_behrt.behrt.model import Behrt, model_id
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_resume_without_a_run_to_continue(tiny_model, eunomia_events, subjects, 
 
 def test_one_run_per_work_directory(tiny_model, eunomia_events, subjects, tmp_path):
     """Two runs sharing a --work-dir would overwrite each other's chunks: the second is refused at once."""
-    from omop_behrt.export import exclusive_lock
+    from omop_behrt.vectors.export import exclusive_lock
     work = tmp_path / "work"
     work.mkdir()
     ix = _index(subjects[:5], "2019-01-01")
@@ -189,7 +189,7 @@ def test_cli_interrupt_then_resume(tiny_model, eunomia_events, subjects, clean_2
 
 def test_interrupted_token_mapping_is_redone(tiny_model, eunomia_events, subjects, clean_2019, tmp_path, monkeypatch):
     """Ctrl-C while the tokens were being written (half the shard rows there): the resume maps them again."""
-    import omop_behrt.vocab as vocab_module
+    import omop_behrt.vocab.registry as vocab_module
     real = vocab_module.map_events
 
     def half_then_interrupt(*a, out=None, **kw):
@@ -226,10 +226,10 @@ def test_sigint_in_a_real_process_then_resume(tiny_model, eunomia_events, subjec
            str(eunomia_events.path), "--cohort", str(tmp_path / "ix.csv"), "--out", str(tmp_path / "out.duckdb"),
            "--chunk-persons", "100", "--device", "cpu", "--quiet", "--work-dir", str(tmp_path / "w")]
     env = dict(os.environ, PYTHONPATH=str(root))
-    slow = ("import time, omop_behrt.embed as e; real = e.embed_sequences\n"
+    slow = ("import time, omop_behrt.vectors.embed as e; real = e.embed_sequences\n"
             "def slow(*a, **k):\n    time.sleep(0.5); return real(*a, **k)\n"
             "e.embed_sequences = slow\n"
-            "import sys, omop_behrt.cli as c; c.run(sys.argv[1:])\n")
+            "import sys, omop_behrt.cli.main as c; c.run(sys.argv[1:])\n")
     proc = subprocess.Popen([sys.executable, "-c", slow] + cmd[3:], env=env, cwd=root, stderr=subprocess.PIPE,
                             text=True)
     first = tmp_path / "w" / "chunks" / "chunk-00000.npz"

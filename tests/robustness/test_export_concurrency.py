@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import export_parquet
-from omop_behrt.cli import main
-from omop_behrt.database import Database, Transaction
-from omop_behrt.export import EmbeddingModelInfo, TargetError, check_writable, write_embeddings
-from omop_behrt.export_parquet import folder_lock
+from omop_behrt.vectors import export_parquet
+from omop_behrt.cli.main import main
+from omop_behrt.db.database import Database, Transaction
+from omop_behrt.vectors.export import EmbeddingModelInfo, TargetError, check_writable, write_embeddings
+from omop_behrt.vectors.export_parquet import folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 N, DIMS, WRITERS, SEED_ROWS = 2000, 16, 4, 50
@@ -123,7 +123,8 @@ def test_parquet_writer_killed_holding_the_lock(tmp_path):
     v = np.random.default_rng(0).standard_normal((10, DIMS)).astype(np.float32)
     write_embeddings(folder, _index(10), v, MODEL)
     before = (folder / "patient_embedding.parquet").read_bytes()
-    code = ("import os, signal, sys; from pathlib import Path; from omop_behrt.export_parquet import folder_lock\n"
+    code = ("import os, signal, sys; from pathlib import Path\n"
+            "from omop_behrt.vectors.export_parquet import folder_lock\n"
             "f = Path(sys.argv[1])\n"
             "with folder_lock(f):\n"
             "    (f / 'patient_embedding.parquet.999.abc.tmp').write_bytes(b'half a file')\n"
@@ -233,7 +234,7 @@ def test_postgres_writer_killed_mid_transaction(pg_url, pg_schema):
     """A writer killed inside its transaction (rows deleted, lock held): the old rows stay, the lock is freed."""
     v = np.random.default_rng(2).standard_normal((8, DIMS)).astype(np.float32)
     write_embeddings(pg_url, _index(8), v, MODEL, schema=pg_schema)
-    code = ("import os, signal, sys; from omop_behrt.database import Database\n"
+    code = ("import os, signal, sys; from omop_behrt.db.database import Database\n"
             "db = Database.connect(sys.argv[1])\n"
             "with db.transaction() as tx:\n"
             "    tx.execute(\"SELECT pg_advisory_xact_lock(hashtext(:k))\", {'k': 'omop_behrt.export ' + sys.argv[2]})\n"
@@ -266,7 +267,7 @@ def test_target_under_a_regular_file_fails_before_any_vector(tmp_path, eunomia_e
     def never(*a, **kw):
         raise AssertionError("embed_cohort ran although the target is unwritable")
 
-    monkeypatch.setattr("omop_behrt.embed.embed_cohort", never)
+    monkeypatch.setattr("omop_behrt.vectors.embed.embed_cohort", never)
     for out in ("a_file/emb", "a_file/emb.duckdb", "a_file/x/emb.parquet"):
         rc = main(["embed", "--model", str(model), "--source", str(eunomia_events.path), "--cohort",
                    str(tmp_path / "ix.csv"), "--out", str(tmp_path / out), "--quiet"])

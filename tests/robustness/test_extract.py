@@ -22,7 +22,7 @@ from cdm_fixtures import build_duckdb_cdm, load_postgres_cdm
 from omop_behrt import EventDir
 from omop_behrt.adapters import omop
 from omop_behrt.adapters.omop import ExtractOptions
-from omop_behrt.cli import main
+from omop_behrt.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BIRTH_WINDOW = "birth date outside the valid dates 1800-01-01..2999-12-31"
@@ -400,7 +400,7 @@ def test_out_not_writable_fails_first(tmp_path, capsys):
 def test_ctrl_c_leaves_a_resumable_state(eunomia_db, tmp_path):
     """Case 10: SIGINT once a table has started: rc 130, one line; --resume then equals a clean run."""
     out = tmp_path / "ev"
-    cmd = [sys.executable, "-m", "omop_behrt.cli", "extract", "--source", str(eunomia_db), "--out", str(out),
+    cmd = [sys.executable, "-m", "omop_behrt.cli.main", "extract", "--source", str(eunomia_db), "--out", str(out),
            "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pytest
 
 from omop_behrt.adapters import fhir
-from omop_behrt.cli import main
+from omop_behrt.cli.main import main
 from omop_behrt.events import EventDir
 
 DATA = Path(__file__).parents[1] / "data" / "fhir"
@@ -306,7 +306,7 @@ def big_source(tmp_path_factory):
 
 
 _RUN = ("import sys; import omop_behrt.adapters.fhir as f; f._PART_BYTES = 1 << 20; "
-        "from omop_behrt.cli import run; run(sys.argv[1:])")
+        "from omop_behrt.cli.main import run; run(sys.argv[1:])")
 
 
 def _start(src: Path, out: Path, *extra: str) -> subprocess.Popen:

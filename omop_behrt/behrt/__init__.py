@@ -1,0 +1,1 @@
+"""The BEHRT encoder and its training: tokenizer, batches, model, pretraining, checkpoints."""

@@ -1,0 +1,496 @@
+"""Pretraining: BEHRT's masked-LM (+ Med-BERT's prolonged-length-of-stay) on a site's own visit stream, or
+CLMBR-style next-visit prediction (``BehrtConfig.objective="next_visit"``: causal by visit, no masking).
+
+    pretrain(events_dir, vocab="source", out=model_dir, config="tiny", epochs=10)
+
+The out directory becomes a shareable model directory: config.json, model.safetensors, tokens.json,
+metadata.json and metrics.json (loss curves), nothing per person. Everything per person or only needed to
+resume (tokenised sequences, the checkpoint) lives in a work directory, ``<out>.work`` by default (see
+:mod:`omop_behrt.behrt.checkpoint`). Checkpoints are written every ``checkpoint_every`` steps, at the end of each
+epoch, at the end and on Ctrl-C; ``resume`` continues exactly, after checking it is the same run.
+``init`` (``--init MODEL_DIR``) continues another model's pretraining on this site's data, its vocabulary
+extended by the site's frequent codes it lacks.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from omop_behrt import __version__
+from omop_behrt.behrt.continued import continue_vocabulary, init_model_for, init_weights
+from omop_behrt.behrt.checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
+                         events_fingerprint, load_checkpoint, rank_rng_states, save_checkpoint)
+from omop_behrt.events import EventDir, writable_dir, write_json
+from omop_behrt.behrt.batches import batches, device_batches, next_visit_targets, resolve_device
+from omop_behrt.behrt.model import Behrt, BehrtConfig
+from omop_behrt.behrt.tokenizer import MASK, SPECIALS, TIME_TOKENS, Sequences, TokenVocabulary, tokenize, visit_table
+
+IGNORE = -100
+
+
+# -- data -------------------------------------------------------------------------------------------
+def token_table(events: EventDir, vocab: str) -> tuple[pa.Table, dict]:
+    """Events -> token table (subject_id, time, visit_id, domain, code, token) and mapping coverage figures."""
+    from omop_behrt.vocab.registry import map_events
+    res = map_events(events, vocab=vocab, progress=False)
+    report = res.report.as_dict() if res.report is not None else {}
+    return res.tokens, {k: report.get(k) for k in ("vocab", "pct_mapped")}
+
+
+def validation_mask(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """True for validation persons: a seeded hash of subject_id (stable whatever else is in the data)."""
+    with np.errstate(over="ignore"):
+        z = subject_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
+        z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = z ^ (z >> np.uint64(29))
+    return (z % np.uint64(1_000_000)).astype(np.float64) / 1e6 < val_fraction
+
+
+def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: BehrtConfig, *, min_count: int = 10,
+            val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year",
+            init_vocab: TokenVocabulary | None = None) -> tuple[TokenVocabulary, dict]:
+    """Tokenise once: vocabulary from training persons only; train/val sequences, tokens and summary to ``data``.
+
+    ``data`` is in the work directory: the sequences are per person. The summary holds aggregates only
+    (counts, first and last year), as it goes into the shareable metadata.json. ``init_vocab`` (continued
+    pretraining): the vocabulary is that one extended by the local tokens it lacks
+    (:func:`omop_behrt.behrt.continued.extend_vocabulary`), and a local token in neither falls back to its nearest
+    ancestor the vocabulary knows.
+    """
+    ev = events if isinstance(events, EventDir) else EventDir.open(events)
+    tokens, coverage = token_table(ev, vocab)
+    persons = ev.persons()
+    is_val = validation_mask(tokens.column("subject_id").to_numpy(), val_fraction, seed)
+    train_tokens = tokens.filter(pa.array(~is_val))
+    extension = None
+    tv = TokenVocabulary.build(train_tokens, min_count=min_count, time_tokens=config.time_tokens)
+    if init_vocab is not None:
+        tv, extension, tokens = continue_vocabulary(init_vocab, tv, tokens)
+    seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev),
+                    time_tokens=config.time_tokens)
+    val = validation_mask(seqs.subject_id, val_fraction, seed)
+    if not (~val).any():
+        raise ValueError(f"{ev.path}: no training persons with a mapped event under vocabulary {vocab!r} "
+                         f"({len(seqs)} persons in all, val_fraction {val_fraction})")
+    seqs.select(np.flatnonzero(~val)).save(data / "train")
+    seqs.select(np.flatnonzero(val)).save(data / "val")
+    years = pc.year(tokens.column("time"))
+    summary = {"events_dir": str(ev.path), "vocab": vocab, "min_count": min_count, "vocab_size": len(tv),
+               "train_persons": int((~val).sum()), "val_persons": int(val.sum()), "val_fraction": val_fraction,
+               "train_tokens": int(seqs.lengths[~val].sum()), "token_rows": tokens.num_rows,
+               "first_year": pc.min(years).as_py(), "last_year": pc.max(years).as_py(),
+               "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
+               "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
+               "censored_at": (ev.manifest.get("fingerprint") or {}).get("index_dates"),
+               "coverage": coverage}
+    if extension is not None:
+        summary["vocab_extension"] = extension
+    tv.save(data / "tokens.json")
+    (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return tv, summary
+
+
+def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BEHRT's masking: 15% of code tokens chosen; 80% -> [MASK], 10% -> random code, 10% kept.
+
+    Special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) are never chosen. Returns (masked ids, labels) with
+    labels = the original id on chosen tokens and -100 elsewhere.
+    """
+    u = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    rand = torch.randint(len(SPECIALS), vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    chosen = (input_ids >= len(SPECIALS)) & (u < rate)
+    masked = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, MASK), input_ids)
+    masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), rand, masked)
+    return masked, torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+
+
+# -- training ---------------------------------------------------------------------------------------
+def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
+    """Linear warmup to ``lr`` then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def optimizer_for(model: Behrt, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (never on norms and biases)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                             fused=True)
+
+
+class Objective(torch.nn.Module):
+    """The pretraining forward as one module, so DDP sees it all: masking, encoder, MLM on chosen tokens, PLOS;
+    or (``next_visit``) the causal encoder and, at each visit's closing token, the next visit's codes."""
+
+    def __init__(self, model: Behrt, plos_weight: float = 1.0):
+        super().__init__()
+        self.model, self.plos_weight = model, plos_weight
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        core = self.model
+        if core.config.objective == "next_visit":
+            return self.next_visit(batch)
+        ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
+        extras = {k: batch[k] for k in core.config.extras}
+        hidden = core(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
+        chosen = labels != IGNORE
+        target = labels[chosen]
+        logits = core.mlm_logits(hidden[chosen]).float()
+        mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
+        loss = mlm
+        stats = {"mlm_loss": mlm.detach(), "loss": mlm.detach(), "n": torch.tensor(target.numel())}
+        if target.numel():
+            top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
+            stats["correct"] = (top10[:, 0] == target).sum()
+            stats["top10"] = (top10 == target[:, None]).any(-1).sum()
+        if core.plos_head is not None:
+            plos = F.binary_cross_entropy_with_logits(core.plos_logits(hidden).float(), batch["plos"])
+            loss = loss + self.plos_weight * plos
+            stats["plos_loss"] = plos.detach()
+        return loss, stats
+
+    def next_visit(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CLMBR's flattened variant: softmax over the codes, cross-entropy against the next visit's code set
+        (uniform over it); stats: visits predicted (n), next-visit codes (targets) and those in the top 10."""
+        core, c = self.model, self.model.config
+        extras = {k: batch[k] for k in c.extras}
+        hidden = core(batch["input_ids"], batch["ages"], batch["segments"], batch["positions"],
+                      batch["attention_mask"], **extras)
+        first = len(SPECIALS) + (len(TIME_TOKENS) if c.time_tokens else 0)
+        end, target = next_visit_targets(batch["input_ids"], batch["positions"], batch["attention_mask"],
+                                         c.vocab_size, first)
+        target = target[:, first:]
+        keep = target.sum(1) > 0                                             # a next visit of [UNK]s only: none
+        target = target[keep]
+        logits = core.mlm_logits(hidden[end][keep]).float()[:, first:]
+        loss = (F.cross_entropy(logits, target / target.sum(1, keepdim=True)) if len(target)
+                else logits.sum() * 0)
+        stats = {"loss": loss.detach(), "n": torch.tensor(len(target)), "targets": target.sum().long()}
+        if len(target):
+            top10 = logits.topk(min(10, logits.shape[-1]), dim=-1).indices
+            stats["hits10"] = target.gather(1, top10).sum().long()
+        return loss, stats
+
+
+@torch.no_grad()
+def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.device, seed: int,
+             amp: bool) -> dict[str, float]:
+    """Held-out loss and accuracy: masked-token accuracy and top-10 accuracy (fixed masking seed) under MLM;
+    next-visit recall@10 (the share of the next visit's codes among the 10 likeliest) under ``next_visit``."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 7919)
+    tot = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "hits10": 0, "targets": 0}
+    for _, b in device_batches(seqs, batch_tokens, device, model.config.extras, seed):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            _, s = Objective(model, 0.0)(b, gen)
+        n = int(s["n"])
+        tot["loss"] += float(s["loss"]) * n
+        tot["n"] += n
+        for k in ("correct", "top10", "hits10", "targets"):
+            tot[k] += int(s.get(k, 0))
+    model.train()
+    n = max(1, tot["n"])
+    if model.config.objective == "next_visit":
+        return {"val_loss": tot["loss"] / n, "val_recall10": tot["hits10"] / max(1, tot["targets"]),
+                "val_visits": tot["n"]}
+    return {"val_loss": tot["loss"] / n, "val_acc": tot["correct"] / n, "val_top10": tot["top10"] / n,
+            "val_masked": tot["n"]}
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first asks to stop after the step in flight, so the
+    checkpoint written then is exact; a second one stops at once (KeyboardInterrupt, no checkpoint)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.asked, self._old = False, {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self) -> "Interrupt":
+        try:
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        except ValueError:                      # not the main thread: Ctrl-C raises where it lands, as usual
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def stop(self, world: int, device: torch.device) -> bool:
+        """Whether to stop now; with several processes, whether any of them was asked (all stop together)."""
+        if world == 1:
+            return self.asked
+        flag = torch.tensor([int(self.asked)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str | Path = "model",
+             config: str | BehrtConfig | None = None, *, epochs: int = 10, max_steps: int | None = None,
+             stop_after: int | None = None, batch_tokens: int | None = None, lr: float = 5e-4,
+             warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0, plos: bool = False,
+             plos_weight: float = 1.0, sex: bool = False, min_count: int = 10, val_fraction: float = 0.1,
+             seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
+             log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
+             age_unit: str | None = None, precision: str = "auto", work_dir: str | Path | None = None,
+             init: str | Path | None = None) -> dict[str, Any]:
+    """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
+
+    ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
+    call early at that step with a checkpoint. ``resume=True`` continues the checkpoint in ``work_dir``
+    (default ``<out>.work``) exactly, and refuses when there is none or when an input or setting that changes
+    the result differs from the first run's. ``batch_tokens`` is the padded-token budget per batch (default
+    16k; 4k for tiny). ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` (autocast on
+    CPU too; fast on CPUs with AVX512-BF16/AMX) or ``fp32``. ``vocab`` defaults to ``source``, ``config`` to
+    ``tiny``, ``age_unit`` to ``year``.
+
+    ``init`` (a model directory, perhaps another site's): continued pretraining from its weights, with its
+    configuration and vocabulary spec (a ``config``, ``vocab``, ``age_unit``, ``plos`` or ``sex`` that
+    disagrees is an error), its token vocabulary extended by the local tokens seen in >= ``min_count`` local
+    training persons that it lacks (new rows start at their nearest known ancestor's, else the mean).
+    metadata.json records the init model's id and the extension counts, never its path.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
+    ev = events if isinstance(events, EventDir) else EventDir.open(events)
+    out = Path(out)
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out)
+    if work.resolve() == out.resolve() or out.resolve() in work.resolve().parents:
+        raise ValueError(f"--work-dir {work} is inside the model directory {out}: the work directory holds "
+                         "per-person sequences and the model directory must not; give one outside it")
+    writable_dir(out, "--out")
+    writable_dir(work, "--work-dir")
+    stale = [n for n in ("data", CHECKPOINT) if (out / n).exists()]
+    if stale:
+        warnings.warn(f"{out} holds {' and '.join(stale)} from an older version (tokenised sequences of every "
+                      "training person): delete them before sharing the model directory", stacklevel=2)
+    if min_count < 10:
+        warnings.warn(f"min_count {min_count} < 10: tokens seen in so few persons are in tokens.json, so the model "
+                      "directory is not shareable under the default rule", stacklevel=2)
+    init_model = None
+    if init is not None:
+        init_model, cfg, vocab = init_model_for(init, config, vocab, plos=plos, sex=sex, age_unit=age_unit)
+    else:
+        vocab, age_unit = vocab or "source", age_unit or "year"
+        cfg = config if isinstance(config, BehrtConfig) else BehrtConfig.preset(config or "tiny")
+        cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
+                                     "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
+                                     "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+    if cfg.objective == "next_visit" and cfg.plos:
+        raise ValueError("plos (Med-BERT's length-of-stay head) reads [CLS], which under objective next_visit sees "
+                         "the first visit only: pretrain next_visit without plos")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    budget = batch_tokens or (4096 if cfg.hidden <= 128 else 16384)
+    fingerprint = {"events": events_fingerprint(ev.path), "vocab": vocab, "config": asdict(cfg),
+                   "min_count": min_count, "val_fraction": val_fraction, "seed": seed, "batch_tokens": budget,
+                   "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "clip": clip,
+                   "plos_weight": plos_weight, "epochs": epochs, "max_steps": max_steps, "precision": precision,
+                   "world_size": world}
+    if init_model is not None:                 # its id (sha256 of config, tokens, weights), never its path
+        fingerprint["init_model"] = init_model.metadata["model_id"]
+    run = check_resume(work, fingerprint, out) if resume else None
+    rank = int(os.environ.get("RANK", 0))
+    with work_dir_lock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
+        return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
+                      compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
+                      progress=progress, init=init_model)
+
+
+def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | None, fingerprint: dict, *,
+           stop_after: int | None, device: str, compile: bool, checkpoint_every: int, log_every: int,
+           threads: int | None, progress: bool, init: Behrt | None = None) -> dict[str, Any]:
+    """The run itself, under the work directory's lock: tokenise (or reload), train, checkpoint, save."""
+    ckpt, data, metrics_file = work / CHECKPOINT, work / "data", work / "metrics.jsonl"
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    dev = resolve_device(device)
+    if world > 1:
+        import torch.distributed as dist
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if threads:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    resuming = run is not None
+    if resuming:
+        cfg = BehrtConfig.from_dict(run["config"])
+        tv = TokenVocabulary.load(data / "tokens.json")
+        summary = json.loads((data / "summary.json").read_text())
+    else:
+        fp = fingerprint
+        if rank == 0:
+            ckpt.unlink(missing_ok=True)       # a fresh run: an older checkpoint must never be resumed into it
+            metrics_file.unlink(missing_ok=True)
+            tv, summary = prepare(ev, fp["vocab"], data, cfg, min_count=fp["min_count"],
+                                  val_fraction=fp["val_fraction"], seed=fp["seed"], age_unit=cfg.age_unit,
+                                  init_vocab=init.vocab if init is not None else None)
+        if world > 1:
+            torch.distributed.barrier()
+            if rank != 0:                      # rank 0 tokenised; the others read what it wrote
+                tv = TokenVocabulary.load(data / "tokens.json")
+                summary = json.loads((data / "summary.json").read_text())
+        cfg.vocab_size = len(tv)
+    train, val = Sequences.load(data / "train"), Sequences.load(data / "val")
+    if train.meta.get("vocab_sha256") != tv.sha256:
+        raise ValueError(f"{data} was tokenised with another vocabulary than {data}/tokens.json; "
+                         "start again without --resume")
+    if not resuming:
+        fp = fingerprint
+        n_batches = len(batches(train.lengths, fp["batch_tokens"], fp["seed"], 0)) // world
+        total = fp["max_steps"] or fp["epochs"] * max(1, n_batches)
+        run = {"config": asdict(cfg), "seed": fp["seed"], "lr": fp["lr"], "weight_decay": fp["weight_decay"],
+               "clip": fp["clip"], "batch_tokens": fp["batch_tokens"], "total_steps": total,
+               "plos_weight": fp["plos_weight"], "warmup": fp["warmup"] if fp["warmup"] is not None
+               else max(1, total // 10), "vocab": fp["vocab"], "checkpoint_every": checkpoint_every,
+               "log_every": log_every, "world_size": world, "precision": fp["precision"], "fingerprint": fp}
+
+    torch.manual_seed(run["seed"])
+    core = Behrt(cfg)
+    if init is not None and not resuming:
+        init_weights(core, init, tv)
+    core = core.to(dev)
+    opt = optimizer_for(core, run["lr"], run["weight_decay"])
+    gen = torch.Generator(device=dev).manual_seed(run["seed"] + rank)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if resuming:
+        state = load_checkpoint(ckpt, core, opt, gen, rank)
+        if rank == 0 and metrics_file.exists():   # rows logged after the checkpoint are logged again
+            rows = metrics_file.read_text().splitlines()
+            metrics_file.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= state["step"]))
+    if compile and dev.type == "cuda":
+        core.compile(dynamic=True)             # in place: the encoder's forward; state_dict names unchanged
+    model: torch.nn.Module = Objective(core, run["plos_weight"])
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                        find_unused_parameters=not cfg.plos)   # the pooler serves PLOS only
+    amp = run["precision"] == "bf16" or (run["precision"] == "auto" and dev.type == "cuda")
+    total, step, saved = run["total_steps"], state["step"], state["step"]
+    acc = {"loss": 0.0, "n": 0, "correct": 0, "top10": 0, "hits10": 0, "targets": 0, "plos": 0.0, "real": 0,
+           "padded": 0, "steps": 0}
+    t_log = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
+    model.train()
+    epoch, start = state["epoch"], state["batch"]
+    with Interrupt() as interrupt:
+        try:
+            while step < total and (stop_after is None or step < stop_after):
+                mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
+                mine = mine[rank::world][: len(mine) // world]
+                for j, (_, b) in enumerate(device_batches(train, run["batch_tokens"], dev, cfg.extras,
+                                                          plan=mine[start:]), start):
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                        loss, s = model(b, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(core.parameters(), run["clip"])
+                    opt.step()
+                    step += 1
+                    n = int(s["n"])
+                    acc["loss"] += float(s["loss"]) * n
+                    acc["n"] += n
+                    for k in ("correct", "top10", "hits10", "targets"):
+                        acc[k] += int(s.get(k, 0))
+                    acc["plos"] += float(s.get("plos_loss", 0.0))
+                    acc["real"] += int(b["attention_mask"].sum())
+                    acc["padded"] += b["attention_mask"].numel()
+                    acc["steps"] += 1
+                    state = {"step": step, "epoch": epoch + (j + 1 == len(mine)), "batch": (j + 1) % len(mine),
+                             "run": run}
+                    done = step >= total or step == stop_after
+                    if rank == 0 and (step % run["log_every"] == 0 or done):
+                        dt = time.perf_counter() - t_log
+                        row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                               "loss": acc["loss"] / max(1, acc["n"])}
+                        if cfg.objective == "next_visit":
+                            row["recall10"] = acc["hits10"] / max(1, acc["targets"])
+                        else:
+                            row |= {"masked_acc": acc["correct"] / max(1, acc["n"]),
+                                    "top10_acc": acc["top10"] / max(1, acc["n"]),
+                                    "precision": acc["correct"] / max(1, acc["n"])}    # BEHRT's micro precision
+                        row |= {"tokens_per_s": acc["real"] * world / dt, "padding": 1 - acc["real"] / acc["padded"]}
+                        if cfg.plos:
+                            row["plos_loss"] = acc["plos"] / acc["steps"]
+                        with metrics_file.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                        acc = dict.fromkeys(acc, 0)
+                        t_log = time.perf_counter()
+                    bar.update(1)
+                    stopping = interrupt.stop(world, dev)
+                    if step % run["checkpoint_every"] == 0 or state["batch"] == 0 or done or stopping:
+                        ranks = rank_rng_states(gen, world)           # the same decision on every rank
+                        if rank == 0:                                  # atomic; every epoch end and on Ctrl-C
+                            save_checkpoint(ckpt, core, opt, gen, state, ranks)
+                        saved = step
+                    if stopping:
+                        raise KeyboardInterrupt
+                    if done:
+                        break
+                epoch, start = state["epoch"], state["batch"]
+        except KeyboardInterrupt:
+            bar.close()
+            if rank == 0:
+                where = f"checkpoint at step {saved}" if saved else "no step finished, nothing to resume"
+                print(f"pretrain: interrupted at step {step}/{total}; {where} in {work}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+    result = {"out": str(out), "work_dir": str(work), "step": step, "total_steps": total, "finished": step >= total}
+    if rank == 0 and step >= total:
+        result.update(evaluate(core, val, run["batch_tokens"], dev, run["seed"], amp) if len(val) else {})
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("val")}}) + "\n")
+        meta = {"library_version": __version__, "vocab": run["vocab"], "vocab_sha256": tv.sha256,
+                "vocab_size": len(tv), "cdm_version": summary.get("cdm_version"),
+                "vocabulary_version": summary.get("vocabulary_version"), "training_data": summary,
+                "training": {k: v for k, v in run.items() if k not in ("config", "fingerprint")}
+                | {"steps": step, "events_fingerprint": run["fingerprint"]["events"]},
+                "metrics": {k: v for k, v in result.items() if k.startswith("val")},
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if "init_model" in run["fingerprint"]:
+            meta["init_model"] = {"model_id": run["fingerprint"]["init_model"],
+                                  **{k: (init.metadata.get(k) if init is not None else None) for k in
+                                     ("vocab", "vocab_sha256", "vocab_size", "library_version", "created_at")}}
+            meta["vocab_extension"] = summary.get("vocab_extension")
+        core.save(out, tv, meta)
+        curve = [json.loads(r) for r in metrics_file.read_text().splitlines()]
+        write_json(curve, out / "metrics.json")               # JSON (not JSONL): check-shareable reads it through
+        result["model_id"] = core.metadata["model_id"]
+    if world > 1:
+        torch.distributed.barrier()
+    return result

@@ -1,0 +1,1 @@
+"""The ``omop-behrt`` command line: thin wrappers over the Python API, nothing heavy imported to build it."""

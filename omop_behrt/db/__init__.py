@@ -1,0 +1,1 @@
+"""Where a CDM lives: connections, CDM tables, exports read as views, SQL dialects, PostgreSQL COPY."""

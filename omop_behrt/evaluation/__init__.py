@@ -1,0 +1,1 @@
+"""Heads, baselines, metrics, the method comparison, its report and the benchmark."""

@@ -1,0 +1,732 @@
+"""A self-contained HTML report of a comparison, written for the clinician who reads it.
+
+Every plot is a PNG (matplotlib, Agg backend) embedded as base64, so the report is one file to mail or
+archive. Sections, each with a one-line "how to read this": the study in words (target cohort, outcome by
+concept name, time at risk, exclusions, the data source from cdm_source, CDM and vocabulary versions, the
+date, the omop-behrt version, the model: shape, pretraining steps, loss curve, validation masked-token
+accuracy, vocabulary) and the outcome rate as a rate; attrition and splits; baseline characteristics by
+outcome (Table 1, :mod:`omop_behrt.evaluation.characteristics`); with text methods, the text encoder's model, serialiser
+and description coverage (:mod:`omop_behrt.evaluation.report_text`); metrics with 95% CIs and a warning box for results
+not to take at face value (:func:`result_warnings`); ROC and PR curves; calibration; few-shot curves as small
+multiples; a t-SNE map of the code embeddings coloured by CALIBER chapter; each common disease's 10 nearest
+codes by cosine similarity (as in the BEHRT paper), by name; and last-layer attention, labelled by name.
+:func:`screenshot` renders a page with headless Chromium (docs/render_report.py, the test).
+
+The report is shareable by default (DESIGN.md, "What may leave a site"): the attention view is the mean over
+the test persons between the most common tokens, every count below ``min_count`` shows as ``<10``, curves
+step over groups of ``min_count`` persons and results.json holds aggregates only. One real person's attention
+(``example_person``) is opt-in; the page then carries ``<meta name="omop-behrt-per-person">``, which
+``omop-behrt check-shareable`` fails on.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+try:
+    import matplotlib
+except ModuleNotFoundError as e:  # an optional part: the core installs without it
+    raise ModuleNotFoundError(f"the HTML report needs matplotlib ({e}): pip install 'omop-behrt[report]'",
+                              name=e.name) from e
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+
+from omop_behrt.evaluation.metrics import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: E402,F401
+from omop_behrt.shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
+from omop_behrt.evaluation.metrics import format_ci as _ci  # noqa: E402
+from omop_behrt.behrt.tokenizer import CLS, SEP, SPECIALS  # noqa: E402
+from omop_behrt.evaluation.report_text import has_text, line_style, method_label, text_section  # noqa: E402
+
+SECTIONS = ("Study", "Outcome and attrition", "Baseline characteristics", "Metrics", "ROC and precision-recall curves",
+            "Calibration", "Few-shot curves", "Code embeddings (t-SNE)", "Nearest codes", "Attention")
+_NO_CHAPTER = "not a CALIBER disease"
+#: the name of the <meta> a report carries when it holds a per-person section (check-shareable looks for it)
+PER_PERSON_MARKER = "omop-behrt-per-person"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@torch.no_grad()
+def _attention(model, seqs, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last block's attention (B x heads x T x T, padding masked) and the padded ids (B x T) for rows ``idx``."""
+    from omop_behrt.behrt.batches import collate
+    model.eval()
+    b = collate(seqs, np.asarray(idx), model.config.extras)
+    extras = {k: b[k] for k in model.config.extras}
+    valid = b["attention_mask"].bool()
+    mask = valid[:, None, None, :]
+    x = model.embeddings(b["input_ids"], b["ages"], b["segments"], b["positions"], extras)
+    for block in model.blocks[:-1]:
+        x = block(x, mask)
+    last = model.blocks[-1]
+    B, T, H = x.shape
+    heads = last.attn.heads
+    q, k, _ = last.attn.qkv(last.ln1(x)).view(B, T, 3, heads, H // heads).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2) / (H // heads) ** 0.5).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1), torch.where(valid, b["input_ids"], -1)
+
+
+def attention_weights(model, seqs, i: int = 0, mean: bool = True) -> np.ndarray:
+    """Last block's attention (T x T, mean over heads; heads x T x T without ``mean``) for sequence ``i``.
+
+    The model's fast path (SDPA) returns no weights; this recomputes them for one sequence only.
+    """
+    w, _ = _attention(model, seqs, np.array([i]))
+    return w.mean(1)[0].numpy() if mean else w[0].numpy()
+
+
+def mean_attention(model, seqs, rows: np.ndarray, *, k: int = 25, min_count: int = MIN_COUNT,
+                   batch: int = 32) -> dict:
+    """Mean last-layer attention between the ``k`` tokens most persons in ``rows`` have: an aggregate, no person.
+
+    Cell (a, b) averages the attention from every occurrence of token a to every occurrence of token b over the
+    rows; a cell whose two tokens occur together in fewer than ``min_count`` persons is NaN, and tokens held by
+    fewer than ``min_count`` persons are not candidates. Returns ``ids`` (k), ``weights`` and ``persons`` (k x k)
+    and ``n`` (persons).
+    """
+    rows = np.asarray(rows)
+    V = len(model.vocab)
+    lens = seqs.lengths[rows]
+    subj = np.unique(seqs.subject_id[rows], return_inverse=True)[1]
+    first = np.cumsum(lens) - lens                              # each row's start in the gathered tokens
+    tok = seqs.input_ids[np.repeat(seqs.offsets[rows] - first, lens) + np.arange(int(lens.sum()))]
+    pairs = np.unique(np.repeat(subj, lens).astype(np.int64) * V + tok)        # (person, token) present
+    per_token = np.bincount(pairs % V, minlength=V)
+    per_token[[i for i, t in enumerate(SPECIALS) if i not in (CLS, SEP)]] = 0
+    ids = [int(i) for i in np.argsort(-per_token, kind="stable")[:k] if per_token[i] >= min_count]
+    local = np.full(V, -1)
+    local[ids] = np.arange(len(ids))
+    K, n = len(ids), int(subj.max() + 1) if len(subj) else 0
+    present = np.zeros((n, K), np.int32)
+    hit = local[pairs % V] >= 0
+    present[(pairs // V)[hit], local[pairs % V][hit]] = 1
+    persons = present.T @ present
+    total, count = np.zeros(K * K), np.zeros(K * K)
+    for s in range(0, len(rows), batch):
+        w, got = _attention(model, seqs, rows[s:s + batch])
+        w = w.mean(1).numpy()
+        li = np.where(got.numpy() >= 0, local[got.numpy().clip(0)], -1)             # (B, T) local index or -1
+        both = (li[:, :, None] >= 0) & (li[:, None, :] >= 0)
+        cell = (li[:, :, None] * K + li[:, None, :])[both]
+        total += np.bincount(cell, weights=w[both], minlength=K * K)
+        count += np.bincount(cell, minlength=K * K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = (total / count).reshape(K, K)
+    weights[persons < min_count] = np.nan
+    return {"ids": ids, "weights": weights, "persons": persons, "n": n}
+
+
+def token_chapters(tokens: list[str], cdm=None) -> list[str]:
+    """CALIBER chapter of each token: CALIBER phenotypes directly, codes through the caliber vocabulary."""
+    from omop_behrt.vocab.caliber import caliber_phenotypes
+    from omop_behrt.vocab.registry import map_events
+    ph = caliber_phenotypes()
+    by_pheno = dict(zip(ph["phenotype"].to_pylist(), ph["chapter"].to_pylist()))
+    out = [by_pheno.get(t.split("/", 1)[1], _NO_CHAPTER) if t.startswith("CALIBER/") else _NO_CHAPTER for t in tokens]
+    codes = [t for t in tokens if "/" in t and not t.startswith("CALIBER")]
+    if codes:
+        ev = pa.table({"subject_id": pa.array(np.arange(len(codes)), pa.int64()),
+                       "time": pa.array(np.zeros(len(codes), "datetime64[us]")),
+                       "code": pa.array(codes), "domain": pa.array(["condition"] * len(codes))})
+        got = map_events(ev, "caliber(level=chapter)", cdm=cdm, progress=False, sort=False).tokens
+        chap = {}
+        for c, t in zip(got["code"].to_pylist(), got["token"].to_pylist()):
+            chap.setdefault(c, t.split("/", 1)[1])
+        pos = {t: i for i, t in enumerate(tokens)}
+        for c, ch in chap.items():
+            out[pos[c]] = ch
+    return out
+
+
+def _as_cdm(cdm):
+    from omop_behrt.adapters.omop import OmopCdm
+    return cdm if hasattr(cdm, "qtable") else OmopCdm(cdm)
+
+
+def concept_details(cdm, tokens: list[str]) -> dict[str, tuple[str, str | None]]:
+    """(concept name, domain_id) from the CDM's concept table for tokens shaped VOCABULARY_ID/concept_code."""
+    from omop_behrt.db.database import load_sql, render
+    if cdm is None:
+        return {}
+    cdm = _as_cdm(cdm)
+    if not cdm.has_table("concept"):
+        return {}
+    pairs = [t.split("/", 1) for t in tokens if "/" in t]
+    sql = render(load_sql("report/concept_names.sql"), {
+        "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
+        "c_domain_id": cdm.col("concept", "domain_id", "c", optional=True),
+        "c_vocabulary_id": cdm.col("concept", "vocabulary_id", "c"),
+        "c_concept_code": cdm.col("concept", "concept_code", "c")})
+    t = cdm.db.query(sql, {"vocabs": [p[0] for p in pairs], "codes": [p[1] for p in pairs]})
+    return {k: (n, d) for k, n, d in zip(t["token"].to_pylist(), t["name"].to_pylist(), t["domain"].to_pylist())}
+
+
+def concept_names(cdm, tokens: list[str]) -> dict[str, str]:
+    """Concept names from the CDM's concept table for tokens shaped VOCABULARY_ID/concept_code."""
+    return {k: v[0] for k, v in concept_details(cdm, tokens).items() if v[0]}
+
+
+def concept_names_by_id(cdm, ids: list[int]) -> dict[int, str]:
+    """Concept names for OMOP concept ids (e.g. a task's outcome concepts), from the CDM's concept table."""
+    from omop_behrt.db.database import load_sql, render
+    if cdm is None or not ids:
+        return {}
+    cdm = _as_cdm(cdm)
+    if not cdm.has_table("concept"):
+        return {}
+    sql = render(load_sql("omop/concept_names_by_id.sql"), {
+        "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
+        "c_concept_id": cdm.col("concept", "concept_id", "c")})
+    t = cdm.db.query(sql, {"ids": [int(i) for i in ids]})
+    return dict(zip(t["concept_id"].to_pylist(), t["name"].to_pylist()))
+
+
+#: cdm_source columns the report shows, in order
+CDM_SOURCE_COLUMNS = ("cdm_source_name", "cdm_source_abbreviation", "cdm_holder", "source_release_date",
+                      "cdm_release_date", "cdm_version", "vocabulary_version")
+
+
+def data_source(cdm) -> dict[str, str]:
+    """The CDM's cdm_source row (name, holder, release dates, CDM and vocabulary versions), any column case."""
+    if cdm is None:
+        return {}
+    cdm = _as_cdm(cdm)
+    out = {c: cdm.cdm_source_value(c) for c in CDM_SOURCE_COLUMNS}
+    out = {k: v for k, v in out.items() if v not in (None, "")}
+    out.setdefault("cdm_version", cdm.cdm_version)
+    return out
+
+
+def nearest_codes(model, tokens: list[str], chapters: list[str], k: int = 10, n_diseases: int = 10,
+                  min_count: int = MIN_COUNT) -> list[dict]:
+    """For the ``n_diseases`` most common tokens with a CALIBER chapter: their ``k`` nearest codes by cosine.
+
+    Only tokens seen in >= ``min_count`` persons are shown (a model built with a lower min_count has rarer ones).
+    """
+    E = model.embeddings.code.weight.detach().numpy()[len(SPECIALS):]
+    E = E / np.linalg.norm(E, axis=1, keepdims=True).clip(1e-12)
+    counts = np.asarray(model.vocab.counts[len(SPECIALS):])
+    diseases = [i for i in np.argsort(-counts, kind="stable")
+                if chapters[i] != _NO_CHAPTER and counts[i] >= min_count][:n_diseases]
+    S = E[diseases] @ E.T                     # (n_diseases, V): only the rows needed, never V x V
+    S[:, counts < min_count] = -np.inf
+    S[np.arange(len(diseases)), diseases] = -np.inf
+    out = []
+    for r, i in enumerate(diseases):
+        near = [j for j in np.argsort(-S[r], kind="stable")[:k] if np.isfinite(S[r, j])]
+        out.append({"token": tokens[i], "chapter": chapters[i], "persons": int(counts[i]),
+                    "nearest": [{"token": tokens[j], "cosine": float(S[r, j])} for j in near]})
+    return out
+
+
+# -- plots ----------------------------------------------------------------------------------------------
+def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    drawn = {name: m for name, m in results["methods"].items() if m.get("curves")}
+    for name, m in drawn.items():
+        c = m["curves"]
+        axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], line_style(name), label=f"{name} ({m['auroc']:.3f})")
+        axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], line_style(name), label=f"{name} ({m['auprc']:.3f})")
+    axes[0].plot([0, 1], [0, 1], ":", color="grey")
+    prev = next(iter(results["methods"].values()), {}).get("prevalence")
+    if prev is not None:
+        axes[1].axhline(prev, ls=":", color="grey")
+        axes[1].text(1.0, prev, "outcome rate ", ha="right", va="bottom", fontsize=7, color="grey")
+    axes[0].set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+                title="ROC (AUROC in brackets)")
+    axes[1].set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
+                title="Precision-recall (AUPRC in brackets)", ylim=(0, 1.02))
+    for a in axes:
+        if drawn and a is axes[1] and len(drawn) > 6:        # many methods: beside the plot, not over the curves
+            a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        elif drawn:
+            a.legend(fontsize=7, loc="lower right" if a is axes[0] else "upper right")
+        else:
+            a.text(0.5, 0.5, "withheld: too few outcomes", ha="center", transform=a.transAxes)
+    roc_pr = _png(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    top = 0.0
+    for name, m in drawn.items():
+        c = m["curves"]["calibration"]
+        mark = " (!)" if name in flagged else ""
+        ax.plot(c["predicted"], c["observed"], "o" + line_style(name), ms=3,
+                label=f"{name}: slope {m['calibration_slope']:.2f}{mark}")
+        top = max(top, max(c["predicted"] + c["observed"]))
+    ax.plot([0, top], [0, top], ":", color="grey")
+    ax.set(xlabel="mean predicted risk (quantile bins of >= 10 persons)", ylabel="observed outcome rate",
+           title="Calibration (dotted: perfect)")
+    if drawn:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return roc_pr, _png(fig)
+
+
+def _few_shot_plot(rows: list[dict]) -> str:
+    """Small multiples: one panel per method, AUROC against % of training labels with a light 95% band."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cols = len(methods) if len(methods) <= 4 else 3
+    nrows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.0 * nrows), sharex=True, sharey=True,
+                             squeeze=False)
+    ticks = sorted({r["fraction"] * 100 for r in rows})
+    lo = min([0.45] + [r["auroc_ci"][0] for r in rows if r.get("auroc_ci")] + [r["auroc"] for r in rows])
+    for k, (ax, name) in enumerate(zip(axes.flat, methods)):
+        rs = [r for r in rows if r["method"] == name]
+        x = [r["fraction"] * 100 for r in rs]
+        colour = plt.get_cmap("tab10")(k % 10)
+        ax.plot(x, [r["auroc"] for r in rs], "o-", color=colour, ms=4)
+        if all(r.get("auroc_ci") for r in rs):
+            ax.fill_between(x, [r["auroc_ci"][0] for r in rs], [r["auroc_ci"][1] for r in rs], color=colour,
+                            alpha=0.15, lw=0)
+        ax.axhline(0.5, ls=":", color="grey")
+        ax.set_title(name, fontsize=10)
+        ax.set(xscale="log", ylim=(max(0.0, lo - 0.02), 1.0))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.tick_params(labelbottom=True)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("% of training labels")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test AUROC")
+    fig.suptitle("Few-shot: test AUROC by share of training labels (band: 95% CI; dotted: chance)", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _tsne_plot(model, tokens: list[str], chapters: list[str], seed: int, n_labels: int = 6) -> str:
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+    E = model.embeddings.code.weight.detach().numpy()[len(SPECIALS):]
+    with threadpool_limits(1):       # OpenMP threads fight over a busy machine: 10x slower than one thread
+        xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(E) - 1) / 3)), init="pca", random_state=seed,
+                  max_iter=500, metric="cosine").fit_transform(E)
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    cmap = plt.get_cmap("tab20")
+    other = np.array([c == _NO_CHAPTER for c in chapters])
+    ax.scatter(xy[other, 0], xy[other, 1], s=6, c="lightgrey", label=f"{_NO_CHAPTER} ({int(other.sum())})")
+    named = sorted(set(chapters) - {_NO_CHAPTER}, key=lambda ch: (-chapters.count(ch), ch))
+    for j, ch in enumerate(named):
+        sel = np.array([c == ch for c in chapters])
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(j % 20), label=f"{ch} ({int(sel.sum())})")
+    for j, ch in enumerate(named[:n_labels]):               # the largest chapters named at their centre
+        sel = np.array([c == ch for c in chapters])
+        if sel.sum() < 3:
+            break
+        cx, cy = np.median(xy[sel], axis=0)
+        ax.annotate(ch, (cx, cy), fontsize=8, weight="bold", color="#222", ha="center",
+                    bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=cmap(j % 20), lw=2, alpha=0.9))
+    ax.set(title="Code embeddings, t-SNE (cosine), coloured by CALIBER chapter (codes per chapter)",
+           xticks=[], yticks=[])
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, markerscale=1.5)
+    return _png(fig)
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _token_labels(model, ids, names: dict[str, str]) -> list[str]:
+    return [t if t in SPECIALS else _short(names[t]) if t in names else t for t in model.vocab.decode(np.array(ids))]
+
+
+def _mean_attention_plot(model, agg: dict, names: dict[str, str]) -> str:
+    labels = _token_labels(model, agg["ids"], names)
+    K = len(labels)
+    fig, ax = plt.subplots(figsize=(min(15, 4 + 0.32 * K), min(14, 3 + 0.3 * K)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(agg["weights"]), cmap=cmap)
+    ax.set_xticks(range(K), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(K), labels, fontsize=7)
+    ax.set_title("Mean last-layer attention (mean over heads and occurrences)\nrow = query token, column = key token")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
+    return _png(fig)
+
+
+def _attention_plot(model, seqs, i: int, names: dict[str, str]) -> str:
+    w = attention_weights(model, seqs, i)
+    labels = _token_labels(model, seqs[i]["input_ids"], names)
+    T = len(labels)
+    fig, ax = plt.subplots(figsize=(min(15, 3 + 0.24 * T), min(14, 2.5 + 0.22 * T)))
+    im = ax.imshow(w, cmap="viridis")
+    ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(T), labels, fontsize=6)
+    ax.set_title("Last-layer attention (mean over heads): row = query token, column = key token")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
+    return _png(fig)
+
+
+def _loss_plot(curve: list[dict]) -> str | None:
+    rows = [r for r in curve if "loss" in r and "step" in r]
+    if len(rows) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+    steps = [r["step"] for r in rows]
+    axes[0].plot(steps, [r["loss"] for r in rows], color="tab:blue")
+    axes[0].set(xlabel="step", ylabel="training loss", title="Pretraining: masked-token loss")
+    axes[1].plot(steps, [r.get("masked_acc", np.nan) for r in rows], color="tab:green", label="training")
+    final = next((r for r in reversed(curve) if "val_acc" in r), None)
+    if final:
+        axes[1].plot([final["step"]], [final["val_acc"]], "D", color="tab:red", label="validation (end)")
+        axes[1].legend(fontsize=7)
+    axes[1].set(xlabel="step", ylabel="accuracy", title="Masked-token accuracy")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- HTML -----------------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    """A table; a one-cell row spans the table (a block heading); cells given as ``Markup`` are not escaped."""
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if any(header) else ""
+    cell = lambda c: c.html if isinstance(c, Markup) else html.escape(str(c))  # noqa: E731
+    body = "".join(f"<tr class='block'><td colspan='{len(header)}'>{cell(r[0])}</td></tr>" if len(r) == 1 else
+                   "<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table{f' class={cls!r}' if cls else ''}>{f'<tr>{th}</tr>' if th else ''}{body}</table>"
+
+
+class Markup:
+    """HTML the report wrote itself (not escaped again)."""
+
+    def __init__(self, html_text: str):
+        self.html = html_text
+
+
+def _how(text: str) -> str:
+    return f"<p class='how'><b>How to read this:</b> {html.escape(text)}</p>"
+
+
+def _model_facts(model, model_dir: Path) -> tuple[list[list], str | None]:
+    """Rows describing the pretrained model, and its loss-curve plot (from metrics.json) when there is one."""
+    from omop_behrt.behrt.model import BehrtConfig
+    cfg, meta = model.config, model.metadata
+    preset = next((name for name in ("tiny", "behrt") if all(
+        getattr(BehrtConfig.preset(name), k) == getattr(cfg, k) for k in ("hidden", "layers", "heads",
+                                                                            "intermediate", "max_len"))), "custom")
+    params = sum(p.numel() for p in model.parameters())
+    rows = [["model", f"BEHRT, {preset} shape: {cfg.layers} layers, hidden size {cfg.hidden}, {cfg.heads} heads, "
+                      f"up to {cfg.max_len} tokens a person; {params / 1e6:.2f} M parameters"],
+            ["model id", str(meta.get("model_id", "?"))]]
+    curve = []
+    if (model_dir / "metrics.json").exists():
+        try:
+            curve = json.loads((model_dir / "metrics.json").read_text())
+        except ValueError:
+            curve = []
+    train, data = meta.get("training") or {}, meta.get("training_data") or {}
+    epochs = max((r["epoch"] for r in curve if "epoch" in r), default=None)
+    steps = train.get("steps")
+    what = []
+    if epochs is not None:
+        what.append(f"{epochs + 1} epoch{'s' * (epochs != 0)}")
+    if steps is not None:
+        what.append(f"{steps:,} steps")
+    if isinstance(data.get("train_persons"), int):
+        what.append(f"{data['train_persons']:,} persons")
+    if data.get("first_year") and data.get("last_year"):
+        what.append(f"records {data['first_year']}-{data['last_year']}")
+    if what:
+        rows.append(["pretraining", ", ".join(what) + (f"; created {meta['created_at'][:10]}"
+                                                       if meta.get("created_at") else "")])
+    rows.append(["pretraining data censored at the index dates",
+                 "yes (pretraining saw no event on or after any index date)" if data.get("censored_at") else
+                 "no: pretrained on all events; if they include this task's persons, the model may have seen their "
+                 "outcomes (leakage; censor with `extract --index-dates` as the demo does)"])
+    m = meta.get("metrics") or {}
+    if "val_acc" in m:
+        rows.append(["validation masked-token accuracy",
+                     f"{m['val_acc']:.3f}" + (f" (top-10 {m['val_top10']:.3f})" if "val_top10" in m else "") +
+                     (f"; loss {m['val_loss']:.3f}" if "val_loss" in m else "")])
+    if data.get("cdm_version") or data.get("vocabulary_version"):
+        rows.append(["pretraining data: OMOP CDM / vocabulary version",
+                     f"{data.get('cdm_version') or '?'} / {data.get('vocabulary_version') or 'not recorded'}"])
+    vocab = meta.get("vocab", "?")
+    rows.append(["vocabulary", f"{vocab}: {len(model.vocab) - len(SPECIALS):,} tokens, each seen in at least "
+                               f"{data.get('min_count', MIN_COUNT)} persons"
+                               + (f" (sha256 {str(meta['vocab_sha256'])[:12]})" if meta.get("vocab_sha256") else "")])
+    return rows, _loss_plot(curve)
+
+
+def _study_rows(definition: dict, attrition: dict, target: str | None, cdm, source: dict) -> list[list]:
+    """What the study is, in words: target, outcome (by concept name), time at risk, exclusions, data source."""
+    d = definition
+    entries = attrition.get("target entries")
+    rows = [["target cohort", (target or str(d.get("target", "?"))) +
+             (f" ({entries:,} entries)" if isinstance(entries, int) else "")]]
+    if d.get("outcome_cohort") is not None:
+        outcome = f"cohort {d['outcome_cohort']}"
+    else:
+        ids = [int(i) for i in d.get("outcome_concepts") or []]
+        try:
+            names = concept_names_by_id(cdm, ids)
+        except Exception:  # noqa: BLE001 - names are a nicety; without them the ids still say it
+            names = {}
+        outcome = "; ".join(f"{i} {names.get(i, '(name not in the concept table)' if cdm is not None else '')}"
+                            .strip() for i in ids) or "?"
+        if d.get("descendants"):
+            outcome += ", with all its descendant concepts"
+    rows.append(["outcome", outcome])
+    if "tar_start" in d:
+        rows.append(["time at risk", f"from day {d['tar_start']} to day {d['tar_end']} after the index date"
+                     + (" (the index day itself not counted)" if d["tar_start"] > 0 else "")])
+        excl = []
+        if d.get("remove_prior_outcome"):
+            lb = d.get("prior_outcome_lookback", 99999)
+            excl.append("the outcome before the index date" + (" (any time)" if lb >= 99999 else
+                                                                f" (within {lb:,} days)"))
+        if d.get("min_prior_observation"):
+            excl.append(f"under {d['min_prior_observation']:,} days of observation before the index date")
+        if d.get("min_time_at_risk"):
+            excl.append(f"under {d['min_time_at_risk']:,} days of observation after it"
+                        + (" unless the outcome happened" if d.get("include_all_outcomes") else ""))
+        if excl:
+            rows.append(["excluded", "; ".join(excl)])
+    if source:
+        name = source.get("cdm_source_name") or source.get("cdm_source_abbreviation") or "OMOP CDM"
+        extra = [f"{k.replace('_', ' ')} {source[k]}" for k in ("cdm_holder", "source_release_date") if k in source]
+        rows.append(["data source", name + (f" ({', '.join(extra)})" if extra else "")])
+        rows.append(["OMOP CDM / vocabulary version", f"{source.get('cdm_version', '?')} / "
+                                                      f"{source.get('vocabulary_version', 'not recorded')}"])
+    return rows
+
+
+def _few_shot_table(rows: list[dict]) -> str:
+    """The few-shot grid, one row per share of the labels, one AUROC (95% CI) column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["fraction"], r["method"]): r for r in rows}
+    body = []
+    for f in sorted({r["fraction"] for r in rows}):
+        first = next(r for r in rows if r["fraction"] == f)
+        body.append([f"{f * 100:g}", count_text(first["n_train"]), count_text(first["train_positives"]),
+                     *(_ci(cell[f, m], "auroc") if (f, m) in cell else "" for m in methods)])
+    return _table(["% train labels", "n train", "with the outcome", *(f"{m} AUROC" for m in methods)], body)
+
+
+def _metrics_rows(shown: dict, flags: dict[tuple[str, str], str]) -> list[list]:
+    def cell(name: str, metric: str, text: str):
+        return Markup(f"<span class='flag' title='{html.escape(flags[name, metric], quote=True)}'>⚠ "
+                      f"{html.escape(text)}</span>") if (name, metric) in flags else text
+    return [[Markup(method_label(n, m)), cell(n, "AUROC", _ci(m, "auroc")), _ci(m, "auprc"),
+             cell(n, "Brier", _ci(m, "brier")),
+             f"{m['calibration_intercept']:.2f}", cell(n, "calibration slope", f"{m['calibration_slope']:.2f}")]
+            for n, m in shown["methods"].items()]
+
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}"
+          "h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #e3e3e3;padding-bottom:.15em;"
+          "margin-top:1.8em}table{border-collapse:collapse;margin:.8em 0;font-size:13px}td,th{border:1px solid "
+          "#ccc;padding:3px 7px;text-align:left;vertical-align:top}th{background:#f2f2f2}tr.block td{background:"
+          "#fafafa;font-weight:bold}img{max-width:100%}p.how{background:#eef5fb;border-left:4px solid #4a90c2;"
+          "padding:.4em .7em;font-size:13px}p.lead{font-size:1.1em}.warn{background:#fff4e0;border:2px solid "
+          "#e8a33d;border-radius:4px;padding:.5em 1em;margin:1em 0}.warn h3{margin:.2em 0;color:#8a4b00}"
+          "span.flag{color:#a33;font-weight:bold}table.t1 td:not(:first-child){text-align:right}"
+          "table.near td:last-child{font-size:12px}table.near .sub{font-size:11px}.sub{color:#666;font-size:13px}")
+
+
+def _attention_section(model, seqs, results: dict, names: dict[str, str], example_person: int | None,
+                       min_count: int, labels=None) -> tuple[list[str], str]:
+    """The Attention section's HTML, and the per-person <meta> (empty unless ``example_person`` is given)."""
+    if seqs is None or not len(seqs):
+        return ["<p>No sequences given.</p>"], ""          # (an example person needs them: checked before)
+    if example_person is not None:
+        rows = np.flatnonzero(seqs.subject_id == int(example_person))
+        i = int(rows[np.argmax(seqs.lengths[rows])])
+        meta = (f'<meta name="{PER_PERSON_MARKER}" content="attention example: one person\'s record '
+                f'(subject {int(example_person)})">')
+        about = ""
+        if labels is not None and i < labels.num_rows:
+            row = labels.slice(i, 1).to_pylist()[0]
+            about = (f", index date {str(row['index_date'])[:10]}, "
+                     f"{'had' if row.get('label') else 'did not have'} the outcome in the time at risk")
+        return [f"<p><b>Patient-level data:</b> this section shows one person's record (asked for with "
+                f"--example-person); keep this report inside the site.</p><p>Person {int(example_person)} "
+                f"(row {i}){about}: {int(seqs.lengths[i])} tokens before the index date.</p>",
+                f'<img src="{_attention_plot(model, seqs, i, names)}">'], meta
+    test = results.get("test_predictions") or {}
+    rows = np.flatnonzero(np.isin(seqs.subject_id, test["subject_id"])) if test.get("subject_id") else \
+        np.arange(len(seqs))
+    who = "test persons" if test.get("subject_id") else "persons"
+    if len(rows) > 1000:                              # a seeded sample bounds the cost on large test sets
+        rows = np.sort(np.random.default_rng(0).choice(rows, 1000, replace=False))
+    agg = mean_attention(model, seqs, rows, min_count=min_count)
+    if agg["n"] < min_count or not agg["ids"]:
+        return [f"<p>Fewer than {min_count} {who}: the mean attention is not shown.</p>"], ""
+    return [f"<p>Mean last-layer attention between the {len(agg['ids'])} tokens most persons have, over "
+            f"{agg['n']:,} {who} (an aggregate: no single person's record). Grey: the two tokens occur "
+            f"together in fewer than {min_count} persons.</p>",
+            f'<img src="{_mean_attention_plot(model, agg, names)}">'], ""
+
+
+def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=None, seqs=None,
+                 example_person: int | None = None, min_count: int = MIN_COUNT, cdm=None,
+                 title: str = "omop-behrt prediction report", target: str | None = None, seed: int = 0) -> Path:
+    """Write ``out/report.html`` (+ ``out/results.json``) for a comparison's results; returns the HTML path.
+
+    Shareable by default: counts below ``min_count`` show as ``<10`` and the attention view is the mean over
+    the test persons of ``seqs`` (the task's tokenised rows). ``prep`` (the comparison's
+    :class:`~omop_behrt.evaluation.comparison.Prepared`) gives the sequences and the baseline characteristics table
+    (stored in results.json too); ``cdm`` lends concept names and the data source; ``target`` says the target
+    cohort in words. ``example_person`` (a subject id) draws that person's attention instead: patient-level,
+    marked in the page.
+    """
+    from omop_behrt import __version__
+    from omop_behrt.evaluation.characteristics import describe_rate, prepared_characteristics, table_rows
+    from omop_behrt.behrt.model import Behrt
+    seqs = seqs if seqs is not None else getattr(prep, "seqs", None)
+    if example_person is not None and (seqs is None or not (seqs.subject_id == int(example_person)).any()):
+        raise ValueError(f"example person: subject {int(example_person)} is not among the task's "
+                         f"{0 if seqs is None else len(seqs):,} rows")
+    out, model_dir = Path(out), Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = dict(results)
+    if prep is not None and "characteristics" not in results:
+        results["characteristics"] = prepared_characteristics(prep, cdm=cdm, min_count=min_count)
+    model = Behrt.load(model_dir)
+    tokens = model.vocab.tokens[len(SPECIALS):]
+    chapters = token_chapters(tokens, cdm)
+    near = nearest_codes(model, tokens, chapters, min_count=min_count)
+    try:
+        names = concept_names(cdm, tokens)
+        source = data_source(cdm)
+    except Exception:  # noqa: BLE001 - names are a nicety; a CDM without a usable concept table just lacks them
+        names, source = {}, {}
+    shown = shareable_results(results, min_count)
+    task = shown.get("task", {})
+    definition, attrition = task.get("definition", {}), task.get("attrition", {})
+    ch = shown.get("characteristics")
+    warnings = result_warnings(shown)
+    flags = {(w["method"], w["metric"]): w["why"] for w in warnings}
+    model_rows, loss_png = _model_facts(model, model_dir)
+    rate = describe_rate(ch["outcome"], definition) if ch else None
+
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p class='sub'>Written {time.strftime('%Y-%m-%d')} by omop-behrt {html.escape(__version__)}. "
+             f"Aggregates only: every count of fewer than {min_count} persons shows as {suppressed(min_count)}."
+             f"</p>", "<h2>Study</h2>"]
+    if rate:
+        parts.append(f"<p class='lead'><b>{html.escape(rate[0].upper() + rate[1:])}.</b></p>")
+    parts += [_table(["", ""], _study_rows(definition, attrition, target, cdm, source) +
+                     [["report date", time.strftime("%Y-%m-%d")], ["omop-behrt version", __version__]] + model_rows),
+              f'<img src="{loss_png}">' if loss_png else "",
+              _how("The question every model below answers: from a person's record before the index date, will "
+                   "the outcome happen in the time at risk? The model was pretrained (masked-token prediction) "
+                   "on records before the index dates and is then used as a feature extractor or fine-tuned.")]
+    parts += ["<h2>Outcome and attrition</h2>",
+              _table(["step", "entries"], [[k, count_text(v)] for k, v in attrition.items()]),
+              _table(["split", "rows", "persons", "with the outcome"],
+                     [[s, count_text(v["rows"]), count_text(v["persons"]), count_text(v["positives"])]
+                      for s, v in shown.get("n", {}).items()]),
+              _how("Attrition: how many target entries each exclusion removed. Splits are by person (no person is "
+                   "in two); models learn on train, stop early on val, and every number below is on test.")]
+    parts.append("<h2>Baseline characteristics</h2>")
+    if ch:
+        parts += [_table(["characteristic", "with the outcome", "without the outcome", "all"],
+                         table_rows(ch, lambda c, n: f"{_short(n, 56)} ({c})" if n else c), cls="t1"),
+                  _how(f"Persons in each column (percent of the column). Prior conditions and drugs: recorded any "
+                       f"time before the index date, the {len(ch['conditions'])} and {len(ch['drugs'])} most common "
+                       f"(domain from the {ch['domains_from']}). Large differences between the columns are what "
+                       f"any model can use. {suppressed(min_count)}: fewer than {min_count} persons; "
+                       f"'suppressed': hidden so that a {suppressed(min_count)} cell cannot be worked out.")]
+    else:
+        parts.append("<p>Not computed (pass the comparison's prepared data, <code>prep=</code>).</p>")
+    if has_text(shown):
+        parts += text_section(shown, _table, _how, min_count)
+    parts.append("<h2>Metrics</h2>")
+    if warnings:
+        parts.append("<div class='warn'><h3>⚠ Check these results before reading them</h3><ul>" +
+                     "".join(f"<li><b>{html.escape(w['method'])}</b>: {html.escape(w['why'])}</li>"
+                             for w in warnings) + "</ul></div>")
+    parts += [_table(["method", "AUROC (95% CI)", "AUPRC (95% CI)", "Brier (95% CI)", "cal. intercept",
+                      "cal. slope"], _metrics_rows(shown, flags)),
+              _how("AUROC: the chance that a person with the outcome gets a higher score than one without (0.5 = "
+                   "chance, 1 = perfect). AUPRC: compare with the outcome rate, which a useless model scores. "
+                   "Brier: mean squared error of the predicted risk (lower is better). Calibration: intercept 0 "
+                   "and slope 1 are ideal. Intervals: 95% bootstrap over test persons. ⚠: see the box.")]
+    roc_pr, cal = _curve_plots(shown, {w["method"] for w in warnings if w["metric"] == "calibration slope"})
+    parts += ["<h2>ROC and precision-recall curves</h2>", f'<img src="{roc_pr}">',
+              _how("Higher curves are better. ROC: dotted diagonal = chance. Precision-recall: dotted line = the "
+                   f"outcome rate. Each step of a curve spans at least {min_count} persons."),
+              "<h2>Calibration</h2>", f'<img src="{cal}">',
+              _how("Each point is a group of persons with similar predicted risk: on the dotted diagonal, the "
+                   "predicted risk matches the observed rate; below it the model over-predicts, above it under-"
+                   "predicts. A cluster of points at one predicted risk means near-constant scores.")]
+    parts.append("<h2>Few-shot curves</h2>")
+    if shown.get("few_shot"):
+        parts += [f'<img src="{_few_shot_plot(shown["few_shot"])}">',
+                  _how("Test AUROC when each method learns from only part of the training labels (same test "
+                       "set). A method that stays high with 1-5% of the labels needs few labelled cases, which is "
+                       "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. "
+                       "AUPRC per point: results.json."),
+                  _few_shot_table(shown["few_shot"])]
+    else:
+        parts.append("<p>Not run (pass few-shot fractions).</p>")
+    parts += ["<h2>Code embeddings (t-SNE)</h2>", f'<img src="{_tsne_plot(model, tokens, chapters, seed)}">',
+              _how("Each dot is a code of the model's vocabulary; codes the model learned to use alike sit close "
+                   "together. Colour: CALIBER disease chapter (grey: not a CALIBER disease). Only neighbourhoods "
+                   "mean something in t-SNE: distances between far-apart clusters do not."),
+              "<h2>Nearest codes</h2>",
+              _table(["code", "chapter", "persons", "10 nearest codes (cosine similarity)"],
+                     [[Markup(f"{html.escape(_short(names.get(d['token'], d['token']), 40))}<br><span class='sub'>"
+                              f"{html.escape(d['token'])}</span>"), d["chapter"],
+                       count_text(shown_count(d["persons"], min_count)),
+                       Markup(" · ".join(f"<span title='{html.escape(n['token'], quote=True)}'>"
+                                         f"{html.escape(_short(names.get(n['token'], n['token']), 36))}</span> "
+                                         f"<b>{n['cosine']:.2f}</b>" for n in d["nearest"]))] for d in near],
+                     cls="near"),
+              _how("The most common codes with a CALIBER chapter and the codes whose embeddings point the same way "
+                   "(cosine 1 = same direction). Clinically related neighbours suggest the pretraining learned "
+                   "something; unrelated ones suggest too little data or training.")]
+    section, meta = _attention_section(model, seqs, results, names, example_person, min_count,
+                                       labels=prep.task.labels if prep is not None else None)
+    parts += ["<h2>Attention</h2>", *section,
+              _how("Each cell: how much the row token attends to the column token in the model's last layer. "
+                   "Attention shows where the model looks, not why it predicts: do not read it as an effect.")]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    write_results(results, out / "results.json", min_count)
+    return out / "report.html"
+
+
+def chromium() -> str | None:
+    """The headless Chromium (or Chrome) on PATH that :func:`screenshot` uses, None when there is none."""
+    import shutil
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
+
+
+def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: int = 9000,
+               timeout: float = 120.0) -> Path:
+    """Render an HTML file to PNG with headless Chromium (the page as a reader sees it), blank bottom cropped."""
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+    exe = chromium()
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH (apt-get install chromium)")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="omop-behrt-shot-") as tmp:
+        raw = Path(tmp) / "page.png"
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={tmp}", f"--window-size={width},{height}", f"--screenshot={raw}",
+                        Path(page).resolve().as_uri()], check=True, capture_output=True, timeout=timeout)
+        img = Image.open(raw).convert("RGB")
+    rows = np.flatnonzero((np.asarray(img) < 250).any(axis=(1, 2)))        # the last row that is not blank
+    img.crop((0, 0, img.width, min(img.height, int(rows[-1]) + 20 if len(rows) else img.height))).save(png)
+    return png

@@ -1,0 +1,1 @@
+"""Index dates and labels: cohorts (OHDSI tables, ATLAS), prediction tasks, benchmark suites."""

@@ -1,0 +1,1 @@
+"""Patient vectors as of an index date: the embedding run and the tables it writes."""

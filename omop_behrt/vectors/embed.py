@@ -1,0 +1,528 @@
+"""Patient vectors as of an index date: the scikit-learn extractor and the streaming, resumable embedding run.
+
+The path of one run: index dates -> events extracted with censoring in the CDM's SQL (only events before each
+person's index date leave the database) -> the model's vocabulary -> tokens cut at each entry's own index
+time -> encoder -> pooled vector. Work goes chunk by chunk (fixed memory whatever the cohort size, length-
+sorted batches inside a chunk); each finished chunk is saved, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from tqdm.auto import tqdm
+
+from omop_behrt.tasks.cohorts import INDEX_SCHEMA, index_dates_from_frame
+from omop_behrt.db.database import is_cdm_source as _is_cdm
+from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
+                                          run_fingerprint,
+                        start_run)
+from omop_behrt.events import EventDir
+from omop_behrt.lock import exclusive_lock
+from omop_behrt.behrt.model import pool
+
+from omop_behrt.choices import POOLINGS
+
+
+#: Fixed-shape batches pad each sequence to the next multiple of this many tokens (at most the model's max_len).
+SHAPE_STEP = 16
+#: Tokens of a fixed-shape batch on CPU (at most): each length's last batch is filled with copies, so a smaller
+#: batch wastes less on small cohorts and shards, and a CPU is as fast on 4k-token batches as on 16k ones.
+CPU_FIXED_TOKENS = 4096
+
+
+def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step: int = SHAPE_STEP
+                     ) -> list[tuple[np.ndarray, int, int]]:
+    """Batches whose shape depends only on their sequences' own lengths: ``(idx, T, n)``, the first n of idx
+    real (the rest copies of the last), with T the length rounded
+    up to ``step`` (capped at ``max_len``) and every batch of that T padded to the same row count.
+
+    A CPU or GPU kernel may pick its algorithm by the matrix shape (a (B*T, H) product with few rows takes
+    another path), so the last bits of a person's vector could depend on who shared its batch. With every batch
+    of one T holding B(T) = max(1, max(batch_tokens, max_len) // T) rows (the last filled with copies, whose
+    outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    budget = max(int(batch_tokens), int(max_len))
+    shape = np.minimum(-(-np.maximum(lengths, 1) // step) * step, max(int(max_len), int(lengths.max(initial=1))))
+    plan = []
+    for T in np.unique(shape):
+        rows = np.flatnonzero(shape == T)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        B = max(1, budget // int(T))
+        for start in range(0, len(rows), B):
+            idx = rows[start:start + B]
+            plan.append((np.concatenate([idx, np.full(B - len(idx), idx[-1])]), int(T), len(idx)))
+    return plan
+
+
+def _padded(batch: dict[str, torch.Tensor], T: int) -> dict[str, torch.Tensor]:
+    """A collated batch padded along the token axis to ``T`` (PAD ids, masked out), as collate pads."""
+    pad = T - batch["input_ids"].shape[1]
+    if pad <= 0:
+        return batch
+    return {k: torch.nn.functional.pad(v, (0, pad)) if v.dim() == 2 else v for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16_384,
+                    device: str | torch.device = "cpu", precision: str = "auto",
+                    progress: bool = False, fixed_shapes: bool = False) -> np.ndarray:
+    """Vectors (n, hidden) float32 for tokenised sequences, in their order; batches are length-sorted.
+
+    The model's forward applies its own attention mask (causal by visit for ``objective="next_visit"``). For a
+    next-visit model the natural pooling is ``last_visit``: every token of the last visit has seen the whole
+    history, and its closing [SEP] is the state trained to predict what comes next; ``mean`` works but mixes in
+    states that saw only a prefix; ``cls`` (its [CLS] saw the first visit only, its pooler is untrained) warns.
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU: exact and deterministic), ``bf16`` (also on
+    CPU: several times faster where the CPU has bf16 matrix units, vectors differ slightly), ``fp32``.
+
+    ``fixed_shapes``: batches from :func:`fixed_shape_plan`, so each vector is bit-for-bit independent of the
+    other sequences (what lets shards of a cohort reproduce one run); costs some padding, mostly on small inputs.
+    """
+    from omop_behrt.behrt.batches import collate, device_batches
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
+    if pooling == "cls" and getattr(model.config, "objective", "mlm") == "next_visit":
+        import warnings
+        warnings.warn("pooling 'cls' of a next_visit model: its [CLS] sees the first visit only and its pooler "
+                      "was never trained; use pooling 'last_visit'", UserWarning, stacklevel=2)
+    device = torch.device(device)
+    out = np.zeros((len(seqs), model.config.hidden), dtype=np.float32)
+    extras = model.config.extras
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if fixed_shapes:
+        plan = fixed_shape_plan(seqs.lengths, batch_tokens, model.config.max_len)
+        stream = ((idx, n, {k: v.to(device, non_blocking=True)
+                            for k, v in _padded(collate(seqs, idx, extras), T).items()}) for idx, T, n in plan)
+    else:
+        stream = ((idx, len(idx), b) for idx, b in device_batches(seqs, batch_tokens, device, extras))
+    with tqdm(total=len(seqs), desc="embed", unit="patient", disable=not progress, leave=False) as bar:
+        for idx, n, b in stream:
+            b.pop("plos", None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                hidden = model(**b)
+                vec = pool(model, hidden, b, pooling)
+            out[idx[:n]] = vec[:n].float().cpu().numpy()     # the filler rows' outputs are dropped
+            bar.update(n)
+    return out
+
+
+def _match_rows(seq_subject: np.ndarray, seq_time: np.ndarray, row_subject: np.ndarray,
+                row_time: np.ndarray) -> np.ndarray:
+    """For each (subject, cut) row, the index of the sequence with the same key (vectorised search)."""
+    key = np.dtype([("s", np.int64), ("t", np.int64)])
+    seq_key = np.empty(len(seq_subject), key)
+    seq_key["s"], seq_key["t"] = seq_subject, seq_time
+    row_key = np.empty(len(row_subject), key)
+    row_key["s"], row_key["t"] = row_subject, row_time
+    order = np.argsort(seq_key, order=("s", "t"))
+    pos = np.searchsorted(seq_key[order], row_key)
+    found = order[np.minimum(pos, len(order) - 1)]
+    if len(order) == 0 or not (seq_key[found] == row_key).all():
+        raise RuntimeError("internal error: an index row has no tokenised sequence")
+    return found
+
+
+def model_checksum(model_dir: str | Path) -> str:
+    """The model's id (sha256 over config, tokens and weights): what the registry, provenance and resume record."""
+    from omop_behrt.behrt.model import model_id
+    return model_id(model_dir)
+
+
+@dataclass
+class EmbeddingResult:
+    """Vectors aligned with the index rows, and who had no history before the index date."""
+
+    index: pa.Table
+    vectors: np.ndarray
+    has_history: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+
+def censored_events(source, index: pa.Table, work: Path, *, inclusive: bool = False, cdm_schema: str | None = None,
+                    vocab_schema: str | None = None, resume: bool = False, progress: bool = False,
+                    notes: bool = False):
+    """The events an index table may see, and the CDM (or None) vocabularies may consult.
+
+    A CDM source is extracted into ``work/events`` with the censoring in its SQL (only events before each
+    subject's latest index date leave the database); an event directory is used as it is (the tokenizer's
+    cut-off then does the censoring). ``notes``: a CDM's note table is extracted too, censored the same way.
+    """
+    from omop_behrt.adapters import omop
+    if not _is_cdm(source):
+        return (source if isinstance(source, EventDir) else EventDir.open(source)), None
+    opts = omop.ExtractOptions(index_dates=index.select(["subject_id", "index_date"]), inclusive=inclusive,
+                               notes=notes)
+    omop.extract(source, work / "events", cdm_schema=cdm_schema, vocab_schema=vocab_schema, options=opts,
+                 resume=resume and (work / "events" / "manifest.json").exists(), progress=progress)
+    return EventDir.open(work / "events"), source
+
+
+def cut_times(index: pa.Table, inclusive: bool = False) -> np.ndarray:
+    """Each row's cut (µs): its index date, or the end of that day when events on the day count too."""
+    cut = index["index_date"].cast(pa.timestamp("us"))
+    if inclusive:
+        cut = pc.add(pc.floor_temporal(cut, unit="day"), pa.scalar(86_400_000_000, pa.duration("us")))
+    return cut.to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def index_sequences(tokens: pa.Table, persons: pa.Table, visits: pa.Table, model, subject_id: np.ndarray,
+                    cut: np.ndarray, *, fallback: bool = True, cdm=None, mapping: pa.Table | None = None):
+    """Tokenise each (subject, cut) row with the model's vocabulary; returns (sequences, sequence of each row).
+
+    A token the model lacks falls back to its nearest ancestor the model knows (:mod:`omop_behrt.vocab.fallback`;
+    ``cdm``, an OmopCdm or a CDM path/URL, lends concept_ancestor), unless ``fallback=False``; the coverage
+    (shares of the rows' events in the model as they are, through the fallback, [UNK]) is in
+    ``sequences.meta["coverage"]``. ``mapping``: a fallback mapping already made (coverage then not counted).
+    """
+    from omop_behrt.vocab.fallback import apply, replace
+    from omop_behrt.behrt.tokenizer import tokenize
+    cutoff = pa.table({"subject_id": pa.array(subject_id, pa.int64()), "index_time": pa.array(cut, pa.timestamp("us"))})
+    if mapping is None:
+        tokens, cov, _ = apply(tokens, model.vocab, cdm=cdm, fallback=fallback, cutoff=cutoff)
+    else:
+        tokens, cov = replace(tokens, mapping), None
+    seqs = tokenize(tokens, persons, model.vocab, max_len=model.config.max_len, age_unit=model.config.age_unit,
+                    cutoff=cutoff, visits=visits, time_tokens=model.config.time_tokens)
+    if cov is not None:
+        seqs.meta["coverage"] = cov
+    return seqs, _match_rows(seqs.subject_id, seqs.index_time, subject_id, cut)
+
+
+def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str = "cls", inclusive: bool = False,
+                 cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
+                 chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
+                 resume: bool = False, progress: bool = True, precision: str = "auto",
+                 model=None, fallback: bool = True, vocab_cdm=None, shard: Shard | str | None = None
+                 ) -> EmbeddingResult:
+    """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
+
+    ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
+    directory. Tokens are mapped once (sorted by subject, so each chunk reads only its own shards);
+    ``work_dir`` keeps the censored events, tokens and finished chunks (``resume=True`` reuses them).
+    A code the model never saw falls back to its nearest ancestor the model knows (concept_ancestor of a CDM
+    source, or of ``vocab_cdm`` for an event-directory source; ICD prefixes; CALIBER chapters. ``fallback=False``:
+    [UNK], exactly as the model was trained); the provenance's ``coverage`` says what share of the site's events
+    the model covers.
+
+    ``shard=(i, n)`` (or ``"i/n"``): embed only the rows whose person hash mod n is i
+    (:func:`omop_behrt.vectors.embed_run.in_shard`); the result holds those rows, and the n shards' vectors are exactly
+    the unsharded run's (each person is embedded alone, whatever its batch mates). The work directory, the
+    fingerprint and the provenance are the shard's own. Batches have fixed shapes (:func:`fixed_shape_plan`, on
+    CPU at most ``CPU_FIXED_TOKENS`` tokens), which is what makes a vector independent of the rest of the cohort.
+    """
+    from omop_behrt.behrt.model import Behrt
+    from omop_behrt.behrt.batches import resolve_device
+    t0 = time.perf_counter()
+    if resume and work_dir is None:
+        raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
+    shard = parse_shard(shard)
+    dev = resolve_device(device)
+    if dev.type != "cuda":          # the fixed batch shapes' filler costs up to (max_len / 16) batches per chunk
+        batch_tokens = min(int(batch_tokens), CPU_FIXED_TOKENS)
+    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    if shard is not None:
+        index = index.filter(pa.array(in_shard(index["subject_id"].to_numpy(), shard)))
+    model = model if model is not None else Behrt.load(model_dir, device=dev)
+    vocab_name = model.metadata.get("vocab", "source")
+    checksum = model_checksum(model_dir) if model_dir else None
+    effective = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
+    fingerprint = run_fingerprint(source, index, checksum or f"vocab {model.vocab.sha256}", pooling=pooling,
+                                  inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
+                                  cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
+                                  vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard,
+                                  batch_tokens=batch_tokens)
+    if shard is not None and index.num_rows == 0:     # a shard without entries: nothing to read or run
+        return EmbeddingResult(index, np.zeros((0, model.config.hidden), np.float32), np.zeros(0, bool), {
+            "model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
+            "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling, "rows": 0, "embedded": 0,
+            "skipped": {"no history before index": 0, "subject not in source": 0}, "seconds": 0.0,
+            "device": str(dev), "precision": effective, "fallback": bool(fallback), "shard": fingerprint["shard"]})
+    tmp = None
+    if work_dir is None:
+        tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))
+    work = Path(work_dir)
+    if resume and not work.is_dir():
+        check_resume(work, fingerprint)
+    if not resume:
+        refuse_foreign(work)      # before the lock file goes in
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        if tmp is None:   # one run per work directory at a time
+            held.enter_context(exclusive_lock(work / LOCK_FILE, timeout=0, busy=(
+                f"work directory {work} is in use by another embedding run; wait for it or use another --work-dir")))
+        if resume:
+            check_resume(work, fingerprint)
+        else:
+            start_run(work, fingerprint)
+        return _embed_run(model, model_dir, source, index, work, tmp, fingerprint, checksum, vocab_name, dev, t0,
+                          pooling=pooling, inclusive=inclusive, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                          batch_tokens=batch_tokens, chunk_persons=chunk_persons, resume=resume, progress=progress,
+                          precision=precision, fallback=fallback, vocab_cdm=vocab_cdm)
+
+
+def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path | None, fingerprint: dict,
+               checksum: str | None, vocab_name: str, dev, t0: float, *, pooling: str, inclusive: bool,
+               cdm_schema: str | None, vocab_schema: str | None, batch_tokens: int, chunk_persons: int,
+               resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None) -> EmbeddingResult:
+    """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
+    from omop_behrt.vocab.fallback import site_fallback
+    from omop_behrt.behrt.tokenizer import visit_table
+    from omop_behrt.vocab.registry import map_events
+    try:
+        events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
+                                      vocab_schema=vocab_schema, resume=resume, progress=progress)
+        persons = events.persons()
+        token_dir = work / "tokens"
+        if not (resume and (token_dir / "complete").exists()):    # shards of an interrupted mapping: redo
+            shutil.rmtree(token_dir, ignore_errors=True)
+            map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False)
+            (token_dir / "complete").write_text("all token shards written\n")
+        tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
+        row_subject = index["subject_id"].to_numpy()
+        row_cut = cut_times(index, inclusive)
+        t_fb = time.perf_counter()
+        mapping, cov = site_fallback(tokens_ds, model.vocab, row_subject, row_cut,
+                                     cdm=cdm if cdm is not None else vocab_cdm,
+                                     cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback)
+        cov["seconds"] = round(time.perf_counter() - t_fb, 3)
+        subjects = np.unique(row_subject)
+        n_chunks = max(1, -(-len(subjects) // chunk_persons))
+        vectors = np.zeros((index.num_rows, model.config.hidden), dtype=np.float32)
+        has_history = np.zeros(index.num_rows, dtype=bool)
+        chunk_dir = work / "chunks"
+        chunk_dir.mkdir(exist_ok=True)
+        with tqdm(total=index.num_rows, desc="patients", unit="patient", disable=not progress) as bar:
+            for k in range(n_chunks):
+                chunk_subjects = subjects[k * chunk_persons:(k + 1) * chunk_persons]
+                rows = np.flatnonzero(np.isin(row_subject, chunk_subjects))
+                done = chunk_dir / f"chunk-{k:05d}.npz"
+                if resume and done.exists():
+                    saved = np.load(done, allow_pickle=False)
+                    vectors[rows], has_history[rows] = saved["vectors"], saved["has_history"]
+                    bar.update(len(rows))
+                    continue
+                mine = ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64()))
+                tokens = tokens_ds.to_table(filter=mine)
+                visits = visit_table(events.events().filter(mine))
+                seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],
+                                                   mapping=mapping)
+                vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
+                                      precision=precision, fixed_shapes=True)
+                vectors[rows] = vec[seq_of_row]
+                has_history[rows] = seqs.lengths[seq_of_row] > 1
+                tmp_file = chunk_dir / f"chunk-{k:05d}.{os.getpid()}.tmp.npz"
+                np.savez(tmp_file, vectors=vectors[rows], has_history=has_history[rows])
+                os.replace(tmp_file, done)
+                bar.update(len(rows))
+        skipped_unknown = int((~np.isin(row_subject, persons["subject_id"].to_numpy())).sum())
+        prov = {"model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
+                "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling,
+                "index_rule": "events on or before the index date" if inclusive else
+                "events strictly before the index date",
+                "censoring": "extraction SQL" if cdm is not None else "tokenizer cut-off",
+                "rows": index.num_rows, "embedded": int(has_history.sum()),
+                "skipped": {"no history before index": int((~has_history).sum()) - skipped_unknown,
+                            "subject not in source": skipped_unknown},
+                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev), "precision": precision,
+                "fallback": bool(fallback), "coverage": cov}
+        if "shard" in fingerprint:
+            prov["shard"] = fingerprint["shard"]
+        return EmbeddingResult(index, vectors, has_history, prov)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling: str | None = None,
+                      group: str = "domain", inclusive: bool = False, cdm_schema: str | None = None,
+                      vocab_schema: str | None = None, device: str = "auto", work_dir: str | Path | None = None,
+                      progress: bool = True, encoder=None, dump_text: str | Path | None = None,
+                      notes: str | None = None, cdm=None) -> EmbeddingResult:
+    """The text encoder (Hegselmann et al.): each row's record before its index date serialised as text
+    (:mod:`omop_behrt.text.serialize`, the same censoring as :func:`embed_cohort`) and embedded by a language model
+    (:class:`omop_behrt.text.encoder.TextEncoder`; ``text_model`` a local directory, or ``default``, the packaged
+    all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are written only to
+    ``dump_text`` (a folder, for debugging: patient data, with a warning).
+
+    ``notes`` (clinical notes before the index date): ``append`` them to the record's text, or ``pooled``: embed
+    each note on its own and average the notes' mean with the record's vector (:func:`pool_notes`).
+    ``cdm``: where concept names come from when ``source`` is an event directory without its own.
+    """
+    from omop_behrt.text.serialize import dump_text as write_texts, serialize
+    from omop_behrt.text.encoder import TextEncoder
+    t0 = time.perf_counter()
+    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    encoder = encoder if encoder is not None else TextEncoder(text_model, pooling=pooling, device=device,
+                                                              progress=progress)
+    texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,
+                      vocab_schema=vocab_schema, work_dir=work_dir, notes=notes, cdm=cdm)
+    if dump_text is not None:
+        write_texts(texts, dump_text)
+    vectors = encoder.encode(texts.texts["text"])
+    has_history = texts.texts["n_lines"].to_numpy(zero_copy_only=False) > 0
+    if texts.notes is not None:
+        vectors, with_notes = pool_notes(vectors, texts.notes, encoder)
+        has_history |= with_notes
+    unknown = int(texts.provenance["subject not in source"])
+    prov = {"encoder": "text", "text_model": encoder.describe(), "serializer_version": texts.version,
+            "group": group, "description_coverage": texts.coverage,
+            "model_checksum": encoder.checksum(), "pooling": encoder.pooling,
+            "index_rule": "events on or before the index date" if inclusive else
+            "events strictly before the index date",
+            "rows": index.num_rows, "embedded": int(has_history.sum()),
+            "skipped": {"no history before index": int((~has_history).sum()) - unknown,
+                        "subject not in source": unknown},
+            "truncated": texts.provenance["truncated"],
+            "seconds": round(time.perf_counter() - t0, 3), "device": str(encoder.device)}
+    if "notes" in texts.provenance:
+        prov["notes"] = texts.provenance["notes"]
+    return EmbeddingResult(index, vectors, has_history, prov)
+
+
+def pool_notes(vectors: np.ndarray, notes: pa.Table, encoder) -> tuple[np.ndarray, np.ndarray]:
+    """Each note embedded once (a note several rows see, or two equal notes, is one text), the notes of a row
+    averaged, and that mean averaged with the row's record vector: structured record and narrative weigh the
+    same whatever the number of notes. Rows without a note keep their record vector."""
+    n = vectors.shape[0]
+    with_notes = np.zeros(n, dtype=bool)
+    if notes.num_rows == 0:
+        return vectors, with_notes
+    coded = pc.dictionary_encode(notes["text"].combine_chunks())
+    note_vectors = np.asarray(encoder.encode(coded.dictionary), dtype=np.float32)
+    rows = notes["row"].to_numpy()
+    sums = np.zeros((n, note_vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, rows, note_vectors[coded.indices.to_numpy()])
+    counts = np.bincount(rows, minlength=n)
+    with_notes = counts > 0
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    out[with_notes] = ((out[with_notes] + sums[with_notes] / counts[with_notes, None]) / 2).astype(np.float32)
+    return out, with_notes
+
+
+def _as_index(X) -> pa.Table:
+    """Accept a DataFrame / Arrow table with (subject_id, index_date[, cohort_definition_id]) or an (n, 2) array."""
+    if isinstance(X, pa.Table) or hasattr(X, "columns"):
+        t = index_dates_from_frame(X)
+    else:
+        if hasattr(X, "toarray"):
+            raise TypeError("sparse input is not (subject_id, index_date) rows; pass a DataFrame")
+        arr = np.asarray(X)
+        if arr.ndim == 1:
+            raise ValueError("Expected 2D (subject_id, index_date) rows, got a 1D array. Reshape your data.")
+        t = _index_from_array(arr)
+    if t.num_rows == 0:
+        raise ValueError("X has 0 rows: nothing to embed (expected subject_id, index_date rows)")
+    return t
+
+
+def _index_from_array(arr: np.ndarray) -> pa.Table:
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError("X must be a table with columns subject_id and index_date (a DataFrame, an Arrow "
+                         f"table, or an (n, 2) array of subject ids and dates); got shape {arr.shape}")
+    return index_dates_from_frame(pa.table({"subject_id": arr[:, 0].astype(np.int64),
+                                            "index_date": arr[:, 1].astype("datetime64[us]")}))
+
+
+class PatientEmbedder(TransformerMixin, BaseEstimator):
+    """scikit-learn transformer: (subject_id, index_date) rows -> (n, d) float32 patient vectors.
+
+    ``encoder="behrt"`` (default) embeds with the pretrained model at ``model_dir``; ``encoder="text"`` serialises
+    each record as text and embeds it with ``text_model`` (a local directory or ``default``), no pretraining,
+    with the clinical notes before the index date when ``notes`` is ``append`` or ``pooled``.
+
+    ``fit`` loads and checks the model (no learning: the encoder is pretrained) and returns self;
+    ``transform`` embeds as of each row's index date. Rows without any history before the index date get the
+    model's empty-history vector and are listed in ``skipped_`` after ``transform``.
+    """
+
+    def __init__(self, model_dir=None, source=None, *, encoder: str = "behrt", text_model: str = "default",
+                 notes: str | None = None, pooling: str = "cls", inclusive: bool = False,
+                 batch_tokens: int = 16_384, chunk_persons: int = 20_000, device: str = "auto",
+                 precision: str = "auto", cdm_schema: str | None = None, progress: bool = False):
+        self.model_dir = model_dir
+        self.source = source
+        self.encoder = encoder
+        self.text_model = text_model
+        self.notes = notes
+        self.pooling = pooling
+        self.inclusive = inclusive
+        self.batch_tokens = batch_tokens
+        self.chunk_persons = chunk_persons
+        self.device = device
+        self.precision = precision
+        self.cdm_schema = cdm_schema
+        self.progress = progress
+
+    def fit(self, X=None, y=None):
+        """Load and check the model; when X is given, check it is (subject_id, index_date) rows."""
+        from omop_behrt.behrt.model import Behrt
+        from omop_behrt.behrt.batches import resolve_device
+        if self.encoder not in ("behrt", "text"):
+            raise ValueError(f"encoder must be 'behrt' or 'text', got {self.encoder!r}")
+        if self.notes not in (None, "none") and self.encoder != "text":
+            raise ValueError("notes is for encoder='text' (BEHRT reads codes only)")
+        if self.source is None or (self.encoder == "behrt" and self.model_dir is None):
+            raise ValueError("PatientEmbedder needs source (an OMOP CDM or an event directory) and, for "
+                             "encoder='behrt', model_dir (a pretrained model directory)")
+        if self.encoder == "text":      # Hegselmann et al.: the record as text, a language model's vectors
+            from omop_behrt.text.encoder import TextEncoder
+            if X is not None:
+                _as_index(X)
+                self.n_features_in_ = 2
+            self.model_ = TextEncoder(self.text_model, device=self.device, progress=self.progress)
+            self.n_features_out_ = self.model_.dims
+            return self
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if X is not None:
+            _as_index(X)
+            self.n_features_in_ = 2
+            if hasattr(X, "columns"):
+                self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.model_ = Behrt.load(self.model_dir, device=resolve_device(self.device))
+        self.n_features_out_ = self.model_.config.hidden
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, "model_")
+        index = _as_index(X)
+        if self.encoder == "text":
+            res = embed_text_cohort(self.source, index, encoder=self.model_, inclusive=self.inclusive,
+                                    cdm_schema=self.cdm_schema, progress=self.progress, notes=self.notes)
+        else:
+            res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
+                               cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,
+                               chunk_persons=self.chunk_persons, device=self.device, progress=self.progress,
+                               precision=self.precision, model=self.model_)
+        self.skipped_ = index.filter(pa.array(~res.has_history))
+        self.provenance_ = res.provenance
+        return res.vectors
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, "n_features_out_")
+        return np.asarray([f"emb_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

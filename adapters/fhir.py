@@ -50,7 +50,9 @@ from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]
 
-_PART_BYTES = 48 << 20
+_PART_BYTES = 48 << 20           # the most input per part (gzip counted 6x)
+_MIN_PART_BYTES = 4 << 20        # parts are made smaller, down to this, so that the input makes >= _PARTS of them
+_PARTS = 8                       # ... and two workers share the work evenly (5 parts of 48 MB: 3 rounds on 2)
 _AFTER_LINE = re.compile(r" (after line \d+|\(the Bundle cannot be read\))")
 
 
@@ -142,11 +144,13 @@ class FhirExtractSummary:
 
 
 def _parts(files: list[Path]) -> list[list[str]]:
-    """Whole files grouped into parts of about ``_PART_BYTES`` of input."""
+    """Whole files grouped into parts of at most ``_PART_BYTES`` of input, at least ``_PARTS`` of them where the
+    input is over ``_PARTS * _MIN_PART_BYTES`` (the split depends on the files only, so ``resume`` finds it again)."""
+    sizes = [f.stat().st_size * (6 if f.name.endswith(".gz") else 1) for f in files]
+    target = min(_PART_BYTES, max(_MIN_PART_BYTES, -(-sum(sizes) // _PARTS)))
     parts, cur, size = [], [], 0
-    for f in files:
-        n = f.stat().st_size * (6 if f.name.endswith(".gz") else 1)
-        if cur and size + n > _PART_BYTES:
+    for f, n in zip(files, sizes):
+        if cur and size + n > target:
             parts.append(cur)
             cur, size = [], 0
         cur.append(str(f))

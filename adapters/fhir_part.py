@@ -118,6 +118,9 @@ class Part:
             self.note_types = NOTE_TYPES
             self.note_views = {t: self.by_type.pop(t) for t in NOTE_TYPES if t in self.by_type}
             self.notes = NoteReader(index, self.out, self._known)
+        # the types the Bundle reader parses (the others are counted from their peeked type, unparsed);
+        # --validate checks every resource, so it parses them all
+        self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
 
     # -- per resource ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -130,7 +133,7 @@ class Part:
                 if is_ndjson(path):
                     self._items(fi, read_ndjson(path), {})
                 else:
-                    urls, items = read_bundle(path)
+                    urls, items = read_bundle(path, self.wanted)
                     self._items(fi, items, urls)
             self._flush()
         finally:
@@ -165,8 +168,16 @@ class Part:
             counts["read"] += 1
             res = item.resource
             if res is None:
-                self.quarantine.add(source, item.row, item.error)
-                counts["quarantined"] += 1
+                rt = item.skipped
+                if rt is None:
+                    self.quarantine.add(source, item.row, item.error)
+                    counts["quarantined"] += 1
+                elif _is_resource_type(rt):                    # a type without a view, left unparsed
+                    ignored[rt] = ignored.get(rt, 0) + 1
+                else:
+                    by_type[rt] = by_type.get(rt, 0) + 1
+                    self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
+                    counts["quarantined"] += 1
                 continue
             rt = res.get("resourceType")
             views, checked, invalid = self.by_type.get(rt), False, None

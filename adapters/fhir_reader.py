@@ -3,10 +3,18 @@
 Files are read one at a time (a Bundle whole, NDJSON line by line) and parsed with orjson, so a folder of any size
 streams in bounded memory. Each resource comes with where it was found (file, line number or bundle entry index)
 and, for Bundles, the entry fullUrls that ``urn:uuid:`` references resolve against.
+
+Skimming (``read_bundle(path, wanted)``, when msgspec is installed): a Bundle's entries are first read as raw
+bytes (msgspec checks the whole document's syntax without building Python objects), each resource's type is
+peeked from its first bytes, and only the resources of ``wanted`` types are parsed (orjson); the others come back
+unparsed, as their type name (``Item.skipped``). On Synthea bundles half the bytes are Claims and
+ExplanationOfBenefits, which have no view. Anything unusual (a Bundle msgspec does not take, a resource whose type
+is not its first member, bytes that are not UTF-8) goes the plain orjson way, so the result is the same.
 """
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from functools import lru_cache
 from dataclasses import dataclass
@@ -14,6 +22,11 @@ from pathlib import Path
 from typing import IO, Iterator
 
 import orjson
+
+try:
+    import msgspec
+except ImportError:              # optional: without it every resource of a Bundle is parsed
+    msgspec = None
 
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz")
 _BUNDLE_TYPES = {"transaction", "collection", "batch", "searchset", "transaction-response", "batch-response",
@@ -31,6 +44,7 @@ class Item:
     resource: dict | None
     row: str                     # NDJSON line number (1-based) or "entry[i]" for a Bundle entry
     error: str | None = None     # malformed JSON / not a resource
+    skipped: str | None = None   # left unparsed by a skimming read: the resource's type (not a wanted one)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -213,17 +227,24 @@ def read_ndjson(path: Path) -> Iterator[Item]:
             yield Item(None, str(n + 1), _broken(path, e, f"after line {n}"))
 
 
-def read_bundle(path: Path) -> tuple[dict[str, tuple[str, str]], list[Item]]:
+def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
+                ) -> tuple[dict[str, tuple[str, str]], list[Item]]:
     """A Bundle's entries (Patients first, so their subjects are known) and its fullUrl -> (type, id) map.
 
     A file holding one resource that is not a Bundle gives that resource as entry 0; a file that cannot be read
-    whole (a truncated .json.gz) gives one Item with the reason.
+    whole (a truncated .json.gz) gives one Item with the reason. ``wanted``: the resource types to parse; the
+    entries of other types may come back unparsed (``Item.skipped``, see the module's docstring); None parses all.
+    Read the map through :func:`resolve`: an unparsed entry's (type, id) is found there when asked for.
     """
     try:
         with _open(path) as f:
             data = f.read()
     except _STREAM_ERRORS as e:
         return {}, [Item(None, "file", _broken(path, e, "(the Bundle cannot be read)"))]
+    if wanted is not None and msgspec is not None:
+        skimmed = _skim(data, wanted)
+        if skimmed is not None:
+            return skimmed
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -250,11 +271,73 @@ def read_bundle(path: Path) -> tuple[dict[str, tuple[str, str]], list[Item]]:
     return urls, patients + others
 
 
+if msgspec is not None:
+    _Entry = msgspec.defstruct("_Entry", [("fullUrl", object, None), ("resource", msgspec.Raw, msgspec.Raw())])
+    _BUNDLE = msgspec.json.Decoder(msgspec.defstruct("_Bundle", [("resourceType", object), ("type", object, None),
+                                                                 ("entry", list[_Entry] | None, None)]))
+_PEEK = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"resourceType"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z]{1,64})"')
+
+
+class _Unparsed:
+    """A fullUrl's entry left unparsed, and what the fullUrl meant before it (a later entry wins, if it has an id)."""
+
+    __slots__ = ("raw", "before")
+
+    def __init__(self, raw: memoryview, before: object):
+        self.raw, self.before = raw, before
+
+    def target(self) -> tuple[str, str] | None:
+        res = orjson.loads(self.raw)
+        rt, rid = res.get("resourceType"), res.get("id")
+        if isinstance(rt, str) and isinstance(rid, str):
+            return rt, rid
+        before = self.before
+        return before.target() if type(before) is _Unparsed else before
+
+
+def _skim(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[dict, list[Item]] | None:
+    """:func:`read_bundle` for a well-formed Bundle, parsing only the ``wanted`` resources; None: read it plainly."""
+    if not data.isascii():
+        try:
+            data.decode()            # msgspec does not check the UTF-8 of what it skips; orjson does
+        except UnicodeDecodeError:
+            return None
+    try:
+        doc = _BUNDLE.decode(data)
+    except msgspec.MsgspecError:     # malformed, or not shaped like a Bundle: the plain reader says why
+        return None
+    if doc.resourceType != "Bundle" or doc.type not in _BUNDLE_TYPES:
+        return None
+    urls: dict = {}
+    patients, others = [], []
+    loads, peek = orjson.loads, _PEEK.match
+    for i, entry in enumerate(doc.entry or ()):
+        raw = memoryview(entry.resource)
+        url = entry.fullUrl
+        m = peek(raw, 0, 120)
+        if m is not None and (rt := m.group(1).decode()) not in wanted:
+            if isinstance(url, str):
+                urls[url] = _Unparsed(raw, urls.get(url))
+            others.append(Item(None, f"entry[{i}]", skipped=rt))
+            continue
+        res = loads(raw) if len(raw) else None
+        if type(res) is not dict:
+            others.append(Item(None, f"entry[{i}]", "bundle entry without a resource"))
+            continue
+        rt, rid = res.get("resourceType"), res.get("id")
+        if isinstance(url, str) and isinstance(rt, str) and isinstance(rid, str):
+            urls[url] = (rt, rid)
+        (patients if rt == "Patient" else others).append(Item(res, f"entry[{i}]"))
+    return urls, patients + others
+
+
 def resolve(ref: object, urls: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
     """(type, id) a reference points at, from ``urn:uuid:<id>`` (a fullUrl), ``Type/id`` or an absolute URL."""
     if type(ref) is not str or not ref:
         return None
     hit = urls.get(ref)
+    if hit is not None and type(hit) is not tuple:      # an entry left unparsed: parse it now, once
+        hit = urls[ref] = hit.target()
     return hit if hit is not None else _parse_reference(ref)
 
 

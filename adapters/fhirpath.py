@@ -215,6 +215,8 @@ class Compiler:
                 return [c[i[0]]] if i and 0 <= i[0] < len(c) else []
             return index
         if kind == "bin":
+            if n[1] in ("=", "!=") and n[3][0] == "lit" and len(n[3][1]) == 1 and type(n[3][1][0]) is str:
+                return self.equals_text(n[1] == "=", self.node(n[2]), n[3][1][0])
             return self.binary(n[1], self.node(n[2]), self.node(n[3]))
         if kind == "call":
             return self.call(n[1], n[2], n[3])
@@ -276,18 +278,40 @@ class Compiler:
             return cur
         return chain
 
+    @staticmethod
+    def equals_text(eq: bool, a: Fn, text: str) -> Fn:
+        """``a = 'text'`` (``!=``: ``eq`` False), as :func:`_compare` gives it: a string equals only itself."""
+        def equals(focus, env):
+            x = a(focus, env)
+            if not x:
+                return []
+            return [(len(x) == 1 and x[0] == text) is eq]
+        return equals
+
     def binary(self, op: str, a: Fn, b: Fn) -> Fn:
-        if op in ("and", "or", "xor", "implies"):
+        if op in ("and", "or", "implies"):
+            # the right operand is not evaluated when the left one decides (true or ..., false and ...,
+            # false implies ...)
+            decides = {"and": False, "or": True, "implies": False}[op]
+            result = op != "and"
+
+            def logic(focus, env):
+                x = _truth(a(focus, env))
+                if x is decides:
+                    return [result]
+                y = _truth(b(focus, env))
+                if op == "and":
+                    r = False if y is False else (None if x is None or y is None else True)
+                elif op == "or":
+                    r = True if y is True else (None if x is None or y is None else False)
+                else:
+                    r = True if y is True else (None if x is None or y is None else False)
+                return [] if r is None else [r]
+            return logic
+        if op == "xor":
             def logic(focus, env):
                 x, y = _truth(a(focus, env)), _truth(b(focus, env))
-                if op == "and":
-                    r = False if (x is False or y is False) else (None if x is None or y is None else True)
-                elif op == "or":
-                    r = True if (x is True or y is True) else (None if x is None or y is None else False)
-                elif op == "xor":
-                    r = None if x is None or y is None else x != y
-                else:
-                    r = True if x is False or y is True else (None if x is None or y is None else False)
+                r = None if x is None or y is None else x != y
                 return [] if r is None else [r]
             return logic
         if op == "|":
@@ -325,6 +349,9 @@ class Compiler:
             crit = self.node(args[0])
             return lambda focus, env: [v for v in base(focus, env) if _truth(crit([v], env))]
         if name == "exists":
+            if not args and base_node[0] == "call" and base_node[2] == "where" and len(base_node[3]) == 1:
+                inner, crit = self.node(base_node[1]), self.node(base_node[3][0])    # stops at the first match
+                return lambda focus, env: [any(_truth(crit([v], env)) for v in inner(focus, env))]
             if args:
                 crit = self.node(args[0])
                 return lambda focus, env: [any(_truth(crit([v], env)) for v in base(focus, env))]

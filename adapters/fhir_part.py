@@ -73,10 +73,26 @@ def _event_columns(view: View) -> tuple:
     return at
 
 
+_VIEWS: dict[tuple, dict[str, View]] = {}
+
+
 def load_fhir_views(views: str | Path | None = None) -> dict[str, View]:
-    """The packaged views (``sql/fhir/*.json``), with those in ``views`` added or replacing them by name."""
+    """The packaged views (``sql/fhir/*.json``), with those in ``views`` added or replacing them by name.
+
+    Compiled once per process for the same files (path, size, mtime): every part of a run, and the workers
+    forked after the run checked them, reuse the compiled views."""
     packaged = Path(str(resources.files("omop_behrt.sql") / "fhir"))
-    return load_views(packaged, views)
+    folders = [packaged] + ([Path(views)] if views is not None else [])
+    if not all(f.is_dir() for f in folders):
+        return load_views(packaged, views)          # says which folder is missing
+    key = tuple((str(f), st.st_size, st.st_mtime_ns) for d in folders for f in sorted(d.glob("*.json"))
+                for st in [f.stat()]) + tuple(str(d) for d in folders)
+    hit = _VIEWS.get(key)
+    if hit is None:
+        if len(_VIEWS) > 8:
+            _VIEWS.clear()
+        hit = _VIEWS[key] = load_views(packaged, views)
+    return dict(hit)
 
 
 class Part:

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from omop_behrt.behrt.shards import MappedSequences
 from omop_behrt.behrt.tokenizer import PAD, Sequences
 
 
@@ -45,31 +46,34 @@ def batches(lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, shuff
     return out
 
 
-def collate(seqs: Sequences, idx: np.ndarray, extras: dict[str, int]) -> dict[str, torch.Tensor]:
-    """Pad sequences ``idx`` to the batch's longest (vectorised gather) -> tensors for the model."""
-    lens = seqs.lengths[idx]
-    T = int(lens.max())
-    pos = np.arange(T)
-    valid = pos[None, :] < lens[:, None]
-    take = np.where(valid, seqs.offsets[idx][:, None] + pos[None, :], 0)
-    batch = {"input_ids": torch.from_numpy(np.where(valid, seqs.input_ids[take], PAD).astype(np.int64)),
-             "ages": torch.from_numpy(np.where(valid, seqs.ages[take], 0).astype(np.int64)),
-             "segments": torch.from_numpy(np.where(valid, seqs.segments[take], 0).astype(np.int64)),
-             "positions": torch.from_numpy(np.where(valid, seqs.positions[take], 0).astype(np.int64)),
-             "attention_mask": torch.from_numpy(valid),
-             "plos": torch.from_numpy(seqs.plos[idx].astype(np.float32))}
+def collate(seqs: Sequences | MappedSequences, idx: np.ndarray, extras: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Pad sequences ``idx`` to the batch's longest -> tensors for the model (rows gathered by ``seqs.select``,
+    so memory-mapped shards read only this batch's pages)."""
+    rows = seqs.select(idx)
+    lens = rows.lengths
+    valid = np.arange(int(lens.max()))[None, :] < lens[:, None]
+
+    def pad(values: np.ndarray, fill: int) -> torch.Tensor:
+        out = np.full(valid.shape, fill, np.int64)
+        out[valid] = values                         # row-major order of the valid cells = the rows' token order
+        return torch.from_numpy(out)
+
+    batch = {"input_ids": pad(rows.input_ids, PAD), "ages": pad(rows.ages, 0), "segments": pad(rows.segments, 0),
+             "positions": pad(rows.positions, 0), "attention_mask": torch.from_numpy(valid),
+             "plos": torch.from_numpy(rows.plos.astype(np.float32))}
     if "sex" in extras:
-        batch["sex"] = torch.from_numpy(seqs.sex[idx].astype(np.int64))
+        batch["sex"] = torch.from_numpy(rows.sex.astype(np.int64))
     return batch
 
 
-def token_budget(seqs: Sequences, batch_tokens: int) -> int:
+def token_budget(seqs: Sequences | MappedSequences, batch_tokens: int) -> int:
     """``batch_tokens`` raised to the longest sequence, so that no sequence is alone in a batch only for length."""
     return max(int(batch_tokens), int(seqs.lengths.max(initial=1)))
 
 
-def device_batches(seqs: Sequences, batch_tokens: int, device: str | torch.device, extras: dict[str, int],
-                   seed: int = 0, epoch: int = 0, shuffle: bool = False, *, plan: list[np.ndarray] | None = None
+def device_batches(seqs: Sequences | MappedSequences, batch_tokens: int, device: str | torch.device,
+                   extras: dict[str, int], seed: int = 0, epoch: int = 0, shuffle: bool = False, *,
+                   plan: list[np.ndarray] | None = None
                    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Yield ``(idx, batch)``: :func:`batches` under :func:`token_budget`, each :func:`collate`-d onto ``device``.
 

@@ -24,85 +24,25 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from omop_behrt import __version__
-from omop_behrt.behrt.continued import continue_vocabulary, init_model_for, init_weights
+from omop_behrt.behrt.continued import init_model_for, init_weights
 from omop_behrt.behrt.checkpoint import (CHECKPOINT, work_dir_lock, check_resume, default_work_dir,
                          events_fingerprint, load_checkpoint, rank_rng_states, save_checkpoint)
 from omop_behrt.events import EventDir, writable_dir, write_json
 from omop_behrt.behrt.batches import batches, device_batches, next_visit_targets, resolve_device
 from omop_behrt.behrt.model import Behrt, BehrtConfig
-from omop_behrt.behrt.tokenizer import MASK, SPECIALS, TIME_TOKENS, Sequences, TokenVocabulary, tokenize, visit_table
+from omop_behrt.behrt.corpus import CHUNK_PERSONS, prepare, token_table, validation_mask  # noqa: F401
+from omop_behrt.behrt.shards import MappedSequences
+from omop_behrt.behrt.tokenizer import MASK, SPECIALS, TIME_TOKENS, Sequences, TokenVocabulary
 
 IGNORE = -100
 
 
-# -- data -------------------------------------------------------------------------------------------
-def token_table(events: EventDir, vocab: str) -> tuple[pa.Table, dict]:
-    """Events -> token table (subject_id, time, visit_id, domain, code, token) and mapping coverage figures."""
-    from omop_behrt.vocab.registry import map_events
-    res = map_events(events, vocab=vocab, progress=False)
-    report = res.report.as_dict() if res.report is not None else {}
-    return res.tokens, {k: report.get(k) for k in ("vocab", "pct_mapped")}
-
-
-def validation_mask(subject_id: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """True for validation persons: a seeded hash of subject_id (stable whatever else is in the data)."""
-    with np.errstate(over="ignore"):
-        z = subject_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
-        z = (z ^ (z >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = z ^ (z >> np.uint64(29))
-    return (z % np.uint64(1_000_000)).astype(np.float64) / 1e6 < val_fraction
-
-
-def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: BehrtConfig, *, min_count: int = 10,
-            val_fraction: float = 0.1, seed: int = 0, age_unit: str = "year",
-            init_vocab: TokenVocabulary | None = None) -> tuple[TokenVocabulary, dict]:
-    """Tokenise once: vocabulary from training persons only; train/val sequences, tokens and summary to ``data``.
-
-    ``data`` is in the work directory: the sequences are per person. The summary holds aggregates only
-    (counts, first and last year), as it goes into the shareable metadata.json. ``init_vocab`` (continued
-    pretraining): the vocabulary is that one extended by the local tokens it lacks
-    (:func:`omop_behrt.behrt.continued.extend_vocabulary`), and a local token in neither falls back to its nearest
-    ancestor the vocabulary knows.
-    """
-    ev = events if isinstance(events, EventDir) else EventDir.open(events)
-    tokens, coverage = token_table(ev, vocab)
-    persons = ev.persons()
-    is_val = validation_mask(tokens.column("subject_id").to_numpy(), val_fraction, seed)
-    train_tokens = tokens.filter(pa.array(~is_val))
-    extension = None
-    tv = TokenVocabulary.build(train_tokens, min_count=min_count, time_tokens=config.time_tokens)
-    if init_vocab is not None:
-        tv, extension, tokens = continue_vocabulary(init_vocab, tv, tokens)
-    seqs = tokenize(tokens, persons, tv, max_len=config.max_len, age_unit=age_unit, visits=visit_table(ev),
-                    time_tokens=config.time_tokens)
-    val = validation_mask(seqs.subject_id, val_fraction, seed)
-    if not (~val).any():
-        raise ValueError(f"{ev.path}: no training persons with a mapped event under vocabulary {vocab!r} "
-                         f"({len(seqs)} persons in all, val_fraction {val_fraction})")
-    seqs.select(np.flatnonzero(~val)).save(data / "train")
-    seqs.select(np.flatnonzero(val)).save(data / "val")
-    years = pc.year(tokens.column("time"))
-    summary = {"events_dir": str(ev.path), "vocab": vocab, "min_count": min_count, "vocab_size": len(tv),
-               "train_persons": int((~val).sum()), "val_persons": int(val.sum()), "val_fraction": val_fraction,
-               "train_tokens": int(seqs.lengths[~val].sum()), "token_rows": tokens.num_rows,
-               "first_year": pc.min(years).as_py(), "last_year": pc.max(years).as_py(),
-               "cdm_version": ev.manifest.get("cdm_version"), "adapter": ev.manifest.get("adapter"),
-               "vocabulary_version": ev.manifest.get("vocabulary_version"), "age_unit": age_unit,
-               "censored_at": (ev.manifest.get("fingerprint") or {}).get("index_dates"),
-               "coverage": coverage}
-    if extension is not None:
-        summary["vocab_extension"] = extension
-    tv.save(data / "tokens.json")
-    (data / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return tv, summary
+# -- data: omop_behrt.behrt.corpus (prepare, token_table, validation_mask, re-exported here) ----------------
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, generator: torch.Generator, rate: float = 0.15
@@ -194,7 +134,7 @@ class Objective(torch.nn.Module):
 
 
 @torch.no_grad()
-def evaluate(model: Behrt, seqs: Sequences, batch_tokens: int, device: torch.device, seed: int,
+def evaluate(model: Behrt, seqs: Sequences | MappedSequences, batch_tokens: int, device: torch.device, seed: int,
              amp: bool) -> dict[str, float]:
     """Held-out loss and accuracy: masked-token accuracy and top-10 accuracy (fixed masking seed) under MLM;
     next-visit recall@10 (the share of the next visit's codes among the 10 likeliest) under ``next_visit``."""
@@ -260,7 +200,7 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
              seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
              log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
              age_unit: str | None = None, precision: str = "auto", work_dir: str | Path | None = None,
-             init: str | Path | None = None) -> dict[str, Any]:
+             init: str | Path | None = None, chunk_persons: int = CHUNK_PERSONS) -> dict[str, Any]:
     """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
 
     ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
@@ -276,6 +216,10 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
     disagrees is an error), its token vocabulary extended by the local tokens seen in >= ``min_count`` local
     training persons that it lacks (new rows start at their nearest known ancestor's, else the mean).
     metadata.json records the init model's id and the extension counts, never its path.
+
+    Memory is flat in the number of persons: the events are tokenised ``chunk_persons`` at a time into shards
+    in the work directory (:mod:`omop_behrt.behrt.corpus`; the chunk size never changes the result), and
+    training reads the shards memory-mapped (:class:`omop_behrt.behrt.shards.MappedSequences`).
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32; got {precision!r}")
@@ -320,12 +264,13 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
     with work_dir_lock(work) if rank == 0 else contextlib.nullcontext():    # one run (of any number of ranks)
         return _train(ev, out, work, cfg, run, fingerprint, stop_after=stop_after, device=device,
                       compile=compile, checkpoint_every=checkpoint_every, log_every=log_every, threads=threads,
-                      progress=progress, init=init_model)
+                      progress=progress, init=init_model, chunk_persons=chunk_persons)
 
 
 def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | None, fingerprint: dict, *,
            stop_after: int | None, device: str, compile: bool, checkpoint_every: int, log_every: int,
-           threads: int | None, progress: bool, init: Behrt | None = None) -> dict[str, Any]:
+           threads: int | None, progress: bool, init: Behrt | None = None, chunk_persons: int = CHUNK_PERSONS
+           ) -> dict[str, Any]:
     """The run itself, under the work directory's lock: tokenise (or reload), train, checkpoint, save."""
     ckpt, data, metrics_file = work / CHECKPOINT, work / "data", work / "metrics.jsonl"
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -355,14 +300,15 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
             metrics_file.unlink(missing_ok=True)
             tv, summary = prepare(ev, fp["vocab"], data, cfg, min_count=fp["min_count"],
                                   val_fraction=fp["val_fraction"], seed=fp["seed"], age_unit=cfg.age_unit,
-                                  init_vocab=init.vocab if init is not None else None)
+                                  init_vocab=init.vocab if init is not None else None,
+                                  chunk_persons=chunk_persons, progress=progress)
         if world > 1:
             torch.distributed.barrier()
             if rank != 0:                      # rank 0 tokenised; the others read what it wrote
                 tv = TokenVocabulary.load(data / "tokens.json")
                 summary = json.loads((data / "summary.json").read_text())
         cfg.vocab_size = len(tv)
-    train, val = Sequences.load(data / "train"), Sequences.load(data / "val")
+    train, val = MappedSequences(data / "train"), MappedSequences(data / "val")    # memory-mapped shards
     if train.meta.get("vocab_sha256") != tv.sha256:
         raise ValueError(f"{data} was tokenised with another vocabulary than {data}/tokens.json; "
                          "start again without --resume")

@@ -52,17 +52,26 @@ class TokenVocabulary:
 
         ``time_tokens``: :data:`TIME_TOKENS` follow the specials (count 0 like them: they name no code).
         """
-        fixed = list(SPECIALS) + (list(TIME_TOKENS) if time_tokens else [])
-        t = tokens.select(["subject_id", "token"])
         con = duckdb.connect()
-        con.register("t", t)
-        rows = con.execute("""
-            SELECT token, count(DISTINCT subject_id) AS n FROM t
-            WHERE token IS NOT NULL AND token NOT IN (SELECT unnest(?))
-            GROUP BY token HAVING count(DISTINCT subject_id) >= ? ORDER BY n DESC, token""",
-                           [fixed, min_count]).fetchall()
-        persons = con.execute("SELECT count(DISTINCT subject_id) FROM t").fetchone()[0]
-        con.close()
+        try:
+            con.register("vocab_tokens", tokens.select(["subject_id", "token"]))
+            return cls.count(con, "vocab_tokens", min_count=min_count, time_tokens=time_tokens)
+        finally:
+            con.close()
+
+    @classmethod
+    def count(cls, con: duckdb.DuckDBPyConnection, view: str, min_count: int = 10, time_tokens: bool = False
+              ) -> "TokenVocabulary":
+        """:meth:`build` over a view (subject_id, token) of ``con``: a table, or Parquet token shards DuckDB streams
+        (distinct (person, token) pairs, spilled to disk when they outgrow its memory limit)."""
+        if not view.isidentifier():
+            raise ValueError(f"view must be a plain identifier, got {view!r}")
+        fixed = list(SPECIALS) + (list(TIME_TOKENS) if time_tokens else [])
+        rows = con.execute(f"""
+            SELECT token, count(*) AS n FROM (SELECT DISTINCT subject_id, token FROM "{view}"
+                                               WHERE token IS NOT NULL AND token NOT IN (SELECT unnest(?)))
+            GROUP BY token HAVING count(*) >= ? ORDER BY n DESC, token""", [fixed, min_count]).fetchall()
+        persons = con.execute(f'SELECT count(DISTINCT subject_id) FROM "{view}"').fetchall()[0][0]
         return cls(fixed + [r[0] for r in rows], [0] * len(fixed) + [int(r[1]) for r in rows],
                    min_count=min_count, persons=int(persons))
 
@@ -165,9 +174,10 @@ class Sequences:
     def select(self, idx: np.ndarray) -> "Sequences":
         """A subset of the sequences (in the order of ``idx``), vectorised."""
         idx = np.asarray(idx, dtype=np.int64)
-        lens = self.lengths[idx]
+        starts = np.asarray(self.offsets[idx])              # O(len(idx)), also on memory-mapped shards
+        lens = np.asarray(self.offsets[idx + 1]) - starts
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        take = np.repeat(self.offsets[idx] - offsets[:-1], lens) + np.arange(offsets[-1])
+        take = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
         return Sequences(offsets, self.input_ids[take], self.ages[take], self.segments[take], self.positions[take],
                          self.subject_id[idx], self.index_time[idx], self.sex[idx], self.plos[idx], dict(self.meta))
 

@@ -6,6 +6,7 @@ GI bleeding (77, 482) and an inclusion rule, and against the project's own first
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import threading
 import warnings
@@ -23,7 +24,7 @@ from omop_behrt.db.dialects import translate_ohdsi
 from conftest import DATA
 
 PHENOTYPES = DATA / "ohdsi_phenotypes"
-NSAID_JSON = atlas.__file__.replace("atlas.py", "studies/nsaid_new_users.json")
+NSAID_JSON = str(Path(atlas.__file__).parents[1] / "studies" / "nsaid_new_users.json")
 NSAIDS = (1118084, 1124300, 1177480, 1115008)
 
 

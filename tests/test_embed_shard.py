@@ -60,8 +60,8 @@ def cohort(eunomia_db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole(tiny_model, eunomia_events, cohort):
-    """One unsharded run: the reference every shard combination must reproduce bit for bit."""
-    return embed_cohort(tiny_model, eunomia_events, cohort[0], device="cpu", progress=False)
+    """One unsharded exact run: the reference every shard combination must reproduce bit for bit."""
+    return embed_cohort(tiny_model, eunomia_events, cohort[0], device="cpu", progress=False, exact=True)
 
 
 def _info(model_dir, res) -> EmbeddingModelInfo:
@@ -153,6 +153,24 @@ def test_fixed_shapes_make_a_vector_independent_of_its_batch():
     plan = fixed_shape_plan(lengths, 128, 64)
     assert sorted(int(i) for idx, _, n in plan for i in idx[:n]) == list(range(6))
     assert {T: len(idx) for idx, T, _ in plan} == {16: 8, 32: 4, 64: 2}
+    capped = fixed_shape_plan(lengths, 4096, 64)            # at most FIXED_ROWS (16) rows, whatever the budget
+    assert {T: len(idx) for idx, T, _ in capped} == {16: 16, 32: 16, 64: 16}
+    assert {T: len(idx) for idx, T, _ in fixed_shape_plan(lengths, 4096, 64, rows_cap=4)} == {16: 4, 32: 4, 64: 4}
+
+
+def test_default_run_is_bucketed_and_close_to_exact(tiny_model, eunomia_events, cohort, whole, tmp_path):
+    """Unsharded runs default to length-bucketed batches: the same vectors up to float rounding, recorded as such;
+    a resume that changes --exact is refused."""
+    fast = embed_cohort(tiny_model, eunomia_events, cohort[0], device="cpu", progress=False,
+                        work_dir=tmp_path / "w")
+    assert fast.provenance["exact"] is False and whole.provenance["exact"] is True
+    assert "batch_shapes" not in fast.provenance["run_fingerprint"]
+    assert whole.provenance["run_fingerprint"]["batch_shapes"] == "fixed"
+    assert fast.index["subject_id"].to_pylist() == whole.index["subject_id"].to_pylist()
+    np.testing.assert_allclose(fast.vectors, whole.vectors, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"batch_shapes"):
+        embed_cohort(tiny_model, eunomia_events, cohort[0], device="cpu", progress=False,
+                     work_dir=tmp_path / "w", resume=True, exact=True)
 
 
 def test_shards_reproduce_one_run(tiny_model, eunomia_events, cohort, whole, tmp_path):

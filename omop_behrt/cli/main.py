@@ -566,11 +566,12 @@ def _add_embed(sub) -> None:
     p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index "
                                                              "(default: skipped and counted)")
     p.add_argument("--batch-tokens", type=int, default=16_384,
-                   help="padded tokens per forward batch (memory). Batches have fixed shapes (lengths rounded up to "
-                        "16, a fixed row count per length), so a vector never depends on its batch mates and shards "
-                        "reproduce one run exactly; the last batch of each length is filled with copies, up to "
-                        "(max_len/16) x this many tokens of extra work per chunk (a few %% on large cohorts); on CPU "
-                        "at most 4096 are used")
+                   help="padded tokens per forward batch (memory; on CPU at most 4096 are used)")
+    p.add_argument("--exact", action="store_true",
+                   help="batches of fixed shapes (lengths rounded up to 16, at most 16 rows per length, the last "
+                        "batch of a length filled with copies), so a vector is bit-for-bit a function of its person "
+                        "alone: N --shard runs equal one --exact run exactly. On for --shard; otherwise a vector's "
+                        "last bits (~1e-7) may depend on its batch mates")
     p.add_argument("--chunk-persons", type=int, default=20_000,
                    help="persons per chunk: memory is bounded by a chunk and each finished chunk is saved "
                         "for --resume")
@@ -584,14 +585,14 @@ def _add_embed(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --work-dir; refused, saying what differs, when the source, index "
                         "dates, model, pooling, --inclusive, precision, --chunk-persons, --batch-tokens or --shard "
-                        "changed")
+                        "changed (or --exact)")
     p.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another writer of the same --out target")
     p.add_argument("--shard", metavar="I/N",
                    help="--encoder behrt: embed and write only shard I of N (0 <= I < N): the entries whose person "
                         "hash (splitmix64 of subject_id) mod N is I. Run N processes, one per shard (each with its "
                         "own --work-dir), into one --out: each replaces only its persons' rows, one transaction per "
-                        "shard, and together they write exactly the vectors of one unsharded run")
+                        "shard, and together they write exactly the vectors of one unsharded --exact run")
     p.add_argument("--no-fallback", action="store_true",
                    help="--encoder behrt: a code the model never saw becomes [UNK], exactly as in training "
                         "(default: its nearest ancestor the model knows: concept_ancestor of a CDM --source, ICD "
@@ -656,7 +657,8 @@ def _run_embed(args) -> int:
                            cdm_schema=args.cdm_schema, batch_tokens=args.batch_tokens,
                            chunk_persons=args.chunk_persons, device=args.device, work_dir=args.work_dir,
                            resume=args.resume, progress=not args.quiet, precision=args.precision,
-                           fallback=not args.no_fallback, vocab_cdm=args.vocab_cdm, shard=shard)
+                           fallback=not args.no_fallback, vocab_cdm=args.vocab_cdm, shard=shard,
+                           exact=True if args.exact else None)
         info = export.EmbeddingModelInfo.of_model_dir(args.model, res.provenance["model_checksum"],
                                                       res.vectors.shape[1])
     seconds = time.perf_counter() - t0

@@ -37,20 +37,23 @@ from omop_behrt.choices import POOLINGS
 
 #: Fixed-shape batches pad each sequence to the next multiple of this many tokens (at most the model's max_len).
 SHAPE_STEP = 16
-#: Tokens of a fixed-shape batch on CPU (at most): each length's last batch is filled with copies, so a smaller
-#: batch wastes less on small cohorts and shards, and a CPU is as fast on 4k-token batches as on 16k ones.
-CPU_FIXED_TOKENS = 4096
+#: Tokens of a batch on CPU (at most): a CPU is as fast on 4k-token batches as on 16k ones, and smaller batches
+#: mix fewer lengths (padding 1.02-1.10x of the real tokens against 1.09-1.30x at 16k, bench/RESULTS.md).
+CPU_BATCH_TOKENS = 4096
+#: Rows of a fixed-shape batch (at most): each length's last batch is filled with copies, so few rows waste
+#: little on small cohorts and shards (on CPU 16 rows cost what length-bucketed batches do).
+FIXED_ROWS = 16
 
 
-def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step: int = SHAPE_STEP
-                     ) -> list[tuple[np.ndarray, int, int]]:
+def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step: int = SHAPE_STEP,
+                     rows_cap: int = FIXED_ROWS) -> list[tuple[np.ndarray, int, int]]:
     """Batches whose shape depends only on their sequences' own lengths: ``(idx, T, n)``, the first n of idx
     real (the rest copies of the last), with T the length rounded
     up to ``step`` (capped at ``max_len``) and every batch of that T padded to the same row count.
 
     A CPU or GPU kernel may pick its algorithm by the matrix shape (a (B*T, H) product with few rows takes
     another path), so the last bits of a person's vector could depend on who shared its batch. With every batch
-    of one T holding B(T) = max(1, max(batch_tokens, max_len) // T) rows (the last filled with copies, whose
+    of one T holding B(T) = max(1, min(max(batch_tokens, max_len) // T, rows_cap)) rows (the last filled with copies, whose
     outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -60,7 +63,7 @@ def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step:
     for T in np.unique(shape):
         rows = np.flatnonzero(shape == T)
         rows = rows[np.argsort(lengths[rows], kind="stable")]
-        B = max(1, budget // int(T))
+        B = max(1, min(budget // int(T), rows_cap))
         for start in range(0, len(rows), B):
             idx = rows[start:start + B]
             plan.append((np.concatenate([idx, np.full(B - len(idx), idx[-1])]), int(T), len(idx)))
@@ -208,8 +211,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                  cdm_schema: str | None = None, vocab_schema: str | None = None, batch_tokens: int = 16_384,
                  chunk_persons: int = 20_000, device: str = "auto", work_dir: str | Path | None = None,
                  resume: bool = False, progress: bool = True, precision: str = "auto",
-                 model=None, fallback: bool = True, vocab_cdm=None, shard: Shard | str | None = None
-                 ) -> EmbeddingResult:
+                 model=None, fallback: bool = True, vocab_cdm=None, shard: Shard | str | None = None,
+                 exact: bool | None = None) -> EmbeddingResult:
     """Embed every row of ``index`` (cohort_definition_id, subject_id, index_date) with the model at ``model_dir``.
 
     ``source``: an OMOP CDM (DuckDB file, URL, export folder; censoring then happens in its SQL) or an event
@@ -223,8 +226,12 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     ``shard=(i, n)`` (or ``"i/n"``): embed only the rows whose person hash mod n is i
     (:func:`omop_behrt.vectors.embed_run.in_shard`); the result holds those rows, and the n shards' vectors are exactly
     the unsharded run's (each person is embedded alone, whatever its batch mates). The work directory, the
-    fingerprint and the provenance are the shard's own. Batches have fixed shapes (:func:`fixed_shape_plan`, on
-    CPU at most ``CPU_FIXED_TOKENS`` tokens), which is what makes a vector independent of the rest of the cohort.
+    fingerprint and the provenance are the shard's own.
+
+    ``exact`` (default: on for a shard, off otherwise): batches of fixed shapes (:func:`fixed_shape_plan`), so a
+    vector is bit-for-bit a function of its person alone, whatever the cohort, chunking or shard; the n shards of
+    a cohort then equal one ``exact=True`` run bit for bit. Off, batches are length-bucketed (no filler rows) and
+    a vector's last bits (about 1e-7) may depend on its batch mates.
     """
     from omop_behrt.behrt.model import Behrt
     from omop_behrt.behrt.batches import resolve_device
@@ -233,8 +240,9 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
         raise ValueError("resume needs the work directory of the run to continue (--work-dir)")
     shard = parse_shard(shard)
     dev = resolve_device(device)
-    if dev.type != "cuda":          # the fixed batch shapes' filler costs up to (max_len / 16) batches per chunk
-        batch_tokens = min(int(batch_tokens), CPU_FIXED_TOKENS)
+    exact = shard is not None if exact is None else bool(exact)
+    if dev.type != "cuda":
+        batch_tokens = min(int(batch_tokens), CPU_BATCH_TOKENS)
     index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
     if shard is not None:
         index = index.filter(pa.array(in_shard(index["subject_id"].to_numpy(), shard)))
@@ -246,7 +254,7 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                                   inclusive=inclusive, precision=effective, chunk_persons=chunk_persons,
                                   cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
                                   vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard,
-                                  batch_tokens=batch_tokens)
+                                  batch_tokens=batch_tokens, exact=exact)
     if shard is not None and index.num_rows == 0:     # a shard without entries: nothing to read or run
         return EmbeddingResult(index, np.zeros((0, model.config.hidden), np.float32), np.zeros(0, bool), {
             "model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
@@ -273,13 +281,14 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
         return _embed_run(model, model_dir, source, index, work, tmp, fingerprint, checksum, vocab_name, dev, t0,
                           pooling=pooling, inclusive=inclusive, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                           batch_tokens=batch_tokens, chunk_persons=chunk_persons, resume=resume, progress=progress,
-                          precision=precision, fallback=fallback, vocab_cdm=vocab_cdm)
+                          precision=precision, fallback=fallback, vocab_cdm=vocab_cdm, exact=exact)
 
 
 def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path | None, fingerprint: dict,
                checksum: str | None, vocab_name: str, dev, t0: float, *, pooling: str, inclusive: bool,
                cdm_schema: str | None, vocab_schema: str | None, batch_tokens: int, chunk_persons: int,
-               resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None) -> EmbeddingResult:
+               resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None,
+               exact: bool = False) -> EmbeddingResult:
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
     from omop_behrt.vocab.fallback import site_fallback
     from omop_behrt.behrt.tokenizer import visit_table
@@ -323,7 +332,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                 seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],
                                                    mapping=mapping)
                 vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
-                                      precision=precision, fixed_shapes=True)
+                                      precision=precision, fixed_shapes=exact)
                 vectors[rows] = vec[seq_of_row]
                 has_history[rows] = seqs.lengths[seq_of_row] > 1
                 tmp_file = chunk_dir / f"chunk-{k:05d}.{os.getpid()}.tmp.npz"
@@ -340,7 +349,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                 "skipped": {"no history before index": int((~has_history).sum()) - skipped_unknown,
                             "subject not in source": skipped_unknown},
                 "seconds": round(time.perf_counter() - t0, 3), "device": str(dev), "precision": precision,
-                "fallback": bool(fallback), "coverage": cov}
+                "fallback": bool(fallback), "exact": exact, "coverage": cov}
         if "shard" in fingerprint:
             prov["shard"] = fingerprint["shard"]
         return EmbeddingResult(index, vectors, has_history, prov)

@@ -93,12 +93,12 @@ def source_fingerprint(source, cdm_schema: str | None = None, vocab_schema: str 
 def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inclusive: bool, precision: str,
                     chunk_persons: int, cdm_schema: str | None = None, vocab_schema: str | None = None,
                     fallback: bool = True, vocab_cdm=None, shard: Shard | None = None,
-                    batch_tokens: int | None = None) -> dict:
+                    batch_tokens: int | None = None, exact: bool = False) -> dict:
     """Every input that changes an embedding run's vectors; a resume must find the same values.
 
     ``index`` is the run's own rows (a shard's, for a sharded run); the shard is recorded beside them (absent
     for an unsharded run, so an unsharded work directory of an earlier version still resumes). ``batch_tokens``
-    sets the rows of each fixed-shape batch (:func:`omop_behrt.vectors.embed.fixed_shape_plan`), so the last bits.
+    and ``exact`` (fixed-shape batches, :func:`omop_behrt.vectors.embed.fixed_shape_plan`) set the last bits.
     """
     fp = {"source": source_fingerprint(source, cdm_schema, vocab_schema), "index_sha256": index_hash(index),
           "index_rows": index.num_rows, "model_id": model_id, "pooling": pooling, "inclusive": bool(inclusive),
@@ -109,6 +109,8 @@ def run_fingerprint(source, index: pa.Table, model_id: str, *, pooling: str, inc
         fp["shard"] = shard_text(shard)
     if batch_tokens is not None:
         fp["batch_tokens"] = int(batch_tokens)
+    if exact:
+        fp["batch_shapes"] = "fixed"
     return fp
 
 

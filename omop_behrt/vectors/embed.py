@@ -53,8 +53,8 @@ def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step:
 
     A CPU or GPU kernel may pick its algorithm by the matrix shape (a (B*T, H) product with few rows takes
     another path), so the last bits of a person's vector could depend on who shared its batch. With every batch
-    of one T holding B(T) = max(1, min(max(batch_tokens, max_len) // T, rows_cap)) rows (the last filled with copies, whose
-    outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
+    of one T holding B(T) = max(1, min(max(batch_tokens, max_len) // T, rows_cap)) rows (the last filled with
+    copies, whose outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     budget = max(int(batch_tokens), int(max_len))

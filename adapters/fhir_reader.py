@@ -283,16 +283,34 @@ class _Unparsed:
 
     __slots__ = ("raw", "before")
 
-    def __init__(self, raw: memoryview, before: object):
+    def __init__(self, raw: object, before: object):
         self.raw, self.before = raw, before
 
     def target(self) -> tuple[str, str] | None:
-        res = orjson.loads(self.raw)
+        res = orjson.loads(memoryview(self.raw))
         rt, rid = res.get("resourceType"), res.get("id")
         if isinstance(rt, str) and isinstance(rid, str):
             return rt, rid
         before = self.before
         return before.target() if type(before) is _Unparsed else before
+
+
+class _TypeNames(dict):
+    """Peeked type name (bytes) -> the name as str, or True for a wanted type (parsed)."""
+
+    def __init__(self, wanted: frozenset[str] | set[str]):
+        super().__init__()
+        self.wanted = wanted
+
+    def __missing__(self, name: bytes) -> str | bool:
+        text = name.decode()
+        hit = self[name] = True if text in self.wanted else text
+        return hit
+
+
+@lru_cache(maxsize=16)
+def _type_names(wanted: frozenset[str]) -> _TypeNames:
+    return _TypeNames(wanted)
 
 
 def _skim(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[dict, list[Item]] | None:
@@ -310,17 +328,17 @@ def _skim(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[dict, list[It
         return None
     urls: dict = {}
     patients, others = [], []
-    loads, peek = orjson.loads, _PEEK.match
+    loads, peek, names = orjson.loads, _PEEK.match, _type_names(frozenset(wanted))
     for i, entry in enumerate(doc.entry or ()):
-        raw = memoryview(entry.resource)
+        raw = entry.resource
         url = entry.fullUrl
         m = peek(raw, 0, 120)
-        if m is not None and (rt := m.group(1).decode()) not in wanted:
+        if m is not None and (rt := names[m.group(1)]) is not True:
             if isinstance(url, str):
                 urls[url] = _Unparsed(raw, urls.get(url))
-            others.append(Item(None, f"entry[{i}]", skipped=rt))
+            others.append(Item(None, f"entry[{i}]", None, rt))
             continue
-        res = loads(raw) if len(raw) else None
+        res = loads(memoryview(raw)) if len(raw) else None
         if type(res) is not dict:
             others.append(Item(None, f"entry[{i}]", "bundle entry without a resource"))
             continue

@@ -183,6 +183,12 @@ class Compiler:
             node = node[1]
         return names if node == ("this",) and names else None
 
+    @staticmethod
+    def literal(src: str) -> list | None:
+        """The values of an expression that is one literal (``'drug'``), else None."""
+        node = Parser(src).parse()
+        return [_out(v) for v in node[1]] if node[0] == "lit" else None
+
     def node(self, n: tuple) -> Fn:
         kind = n[0]
         if kind == "this":

@@ -180,6 +180,10 @@ class View:
             rid = res.get("id") if isinstance(res, dict) else None
             raise ViewError(f"view {self.name}: column {col.name!r} (path {col.path!r}) gave {len(v)} values for "
                             f"{self.resource}/{rid}; set collection: true or narrow the path (e.g. .first())")
+        lit = self.compiler.literal(col.path)
+        if lit is not None and len(lit) == 1:     # a constant column ('drug'): no call per row
+            const = lit[0]
+            return lambda element, env: const
         names = self.compiler.member_names(col.path)
         if names:      # plain path: walk the dicts directly, the general code only for lists / absent keys
             def direct(element: Any, env: dict) -> Any:

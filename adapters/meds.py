@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from omop_behrt.db.database import arrow_reader
+from omop_behrt.db.database import arrow_reader, sql_literal
 from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
                       fill_rebuilt_visits, validate_events, validate_persons, write_json, write_table)
 
@@ -35,8 +39,13 @@ _PREFIX_DOMAIN = {"SNOMED": "condition", "ICD10CM": "condition", "ICD10": "condi
 
 
 def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | None = None,
-            rows_per_shard: int = ROWS_PER_SHARD) -> dict:
-    """Write an event directory as a MEDS dataset at ``out``; returns {subjects, rows, shards}."""
+            rows_per_shard: int = ROWS_PER_SHARD, memory_limit: str | None = "2GB") -> dict:
+    """Write an event directory as a MEDS dataset at ``out``; returns {subjects, rows, shards}.
+
+    One pass: the events and the persons' rows are sorted once by DuckDB (spilling past ``memory_limit``) and
+    streamed into shards of contiguous subjects, a shard closed at the first subject boundary past
+    ``rows_per_shard`` rows; the codes (with the source's descriptions) are gathered on the way.
+    """
     src = events if isinstance(events, EventDir) else EventDir.open(events)
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -44,8 +53,14 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
     for old in (out / "data").glob("*.parquet"):
         old.unlink()
     con = duckdb.connect()
+    if memory_limit:
+        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
     con.register("persons_t", src.persons())
-    con.register("events_t", src.events())
+    files = [str(f) for f in src.event_files()]
+    if files:
+        con.execute(f"CREATE TEMP VIEW events_t AS SELECT * FROM read_parquet([{', '.join(map(sql_literal, files))}])")
+    else:
+        con.register("events_t", EVENTS_SCHEMA.empty_table())
     extra = [f.name for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code", "numeric_value")]
     ev_cols = "subject_id, time, code, numeric_value, CAST(NULL AS VARCHAR) AS text_value, " + ", ".join(extra)
     null_extra = ", ".join(f"CAST(NULL AS {_duck_type(EVENTS_SCHEMA.field(c).type)}) AS {c}" for c in extra)
@@ -59,19 +74,19 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
         SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {null_extra} FROM persons_t
         UNION ALL
         SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM persons_t WHERE source_id IS NOT NULL"""
-    con.execute(f"CREATE TEMP VIEW meds_rows AS SELECT {ev_cols} FROM events_t UNION ALL {person_rows}").fetchall()
-    total = con.execute("SELECT COUNT(*) FROM meds_rows").fetchall()[0][0]
-    n_shards = max(1, -(-total // rows_per_shard))
-    schema = _meds_schema()
-    for i in range(n_shards):
-        table = con.sql(f"SELECT * FROM meds_rows WHERE subject_id % {n_shards} = {i} "
-                        f"ORDER BY subject_id, time NULLS FIRST, code, numeric_value NULLS FIRST").to_arrow_table()
-        write_table(table.cast(schema), out / "data" / f"{i}.parquet")
-    codes = con.sql("SELECT code, CAST(NULL AS VARCHAR) AS description, CAST([] AS VARCHAR[]) AS parent_codes "
-                    "FROM (SELECT DISTINCT code FROM meds_rows) ORDER BY code").to_arrow_table()
-    write_table(codes.cast(pa.schema([("code", pa.string()), ("description", pa.string()),
-                                      ("parent_codes", pa.list_(pa.string()))])), out / "metadata" / "codes.parquet")
-    subjects = con.execute("SELECT COUNT(DISTINCT subject_id) FROM meds_rows").fetchall()[0][0]
+    order = ", ".join(["subject_id", "time NULLS FIRST", "code", "numeric_value NULLS FIRST",
+                       "text_value NULLS FIRST"] + [f"{c} NULLS FIRST" for c in extra])
+    rel = con.sql(f"SELECT {ev_cols} FROM events_t UNION ALL {person_rows} ORDER BY {order}")
+    writer = _MedsShards(out / "data", _meds_schema(), rows_per_shard)
+    for batch in arrow_reader(rel, batch_rows=min(rows_per_shard, 1_000_000)):
+        writer.write(batch)
+    writer.close()
+    con.register("codes_t", pa.table({"code": pa.array(sorted(writer.codes), pa.string())}))
+    con.register("descriptions_t", src.descriptions().select(["code", "description"]))
+    codes = con.sql("SELECT c.code, d.description, CAST([] AS VARCHAR[]) AS parent_codes FROM codes_t c LEFT JOIN "
+                    "(SELECT code, MIN(description) AS description FROM descriptions_t GROUP BY code) d USING (code) "
+                    "ORDER BY c.code").to_arrow_table()
+    write_table(codes.cast(CODES_SCHEMA), out / "metadata" / "codes.parquet")
     from omop_behrt import __version__
     write_json({"dataset_name": dataset_name or src.path.name, "dataset_version": src.manifest.get("created_at", "1"),
                 "etl_name": "omop-behrt", "etl_version": __version__, "meds_version": MEDS_VERSION,
@@ -79,7 +94,76 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
                out / "metadata" / "dataset.json")
     write_table(src.observation_periods(), out / "metadata" / "observation_periods.parquet")
     write_json(src.manifest, out / "metadata" / "omop_behrt_manifest.json")
-    return {"subjects": subjects, "rows": total, "shards": n_shards}
+    return {"subjects": writer.subjects, "rows": writer.rows, "shards": len(writer.files)}
+
+
+CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string()),
+                          ("parent_codes", pa.list_(pa.string()))])
+
+
+class _MedsShards:
+    """Sorted MEDS rows -> ``<i>.parquet`` shards of whole subjects; counts rows, subjects and distinct codes."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int):
+        self.directory, self.schema, self.rows_per_shard = directory, schema, rows_per_shard
+        self.files: list[Path] = []
+        self.rows = self.subjects = 0
+        self.codes: set[str] = set()
+        self._writer: pq.ParquetWriter | None = None
+        self._in_shard = 0
+        self._last: int | None = None           # the last subject seen (counting subjects across batches)
+        self._last_written: int | None = None   # the last subject written to the open shard
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        subject = batch.column("subject_id").to_numpy()
+        starts = np.flatnonzero(np.diff(subject)) + 1           # first row of each subject after the first
+        self.subjects += len(starts) + int(self._last != subject[0])
+        self._last = int(subject[-1])
+        self.codes.update(pc.unique(batch.column("code")).to_pylist())
+        table = pa.Table.from_batches([batch]).cast(self.schema)
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            room = self.rows_per_shard - self._in_shard
+            if room > 0:                                  # fill the shard up to its size
+                self._put(table.slice(0, room))
+                table = table.slice(room)
+                continue
+            # full: finish the last subject written (rows sorted by subject), then close the shard
+            same = int(np.searchsorted(table.column("subject_id").to_numpy(), self._last_written, side="right"))
+            if same:
+                self._put(table.slice(0, same))
+                table = table.slice(same)
+            if table.num_rows:
+                self._close()
+
+    def _open(self) -> None:
+        final = self.directory / f"{len(self.files)}.parquet"
+        self._tmp = final.with_suffix(".parquet.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.files.append(final)
+        self._in_shard = 0
+
+    def _put(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._writer.write_table(table)
+        self._in_shard += table.num_rows
+        self.rows += table.num_rows
+        self._last_written = int(table.column("subject_id")[-1].as_py())
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.files[-1])
+            self._writer = None
+
+    def close(self) -> None:
+        if self._writer is None and not self.files:      # no rows: one empty shard, as MEDS readers expect
+            self._open()
+        self._close()
 
 
 def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_SHARD) -> EventDir:

@@ -75,6 +75,31 @@ def test_sharded_output_passes_the_meds_schemas(eunomia_events, tmp_path):
     assert info["shards"] == len(shards) == 5
 
 
+def test_small_shards_hold_whole_subjects_in_order(eunomia_events, tmp_path):
+    """Shards cut at subject boundaries across stream batches: each shard but the last holds >= rows_per_shard
+    rows and the first subject-boundary past it; together they are the one-shard output, row for row; codes
+    carry the source's descriptions."""
+    whole = to_meds(eunomia_events, tmp_path / "one")
+    info = to_meds(eunomia_events, tmp_path / "many", rows_per_shard=7_000)
+    validate_meds_dataset(tmp_path / "many")
+    shards = [pq.read_table(tmp_path / "many" / "data" / f"{i}.parquet") for i in range(info["shards"])]
+    assert info["rows"] == whole["rows"] and info["subjects"] == whole["subjects"] == 2694
+    assert len(list((tmp_path / "many" / "data").glob("*.parquet"))) == info["shards"] == 225_096 // 7_000
+    for s in shards[:-1]:
+        n = s.num_rows
+        first_of_last = pc.index(s["subject_id"], s["subject_id"][-1]).as_py()
+        assert n >= 7_000 and first_of_last < 7_000       # closed by the subject running past the size, no later
+    one = pq.read_table(tmp_path / "one" / "data" / "0.parquet")
+    assert pa.concat_tables(shards).equals(one)
+    codes = pq.read_table(tmp_path / "many" / "metadata" / "codes.parquet")
+    described = dict(zip(codes["code"].to_pylist(), codes["description"].to_pylist()))
+    source = eunomia_events.descriptions()
+    assert source.num_rows > 0 and all(described[c] == d for c, d in zip(source["code"].to_pylist(),
+                                                                         source["description"].to_pylist())
+                                       if c in described)
+    assert sum(d is not None for d in described.values()) > 0.5 * len(described)
+
+
 @pytest.mark.parametrize("source", ["bundles", "ndjson"])
 def test_fhir_to_meds_passes_the_meds_schemas(source, tmp_path):
     """The case of issue 17: FHIR persons carry source ids, so text_value is non-null and its type is checked."""

@@ -134,7 +134,7 @@ class Part:
             self.note_types = NOTE_TYPES
             self.note_views = {t: self.by_type.pop(t) for t in NOTE_TYPES if t in self.by_type}
             self.notes = NoteReader(index, self.out, self._known)
-        # the types the Bundle reader parses (the others are counted from their peeked type, unparsed);
+        # the types the readers parse (the others are counted from their peeked type, unparsed);
         # --validate checks every resource, so it parses them all
         self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
 
@@ -147,7 +147,7 @@ class Part:
             for fi, path in enumerate(self.files):
                 exit_if_orphaned()
                 if is_ndjson(path):
-                    self._items(fi, read_ndjson(path), {})
+                    self._items(fi, read_ndjson(path, self.wanted), {})
                 else:
                     urls, items = read_bundle(path, self.wanted)
                     self._items(fi, items, urls)

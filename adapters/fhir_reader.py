@@ -10,6 +10,8 @@ peeked from its first bytes, and only the resources of ``wanted`` types are pars
 unparsed, as their type name (``Item.skipped``). On Synthea bundles half the bytes are Claims and
 ExplanationOfBenefits, which have no view. Anything unusual (a Bundle msgspec does not take, a resource whose type
 is not its first member, bytes that are not UTF-8) goes the plain orjson way, so the result is the same.
+NDJSON lines are skimmed alike (``read_ndjson(path, wanted)``): a line of an unwanted type is only checked (msgspec:
+well-formed, UTF-8, that resourceType) and counted, as bulk exports' Claim and ExplanationOfBenefit files are.
 """
 from __future__ import annotations
 
@@ -203,16 +205,24 @@ def _broken(path: Path, e: BaseException, after: str) -> str:
     return f"gzip stream {'truncated' if isinstance(e, EOFError) else 'corrupt'} {after}: {e}"
 
 
-def read_ndjson(path: Path) -> Iterator[Item]:
+def read_ndjson(path: Path, wanted: frozenset[str] | set[str] | None = None) -> Iterator[Item]:
     """One Item per non-blank line; a line that is not a JSON object becomes an Item with an error.
 
     A stream that breaks (a truncated .gz) ends with one Item naming the line after the last one read whole.
+    ``wanted`` (with msgspec installed): a line holding a resource of another type, checked to be well-formed JSON
+    with that resourceType, comes back unparsed (``Item.skipped``); None parses every line.
     """
     loads = orjson.loads
+    names = _type_names(frozenset(wanted)) if wanted is not None and msgspec is not None else None
+    peek = _PEEK.match
     n = 0
     with _open(path) as f:
         try:
             for n, line in enumerate(f, 1):
+                if names is not None and (m := peek(line, 0, 120)) is not None \
+                        and (rt := names[m.group(1)]) is not True and _is_typed(line, rt):
+                    yield Item(None, str(n), None, rt)
+                    continue
                 try:
                     res = loads(line)
                 except orjson.JSONDecodeError as e:
@@ -275,7 +285,21 @@ if msgspec is not None:
     _Entry = msgspec.defstruct("_Entry", [("fullUrl", object, None), ("resource", msgspec.Raw, msgspec.Raw())])
     _BUNDLE = msgspec.json.Decoder(msgspec.defstruct("_Bundle", [("resourceType", object), ("type", object, None),
                                                                  ("entry", list[_Entry] | None, None)]))
+    _TYPED = msgspec.json.Decoder(msgspec.defstruct("_Typed", [("resourceType", object, None)]))
 _PEEK = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"resourceType"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z]{1,64})"')
+
+
+def _is_typed(line: bytes, rt: str) -> bool:
+    """Whether ``line`` is one well-formed JSON object (UTF-8) whose resourceType is ``rt`` (checked, not built)."""
+    if not line.isascii():
+        try:
+            line.decode()
+        except UnicodeDecodeError:
+            return False
+    try:
+        return _TYPED.decode(line).resourceType == rt
+    except msgspec.MsgspecError:
+        return False
 
 
 class _Unparsed:

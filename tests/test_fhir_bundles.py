@@ -142,3 +142,28 @@ def test_skimming_odd_bundles_matches_plain_reading(tmp_path, monkeypatch):
     assert "unknown resourceType" in reasons and "bundle entry without a resource" in reasons
     visits = pq.read_table(skim[1] / "events").filter(pc.equal(pc.field("code"), "SNOMED/1"))
     assert visits.num_rows == 1 and visits.column("visit_id")[0].as_py() == fhir.fhir_id("e1")
+
+
+def test_skimming_odd_ndjson_matches_plain_reading(tmp_path, monkeypatch):
+    pat = {"resourceType": "Patient", "id": "p9", "gender": "male", "birthDate": "1980-05-05"}
+    cond = {"resourceType": "Condition", "id": "c9", "subject": {"reference": "Patient/p9"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "9"}]}, "onsetDateTime": "2021-01-01"}
+    claim = {"resourceType": "Claim", "id": "k1", "patient": {"reference": "Patient/p9"}}
+    lines = [json.dumps(pat), json.dumps(claim), "", json.dumps(cond),
+             json.dumps(claim)[:-1] + ', "x": [1,]}',                                  # malformed: quarantined
+             json.dumps(dict(claim, note="@")).replace("@", "\\udcff"),                 # lone surrogate escape
+             '{"resourceType": "Claim", "id": "k2", "resourceType": "Condition"}',      # the last one counts
+             '{"id": "k3", "resourceType": "Claim"}', '{"resourceType": "Nonsense", "id": "n"}',
+             json.dumps(dict(claim, id="k4", note="na\u00efve"), ensure_ascii=False), "[1, 2]"]
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "mixed.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with gzip.open(src / "more.ndjson.gz", "wb") as f:
+        f.write(json.dumps(claim).encode() + b"\n" + json.dumps(claim)[:-1].encode() + b', "y": "\xff"}\n')
+    skim, plain = _extract_both(src, tmp_path, monkeypatch)
+    _same(skim, plain)
+    s = skim[0]
+    assert s.ignored_by_type == {"Claim": 4} and s.events_out == 1 and s.persons == 1
+    assert s.resources_by_type["Nonsense"] == 1
+    reasons = " | ".join(s.quarantined_by_reason)
+    assert "malformed JSON" in reasons and "not a JSON object" in reasons

@@ -286,6 +286,7 @@ if msgspec is not None:
     _BUNDLE = msgspec.json.Decoder(msgspec.defstruct("_Bundle", [("resourceType", object), ("type", object, None),
                                                                  ("entry", list[_Entry] | None, None)]))
     _TYPED = msgspec.json.Decoder(msgspec.defstruct("_Typed", [("resourceType", object, None)]))
+_AGAIN = re.compile(rb'"resourceType"')
 _PEEK = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"resourceType"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z]{1,64})"')
 
 
@@ -352,12 +353,14 @@ def _skim(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[dict, list[It
         return None
     urls: dict = {}
     patients, others = [], []
-    loads, peek, names = orjson.loads, _PEEK.match, _type_names(frozenset(wanted))
+    loads, peek, again, names = orjson.loads, _PEEK.match, _AGAIN.search, _type_names(frozenset(wanted))
     for i, entry in enumerate(doc.entry or ()):
         raw = entry.resource
         url = entry.fullUrl
         m = peek(raw, 0, 120)
-        if m is not None and (rt := names[m.group(1)]) is not True:
+        if m is not None and (rt := names[m.group(1)]) is not True \
+                and (again(raw, m.end()) is None or _TYPED.decode(raw).resourceType == rt):
+            # (a later "resourceType" may be a contained resource's, or a repeated key: the last one counts)
             if isinstance(url, str):
                 urls[url] = _Unparsed(raw, urls.get(url))
             others.append(Item(None, f"entry[{i}]", None, rt))

@@ -123,6 +123,8 @@ def test_skimming_odd_bundles_matches_plain_reading(tmp_path, monkeypatch):
                        "period": {"start": "2020-01-01"}, "class": {"system": ACT, "code": "AMB"}}, "urn:uuid:dup"),
                _entry({"resourceType": "Claim"}, "urn:uuid:dup"),                         # no id: e1 stands
                _entry({"resourceType": "NotAType", "id": "x"}), _entry(None), _entry(...), _entry([1, 2]),
+               _entry({"resourceType": "Claim", "id": "k9", "contained": [{"resourceType": "Coverage"}]}),
+               _entry({"resourceType": "Claim", "id": "c4", "resourceType ": 1}),
                _entry({"resourceType": "ExplanationOfBenefit", "id": "eob", "note": "caf\u00e9"})]
     src = tmp_path / "in"
     src.mkdir()
@@ -132,11 +134,16 @@ def test_skimming_odd_bundles_matches_plain_reading(tmp_path, monkeypatch):
     (src / "b.json").write_bytes(text.encode().replace(b"@", b"\xff"))          # not UTF-8 in a Claim: malformed
     (src / "c.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": {"a": 1}}))
     (src / "d.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [None]}))
+    c5 = dict(cond, id="c5", subject={"reference": "Patient/p1"},
+              code={"coding": [{"system": "http://snomed.info/sct", "code": "5"}]})
+    twice = json.dumps(c5)[:-1] + ', "resourceType": "Claim"}'
+    twice = twice.replace('"Condition"', '"Claim"', 1)[:-len('"Claim"}')] + '"Condition"}'   # Claim ... Condition
+    (src / "e.json").write_text('{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": %s}]}' % twice)
     skim, plain = _extract_both(src, tmp_path, monkeypatch)
     _same(skim, plain)
     s = skim[0]
-    assert s.ignored_by_type == {"Claim": 1, "ExplanationOfBenefit": 1, "Practitioner": 1}
-    assert s.resources_by_type["NotAType"] == 1 and s.events_out == 3     # c2, c3 and the Encounter e1
+    assert s.ignored_by_type == {"Claim": 3, "ExplanationOfBenefit": 1, "Practitioner": 1}
+    assert s.resources_by_type["NotAType"] == 1 and s.events_out == 4     # c2, c3, c5 and the Encounter e1
     reasons = " | ".join(s.quarantined_by_reason)
     assert "subject Practitioner/pr1 is not a Patient" in reasons and "malformed JSON" in reasons
     assert "unknown resourceType" in reasons and "bundle entry without a resource" in reasons

@@ -341,10 +341,46 @@ def test_validate_mode_reports_invalid_resources(tmp_path):
     assert "madeUp" in q[0]["reason"] and "birthDate" in q[1]["reason"]
 
 
-def test_resume_skips_finished_parts(tmp_path, bundle_events):
-    fhir.extract(BUNDLES, tmp_path / "out", progress=False)
-    s = fhir.extract(BUNDLES, tmp_path / "out", progress=False, resume=True)
+def _part_files(out: Path, index: int | None = None) -> dict[str, int]:
+    """The files one part (or every part) writes, with their mtimes: a part redone rewrites them."""
+    tag = "[0-9]" * 5 if index is None else f"{index:05d}"
+    files = (list((out / "events").glob(f"part-{tag}-*.parquet")) + list((out / ".fhir").glob(f"*-{tag}*.parquet"))
+             + list(out.glob(f"quarantine-fhir-{tag}.parquet")))
+    return {str(f.relative_to(out)): f.stat().st_mtime_ns for f in files}
+
+
+def _rows(d: EventDir) -> pa.Table:
+    t = d.read_events()
+    return t.sort_by([(c, "ascending") for c in t.column_names])
+
+
+def test_resume_skips_finished_parts(tmp_path, bundle_events, monkeypatch):
+    """One part per Bundle; a part lost in an interruption is redone alone, the others are not touched, and the
+    result equals the one-shot run row for row (a resume that redoes everything, or nothing, fails here)."""
+    monkeypatch.setattr(fhir, "_MIN_PART_BYTES", 1)
+    out = tmp_path / "out"
+    fhir.extract(BUNDLES, out, progress=False, workers=1)
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(m["parts"]) == ["0", "1", "2", "3", "4"]
+    finished = _part_files(out)
+    assert len(_part_files(out, 2)) >= 3
+    # a resume of a finished run does no part again
+    s = fhir.extract(BUNDLES, out, progress=False, resume=True, workers=1)
+    assert _part_files(out) == finished
     assert s.events_out == bundle_events[0].events_out and s.persons == 5
+    # interrupted while part 2 ran: its record and files are gone
+    del m["parts"]["2"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    for f in _part_files(out, 2):
+        (out / f).unlink()
+    kept = {k: v for k, v in finished.items() if k not in _part_files(out, 2) and "-00002" not in k}
+    s = fhir.extract(BUNDLES, out, progress=False, resume=True, workers=1)
+    after = _part_files(out)
+    assert {k: after[k] for k in kept} == kept                                  # the finished parts untouched
+    assert set(_part_files(out, 2)) == {k for k in finished if "-00002" in k}   # the lost part redone
+    assert s.events_out == bundle_events[0].events_out and s.persons == 5
+    assert _rows(EventDir.open(out)).equals(_rows(bundle_events[1]))
+    assert EventDir.open(out).persons().sort_by("subject_id").equals(bundle_events[1].persons().sort_by("subject_id"))
 
 
 def test_cli_routes_fhir_sources(tmp_path, capsys):

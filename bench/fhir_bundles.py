@@ -13,7 +13,8 @@ own process and in alternated rounds (medians reported):
                types with a view (and Patient) are parsed with orjson: 1 and 2 processes (what extract's reader
                does when msgspec is installed)
 
-Prints a table; writes bench/results/fhir_bundles.json (MB/s, resources/s, CPU-s, load average, ratios).
+Prints a table; writes bench/results/fhir_bundles.json (MB/s, resources/s, CPU-s, load average, ratios). On a
+shared machine the medians move with the load: the minimum wall and CPU seconds of the rounds are kept as well.
 """
 from __future__ import annotations
 
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu = statistics.median(x["cpu"] for x in rs)
             n = rs[0]["resources"]
             results[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "resources": n,
+                             "wall_min_s": round(min(x["wall"] for x in rs), 3),
+                             "cpu_min_s": round(min(x["cpu"] for x in rs), 3),
                              "resources_per_s": round(n / wall), "mb_per_s": round(size / 1e6 / wall, 1),
                              "resources_per_cpu_s": round(n / cpu), "walls": [round(x["wall"], 3) for x in rs],
                              "load_1min_before": [x["load_1min_before"] for x in rs],
@@ -214,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         width = max(map(len, results))
         print(f"{size / 1e6:.0f} MB, {ours['resources']:,} resources in {args.copies * 5} bundles; medians of "
               f"{args.rounds} alternated rounds; load average now {os.getloadavg()[0]:.1f}")
-        print(f"{'':<{width}}  {'wall s':>7} {'MB/s':>7} {'res/s':>9} {'CPU s':>7} {'res/CPU-s':>9}")
+        print(f"{'':<{width}}  {'wall s':>7} {'MB/s':>7} {'res/s':>9} {'CPU s':>7} {'res/CPU-s':>9} "
+              f"{'min wall':>8} {'min CPU':>8}")
         for name, x in results.items():
             print(f"{name:<{width}}  {x['wall_s']:>7.2f} {x['mb_per_s']:>7.1f} {x['resources_per_s']:>9,} "
-                  f"{x['cpu_s']:>7.2f} {x['resources_per_cpu_s']:>9,}")
+                  f"{x['cpu_s']:>7.2f} {x['resources_per_cpu_s']:>9,} {x['wall_min_s']:>8.2f} {x['cpu_min_s']:>8.2f}")
         print("ratios: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """One part of a FHIR extraction: whole files -> event shards, a persons part, quarantine rows, pending rows.
 
-A part runs in a worker process (adapters/fhir.py starts them): it compiles the views, streams its files, runs
-each resource's views, resolves references (per resource, in Python) and turns rows into Arrow batches
+A part runs in a worker process (adapters/fhir.py starts them): it compiles the views (once per process),
+streams its files (resources of types without a view are counted, not parsed: adapters/fhir_reader.py skims
+them), runs each resource's views, resolves references (per resource, in Python) and turns rows into Arrow batches
 (vectorised, adapters/fhir_events.py). Rows whose Patient the part has not seen are written aside as pending;
 the run settles them once every Patient is known.
 

@@ -294,20 +294,37 @@ def test_user_views_add_and_override(tmp_path, ndjson_events):
     assert s.resources_in == s.resources_out + s.quarantined
 
 
+#: R5 field names (Encounter.class a list, actualPeriod, Procedure.occurrence[x], MedicationRequest.medication a
+#: CodeableReference): valid
+#: FHIR R5 by fhir.resources, not R4B (tests/test_fhir_inputs_valid.py checks both)
+R5_RESOURCES = [
+    {"resourceType": "Patient", "id": "p", "birthDate": "1980", "gender": "male", "deceasedBoolean": True},
+    {"resourceType": "Encounter", "id": "e", "status": "completed", "subject": {"reference": "Patient/p"},
+     "class": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}]}],
+     "actualPeriod": {"start": "2024-01-02T10:00:00Z", "end": "2024-01-05"}},
+    {"resourceType": "Procedure", "id": "pr", "status": "completed", "subject": {"reference": "Patient/p"},
+     "encounter": {"reference": "Encounter/e"}, "occurrenceDateTime": "2024-01-03",
+     "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99213"}]}},
+    {"resourceType": "MedicationRequest", "id": "m", "status": "active", "intent": "order",
+     "subject": {"reference": "Patient/p"}, "authoredOn": "2024-01-04", "medication": {"concept": {"coding": [
+         {"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-8215-01"}]}}}]
+
+#: rows 0, 1 and 5 valid FHIR R4B; 2 (an unknown element), 3 (Feb 31st) and 4 (a string for a boolean) not
+VALIDATE_MODE_LINES = [
+    {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"},
+    {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+     "onsetDateTime": "2020-01-01", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}},
+    {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p1"}, "madeUp": 1,
+     "onsetDateTime": "2020-01-01", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}},
+    {"resourceType": "Patient", "id": "p2", "gender": "female", "birthDate": "1970-02-31"},
+    {"resourceType": "Organization", "id": "o1", "active": "yes please"},
+    {"resourceType": "Organization", "id": "o2", "name": "fine"}]
+
+
 def test_r5_field_names(tmp_path):
     folder = tmp_path / "r5"
     folder.mkdir()
-    res = [{"resourceType": "Patient", "id": "p", "birthDate": "1980", "gender": "male", "deceasedBoolean": True},
-           {"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/p"},
-            "class": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}]}],
-            "actualPeriod": {"start": "2024-01-02T10:00:00Z", "end": "2024-01-05"}},
-           {"resourceType": "Procedure", "id": "pr", "subject": {"reference": "Patient/p"},
-            "encounter": {"reference": "Encounter/e"}, "occurrenceDateTime": "2024-01-03",
-            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99213"}]}},
-           {"resourceType": "MedicationRequest", "id": "m", "subject": {"reference": "Patient/p"},
-            "authoredOn": "2024-01-04", "medication": {"concept": {"coding": [
-                {"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-8215-01"}]}}}]
-    (folder / "all.ndjson").write_text("\n".join(json.dumps(r) for r in res))
+    (folder / "all.ndjson").write_text("\n".join(json.dumps(r) for r in R5_RESOURCES))
     fhir.extract(folder, tmp_path / "out", progress=False)
     d = EventDir.open(tmp_path / "out")
     ev = {e["domain"]: e for e in d.read_events().to_pylist()}
@@ -321,15 +338,7 @@ def test_r5_field_names(tmp_path):
 def test_validate_mode_reports_invalid_resources(tmp_path):
     folder = tmp_path / "v"
     folder.mkdir()
-    lines = [{"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"},
-             {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
-              "onsetDateTime": "2020-01-01", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}},
-             {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p1"}, "madeUp": 1,
-              "onsetDateTime": "2020-01-01", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}},
-             {"resourceType": "Patient", "id": "p2", "gender": "female", "birthDate": "1970-02-31"},
-             {"resourceType": "Organization", "id": "o1", "active": "yes please"},
-             {"resourceType": "Organization", "id": "o2", "name": "fine"}]
-    (folder / "x.ndjson").write_text("\n".join(json.dumps(r) for r in lines))
+    (folder / "x.ndjson").write_text("\n".join(json.dumps(r) for r in VALIDATE_MODE_LINES))
     loose = fhir.extract(folder, tmp_path / "a", progress=False)
     strict = fhir.extract(folder, tmp_path / "b", validate=True, progress=False)
     assert (loose.quarantined, strict.quarantined) == (0, 3)
@@ -419,7 +428,8 @@ def test_bundle_types_read_alike(tmp_path, kind, bundle_events):
     doc = json.loads(gzip.decompress(sorted(BUNDLES.glob("*.json.gz"))[2].read_bytes()))
     doc["type"] = kind
     for e in doc["entry"]:
-        e.pop("request", None)
+        if kind != "batch":                     # a batch entry must carry its request (FHIR invariant bdl-3)
+            e.pop("request", None)
         if kind == "searchset":
             e["search"] = {"mode": "match"}
     (tmp_path / "b.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))

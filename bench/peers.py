@@ -7,9 +7,15 @@ Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Pe
     (``--peer-venv``, made with ``pip install meds-etl==0.3.11 'polars<2'``). Outputs compared: rows, subjects and
     events by code prefix; differences are explained in the table's notes, not hidden.
 
+  * transformer: BEHRT-shape training (masked LM, AdamW) and inference on the same length-bucketed batches of
+    synthetic sequences (20-200 tokens, 4,096-token batches), omop-behrt's ``Behrt`` against Hugging Face's
+    ``BertForMaskedLM`` (training: its real API, logits at every position) and ``BertModel`` (inference), both
+    with SDPA attention, same shape (6 layers, hidden 288, 12 heads, intermediate 512), fp32 CPU; real (unpadded)
+    tokens per second and the share of padding in the batches.
+
 Each tool runs in its own process (wall time and peak RSS of the child); the machine's load average is recorded.
 
-    python bench/peers.py [--copies 10] [--rounds 3] [--peer-venv /tmp/peers/meds_etl]
+    python bench/peers.py [--stages omop_meds,transformer] [--copies 10] [--rounds 3] [--peer-venv DIR]
 """
 from __future__ import annotations
 
@@ -115,18 +121,104 @@ def meds_counts(path: Path) -> dict:
     return {"rows": rows, "subjects": subjects, "by_prefix": prefix}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--copies", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--peer-venv", type=Path, default=Path("/tmp/peers/meds_etl"))
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
-    args = ap.parse_args()
+def transformer_stage(rounds: int, n: int = 400, steps: int = 15) -> dict:
+    """Real tokens/s of ours vs HF on the same batches, training (``steps`` batches) and inference, alternated."""
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    from omop_behrt.behrt.batches import batches, collate
+    from omop_behrt.behrt.model import Behrt, BehrtConfig
+    from omop_behrt.behrt.pretrain import IGNORE, mask_tokens
+    from omop_behrt.behrt.tokenizer import Sequences
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 200, n)
+    off = np.concatenate([[0], np.cumsum(lengths)])
+    pos = np.concatenate([np.arange(k) // 5 for k in lengths]).astype(np.int16)
+    seqs = Sequences(off, rng.integers(5, 600, int(off[-1])).astype(np.int32),
+                     rng.integers(0, 90, int(off[-1])).astype(np.int16), (pos % 2).astype(np.int8), pos,
+                     np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int8), np.zeros(n, np.int8))
+    plan = batches(lengths, 4096, 0, 0, shuffle=False)
+    data = [collate(seqs, idx, {}) for idx in plan]
+    padded = sum(b["input_ids"].numel() for b in data)
+    real = int(lengths.sum())
+    cfg = BehrtConfig(vocab_size=600, dropout=0.1)
+    hf_cfg = BertConfig(vocab_size=600, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                        num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
+                        max_position_embeddings=cfg.max_len, type_vocab_size=2, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
+    gen = torch.Generator().manual_seed(0)
+    masked = []
+    for b in data[:steps]:
+        ids, labels = mask_tokens(b["input_ids"], 600, gen)
+        masked.append((ids, labels))
+
+    def train_ours() -> float:
+        torch.manual_seed(0)
+        m = Behrt(cfg).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        t = time.perf_counter()
+        for b, (ids, labels) in zip(data, masked):
+            h = m(ids, b["ages"], b["segments"], b["positions"], b["attention_mask"])
+            chosen = labels != IGNORE
+            loss = torch.nn.functional.cross_entropy(m.mlm_logits(h[chosen]), labels[chosen])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t
+
+    def train_hf() -> float:
+        torch.manual_seed(0)
+        m = BertForMaskedLM(hf_cfg).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        t = time.perf_counter()
+        for b, (ids, labels) in zip(data, masked):
+            out = m(input_ids=ids, attention_mask=b["attention_mask"].long(), token_type_ids=b["segments"],
+                    position_ids=b["positions"].clamp(0, cfg.max_len - 1), labels=labels)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        return time.perf_counter() - t
+
+    def infer_ours() -> float:
+        m = Behrt(cfg).eval()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for b in data:
+                m.pool(m(b["input_ids"], b["ages"], b["segments"], b["positions"], b["attention_mask"]))
+        return time.perf_counter() - t
+
+    def infer_hf() -> float:
+        m = BertModel(hf_cfg).eval()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for b in data:
+                m(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
+                  token_type_ids=b["segments"], position_ids=b["positions"].clamp(0, cfg.max_len - 1))
+        return time.perf_counter() - t
+
+    train_real = sum(int(b["attention_mask"].sum()) for b in data[:steps])
+    out = {"train": {"omop-behrt": [], "hf": []}, "infer": {"omop-behrt": [], "hf": []}}
+    for r in range(rounds):
+        pairs = [("omop-behrt", train_ours, infer_ours), ("hf", train_hf, infer_hf)]
+        for name, tr, inf in (pairs if r % 2 == 0 else pairs[::-1]):
+            out["train"][name].append(round(train_real / tr()))
+            out["infer"][name].append(round(real / inf()))
+        print(f"round {r + 1} train tok/s {out['train']}  infer tok/s {out['infer']}", flush=True)
+    med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in out.items()}
+    return {"stage": "transformer", "sequences": n, "real_tokens": real, "padded_tokens": padded,
+            "padding_share": round(1 - real / padded, 3), "threads": torch.get_num_threads(),
+            "tokens_per_s": out, "median_tokens_per_s": med,
+            "ratio_ours_over_hf": {k: round(m["omop-behrt"] / m["hf"], 2) for k, m in med.items()}}
+
+
+def omop_meds_stage(args) -> dict | None:
+    """OMOP folder -> MEDS: omop-behrt (extract + to-meds) against meds-etl, alternating, outputs compared."""
     peer_python = args.peer_venv / "bin" / "python"
     if not peer_python.exists():
         print(f"no peer environment at {args.peer_venv}: python3 -m venv {args.peer_venv} && "
               f"{args.peer_venv}/bin/pip install meds-etl==0.3.11 'polars<2'", file=sys.stderr)
-        return 2
+        return None
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:
         table_rows = build_omop_folder(args.copies, work / "omop")
@@ -156,8 +248,33 @@ def main() -> int:
           f"{row['ratio_peer_over_ours']:>15}x  {row['load_average']}")
     for n, c in counts.items():
         print(f"  {n}: {c['rows']:,} rows, {c['subjects']:,} subjects, by prefix {c['by_prefix']}")
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stages", default="omop_meds,transformer")
+    ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--peer-venv", type=Path, default=Path("/tmp/peers/meds_etl"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    results = {}
+    if "omop_meds" in stages:
+        results["omop_meds"] = omop_meds_stage(args)
+        if results["omop_meds"] is None:
+            return 2
+    if "transformer" in stages:
+        results["transformer"] = t = transformer_stage(args.rounds)
+        print(f"\n{'transformer (real tok/s)':<26} {'omop-behrt':>11} {'HF':>9} {'ours / HF':>10}  padding "
+              f"{t['padding_share']:.1%}")
+        for k in ("train", "infer"):
+            m = t["median_tokens_per_s"][k]
+            print(f"{k:<26} {m['omop-behrt']:>11,.0f} {m['hf']:>9,.0f} {t['ratio_ours_over_hf'][k]:>9}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "runs": runs, "result": row}, indent=2))
+    args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()[0]},
+                                    "results": results}, indent=2))
     return 0
 
 

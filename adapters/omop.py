@@ -285,16 +285,26 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
         _check_resume(out, manifest, now)
     done: dict = manifest.setdefault("parts", {})
     summary = ExtractSummary(source=cdm.db.description, cdm_version=cdm.cdm_version)
+    spark = cdm.db.dialect == "spark"
+    if spark:
+        from omop_behrt.adapters import omop_spark
     cdm.db.limit_memory(memory_limit, out.path / ".duckdb_tmp")
 
     # persons and observation periods: small, one query each; an empty selection stops before anything is written
     if "persons" not in done:
-        sql, params = persons_sql(cdm, options)
-        persons = cdm.db.query(sql, params, _PERSON_QUERY_SCHEMA)
-        if persons.num_rows == 0 and not options.allow_empty:
-            raise _no_person_error(cdm, options)
-        sql, params = observation_periods_sql(cdm, options)
-        ops = cdm.db.query(sql, params, _OP_QUERY_SCHEMA)
+        staged = None
+        if spark:      # the executors write persons and periods into a staging folder; nothing comes back
+            staged = omop_spark.stage_persons(cdm, options, out)
+            if staged.persons == 0 and not options.allow_empty:
+                staged.discard()
+                raise _no_person_error(cdm, options)
+        else:
+            sql, params = persons_sql(cdm, options)
+            persons = cdm.db.query(sql, params, _PERSON_QUERY_SCHEMA)
+            if persons.num_rows == 0 and not options.allow_empty:
+                raise _no_person_error(cdm, options)
+            sql, params = observation_periods_sql(cdm, options)
+            ops = cdm.db.query(sql, params, _OP_QUERY_SCHEMA)
         if not resume:
             for old in (list(out.events_dir.glob("*.parquet*")) + list(out.path.glob("quarantine*.parquet*"))
                         + list(out.path.glob(".state/visits-*.npy"))):
@@ -303,6 +313,10 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
                          "vocabulary_version": cdm.vocabulary_version, "cdm_schema": cdm.cdm_schema,
                          "vocab_schema": cdm.vocab_schema, "fingerprint": now, "filters": _filters_record(options)})
         out.manifest = manifest
+        if staged is not None:
+            done["persons"] = staged.commit()
+            out.write_manifest()
+    if "persons" not in done:
         ok = pc.is_null(persons.column("reason"))
         write_table(persons.filter(ok).select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA).sort_by("subject_id"),
                     out.path / "persons.parquet")          # sorted: the same bytes whatever order the database returns
@@ -336,7 +350,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             out.write_manifest()
             continue
         skipped.pop(d, None)
-        done[d] = _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress)
+        done[d] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
+                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress))
         out.write_manifest()
 
     if options.notes and "note" not in done:

@@ -75,7 +75,9 @@ def _add_extract(sub) -> None:
                        description="Read an OMOP CDM into the canonical event stream (Parquet). The SQL runs "
                                    "inside the source database and streams back in Arrow batches.")
     p.add_argument("--source", required=True,
-                   help="DuckDB file, SQLAlchemy URL (postgresql://user@host/db) or folder of CSV/Parquet exports")
+                   help="DuckDB file, SQLAlchemy URL (postgresql://user@host/db), folder of CSV/Parquet exports, "
+                        "or Spark: spark://local[2]?database=NAME (the SQL runs in Spark SQL and the executors "
+                        "write the shards; --out must be a path every executor can write)")
     p.add_argument("--out", required=True, help="event directory to write (per-person events: keep it on site)")
     p.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
                                         "connection's default schema, e.g. public, on a server)")

@@ -247,7 +247,7 @@ class OmopCdm:
         is recognised, and anything else is treated as text.
         """
         stored, target = self._stored_kind(expr, column), type_kind(sqltype)
-        if self.db.dialect == "duckdb":
+        if self.db.dialect in ("duckdb", "spark"):      # Spark's TRY_CAST: NULL where ANSI CAST would fail
             if stored == "text" and target == "timestamp":     # DuckDB's timestamp cast refuses padded text
                 expr = f"TRIM({expr})"
             return f"TRY_CAST({expr} AS {sqltype})"
@@ -276,7 +276,7 @@ class OmopCdm:
             if c in raw_text:       # a typed view over text exports keeps the text it read beside the value
                 raw, parsed = self.raw(table, c, alias), value
             elif (type_kind(self.column_type(table, c) or "") == "text"
-                  and self.db.dialect in ("duckdb", "postgresql")):
+                  and self.db.dialect in ("duckdb", "postgresql", "spark")):
                 raw, parsed = value, self.cast(value, READ_AS[kind], (table, c))
             else:
                 continue

@@ -110,10 +110,16 @@ class Database:
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def connect(cls, source: "str | Path | Database", read_only: bool = True) -> "Database":
-        """Open a DuckDB file, a folder of CSV/CSV.gz/Parquet table exports, or a SQLAlchemy URL."""
+        """Open a DuckDB file, a folder of CSV/CSV.gz/Parquet table exports, a SQLAlchemy URL, or Spark (a
+        SparkSession, or ``spark://local[2]?database=NAME``: see omop_behrt.db.spark)."""
         if isinstance(source, Database):
             return source
+        from omop_behrt.db.spark import SparkDatabase, is_spark_session
+        if is_spark_session(source):
+            return SparkDatabase(source)
         s = str(source)
+        if s.startswith("spark://"):
+            return SparkDatabase.from_url(s)
         if "://" in s:
             return cls._connect_url(s)
         p = Path(s)

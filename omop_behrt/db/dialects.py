@@ -73,6 +73,14 @@ def dialects_of(template: str) -> tuple[str, ...]:
     return tuple(TARGETS)
 
 
+def _naive_timestamps(node: exp.Expression) -> exp.Expression:
+    """Spark: the templates' TIMESTAMP (DuckDB's and PostgreSQL's, without time zone) is TIMESTAMP_NTZ there; Spark's
+    own TIMESTAMP is an instant read in the session's time zone."""
+    if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.TIMESTAMP:
+        return exp.DataType.build("TIMESTAMP_NTZ", dialect="spark")
+    return node
+
+
 def _keep_binds(node: exp.Expression) -> exp.Expression:
     """A ``:name`` placeholder written back as ``:name`` whatever the target's own placeholder style."""
     if isinstance(node, exp.Placeholder) and node.name:
@@ -108,6 +116,8 @@ def _translate(sql: str, write: str, read: str) -> str:
                 "it binds a list as an array (unnest(CAST(:x AS T[])) or an array column), which this database "
                 "has no type for")
         tree = tree.transform(_keep_binds)
+        if write == "spark":
+            tree = tree.transform(_naive_timestamps)
         out.append(tree.sql(dialect=write, pretty=True, unsupported_level=sqlglot.ErrorLevel.RAISE))
     return ";\n".join(out)
 

@@ -1,7 +1,7 @@
 SELECT
   CAST(c.`cohort_definition_id` AS BIGINT) AS cohort_definition_id,
   CAST(c.`subject_id` AS BIGINT) AS subject_id,
-  CAST(c.`cohort_start_date` AS TIMESTAMP) AS index_date
+  CAST(c.`cohort_start_date` AS TIMESTAMP_NTZ) AS index_date
 FROM `bench_sql_dialects`.`cohort` AS c
 WHERE
   c.`cohort_definition_id` = :cohort_definition_id

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS `bench_sql_dialects_out`.`embedding_model` (
   model_id VARCHAR(64) NOT NULL,
   name VARCHAR(255) NOT NULL,
   dims INT NOT NULL,
-  created_at TIMESTAMP NOT NULL,
+  created_at TIMESTAMP_NTZ NOT NULL,
   config STRING NOT NULL,
   checksum VARCHAR(64) NOT NULL
 );
@@ -17,6 +17,6 @@ CREATE TABLE IF NOT EXISTS `bench_sql_dialects_out`.`embedding_run` (
   run_id VARCHAR(64) NOT NULL,
   model_id VARCHAR(64) NOT NULL,
   cohort_definition_id BIGINT NOT NULL,
-  created_at TIMESTAMP NOT NULL,
+  created_at TIMESTAMP_NTZ NOT NULL,
   provenance STRING NOT NULL
 )

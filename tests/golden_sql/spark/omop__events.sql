@@ -5,7 +5,7 @@ WITH src AS (
     e.`person_id` AS person_raw,
     CAST(e.`visit_start_date` AS DATE) AS start_date,
     e.`visit_start_date` AS start_raw,
-    CAST(e.`visit_start_datetime` AS TIMESTAMP) AS start_datetime,
+    CAST(e.`visit_start_datetime` AS TIMESTAMP_NTZ) AS start_datetime,
     e.`visit_start_datetime` AS start_datetime_raw,
     CAST(e.`visit_end_date` AS DATE) AS end_date,
     CAST(e.`visit_concept_id` AS BIGINT) AS concept_id,
@@ -25,8 +25,8 @@ SELECT
   s.person_id AS subject_id,
   CASE
     WHEN CAST(s.start_datetime AS DATE) = s.start_date
-    THEN CAST(s.start_datetime AS TIMESTAMP)
-    ELSE CAST(s.start_date AS TIMESTAMP)
+    THEN CAST(s.start_datetime AS TIMESTAMP_NTZ)
+    ELSE CAST(s.start_date AS TIMESTAMP_NTZ)
   END AS time,
   CASE
     WHEN c.`concept_id` IS NOT NULL
@@ -50,7 +50,7 @@ SELECT
   END AS visit_id,
   'visit' AS domain,
   CASE WHEN s.concept_id <> 0 THEN s.concept_id END AS concept_id,
-  CAST(s.end_date AS TIMESTAMP) AS end_time,
+  CAST(s.end_date AS TIMESTAMP_NTZ) AS end_time,
   CASE
     WHEN s.source_value IS NULL
     THEN NULL

@@ -18,8 +18,8 @@ SELECT
   s.person_id AS subject_id,
   CASE
     WHEN CAST(s.note_datetime AS DATE) = s.note_date
-    THEN CAST(s.note_datetime AS TIMESTAMP)
-    ELSE CAST(s.note_date AS TIMESTAMP)
+    THEN CAST(s.note_datetime AS TIMESTAMP_NTZ)
+    ELSE CAST(s.note_date AS TIMESTAMP_NTZ)
   END AS time,
   CAST(s.row_key AS STRING) AS note_id,
   s.title,

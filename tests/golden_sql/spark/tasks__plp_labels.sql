@@ -149,13 +149,13 @@ WITH target AS (
 )
 SELECT
   subject_id,
-  CAST(index_date AS TIMESTAMP) AS index_date,
+  CAST(index_date AS TIMESTAMP_NTZ) AS index_date,
   CAST(CASE
     WHEN outcome_date IS NOT NULL AND outcome_date <= COALESCE(op_end, outcome_date)
     THEN 1
     ELSE 0
   END AS SMALLINT) AS label,
-  CAST(outcome_date AS TIMESTAMP) AS outcome_date,
+  CAST(outcome_date AS TIMESTAMP_NTZ) AS outcome_date,
   CASE
     WHEN op_start IS NULL
     THEN 'index date outside every observation period'

@@ -1,0 +1,217 @@
+"""A CDM held in Apache Spark (local mode, a cluster, Databricks): the project's SQL run as Spark SQL.
+
+:class:`SparkDatabase` is a :class:`~omop_behrt.db.database.Database` over a SparkSession and one Spark database
+(the CDM schema): the catalogue comes from Spark's, every statement is translated from the templates'
+PostgreSQL dialect by sqlglot (``dialects.translate(..., "spark")``) and bound with Spark's own ``:name``
+parameters. Small results (counts, concept names) come back as Arrow; the events themselves never reach the
+driver: ``adapters.omop_spark`` has the executors write the event directory's shards.
+
+``spark://MASTER?database=NAME`` (MASTER: ``local[2]``, ``local[*]`` or ``host:port`` of a standalone master)
+opens a session of this process; a SparkSession passed in is used as it is and never stopped here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator, Mapping
+from urllib.parse import parse_qs
+
+import pyarrow as pa
+
+from omop_behrt.db.database import Database, SourceError, check_identifier, quote
+
+__all__ = ["SparkDatabase", "is_spark_session", "local_session", "load_duckdb_cdm"]
+
+
+def is_spark_session(obj: Any) -> bool:
+    """Whether ``obj`` is a SparkSession (checked by type name: pyspark is imported only when one is used)."""
+    return any(c.__name__ == "SparkSession" and c.__module__.startswith("pyspark") for c in type(obj).__mro__)
+
+
+#: settings for small CDMs and tests: a cold JVM spends most of a small query compiling (C1 only, no codegen)
+QUICK_CONF = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+              "spark.sql.codegen.wholeStage": "false", "spark.sql.shuffle.partitions": "2"}
+
+
+def local_session(master: str = "local[2]", driver_memory: str = "1g", app: str = "omop-behrt",
+                  conf: dict | None = None):
+    """A SparkSession for this process (workers run this Python, so they import omop_behrt as it is here);
+    ``conf``: more Spark settings (e.g. :data:`QUICK_CONF`)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise SourceError("Spark sources need pyspark (and a Java 17+ runtime): pip install 'omop-behrt[spark]'"
+                          ) from None
+    builder = (SparkSession.builder.master(master).appName(app)
+               .config("spark.driver.memory", driver_memory)
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.session.timeZone", "UTC"))
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+class SparkDatabase(Database):
+    """A CDM in one Spark database (``database`` plays the schema); queries run in Spark, results come as Arrow."""
+
+    def __init__(self, session, database: str = "default", *, partitions: int | None = None,
+                 owns_session: bool = False, description: str | None = None):
+        super().__init__(engine=SimpleNamespace(dialect=SimpleNamespace(name="spark")),
+                         description=description or f"spark:{database}")
+        self.engine = None
+        self.spark = session
+        self.database = check_identifier(database, "Spark database name")
+        #: how many partitions (hash of the person) the executors write the events in; None: the default parallelism
+        self.partitions = partitions
+        self._owns_session = owns_session
+        self._schemas: dict[tuple[str, str], list] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> "SparkDatabase":
+        """``spark://local[2]?database=cdm`` (or ``spark://host:7077?database=cdm``): a session of this process."""
+        rest = url.split("://", 1)[1]          # not urlsplit: it reads local[2] as an IPv6 address
+        host, _, qs = rest.partition("?")
+        host = host.rstrip("/") or "local[*]"
+        query = {k: v[-1] for k, v in parse_qs(qs).items()}
+        master = host if host.startswith("local") else f"spark://{host}"
+        unknown = set(query) - {"database", "partitions", "driver_memory"}
+        if unknown:
+            raise SourceError(f"{url}: unknown option(s) {', '.join(sorted(unknown))}; expected database, "
+                              f"partitions, driver_memory")
+        from pyspark.sql import SparkSession
+        running = SparkSession.getActiveSession()      # a session this process already runs is used, never stopped
+        session = running or local_session(master, query.get("driver_memory", "1g"))
+        parts_n = int(query["partitions"]) if "partitions" in query else None
+        return cls(session, query.get("database", "default"), partitions=parts_n, owns_session=running is None,
+                   description=f"spark://{host}?database={query.get('database', 'default')}")
+
+    # -- catalogue -------------------------------------------------------------------------------
+    @property
+    def default_schema(self) -> str:
+        return self.database
+
+    def schemas(self) -> list[str]:
+        return sorted(d.name for d in self.spark.catalog.listDatabases())
+
+    def tables(self, schema: str) -> dict[str, str]:
+        check_identifier(schema, "schema name")
+        if not self.spark.catalog.databaseExists(schema):
+            raise SourceError(f"database {schema!r} not found in {self.description}; databases present: "
+                              f"{', '.join(self.schemas())}")
+        return {t.name.lower(): t.name for t in self.spark.catalog.listTables(schema)}
+
+    def _fields(self, schema: str, table: str):
+        key = (schema, table)
+        if key not in self._schemas:        # one analysis per table (columns and column_types both ask)
+            self._schemas[key] = self.spark.table(self.qualify(schema, table).replace('"', "`")).schema.fields
+        return self._schemas[key]
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        return {f.name.lower(): f.name for f in self._fields(schema, table)}
+
+    def column_types(self, schema: str, table: str) -> dict[str, str]:
+        return {f.name.lower(): f.dataType.simpleString() for f in self._fields(schema, table)}
+
+    # -- running SQL -----------------------------------------------------------------------------
+    def translated(self, sql: str) -> str:
+        """Any statement (template or not: all are written in PostgreSQL's dialect) as Spark SQL."""
+        from omop_behrt.db.dialects import translate
+        return translate(sql, "spark", template=getattr(sql, "template", None))
+
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None):
+        """The query as a lazy Spark DataFrame (nothing runs until an action)."""
+        if getattr(sql, "template", None) == "omop/declared_unique.sql":
+            # Spark tables declare no keys (Delta's are informational): nothing is declared unique
+            return self.spark.sql("SELECT 1 AS declared WHERE 1 = 0")
+        args = {k: _arg(v) for k, v in dict(params or {}).items()}
+        return self.spark.sql(self.translated(sql), args=args or None)
+
+    def stream(self, sql: str, params: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
+               batch_rows: int = 1_000_000) -> Iterator[pa.RecordBatch]:
+        """A (small) query's result as Arrow batches; the events go through :meth:`frame` and the executors."""
+        table = arrow_of(self.frame(sql, params))
+        if schema is not None:
+            table = table.select(schema.names).cast(schema)
+        batches = table.to_batches(batch_rows)
+        yield from batches or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+
+    @contextmanager
+    def transaction(self) -> Iterator["SparkStatements"]:
+        """Spark SQL has no transactions: statements run one by one (the extraction only reads)."""
+        yield SparkStatements(self)
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.spark.stop()
+
+
+class SparkStatements:
+    """What :meth:`Database.transaction` yields, for Spark: each statement runs on its own."""
+
+    def __init__(self, db: SparkDatabase):
+        self.db = db
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        return [tuple(r) for r in self.db.frame(sql, params).collect()]
+
+    def execute_raw(self, sql: str) -> None:
+        self.db.spark.sql(sql).collect()
+
+
+def arrow_of(df) -> pa.Table:
+    """A DataFrame's rows as one Arrow table (small results only), timestamps without a time zone."""
+    table = df.toArrow()
+    fields = [pa.field(f.name, _plain(f.type)) for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us")
+    return t
+
+
+def _arg(value: Any):
+    """A bound value as Spark's ``args`` takes it (a list becomes a typed array column)."""
+    if isinstance(value, (list, tuple)):
+        from pyspark.sql import functions as F
+        return F.array(*[F.lit(v) for v in value]) if value else F.array()
+    return value
+
+
+# -- loading a CDM into Spark ------------------------------------------------------------------------
+def load_duckdb_cdm(session, duckdb_file: str | Path, database: str, parquet_dir: str | Path, *,
+                    schema: str = "main", tables: list[str] | None = None) -> list[str]:
+    """Copy the tables of a DuckDB CDM to Parquet (DuckDB's COPY) and register them as tables of ``database``.
+
+    Column names and types stay as stored (Eunomia's UPPER-CASE, DATE, TIMESTAMP read back as TIMESTAMP_NTZ).
+    Returns the table names registered.
+    """
+    import duckdb
+    check_identifier(database, "Spark database name")
+    parquet_dir = Path(parquet_dir)
+    parquet_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(duckdb_file), read_only=True)
+    try:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = $s "
+                                           "ORDER BY 1", {"s": schema}).fetchall()]
+        names = [n for n in names if tables is None or n.lower() in {t.lower() for t in tables}]
+        for name in names:
+            target = parquet_dir / f"{name.lower()}.parquet"
+            con.execute(f"COPY (SELECT * FROM {quote(schema)}.{quote(name)}) TO '{target}' (FORMAT parquet)")
+    finally:
+        con.close()
+    session.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    for name in names:
+        target = parquet_dir / f"{name.lower()}.parquet"
+        session.sql(f"DROP TABLE IF EXISTS `{database}`.`{name.lower()}`")
+        session.sql(f"CREATE TABLE `{database}`.`{name.lower()}` USING parquet LOCATION '{target.resolve()}'")
+    return [n.lower() for n in names]

@@ -1,0 +1,172 @@
+"""Spark as an engine, a source and a sink: the extraction SQL run by Spark SQL (local mode) equals DuckDB's.
+
+Eunomia and the Synthea 1k CDM are loaded into Spark databases through Parquet; ``omop.extract`` over a
+SparkDatabase (the executors write the shards) must give the events, persons, periods and quarantine of the
+DuckDB extraction of the same CDM, sorted and compared column by column. ``embed_spark`` must give the vectors
+of ``embed_cohort(..., exact=True)``. In CI (CI=true) a missing pyspark or Java is a failure; elsewhere a skip.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from omop_behrt.adapters import omop
+from omop_behrt.events import EventDir, validate_events, validate_persons
+
+CDM_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
+              "procedure_occurrence", "measurement", "observation", "device_exposure", "death", "concept",
+              "cdm_source"]
+
+
+def _spark_missing() -> str | None:
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install 'omop-behrt[spark]')"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "no Java runtime (java on PATH or JAVA_HOME) for Spark"
+    return None
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local[2] Spark session for this module, stopped afterwards."""
+    reason = _spark_missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but Spark cannot run: {reason}")
+        pytest.skip(f"Spark tests skipped: {reason}")
+    from omop_behrt.db.spark import QUICK_CONF, local_session
+    session = local_session("local[2]", "1g", app="omop-behrt-tests", conf=QUICK_CONF)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def eunomia_spark(spark, eunomia_db, tmp_path_factory):
+    from omop_behrt.db.spark import load_duckdb_cdm
+    load_duckdb_cdm(spark, eunomia_db, "eunomia", tmp_path_factory.mktemp("eunomia_parquet"), tables=CDM_TABLES)
+    return "eunomia"
+
+
+@pytest.fixture(scope="module")
+def synthea_duckdb(tmp_path_factory) -> Path:
+    from cdm_fixtures import build_duckdb_cdm
+    return build_duckdb_cdm(tmp_path_factory.mktemp("synthea") / "synthea.duckdb", "5.4", schema="cdm")
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.sort_by([(c, "ascending") for c in table.column_names])
+
+
+def assert_same_tables(got: pa.Table, want: pa.Table, what: str) -> None:
+    """Same schema, same rows in any order: both sorted by every column, then compared column by column."""
+    assert got.schema == want.schema, f"{what}: schema {got.schema} != {want.schema}"
+    assert got.num_rows == want.num_rows, f"{what}: {got.num_rows} rows, DuckDB {want.num_rows}"
+    got, want = _sorted(got), _sorted(want)
+    for name in want.column_names:
+        a, b = got[name].combine_chunks(), want[name].combine_chunks()
+        if not a.equals(b):
+            diff = pc.invert(pc.fill_null(pc.equal(a, b), False))
+            i = int(np.flatnonzero(diff.to_numpy(zero_copy_only=False))[0]) if pc.any(diff).as_py() else 0
+            pytest.fail(f"{what}: column {name} differs, first at sorted row {i}: {a[i]} vs DuckDB {b[i]}")
+
+
+def assert_same_extraction(spark_dir: EventDir, duck_dir: EventDir, spark_summary, duck_summary) -> None:
+    assert_same_tables(spark_dir.read_events(), duck_dir.read_events(), "events")
+    assert_same_tables(spark_dir.persons(), duck_dir.persons(), "persons")
+    assert spark_dir.persons()["subject_id"].to_pylist() == sorted(spark_dir.persons()["subject_id"].to_pylist())
+    assert_same_tables(spark_dir.observation_periods(), duck_dir.observation_periods(), "observation periods")
+    assert_same_tables(spark_dir.quarantine(), duck_dir.quarantine(), "quarantine")
+    for key in ("persons", "events_in", "events_out", "quarantined", "events_by_domain", "quarantined_by_reason",
+                "notes", "checks", "skipped", "visits", "rebuilt_visits"):
+        assert getattr(spark_summary, key) == getattr(duck_summary, key), key
+    s = spark_summary
+    assert s.events_in == s.events_out + s.quarantined          # counts in = out + quarantined
+    validate_events(spark_dir.read_events())
+    validate_persons(spark_dir.persons())
+    codes = duck_dir.descriptions()
+    assert_same_tables(spark_dir.descriptions(), codes, "code descriptions")
+
+
+def assert_partitioned_by_person(out: EventDir) -> None:
+    """Each person's events sit in shards of one partition (the executors' hash partitioning)."""
+    seen: dict[int, str] = {}
+    files = out.event_files()
+    assert files and all("-p" in f.name for f in files)
+    for f in files:
+        part = f.name.split("-p")[1].split("-")[0]
+        for s in pc.unique(pq.read_table(f, columns=["subject_id"])["subject_id"]).to_pylist():
+            assert seen.setdefault(s, part) == part, f"person {s} in partitions {seen[s]} and {part}"
+
+
+def test_eunomia_through_spark_equals_duckdb(spark, eunomia_spark, eunomia_events, tmp_path):
+    """Eunomia (5.3, UPPER-CASE columns, text-typed values) through Spark SQL: DuckDB's extraction exactly."""
+    from omop_behrt.db.spark import SparkDatabase
+    db = SparkDatabase(spark, eunomia_spark)
+    summary = omop.extract(db, tmp_path / "ev", progress=False)
+    out = EventDir.open(tmp_path / "ev")
+    duck_summary = omop.ExtractSummary(**{k: v for k, v in eunomia_events.manifest["summary"].items()})
+    assert_same_extraction(out, eunomia_events, summary, duck_summary)
+    assert_partitioned_by_person(out)
+    assert summary.events_out == 217_014 and summary.persons == 2_694
+    assert not (out.path / ".spark").exists()
+
+
+def test_synthea_through_spark_equals_duckdb(spark, synthea_duckdb, tmp_path):
+    """The Synthea 1k CDM (5.4, official DDL types, deaths, devices) through Spark SQL: DuckDB's extraction."""
+    from omop_behrt.db.spark import SparkDatabase, load_duckdb_cdm
+    load_duckdb_cdm(spark, synthea_duckdb, "synthea", tmp_path / "parquet", schema="cdm", tables=CDM_TABLES)
+    got = omop.extract(SparkDatabase(spark, "synthea"), tmp_path / "spark", progress=False)
+    want = omop.extract(synthea_duckdb, tmp_path / "duck", cdm_schema="cdm", progress=False)
+    assert "death" in got.events_by_domain and "device" in got.events_by_domain
+    assert_same_extraction(EventDir.open(tmp_path / "spark"), EventDir.open(tmp_path / "duck"), got, want)
+
+
+def test_spark_url_and_person_filter(spark, eunomia_spark, eunomia_events, tmp_path):
+    """``spark://local[2]?database=NAME`` opens the running session (not stopped on close); filters apply."""
+    from omop_behrt.db.database import Database
+    db = Database.connect(f"spark://local[2]?database={eunomia_spark}")
+    assert db.dialect == "spark" and db.default_schema == eunomia_spark
+    ids = eunomia_events.persons()["subject_id"].to_pylist()[:5] + [987654321]
+    opts = omop.ExtractOptions(person_ids=ids, domains=["visit"])
+    s = omop.extract(db, tmp_path / "few", options=opts, progress=False)
+    db.close()
+    assert not spark.sparkContext._jsc.sc().isStopped()
+    want = eunomia_events.read_events()
+    want = want.filter(pc.and_(pc.is_in(want["subject_id"], pa.array(ids[:5], pa.int64())),
+                               pc.equal(want["domain"], "visit")))
+    assert_same_tables(EventDir.open(tmp_path / "few").read_events(), want, "filtered events")
+    assert s.persons == 5 and "1 of the --person-ids are not in the person table" in s.warnings
+
+
+def test_embed_spark_equals_embed_cohort(spark, eunomia_events, tiny_model, tmp_path):
+    """Vectors computed by executors over person partitions equal one exact ``embed_cohort`` run."""
+    from omop_behrt.vectors.embed import embed_cohort
+    from omop_behrt.vectors.spark import embed_spark
+    persons = eunomia_events.persons().slice(0, 60)
+    index = pa.table({"cohort_definition_id": pa.array([7] * persons.num_rows, pa.int64()),
+                      "subject_id": persons["subject_id"],
+                      "index_date": pa.array(np.datetime64("2010-01-01", "D").repeat(persons.num_rows))})
+    df = spark.createDataFrame(index)
+    got = embed_spark(df, eunomia_events.path, tiny_model).toArrow()
+    ref = embed_cohort(tiny_model, eunomia_events, index, progress=False, device="cpu", exact=True)
+    keep = ref.has_history
+    assert got.num_rows == int(keep.sum()) > 0
+    got = got.sort_by("subject_id")
+    order = np.argsort(index["subject_id"].to_numpy()[keep], kind="stable")
+    want_ids = index["subject_id"].to_numpy()[keep][order]
+    assert got["subject_id"].to_numpy().tolist() == want_ids.tolist()
+    vectors = np.stack(got["embedding"].to_numpy(zero_copy_only=False))
+    assert np.abs(vectors - ref.vectors[keep][order]).max() <= 1e-5
+    from omop_behrt.vectors.embed import model_checksum
+    assert set(got["model_id"].to_pylist()) == {model_checksum(tiny_model)}
+    assert got["index_date"].to_pylist()[0].isoformat() == "2010-01-01"
+    assert got.schema.field("embedding").type.value_type == pa.float32()

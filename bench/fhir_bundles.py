@@ -1,6 +1,7 @@
 """FHIR extract on whole Synthea R4 transaction bundles, next to the ceiling of only parsing the same bytes.
 
-    python bench/fhir_bundles.py [--copies 120] [--rounds 3] [--workers 2] [--baseline REF] [--keep DIR]
+    python bench/fhir_bundles.py [--copies 120] [--rounds 3] [--workers 2] [--baseline REF] [--one-worker]
+                                 [--keep DIR]
 
 Replicates the 5 real Synthea bundles of ``../shared/data/fhir_r4_bundles_5`` ``--copies`` times with new ids
 (every UUID, ids and references alike, gets a copy suffix: new patients, no duplicates), then times, each in its
@@ -8,6 +9,7 @@ own process and in alternated rounds (medians reported):
 
 * extract      ``omop_behrt.adapters.fhir.extract`` end to end with ``--workers`` processes (this checkout)
 * extract@REF  the same with ``adapters/`` as it was at git ``--baseline`` (the before figure, same run)
+* (1 worker)   with ``--one-worker``: both again in one process, whose CPU time has no pool in it
 * orjson       the parse ceiling: read each file and ``orjson.loads`` it whole, 1 and 2 processes
 * partial      msgspec reads the entries as raw bytes, the resourceType is peeked, and only the resources of
                types with a view (and Patient) are parsed with orjson: 1 and 2 processes (what extract's reader
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline", help="git ref whose adapters/ give the 'before' extract figure (same run)")
+    ap.add_argument("--one-worker", action="store_true",
+                    help="also extract in one process (this checkout and --baseline): CPU time without the pool")
     ap.add_argument("--source", default=str(SOURCE))
     ap.add_argument("--keep", help="build the replicated input here and keep it")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fhir_bundles.json"))
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             _baseline_adapters(args.baseline, base)
             variants[f"extract@{args.baseline} ({w} workers)"] = ("extract", str(src), str(work / "events-b"), w,
                                                                   str(base))
+        if args.one_worker:
+            for name, v in list(variants.items()):
+                variants[name.replace(f"({w} workers)", "(1 worker)")] = v[:2] + (v[2] + "-1", "1") + v[4:]
         for k in ("1", "2"):
             variants[f"orjson parse ({k} proc)"] = ("parse", str(src), "orjson", k)
         try:
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                              "cpu_min_s": round(min(x["cpu"] for x in rs), 3),
                              "resources_per_s": round(n / wall), "mb_per_s": round(size / 1e6 / wall, 1),
                              "resources_per_cpu_s": round(n / cpu), "walls": [round(x["wall"], 3) for x in rs],
+                             "cpus": [round(x["cpu"], 3) for x in rs],
                              "load_1min_before": [x["load_1min_before"] for x in rs],
                              **{k: rs[0][k] for k in ("events", "persons", "quarantined", "ignored") if k in rs[0]}}
         ours = results[f"extract ({w} workers)"]
@@ -207,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             before = results[f"extract@{args.baseline} ({w} workers)"]
             ratios["extract_over_baseline"] = round(ours["resources_per_s"] / before["resources_per_s"], 2)
+            ratios["extract_over_baseline_cpu"] = round(before["cpu_s"] / ours["cpu_s"], 2)
+            if args.one_worker:
+                one, one_before = results["extract (1 worker)"], results[f"extract@{args.baseline} (1 worker)"]
+                ratios["extract_over_baseline_1_worker_cpu"] = round(one_before["cpu_s"] / one["cpu_s"], 2)
+                ratios["orjson_1proc_over_extract_1_worker_cpu"] = round(
+                    results["orjson parse (1 proc)"]["resources_per_cpu_s"] / one["resources_per_cpu_s"], 2)
         out = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
                           f"{platform.python_version()}",
                "input": {"bundles": args.copies * 5, "bytes": size, "resources": ours["resources"],

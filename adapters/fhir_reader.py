@@ -9,7 +9,9 @@ bytes (msgspec checks the whole document's syntax without building Python object
 peeked from its first bytes, and only the resources of ``wanted`` types are parsed (orjson); the others come back
 unparsed, as their type name (``Item.skipped``). On Synthea bundles half the bytes are Claims and
 ExplanationOfBenefits, which have no view. Anything unusual (a Bundle msgspec does not take, a resource whose type
-is not its first member, bytes that are not UTF-8) goes the plain orjson way, so the result is the same.
+is not its first member, bytes that are not UTF-8, nesting too deep) goes the plain orjson way, so the result is
+the same. One difference is left: a number beyond the double range (``1e400``) inside a resource that is not
+parsed; orjson refuses the whole Bundle (or NDJSON line) as malformed, skimming counts the resource as its type.
 NDJSON lines are skimmed alike (``read_ndjson(path, wanted)``): a line of an unwanted type is only checked (msgspec:
 well-formed, UTF-8, that resourceType) and counted, as bulk exports' Claim and ExplanationOfBenefit files are.
 """
@@ -299,7 +301,7 @@ def _is_typed(line: bytes, rt: str) -> bool:
             return False
     try:
         return _TYPED.decode(line).resourceType == rt
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return False
 
 
@@ -346,9 +348,13 @@ def _skim(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[dict, list[It
         except UnicodeDecodeError:
             return None
     try:
-        doc = _BUNDLE.decode(data)
-    except msgspec.MsgspecError:     # malformed, or not shaped like a Bundle: the plain reader says why
-        return None
+        return _entries(_BUNDLE.decode(data), wanted)
+    except (msgspec.MsgspecError, orjson.JSONDecodeError, RecursionError):
+        return None                  # malformed, too deep, or not shaped like a Bundle: the plain reader says why
+
+
+def _entries(doc: object, wanted: frozenset[str] | set[str]) -> tuple[dict, list[Item]] | None:
+    """The Items and fullUrl map of a Bundle read as raw entries (:func:`_skim`)."""
     if doc.resourceType != "Bundle" or doc.type not in _BUNDLE_TYPES:
         return None
     urls: dict = {}

@@ -139,10 +139,13 @@ def test_skimming_odd_bundles_matches_plain_reading(tmp_path, monkeypatch):
     twice = json.dumps(c5)[:-1] + ', "resourceType": "Claim"}'
     twice = twice.replace('"Condition"', '"Claim"', 1)[:-len('"Claim"}')] + '"Condition"}'   # Claim ... Condition
     (src / "e.json").write_text('{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": %s}]}' % twice)
+    for name, depth in (("f.json", 1010), ("g.json", 1100)):   # deeper than msgspec goes; g deeper than orjson
+        deep = '{"resourceType": "Claim", "x": %s}' % ("[" * depth + "]" * depth)
+        (src / name).write_text('{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": %s}]}' % deep)
     skim, plain = _extract_both(src, tmp_path, monkeypatch)
     _same(skim, plain)
     s = skim[0]
-    assert s.ignored_by_type == {"Claim": 3, "ExplanationOfBenefit": 1, "Practitioner": 1}
+    assert s.ignored_by_type == {"Claim": 4, "ExplanationOfBenefit": 1, "Practitioner": 1}
     assert s.resources_by_type["NotAType"] == 1 and s.events_out == 4     # c2, c3, c5 and the Encounter e1
     reasons = " | ".join(s.quarantined_by_reason)
     assert "subject Practitioner/pr1 is not a Patient" in reasons and "malformed JSON" in reasons
@@ -161,7 +164,9 @@ def test_skimming_odd_ndjson_matches_plain_reading(tmp_path, monkeypatch):
              json.dumps(dict(claim, note="@")).replace("@", "\\udcff"),                 # lone surrogate escape
              '{"resourceType": "Claim", "id": "k2", "resourceType": "Condition"}',      # the last one counts
              '{"id": "k3", "resourceType": "Claim"}', '{"resourceType": "Nonsense", "id": "n"}',
-             json.dumps(dict(claim, id="k4", note="na\u00efve"), ensure_ascii=False), "[1, 2]"]
+             json.dumps(dict(claim, id="k4", note="na\u00efve"), ensure_ascii=False), "[1, 2]",
+             '{"resourceType": "Claim", "x": %s}' % ("[" * 1010 + "]" * 1010),            # deeper than msgspec
+             '{"resourceType": "Claim", "x": %s}' % ("[" * 1100 + "]" * 1100)]            # and than orjson
     src = tmp_path / "in"
     src.mkdir()
     (src / "mixed.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -170,7 +175,7 @@ def test_skimming_odd_ndjson_matches_plain_reading(tmp_path, monkeypatch):
     skim, plain = _extract_both(src, tmp_path, monkeypatch)
     _same(skim, plain)
     s = skim[0]
-    assert s.ignored_by_type == {"Claim": 4} and s.events_out == 1 and s.persons == 1
+    assert s.ignored_by_type == {"Claim": 5} and s.events_out == 1 and s.persons == 1
     assert s.resources_by_type["Nonsense"] == 1
     reasons = " | ".join(s.quarantined_by_reason)
     assert "malformed JSON" in reasons and "not a JSON object" in reasons

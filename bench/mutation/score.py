@@ -1,0 +1,48 @@
+"""Score of one mutmut run: mutants killed / checked, per status, and the survivors' names -> bench/results JSON."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+
+def score(work: Path) -> dict:
+    """Read the ``.meta`` files mutmut wrote under ``work/mutants`` (exit code of the tests per mutant)."""
+    status: dict[str, str] = {}
+    for meta in sorted((work / "mutants").rglob("*.meta")):
+        for name, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+            status[name] = status_by_exit_code[code]
+    counts = Counter(status.values())
+    killed = counts["killed"] + counts["timeout"] + counts["caught by type check"]
+    checked = killed + counts["survived"] + counts["suspicious"]
+    reached = checked + counts["no tests"]
+    return {"mutants": len(status), "checked": checked, "killed": killed,
+            "score": round(killed / checked, 4) if checked else None,
+            "score_with_untested": round(killed / reached, 4) if reached else None,
+            "by_status": dict(sorted(counts.items())),
+            "survived": sorted(k for k, v in status.items() if v == "survived"),
+            "no_tests": sorted(k for k, v in status.items() if v == "no tests")}
+
+
+def main() -> int:
+    module, work, cfg, out, seconds = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+    res = json.loads(out.read_text()) if out.exists() else {"tool": "mutmut 3.8.1", "modules": {}}
+    row = score(work)
+    row["config"] = cfg.read_text().split("[mutmut]", 1)[1].strip()
+    row["mutants_run"] = os.environ.get("MUTANTS", "all")       # the name patterns given to mutmut run
+    row["seconds"] = float(seconds)
+    row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    res["modules"][module] = row
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"{module}: {row['killed']}/{row['checked']} killed ({row['score']}; {row['score_with_untested']} counting "
+          f"the {len(row['no_tests'])} mutants no selected test reaches), {len(row['survived'])} survived -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,9 +50,16 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def eunomia_spark(spark, eunomia_db, tmp_path_factory):
+def eunomia_parquet(spark, eunomia_db, tmp_path_factory) -> Path:
+    """Eunomia's CDM tables as Parquet, registered as the Spark database ``eunomia``."""
     from omop_behrt.db.spark import load_duckdb_cdm
-    load_duckdb_cdm(spark, eunomia_db, "eunomia", tmp_path_factory.mktemp("eunomia_parquet"), tables=CDM_TABLES)
+    folder = tmp_path_factory.mktemp("eunomia_parquet")
+    load_duckdb_cdm(spark, eunomia_db, "eunomia", folder, tables=CDM_TABLES)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eunomia_spark(eunomia_parquet) -> str:
     return "eunomia"
 
 
@@ -130,21 +137,31 @@ def test_synthea_through_spark_equals_duckdb(spark, synthea_duckdb, tmp_path):
     assert_same_extraction(EventDir.open(tmp_path / "spark"), EventDir.open(tmp_path / "duck"), got, want)
 
 
-def test_spark_url_and_person_filter(spark, eunomia_spark, eunomia_events, tmp_path):
-    """``spark://local[2]?database=NAME`` opens the running session (not stopped on close); filters apply."""
+def test_cli_spark_url_and_filters(spark, eunomia_parquet, eunomia_db, eunomia_events, tmp_path, capsys):
+    """``extract --source spark://local[2]?database=NAME&parquet=DIR`` registers the Parquet tables, uses the
+    running session (not stopped), and applies the filters in Spark SQL as DuckDB does: bound person ids, and
+    index dates (censoring: two bound arrays zipped, events strictly before each person's date)."""
+    from omop_behrt.cli.main import main
     from omop_behrt.db.database import Database
-    db = Database.connect(f"spark://local[2]?database={eunomia_spark}")
-    assert db.dialect == "spark" and db.default_schema == eunomia_spark
-    ids = eunomia_events.persons()["subject_id"].to_pylist()[:5] + [987654321]
-    opts = omop.ExtractOptions(person_ids=ids, domains=["visit"])
-    s = omop.extract(db, tmp_path / "few", options=opts, progress=False)
+    url = f"spark://local[2]?database=eunomia_url&parquet={eunomia_parquet}"
+    db = Database.connect(url)
+    assert db.dialect == "spark" and db.default_schema == "eunomia_url" and "person" in db.tables("eunomia_url")
+    persons = eunomia_events.persons()["subject_id"].to_pylist()[:8]
+    ids = persons[:6] + [987654321]
+    index = tmp_path / "index.csv"
+    index.write_text("subject_id,index_date\n" + "".join(f"{s},{1960 + 8 * i}-06-15\n" for i, s in enumerate(persons)))
+    args = ["--domains", "visit,condition", "--quiet", "--person-ids", ",".join(map(str, ids)), "--index-dates",
+            str(index)]
+    assert main(["extract", "--source", url, "--out", str(tmp_path / "spark"), *args]) == 0
+    assert "1 of the --person-ids are not in the person table" in capsys.readouterr().out
     db.close()
     assert not spark.sparkContext._jsc.sc().isStopped()
-    want = eunomia_events.read_events()
-    want = want.filter(pc.and_(pc.is_in(want["subject_id"], pa.array(ids[:5], pa.int64())),
-                               pc.equal(want["domain"], "visit")))
-    assert_same_tables(EventDir.open(tmp_path / "few").read_events(), want, "filtered events")
-    assert s.persons == 5 and "1 of the --person-ids are not in the person table" in s.warnings
+    assert main(["extract", "--source", str(eunomia_db), "--out", str(tmp_path / "duck"), *args]) == 0
+    got, want = EventDir.open(tmp_path / "spark"), EventDir.open(tmp_path / "duck")
+    assert 0 < want.read_events().num_rows < eunomia_events.read_events().num_rows
+    assert_same_tables(got.read_events(), want.read_events(), "filtered, censored events")
+    assert_same_tables(got.persons(), want.persons(), "filtered persons")
+    assert got.persons().num_rows == 6
 
 
 def test_embed_spark_equals_embed_cohort(spark, eunomia_events, tiny_model, tmp_path):

@@ -81,6 +81,21 @@ def _naive_timestamps(node: exp.Expression) -> exp.Expression:
     return node
 
 
+def _zipped_explodes(node: exp.Expression) -> exp.Expression:
+    """Spark: ``SELECT unnest(a) AS x, unnest(b) AS y`` (PostgreSQL zips the arrays) as ``SELECT
+    inline(arrays_zip(a, b)) AS (x, y)``: Spark allows one generator per SELECT."""
+    if not isinstance(node, exp.Select) or len(node.expressions) < 2:
+        return node
+    pairs = [(p.alias, p.this) for p in node.expressions
+             if isinstance(p, exp.Alias) and isinstance(p.this, exp.Explode)]
+    if len(pairs) != len(node.expressions):
+        return node
+    args = ", ".join(e.this.sql(dialect="spark") for _, e in pairs)
+    zipped = sqlglot.parse_one(f"SELECT inline(arrays_zip({args})) AS ({', '.join(a for a, _ in pairs)})", read="spark")
+    node.set("expressions", zipped.expressions)
+    return node
+
+
 def _keep_binds(node: exp.Expression) -> exp.Expression:
     """A ``:name`` placeholder written back as ``:name`` whatever the target's own placeholder style."""
     if isinstance(node, exp.Placeholder) and node.name:
@@ -118,6 +133,7 @@ def _translate(sql: str, write: str, read: str) -> str:
         tree = tree.transform(_keep_binds)
         if write == "spark":
             tree = tree.transform(_naive_timestamps)
+            tree = tree.transform(_zipped_explodes)
         out.append(tree.sql(dialect=write, pretty=True, unsupported_level=sqlglot.ErrorLevel.RAISE))
     return ";\n".join(out)
 

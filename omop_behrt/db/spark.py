@@ -7,7 +7,10 @@ parameters. Small results (counts, concept names) come back as Arrow; the events
 driver: ``adapters.omop_spark`` has the executors write the event directory's shards.
 
 ``spark://MASTER?database=NAME`` (MASTER: ``local[2]``, ``local[*]`` or ``host:port`` of a standalone master)
-opens a session of this process; a SparkSession passed in is used as it is and never stopped here.
+opens a session of this process (or uses the one it already runs); ``&parquet=DIR`` first registers each
+``DIR/<table>.parquet`` as a table of NAME (a local session keeps no catalogue between processes);
+``&partitions=N`` sets how many person-hash partitions write the events. A SparkSession passed in is used as it
+is and never stopped here.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from urllib.parse import parse_qs
 
 import pyarrow as pa
 
-from omop_behrt.db.database import Database, SourceError, check_identifier, quote
+from omop_behrt.db.database import Database, SourceError, check_identifier, quote, sql_literal
 
 __all__ = ["SparkDatabase", "is_spark_session", "local_session", "load_duckdb_cdm"]
 
@@ -80,14 +83,16 @@ class SparkDatabase(Database):
         host = host.rstrip("/") or "local[*]"
         query = {k: v[-1] for k, v in parse_qs(qs).items()}
         master = host if host.startswith("local") else f"spark://{host}"
-        unknown = set(query) - {"database", "partitions", "driver_memory"}
+        unknown = set(query) - {"database", "partitions", "driver_memory", "parquet"}
         if unknown:
             raise SourceError(f"{url}: unknown option(s) {', '.join(sorted(unknown))}; expected database, "
-                              f"partitions, driver_memory")
+                              f"partitions, driver_memory, parquet")
         from pyspark.sql import SparkSession
         running = SparkSession.getActiveSession()      # a session this process already runs is used, never stopped
         session = running or local_session(master, query.get("driver_memory", "1g"))
         parts_n = int(query["partitions"]) if "partitions" in query else None
+        if "parquet" in query:     # a folder of <table>.parquet: registered as the database's tables
+            register_parquet(session, query.get("database", "default"), query["parquet"])
         return cls(session, query.get("database", "default"), partitions=parts_n, owns_session=running is None,
                    description=f"spark://{host}?database={query.get('database', 'default')}")
 
@@ -206,12 +211,26 @@ def load_duckdb_cdm(session, duckdb_file: str | Path, database: str, parquet_dir
         names = [n for n in names if tables is None or n.lower() in {t.lower() for t in tables}]
         for name in names:
             target = parquet_dir / f"{name.lower()}.parquet"
-            con.execute(f"COPY (SELECT * FROM {quote(schema)}.{quote(name)}) TO '{target}' (FORMAT parquet)")
+            con.execute(f"COPY (SELECT * FROM {quote(schema)}.{quote(name)}) TO {sql_literal(str(target))} "
+                        f"(FORMAT parquet)")
     finally:
         con.close()
+    return register_parquet(session, database, parquet_dir)
+
+
+def register_parquet(session, database: str, folder: str | Path) -> list[str]:
+    """Register each ``<table>.parquet`` (a file or a folder of parts) of ``folder`` as a table of ``database``
+    (created if needed; the files stay where they are). Returns the table names."""
+    check_identifier(database, "Spark database name")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceError(f"parquet={folder}: not a folder of <table>.parquet files")
+    files = {check_identifier(f.name[:-len(".parquet")], "table name").lower(): f
+             for f in sorted(folder.glob("*.parquet"))}
+    if not files:
+        raise SourceError(f"parquet={folder}: no <table>.parquet file or folder in it")
     session.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    for name in names:
-        target = parquet_dir / f"{name.lower()}.parquet"
-        session.sql(f"DROP TABLE IF EXISTS `{database}`.`{name.lower()}`")
-        session.sql(f"CREATE TABLE `{database}`.`{name.lower()}` USING parquet LOCATION '{target.resolve()}'")
-    return [n.lower() for n in names]
+    for name, f in files.items():
+        session.sql(f"DROP TABLE IF EXISTS `{database}`.`{name}`")
+        session.catalog.createTable(f"`{database}`.`{name}`", path=str(f.resolve()), source="parquet")
+    return sorted(files)

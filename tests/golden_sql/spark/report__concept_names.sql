@@ -1,7 +1,6 @@
 WITH wanted AS (
   SELECT
-    EXPLODE(CAST(:vocabs AS ARRAY<STRING>)) AS vocabulary_id,
-    EXPLODE(CAST(:codes AS ARRAY<STRING>)) AS concept_code
+    INLINE(ARRAYS_ZIP(CAST(:vocabs AS ARRAY<STRING>), CAST(:codes AS ARRAY<STRING>))) AS (vocabulary_id, concept_code)
 )
 SELECT
   w.vocabulary_id || '/' || w.concept_code AS token,

@@ -1,7 +1,6 @@
 WITH target AS (
   SELECT
-    EXPLODE(CAST(:t_subject AS ARRAY<BIGINT>)) AS subject_id,
-    EXPLODE(CAST(:t_date AS ARRAY<DATE>)) AS index_date
+    INLINE(ARRAYS_ZIP(CAST(:t_subject AS ARRAY<BIGINT>), CAST(:t_date AS ARRAY<DATE>))) AS (subject_id, index_date)
 ), occ AS (
   SELECT
     CAST(e.`PERSON_ID` AS BIGINT) AS person_id,

@@ -1,14 +1,18 @@
 """Fast tests that kill mutants of omop_behrt/events.py which test_events.py let survive (bench/mutation.sh).
 
 The quarantine of an event directory is read from every ``quarantine*.parquet`` file with its schema (a reader
-that returned nothing, or missed a file, passed test_events.py); ``read_events(columns)`` reads those columns.
+that returned nothing, or missed a file, passed test_events.py); ``read_events(columns)`` reads those columns;
+validate_persons names the table in its errors; rebuilt visit ids are exactly the documented splitmix64 of
+(subject, day), checked against a plain-Python computation (a changed constant or shift passed before).
 """
 from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from omop_behrt.events import EVENTS_SCHEMA, QUARANTINE_SCHEMA, EventDir
 
@@ -42,3 +46,46 @@ def test_read_events_reads_the_columns_asked(tmp_path):
     pq.write_table(t, tmp_path / "events" / "part-0.parquet")
     got = EventDir(tmp_path).read_events(["code"])
     assert got.column_names == ["code"] and got["code"].to_pylist() == ["A/1", "B/2"]
+
+
+def test_quarantine_is_read_with_its_schema(tmp_path):
+    """A quarantine file written with narrower types (int32 ids, ms times) comes back in QUARANTINE_SCHEMA."""
+    t = _quarantine_rows("measurement", 2)
+    narrow = t.cast(pa.schema([f.with_type(pa.int32()) if f.name == "subject_id" else
+                               f.with_type(pa.timestamp("ms")) if f.name == "time" else f for f in t.schema]))
+    pq.write_table(narrow, tmp_path / "quarantine-omop.parquet")
+    q = EventDir(tmp_path).quarantine()
+    assert q.schema == QUARANTINE_SCHEMA and q.equals(t)
+
+
+def test_validate_persons_names_what_it_checks():
+    from omop_behrt.events import EventSchemaError, validate_persons
+    t = pa.table({"subject_id": pa.array([1, None, None], pa.int64()), "birth_date": pa.array([None] * 3, pa.date32())})
+    with pytest.raises(EventSchemaError, match=r"^persons: column 'subject_id' has 2 null values$"):
+        validate_persons(t)
+    with pytest.raises(EventSchemaError, match=r"^site A: column 'subject_id' has 2 null values$"):
+        validate_persons(t, "site A")
+    with pytest.raises(EventSchemaError, match=r"^site A: "):
+        validate_persons(pa.table({"subject_id": pa.array(["x"])}), "site A")
+
+
+def _splitmix_visit(subject: int, day: int) -> int:
+    """The rebuilt visit id written out with Python integers (mod 2**64), independently of numpy."""
+    m = (1 << 64) - 1
+    z = ((subject & m) * 0x9E3779B97F4A7C15 + (day & m)) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    z ^= z >> 31
+    return -(z >> 2) - 1
+
+
+def test_rebuilt_visit_ids_are_the_documented_hash():
+    from omop_behrt.events import rebuilt_visit_ids
+    subjects = np.array([1, 2, 123456789, 2**40 + 7, 1], dtype=np.int64)
+    times = np.array(["2010-03-04T10:00", "2010-03-04T23:59", "1999-12-31T00:00", "2024-02-29T12:00",
+                      "1965-06-01T08:30"], dtype="datetime64[us]")
+    days = (times.astype("datetime64[D]") - np.datetime64("1970-01-01", "D")).astype(int)
+    expected = [_splitmix_visit(int(s), int(d)) for s, d in zip(subjects, days)]
+    got = rebuilt_visit_ids(subjects, times.astype(np.int64))
+    assert got.tolist() == expected
+    assert (got < 0).all() and len(set(expected)) == 5

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,7 @@ from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuf
                                              description_counts)
 from omop_behrt.adapters.fhir_pool import exit_if_orphaned
 from omop_behrt.adapters.fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
+from omop_behrt.adapters.view_codegen import compile_views
 from omop_behrt.adapters.viewdefinition import View, ViewError, load_views
 
 _MASK63 = (1 << 63) - 1
@@ -75,6 +78,17 @@ def _event_columns(view: View) -> tuple:
 
 
 _VIEWS: dict[tuple, dict[str, View]] = {}
+_COMBINED: dict[tuple, Callable] = {}
+
+
+def _combined(views: list[View]) -> Callable[[dict], tuple]:
+    """The views of one type as one generated function (once per process for the same compiled views)."""
+    key = tuple(id(v) for v in views)
+    hit = _COMBINED.get(key)
+    if hit is None or hit.views != views:
+        hit = _COMBINED[key] = compile_views(views, "type_" + re.sub(r"\W", "_", views[0].resource))
+        hit.views = list(views)
+    return hit
 
 
 def load_fhir_views(views: str | Path | None = None) -> dict[str, View]:
@@ -135,6 +149,8 @@ class Part:
             self.note_types = NOTE_TYPES
             self.note_views = {t: self.by_type.pop(t) for t in NOTE_TYPES if t in self.by_type}
             self.notes = NoteReader(index, self.out, self._known)
+        # each type's views as one generated function (adapters/view_codegen.py): their common paths run once
+        self.type_rows = {t: _combined(vs) for t, vs in (self.by_type | self.note_views).items()}
         # the types the readers parse (the others are counted from their peeked type, unparsed);
         # --validate checks every resource, so it parses them all
         self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
@@ -278,11 +294,18 @@ class Part:
     def _event(self, res: dict, views: list[View], source: str, row: str, urls: dict, key: int) -> str | None:
         """Run the type's views on one resource; all its rows go to the buffer, or a reason is returned."""
         found = []
-        for view in views:
-            try:
-                rows = view.rows(res)
-            except ViewError as e:
-                return str(e)
+        try:
+            all_rows = self.type_rows[res["resourceType"]](res)
+        except ViewError:             # the loop below runs view by view, so the error is the one it always was
+            all_rows = None
+        for k, view in enumerate(views):
+            if all_rows is not None:
+                rows = all_rows[k]
+            else:
+                try:
+                    rows = view.rows(res)
+                except ViewError as e:
+                    return str(e)
             if not rows:
                 continue
             at = _event_columns(view)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omop_behrt.adapters.fhirpath import Compiler, FhirPathError
+from omop_behrt.adapters.view_codegen import compile_views
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _CONSTANT_KEYS = ("valueBase64Binary", "valueBoolean", "valueCanonical", "valueCode", "valueDate",
@@ -44,7 +45,7 @@ class Column:
 class View:
     """A compiled ViewDefinition. ``View(definition_dict)`` validates and compiles; ``rows(resource)`` runs it."""
 
-    def __init__(self, definition: dict, origin: str = "ViewDefinition"):
+    def __init__(self, definition: dict, origin: str = "ViewDefinition", generated: bool = True):
         if not isinstance(definition, dict):
             raise ViewError(f"{origin}: a ViewDefinition must be a JSON object")
         self.definition, self.origin = definition, origin
@@ -68,6 +69,8 @@ class View:
         if dup:
             raise ViewError(f"{where}: column names must be unique; repeated: {sorted(dup)}")
         self.column_names = names
+        # the same view as one generated function (adapters/view_codegen.py); the closures stay its fallback
+        self._generated = compile_views([self], "view_" + re.sub(r"\W", "_", self.name)) if generated else None
 
     # -- compile -------------------------------------------------------------------------------------
     @staticmethod
@@ -216,6 +219,14 @@ class View:
 
     def rows(self, resource: dict) -> Rows:
         """The view's rows for one resource (none when the type differs or a where path is not true)."""
+        if resource.get("resourceType") != self.resource:
+            return []
+        if self._generated is not None:
+            return self._generated(resource)[0]
+        return self.closure_rows(resource)
+
+    def closure_rows(self, resource: dict) -> Rows:
+        """:meth:`rows` through the closure tree (the generated function's reference and fallback)."""
         if resource.get("resourceType") != self.resource:
             return []
         env = {"resource": resource}

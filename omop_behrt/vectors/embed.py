@@ -54,7 +54,8 @@ def fixed_shape_plan(lengths: np.ndarray, batch_tokens: int, max_len: int, step:
     A CPU or GPU kernel may pick its algorithm by the matrix shape (a (B*T, H) product with few rows takes
     another path), so the last bits of a person's vector could depend on who shared its batch. With every batch
     of one T holding B(T) = max(1, min(max(batch_tokens, max_len) // T, rows_cap)) rows (the last filled with
-    copies, whose outputs are dropped), a vector is a function of the person alone: the same in any cohort, chunk or shard.
+    copies, whose outputs are dropped), a vector is a function of the person alone: the same in any cohort,
+    chunk or shard.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     budget = max(int(batch_tokens), int(max_len))
@@ -220,8 +221,8 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     ``work_dir`` keeps the censored events, tokens and finished chunks (``resume=True`` reuses them).
     A code the model never saw falls back to its nearest ancestor the model knows (concept_ancestor of a CDM
     source, or of ``vocab_cdm`` for an event-directory source; ICD prefixes; CALIBER chapters. ``fallback=False``:
-    [UNK], exactly as the model was trained); the provenance's ``coverage`` says what share of the site's events
-    the model covers.
+    [UNK], exactly as the model was trained); the provenance's ``coverage`` says what share of the cohort's
+    persons' events the model covers (only those persons are mapped, whatever else the source holds).
 
     ``shard=(i, n)`` (or ``"i/n"``): embed only the rows whose person hash mod n is i
     (:func:`omop_behrt.vectors.embed_run.in_shard`); the result holds those rows, and the n shards' vectors are exactly
@@ -300,7 +301,9 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
         token_dir = work / "tokens"
         if not (resume and (token_dir / "complete").exists()):    # shards of an interrupted mapping: redo
             shutil.rmtree(token_dir, ignore_errors=True)
-            map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False)
+            # an event-directory source holds every person: map only the index's (a shard's, for a shard)
+            map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False, memory_limit="2GB",
+                       subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()))
             (token_dir / "complete").write_text("all token shards written\n")
         tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
         row_subject = index["subject_id"].to_numpy()

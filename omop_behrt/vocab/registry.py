@@ -387,22 +387,31 @@ class MapResult:
     extra: dict = field(default_factory=dict)
 
 
-def _events_relation(con, events: "EventDir | str | Path | pa.Table"):
-    """Register the events as the view ``events`` (Parquet read lazily by DuckDB, or an Arrow table)."""
+def _events_relation(con, events: "EventDir | str | Path | pa.Table", subjects: Any = None):
+    """Register the events as the view ``events`` (Parquet read lazily by DuckDB, or an Arrow table); with
+    ``subjects``, only theirs (a semi-join inside DuckDB: the rest of the directory is never mapped)."""
+    name = "events" if subjects is None else "all_events"
     if isinstance(events, pa.Table):
         missing = [f.name for f in EVENTS_SCHEMA if f.name not in events.column_names
                    and f.name in ("subject_id", "time", "code", "domain")]
         if missing:
             raise VocabularyError(f"events table: missing column(s) {missing}")
         events = conform(events, EVENTS_SCHEMA, "events table")
-        con.register("events", events)
-        return events.num_rows
-    d = events if isinstance(events, EventDir) else EventDir.open(events)
-    files = [str(f) for f in d.event_files()]
-    if not files:
-        raise VocabularyError(f"{d.path}: the event directory has no events/*.parquet files")
-    con.read_parquet(files).create_view("events")
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        con.register(name, events)
+        n = events.num_rows
+    else:
+        d = events if isinstance(events, EventDir) else EventDir.open(events)
+        files = [str(f) for f in d.event_files()]
+        if not files:
+            raise VocabularyError(f"{d.path}: the event directory has no events/*.parquet files")
+        con.read_parquet(files).create_view(name)
+        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if subjects is None:
+        return n
+    con.register("wanted_subjects", pa.table({"subject_id": pa.array(subjects, pa.int64())}))
+    con.execute("CREATE TEMP VIEW events AS SELECT * FROM all_events "
+                "WHERE subject_id IN (SELECT subject_id FROM wanted_subjects)").fetchall()
+    return con.execute("SELECT COUNT(*) FROM events").fetchall()[0][0]
 
 
 def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, label: str) -> tuple[Path, int]:
@@ -424,7 +433,7 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
                cdm: Any = None, out: str | Path | None = None, progress: bool = True, sort: bool = True,
                top_unmapped: int = 20, threads: int | None = None, memory_limit: str | None = None,
                rows_per_shard: int = 5_000_000, infer_icd: bool = True, min_count: int = 10,
-               show_rare_codes: bool = False) -> MapResult:
+               show_rare_codes: bool = False, subjects: Any = None) -> MapResult:
     """Map an event stream to tokens with ``vocab`` (name, spec string or Vocabulary) and report coverage.
 
     ``cdm`` (a DuckDB file, URL, folder or OmopCdm) lends its vocabulary tables to ``concept``, ``ancestor``,
@@ -437,7 +446,8 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     ICD-10-CM from their shape before mapping (:mod:`omop_behrt.vocab.icd`); the events keep them as they came.
     ``min_count`` / ``show_rare_codes``: what the report's shareable forms (``table()``, ``as_dict()``,
     ``write_json``) leave out: codes seen in fewer than ``min_count`` persons and counts below it, unless
-    ``show_rare_codes`` (the output then identifies rare conditions of individual patients).
+    ``show_rare_codes`` (the output then identifies rare conditions of individual patients). ``subjects``
+    (subject ids): map only these persons' events (what an embedding of a cohort needs).
     """
     import duckdb
 
@@ -452,7 +462,7 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     try:
         con.execute("SET enable_progress_bar = false")
         Database(duck=con).limit_memory(memory_limit or None, threads=threads or None)
-        n_events = _events_relation(con, events)
+        n_events = _events_relation(con, events, subjects)
         ctx = MapContext(con, cdm)
         keys = con.sql(load_sql("vocab/keys.sql")).to_arrow_table().cast(KEYS_SCHEMA)
         inferred = None

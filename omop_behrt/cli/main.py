@@ -260,6 +260,9 @@ def _add_pretrain(sub) -> None:
                    "tokens.json, metadata.json, metrics.json; nothing per person (shareable)")
     p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
                    "the run's fingerprint go (default: <out>.work beside --out)")
+    p.add_argument("--chunk-persons", type=int, default=20_000,
+                   help="persons tokenised at a time into the work directory's shards (memory while tokenising; "
+                        "never changes the result)")
     p.add_argument("--config", help="tiny (default), behrt (the paper's shape) or a config.json; with --init the "
                                     "init model's (a different one is an error)")
     p.add_argument("--init", metavar="MODEL_DIR",
@@ -317,7 +320,8 @@ def _run_pretrain(args) -> int:
                    epochs=args.epochs, max_steps=args.max_steps, batch_tokens=args.batch_tokens, lr=args.lr,
                    plos=args.plos, sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                   threads=args.threads, progress=not args.quiet, precision=args.precision, init=args.init)
+                   threads=args.threads, progress=not args.quiet, precision=args.precision, init=args.init,
+                   chunk_persons=args.chunk_persons)
     if args.init and res.get("finished"):
         from omop_behrt.vocab.fallback import coverage_line
         ext = json.loads((Path(args.out) / "metadata.json").read_text()).get("vocab_extension") or {}

@@ -57,9 +57,12 @@ def main() -> None:
     ap.add_argument("--persons", type=int, default=2000)
     ap.add_argument("--naive-persons", type=int, default=200)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch-tokens", type=int, default=16_384)
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help="tokens per batch (default: 4,096 on CPU, as embed_cohort caps it there; 16,384 on CUDA)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
+    if args.batch_tokens is None:
+        args.batch_tokens = 16_384 if args.device.startswith("cuda") else 4096
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
@@ -111,6 +114,7 @@ def main() -> None:
                                batch_tokens=args.batch_tokens, exact=exact)
             e2e[exact] = time.perf_counter() - t
         row = {"device": str(device), "threads": torch.get_num_threads(), "persons": len(seqs),
+               "batch_tokens": args.batch_tokens,
                "tokens_per_person": round(real / len(seqs), 1),
                "encoder_patients_per_s": round(len(seqs) / ours, 1), "encoder_real_tokens_per_s": round(real / ours),
                "encoder_bf16_patients_per_s": round(len(seqs) / ours_bf16, 1),

@@ -1,6 +1,6 @@
 """``omop-behrt benchmark``: a suite of tasks at shared index dates, every method, macro AUROC with CIs, HTML.
 
-Same shape as omop_behrt/cli/main.py: :func:`add_parsers` declares the subcommand, :data:`COMMANDS` runs it.
+Same shape as the other cli modules: :func:`add_parsers` declares the subcommand, :data:`COMMANDS` runs it.
 Nothing heavy is imported to build the parser.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prediction subcommands of ``omop-behrt``: ``task`` (labels + split), ``finetune`` and ``evaluate`` (+ report).
 
-Same shape as omop_behrt/cli/main.py: ``_add_<name>(subparsers)`` declares a subcommand, ``_run_<name>(args)``
+Same shape as the other cli modules: ``_add_<name>(subparsers)`` declares a subcommand, ``_run_<name>(args)``
 runs it; :data:`COMMANDS` and :func:`add_parsers` are what cli.py registers. Nothing heavy is imported to build
 the parser (choices from :mod:`omop_behrt.choices`; numpy, torch and scikit-learn inside the ``_run_*``).
 """
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from omop_behrt.choices import (ALL_METHODS, FRACTIONS, HEADS, METHODS, POOLINGS, RESULTS_SCHEMA, TEXT_METHODS,
                       comma_floats)
+from omop_behrt.cli.options import ids_arg
 from omop_behrt.shareable import MIN_COUNT, count_text
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 # -- task ------------------------------------------------------------------------------------------
 def _add_task(sub) -> None:
-    from omop_behrt.cli.main import _ids          # here, not at the top: cli.py imports this module at its end
     p = sub.add_parser("task", help="make prediction labels (PLP-style or BEHRT T1-T3) and a person split",
                        description="Write a task directory: labels (per person: keep on site), task.json "
                                    "(definition, attrition) and split.parquet (seeded train/val/test by person).")
@@ -42,7 +42,7 @@ def _add_task(sub) -> None:
     q.add_argument("--target", help="CSV with subject_id,index_date instead of a cohort")
     q.add_argument("--target-json", help="ATLAS/CIRCE target cohort definition, generated first (as "
                                          "--target-cohort-id, default its numeric file name)")
-    q.add_argument("--outcome-concepts", type=_ids,
+    q.add_argument("--outcome-concepts", type=ids_arg,
                    help="outcome concept ids (with descendants; comma separated, or a file of ids)")
     q.add_argument("--outcome-cohort-id", type=int, help="outcome cohort id (same cohort table) instead of concepts")
     q.add_argument("--outcome-json", help="ATLAS/CIRCE outcome cohort definition, generated first (as "

@@ -70,7 +70,8 @@ def test_ohdsi_cohort_attribute_shape(tmp_path):
     assert cols == ["cohort_definition_id", "subject_id", "cohort_start_date", "attribute_definition_id",
                     "value_as_number"]
     assert [r[0] for r in con.execute("DESCRIBE results.attribute_definition").fetchall()] == [
-        "attribute_definition_id", "attribute_name"]
+        "attribute_definition_id", "attribute_name", "attribute_description", "attribute_type_concept_id",
+        "attribute_syntax"]
     ids = [r[0] for r in con.execute("SELECT attribute_definition_id FROM results.attribute_definition ORDER BY 1"
                                      ).fetchall()]
     assert ids == [k * 1000 + 991 for k in range(8)]

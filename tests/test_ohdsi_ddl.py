@@ -15,7 +15,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from omop_behrt.tasks import cohorts
 from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
@@ -85,18 +84,19 @@ def test_cohorts_write_into_the_official_cohort_table(eunomia_db, tmp_path):
 def test_attribute_tables_follow_the_cdm_53_ddl(tmp_path):
     db = tmp_path / "o.duckdb"
     write_embeddings(db, _index(5), np.zeros((5, 4), np.float32), MODEL, ohdsi_analysis_id=991)
-    # attribute_definition: the official table's first columns, same types and NOT NULL
-    mine, theirs = ours(db, "attribute_definition"), official("5.3", "attribute_definition")
-    assert mine == theirs[:len(mine)] == [("attribute_definition_id", "int", True), ("attribute_name", "text", True)]
+    # attribute_definition: the official table, same columns, types and NOT NULL
+    assert ours(db, "attribute_definition") == official("5.3", "attribute_definition")
+    assert [c[0] for c in official("5.3", "attribute_definition")] == [
+        "attribute_definition_id", "attribute_name", "attribute_description", "attribute_type_concept_id",
+        "attribute_syntax"]
     # cohort_attribute: the cohort key as in the official cohort table, then the attribute and its value
     attr = ours(db, "cohort_attribute")
     assert attr[:3] == official("5.4", "cohort")[:3]
     assert attr[3:] == [("attribute_definition_id", "int", True), ("value_as_number", "float", True)]
 
 
-@pytest.mark.xfail(strict=True, reason="the official CDM 5.3 attribute_definition has attribute_type_concept_id "
-                                       "NOT NULL, which write_embeddings does not fill (omop_behrt/vectors/export.py)")
 def test_export_into_the_official_attribute_definition_table(tmp_path):
+    """The official table (attribute_type_concept_id NOT NULL) takes our rows: type concept 0, a description."""
     db = tmp_path / "o.duckdb"
     text = (DDL / "5.3" / "OMOPCDM_postgresql_5.3_ddl.sql").read_text()
     create = re.search(r"CREATE TABLE @cdmDatabaseSchema\.attribute_definition \(.*?\);", text, re.S).group(0)
@@ -107,3 +107,34 @@ def test_export_into_the_official_attribute_definition_table(tmp_path):
     write_embeddings(db, _index(5), np.zeros((5, 4), np.float32), MODEL, ohdsi_analysis_id=991)
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT COUNT(*) FROM results.attribute_definition").fetchall() == [(4,)]
+    assert con.execute("SELECT attribute_definition_id, attribute_type_concept_id, attribute_syntax IS NULL, "
+                       "attribute_description LIKE '%behrt-test%' FROM results.attribute_definition ORDER BY 1"
+                       ).fetchall() == [(k * 1000 + 991, 0, True, True) for k in range(4)]
+
+
+def test_export_into_an_attribute_definition_of_an_earlier_version(tmp_path):
+    """A two-column attribute_definition (written before the CDM 5.3 columns) is kept and still written."""
+    db = tmp_path / "o.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA results")
+    con.execute("CREATE TABLE results.attribute_definition (attribute_definition_id BIGINT NOT NULL, "
+                "attribute_name VARCHAR NOT NULL)")
+    con.close()
+    write_embeddings(db, _index(3), np.zeros((3, 4), np.float32), MODEL, ohdsi_analysis_id=997)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT attribute_definition_id FROM results.attribute_definition ORDER BY 1").fetchall() \
+        == [(k * 1000 + 997,) for k in range(4)]
+
+
+def test_parquet_attribute_definition_of_an_earlier_version(tmp_path):
+    """A Parquet attribute_definition with two columns gets the new ones: type concept 0, nulls."""
+    import pyarrow.parquet as pq
+    out = tmp_path / "vectors"
+    out.mkdir()
+    pq.write_table(pa.table({"attribute_definition_id": pa.array([5], pa.int64()), "attribute_name": ["old"]}),
+                   out / "attribute_definition.parquet")
+    write_embeddings(out, _index(3), np.zeros((3, 4), np.float32), MODEL, ohdsi_analysis_id=997)
+    got = pq.read_table(out / "attribute_definition.parquet").sort_by("attribute_definition_id")
+    assert got["attribute_definition_id"].to_pylist() == [5, 997, 1997, 2997, 3997]
+    assert got["attribute_type_concept_id"].to_pylist() == [0] * 5
+    assert got["attribute_description"].to_pylist()[0] is None

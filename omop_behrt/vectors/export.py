@@ -127,8 +127,22 @@ def cohort_attribute_rows(table: pa.Table, analysis_id: int) -> pa.Table:
 
 
 def attribute_definitions(dims: int, analysis_id: int, model_name: str) -> pa.Table:
+    """The rows of CDM 5.3's attribute_definition for one analysis: a name per dimension, type concept 0."""
     return pa.table({"attribute_definition_id": pa.array(np.arange(dims, dtype=np.int64) * 1000 + analysis_id),
-                     "attribute_name": [f"{model_name} embedding dim {k}" for k in range(dims)]})
+                     "attribute_name": [f"{model_name} embedding dim {k}" for k in range(dims)],
+                     "attribute_description": [f"dimension {k} of the patient embedding of model {model_name}"
+                                               for k in range(dims)],
+                     "attribute_type_concept_id": pa.array(np.zeros(dims, dtype=np.int64)),
+                     "attribute_syntax": pa.nulls(dims, pa.string())})
+
+
+def _existing_columns(tx, schema: str, table: str, wanted: pa.Table) -> pa.Table:
+    """``wanted`` cut to the columns ``table`` has: an attribute_definition made by an earlier version (or by a
+    site) may lack the optional ones."""
+    have = {r[0].lower() for r in tx.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = :t",
+        {"s": schema, "t": table})}
+    return wanted.select([c for c in wanted.column_names if c.lower() in have]) if have else wanted
 
 
 def unique_entries(index: pa.Table) -> np.ndarray:
@@ -459,7 +473,8 @@ def _write_database(db: Database, rows: pa.Table, model: EmbeddingModelInfo, pro
                 params = {"cohort_definition_id": cid, "analysis_id": int(analysis_id)}
                 tx.execute(stmt, {k: v for k, v in params.items() if f":{k}" in stmt})
             attrs = cohort_attribute_rows(rows, int(analysis_id))
-            tx.insert_arrow(q["attribute_definition_table"], attribute_definitions(dims, int(analysis_id), model.name))
+            tx.insert_arrow(q["attribute_definition_table"], _existing_columns(
+                tx, schema, "attribute_definition", attribute_definitions(dims, int(analysis_id), model.name)))
             if postgres:
                 copy_arrow(tx, q["cohort_attribute_table"], attrs)
             else:

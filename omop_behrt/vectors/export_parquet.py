@@ -44,7 +44,7 @@ def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
         old = pq.read_table(path)
         keep = keep_mask(old)
         dropped = old.num_rows - pc.sum(keep).as_py() if old.num_rows else 0
-        new = pa.concat_tables([old.filter(keep).cast(new.schema), new])
+        new = pa.concat_tables([_conform(old.filter(keep), new.schema), new])
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         pq.write_table(new, tmp, compression="zstd")
@@ -53,6 +53,15 @@ def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return dropped
+
+
+def _conform(old: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Old rows in ``schema``: a column an earlier version did not write (attribute_definition's CDM 5.3 columns)
+    is filled with 0 for a concept id (no concept) and null otherwise."""
+    cols = [old[f.name] if f.name in old.column_names else
+            pa.array(np.zeros(old.num_rows, np.int64)) if f.name.endswith("_concept_id") else pa.nulls(old.num_rows)
+            for f in schema]
+    return pa.table(cols, names=schema.names).cast(schema)
 
 
 def _of_shard(table: pa.Table, shard: Shard | None) -> pa.Array:

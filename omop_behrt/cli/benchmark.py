@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from omop_behrt.choices import BENCHMARK_METHODS, POOLINGS, comma_floats
+from omop_behrt.cli.options import positive_int
 from omop_behrt.shareable import MIN_COUNT
 
 DEFAULT_METHODS = ",".join(BENCHMARK_METHODS)
@@ -56,17 +57,19 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--init", metavar="MODEL_DIR",
                    help="continue pretraining this model (e.g. one shared by another site) on the suite's events "
                         "before the index dates, instead of starting from random weights (see pretrain --init)")
-    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
+    p.add_argument("--epochs", type=positive_int, default=10, help="pretraining epochs")
     p.add_argument("--vocab", help="pretraining vocabulary (default source; see `omop-behrt vocab`)")
-    p.add_argument("--finetune-epochs", type=int, default=8, help="fine-tuning epochs (early stopping on val)")
+    p.add_argument("--finetune-epochs", type=positive_int, default=8,
+                   help="fine-tuning epochs (early stopping on val)")
     p.add_argument("--pooling", choices=POOLINGS, default="mean",
                    help="patient vector of the embedding methods: [CLS], mean of all tokens, or the last visit's")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits, few-shot subsamples and bootstrap")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
                    help="worker processes for the fine-tunes (as in evaluate)")
     p.add_argument("--device", default="auto", help="pretraining device: auto, cpu or cuda")
-    p.add_argument("--min-count", type=int, default=MIN_COUNT, help="counts of persons below this show as <N")
+    p.add_argument("--min-count", type=positive_int, default=MIN_COUNT,
+                   help="counts of persons below this show as <N")
     p.add_argument("--cdm-schema", help="schema of the CDM tables when --source is a CDM")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from omop_behrt.choices import RESULTS_SCHEMA
-from omop_behrt.cli.options import ids_arg
+from omop_behrt.cli.options import ids_arg, positive_int
 
 
 # -- cohorts & embeddings --------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def _add_cohort(sub) -> None:
     q = kinds.add_parser("min-visits", parents=[common], help="persons with at least N visits; index = the N-th",
                          description="Index date = each person's N-th visit (CDM visits, or distinct days with "
                                      "events for CDMs whose events rarely link to a visit, such as Eunomia).")
-    q.add_argument("--min-visits", type=int, default=2, help="N: visits required; the index is the N-th")
+    q.add_argument("--min-visits", type=positive_int, default=2, help="N: visits required; the index is the N-th")
     q.add_argument("--visits", choices=["visit_occurrence", "days"], default="visit_occurrence",
                    help="count CDM visits (visit_occurrence), or distinct days with events (days)")
     q = kinds.add_parser("atlas", parents=[common], help="ATLAS/CIRCE cohort definitions (JSON), as OHDSI studies "

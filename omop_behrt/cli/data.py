@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from omop_behrt.choices import RESULTS_SCHEMA
-from omop_behrt.cli.options import date_arg, date_window_arg, ids_arg
+from omop_behrt.cli.options import date_arg, date_window_arg, ids_arg, positive_int
 
 
 # -- extract ---------------------------------------------------------------------------------------
@@ -195,11 +195,11 @@ def _add_vocab(sub) -> None:
                                      "concept, ancestor, Athena links and drop(tag=...)")
         q.add_argument("--vocab-schema", help="schema of concept & co. in --cdm (default: main / public)")
         q.add_argument("--json", dest="json_out", help="also write the report as JSON here")
-        q.add_argument("--top", type=int, default=20, help="how many unmapped codes to list")
-        q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+        q.add_argument("--top", type=positive_int, default=20, help="how many unmapped codes to list")
+        q.add_argument("--threads", type=positive_int, help="DuckDB threads (default: all cores)")
         q.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
-        q.add_argument("--min-count", type=int, default=10,
+        q.add_argument("--min-count", type=positive_int, default=10,
                        help="the report lists no code seen in fewer persons and shows smaller event counts as "
                             "'<N', so that it can leave the site")
         q.add_argument("--show-rare-codes", action="store_true",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from omop_behrt.choices import POOLINGS, RESULTS_SCHEMA, TEXT_POOLINGS
+from omop_behrt.cli.options import positive_int
 
 
 # -- pretrain --------------------------------------------------------------------------------------
@@ -23,7 +24,7 @@ def _add_pretrain(sub) -> None:
                    "tokens.json, metadata.json, metrics.json; nothing per person (shareable)")
     p.add_argument("--work-dir", help="where tokenised sequences (per person: keep on site), the checkpoint and "
                    "the run's fingerprint go (default: <out>.work beside --out)")
-    p.add_argument("--chunk-persons", type=int, default=20_000,
+    p.add_argument("--chunk-persons", type=positive_int, default=20_000,
                    help="persons tokenised at a time into the work directory's shards (memory while tokenising; "
                         "never changes the result)")
     p.add_argument("--config", help="tiny (default), behrt (the paper's shape) or a config.json; with --init the "
@@ -33,9 +34,9 @@ def _add_pretrain(sub) -> None:
                         "with its configuration and --vocab, its token vocabulary extended by the local tokens seen "
                         "in at least --min-count training persons that it lacks; metadata.json records its model "
                         "id (not its path) and the extension counts")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training persons")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: 16384; 4096 for tiny)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="passes over the training persons")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per batch (default: 16384; 4096 for tiny)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--time-tokens", action="store_true",
                    help="CEHR-BERT time-gap tokens between visits ([W0]-[W3] weeks, [M1]-[M11] months, [LT] longer): "
@@ -44,23 +45,24 @@ def _add_pretrain(sub) -> None:
                    help="mlm (BEHRT's masked LM, the default) or next_visit (CLMBR-style: attention causal by visit, "
                         "each visit's closing [SEP] predicts the next visit's codes; embed it with --pooling "
                         "last_visit); with --init the init model's")
-    p.add_argument("--max-len", type=int, help="tokens per sequence (the config's otherwise: tiny 64, behrt 256); "
-                                               "longer keeps more of each history, the most recent first")
+    p.add_argument("--max-len", type=positive_int,
+                   help="tokens per sequence (the config's otherwise: tiny 64, behrt 256); "
+                        "longer keeps more of each history, the most recent first")
     p.add_argument("--plos", action="store_true", help="add Med-BERT's prolonged-length-of-stay objective")
     p.add_argument("--sex", action="store_true", help="add a sex embedding")
-    p.add_argument("--min-count", type=int, default=10, help="keep tokens seen in at least this many persons "
+    p.add_argument("--min-count", type=positive_int, default=10, help="keep tokens seen in at least this many persons "
                                                              "(the vocabulary in the model directory is shareable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the person split, masking and initial weights")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also helps CPUs with AVX512-BF16")
-    p.add_argument("--checkpoint-every", type=int, default=500,
+    p.add_argument("--checkpoint-every", type=positive_int, default=500,
                    help="steps between checkpoints; also at each epoch's end, at the end and on Ctrl-C")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in the work directory exactly; refused when there is none or when "
                         "the events or an option that changes the result differ from the first run's")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, all cores)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -151,14 +153,14 @@ def _add_embed(sub) -> None:
                    help="allow writing into a schema that holds a CDM (default: refuse)")
     p.add_argument("--keep-empty", action="store_true", help="also export entries without history before index "
                                                              "(default: skipped and counted)")
-    p.add_argument("--batch-tokens", type=int, default=16_384,
+    p.add_argument("--batch-tokens", type=positive_int, default=16_384,
                    help="padded tokens per forward batch (memory; on CPU at most 4096 are used)")
     p.add_argument("--exact", action="store_true",
                    help="batches of fixed shapes (lengths rounded up to 16, at most 16 rows per length, the last "
                         "batch of a length filled with copies), so a vector is bit-for-bit a function of its person "
                         "alone: N --shard runs equal one --exact run exactly. On for --shard; otherwise a vector's "
                         "last bits (~1e-7) may depend on its batch mates")
-    p.add_argument("--chunk-persons", type=int, default=20_000,
+    p.add_argument("--chunk-persons", type=positive_int, default=20_000,
                    help="persons per chunk: memory is bounded by a chunk and each finished chunk is saved "
                         "for --resume")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -215,6 +217,9 @@ def _run_embed(args) -> int:
     else:
         index = cohorts.index_dates_from_meds_labels(args.labels, args.cohort_definition_id or 0)
         cohort_source = f"MEDS labels {args.labels}"
+    if args.encoder == "text" and args.exact:
+        raise ValueError("--exact is for --encoder behrt (fixed-shape BEHRT batches); the text encoder has no such "
+                         "mode")
     if args.encoder != "text" and args.notes != "none":
         raise ValueError("--notes is for --encoder text (BEHRT reads codes only)")
     if args.encoder == "text":

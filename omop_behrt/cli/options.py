@@ -34,6 +34,17 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def positive_int(s: str) -> int:
+    """A count that must be at least 1 (chunk sizes, batch sizes)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
 def date_arg(s: str) -> dt.date:
     try:
         return dt.date.fromisoformat(s)

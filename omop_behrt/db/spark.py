@@ -60,6 +60,24 @@ def local_session(master: str = "local[2]", driver_memory: str = "1g", app: str 
     return builder.getOrCreate()
 
 
+def _check_url_options(url: str, host: str, query: dict[str, str]) -> None:
+    """A ``spark://`` URL's master and options, checked before a JVM starts: one line naming what is wrong."""
+    import re
+    if not re.fullmatch(r"local(\[(\*|[1-9]\d*)\])?|[\w.-]+:\d{1,5}", host):
+        raise SourceError(f"{url}: master {host!r} is neither local, local[N], local[*] nor host:port")
+    if "database" in query:
+        try:
+            check_identifier(query["database"], "Spark database name")
+        except ValueError as e:
+            raise SourceError(f"{url}: {e}") from None
+    if "partitions" in query and not (query["partitions"].isdigit() and int(query["partitions"]) >= 1):
+        raise SourceError(f"{url}: partitions must be a whole number >= 1, got {query['partitions']!r}")
+    if "driver_memory" in query and not re.fullmatch(r"[1-9]\d*[kmgt]?", query["driver_memory"].lower()):
+        raise SourceError(f"{url}: driver_memory must be like 512m or 2g, got {query['driver_memory']!r}")
+    if "parquet" in query and not Path(query["parquet"]).is_dir():
+        raise SourceError(f"{url}: parquet folder {query['parquet']} does not exist")
+
+
 class SparkDatabase(Database):
     """A CDM in one Spark database (``database`` plays the schema); queries run in Spark, results come as Arrow."""
 
@@ -87,6 +105,7 @@ class SparkDatabase(Database):
         if unknown:
             raise SourceError(f"{url}: unknown option(s) {', '.join(sorted(unknown))}; expected database, "
                               f"partitions, driver_memory, parquet")
+        _check_url_options(url, host, query)
         from pyspark.sql import SparkSession
         running = SparkSession.getActiveSession()      # a session this process already runs is used, never stopped
         session = running or local_session(master, query.get("driver_memory", "1g"))

@@ -156,25 +156,31 @@ def validate_persons(table: pa.Table, what: str = "persons") -> pa.Table:
 
 
 class ShardWriter:
-    """Writes a stream of Arrow batches as Parquet shards of at most ``rows_per_shard`` rows.
+    """Writes a stream of Arrow batches as Parquet shards of about ``rows_per_shard`` rows.
 
     Shards are written under a temporary name and renamed when closed, so a crash never leaves a
-    half-written shard under a final name (resume relies on that).
+    half-written shard under a final name (resume relies on that). Without ``key`` a shard closes after the
+    batch that fills it; with ``key`` (rows arriving sorted by that column) it closes at the first change of
+    the key's value past ``rows_per_shard`` rows, so no value (a MEDS subject) is ever split across shards.
+    ``name`` formats a shard's file name from ``prefix`` and ``index`` (MEDS: ``"{index}.parquet"``);
+    ``empty_shard`` writes one empty shard when no row came (MEDS readers expect at least one).
     """
 
-    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_shard: int = 5_000_000):
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_shard: int = 5_000_000, *,
+                 key: str | None = None, name: str = "{prefix}-{index:05d}.parquet", empty_shard: bool = False):
         self.directory, self.prefix, self.schema = Path(directory), prefix, schema
-        self.rows_per_shard = rows_per_shard
+        self.rows_per_shard, self.key, self.name, self.empty_shard = rows_per_shard, key, name, empty_shard
         self.directory.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._in_shard = 0
+        self._last_key = None         # the key of the last row written to the open shard
 
     def _open(self) -> None:
-        final = self.directory / f"{self.prefix}-{len(self.files):05d}.parquet"
-        self._tmp = final.with_suffix(".parquet.tmp")
+        final = self.directory / self.name.format(prefix=self.prefix, index=len(self.files))
+        self._tmp = final.with_name(final.name + ".tmp")
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self.files.append(final)
         self._in_shard = 0
@@ -185,7 +191,7 @@ class ShardWriter:
             os.replace(self._tmp, self.files[-1])
             self._writer = None
 
-    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def _put(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
         if self._writer is None:
@@ -193,10 +199,35 @@ class ShardWriter:
         self._writer.write(batch)
         self._in_shard += batch.num_rows
         self.rows += batch.num_rows
-        if self._in_shard >= self.rows_per_shard:
-            self._close_shard()
+        if self.key is not None:
+            self._last_key = batch.column(self.key)[-1].as_py()
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        if self.key is None:
+            self._put(batch)
+            if self._in_shard >= self.rows_per_shard:
+                self._close_shard()
+            return
+        while batch.num_rows:
+            if self._writer is not None and self._in_shard >= self.rows_per_shard:
+                # full: finish the last key value written (rows sorted by key), then close the shard
+                keys = batch.column(self.key)
+                other = pc.index(pc.not_equal(keys, pa.scalar(self._last_key, keys.type)), True).as_py()
+                same = batch.num_rows if other < 0 else other
+                self._put(batch.slice(0, same))
+                batch = batch.slice(same)
+                if batch.num_rows:
+                    self._close_shard()
+                continue
+            room = self.rows_per_shard - (self._in_shard if self._writer is not None else 0)
+            self._put(batch.slice(0, room))           # fill the shard up to its size
+            batch = batch.slice(room)
 
     def close(self) -> list[Path]:
+        if self.empty_shard and self._writer is None and not self.files:
+            self._open()
         self._close_shard()
         return self.files
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from omop_behrt import EventDir, EventSchemaError, from_meds, to_meds, validate_events, validate_persons
-from omop_behrt.events import EVENTS_SCHEMA, fill_rebuilt_visits, rebuilt_visit_ids
+from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, fill_rebuilt_visits, rebuilt_visit_ids
 
 
 def _events(**over):
@@ -134,3 +134,52 @@ def test_from_foreign_meds(tmp_path):
 def test_from_meds_rejects_non_meds(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a MEDS dataset"):
         from_meds(tmp_path, tmp_path / "ev")
+
+
+# -- ShardWriter -------------------------------------------------------------------------------------------------
+_KV = pa.schema([("key", pa.int64()), ("value", pa.int64())])
+
+
+def _keyed_batches(counts: list[int], batch_rows: int) -> pa.Table:
+    """Rows sorted by key (key k repeated counts[k] times), value = row number, cut into batches of batch_rows."""
+    key = np.repeat(np.arange(len(counts)), counts)
+    return pa.table({"key": key, "value": np.arange(len(key))}, schema=_KV).to_batches(max_chunksize=batch_rows)
+
+
+def test_shard_writer_with_key_never_splits_a_key(tmp_path):
+    """Shards close at the first key change past rows_per_shard, inside a batch or across batches; file names
+    follow the pattern; the shards together are the input, row for row."""
+    counts = [3, 9, 1, 1, 12, 2, 2, 2, 7, 30, 1, 4]                      # 74 rows
+    batches = _keyed_batches(counts, batch_rows=5)
+    w = ShardWriter(tmp_path, "x", _KV, rows_per_shard=10, key="key", name="{index}.parquet")
+    for b in batches:
+        w.write(b)
+    files = w.close()
+    assert [f.name for f in files] == [f"{i}.parquet" for i in range(len(files))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)   # no .tmp left
+    shards = [pq.read_table(f) for f in files]
+    # expected cuts computed by hand from the counts: close once >= 10 rows, at the end of the key being written
+    # keys 0-1 (12 rows) | 2-4 (14) | 5-8 (13) | 9 (30) | 10-11 (5)
+    assert [s.num_rows for s in shards] == [12, 14, 13, 30, 5]
+    keys = [set(s["key"].to_pylist()) for s in shards]
+    assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])
+    assert pa.concat_tables(shards).equals(pa.Table.from_batches(batches)) and w.rows == 74
+
+
+def test_shard_writer_without_key_writes_whole_batches(tmp_path):
+    """The extraction's shards: named prefix-00000.parquet, a batch never split, closed once full."""
+    w = ShardWriter(tmp_path, "drug_exposure", _KV, rows_per_shard=10)
+    for b in _keyed_batches([7] * 4, batch_rows=7):
+        w.write(b)
+    files = w.close()
+    assert [f.name for f in files] == ["drug_exposure-00000.parquet", "drug_exposure-00001.parquet"]
+    assert [pq.read_metadata(f).num_rows for f in files] == [14, 14]
+
+
+def test_shard_writer_empty_shard(tmp_path):
+    """No row: no file, unless empty_shard asks for one (MEDS readers expect data/0.parquet)."""
+    assert ShardWriter(tmp_path / "a", "p", _KV).close() == []
+    files = ShardWriter(tmp_path / "b", "", _KV, key="key", name="{index}.parquet", empty_shard=True).close()
+    assert [f.name for f in files] == ["0.parquet"]
+    t = pq.read_table(files[0])
+    assert t.num_rows == 0 and t.schema == _KV

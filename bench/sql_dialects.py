@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,7 @@ class Recorder:
 def exercise(source: str, events_dir: Path, embed_target: str) -> None:
     """Run the code that renders the user-database templates against ``source`` (a DuckDB file or a URL)."""
     from omop_behrt.tasks import cohorts
-    from omop_behrt.evaluation import report
+    from omop_behrt.vocab import names as report
     from omop_behrt.tasks import labels as tasks
     from omop_behrt.adapters import omop
     from omop_behrt.adapters.omop_queries import EVENT_TABLES, _record
@@ -301,7 +300,8 @@ def compare_runs(db, executed: list[tuple[str, str, dict]], engine: str) -> dict
         except Exception as e:
             cell.setdefault("baseline_error", str(e).splitlines()[0][:200])
             continue
-        variants = {"sqlglot": lambda s: dialects.translate(s, engine, read="duckdb" if engine == "duckdb" else "postgres"),
+        own = "duckdb" if engine == "duckdb" else "postgres"
+        variants = {"sqlglot": lambda s: dialects.translate(s, engine, read=own),
                     "sqlglot_from_postgres": lambda s: dialects.translate(s, engine, read="postgres"),
                     "sqlrender": lambda s: SR(s, engine)[0]}
         for v, fn in variants.items():
@@ -479,8 +479,8 @@ def main() -> None:
     summary = summarise(matrix, runs, ports)
     result = {"machine": platform.platform(), "python": platform.python_version(), "sqlglot": sqlglot.__version__,
               "when": dt.datetime.now().isoformat(timespec="seconds"), "templates": len(names),
-              "generic_fragments": generic, "summary": summary, "overhead": overhead, "matrix": matrix, "runs": runs, "ports": ports,
-              "pg_note": pg_note}
+              "generic_fragments": generic, "summary": summary, "overhead": overhead, "matrix": matrix, "runs": runs,
+              "ports": ports, "pg_note": pg_note}
     OUT.mkdir(exist_ok=True)
     (OUT / "sql_dialects.json").write_text(json.dumps(result, indent=1, default=str))
     print_table(summary, overhead, runs, ports, pg_note)
@@ -506,7 +506,7 @@ def _exercise_pg(url: str, schema: str, work: Path) -> None:
     from omop_behrt.adapters import omop
     from omop_behrt.events import EventDir
     from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.evaluation.report import concept_names_by_id
+    from omop_behrt.vocab.names import concept_names_by_id
     from omop_behrt.vocab.registry import map_events
     src = f"{url}"
     omop.extract(src, work / "pg_events", cdm_schema=schema, progress=False)
@@ -556,7 +556,8 @@ def summarise(matrix: dict, runs: dict, ports: dict) -> dict:
 
 def print_table(summary: dict, overhead: dict, runs: dict, ports: dict, pg_note: str | None) -> None:
     print("translated / valid (independent parse for SqlRender; lint) per target, templates that target runs")
-    print(f"{'target':<12}{'n':>4}  {'sqlglot ok':>10} {'valid':>6} {'ms':>6}   {'sqlrender ok':>12} {'valid':>6} {'ms':>6}")
+    print(f"{'target':<12}{'n':>4}  {'sqlglot ok':>10} {'valid':>6} {'ms':>6}   "
+          f"{'sqlrender ok':>12} {'valid':>6} {'ms':>6}")
     for t in dialects.TARGETS:
         g, r = summary["sqlglot"][t], summary["sqlrender"][t]
         print(f"{t:<12}{g['templates']:>4}  {g['translated']:>10} {g['valid']:>6} {g['median_ms']:>6}   "

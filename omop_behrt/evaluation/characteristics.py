@@ -62,7 +62,7 @@ def baseline_characteristics(labels: pa.Table, persons: pa.Table, codes: pa.Tabl
     ``conditions`` and ``drugs`` rows (``code``, ``name``, ``persons``, ``with_outcome_persons``,
     ``without_outcome_persons``), ``outcome`` (rows with the outcome, rows, rate) and ``min_count``.
     """
-    from omop_behrt.evaluation.report import concept_details
+    from omop_behrt.vocab.names import concept_details
     con = duckdb.connect()
     con.register("labels", labels.select(["subject_id", "index_date", "label"]))
     con.register("persons", persons.select(["subject_id", "birth_date", "sex"]))

@@ -36,18 +36,18 @@ except ModuleNotFoundError as e:  # an optional part: the core installs without 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
 
 from omop_behrt.evaluation.metrics import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: E402,F401
 from omop_behrt.shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
 from omop_behrt.evaluation.metrics import format_ci as _ci  # noqa: E402
-from omop_behrt.behrt.tokenizer import CLS, SEP, SPECIALS  # noqa: E402
+from omop_behrt.behrt.tokenizer import SPECIALS  # noqa: E402
 from omop_behrt.evaluation.report_text import has_text, line_style, method_label, text_section  # noqa: E402
+from omop_behrt.evaluation.inspection import attention_weights, mean_attention, nearest_codes  # noqa: E402,F401
+from omop_behrt.vocab.names import (CDM_SOURCE_COLUMNS, NO_CHAPTER, concept_details, concept_names,  # noqa: E402,F401
+                                    concept_names_by_id, data_source, token_chapters)
 
 SECTIONS = ("Study", "Outcome and attrition", "Baseline characteristics", "Metrics", "ROC and precision-recall curves",
             "Calibration", "Few-shot curves", "Code embeddings (t-SNE)", "Nearest codes", "Attention")
-_NO_CHAPTER = "not a CALIBER disease"
 #: the name of the <meta> a report carries when it holds a per-person section (check-shareable looks for it)
 PER_PERSON_MARKER = "omop-behrt-per-person"
 
@@ -57,179 +57,6 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-@torch.no_grad()
-def _attention(model, seqs, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last block's attention (B x heads x T x T, padding masked) and the padded ids (B x T) for rows ``idx``."""
-    from omop_behrt.behrt.batches import collate
-    model.eval()
-    b = collate(seqs, np.asarray(idx), model.config.extras)
-    extras = {k: b[k] for k in model.config.extras}
-    valid = b["attention_mask"].bool()
-    mask = valid[:, None, None, :]
-    x = model.embeddings(b["input_ids"], b["ages"], b["segments"], b["positions"], extras)
-    for block in model.blocks[:-1]:
-        x = block(x, mask)
-    last = model.blocks[-1]
-    B, T, H = x.shape
-    heads = last.attn.heads
-    q, k, _ = last.attn.qkv(last.ln1(x)).view(B, T, 3, heads, H // heads).permute(2, 0, 3, 1, 4)
-    scores = (q @ k.transpose(-1, -2) / (H // heads) ** 0.5).masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1), torch.where(valid, b["input_ids"], -1)
-
-
-def attention_weights(model, seqs, i: int = 0, mean: bool = True) -> np.ndarray:
-    """Last block's attention (T x T, mean over heads; heads x T x T without ``mean``) for sequence ``i``.
-
-    The model's fast path (SDPA) returns no weights; this recomputes them for one sequence only.
-    """
-    w, _ = _attention(model, seqs, np.array([i]))
-    return w.mean(1)[0].numpy() if mean else w[0].numpy()
-
-
-def mean_attention(model, seqs, rows: np.ndarray, *, k: int = 25, min_count: int = MIN_COUNT,
-                   batch: int = 32) -> dict:
-    """Mean last-layer attention between the ``k`` tokens most persons in ``rows`` have: an aggregate, no person.
-
-    Cell (a, b) averages the attention from every occurrence of token a to every occurrence of token b over the
-    rows; a cell whose two tokens occur together in fewer than ``min_count`` persons is NaN, and tokens held by
-    fewer than ``min_count`` persons are not candidates. Returns ``ids`` (k), ``weights`` and ``persons`` (k x k)
-    and ``n`` (persons).
-    """
-    rows = np.asarray(rows)
-    V = len(model.vocab)
-    lens = seqs.lengths[rows]
-    subj = np.unique(seqs.subject_id[rows], return_inverse=True)[1]
-    first = np.cumsum(lens) - lens                              # each row's start in the gathered tokens
-    tok = seqs.input_ids[np.repeat(seqs.offsets[rows] - first, lens) + np.arange(int(lens.sum()))]
-    pairs = np.unique(np.repeat(subj, lens).astype(np.int64) * V + tok)        # (person, token) present
-    per_token = np.bincount(pairs % V, minlength=V)
-    per_token[[i for i, t in enumerate(SPECIALS) if i not in (CLS, SEP)]] = 0
-    ids = [int(i) for i in np.argsort(-per_token, kind="stable")[:k] if per_token[i] >= min_count]
-    local = np.full(V, -1)
-    local[ids] = np.arange(len(ids))
-    K, n = len(ids), int(subj.max() + 1) if len(subj) else 0
-    present = np.zeros((n, K), np.int32)
-    hit = local[pairs % V] >= 0
-    present[(pairs // V)[hit], local[pairs % V][hit]] = 1
-    persons = present.T @ present
-    total, count = np.zeros(K * K), np.zeros(K * K)
-    for s in range(0, len(rows), batch):
-        w, got = _attention(model, seqs, rows[s:s + batch])
-        w = w.mean(1).numpy()
-        li = np.where(got.numpy() >= 0, local[got.numpy().clip(0)], -1)             # (B, T) local index or -1
-        both = (li[:, :, None] >= 0) & (li[:, None, :] >= 0)
-        cell = (li[:, :, None] * K + li[:, None, :])[both]
-        total += np.bincount(cell, weights=w[both], minlength=K * K)
-        count += np.bincount(cell, minlength=K * K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        weights = (total / count).reshape(K, K)
-    weights[persons < min_count] = np.nan
-    return {"ids": ids, "weights": weights, "persons": persons, "n": n}
-
-
-def token_chapters(tokens: list[str], cdm=None) -> list[str]:
-    """CALIBER chapter of each token: CALIBER phenotypes directly, codes through the caliber vocabulary."""
-    from omop_behrt.vocab.caliber import caliber_phenotypes
-    from omop_behrt.vocab.registry import map_events
-    ph = caliber_phenotypes()
-    by_pheno = dict(zip(ph["phenotype"].to_pylist(), ph["chapter"].to_pylist()))
-    out = [by_pheno.get(t.split("/", 1)[1], _NO_CHAPTER) if t.startswith("CALIBER/") else _NO_CHAPTER for t in tokens]
-    codes = [t for t in tokens if "/" in t and not t.startswith("CALIBER")]
-    if codes:
-        ev = pa.table({"subject_id": pa.array(np.arange(len(codes)), pa.int64()),
-                       "time": pa.array(np.zeros(len(codes), "datetime64[us]")),
-                       "code": pa.array(codes), "domain": pa.array(["condition"] * len(codes))})
-        got = map_events(ev, "caliber(level=chapter)", cdm=cdm, progress=False, sort=False).tokens
-        chap = {}
-        for c, t in zip(got["code"].to_pylist(), got["token"].to_pylist()):
-            chap.setdefault(c, t.split("/", 1)[1])
-        pos = {t: i for i, t in enumerate(tokens)}
-        for c, ch in chap.items():
-            out[pos[c]] = ch
-    return out
-
-
-def _as_cdm(cdm):
-    from omop_behrt.adapters.omop import OmopCdm
-    return cdm if hasattr(cdm, "qtable") else OmopCdm(cdm)
-
-
-def concept_details(cdm, tokens: list[str]) -> dict[str, tuple[str, str | None]]:
-    """(concept name, domain_id) from the CDM's concept table for tokens shaped VOCABULARY_ID/concept_code."""
-    from omop_behrt.db.database import load_sql, render
-    if cdm is None:
-        return {}
-    cdm = _as_cdm(cdm)
-    if not cdm.has_table("concept"):
-        return {}
-    pairs = [t.split("/", 1) for t in tokens if "/" in t]
-    sql = render(load_sql("report/concept_names.sql"), {
-        "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
-        "c_domain_id": cdm.col("concept", "domain_id", "c", optional=True),
-        "c_vocabulary_id": cdm.col("concept", "vocabulary_id", "c"),
-        "c_concept_code": cdm.col("concept", "concept_code", "c")})
-    t = cdm.db.query(sql, {"vocabs": [p[0] for p in pairs], "codes": [p[1] for p in pairs]})
-    return {k: (n, d) for k, n, d in zip(t["token"].to_pylist(), t["name"].to_pylist(), t["domain"].to_pylist())}
-
-
-def concept_names(cdm, tokens: list[str]) -> dict[str, str]:
-    """Concept names from the CDM's concept table for tokens shaped VOCABULARY_ID/concept_code."""
-    return {k: v[0] for k, v in concept_details(cdm, tokens).items() if v[0]}
-
-
-def concept_names_by_id(cdm, ids: list[int]) -> dict[int, str]:
-    """Concept names for OMOP concept ids (e.g. a task's outcome concepts), from the CDM's concept table."""
-    from omop_behrt.db.database import load_sql, render
-    if cdm is None or not ids:
-        return {}
-    cdm = _as_cdm(cdm)
-    if not cdm.has_table("concept"):
-        return {}
-    sql = render(load_sql("omop/concept_names_by_id.sql"), {
-        "concept": cdm.qtable("concept"), "c_name": cdm.col("concept", "concept_name", "c"),
-        "c_concept_id": cdm.col("concept", "concept_id", "c")})
-    t = cdm.db.query(sql, {"ids": [int(i) for i in ids]})
-    return dict(zip(t["concept_id"].to_pylist(), t["name"].to_pylist()))
-
-
-#: cdm_source columns the report shows, in order
-CDM_SOURCE_COLUMNS = ("cdm_source_name", "cdm_source_abbreviation", "cdm_holder", "source_release_date",
-                      "cdm_release_date", "cdm_version", "vocabulary_version")
-
-
-def data_source(cdm) -> dict[str, str]:
-    """The CDM's cdm_source row (name, holder, release dates, CDM and vocabulary versions), any column case."""
-    if cdm is None:
-        return {}
-    cdm = _as_cdm(cdm)
-    out = {c: cdm.cdm_source_value(c) for c in CDM_SOURCE_COLUMNS}
-    out = {k: v for k, v in out.items() if v not in (None, "")}
-    out.setdefault("cdm_version", cdm.cdm_version)
-    return out
-
-
-def nearest_codes(model, tokens: list[str], chapters: list[str], k: int = 10, n_diseases: int = 10,
-                  min_count: int = MIN_COUNT) -> list[dict]:
-    """For the ``n_diseases`` most common tokens with a CALIBER chapter: their ``k`` nearest codes by cosine.
-
-    Only tokens seen in >= ``min_count`` persons are shown (a model built with a lower min_count has rarer ones).
-    """
-    E = model.embeddings.code.weight.detach().numpy()[len(SPECIALS):]
-    E = E / np.linalg.norm(E, axis=1, keepdims=True).clip(1e-12)
-    counts = np.asarray(model.vocab.counts[len(SPECIALS):])
-    diseases = [i for i in np.argsort(-counts, kind="stable")
-                if chapters[i] != _NO_CHAPTER and counts[i] >= min_count][:n_diseases]
-    S = E[diseases] @ E.T                     # (n_diseases, V): only the rows needed, never V x V
-    S[:, counts < min_count] = -np.inf
-    S[np.arange(len(diseases)), diseases] = -np.inf
-    out = []
-    for r, i in enumerate(diseases):
-        near = [j for j in np.argsort(-S[r], kind="stable")[:k] if np.isfinite(S[r, j])]
-        out.append({"token": tokens[i], "chapter": chapters[i], "persons": int(counts[i]),
-                    "nearest": [{"token": tokens[j], "cosine": float(S[r, j])} for j in near]})
-    return out
 
 
 # -- plots ----------------------------------------------------------------------------------------------
@@ -317,9 +144,9 @@ def _tsne_plot(model, tokens: list[str], chapters: list[str], seed: int, n_label
                   max_iter=500, metric="cosine").fit_transform(E)
     fig, ax = plt.subplots(figsize=(10, 6.5))
     cmap = plt.get_cmap("tab20")
-    other = np.array([c == _NO_CHAPTER for c in chapters])
-    ax.scatter(xy[other, 0], xy[other, 1], s=6, c="lightgrey", label=f"{_NO_CHAPTER} ({int(other.sum())})")
-    named = sorted(set(chapters) - {_NO_CHAPTER}, key=lambda ch: (-chapters.count(ch), ch))
+    other = np.array([c == NO_CHAPTER for c in chapters])
+    ax.scatter(xy[other, 0], xy[other, 1], s=6, c="lightgrey", label=f"{NO_CHAPTER} ({int(other.sum())})")
+    named = sorted(set(chapters) - {NO_CHAPTER}, key=lambda ch: (-chapters.count(ch), ch))
     for j, ch in enumerate(named):
         sel = np.array([c == ch for c in chapters])
         ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(j % 20), label=f"{ch} ({int(sel.sum())})")

@@ -100,7 +100,7 @@ def _given_descriptions(descriptions) -> pa.Table:
 def _concept_descriptions(cdm, codes: list[str], cdm_schema: str | None, vocab_schema: str | None) -> pa.Table:
     """concept_name for codes shaped VOCABULARY_ID/concept_code, from the CDM's concept table (report's SQL)."""
     from omop_behrt.db.cdm import OmopCdm
-    from omop_behrt.evaluation.report import concept_names
+    from omop_behrt.vocab.names import concept_names
     if cdm is None or not codes:
         return DESCRIPTIONS_SCHEMA.empty_table()
     cdm = cdm if hasattr(cdm, "qtable") else OmopCdm(cdm, cdm_schema=cdm_schema, vocab_schema=vocab_schema)

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -20,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from omop_behrt.db.database import arrow_reader, sql_literal
 from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
-                      fill_rebuilt_visits, validate_events, validate_persons, write_json, write_table)
+                               fill_rebuilt_visits, validate_events, validate_persons, writable_dir, write_json,
+                               write_table)
+from omop_behrt.lock import exclusive_lock
 
 MEDS_VERSION = "0.4.0"
 BIRTH, DEATH, SEX, SOURCE_ID = "MEDS_BIRTH", "MEDS_DEATH", "SEX/", "PERSON/SOURCE_ID"
@@ -42,129 +44,144 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
             rows_per_shard: int = ROWS_PER_SHARD, memory_limit: str | None = "2GB") -> dict:
     """Write an event directory as a MEDS dataset at ``out``; returns {subjects, rows, shards}.
 
-    One pass: the events and the persons' rows are sorted once by DuckDB (spilling past ``memory_limit``) and
-    streamed into shards of contiguous subjects, a shard closed at the first subject boundary past
-    ``rows_per_shard`` rows; the codes (with the source's descriptions) are gathered on the way.
+    The event shards are read by DuckDB and written by :func:`write_meds` (one sorted pass, swapped in whole).
     """
     src = events if isinstance(events, EventDir) else EventDir.open(events)
-    out = Path(out)
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "metadata").mkdir(parents=True, exist_ok=True)
-    for old in (out / "data").glob("*.parquet"):
-        old.unlink()
-    con = duckdb.connect()
-    if memory_limit:
-        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}").fetchall()
-    con.register("persons_t", src.persons())
+    con = _connect(memory_limit)
     files = [str(f) for f in src.event_files()]
     if files:
         con.execute(f"CREATE TEMP VIEW events_t AS SELECT * FROM read_parquet([{', '.join(map(sql_literal, files))}])"
                     ).fetchall()
     else:
         con.register("events_t", EVENTS_SCHEMA.empty_table())
+    try:
+        return write_meds(con, out, persons=src.persons(), descriptions=src.descriptions(),
+                          observation_periods=src.observation_periods(), manifest=src.manifest,
+                          dataset_name=dataset_name or src.path.name, rows_per_shard=rows_per_shard)
+    finally:
+        con.close()
+
+
+def _connect(memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    if memory_limit:
+        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}").fetchall()
+    return con
+
+
+def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.Table, descriptions: pa.Table,
+               observation_periods: pa.Table, manifest: dict, dataset_name: str,
+               rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+    """Write the events of ``con``'s relation ``events_t`` (EVENTS_SCHEMA columns) and ``persons`` as MEDS at ``out``.
+
+    The events and the persons' rows are sorted once by DuckDB (spilling past the connection's memory limit) and
+    streamed into shards of whole subjects, the codes (with the source's descriptions) gathered on the way. It is
+    all written into a private folder inside ``out`` and swapped in under a lock: two runs into one folder never
+    mix their shards, and a run that fails or is killed leaves the previous dataset as it was.
+    """
+    out = writable_dir(out, "the MEDS folder")
+    work = out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        info = _write_dataset(con, work, persons, descriptions, observation_periods, manifest, dataset_name,
+                              rows_per_shard)
+        _swap_in(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def _write_dataset(con: duckdb.DuckDBPyConnection, out: Path, persons: pa.Table, descriptions: pa.Table,
+                   observation_periods: pa.Table, manifest: dict, dataset_name: str, rows_per_shard: int) -> dict:
+    """The MEDS dataset itself (data/, metadata/) in the fresh folder ``out``."""
+    (out / "metadata").mkdir(parents=True)
+    con.register("persons_t", persons)
     extra = [f.name for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code", "numeric_value")]
     ev_cols = "subject_id, time, code, numeric_value, CAST(NULL AS VARCHAR) AS text_value, " + ", ".join(extra)
     null_extra = ", ".join(f"CAST(NULL AS {_duck_type(EVENTS_SCHEMA.field(c).type)}) AS {c}" for c in extra)
     person_rows = f"""
-        SELECT subject_id, CAST(birth_date AS TIMESTAMP) AS time, '{BIRTH}' AS code, CAST(NULL AS FLOAT) AS numeric_value,
-               CAST(NULL AS VARCHAR) AS text_value, {null_extra} FROM persons_t WHERE birth_date IS NOT NULL
+        SELECT subject_id, CAST(birth_date AS TIMESTAMP) AS time, '{BIRTH}' AS code,
+               CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value,
+               {null_extra} FROM persons_t WHERE birth_date IS NOT NULL
         UNION ALL
         SELECT subject_id, CAST(death_date AS TIMESTAMP), '{DEATH}', NULL, NULL, {null_extra}
         FROM persons_t WHERE death_date IS NOT NULL
         UNION ALL
         SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {null_extra} FROM persons_t
         UNION ALL
-        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM persons_t WHERE source_id IS NOT NULL"""
+        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM persons_t
+        WHERE source_id IS NOT NULL"""
     order = ", ".join(["subject_id", "time NULLS FIRST", "code", "numeric_value NULLS FIRST",
                        "text_value NULLS FIRST"] + [f"{c} NULLS FIRST" for c in extra])
     rel = con.sql(f"SELECT {ev_cols} FROM events_t UNION ALL {person_rows} ORDER BY {order}")
-    writer = _MedsShards(out / "data", _meds_schema(), rows_per_shard)
+    schema = _meds_schema()
+    writer = ShardWriter(out / "data", "", schema, rows_per_shard, key="subject_id", name="{index}.parquet",
+                         empty_shard=True)
+    codes: set[str] = set()
+    subjects, last = 0, None
     for batch in arrow_reader(rel, batch_rows=min(rows_per_shard, 1_000_000)):
-        writer.write(batch)
+        if batch.num_rows == 0:
+            continue
+        subject = batch.column("subject_id").to_numpy()
+        subjects += int(np.count_nonzero(np.diff(subject))) + int(last != subject[0])
+        last = int(subject[-1])
+        codes.update(pc.unique(batch.column("code")).to_pylist())
+        writer.write(pa.Table.from_batches([batch]).cast(schema))
     writer.close()
-    con.register("codes_t", pa.table({"code": pa.array(sorted(writer.codes), pa.string())}))
-    con.register("descriptions_t", src.descriptions().select(["code", "description"]))
-    codes = con.sql("SELECT c.code, d.description, CAST([] AS VARCHAR[]) AS parent_codes FROM codes_t c LEFT JOIN "
+    con.register("codes_t", pa.table({"code": pa.array(sorted(codes), pa.string())}))
+    con.register("descriptions_t", descriptions.select(["code", "description"]))
+    table = con.sql("SELECT c.code, d.description, CAST([] AS VARCHAR[]) AS parent_codes FROM codes_t c LEFT JOIN "
                     "(SELECT code, MIN(description) AS description FROM descriptions_t GROUP BY code) d USING (code) "
                     "ORDER BY c.code").to_arrow_table()
-    write_table(codes.cast(CODES_SCHEMA), out / "metadata" / "codes.parquet")
+    write_table(table.cast(CODES_SCHEMA), out / "metadata" / "codes.parquet")
     from omop_behrt import __version__
-    write_json({"dataset_name": dataset_name or src.path.name, "dataset_version": src.manifest.get("created_at", "1"),
+    write_json({"dataset_name": dataset_name, "dataset_version": manifest.get("created_at", "1"),
                 "etl_name": "omop-behrt", "etl_version": __version__, "meds_version": MEDS_VERSION,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
                out / "metadata" / "dataset.json")
-    write_table(src.observation_periods(), out / "metadata" / "observation_periods.parquet")
-    write_json(src.manifest, out / "metadata" / "omop_behrt_manifest.json")
-    return {"subjects": writer.subjects, "rows": writer.rows, "shards": len(writer.files)}
+    write_table(observation_periods, out / "metadata" / "observation_periods.parquet")
+    write_json(manifest, out / "metadata" / "omop_behrt_manifest.json")
+    return {"subjects": subjects, "rows": writer.rows, "shards": len(writer.files)}
+
+
+#: what a MEDS dataset written here consists of: swapped in together, everything else in the folder is left alone
+_PARTS = ("data", "metadata")
+
+
+def _swap_in(work: Path, out: Path, timeout: float = 600.0) -> None:
+    """Replace ``out``'s data/ and metadata/ by ``work``'s, under a lock on ``out`` (renames only: instant).
+
+    Leftovers of runs that died (their private folders, a swap cut short) are removed on the way.
+    """
+    lock = out / ".omop-behrt-meds.lock"
+    with exclusive_lock(lock, timeout, f"{out}: another run has held the MEDS folder's lock {lock} for "
+                                       f"{timeout:.0f} s; is a to-meds or extract --meds-out stuck?",
+                        error=TimeoutError):
+        for stale in list(out.glob(".tmp-*")) + list(out.glob(".old-*")):
+            pid = stale.name.split("-")[1]
+            if stale.name.startswith(".old-") or (pid.isdigit() and not _alive(int(pid))):
+                shutil.rmtree(stale, ignore_errors=True)
+        old = out / f".old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old.mkdir()
+        for part in _PARTS:
+            if (out / part).exists():
+                os.rename(out / part, old / part)
+            os.rename(work / part, out / part)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a private folder of a dead one is a leftover)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string()),
                           ("parent_codes", pa.list_(pa.string()))])
-
-
-class _MedsShards:
-    """Sorted MEDS rows -> ``<i>.parquet`` shards of whole subjects; counts rows, subjects and distinct codes."""
-
-    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int):
-        self.directory, self.schema, self.rows_per_shard = directory, schema, rows_per_shard
-        self.files: list[Path] = []
-        self.rows = self.subjects = 0
-        self.codes: set[str] = set()
-        self._writer: pq.ParquetWriter | None = None
-        self._in_shard = 0
-        self._last: int | None = None           # the last subject seen (counting subjects across batches)
-        self._last_written: int | None = None   # the last subject written to the open shard
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
-            return
-        subject = batch.column("subject_id").to_numpy()
-        starts = np.flatnonzero(np.diff(subject)) + 1           # first row of each subject after the first
-        self.subjects += len(starts) + int(self._last != subject[0])
-        self._last = int(subject[-1])
-        self.codes.update(pc.unique(batch.column("code")).to_pylist())
-        table = pa.Table.from_batches([batch]).cast(self.schema)
-        while table.num_rows:
-            if self._writer is None:
-                self._open()
-            room = self.rows_per_shard - self._in_shard
-            if room > 0:                                  # fill the shard up to its size
-                self._put(table.slice(0, room))
-                table = table.slice(room)
-                continue
-            # full: finish the last subject written (rows sorted by subject), then close the shard
-            same = int(np.searchsorted(table.column("subject_id").to_numpy(), self._last_written, side="right"))
-            if same:
-                self._put(table.slice(0, same))
-                table = table.slice(same)
-            if table.num_rows:
-                self._close()
-
-    def _open(self) -> None:
-        final = self.directory / f"{len(self.files)}.parquet"
-        self._tmp = final.with_suffix(".parquet.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
-        self.files.append(final)
-        self._in_shard = 0
-
-    def _put(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._writer.write_table(table)
-        self._in_shard += table.num_rows
-        self.rows += table.num_rows
-        self._last_written = int(table.column("subject_id")[-1].as_py())
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            os.replace(self._tmp, self.files[-1])
-            self._writer = None
-
-    def close(self) -> None:
-        if self._writer is None and not self.files:      # no rows: one empty shard, as MEDS readers expect
-            self._open()
-        self._close()
 
 
 def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_SHARD) -> EventDir:
@@ -239,3 +256,40 @@ def _meds_schema() -> pa.Schema:
 def _duck_type(t: pa.DataType) -> str:
     return {pa.int64(): "BIGINT", pa.string(): "VARCHAR", pa.timestamp("us"): "TIMESTAMP",
             pa.float32(): "FLOAT"}[t]
+
+
+class EventTable:
+    """The extraction's events in a DuckDB table (spilling to ``temp_dir`` past ``memory_limit``), for
+    :func:`write_meds`: ``extract(meds_out=...)`` appends each table's Arrow batches here instead of (or besides)
+    writing event shards, so MEDS is written without reading an event directory back.
+    """
+
+    def __init__(self, memory_limit: str | None = "2GB", temp_dir: Path | None = None):
+        self.con = _connect(memory_limit)
+        if temp_dir is not None:
+            Path(temp_dir).mkdir(parents=True, exist_ok=True)
+            self.con.execute(f"SET temp_directory = {sql_literal(str(temp_dir))}").fetchall()
+        cols = ", ".join(f"{f.name} {_duck_type(f.type)}" for f in EVENTS_SCHEMA)
+        self.con.execute(f"CREATE TABLE events_t ({cols})").fetchall()
+        self.rows = 0
+        #: set by the extraction when every table's events went through :meth:`write` (not a resumed run)
+        self.complete = False
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append a batch conformed to EVENTS_SCHEMA."""
+        if batch.num_rows == 0:
+            return
+        self.con.register("batch_t", batch)
+        try:
+            self.con.execute("INSERT INTO events_t SELECT * FROM batch_t").fetchall()
+        finally:
+            self.con.unregister("batch_t")
+        self.rows += batch.num_rows
+
+    def code_concepts(self) -> pa.Table:
+        """Distinct (code, concept_id) of the events with a concept (what codes.parquet describes)."""
+        return self.con.sql("SELECT DISTINCT code, concept_id FROM events_t WHERE concept_id IS NOT NULL "
+                            "AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2").to_arrow_table()
+
+    def close(self) -> None:
+        self.con.close()

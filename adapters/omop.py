@@ -8,8 +8,10 @@ table by table, splits good rows from quarantined ones, counts what was noted, a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,8 @@ class ExtractSummary:
     #: with ExtractOptions.notes: the note table's rows read, written to notes/ and quarantined
     clinical_notes: dict | None = None
     warnings: list = field(default_factory=list)
+    #: with ``meds_out``: where the MEDS dataset went and its {subjects, rows, shards}
+    meds: dict | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -93,6 +97,10 @@ class ExtractSummary:
                 f"{f['file']} ({f['reason']})" for f in self.skipped_files))
         for w in self.warnings:
             lines.append(f"warning: {w}")
+        if self.meds is not None:
+            m = self.meds
+            lines.append(f"MEDS          {m['subjects']:,} subjects, {m['rows']:,} rows, {m['shards']:,} shard(s) "
+                         f"in {m['path']}")
         lines.append(f"time          {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -228,12 +236,16 @@ def _open_cdm(source, cdm_schema, vocab_schema, results_schema) -> OmopCdm:
     return cdm
 
 
-def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str | None = None,
+def extract(source: "str | Path | Database", out: str | Path | None, *, cdm_schema: str | None = None,
             vocab_schema: str | None = None, results_schema: str | None = None,
             options: ExtractOptions | None = None, resume: bool = False, batch_rows: int = 500_000,
             rows_per_shard: int = 5_000_000, memory_limit: str | None = "2GB",
-            progress: bool = True) -> ExtractSummary:
+            progress: bool = True, meds_out: str | Path | None = None) -> ExtractSummary:
     """Read an OMOP CDM into an event directory at ``out`` and return what was read and written.
+
+    ``meds_out``: also write the events as a MEDS dataset there, in the same pass (the streamed batches go into
+    a DuckDB table that is sorted once into MEDS shards; nothing is read back); ``out=None`` then keeps no event
+    directory (a private one beside the MEDS data holds the persons and the quarantine, and is removed).
 
     Each table is one streamed query; a finished table is recorded in the manifest with a fingerprint of the
     inputs, so ``resume=True`` skips it after an interruption (and refuses a run made from other inputs).
@@ -242,12 +254,54 @@ def extract(source: "str | Path | Database", out: str | Path, *, cdm_schema: str
     settings govern a SQLAlchemy source.
     """
     try:
-        return _extract(source, out, cdm_schema, vocab_schema, results_schema, options or ExtractOptions(),
-                        resume, batch_rows, rows_per_shard, memory_limit, progress)
+        if meds_out is None:
+            if out is None:
+                raise ValueError("extract: give an event directory (out), a MEDS folder (meds_out), or both")
+            return _extract(source, out, cdm_schema, vocab_schema, results_schema, options or ExtractOptions(),
+                            resume, batch_rows, rows_per_shard, memory_limit, progress)
+        return _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema,
+                             options or ExtractOptions(), resume, batch_rows, rows_per_shard, memory_limit, progress)
     except Exception as e:
         if _interrupted(e):          # DuckDB turns Ctrl-C during a query into its own error
             raise KeyboardInterrupt from None
         raise
+
+
+def _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions,
+                  resume: bool, batch_rows: int, rows_per_shard: int, memory_limit: str | None,
+                  progress: bool) -> ExtractSummary:
+    """Extraction whose events also (``out``) or only (``out=None``) become a MEDS dataset at ``meds_out``."""
+    from omop_behrt.adapters import meds
+    meds_out = writable_dir(meds_out, "the MEDS folder")
+    private = out is None
+    if private:
+        if resume:
+            raise ValueError("extract --resume needs --out: a MEDS-only extraction keeps no event directory to "
+                             "resume from")
+        if options.notes:
+            raise ValueError("extract --notes needs --out: clinical notes are kept in an event directory, "
+                             "which MEDS holds no place for")
+        # inside the MEDS folder, named like write_meds's own private folders: a killed run's is removed later
+        out = meds_out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-events"
+    sink = meds.EventTable(memory_limit, Path(out) / ".meds_tmp")
+    try:
+        summary = _extract(source, out, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,
+                           rows_per_shard, memory_limit, progress, sink=sink, keep_events=not private)
+        name = meds_out.name if private else Path(out).name
+        if sink.complete:
+            ev = EventDir(out)
+            info = meds.write_meds(sink.con, meds_out, persons=ev.persons(), descriptions=ev.descriptions(),
+                                   observation_periods=ev.observation_periods(), manifest=ev.manifest,
+                                   dataset_name=name, rows_per_shard=rows_per_shard)
+        else:       # a resumed run (tables done before) or Spark (the executors wrote the shards): read them
+            info = meds.to_meds(out, meds_out, name, rows_per_shard, memory_limit)
+    finally:
+        sink.close()
+        shutil.rmtree(Path(out) / ".meds_tmp", ignore_errors=True)
+        if private:
+            shutil.rmtree(out, ignore_errors=True)
+    summary.meds = {**info, "path": str(meds_out)}
+    return summary
 
 
 def _interrupted(e: Exception) -> bool:
@@ -262,8 +316,12 @@ def _interrupted(e: Exception) -> bool:
 
 
 def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions, resume: bool,
-             batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool) -> ExtractSummary:
-    """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt."""
+             batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool,
+             sink=None, keep_events: bool = True) -> ExtractSummary:
+    """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt.
+
+    ``sink`` (a meds.EventTable) receives every event batch too; ``keep_events=False`` writes no event shards.
+    """
     t0 = time.perf_counter()
     options.check()
     out = EventDir(writable_dir(out))            # a read-only or misplaced --out fails before the source is read
@@ -288,6 +346,9 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     spark = cdm.db.dialect == "spark"
     if spark:
         from omop_behrt.adapters import omop_spark
+    # the sink holds every event only when each table streams through here (not Spark, nothing done before)
+    if sink is not None and (spark or any(d in done for d in domains)):
+        sink, keep_events = None, True
     cdm.db.limit_memory(memory_limit, out.path / ".duckdb_tmp")
 
     # persons and observation periods: small, one query each; an empty selection stops before anything is written
@@ -351,13 +412,15 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             continue
         skipped.pop(d, None)
         done[d] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
-                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress))
+                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink, keep_events))
         out.write_manifest()
+    if sink is not None:
+        sink.complete = True
 
     if options.notes and "note" not in done:
         done["note"] = _extract_notes(cdm, options, out, batch_rows, progress, skipped)
         out.write_manifest()
-    write_descriptions(cdm, out)
+    write_descriptions(cdm, out, None if sink is None else sink.code_concepts())
 
     summary.skipped_files = list(getattr(cdm.db, "skipped_files", []) or [])
     listed = {f"{cdm.db.description}: file {f['file']} not read: {f['reason']}" for f in summary.skipped_files}
@@ -378,17 +441,17 @@ def _filters_record(options: ExtractOptions) -> dict:
 
 
 def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out: EventDir, batch_rows: int,
-                   rows_per_shard: int, progress: bool) -> dict:
-    """Stream one clinical table into event shards and its quarantine file; return its manifest part."""
+                   rows_per_shard: int, progress: bool, sink=None, keep_events: bool = True) -> dict:
+    """Stream one clinical table into event shards (and/or ``sink``) and its quarantine file; return its part."""
     _remove_partial(out, spec.table)
     duplicates, shared_ids = duplicate_counts(cdm, spec) if options.check_duplicates else (0, 0)
     sql, params = events_sql(cdm, spec, options, duplicates=duplicates > 0)
     total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
-    writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard)
+    writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard) if keep_events else None
     quarantine: list[pa.Table] = []
     visit_ids: list[np.ndarray] = []      # distinct visit ids per batch, for the summary's visit counts
     notes: dict = {}
-    rows_in = outside = 0
+    rows_in = rows_out = outside = 0
     with tqdm(total=total, desc=f"extract {spec.table}", unit="row", unit_scale=True,
               disable=not progress, leave=False) as bar:
         for batch in cdm.db.stream(sql, params, _QUERY_SCHEMA, batch_rows):
@@ -396,7 +459,12 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             batch = fill_rebuilt_visits(batch)
             ok = pc.is_null(batch.column("reason"))
             good = batch if pc.all(ok).as_py() else batch.filter(ok)
-            writer.write(good.select(_EVENT_COLUMNS).cast(EVENTS_SCHEMA))
+            events = good.select(_EVENT_COLUMNS).cast(EVENTS_SCHEMA)
+            rows_out += events.num_rows
+            if writer is not None:
+                writer.write(events)
+            if sink is not None:
+                sink.write(events)
             if good.num_rows < batch.num_rows:
                 quarantine.append(_quarantine_rows(batch, pc.invert(ok), spec.table))
             _count_values(good.column("time_note"), notes)
@@ -405,15 +473,15 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             v = good.column("visit_id").to_numpy(zero_copy_only=False)
             visit_ids.append(_distinct(v if spec.domain != "visit" else v[:0]))
             bar.update(batch.num_rows)
-    writer.close()
+    files = writer.close() if writer is not None else []
     q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
     write_table(q, out.path / f"quarantine-{spec.table}.parquet")
     state = out.path / ".state"
     state.mkdir(exist_ok=True)
     np.save(state / f"visits-{spec.table}.npy", _distinct(np.concatenate(visit_ids)) if visit_ids
             else np.zeros(0, np.int64))
-    return {"rows_in": rows_in, "rows_out": writer.rows, "quarantined": q.num_rows,
-            "files": [f.name for f in writer.files], "notes": notes, "outside_observation": outside,
+    return {"rows_in": rows_in, "rows_out": rows_out, "quarantined": q.num_rows,
+            "files": [f.name for f in files], "notes": notes, "outside_observation": outside,
             "shared_id_rows": shared_ids}
 
 
@@ -452,11 +520,16 @@ def _extract_notes(cdm: OmopCdm, options: ExtractOptions, out: EventDir, batch_r
             "files": [f.name for f in writer.files]}
 
 
-def write_descriptions(cdm: OmopCdm, out: EventDir) -> None:
-    """codes.parquet: the concept_name of every code the events hold by a known concept, for the text serialiser."""
+def write_descriptions(cdm: OmopCdm, out: EventDir, pairs: pa.Table | None = None) -> None:
+    """codes.parquet: the concept_name of every code the events hold by a known concept, for the text serialiser.
+
+    ``pairs``: the events' distinct (code, concept_id) when known already (a MEDS extraction), else read from
+    the event shards.
+    """
     import duckdb
-    files = [str(f) for f in out.event_files()]
-    pairs = pa.table({"code": pa.array([], pa.string()), "concept_id": pa.array([], pa.int64())})
+    files = [str(f) for f in out.event_files()] if pairs is None else []
+    if pairs is None:
+        pairs = pa.table({"code": pa.array([], pa.string()), "concept_id": pa.array([], pa.int64())})
     if files:
         con = duckdb.connect()
         try:

@@ -23,7 +23,12 @@ def _add_extract(sub) -> None:
                    help="DuckDB file, SQLAlchemy URL (postgresql://user@host/db), folder of CSV/Parquet exports, "
                         "or Spark: spark://local[2]?database=NAME (the SQL runs in Spark SQL and the executors "
                         "write the shards; --out must be a path every executor can write)")
-    p.add_argument("--out", required=True, help="event directory to write (per-person events: keep it on site)")
+    p.add_argument("--out", help="event directory to write (per-person events: keep it on site); optional with "
+                                 "--meds-out")
+    p.add_argument("--meds-out", metavar="DIR",
+                   help="also (or, without --out, only) write the events as a MEDS 0.4 dataset here, in the same "
+                        "pass: what `to-meds` would write from --out, without reading the event directory back "
+                        "(per-person events: keep it on site)")
     p.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main in DuckDB, the "
                                         "connection's default schema, e.g. public, on a server)")
     p.add_argument("--vocab-schema", help="schema holding concept & co. (default: the CDM schema)")
@@ -70,6 +75,8 @@ def _add_extract(sub) -> None:
 
 def _run_extract(args) -> int:
     from omop_behrt.adapters import fhir, omop
+    if args.out is None and args.meds_out is None:
+        raise ValueError("extract: give --out (an event directory), --meds-out (a MEDS dataset), or both")
     # a .json/.ndjson(.gz) file is FHIR or nothing: the FHIR reader says what it expected, not the OMOP one
     if args.format == "fhir" or (args.format is None and (fhir.is_fhir_source(args.source)
                                                           or fhir.has_fhir_name(args.source))):
@@ -79,11 +86,18 @@ def _run_extract(args) -> int:
                      if getattr(args, k) is not None]
         if omop_only:
             raise ValueError(f"{', '.join(omop_only)}: OMOP options; {args.source} is a FHIR source")
+        if args.out is None:
+            raise ValueError(f"--meds-out with a FHIR source needs --out too (the FHIR reader writes an event "
+                             f"directory, which to-meds then reads): {args.source}")
         summary = fhir.extract(args.source, args.out, validate=args.validate, views=args.fhir_views,
                                resume=args.resume, progress=not args.quiet,
                                **({"notes": True} if args.notes else {}))
         print(summary.table())
         print(f"event directory: {args.out}")
+        if args.meds_out:
+            from omop_behrt.adapters.meds import to_meds
+            info = to_meds(args.out, args.meds_out)
+            print(f"MEDS dataset written to {args.meds_out}: {info['subjects']:,} subjects, {info['rows']:,} rows")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
         return 0
@@ -101,9 +115,10 @@ def _run_extract(args) -> int:
                                   check_duplicates=not args.no_duplicate_check, notes=args.notes, **window)
     summary = omop.extract(args.source, args.out, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
                            results_schema=args.results_schema, options=options, resume=args.resume,
-                           progress=not args.quiet)
+                           progress=not args.quiet, meds_out=args.meds_out)
     print(summary.table())
-    print(f"event directory: {args.out}")
+    if args.out:
+        print(f"event directory: {args.out}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0
@@ -114,7 +129,9 @@ def _add_meds(sub) -> None:
     p = sub.add_parser("to-meds", help="write an event directory as a MEDS 0.4 dataset",
                        description="Write an event directory as a MEDS 0.4 dataset: data/*.parquet (births and "
                                    "deaths as MEDS_BIRTH / MEDS_DEATH events), metadata/codes.parquet and "
-                                   "metadata/dataset.json. Lossless: from-meds reads it back.")
+                                   "metadata/dataset.json. Lossless: from-meds reads it back. Written in a "
+                                   "private folder and swapped in under a lock: runs into one folder at once "
+                                   "never mix, and a failed run leaves the previous dataset.")
     p.add_argument("--events", required=True, help="event directory (from `omop-behrt extract`)")
     p.add_argument("--out", required=True, help="MEDS dataset directory to write (per-person events: keep it on "
                                                 "site)")

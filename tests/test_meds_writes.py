@@ -1,0 +1,202 @@
+"""How MEDS is written: in one pass by ``extract(meds_out=...)`` (equal to extract + to_meds, row for row), and
+safely: two ``to_meds`` into one folder at once give one valid dataset, a failed or killed run leaves the old one.
+
+Rows are compared with DuckDB (EXCEPT ALL both ways), counts computed from the event directory independently of
+the writer, and every dataset passes the official validator (tests/test_meds_validation.py).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("meds", reason="the `meds` package (official MEDS schemas) is not installed")
+
+from omop_behrt.adapters import meds as meds_adapter  # noqa: E402
+from omop_behrt.adapters import omop  # noqa: E402
+from omop_behrt.adapters.meds import to_meds  # noqa: E402
+from omop_behrt.events import EventDir  # noqa: E402
+from test_meds_validation import validate_meds_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(folder: Path) -> str:
+    return f"read_parquet('{folder}/data/*.parquet')"
+
+
+def assert_same_rows(a: Path, b: Path) -> int:
+    """Both MEDS datasets hold the same multiset of rows (all columns); returns the row count."""
+    con = duckdb.connect()
+    n_a, n_b = (con.execute(f"SELECT COUNT(*) FROM {_rows(x)}").fetchone()[0] for x in (a, b))
+    assert n_a == n_b
+    for x, y in ((a, b), (b, a)):
+        extra = con.execute(f"SELECT COUNT(*) FROM (SELECT * FROM {_rows(x)} EXCEPT ALL SELECT * FROM {_rows(y)})"
+                            ).fetchone()[0]
+        assert extra == 0, f"{extra} rows of {x} are not in {y}"
+    codes = [pq.read_table(x / "metadata" / "codes.parquet") for x in (a, b)]
+    assert codes[0].equals(codes[1])
+    return n_a
+
+
+def expected_counts(ev: EventDir) -> tuple[int, int]:
+    """(rows, subjects) a MEDS dataset of ``ev`` must hold, counted from the event directory with DuckDB:
+    events + a MEDS_BIRTH per birth date, a MEDS_DEATH per death date, a SEX row per person, a source-id row."""
+    con = duckdb.connect()
+    files = [str(f) for f in ev.event_files()]
+    events = con.execute("SELECT COUNT(*) FROM read_parquet($f)", {"f": files}).fetchone()[0]
+    p = str(ev.path / "persons.parquet")
+    person_rows, persons = con.execute(
+        "SELECT COUNT(birth_date) + COUNT(death_date) + COUNT(*) + COUNT(source_id), COUNT(*) FROM read_parquet($p)",
+        {"p": p}).fetchone()
+    subjects = con.execute("SELECT COUNT(*) FROM (SELECT subject_id FROM read_parquet($f) UNION "
+                           "SELECT subject_id FROM read_parquet($p))", {"f": files, "p": p}).fetchone()[0]
+    return events + person_rows, subjects
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith((".tmp-", ".old-")))
+
+
+# -- one pass ----------------------------------------------------------------------------------------------------
+def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path):
+    """MEDS only (no event directory kept): same rows and codes as to_meds of the extraction, validator passes."""
+    summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", progress=False)
+    to_meds(eunomia_events, tmp_path / "two")
+    validate_meds_dataset(tmp_path / "one")
+    n = assert_same_rows(tmp_path / "one", tmp_path / "two")
+    rows, subjects = expected_counts(eunomia_events)
+    assert n == rows == summary.meds["rows"] and summary.meds["subjects"] == subjects == 2694
+    assert summary.events_out == eunomia_events.manifest["summary"]["events_out"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".omop-behrt-meds.lock", "data", "metadata"]
+    assert "MEDS" in summary.table()
+
+
+def test_extract_meds_out_beside_an_event_directory_in_shards(eunomia_db, tmp_path):
+    """Both outputs from one pass: the event directory as usual, and MEDS in shards of whole subjects equal, shard
+    for shard, to to_meds of that event directory with the same shard size."""
+    omop.extract(eunomia_db, tmp_path / "ev", meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False)
+    ev = EventDir.open(tmp_path / "ev")
+    assert ev.events().count_rows() == ev.manifest["summary"]["events_out"] == 217_014
+    info = to_meds(ev, tmp_path / "two", rows_per_shard=50_000)
+    shards = validate_meds_dataset(tmp_path / "one")
+    assert len(shards) == info["shards"] == 5
+    for i in range(5):
+        a, b = (pq.read_table(x / "data" / f"{i}.parquet") for x in (tmp_path / "one", tmp_path / "two"))
+        assert a.equals(b)
+
+
+def test_extract_meds_out_refuses_what_it_cannot_keep(eunomia_db, tmp_path):
+    with pytest.raises(ValueError, match="--resume needs --out"):
+        omop.extract(eunomia_db, None, meds_out=tmp_path / "m", resume=True, progress=False)
+    with pytest.raises(ValueError, match="--notes needs --out"):
+        omop.extract(eunomia_db, None, meds_out=tmp_path / "m", options=omop.ExtractOptions(notes=True),
+                     progress=False)
+    with pytest.raises(ValueError, match="meds_out"):
+        omop.extract(eunomia_db, None, progress=False)
+
+
+def test_extract_cli_meds_out(eunomia_db, eunomia_events, tmp_path, capsys):
+    from omop_behrt.cli.main import main
+    assert main(["extract", "--source", str(eunomia_db), "--meds-out", str(tmp_path / "m"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "MEDS" in out and str(tmp_path / "m") in out
+    validate_meds_dataset(tmp_path / "m")
+    assert assert_same_rows(tmp_path / "m", _one_run(eunomia_events, tmp_path)) > 0
+
+
+def _one_run(ev: EventDir, tmp_path: Path) -> Path:
+    if not (tmp_path / "single").exists():
+        to_meds(ev, tmp_path / "single", rows_per_shard=50_000)
+    return tmp_path / "single"
+
+
+# -- safe writes -------------------------------------------------------------------------------------------------
+CHILD = """
+import sys, time
+from omop_behrt.adapters.meds import to_meds
+start = time.time()
+to_meds(sys.argv[1], sys.argv[2], rows_per_shard=int(sys.argv[3]))
+print("SPAN", start, time.time())
+"""
+
+
+def test_two_concurrent_to_meds_into_one_folder(eunomia_events, tmp_path):
+    """Two processes write one folder at once (their runs overlap in time), with different shard sizes so that
+    mixed shards would show: the result is one whole run's dataset (5 or 8 shards), valid, equal to a single run;
+    the older dataset's shards are gone, other files in the folder stay."""
+    out = tmp_path / "m"
+    to_meds(eunomia_events, out, rows_per_shard=7_000)            # an older dataset, 32 shards
+    (out / "labels").mkdir()
+    (out / "labels" / "keep.txt").write_text("not ours")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(eunomia_events.path), str(out), str(size)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for size in (50_000, 30_000)]
+    spans = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        spans.append([float(x) for x in stdout.split("SPAN")[1].split()])
+    assert max(s[0] for s in spans) < min(s[1] for s in spans), f"the runs did not overlap: {spans}"
+    shards = validate_meds_dataset(out)
+    assert len(shards) in (5, 8) and len(shards) == len(list((out / "data").iterdir()))   # the 32 old ones: gone
+    rows, subjects = expected_counts(eunomia_events)
+    con = duckdb.connect()
+    assert con.execute(f"SELECT COUNT(*), COUNT(DISTINCT subject_id) FROM {_rows(out)}").fetchone() == (rows,
+                                                                                                     subjects)
+    assert_same_rows(out, _one_run(eunomia_events, tmp_path))
+    assert (out / "labels" / "keep.txt").read_text() == "not ours" and _leftovers(out) == []
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_a_failed_to_meds_leaves_the_old_dataset(eunomia_events, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    to_meds(eunomia_events, out, rows_per_shard=50_000)
+    before = _snapshot(out)
+    calls = []
+
+    def fail_on_third(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        return real(self, batch)
+    real = meds_adapter.ShardWriter.write
+    monkeypatch.setattr(meds_adapter.ShardWriter, "write", fail_on_third)
+    with pytest.raises(OSError, match="simulated"):
+        to_meds(eunomia_events, out, rows_per_shard=7_000)
+    assert _snapshot(out) == before and _leftovers(out) == []
+    validate_meds_dataset(out)
+
+
+def test_a_killed_to_meds_leaves_the_old_dataset_and_its_leftovers_go(eunomia_events, tmp_path):
+    """SIGKILL while the private folder is being written: the old dataset is untouched; the next run removes
+    the dead run's private folder."""
+    out = tmp_path / "m"
+    to_meds(eunomia_events, out, rows_per_shard=50_000)
+    before = _snapshot(out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-c", CHILD, str(eunomia_events.path), str(out), "7000"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(f".tmp-{p.pid}-*")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "the child finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert _snapshot(out) == before
+    assert [x.split("-")[1] for x in _leftovers(out)] == [str(p.pid)]
+    to_meds(eunomia_events, out, rows_per_shard=50_000)
+    assert _leftovers(out) == [] and _snapshot(out).keys() == before.keys()
+    validate_meds_dataset(out)

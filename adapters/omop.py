@@ -270,36 +270,41 @@ def extract(source: "str | Path | Database", out: str | Path | None, *, cdm_sche
 def _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions,
                   resume: bool, batch_rows: int, rows_per_shard: int, memory_limit: str | None,
                   progress: bool) -> ExtractSummary:
-    """Extraction whose events also (``out``) or only (``out=None``) become a MEDS dataset at ``meds_out``."""
+    """Extraction whose events also (``out``) or only (``out=None``) become a MEDS dataset at ``meds_out``.
+
+    MEDS only: the events are spilled once (lz4, private) and sorted into MEDS; no event shard is written or read.
+    With ``out`` the event shards are written anyway, so the sort reads them (to_meds) rather than a second copy.
+    """
     from omop_behrt.adapters import meds
     meds_out = writable_dir(meds_out, "the MEDS folder")
-    private = out is None
-    if private:
-        if resume:
-            raise ValueError("extract --resume needs --out: a MEDS-only extraction keeps no event directory to "
-                             "resume from")
-        if options.notes:
-            raise ValueError("extract --notes needs --out: clinical notes are kept in an event directory, "
-                             "which MEDS holds no place for")
-        # inside the MEDS folder, named like write_meds's own private folders: a killed run's is removed later
-        out = meds_out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-events"
-    sink = meds.EventTable(memory_limit, Path(out) / ".meds_tmp")
-    try:
+    if out is not None:
         summary = _extract(source, out, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,
-                           rows_per_shard, memory_limit, progress, sink=sink, keep_events=not private)
-        name = meds_out.name if private else Path(out).name
+                           rows_per_shard, memory_limit, progress)
+        info = meds.to_meds(out, meds_out, Path(out).name, rows_per_shard, memory_limit)
+        summary.meds = {**info, "path": str(meds_out)}
+        return summary
+    if resume:
+        raise ValueError("extract --resume needs --out: a MEDS-only extraction keeps no event directory to "
+                         "resume from")
+    if options.notes:
+        raise ValueError("extract --notes needs --out: clinical notes are kept in an event directory, "
+                         "which MEDS holds no place for")
+    # inside the MEDS folder, named like write_meds's own private folders: a killed run's is removed by the next
+    work = meds_out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-events"
+    sink = meds.EventTable(work / ".meds_spill", memory_limit)
+    try:
+        summary = _extract(source, work, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,
+                           rows_per_shard, memory_limit, progress, sink=sink)
         if sink.complete:
-            ev = EventDir(out)
+            ev = EventDir(work)
             info = meds.write_meds(sink.con, meds_out, persons=ev.persons(), descriptions=ev.descriptions(),
                                    observation_periods=ev.observation_periods(), manifest=ev.manifest,
-                                   dataset_name=name, rows_per_shard=rows_per_shard)
-        else:       # a resumed run (tables done before) or Spark (the executors wrote the shards): read them
-            info = meds.to_meds(out, meds_out, name, rows_per_shard, memory_limit)
+                                   dataset_name=meds_out.name, rows_per_shard=rows_per_shard)
+        else:       # Spark: the executors wrote event shards
+            info = meds.to_meds(work, meds_out, meds_out.name, rows_per_shard, memory_limit)
     finally:
         sink.close()
-        shutil.rmtree(Path(out) / ".meds_tmp", ignore_errors=True)
-        if private:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     summary.meds = {**info, "path": str(meds_out)}
     return summary
 
@@ -317,10 +322,11 @@ def _interrupted(e: Exception) -> bool:
 
 def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions, resume: bool,
              batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool,
-             sink=None, keep_events: bool = True) -> ExtractSummary:
+             sink=None) -> ExtractSummary:
     """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt.
 
-    ``sink`` (a meds.EventTable) receives every event batch too; ``keep_events=False`` writes no event shards.
+    ``sink`` (a meds.EventTable) receives the event batches instead of event shards (not from Spark, whose
+    executors write the shards).
     """
     t0 = time.perf_counter()
     options.check()
@@ -346,9 +352,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     spark = cdm.db.dialect == "spark"
     if spark:
         from omop_behrt.adapters import omop_spark
-    # the sink holds every event only when each table streams through here (not Spark, nothing done before)
-    if sink is not None and (spark or any(d in done for d in domains)):
-        sink, keep_events = None, True
+    if spark:
+        sink = None
     cdm.db.limit_memory(memory_limit, out.path / ".duckdb_tmp")
 
     # persons and observation periods: small, one query each; an empty selection stops before anything is written
@@ -412,7 +417,7 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             continue
         skipped.pop(d, None)
         done[d] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
-                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink, keep_events))
+                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink))
         out.write_manifest()
     if sink is not None:
         sink.complete = True
@@ -441,13 +446,13 @@ def _filters_record(options: ExtractOptions) -> dict:
 
 
 def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out: EventDir, batch_rows: int,
-                   rows_per_shard: int, progress: bool, sink=None, keep_events: bool = True) -> dict:
-    """Stream one clinical table into event shards (and/or ``sink``) and its quarantine file; return its part."""
+                   rows_per_shard: int, progress: bool, sink=None) -> dict:
+    """Stream one clinical table into event shards (or ``sink``) and its quarantine file; return its part."""
     _remove_partial(out, spec.table)
     duplicates, shared_ids = duplicate_counts(cdm, spec) if options.check_duplicates else (0, 0)
     sql, params = events_sql(cdm, spec, options, duplicates=duplicates > 0)
     total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
-    writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard) if keep_events else None
+    writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard) if sink is None else sink
     quarantine: list[pa.Table] = []
     visit_ids: list[np.ndarray] = []      # distinct visit ids per batch, for the summary's visit counts
     notes: dict = {}
@@ -461,10 +466,7 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             good = batch if pc.all(ok).as_py() else batch.filter(ok)
             events = good.select(_EVENT_COLUMNS).cast(EVENTS_SCHEMA)
             rows_out += events.num_rows
-            if writer is not None:
-                writer.write(events)
-            if sink is not None:
-                sink.write(events)
+            writer.write(events)
             if good.num_rows < batch.num_rows:
                 quarantine.append(_quarantine_rows(batch, pc.invert(ok), spec.table))
             _count_values(good.column("time_note"), notes)
@@ -473,7 +475,7 @@ def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out:
             v = good.column("visit_id").to_numpy(zero_copy_only=False)
             visit_ids.append(_distinct(v if spec.domain != "visit" else v[:0]))
             bar.update(batch.num_rows)
-    files = writer.close() if writer is not None else []
+    files = writer.close() if sink is None else []
     q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
     write_table(q, out.path / f"quarantine-{spec.table}.parquet")
     state = out.path / ".state"

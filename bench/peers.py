@@ -2,9 +2,10 @@
 
 Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Peers"):
   * omop_meds: OMOP CDM folder (Parquet per table, Eunomia replicated ``--copies`` times with new ids) -> MEDS.
-    omop-behrt: ``extract`` (the folder opened as DuckDB views typed by the DDL) then ``to-meds`` (one sorted
-    pass); peer: meds-etl 0.3.11 ``meds_etl_omop`` (polars backend), installed in its own virtual environment
-    (``--peer-venv``, made with ``pip install meds-etl==0.3.11 'polars<2'``). Outputs compared: rows, subjects and
+    omop-behrt: ``extract --meds-out`` (the folder opened as DuckDB views typed by the DDL, the streamed events
+    sorted once into MEDS, no event directory); ``omop-behrt 2-step``: ``extract`` then ``to-meds``; peer:
+    meds-etl 0.3.11 ``meds_etl_omop`` (polars backend), installed in its own virtual environment (``--peer-venv``,
+    made with ``pip install meds-etl==0.3.11 'polars<2'``). Outputs compared: rows, subjects and
     events by code prefix; differences are explained in the table's notes, not hidden.
 
   * transformer: BEHRT-shape training (masked LM, AdamW) and inference on the same length-bucketed batches of
@@ -80,6 +81,12 @@ def build_omop_folder(copies: int, out: Path) -> dict:
 
 CHILD_OURS = """
 import sys
+from omop_behrt.adapters import omop
+src, work, dst = sys.argv[1:4]
+omop.extract(src, None, meds_out=dst, progress=False)
+"""
+CHILD_TWO_STEP = """
+import sys
 from omop_behrt.adapters import omop, meds
 src, work, dst = sys.argv[1:4]
 omop.extract(src, work, progress=False)
@@ -95,20 +102,24 @@ main()
 
 RSS_FOOTER = """
 import resource
-print("PEAK_RSS_KB", max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+_self, _kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print("PEAK_RSS_KB", max(_self.ru_maxrss, _kids.ru_maxrss))
+print("CPU_S", _self.ru_utime + _self.ru_stime + _kids.ru_utime + _kids.ru_stime)
 """
 
 
 def run_child(python: str, code: str, *args: str) -> dict:
-    """Wall seconds and peak RSS (MB: the process or its largest worker) of one child process running ``code``."""
+    """Wall seconds, CPU seconds (all threads and worker processes: less sensitive than wall time to what else
+    runs on the machine) and peak RSS (MB: the process or its largest worker) of one child running ``code``."""
     t = time.perf_counter()
     p = subprocess.run([python, "-c", code + RSS_FOOTER, *args], capture_output=True, text=True)
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(f"{python} failed ({p.returncode}):\n{p.stderr[-6000:]}")
     kb = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(kb[-1] / 1024) if kb else None}
+    cpu = [float(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("CPU_S")]
+    return {"seconds": round(wall, 2), "cpu_s": round(cpu[-1], 2) if cpu else None,
+            "peak_rss_mb": round(kb[-1] / 1024) if kb else None}
 
 
 def meds_counts(path: Path) -> dict:
@@ -222,30 +233,41 @@ def omop_meds_stage(args) -> dict | None:
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:
         table_rows = build_omop_folder(args.copies, work / "omop")
-        runs = {"omop-behrt": [], "meds-etl": []}
+        tools = [("omop-behrt", sys.executable, CHILD_OURS), ("omop-behrt 2-step", sys.executable, CHILD_TWO_STEP),
+                 ("meds-etl", str(peer_python), CHILD_PEER)]
+        runs = {name: [] for name, _, _ in tools}
         loads = []
         for r in range(args.rounds):
-            order = [("omop-behrt", sys.executable, CHILD_OURS), ("meds-etl", str(peer_python), CHILD_PEER)]
-            for name, py, code in (order if r % 2 == 0 else order[::-1]):
+            k = r % len(tools)                      # each round starts with the next tool: none always goes first
+            for name, py, code in tools[k:] + tools[:k]:
                 for d in ("events", f"meds-{name}"):
                     shutil.rmtree(work / d, ignore_errors=True)
                 loads.append(os.getloadavg()[0])
                 res = run_child(py, code, str(work / "omop"), str(work / "events"), str(work / f"meds-{name}"))
+                res["load"] = round(loads[-1], 2)
                 runs[name].append(res)
-                print(f"round {r + 1} {name:<11} {res['seconds']:>7.2f} s", flush=True)
+                print(f"round {r + 1} {name:<17} {res['seconds']:>7.2f} s  cpu {res['cpu_s']:>6.2f} s  "
+                      f"{res['peak_rss_mb']:>5} MB  load {loads[-1]:.2f}", flush=True)
         counts = {name: meds_counts(work / f"meds-{name}") for name in runs}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     secs = {n: [x["seconds"] for x in v] for n, v in runs.items()}
     med = {n: statistics.median(v) for n, v in secs.items()}
+    rss = {n: statistics.median(x["peak_rss_mb"] for x in v) for n, v in runs.items()}
+    cpu = {n: statistics.median(x["cpu_s"] for x in v) for n, v in runs.items()}
     row = {"stage": "omop_meds", "copies": args.copies, "events_in": sum(table_rows.get(t, 0) for t in CLINICAL),
-           "persons": table_rows["person"], "median_s": med,
+           "persons": table_rows["person"], "median_s": med, "median_cpu_s": cpu, "median_peak_rss_mb": rss,
+           "runs": runs,
            "min_max_s": {n: [min(v), max(v)] for n, v in secs.items()},
-           "ratio_peer_over_ours": round(med["meds-etl"] / med["omop-behrt"], 2), "counts": counts,
+           "ratio_peer_over_ours": round(med["meds-etl"] / med["omop-behrt"], 2),
+           "ratio_peer_over_two_step": round(med["meds-etl"] / med["omop-behrt 2-step"], 2),
+           "cpu_ratio_peer_over_ours": round(cpu["meds-etl"] / cpu["omop-behrt"], 2), "counts": counts,
            "load_average": [round(min(loads), 2), round(max(loads), 2)], "rounds": args.rounds}
-    print(f"\n{'stage':<10} {'copies':>6} {'omop-behrt s':>13} {'meds-etl s':>11} {'meds-etl / ours':>16}  load")
-    print(f"{'omop_meds':<10} {args.copies:>6} {med['omop-behrt']:>13.2f} {med['meds-etl']:>11.2f} "
-          f"{row['ratio_peer_over_ours']:>15}x  {row['load_average']}")
+    print(f"\n{'stage':<10} {'copies':>6} {'tool':<18} {'median s':>9} {'cpu s':>7} {'peak MB':>8} "
+          f"{'meds-etl / tool':>16} {'(cpu)':>6}  load")
+    for n in runs:
+        print(f"{'omop_meds':<10} {args.copies:>6} {n:<18} {med[n]:>9.2f} {cpu[n]:>7.2f} {rss[n]:>8.0f} "
+              f"{med['meds-etl'] / med[n]:>15.2f}x {cpu['meds-etl'] / cpu[n]:>5.2f}x  {row['load_average']}")
     for n, c in counts.items():
         print(f"  {n}: {c['rows']:,} rows, {c['subjects']:,} subjects, by prefix {c['by_prefix']}")
     return row

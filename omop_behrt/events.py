@@ -163,13 +163,17 @@ class ShardWriter:
     batch that fills it; with ``key`` (rows arriving sorted by that column) it closes at the first change of
     the key's value past ``rows_per_shard`` rows, so no value (a MEDS subject) is ever split across shards.
     ``name`` formats a shard's file name from ``prefix`` and ``index`` (MEDS: ``"{index}.parquet"``);
-    ``empty_shard`` writes one empty shard when no row came (MEDS readers expect at least one).
+    ``empty_shard`` writes one empty shard when no row came (MEDS readers expect at least one); ``compression``
+    is Parquet's (zstd for what is kept; lz4 for a private spill that is read once) and ``parquet`` holds other
+    ParquetWriter options (``use_dictionary``, ``write_statistics``: costly on high-cardinality columns).
     """
 
     def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_shard: int = 5_000_000, *,
-                 key: str | None = None, name: str = "{prefix}-{index:05d}.parquet", empty_shard: bool = False):
+                 key: str | None = None, name: str = "{prefix}-{index:05d}.parquet", empty_shard: bool = False,
+                 compression: str = "zstd", parquet: dict | None = None):
         self.directory, self.prefix, self.schema = Path(directory), prefix, schema
         self.rows_per_shard, self.key, self.name, self.empty_shard = rows_per_shard, key, name, empty_shard
+        self.compression, self.parquet = compression, dict(parquet or {})
         self.directory.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
         self.rows = 0
@@ -181,7 +185,7 @@ class ShardWriter:
     def _open(self) -> None:
         final = self.directory / self.name.format(prefix=self.prefix, index=len(self.files))
         self._tmp = final.with_name(final.name + ".tmp")
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression, **self.parquet)
         self.files.append(final)
         self._in_shard = 0
 

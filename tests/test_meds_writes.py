@@ -80,7 +80,7 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
 
 
 def test_extract_meds_out_beside_an_event_directory_in_shards(eunomia_db, tmp_path):
-    """Both outputs from one pass: the event directory as usual, and MEDS in shards of whole subjects equal, shard
+    """Both outputs from one command: the event directory as usual, and MEDS in shards of whole subjects equal, shard
     for shard, to to_meds of that event directory with the same shard size."""
     omop.extract(eunomia_db, tmp_path / "ev", meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False)
     ev = EventDir.open(tmp_path / "ev")

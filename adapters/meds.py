@@ -31,6 +31,8 @@ from omop_behrt.lock import exclusive_lock
 MEDS_VERSION = "0.4.0"
 BIRTH, DEATH, SEX, SOURCE_ID = "MEDS_BIRTH", "MEDS_DEATH", "SEX/", "PERSON/SOURCE_ID"
 ROWS_PER_SHARD = 5_000_000
+#: persons per bucket of extract --meds-out's sort (DuckDB holds one bucket's events at a time), and the most buckets
+PERSONS_PER_BUCKET, MAX_BUCKETS = 4096, 64
 #: Parquet options of the MEDS shards: dictionaries for the repetitive strings only, statistics for the columns
 #: readers filter on (each halves the write's CPU on the numeric and time columns where they do not pay)
 MEDS_PARQUET = {"use_dictionary": ["code", "text_value", "domain", "source_code", "unit"],
@@ -75,11 +77,14 @@ def _connect(memory_limit: str | None) -> duckdb.DuckDBPyConnection:
 
 def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.Table, descriptions: pa.Table,
                observation_periods: pa.Table, manifest: dict, dataset_name: str,
-               rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+               rows_per_shard: int = ROWS_PER_SHARD, parts: list[tuple[str, int | None, int | None]] | None = None
+               ) -> dict:
     """Write the events of ``con``'s relation ``events_t`` (EVENTS_SCHEMA columns) and ``persons`` as MEDS at ``out``.
 
-    The events and the persons' rows are sorted once by DuckDB (spilling past the connection's memory limit) and
-    streamed into shards of whole subjects, the codes (with the source's descriptions) gathered on the way. It is
+    The events and the persons' rows are sorted by DuckDB (spilling past the connection's memory limit) and
+    streamed into shards of whole subjects, the codes (with the source's descriptions) gathered on the way.
+    ``parts``: (relation, first subject, end subject) of consecutive subject ranges holding the events between
+    them (None: unbounded), sorted one after the other so that DuckDB holds one range at a time. It is
     all written into a private folder inside ``out`` and swapped in under a lock: two runs into one folder never
     mix their shards, and a run that fails or is killed leaves the previous dataset as it was.
     """
@@ -87,7 +92,7 @@ def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.T
     work = out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         info = _write_dataset(con, work, persons, descriptions, observation_periods, manifest, dataset_name,
-                              rows_per_shard)
+                              rows_per_shard, parts or [("events_t", None, None)])
         _swap_in(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -95,7 +100,8 @@ def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.T
 
 
 def _write_dataset(con: duckdb.DuckDBPyConnection, out: Path, persons: pa.Table, descriptions: pa.Table,
-                   observation_periods: pa.Table, manifest: dict, dataset_name: str, rows_per_shard: int) -> dict:
+                   observation_periods: pa.Table, manifest: dict, dataset_name: str, rows_per_shard: int,
+                   parts: list[tuple[str, int | None, int | None]]) -> dict:
     """The MEDS dataset itself (data/, metadata/) in the fresh folder ``out``."""
     (out / "metadata").mkdir(parents=True)
     con.register("persons_t", persons)
@@ -105,31 +111,36 @@ def _write_dataset(con: duckdb.DuckDBPyConnection, out: Path, persons: pa.Table,
     person_rows = f"""
         SELECT subject_id, CAST(birth_date AS TIMESTAMP) AS time, '{BIRTH}' AS code,
                CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value,
-               {null_extra} FROM persons_t WHERE birth_date IS NOT NULL
+               {null_extra} FROM __persons__ WHERE birth_date IS NOT NULL
         UNION ALL
         SELECT subject_id, CAST(death_date AS TIMESTAMP), '{DEATH}', NULL, NULL, {null_extra}
-        FROM persons_t WHERE death_date IS NOT NULL
+        FROM __persons__ WHERE death_date IS NOT NULL
         UNION ALL
-        SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {null_extra} FROM persons_t
+        SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {null_extra} FROM __persons__
         UNION ALL
-        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM persons_t
+        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM __persons__
         WHERE source_id IS NOT NULL"""
     order = ", ".join(["subject_id", "time NULLS FIRST", "code", "numeric_value NULLS FIRST",
                        "text_value NULLS FIRST"] + [f"{c} NULLS FIRST" for c in extra])
-    rel = con.sql(f"SELECT {ev_cols} FROM events_t UNION ALL {person_rows} ORDER BY {order}")
     schema = _meds_schema()
     writer = ShardWriter(out / "data", "", schema, rows_per_shard, key="subject_id", name="{index}.parquet",
                          empty_shard=True, parquet=MEDS_PARQUET)
     codes: set[str] = set()
     subjects, last = 0, None
-    for batch in arrow_reader(rel, batch_rows=min(rows_per_shard, 1_000_000)):
-        if batch.num_rows == 0:
-            continue
-        subject = batch.column("subject_id").to_numpy()
-        subjects += int(np.count_nonzero(np.diff(subject))) + int(last != subject[0])
-        last = int(subject[-1])
-        codes.update(pc.unique(batch.column("code")).to_pylist())
-        writer.write(pa.Table.from_batches([batch]).cast(schema))
+    for relation, lo, hi in parts:
+        bounds = ([f"subject_id >= {int(lo)}"] if lo is not None else []) + \
+            ([f"subject_id < {int(hi)}"] if hi is not None else [])
+        persons_part = person_rows.replace("__persons__", f"(SELECT * FROM persons_t WHERE "
+                                                          f"{' AND '.join(bounds) or 'TRUE'})")
+        rel = con.sql(f"SELECT {ev_cols} FROM {relation} UNION ALL {persons_part} ORDER BY {order}")
+        for batch in arrow_reader(rel, batch_rows=min(rows_per_shard, 1_000_000)):
+            if batch.num_rows == 0:
+                continue
+            subject = batch.column("subject_id").to_numpy()
+            subjects += int(np.count_nonzero(np.diff(subject))) + int(last != subject[0])
+            last = int(subject[-1])
+            codes.update(pc.unique(batch.column("code")).to_pylist())
+            writer.write(pa.Table.from_batches([batch]).cast(schema))
     writer.close()
     con.register("codes_t", pa.table({"code": pa.array(sorted(codes), pa.string())}))
     con.register("descriptions_t", descriptions.select(["code", "description"]))
@@ -264,41 +275,81 @@ def _duck_type(t: pa.DataType) -> str:
 
 class EventTable:
     """The extraction's events on their way to :func:`write_meds`: ``extract(meds_out=...)`` hands each batch here
-    instead of (or besides) writing event shards; they are spilled to ``folder`` as lz4 Parquet (cheap to write,
-    read once by the sort, so memory stays bounded) and seen by DuckDB as the relation ``events_t``.
+    instead of writing event shards. They are spilled to ``folder`` as lz4 Parquet (cheap to write, read once),
+    cut by subject range into buckets of about ``persons_per_bucket`` persons (at most ``max_buckets``) once
+    :meth:`plan` knows the persons, so that the sort holds one bucket at a time: memory stays bounded.
     """
 
-    def __init__(self, folder: Path, memory_limit: str | None = "2GB"):
-        self.folder = Path(folder)
-        self.writer = ShardWriter(self.folder, "events", EVENTS_SCHEMA, ROWS_PER_SHARD, compression="lz4",
-                                  parquet={"use_dictionary": ["code", "domain", "source_code", "unit"],
-                                           "write_statistics": False})
-        self.memory_limit = memory_limit
+    def __init__(self, folder: Path, memory_limit: str | None = "2GB", persons_per_bucket: int | None = None,
+                 max_buckets: int | None = None):
+        self.folder, self.memory_limit = Path(folder), memory_limit
+        self.persons_per_bucket = persons_per_bucket or PERSONS_PER_BUCKET
+        self.max_buckets = max_buckets or MAX_BUCKETS
+        self.bounds = np.zeros(0, np.int64)        # the first subject id of buckets 1, 2, ...
+        self.writers = [self._writer(0)]
         self._con: duckdb.DuckDBPyConnection | None = None
-        #: set by the extraction when every table's events went through :meth:`write` (not a resumed run)
+        #: set by the extraction when every table's events went through :meth:`write` (not from Spark)
         self.complete = False
+
+    def _writer(self, k: int) -> ShardWriter:
+        return ShardWriter(self.folder, f"b{k:03d}", EVENTS_SCHEMA, ROWS_PER_SHARD, compression="lz4",
+                           parquet={"use_dictionary": ["code", "domain", "source_code", "unit"],
+                                    "write_statistics": False})
+
+    def plan(self, subject_ids: np.ndarray) -> None:
+        """Cut the subjects into buckets of consecutive ids (before any event is written)."""
+        if self.rows:
+            raise RuntimeError("EventTable.plan: events were written already")
+        ids = np.unique(np.asarray(subject_ids, np.int64))
+        k = min(self.max_buckets, max(1, -(-len(ids) // self.persons_per_bucket)))
+        self.bounds = ids[(np.arange(1, k) * len(ids)) // k]
+        self.writers = [self._writer(i) for i in range(k)]
 
     @property
     def rows(self) -> int:
-        return self.writer.rows
+        return sum(w.rows for w in self.writers)
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Append a batch conformed to EVENTS_SCHEMA."""
-        self.writer.write(batch)
+        """Append a batch conformed to EVENTS_SCHEMA, each row to its subject's bucket (vectorised)."""
+        if batch.num_rows == 0:
+            return
+        if len(self.writers) == 1:
+            self.writers[0].write(batch)
+            return
+        col = batch.column("subject_id")
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        bucket = np.searchsorted(self.bounds, col.to_numpy(zero_copy_only=False), side="right")
+        order = np.argsort(bucket, kind="stable")
+        ends = np.searchsorted(bucket[order], np.arange(1, len(self.writers) + 1))
+        grouped = batch.take(pa.array(order))
+        start = 0
+        for k, end in enumerate(ends):
+            if end > start:
+                self.writers[k].write(grouped.slice(start, end - start))
+            start = end
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection whose ``events_t`` is every event written (the spill is closed on first use)."""
+        """A DuckDB connection whose ``events_t`` is every event written and ``events_b<k>`` bucket k's (the spill
+        is closed on first use)."""
         if self._con is None:
-            files = self.writer.close()
             self._con = _connect(self.memory_limit)
             self._con.execute(f"SET temp_directory = {sql_literal(str(self.folder / 'duckdb_tmp'))}").fetchall()
-            if files:
-                self._con.execute("CREATE TEMP VIEW events_t AS SELECT * FROM read_parquet("
-                                  f"[{', '.join(sql_literal(str(f)) for f in files)}])").fetchall()
-            else:
-                self._con.register("events_t", EVENTS_SCHEMA.empty_table())
+            for k, w in enumerate(self.writers):
+                files = w.close()
+                if files:
+                    self._con.execute(f"CREATE TEMP VIEW events_b{k} AS SELECT * FROM read_parquet("
+                                      f"[{', '.join(sql_literal(str(f)) for f in files)}])").fetchall()
+                else:
+                    self._con.register(f"events_b{k}", EVENTS_SCHEMA.empty_table())
+            self._con.execute("CREATE TEMP VIEW events_t AS " + " UNION ALL ".join(
+                f"SELECT * FROM events_b{k}" for k in range(len(self.writers)))).fetchall()
         return self._con
+
+    def parts(self) -> list[tuple[str, int | None, int | None]]:
+        """(relation, first subject, end subject) per bucket, in subject order: :func:`write_meds`'s ``parts``."""
+        edges = [None] + [int(b) for b in self.bounds] + [None]
+        return [(f"events_b{k}", edges[k], edges[k + 1]) for k in range(len(self.writers))]
 
     def code_concepts(self) -> pa.Table:
         """Distinct (code, concept_id) of the events with a concept (what codes.parquet describes)."""
@@ -306,7 +357,8 @@ class EventTable:
                             "AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2").to_arrow_table()
 
     def close(self) -> None:
-        self.writer.close()
+        for w in self.writers:
+            w.close()
         if self._con is not None:
             self._con.close()
         shutil.rmtree(self.folder, ignore_errors=True)

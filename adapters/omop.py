@@ -299,7 +299,8 @@ def _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schem
             ev = EventDir(work)
             info = meds.write_meds(sink.con, meds_out, persons=ev.persons(), descriptions=ev.descriptions(),
                                    observation_periods=ev.observation_periods(), manifest=ev.manifest,
-                                   dataset_name=meds_out.name, rows_per_shard=rows_per_shard)
+                                   dataset_name=meds_out.name, rows_per_shard=rows_per_shard,
+                                   parts=sink.parts())
         else:       # Spark: the executors wrote event shards
             info = meds.to_meds(work, meds_out, meds_out.name, rows_per_shard, memory_limit)
     finally:
@@ -405,6 +406,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
                            "person_ids_not_found": len(missing)}
         out.write_manifest()
 
+    if sink is not None:            # buckets of subjects for the MEDS sort
+        sink.plan(out.persons()["subject_id"].to_numpy())
     skipped: dict = manifest.setdefault("skipped", {})
     for d in domains:
         spec = EVENT_TABLES[d]

@@ -66,11 +66,19 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 # -- one pass ----------------------------------------------------------------------------------------------------
-def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path):
-    """MEDS only (no event directory kept): same rows and codes as to_meds of the extraction, validator passes."""
-    summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", progress=False)
-    to_meds(eunomia_events, tmp_path / "two")
-    validate_meds_dataset(tmp_path / "one")
+@pytest.mark.parametrize("persons_per_bucket", [None, 300])
+def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path, monkeypatch,
+                                                      persons_per_bucket):
+    """MEDS only (no event directory kept), its sort in one bucket or in nine (300 persons each): the same shards
+    as to_meds of the extraction, row for row and in order; same codes; the validator passes."""
+    if persons_per_bucket:
+        monkeypatch.setattr(meds_adapter, "PERSONS_PER_BUCKET", persons_per_bucket)
+    summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False)
+    to_meds(eunomia_events, tmp_path / "two", rows_per_shard=50_000)
+    assert len(validate_meds_dataset(tmp_path / "one")) == summary.meds["shards"] == 5
+    for i in range(5):
+        a, b = (pq.read_table(x / "data" / f"{i}.parquet") for x in (tmp_path / "one", tmp_path / "two"))
+        assert a.equals(b)
     n = assert_same_rows(tmp_path / "one", tmp_path / "two")
     rows, subjects = expected_counts(eunomia_events)
     assert n == rows == summary.meds["rows"] and summary.meds["subjects"] == subjects == 2694
@@ -91,6 +99,32 @@ def test_extract_meds_out_beside_an_event_directory_in_shards(eunomia_db, tmp_pa
     for i in range(5):
         a, b = (pq.read_table(x / "data" / f"{i}.parquet") for x in (tmp_path / "one", tmp_path / "two"))
         assert a.equals(b)
+
+
+def test_event_table_buckets_by_subject_range(tmp_path):
+    """Rows go to the bucket of their subject's range (cut at equal person counts), each bucket in arrival order;
+    together the buckets hold every row once."""
+    import numpy as np
+    import pyarrow as pa
+    from omop_behrt.events import EVENTS_SCHEMA, validate_events
+    sink = meds_adapter.EventTable(tmp_path / "spill", persons_per_bucket=3)
+    sink.plan(np.array([40, 10, 20, 30, 50, 60, 70]))      # 7 persons -> 3 buckets: [10, 30) [30, 50) [50, ...)
+    assert sink.bounds.tolist() == [30, 50]
+    subjects = [70, 10, 30, 20, 50, 10, 45, 99, 5]
+    batch = validate_events(pa.table({"subject_id": subjects, "code": [f"X/{i}" for i in range(9)],
+                                      "domain": ["condition"] * 9}))
+    sink.write(batch.slice(0, 4))
+    sink.write(batch.slice(4))
+    assert sink.rows == 9
+    got = [sink.con.sql(f"SELECT subject_id, code FROM {rel}").fetchall() for rel, _, _ in sink.parts()]
+    assert got == [[(10, "X/1"), (20, "X/3"), (10, "X/5"), (5, "X/8")],
+                   [(30, "X/2"), (45, "X/6")],
+                   [(70, "X/0"), (50, "X/4"), (99, "X/7")]]
+    assert sink.parts() == [("events_b0", None, 30), ("events_b1", 30, 50), ("events_b2", 50, None)]
+    assert sink.con.execute("SELECT COUNT(*) FROM events_t").fetchone()[0] == 9
+    assert batch.schema == EVENTS_SCHEMA
+    sink.close()
+    assert not (tmp_path / "spill").exists()
 
 
 def test_extract_meds_out_refuses_what_it_cannot_keep(eunomia_db, tmp_path):

@@ -71,6 +71,7 @@ def test_csv_dates_timestamps_cohort_ids_and_refusals(tmp_path):
     assert _rows(cohorts.index_dates_from_csv(p, 1)) == [(3, 4, D(2010, 1, 2)), (6, 5, D(2011, 5, 6))]
     p.write_text("subject_id,index_date\n4,2010-01-02 10:30:00\n5,2011-05-06T00:00:01\n")
     assert _rows(cohorts.index_dates_from_csv(p, 2)) == [(2, 4, D(2010, 1, 2, 10, 30)), (2, 5, D(2011, 5, 6, 0, 0, 1))]
+    assert _rows(cohorts.index_dates_from_csv(p)) == [(0, 4, D(2010, 1, 2, 10, 30)), (0, 5, D(2011, 5, 6, 0, 0, 1))]
     p.write_text("subject_id,index_date\n4,2010-01-02\n5,\n")
     assert _error(cohorts.index_dates_from_csv, p) == f"{p}: row 3: index_date '' is not a date (expected YYYY-MM-DD)"
     p.write_text("subject_id,index_date\n4,2010-01-02\n5,2010-01-03\n6,soon\n")
@@ -175,6 +176,7 @@ def test_occurrences_sql_covers_the_tables_present_and_filters_concepts(tiny_cdm
         assert run(cohorts.occurrences_sql(cdm)) == [(10, dt.date(2001, 1, 1)), (11, dt.date(2002, 2, 2)),
                                                      (12, dt.date(2003, 3, 3))]
         assert run(cohorts.occurrences_sql(cdm, ["drug", "procedure"])) == [(12, dt.date(2003, 3, 3))]
+        assert run(cohorts.occurrences_sql(cdm, ["procedure", "drug"])) == [(12, dt.date(2003, 3, 3))]
         assert run(cohorts.occurrences_sql(cdm, None, "SELECT 111")) == [(10, dt.date(2001, 1, 1)),
                                                                          (12, dt.date(2003, 3, 3))]
         with pytest.raises(ValueError) as e:
@@ -186,3 +188,9 @@ def test_occurrences_sql_covers_the_tables_present_and_filters_concepts(tiny_cdm
         assert str(e.value) == "none of the domain tables ['procedure', 'device'] is in the CDM"
     finally:
         cdm.db.close()
+
+
+def test_a_bad_results_schema_name_is_refused_by_name(tiny_cdm):
+    assert _error(cohorts.min_visits_cohort, tiny_cdm, 1, 2, results_schema="bad-name") == (
+        "invalid results schema name 'bad-name': expected letters, digits, '_' or '$', starting with a letter or "
+        "'_', at most 63 characters")

@@ -187,3 +187,39 @@ def test_embed_spark_equals_embed_cohort(spark, eunomia_events, tiny_model, tmp_
     assert set(got["model_id"].to_pylist()) == {model_checksum(tiny_model)}
     assert got["index_date"].to_pylist()[0].isoformat() == "2010-01-01"
     assert got.schema.field("embedding").type.value_type == pa.float32()
+
+
+def test_cohorts_on_spark_equal_duckdb(spark, eunomia_parquet, eunomia_db, tmp_path, capsys):
+    """The cohort builders write the same cohort table in Spark (a Parquet table: no row deletes, so a rebuild
+    rewrites the table as its other cohorts' rows plus the new ones) as in DuckDB; a rebuild replaces, never
+    duplicates, and leaves the other cohorts' rows. Through the CLI on a ``spark://`` URL too."""
+    import duckdb
+
+    from omop_behrt.cli.main import main
+    from omop_behrt.db.spark import SparkDatabase
+    from omop_behrt.tasks import cohorts
+    db = SparkDatabase(spark, "eunomia")
+    assert cohorts.first_occurrence_cohort(db, 1, [192671], results_schema="spark_results", descendants=False) == 479
+    assert cohorts.min_visits_cohort(db, 2, 2, results_schema="spark_results", visits="days") > 0
+    assert cohorts.first_occurrence_cohort(db, 1, [192671], results_schema="spark_results", descendants=False) == 479
+    url = f"spark://local[2]?database=eunomia&parquet={eunomia_parquet}"
+    assert main(["cohort", "first-occurrence", "--source", url, "--cohort-id", "3", "--concepts", "192671,40481087",
+                 "--no-descendants", "--results-schema", "spark_results"]) == 0
+    got = sorted(tuple(r) for r in spark.sql(
+        "SELECT cohort_definition_id, subject_id, cohort_start_date, cohort_end_date FROM spark_results.cohort"
+    ).collect())
+    copy = tmp_path / "c.duckdb"
+    shutil.copy(eunomia_db, copy)
+    cohorts.first_occurrence_cohort(copy, 1, [192671], results_schema="results", descendants=False)
+    cohorts.min_visits_cohort(copy, 2, 2, results_schema="results", visits="days")
+    cohorts.first_occurrence_cohort(copy, 3, [192671, 40481087], results_schema="results", descendants=False)
+    con = duckdb.connect(str(copy), read_only=True)
+    want = sorted(con.execute("SELECT cohort_definition_id, subject_id, cohort_start_date, cohort_end_date "
+                              "FROM results.cohort").fetchall())
+    # independently: cohort 1 is each person's first 192671 condition, in plain SQL
+    first = con.execute("SELECT person_id, MIN(condition_start_date) FROM condition_occurrence "
+                        "WHERE condition_concept_id = 192671 GROUP BY 1 ORDER BY 1").fetchall()
+    con.close()
+    assert got == want
+    assert [(r[1], r[2]) for r in got if r[0] == 1] == first
+    assert {r[0] for r in got} == {1, 2, 3} and len(got) == len(set(got))

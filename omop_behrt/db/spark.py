@@ -15,6 +15,7 @@ is and never stopped here.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +63,6 @@ def local_session(master: str = "local[2]", driver_memory: str = "1g", app: str 
 
 def _check_url_options(url: str, host: str, query: dict[str, str]) -> None:
     """A ``spark://`` URL's master and options, checked before a JVM starts: one line naming what is wrong."""
-    import re
     if not re.fullmatch(r"local(\[(\*|[1-9]\d*)\])?|[\w.-]+:\d{1,5}", host):
         raise SourceError(f"{url}: master {host!r} is neither local, local[N], local[*] nor host:port")
     if "database" in query:
@@ -167,22 +167,107 @@ class SparkDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator["SparkStatements"]:
-        """Spark SQL has no transactions: statements run one by one (the extraction only reads)."""
-        yield SparkStatements(self)
+        """Spark SQL has no transactions: statements run one by one, except row deletes on a table that has none
+        (a plain Parquet/Hive table, not Delta), which are applied together when the block ends (see
+        :class:`SparkStatements`)."""
+        tx = SparkStatements(self)
+        yield tx
+        tx.flush()
 
     def close(self) -> None:
         if self._owns_session:
             self.spark.stop()
 
 
+#: a statement (after its leading comments) that deletes or inserts rows
+_WRITE = re.compile(r"\s*(?:--[^\n]*\n\s*)*(?:DELETE|INSERT)\b", re.IGNORECASE)
+
+
 class SparkStatements:
-    """What :meth:`Database.transaction` yields, for Spark: each statement runs on its own."""
+    """What :meth:`Database.transaction` yields, for Spark: each statement runs on its own.
+
+    A ``DELETE FROM t WHERE ...`` on a table without row-level deletes (Spark's own Parquet/Hive tables; Delta
+    tables delete for real) is held back, as are the block's ``INSERT INTO t ... SELECT`` rows: when the block
+    ends, ``t`` is rewritten once as its kept rows plus the inserted ones (checkpointed first, so the overwrite
+    never reads the table it replaces). A cohort rebuilt this way replaces its rows as on every other engine.
+    Spark has no lock: one writer of such a table at a time.
+    """
 
     def __init__(self, db: SparkDatabase):
         self.db = db
+        self._deletes: dict[str, list[tuple[str, dict]]] = {}   # table -> held-back (WHERE, params)
+        self._inserts: dict[str, list] = {}                     # table -> DataFrames of rows inserted since
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        held = self._hold(sql, params)
+        if held:
+            return []
         return [tuple(r) for r in self.db.frame(sql, params).collect()]
+
+    def _hold(self, sql: str, params: Mapping[str, Any] | None) -> bool:
+        """Hold back a DELETE the table cannot run, or an INSERT into a table with one held; True if held."""
+        import sqlglot
+        from sqlglot import exp
+        if not _WRITE.match(sql):
+            return False
+        text = self.db.translated(sql)
+        try:
+            stmt = sqlglot.parse_one(text, read="spark")
+        except sqlglot.errors.ParseError:
+            return False
+        args = {k: _arg(v) for k, v in dict(params or {}).items()}
+        if isinstance(stmt, exp.Delete):
+            table = stmt.this.sql(dialect="spark")
+            if table not in self._deletes and self._deletes_rows(table):
+                return False
+            where = stmt.args.get("where")
+            self._deletes.setdefault(table, []).append((where.this.sql(dialect="spark") if where else "TRUE", args))
+            return True
+        if isinstance(stmt, exp.Insert) and isinstance(stmt.expression, exp.Query):
+            target = stmt.this.this if isinstance(stmt.this, exp.Schema) else stmt.this
+            table = target.sql(dialect="spark")
+            if table not in self._deletes:
+                return False
+            cols = [c.name for c in stmt.this.expressions] if isinstance(stmt.this, exp.Schema) else None
+            query = stmt.expression.copy()
+            ctes = next((k for k in ("with_", "with") if stmt.args.get(k) is not None), None)   # sqlglot's name
+            if ctes:                                   # WITH ... INSERT INTO t SELECT: the CTEs go to the SELECT
+                query.set(ctes, stmt.args[ctes].copy())
+            rows = self.db.spark.sql(query.sql(dialect="spark"), args=args or None)
+            if cols:
+                rows = rows.toDF(*cols)
+            self._inserts.setdefault(table, []).append(rows.localCheckpoint(eager=True))
+            return True
+        return False
+
+    def _deletes_rows(self, table: str) -> bool:
+        """Whether ``table`` deletes rows itself (Delta and other v2 tables do; Spark's Parquet tables do not)."""
+        try:
+            self.db.spark.sql(f"DELETE FROM {table} WHERE FALSE").collect()
+            return True
+        except Exception as e:
+            if "UNSUPPORTED_FEATURE" in str(e) or "does not support DELETE" in str(e):
+                return False
+            raise
+
+    def flush(self) -> None:
+        """Rewrite each table with held-back deletes: its kept rows plus the rows inserted after them."""
+        for table, deletes in self._deletes.items():
+            spark = self.db.spark
+            current = spark.table(table)
+            for i, (where, args) in enumerate(deletes):
+                view = f"omop_behrt_kept_{i}"
+                current.createOrReplaceTempView(view)
+                current = spark.sql(f"SELECT * FROM {view} WHERE NOT COALESCE(({where}), FALSE)", args=args or None)
+            columns = spark.table(table).columns
+            for rows in self._inserts.get(table, []):
+                current = current.unionByName(rows.select(*[c for c in columns if c in rows.columns]),
+                                              allowMissingColumns=True)
+            current.select(*columns).localCheckpoint(eager=True).write.insertInto(table, overwrite=True)
+            for i in range(len(deletes)):
+                spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
+        self._deletes.clear()
+        self._inserts.clear()
 
     def execute_raw(self, sql: str) -> None:
         self.db.spark.sql(sql).collect()

@@ -15,6 +15,9 @@ own process and in alternated rounds (medians reported):
                types with a view (and Patient) are parsed with orjson: 1 and 2 processes (what extract's reader
                does when msgspec is installed)
 
+With ``--baseline`` the two extracts' outputs are compared (events, persons, observation periods, quarantine,
+codes: the same rows, in any shard order; the summary but for its seconds and source): a difference fails the run.
+
 Prints a table; writes bench/results/fhir_bundles.json (MB/s, resources/s, CPU-s, load average, ratios). On a
 shared machine the medians move with the load: the minimum wall and CPU seconds of the rounds are kept as well.
 """
@@ -131,6 +134,33 @@ def _run_child(*args: str) -> dict:
     return r
 
 
+def _rows(folder: Path, pattern: str) -> "pa.Table | None":
+    """The rows of the Parquet files ``pattern`` under ``folder``, sorted by every column (None: no such file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    files = sorted(folder.glob(pattern))
+    if not files:
+        return None
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    return t.sort_by([(c, "ascending") for c in t.column_names])
+
+
+def output_differences(a: Path, b: Path) -> list[str]:
+    """What differs between two extract outputs (empty: the same rows and summary); shard layout is ignored."""
+    diffs = []
+    for pattern in ("events/*.parquet", "persons.parquet", "observation_periods.parquet", "quarantine*.parquet",
+                    "codes.parquet"):
+        x, y = _rows(a, pattern), _rows(b, pattern)
+        if (x is None) != (y is None) or (x is not None and not x.equals(y)):
+            diffs.append(f"{pattern}: {None if x is None else x.num_rows} vs {None if y is None else y.num_rows} "
+                         f"rows, not equal")
+    sa, sb = (json.loads((d / "manifest.json").read_text())["summary"] for d in (a, b))
+    for k in sorted((set(sa) | set(sb)) - {"seconds", "source"}):
+        if sa.get(k) != sb.get(k):
+            diffs.append(f"summary {k}: {sa.get(k)!r} vs {sb.get(k)!r}")
+    return diffs
+
+
 def _baseline_adapters(ref: str, dst: Path) -> Path:
     """adapters/*.py as they were at git ``ref``, in ``dst``."""
     names = subprocess.run(["git", "ls-tree", "--name-only", ref, "adapters/"], capture_output=True, text=True,
@@ -193,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 runs[name].append(_run_child(*variants[name]))
                 print(f"round {r + 1} {name}: {runs[name][-1]['wall']:.2f} s", file=sys.stderr)
+        if args.baseline:            # the last round's outputs of this checkout and of the baseline
+            diffs = output_differences(work / "events", work / "events-b")
+            if args.one_worker:
+                diffs += output_differences(work / "events-1", work / "events-b-1")
+            if diffs:
+                raise SystemExit("outputs differ from --baseline's:\n  " + "\n  ".join(diffs))
+            print(f"outputs identical to {args.baseline}'s", file=sys.stderr)
         results = {}
         for name, rs in runs.items():
             wall = statistics.median(x["wall"] for x in rs)

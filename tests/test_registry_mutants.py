@@ -42,6 +42,12 @@ def test_spec_refusals_word_for_word():
         "vocabulary 'source': unknown parameter(s) ['col']; expected some of ['column']")
     assert _error("source", column="x") == (
         "vocabulary 'source': parameter column='x'; expected one of ['code', 'source_code']")
+    assert _error("source(column=a=b)") == (
+        "vocabulary 'source': parameter column='a=b'; expected one of ['code', 'source_code']")
+    assert _error("source(column=(code),x)") == (
+        "vocabulary spec item 'source(column=(code),x)': parameter 'x' is not key=value")
+    assert _error("X=source") == (
+        f"vocabulary spec 'X=source': unknown domain(s) ['X']; expected some of {list(DOMAINS)} or *")
     msg = _error("nosuch")
     assert msg.startswith("unknown vocabulary 'nosuch'; available: ancestor, caliber, concept, csv, drop, source")
     assert msg.endswith(f" (plug-ins register in the entry-point group {ENTRY_POINT_GROUP!r})")
@@ -60,6 +66,7 @@ def test_spec_parsing_keeps_parameters_and_domains():
     assert domains == ["condition", "drug"] and isinstance(c, Chain) and [m.spec() for m in c.parts] == ["source"]
     both = get_vocabulary("drug=source(column=source_code),source; *=source")
     assert [d for d, _ in both.parts] == [["drug"], ["*"]]
+    assert [m.spec() for m in both.parts[0][1].parts] == ["source(column=source_code)", "source"]
     assert [m.spec() for m in both.members()] == ["source(column=source_code)", "source", "source"]
     assert repr(both) == "<PerDomain drug=source(column=source_code),source; *=source>"
     assert registry.split_list(" a | |b ") == ["a", "b"] and registry.split_list(None) == []
@@ -110,6 +117,9 @@ def test_chain_first_member_decides_and_later_members_see_only_the_rest():
     assert first.asked == [[0, 1, 2, 3]] and second.asked == [[2, 3]] and third.asked == [[3]]
     assert never.asked == []                                   # nothing left: not asked at all
     assert chain.map_keys(_keys(["condition"] * 4), MapContext(con=None)).num_rows == 5
+    mapping, who = Chain([_Fixed({}, "5")]).map_keys_by_member(_keys([]), MapContext(con=None))
+    assert mapping.schema == MAPPING_SCHEMA and mapping.num_rows == 0 and who.num_rows == 0
+    assert who.schema == pa.schema([pa.field("key_id", pa.int64()), pa.field("member", pa.string())])
 
 
 def test_per_domain_sends_each_domain_to_its_chain_and_the_rest_to_star():
@@ -154,6 +164,13 @@ def test_events_from_a_table_or_a_directory_all_or_some_subjects(tmp_path):
     with pytest.raises(VocabularyError) as e:
         map_events(_events().drop_columns(["code", "time"]), "source", progress=False)
     assert str(e.value) == "events table: missing column(s) ['time', 'code']"
+    with pytest.raises(VocabularyError) as e:
+        map_events(_events().drop_columns(["code", "time", "domain", "subject_id"]).append_column("x", pa.array(
+            [1] * 4)), "source", progress=False)
+    assert str(e.value) == "events table: missing column(s) ['subject_id', 'time', 'code', 'domain']"
+    with pytest.raises(ValueError) as e:
+        map_events(_events().set_column(0, "subject_id", pa.array(["a"] * 4)), "source", progress=False)
+    assert str(e.value).startswith("events table: column 'subject_id' has type string, expected int64")
     from omop_behrt.events import EVENTS_SCHEMA, PERSONS_SCHEMA, EventDir
     import pyarrow.parquet as pq
     (tmp_path / "events").mkdir()

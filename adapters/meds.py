@@ -13,6 +13,8 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -89,7 +91,7 @@ def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.T
     mix their shards, and a run that fails or is killed leaves the previous dataset as it was.
     """
     out = writable_dir(out, "the MEDS folder")
-    work = out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = private_folder(out)
     try:
         info = _write_dataset(con, work, persons, descriptions, observation_periods, manifest, dataset_name,
                               rows_per_shard, parts or [("events_t", None, None)])
@@ -172,8 +174,7 @@ def _swap_in(work: Path, out: Path, timeout: float = 600.0) -> None:
                                        f"{timeout:.0f} s; is a to-meds or extract --meds-out stuck?",
                         error=TimeoutError):
         for stale in list(out.glob(".tmp-*")) + list(out.glob(".old-*")):
-            pid = stale.name.split("-")[1]
-            if stale.name.startswith(".old-") or (pid.isdigit() and not _alive(int(pid))):
+            if stale.name.startswith(".old-") or _abandoned(stale):
                 shutil.rmtree(stale, ignore_errors=True)
         old = out / f".old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         old.mkdir()
@@ -184,15 +185,38 @@ def _swap_in(work: Path, out: Path, timeout: float = 600.0) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (a private folder of a dead one is a leftover)."""
+def private_folder(out: Path, suffix: str = "") -> Path:
+    """A new folder ``out/.tmp-<pid>-<random><suffix>`` of this run, its host recorded inside (see _abandoned)."""
+    work = out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+    work.mkdir(parents=True)
+    (work / ".owner").write_text(socket.gethostname())
+    return work
+
+
+#: a private folder of another host is left alone unless untouched this long (its owner cannot be asked)
+FOREIGN_STALE_S = 24 * 3600
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether a private folder belongs to a run that is gone: its process is dead on this host, or, written from
+    another host (a shared file system), it has not changed for FOREIGN_STALE_S."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        host = (folder / ".owner").read_text()
+    except OSError:
+        host = None
+    pid = folder.name.split("-")[1]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
         return False
-    except PermissionError:
-        return True
-    return True
+    try:
+        return time.time() - folder.stat().st_mtime > FOREIGN_STALE_S
+    except OSError:
+        return False
 
 
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string()),

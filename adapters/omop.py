@@ -8,10 +8,8 @@ table by table, splits good rows from quarantined ones, counts what was noted, a
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,7 +288,7 @@ def _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schem
         raise ValueError("extract --notes needs --out: clinical notes are kept in an event directory, "
                          "which MEDS holds no place for")
     # inside the MEDS folder, named like write_meds's own private folders: a killed run's is removed by the next
-    work = meds_out / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-events"
+    work = meds.private_folder(meds_out, "-events")
     sink = meds.EventTable(work / ".meds_spill", memory_limit)
     try:
         summary = _extract(source, work, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,

@@ -234,3 +234,22 @@ def test_a_killed_to_meds_leaves_the_old_dataset_and_its_leftovers_go(eunomia_ev
     to_meds(eunomia_events, out, rows_per_shard=50_000)
     assert _leftovers(out) == [] and _snapshot(out).keys() == before.keys()
     validate_meds_dataset(out)
+
+
+def test_private_folders_of_another_host_are_left_alone(eunomia_events, tmp_path):
+    """On a shared file system a run elsewhere cannot be asked whether it lives: its private folder stays until it
+    has not changed for a day; this host's dead runs' folders go at once."""
+    out = tmp_path / "m"
+    out.mkdir()
+    elsewhere = out / ".tmp-1-abcdef12"
+    (elsewhere / "data").mkdir(parents=True)
+    (elsewhere / ".owner").write_text("another-host")
+    old = out / ".tmp-2-abcdef34"
+    old.mkdir()
+    (old / ".owner").write_text("another-host")
+    day_ago = time.time() - meds_adapter.FOREIGN_STALE_S - 60
+    os.utime(old, (day_ago, day_ago))
+    dead_here = meds_adapter.private_folder(out)
+    dead_here.rename(out / ".tmp-999999999-abcdef56")        # a pid no process has here
+    to_meds(eunomia_events, out, rows_per_shard=50_000)
+    assert _leftovers(out) == [".tmp-1-abcdef12"]

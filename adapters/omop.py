@@ -257,55 +257,13 @@ def extract(source: "str | Path | Database", out: str | Path | None, *, cdm_sche
                 raise ValueError("extract: give an event directory (out), a MEDS folder (meds_out), or both")
             return _extract(source, out, cdm_schema, vocab_schema, results_schema, options or ExtractOptions(),
                             resume, batch_rows, rows_per_shard, memory_limit, progress)
-        return _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema,
-                             options or ExtractOptions(), resume, batch_rows, rows_per_shard, memory_limit, progress)
+        from omop_behrt.adapters.omop_meds import extract_meds
+        return extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema,
+                            options or ExtractOptions(), resume, batch_rows, rows_per_shard, memory_limit, progress)
     except Exception as e:
         if _interrupted(e):          # DuckDB turns Ctrl-C during a query into its own error
             raise KeyboardInterrupt from None
         raise
-
-
-def _extract_meds(source, out, meds_out, cdm_schema, vocab_schema, results_schema, options: ExtractOptions,
-                  resume: bool, batch_rows: int, rows_per_shard: int, memory_limit: str | None,
-                  progress: bool) -> ExtractSummary:
-    """Extraction whose events also (``out``) or only (``out=None``) become a MEDS dataset at ``meds_out``.
-
-    MEDS only: the events are spilled once (lz4, private) and sorted into MEDS; no event shard is written or read.
-    With ``out`` the event shards are written anyway, so the sort reads them (to_meds) rather than a second copy.
-    """
-    from omop_behrt.adapters import meds
-    meds_out = writable_dir(meds_out, "the MEDS folder")
-    if out is not None:
-        summary = _extract(source, out, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,
-                           rows_per_shard, memory_limit, progress)
-        info = meds.to_meds(out, meds_out, Path(out).name, rows_per_shard, memory_limit)
-        summary.meds = {**info, "path": str(meds_out)}
-        return summary
-    if resume:
-        raise ValueError("extract --resume needs --out: a MEDS-only extraction keeps no event directory to "
-                         "resume from")
-    if options.notes:
-        raise ValueError("extract --notes needs --out: clinical notes are kept in an event directory, "
-                         "which MEDS holds no place for")
-    # inside the MEDS folder, named like write_meds's own private folders: a killed run's is removed by the next
-    work = meds.private_folder(meds_out, "-events")
-    sink = meds.EventTable(work / ".meds_spill", memory_limit)
-    try:
-        summary = _extract(source, work, cdm_schema, vocab_schema, results_schema, options, resume, batch_rows,
-                           rows_per_shard, memory_limit, progress, sink=sink)
-        if sink.complete:
-            ev = EventDir(work)
-            info = meds.write_meds(sink.con, meds_out, persons=ev.persons(), descriptions=ev.descriptions(),
-                                   observation_periods=ev.observation_periods(), manifest=ev.manifest,
-                                   dataset_name=meds_out.name, rows_per_shard=rows_per_shard,
-                                   parts=sink.parts())
-        else:       # Spark: the executors wrote event shards
-            info = meds.to_meds(work, meds_out, meds_out.name, rows_per_shard, memory_limit)
-    finally:
-        sink.close()
-        shutil.rmtree(work, ignore_errors=True)
-    summary.meds = {**info, "path": str(meds_out)}
-    return summary
 
 
 def _interrupted(e: Exception) -> bool:

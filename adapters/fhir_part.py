@@ -151,6 +151,11 @@ class Part:
             self.notes = NoteReader(index, self.out, self._known)
         # each type's views as one generated function (adapters/view_codegen.py): their common paths run once
         self.type_rows = {t: _combined(vs) for t, vs in (self.by_type | self.note_views).items()}
+        self.fast_types = {t: vs for t, vs in self.by_type.items() if t != "Patient"}
+        # references resolved in the file being read: reference -> (subject id, patient id) or why it is refused;
+        # Encounter reference -> visit id (cleared per file, and per batch within a large NDJSON file)
+        self.subjects: dict[str, tuple[int, str] | str] = {}
+        self.visits: dict[str, int | None] = {}
         # the types the readers parse (the others are counted from their peeked type, unparsed);
         # --validate checks every resource, so it parses them all
         self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
@@ -195,57 +200,84 @@ class Part:
 
     def _items(self, fi: int, items, urls: dict) -> None:
         counts, by_type, ignored = self.counts, self.counts["by_type"], self.counts["ignored"]
+        self.subjects.clear()
+        self.visits.clear()
         source = str(self.files[fi])
         listed = self.resources.append
-        for item in items:
-            counts["read"] += 1
-            res = item.resource
-            if res is None:
-                rt = item.skipped
-                if rt is None:
-                    self.quarantine.add(source, item.row, item.error)
-                    counts["quarantined"] += 1
-                elif _is_resource_type(rt):                    # a type without a view, left unparsed
-                    ignored[rt] = ignored.get(rt, 0) + 1
-                else:
-                    by_type[rt] = by_type.get(rt, 0) + 1
-                    self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
-                    counts["quarantined"] += 1
-                continue
-            rt = res.get("resourceType")
-            views, checked, invalid = self.by_type.get(rt), False, None
-            if views is None and rt in self.note_types:        # notes=True only; --validate checks it once
-                checked, invalid = self.validate, (self._check(res) if self.validate else None)
-                views = self._note(res, source, item.row, urls, invalid)
-            if views is None and rt != "Patient":
-                if isinstance(rt, str) and _is_resource_type(rt):
-                    reason = invalid if checked else (self._check(res) if self.validate else None)
-                    if reason is None:
+        event, validate, base = self._event, self.validate, self.base
+        # types whose resources take the short path below (Patient, with the patient view, and notes do not)
+        views_of = (self.fast_types if not validate else {}).get
+        types = _resource_types()
+        read = counts["read"]
+        try:
+            for item in items:
+                read += 1
+                res = item.resource
+                if res is None:
+                    rt = item.skipped
+                    if rt is None:
+                        self.quarantine.add(source, item.row, item.error)
+                        counts["quarantined"] += 1
+                    elif rt in types:                          # a type without a view, left unparsed
                         ignored[rt] = ignored.get(rt, 0) + 1
-                    else:                    # --validate reports every invalid resource, mapped or not
+                    else:
                         by_type[rt] = by_type.get(rt, 0) + 1
+                        self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
+                        counts["quarantined"] += 1
+                    continue
+                rt = res.get("resourceType")
+                views = views_of(rt)
+                if views is not None:                          # the common case: a type with event views
+                    by_type[rt] = by_type.get(rt, 0) + 1
+                    rid = res.get("id")
+                    if type(rid) is str:
+                        meta = res.get("meta")
+                        listed((base + read, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None, fi,
+                                item.row))
+                    reason = event(res, views, source, item.row, urls, base + read)
+                    if reason is not None:
                         self.quarantine.add(source, item.row, reason)
                         counts["quarantined"] += 1
-                else:
-                    by_type[str(rt)] = by_type.get(str(rt), 0) + 1
-                    self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
+                    elif self.buffer.rows >= self.batch_rows:  # bounded memory inside one large NDJSON file
+                        counts["read"] = read
+                        self._flush()
+                    continue
+                views, checked, invalid = self.by_type.get(rt), False, None
+                if views is None and rt in self.note_types:    # notes=True only; --validate checks it once
+                    checked, invalid = validate, (self._check(res) if validate else None)
+                    views = self._note(res, source, item.row, urls, invalid)
+                if views is None and rt != "Patient":
+                    if isinstance(rt, str) and rt in types:
+                        reason = invalid if checked else (self._check(res) if validate else None)
+                        if reason is None:
+                            ignored[rt] = ignored.get(rt, 0) + 1
+                        else:                    # --validate reports every invalid resource, mapped or not
+                            by_type[rt] = by_type.get(rt, 0) + 1
+                            self.quarantine.add(source, item.row, reason)
+                            counts["quarantined"] += 1
+                    else:
+                        by_type[str(rt)] = by_type.get(str(rt), 0) + 1
+                        self.quarantine.add(source, item.row, f"unknown resourceType {rt!r}")
+                        counts["quarantined"] += 1
+                    continue
+                by_type[rt] = by_type.get(rt, 0) + 1
+                seq = base + read
+                rid = res.get("id")
+                if type(rid) is str:
+                    meta = res.get("meta")
+                    listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None, fi, item.row))
+                reason = invalid if checked else (self._check(res) if validate else None)
+                if reason is None:
+                    reason = self._patient(res, source, item.row, seq) if rt == "Patient" else \
+                        event(res, views, source, item.row, urls, seq)
+                if reason is not None:
+                    self.quarantine.add(source, item.row, reason)
                     counts["quarantined"] += 1
-                continue
-            by_type[rt] = by_type.get(rt, 0) + 1
-            seq = self.base + counts["read"]
-            rid = res.get("id")
-            if type(rid) is str:
-                meta = res.get("meta")
-                listed((seq, rt, rid, meta.get("lastUpdated") if type(meta) is dict else None, fi, item.row))
-            reason = invalid if checked else (self._check(res) if self.validate else None)
-            if reason is None:
-                reason = self._patient(res, source, item.row, seq) if rt == "Patient" else \
-                    self._event(res, views, source, item.row, urls, seq)
-            if reason is not None:
-                self.quarantine.add(source, item.row, reason)
-                counts["quarantined"] += 1
-            elif self.buffer.rows >= self.batch_rows:      # bounded memory inside one large NDJSON file
-                self._flush()
+                elif self.buffer.rows >= self.batch_rows:
+                    counts["read"] = read
+                    self._flush()
+        finally:
+            counts["read"] = read
 
     def _check(self, res: dict) -> str | None:
         """--validate: the resource against fhir.resources' R4B model; the first errors as the reason."""
@@ -292,33 +324,64 @@ class Part:
         return None
 
     def _event(self, res: dict, views: list[View], source: str, row: str, urls: dict, key: int) -> str | None:
-        """Run the type's views on one resource; all its rows go to the buffer, or a reason is returned."""
-        found = []
+        """Run the type's views on one resource; all its rows go to the buffer, or a reason is returned.
+
+        References are resolved once per file (``self.subjects``, ``self.visits``: a Patient or Encounter is
+        referred to by many resources), then looked up."""
         try:
             all_rows = self.type_rows[res["resourceType"]](res)
-        except ViewError:             # the loop below runs view by view, so the error is the one it always was
-            all_rows = None
-        for k, view in enumerate(views):
-            if all_rows is not None:
-                rows = all_rows[k]
-            else:
-                try:
-                    rows = view.rows(res)
-                except ViewError as e:
-                    return str(e)
+        except ViewError:             # run view by view, so that the error is the one it always was
+            return self._event_by_view(res, views, source, row, urls, key)
+        subjects, visits = self.subjects, self.visits
+        found = []
+        for view, rows in zip(views, all_rows):
+            if not rows:
+                continue
+            at = _event_columns(view)
+            si, ei = at[0], at[1]
+            for r in rows:
+                ref = r[si]
+                subject = subjects.get(ref) if type(ref) is str else None
+                if subject is None:
+                    subject = _subject(ref, urls)
+                    if type(ref) is str:
+                        subjects[ref] = subject
+                if type(subject) is str:
+                    return subject
+                visit = None
+                if ei is not None and type(eref := r[ei]) is str:
+                    visit = visits.get(eref, _M)
+                    if visit is _M:
+                        visit = visits[eref] = _visit(eref, urls)
+                found.append((at, (r, subject[0], subject[1], visit, source, row, key)))
+        if not found:
+            return "excluded by the where of every view for " + str(res.get("resourceType"))
+        groups = self.buffer.groups
+        for at, t in found:
+            g = groups.get(at)
+            if g is None:
+                g = groups[at] = []
+            g.append(t)
+        self.buffer.rows += len(found)
+        return None
+
+    def _event_by_view(self, res: dict, views: list[View], source: str, row: str, urls: dict,
+                       key: int) -> str | None:
+        """:meth:`_event` for a resource the type's function raised on: views one by one, the first error wins."""
+        found = []
+        for view in views:
+            try:
+                rows = view.rows(res)
+            except ViewError as e:
+                return str(e)
             if not rows:
                 continue
             at = _event_columns(view)
             for r in rows:
-                ref = r[at[0]]
-                subject = resolve(ref, urls)
-                if subject is None:
-                    return f"unresolvable reference: subject {ref!r}" if ref else "no subject (subject/patient)"
-                if subject[0] != "Patient":
-                    return f"subject {subject[0]}/{subject[1]} is not a Patient"
-                enc = resolve(r[at[1]], urls) if at[1] is not None else None
-                found.append((r, at, _subject_id(subject[1]), subject[1],
-                              _subject_id(enc[1]) if enc is not None and enc[0] == "Encounter" else None))
+                subject = _subject(r[at[0]], urls)
+                if type(subject) is str:
+                    return subject
+                found.append((r, at, subject[0], subject[1], _visit(r[at[1]], urls) if at[1] is not None else None))
         if not found:
             return "excluded by the where of every view for " + str(res.get("resourceType"))
         buffer = self.buffer
@@ -334,6 +397,9 @@ class Part:
             self.notes.flush()
         if self.buffer.rows == 0:
             return
+        if len(self.subjects) + len(self.visits) > 1 << 17:
+            self.subjects.clear()
+            self.visits.clear()
         batch, bad, per_resource = self.buffer.build()
         self.buffer = EventBuffer()
         for s, n in batch.pop("unknown_systems").items():
@@ -361,6 +427,25 @@ class Part:
             schema = EventBuffer.pending_schema()
             table = table.append_column("key", pa.array(per_resource, pa.int64()))
             self.pending.write(table.filter(pa.array(wait)).select(schema.names).cast(schema))
+
+
+_M = object()                 # a reference not resolved yet (in the per-file cache of _event)
+
+
+def _subject(ref: object, urls: dict) -> tuple[int, str] | str:
+    """(subject id, Patient id) of a subject reference, or the reason the resource is refused."""
+    subject = resolve(ref, urls)
+    if subject is None:
+        return f"unresolvable reference: subject {ref!r}" if ref else "no subject (subject/patient)"
+    if subject[0] != "Patient":
+        return f"subject {subject[0]}/{subject[1]} is not a Patient"
+    return _subject_id(subject[1]), subject[1]
+
+
+def _visit(ref: object, urls: dict) -> int | None:
+    """The visit id of an Encounter reference (None: no reference, or not to an Encounter)."""
+    enc = resolve(ref, urls)
+    return _subject_id(enc[1]) if enc is not None and enc[0] == "Encounter" else None
 
 
 def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:

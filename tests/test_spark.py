@@ -35,15 +35,18 @@ def _spark_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """One local[2] Spark session for this module, stopped afterwards."""
+def spark(tmp_path_factory):
+    """One local[2] Spark session for this module, stopped afterwards; its warehouse (the tables a test creates,
+    e.g. a cohort table) in a temporary folder, not the working directory."""
     reason = _spark_missing()
     if reason:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but Spark cannot run: {reason}")
         pytest.skip(f"Spark tests skipped: {reason}")
     from omop_behrt.db.spark import QUICK_CONF, local_session
-    session = local_session("local[2]", "1g", app="omop-behrt-tests", conf=QUICK_CONF)
+    warehouse = tmp_path_factory.mktemp("spark_warehouse")
+    session = local_session("local[2]", "1g", app="omop-behrt-tests",
+                            conf={**QUICK_CONF, "spark.sql.warehouse.dir": str(warehouse)})
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

@@ -359,26 +359,28 @@ def _entries(doc: object, wanted: frozenset[str] | set[str]) -> tuple[dict, list
         return None
     urls: dict = {}
     patients, others = [], []
-    loads, peek, again, names = orjson.loads, _PEEK.match, _AGAIN.search, _type_names(frozenset(wanted))
+    loads, peek, again, names, typed = orjson.loads, _PEEK.match, _AGAIN.search, _type_names(frozenset(wanted)), \
+        _TYPED.decode
+    keep, kept_patient = others.append, patients.append
     for i, entry in enumerate(doc.entry or ()):
         raw = entry.resource
         url = entry.fullUrl
         m = peek(raw, 0, 120)
         if m is not None and (rt := names[m.group(1)]) is not True \
-                and (again(raw, m.end()) is None or _TYPED.decode(raw).resourceType == rt):
+                and (again(raw, m.end()) is None or typed(raw).resourceType == rt):
             # (a later "resourceType" may be a contained resource's, or a repeated key: the last one counts)
-            if isinstance(url, str):
+            if type(url) is str:
                 urls[url] = _Unparsed(raw, urls.get(url))
-            others.append(Item(None, f"entry[{i}]", None, rt))
+            keep(Item(None, f"entry[{i}]", None, rt))
             continue
         res = loads(memoryview(raw)) if len(raw) else None
         if type(res) is not dict:
-            others.append(Item(None, f"entry[{i}]", "bundle entry without a resource"))
+            keep(Item(None, f"entry[{i}]", "bundle entry without a resource"))
             continue
         rt, rid = res.get("resourceType"), res.get("id")
-        if isinstance(url, str) and isinstance(rt, str) and isinstance(rid, str):
+        if type(url) is str and isinstance(rt, str) and isinstance(rid, str):
             urls[url] = (rt, rid)
-        (patients if rt == "Patient" else others).append(Item(res, f"entry[{i}]"))
+        (kept_patient if rt == "Patient" else keep)(Item(res, f"entry[{i}]"))
     return urls, patients + others
 
 

@@ -88,10 +88,11 @@ class _Fixed(Vocabulary):
 
     def __init__(self, rows: dict[int, list], tag: str):
         super().__init__(tag=tag)
-        self.rows, self.asked = rows, []
+        self.rows, self.asked, self.contexts = rows, [], []
 
     def map_keys(self, keys: pa.Table, ctx: MapContext) -> pa.Table:
         self.asked.append(keys.column("key_id").to_pylist())
+        self.contexts.append(ctx)
         got = [(k, t) for k in self.asked[-1] for t in self.rows.get(k, [])]
         return pa.table({"token": pa.array([t for _, t in got], pa.string()),
                          "key_id": pa.array([k for k, _ in got], pa.int32())})
@@ -108,7 +109,9 @@ def test_chain_first_member_decides_and_later_members_see_only_the_rest():
     third = _Fixed({3: ["D"]}, "3")
     never = _Fixed({}, "4")
     chain = Chain([first, second, third, never])
-    mapping, who = chain.map_keys_by_member(_keys(["condition"] * 4), MapContext(con=None))
+    ctx = MapContext(con=None)
+    mapping, who = chain.map_keys_by_member(_keys(["condition"] * 4), ctx)
+    assert all(c is ctx for m in (first, second, third) for c in m.contexts)     # the caller's context
     assert mapping.schema == MAPPING_SCHEMA
     assert sorted(zip(mapping["key_id"].to_pylist(), mapping["token"].to_pylist()), key=str) == \
         sorted([(0, "A"), (0, "B"), (1, None), (2, "C"), (3, "D")], key=str)
@@ -125,7 +128,9 @@ def test_chain_first_member_decides_and_later_members_see_only_the_rest():
 def test_per_domain_sends_each_domain_to_its_chain_and_the_rest_to_star():
     cond, star = _Fixed({0: ["C0"], 2: ["C2"]}, "c"), _Fixed({1: ["S1"], 2: ["S2"], 3: ["S3"]}, "s")
     v = PerDomain([(["condition"], Chain([cond])), (["*"], Chain([star]))])
-    mapping, who = v.map_keys_by_member(_keys(["condition", "drug", "condition", "device"]), MapContext(con=None))
+    ctx = MapContext(con=None)
+    mapping, who = v.map_keys_by_member(_keys(["condition", "drug", "condition", "device"]), ctx)
+    assert cond.contexts == [ctx] and star.contexts == [ctx] and cond.contexts[0] is ctx
     assert sorted(zip(mapping["key_id"].to_pylist(), mapping["token"].to_pylist())) == \
         [(0, "C0"), (1, "S1"), (2, "C2"), (3, "S3")]
     assert cond.asked == [[0, 2]] and star.asked == [[1, 3]]

@@ -42,7 +42,7 @@ from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuf
                                              code_prefix,
                           description_counts)
 from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
-from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, fhir_id, load_fhir_views, run_part
+from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
 from omop_behrt.adapters.fhir_pool import run_parts
 from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson,
                                              read_ndjson)
@@ -205,6 +205,8 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     todo = [(i, p) for i, p in enumerate(parts) if str(i) not in done]
     nworkers = max(1, min(workers or min(2, os.cpu_count() or 1), len(todo)))
     args = [(i, p, str(out.path), str(views) if views else None, validate, known, notes) for i, p in todo]
+    if nworkers > 1:
+        compile_parts(views)       # once here, inherited by the forked workers
     bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="extract FHIR", unit="part",
                disable=not progress, leave=False)
 

@@ -110,6 +110,22 @@ def load_fhir_views(views: str | Path | None = None) -> dict[str, View]:
     return dict(hit)
 
 
+def _event_views(views: dict[str, View]) -> dict[str, list[View]]:
+    """The event views (all but ``patient``) by resource type."""
+    by_type: dict[str, list[View]] = {}
+    for v in views.values():
+        if v.name != "patient":
+            by_type.setdefault(v.resource, []).append(v)
+    return by_type
+
+
+def compile_parts(views_dir: str | Path | None) -> None:
+    """Generate each type's view function in this process, before the workers fork, so that they inherit them
+    instead of each compiling its own (the parts look them up by their views)."""
+    for vs in _event_views(load_fhir_views(views_dir)).values():
+        _combined(vs)
+
+
 class Part:
     """Reads one part (a list of whole files) into event shards, a persons part, quarantine and pending rows."""
 
@@ -118,10 +134,7 @@ class Part:
         self.index, self.files, self.out, self.validate = index, [Path(f) for f in files], Path(out), validate
         self.base = index << 32
         views = load_fhir_views(views_dir)
-        self.by_type: dict[str, list[View]] = {}
-        for v in views.values():
-            if v.name != "patient":
-                self.by_type.setdefault(v.resource, []).append(v)
+        self.by_type = _event_views(views)
         self.patient_view = views.get("patient")
         # subject ids known to exist: the NDJSON Patients read up front (sorted once), plus this part's own
         # Patients (merged in, sorted, at each flush; few next to the first)

@@ -131,9 +131,19 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(c.hidden, 3 * c.hidden)
         self.out = nn.Linear(c.hidden, c.hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H); with ``rows`` (B, Q) token indices, only those queries: (B, Q, H)."""
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        if rows is None:
+            q, k, v = self.qkv(x).view(B, T, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        else:                                          # keys and values of every token, queries of ``rows`` only
+            w, b = self.qkv.weight, self.qkv.bias
+            k, v = F.linear(x, w[H:], b[H:]).view(B, T, 2, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+            xq = x.gather(1, rows[..., None].expand(*rows.shape, H))
+            q = F.linear(xq, w[:H], b[:H]).view(B, rows.shape[1], self.heads, H // self.heads).transpose(1, 2)
+            if mask is not None and mask.shape[-2] == T:
+                mask = mask.gather(2, rows[:, None, :, None].expand(B, mask.shape[1], rows.shape[1], T))
+            T = rows.shape[1]
         p = self.p if self.training else 0.0
         if x.device.type == "cpu" and q.dtype == torch.bfloat16:
             with torch.autocast("cpu", enabled=False):   # CPU's fp32 fused attention is ~3x its bf16 one
@@ -154,8 +164,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c.hidden, c.intermediate), nn.GELU(), nn.Linear(c.intermediate, c.hidden))
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows`` (B, Q): the block's output at those tokens only (B, Q, H); keys and values still see all."""
+        res = x if rows is None else x.gather(1, rows[..., None].expand(*rows.shape, x.shape[-1]))
+        x = res + self.drop(self.attn(self.ln1(x), mask, rows))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -187,17 +199,38 @@ class Behrt(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, ages: torch.Tensor, segments: torch.Tensor,
                 positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                seq_index: torch.Tensor | None = None, keep: torch.Tensor | None = None,
                 **extras: torch.Tensor) -> torch.Tensor:
-        """Token ids and attributes (B, T), attention_mask (B, T) True on real tokens -> hidden states (B, T, H)."""
-        x = self.embeddings(input_ids, ages, segments, positions, extras)
-        mask = self.attention_mask(positions, attention_mask)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_f(x)
+        """Token ids and attributes (B, T), attention_mask (B, T) True on real tokens -> hidden states (B, T, H).
 
-    def attention_mask(self, positions: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        ``seq_index`` (B, T): packed rows (:mod:`omop_behrt.behrt.packing`), the sequence each token belongs
+        to (-1 on padding); attention then stays within each sequence (a block-diagonal mask).
+        ``keep`` (B, T) bool: only those tokens' states are wanted (masked tokens, [CLS]): returns
+        ``hidden[keep]`` (N, H), the last block computing queries, attention output and MLP for them alone."""
+        x = self.embeddings(input_ids, ages, segments, positions, extras)
+        mask = self.attention_mask(positions, attention_mask, seq_index)
+        rows = valid = None
+        if keep is not None:                  # each row's kept tokens first, padded with token 0 (dropped below)
+            count = keep.sum(1)
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :max(1, int(count.max()))]
+            valid = torch.arange(order.shape[1], device=keep.device)[None, :] < count[:, None]
+            rows = order.masked_fill(~valid, 0)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rows if i == len(self.blocks) - 1 else None)
+        x = self.ln_f(x)
+        return x if keep is None else x[valid]
+
+    def attention_mask(self, positions: torch.Tensor, attention_mask: torch.Tensor | None,
+                       seq_index: torch.Tensor | None = None) -> torch.Tensor | None:
         """SDPA's boolean mask (True: may attend): padding only (B, 1, 1, T) under MLM; under ``next_visit`` also
-        causal by visit (B, 1, T, T): query i sees key j iff positions[j] <= positions[i] (visit indices)."""
+        causal by visit (B, 1, T, T): query i sees key j iff positions[j] <= positions[i] (visit indices).
+        Packed rows (``seq_index``): block-diagonal (B, 1, T, T), each sequence its own block (and causal by
+        visit inside it under ``next_visit``); padding attends to padding, so no row is empty."""
+        if seq_index is not None:
+            mask = seq_index[:, :, None] == seq_index[:, None, :]
+            if self.config.objective == "next_visit":
+                mask = mask & (positions[:, None, :] <= positions[:, :, None])
+            return mask[:, None]
         if self.config.objective == "next_visit":
             mask = positions[:, None, :] <= positions[:, :, None]
             if attention_mask is not None:   # a padded query (position 0) still sees [CLS]: no empty row, no NaN
@@ -378,7 +411,11 @@ def check_shapes(path: Path, cfg: BehrtConfig, vocab: TokenVocabulary) -> None:
 
 def pool(model: "Behrt", hidden: torch.Tensor, batch: dict, pooling: str) -> torch.Tensor:
     """One vector per sequence: the pooled [CLS] (BEHRT), the mean of real tokens, or the last visit's mean
-    (what a next-visit model is trained to summarise at); shared by embedding and the fine-tuning heads."""
+    (what a next-visit model is trained to summarise at); shared by embedding and the fine-tuning heads.
+    A packed batch (``seq_index`` in it) gives one vector per packed sequence, in its order."""
+    if "seq_index" in batch:
+        from omop_behrt.behrt.packing import packed_pool
+        return packed_pool(hidden, batch, pooling, model.pooler)
     if pooling == "cls":
         return model.pool(hidden)
     mask = batch["attention_mask"]

@@ -35,6 +35,7 @@ from omop_behrt.behrt.checkpoint import (CHECKPOINT, work_dir_lock, check_resume
 from omop_behrt.events import EventDir, writable_dir, write_json
 from omop_behrt.behrt.batches import batches, device_batches, next_visit_targets, resolve_device
 from omop_behrt.behrt.model import Behrt, BehrtConfig
+from omop_behrt.behrt.packing import packed_device_batches, packed_plan, row_width
 from omop_behrt.behrt.corpus import CHUNK_PERSONS, prepare, token_table, validation_mask  # noqa: F401
 from omop_behrt.behrt.shards import MappedSequences
 from omop_behrt.behrt.tokenizer import MASK, SPECIALS, TIME_TOKENS, Sequences, TokenVocabulary
@@ -93,10 +94,20 @@ class Objective(torch.nn.Module):
             return self.next_visit(batch)
         ids, labels = mask_tokens(batch["input_ids"], core.config.vocab_size, gen)
         extras = {k: batch[k] for k in core.config.extras}
-        hidden = core(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"], **extras)
         chosen = labels != IGNORE
+        keep = chosen
+        if core.plos_head is not None:                  # [CLS] too: each sequence's first token
+            cls = torch.zeros_like(chosen)
+            if "starts" in batch:
+                cls.view(-1)[batch["starts"]] = True
+            else:
+                cls[:, 0] = True
+            keep = chosen | cls
+        # the last block only at the tokens read (masked tokens, [CLS]): hidden is hidden_full[keep], row-major
+        hidden = core(ids, batch["ages"], batch["segments"], batch["positions"], batch["attention_mask"],
+                      seq_index=batch.get("seq_index"), keep=keep, **extras)
         target = labels[chosen]
-        logits = core.mlm_logits(hidden[chosen]).float()
+        logits = core.mlm_logits(hidden[chosen[keep]]).float()
         mlm = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
         loss = mlm
         stats = {"mlm_loss": mlm.detach(), "loss": mlm.detach(), "n": torch.tensor(target.numel())}
@@ -105,7 +116,8 @@ class Objective(torch.nn.Module):
             stats["correct"] = (top10[:, 0] == target).sum()
             stats["top10"] = (top10 == target[:, None]).any(-1).sum()
         if core.plos_head is not None:
-            plos = F.binary_cross_entropy_with_logits(core.plos_logits(hidden).float(), batch["plos"])
+            logit = core.plos_head(core.pool(hidden[cls[keep]][:, None])).squeeze(-1)   # sequence order
+            plos = F.binary_cross_entropy_with_logits(logit.float(), batch["plos"])
             loss = loss + self.plos_weight * plos
             stats["plos_loss"] = plos.detach()
         return loss, stats
@@ -114,6 +126,8 @@ class Objective(torch.nn.Module):
         """CLMBR's flattened variant: softmax over the codes, cross-entropy against the next visit's code set
         (uniform over it); stats: visits predicted (n), next-visit codes (targets) and those in the top 10."""
         core, c = self.model, self.model.config
+        if "seq_index" in batch:
+            raise ValueError("packed batches are for the MLM objective; next_visit trains on padded batches")
         extras = {k: batch[k] for k in c.extras}
         hidden = core(batch["input_ids"], batch["ages"], batch["segments"], batch["positions"],
                       batch["attention_mask"], **extras)
@@ -192,6 +206,15 @@ class Interrupt:
         return bool(flag.item())
 
 
+def _epoch_plan(train: MappedSequences, batch_tokens: int, seed: int, epoch: int, cfg: BehrtConfig,
+                packed: bool) -> list:
+    """One epoch's batches, seeded by (seed, epoch): length-bucketed index arrays, or (``packed``) lists of rows."""
+    if packed:
+        return packed_plan(train.lengths, batch_tokens, row_width(train.lengths, cfg.max_len), seed, epoch,
+                           shuffle=True)
+    return batches(train.lengths, batch_tokens, seed, epoch)
+
+
 def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str | Path = "model",
              config: str | BehrtConfig | None = None, *, epochs: int = 10, max_steps: int | None = None,
              stop_after: int | None = None, batch_tokens: int | None = None, lr: float = 5e-4,
@@ -200,7 +223,8 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
              seed: int = 0, device: str = "auto", compile: bool = False, checkpoint_every: int = 500,
              log_every: int = 10, resume: bool = False, threads: int | None = None, progress: bool = True,
              age_unit: str | None = None, precision: str = "auto", work_dir: str | Path | None = None,
-             init: str | Path | None = None, chunk_persons: int = CHUNK_PERSONS) -> dict[str, Any]:
+             init: str | Path | None = None, chunk_persons: int = CHUNK_PERSONS, packed: bool = False
+             ) -> dict[str, Any]:
     """Pretrain a BEHRT encoder on an event directory; ``out`` becomes a model directory. Returns a summary.
 
     ``max_steps`` (else ``epochs`` x batches per epoch) sets the schedule length; ``stop_after`` ends this
@@ -216,6 +240,9 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
     disagrees is an error), its token vocabulary extended by the local tokens seen in >= ``min_count`` local
     training persons that it lacks (new rows start at their nearest known ancestor's, else the mean).
     metadata.json records the init model's id and the extension counts, never its path.
+
+    ``packed`` (MLM only): batches of packed rows (:mod:`omop_behrt.behrt.packing`), several persons side by side
+    in each row under a block-diagonal attention mask, so almost no token is padding; a run setting (resume keeps it).
 
     Memory is flat in the number of persons: the events are tokenised ``chunk_persons`` at a time into shards
     in the work directory (:mod:`omop_behrt.behrt.corpus`; the chunk size never changes the result), and
@@ -247,6 +274,8 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
         cfg = BehrtConfig.from_dict({**asdict(cfg), "plos": plos, "age_unit": age_unit,
                                      "extras": {**cfg.extras, **({"sex": 3} if sex else {})},
                                      "n_ages": cfg.n_ages if age_unit == "year" else max(cfg.n_ages, 1452)})
+    if packed and cfg.objective != "mlm":
+        raise ValueError("packed batches are for the MLM objective; pretrain next_visit without packed")
     if cfg.objective == "next_visit" and cfg.plos:
         raise ValueError("plos (Med-BERT's length-of-stay head) reads [CLS], which under objective next_visit sees "
                          "the first visit only: pretrain next_visit without plos")
@@ -257,6 +286,8 @@ def pretrain(events: str | Path | EventDir, vocab: str | None = None, out: str |
                    "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "clip": clip,
                    "plos_weight": plos_weight, "epochs": epochs, "max_steps": max_steps, "precision": precision,
                    "world_size": world}
+    if packed:                                 # only when on: earlier runs' fingerprints stay as they were
+        fingerprint["packed"] = True
     if init_model is not None:                 # its id (sha256 of config, tokens, weights), never its path
         fingerprint["init_model"] = init_model.metadata["model_id"]
     run = check_resume(work, fingerprint, out) if resume else None
@@ -314,13 +345,16 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
                          "start again without --resume")
     if not resuming:
         fp = fingerprint
-        n_batches = len(batches(train.lengths, fp["batch_tokens"], fp["seed"], 0)) // world
+        n_batches = len(_epoch_plan(train, fp["batch_tokens"], fp["seed"], 0, cfg, fp.get("packed", False)))
+        n_batches //= world
         total = fp["max_steps"] or fp["epochs"] * max(1, n_batches)
         run = {"config": asdict(cfg), "seed": fp["seed"], "lr": fp["lr"], "weight_decay": fp["weight_decay"],
                "clip": fp["clip"], "batch_tokens": fp["batch_tokens"], "total_steps": total,
                "plos_weight": fp["plos_weight"], "warmup": fp["warmup"] if fp["warmup"] is not None
                else max(1, total // 10), "vocab": fp["vocab"], "checkpoint_every": checkpoint_every,
                "log_every": log_every, "world_size": world, "precision": fp["precision"], "fingerprint": fp}
+        if fp.get("packed"):
+            run["packed"] = True
 
     torch.manual_seed(run["seed"])
     core = Behrt(cfg)
@@ -353,10 +387,14 @@ def _train(ev: EventDir, out: Path, work: Path, cfg: BehrtConfig, run: dict | No
     with Interrupt() as interrupt:
         try:
             while step < total and (stop_after is None or step < stop_after):
-                mine = batches(train.lengths, run["batch_tokens"], run["seed"], epoch)
+                mine = _epoch_plan(train, run["batch_tokens"], run["seed"], epoch, cfg, run.get("packed", False))
                 mine = mine[rank::world][: len(mine) // world]
-                for j, (_, b) in enumerate(device_batches(train, run["batch_tokens"], dev, cfg.extras,
-                                                          plan=mine[start:]), start):
+                if run.get("packed", False):
+                    stream = packed_device_batches(train, run["batch_tokens"], dev, cfg.extras, plan=mine[start:],
+                                                   width=row_width(train.lengths, cfg.max_len))
+                else:
+                    stream = device_batches(train, run["batch_tokens"], dev, cfg.extras, plan=mine[start:])
+                for j, (_, b) in enumerate(stream, start):
                     for g in opt.param_groups:
                         g["lr"] = lr_at(step, run["lr"], run["warmup"], total)
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):

@@ -45,6 +45,7 @@ def test_bad_times_get_null_and_their_reason_amid_good_ones():
     for bad in BAD:
         values += [bad, "2014-05-06"]
     for what in ("time", "birthDate"):
+        # "time" is the default field name
         ts, reasons = parse_times(pa.array(values, pa.string()), what) if what != "time" else \
             parse_times(pa.array(values, pa.string()))
         assert ts.to_pylist() == [x for _ in BAD for x in (None, D(2014, 5, 6))]
@@ -103,3 +104,15 @@ def test_quarantine_buffer_keeps_rows_then_tables_in_its_schema():
          "reason": "no subject (subject/patient)"},
         {"source": "Condition.ndjson", "row": "9", "subject_id": 7, "time": None, "code": "SNOMED/1",
          "reason": "no time"}]
+
+
+def test_quarantine_tables_of_narrower_types_are_cast_to_its_schema():
+    """A batch whose ids are int32 and times ms (an Arrow table built elsewhere) joins the rows as int64 / us."""
+    q = QuarantineBuffer()
+    q.add("Patient.ndjson", "1", "no birthDate")
+    q.add_table(pa.table({"subject_id": pa.array([7], pa.int32()),
+                          "time": pa.array([D(2020, 1, 2)], pa.timestamp("ms")), "code": ["SNOMED/1"],
+                          "source": ["Condition.ndjson"], "row": ["9"], "reason": ["no code"]}))
+    t = q.table()
+    assert t.schema == QUARANTINE_SCHEMA
+    assert t.column("subject_id").to_pylist() == [None, 7] and t.column("time").to_pylist() == [None, D(2020, 1, 2)]

@@ -73,13 +73,22 @@ def _add_extract(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _looks_like_fhir(source: str) -> bool:
+    """Whether ``source`` is FHIR data; a database URL or a DuckDB file is not, and is told without importing the
+    FHIR adapter (half a second); otherwise the reader's sniff decides."""
+    if "://" in str(source) or str(source).endswith((".duckdb", ".db")):
+        return False
+    from omop_behrt.adapters.fhir_reader import has_fhir_name, is_fhir_source
+    return is_fhir_source(source) or has_fhir_name(source)
+
+
 def _run_extract(args) -> int:
-    from omop_behrt.adapters import fhir, omop
+    from omop_behrt.adapters import omop
     if args.out is None and args.meds_out is None:
         raise ValueError("extract: give --out (an event directory), --meds-out (a MEDS dataset), or both")
     # a .json/.ndjson(.gz) file is FHIR or nothing: the FHIR reader says what it expected, not the OMOP one
-    if args.format == "fhir" or (args.format is None and (fhir.is_fhir_source(args.source)
-                                                          or fhir.has_fhir_name(args.source))):
+    if args.format == "fhir" or (args.format is None and _looks_like_fhir(args.source)):
+        from omop_behrt.adapters import fhir
         omop_only = [f"--{k.replace('_', '-')}" for k in ("cdm_schema", "vocab_schema", "results_schema",
                                                           "person_ids", "cohort_id", "start", "end", "domains",
                                                           "index_dates", "valid_dates")

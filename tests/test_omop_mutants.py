@@ -1,0 +1,96 @@
+"""Fast tests that kill mutants of adapters/omop.py's quarantine and censoring helpers (bench/mutation.sh).
+
+The quarantine rows of a batch (source, row key, subject, time, code, reason; nulls where the query has no such
+column), the value counts behind the summary, the no-person error naming the filter, the resume check naming what
+differs, and the digest of the index dates an extraction was censored at, recomputed here with hashlib.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from omop_behrt.adapters import omop
+from omop_behrt.events import QUARANTINE_SCHEMA, EventDir
+
+D = dt.datetime
+
+
+def test_index_dates_digest_is_sha256_of_each_subjects_latest_day():
+    ix = pa.table({"subject_id": pa.array([5, 2, 5, 9, 2], pa.int32()),
+                   "index_date": pa.array([D(2020, 1, 1), D(2019, 6, 30, 23), D(2021, 3, 4, 12), None,
+                                           D(2018, 1, 1)], pa.timestamp("ms"))})
+    latest = {2: dt.date(2019, 6, 30).toordinal(), 5: dt.date(2021, 3, 4).toordinal(), 9: 0}
+    h = hashlib.sha256(np.array(sorted(latest), np.int64).tobytes()
+                       + np.array([latest[k] for k in sorted(latest)], np.int64).tobytes())
+    assert omop.index_dates_digest(ix) == f"3 subjects, sha256 {h.hexdigest()[:16]}"
+    dates = pa.table({"subject_id": pa.array([7], pa.int64()), "index_date": pa.array([dt.date(2001, 2, 3)])})
+    h = hashlib.sha256(np.array([7], np.int64).tobytes() + np.array([dt.date(2001, 2, 3).toordinal()],
+                                                                    np.int64).tobytes())
+    assert omop.index_dates_digest(dates) == f"1 subjects, sha256 {h.hexdigest()[:16]}"
+
+
+def test_quarantine_rows_take_the_masked_rows_with_nulls_for_missing_columns():
+    batch = pa.table({"subject_id": pa.array([1, 2, 3], pa.int64()), "row_key": ["10", "20", "30"],
+                      "time": pa.array([D(2000, 1, 1), None, D(2002, 1, 1)], pa.timestamp("us")),
+                      "code": ["A/1", "B/2", "C/3"], "reason": [None, "null x", "bad y"]})
+    mask = pa.array([False, True, True])
+    q = omop._quarantine_rows(batch, mask, "drug_exposure")
+    assert q.schema == QUARANTINE_SCHEMA
+    assert q.to_pylist() == [
+        {"source": "drug_exposure", "row": "20", "subject_id": 2, "time": None, "code": "B/2", "reason": "null x"},
+        {"source": "drug_exposure", "row": "30", "subject_id": 3, "time": D(2002, 1, 1), "code": "C/3",
+         "reason": "bad y"}]
+    q = omop._quarantine_rows(batch, mask, "drug_exposure", with_code=False)
+    assert q["code"].to_pylist() == [None, None] and q["row"].to_pylist() == ["20", "30"]
+    bare = batch.select(["subject_id", "reason"])
+    q = omop._quarantine_rows(bare, mask, "person")
+    assert q.schema == QUARANTINE_SCHEMA
+    assert q.to_pylist() == [{"source": "person", "row": None, "subject_id": s, "time": None, "code": None,
+                              "reason": r} for s, r in ((2, "null x"), (3, "bad y"))]
+    assert omop._quarantine_rows(batch, pa.array([False] * 3), "x").num_rows == 0
+
+
+def test_count_values_adds_the_non_null_values():
+    into = {"a": 1}
+    omop._count_values(pa.array(["a", None, "b", "a"]), into)
+    assert into == {"a": 3, "b": 1}
+    omop._count_values(pa.array([None, None], pa.string()), into)
+    assert into == {"a": 3, "b": 1}
+    omop._count_values(pa.chunked_array([["b"], ["c", None]]), into)
+    assert into == {"a": 3, "b": 2, "c": 1}
+
+
+def test_no_person_error_names_the_filter():
+    cdm = SimpleNamespace(db=SimpleNamespace(description="cdm.duckdb"), results_schema="res")
+    tail = ", so nothing would be extracted; check the filter, or pass --allow-empty to write an empty event directory"
+    cases = [(omop.ExtractOptions(person_ids=[3, 1, 3]), "none of the 2 --person-ids is in the person table"),
+             (omop.ExtractOptions(cohort_id=4, cohort_table="mine"),
+              "cohort 4 of res.mine has no subject in the person table"),
+             (omop.ExtractOptions(index_dates=pa.table({"subject_id": pa.array([1], pa.int64()),
+                                                        "index_date": pa.array([D(2020, 1, 1)])})),
+              "no subject of the index dates is in the person table"),
+             (omop.ExtractOptions(), "the person table is empty")]
+    for options, what in cases:
+        e = omop._no_person_error(cdm, options)
+        assert isinstance(e, omop.SourceError) and str(e) == f"cdm.duckdb: {what}{tail}"
+
+
+def test_resume_check_says_what_differs(tmp_path):
+    out = EventDir(tmp_path)
+    with pytest.raises(ValueError) as e:
+        omop._check_resume(out, {}, {"a": 1})
+    assert str(e.value) == (f"--resume: {tmp_path} records no fingerprint of its inputs (an older or foreign "
+                            "extraction), so it cannot be checked to be the same run; run without --resume to start "
+                            "over")
+    omop._check_resume(out, {"fingerprint": {"a": 1, "b": None}}, {"a": 1, "b": None})      # the same: no error
+    with pytest.raises(ValueError) as e:
+        omop._check_resume(out, {"fingerprint": {"a": 1, "b": "x", "c": None}}, {"a": 2, "b": None, "c": None,
+                                                                                 "d": "new"})
+    assert str(e.value) == (f"--resume: {tmp_path} was extracted with other inputs: a was 1, now 2; b was 'x', now "
+                            "none; d was None, now 'new'; run without --resume to start over (only --domains may "
+                            "differ: a resume adds the domains not yet extracted)")

@@ -1,4 +1,5 @@
-"""What each OMOP CDM table contributes to the event stream, the extraction options, and the SQL that reads it.
+"""What each OMOP CDM table contributes to the event stream, the extraction options and summary, and the SQL
+that reads it.
 
 The SQL is in ``sql/omop/``; this module only fills in validated, quoted identifiers (looked up in the
 database's catalogue, any case) and collects the bound values. Every value is typed with ``OmopCdm.cast``
@@ -130,6 +131,72 @@ class ExtractOptions:
     @property
     def window(self) -> str:
         return f"{self.valid_start}..{self.valid_end}"
+
+
+@dataclass
+class ExtractSummary:
+    """What an extraction read and wrote; printed by the CLI and stored in the manifest."""
+
+    source: str
+    cdm_version: str
+    persons: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    quarantined: int = 0
+    events_by_domain: dict = field(default_factory=dict)
+    quarantined_by_reason: dict = field(default_factory=dict)
+    #: values not used but the row kept ("condition_occurrence: condition_start_datetime ignored ...": n)
+    notes: dict = field(default_factory=dict)
+    #: warning-level checks per domain ({OUTSIDE_OBSERVATION: {"condition": n}})
+    checks: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)          # domain -> why it was not read
+    skipped_files: list = field(default_factory=list)    # files of a source folder not read as tables
+    visits: int = 0
+    rebuilt_visits: int = 0
+    #: with ExtractOptions.notes: the note table's rows read, written to notes/ and quarantined
+    clinical_notes: dict | None = None
+    warnings: list = field(default_factory=list)
+    #: with ``meds_out``: where the MEDS dataset went and its {subjects, rows, shards}
+    meds: dict | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def table(self) -> str:
+        """A human-readable summary."""
+        lines = [f"source        {self.source} (OMOP CDM {self.cdm_version})",
+                 f"persons       {self.persons:,}",
+                 f"events        {self.events_out:,} written, {self.quarantined:,} quarantined, "
+                 f"{self.events_in:,} read"]
+        for d, n in sorted(self.events_by_domain.items()):
+            lines.append(f"  {d:<12}{n:>12,}")
+        lines.append(f"visits        {self.visits:,} from visit_occurrence, {self.rebuilt_visits:,} rebuilt "
+                     f"from (person, day)")
+        if self.clinical_notes is not None:
+            c = self.clinical_notes
+            lines.append(f"notes         {c['written']:,} written, {c['quarantined']:,} quarantined, {c['read']:,} "
+                         f"read (clinical notes: patient text)")
+        for r, n in sorted(self.quarantined_by_reason.items()):
+            lines.append(f"  quarantined {n:>10,}  {r}")
+        for r, n in sorted(self.notes.items()):
+            lines.append(f"  noted       {n:>10,}  {r}")
+        for check, by_domain in sorted(self.checks.items()):
+            detail = ", ".join(f"{d} {n:,}" for d, n in sorted(by_domain.items()))
+            lines.append(f"  checked     {sum(by_domain.values()):>10,}  {check}: {detail}")
+        for d, why in sorted(self.skipped.items()):
+            lines.append(f"skipped: {d} ({why})")
+        if self.skipped_files:
+            lines.append(f"{len(self.skipped_files)} file(s) skipped: " + ", ".join(
+                f"{f['file']} ({f['reason']})" for f in self.skipped_files))
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        if self.meds is not None:
+            m = self.meds
+            lines.append(f"MEDS          {m['subjects']:,} subjects, {m['rows']:,} rows, {m['shards']:,} shard(s) "
+                         f"in {m['path']}")
+        lines.append(f"time          {self.seconds:.1f} s")
+        return "\n".join(lines)
 
 
 def _used(sql: str, params: dict) -> tuple[str, dict]:

@@ -53,6 +53,10 @@ def test_quarantine_rows_take_the_masked_rows_with_nulls_for_missing_columns():
     assert q.to_pylist() == [{"source": "person", "row": None, "subject_id": s, "time": None, "code": None,
                               "reason": r} for s, r in ((2, "null x"), (3, "bad y"))]
     assert omop._quarantine_rows(batch, pa.array([False] * 3), "x").num_rows == 0
+    narrow = batch.cast(pa.schema([f.with_type(pa.int32()) if f.name == "subject_id" else
+                                   f.with_type(pa.timestamp("ms")) if f.name == "time" else f for f in batch.schema]))
+    q = omop._quarantine_rows(narrow, mask, "drug_exposure")              # cast to the quarantine's schema
+    assert q.schema == QUARANTINE_SCHEMA and q["subject_id"].to_pylist() == [2, 3]
 
 
 def test_count_values_adds_the_non_null_values():

@@ -36,6 +36,7 @@ from omop_behrt.adapters.view_codegen import compile_views
 from omop_behrt.adapters.viewdefinition import View, ViewError, load_views
 
 _MASK63 = (1 << 63) - 1
+_SKIM_BYTES = 64 << 20            # Bundles larger than this (gzip counted 6x) are skimmed, not parsed whole
 KEY_SCHEMA = pa.schema([pa.field("key", pa.int64())])
 RESOURCES_SCHEMA = pa.schema([pa.field("key", pa.int64()), pa.field("type", pa.string()),
                               pa.field("id", pa.string()), pa.field("updated", pa.string()),
@@ -172,7 +173,8 @@ class Part:
         # the types the NDJSON reader parses (the others are counted from their peeked type, unparsed);
         # --validate checks every resource, so it parses them all. Bundles are parsed whole: with the collector
         # held back (run()), orjson on every entry costs less than the skim's msgspec pass plus orjson on the
-        # wanted entries (bench/fhir_phases.py: one part on 300 Synthea bundles 0.69 vs 0.77 CPU-s)
+        # wanted entries (bench/fhir_phases.py: one part on 300 Synthea bundles 0.69 vs 0.77 CPU-s); a Bundle
+        # over _SKIM_BYTES is still skimmed, so that its unwanted entries never become Python objects (memory)
         self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
 
     # -- per resource ------------------------------------------------------------------------------
@@ -186,7 +188,8 @@ class Part:
                 if is_ndjson(path):
                     self._items(fi, read_ndjson(path, self.wanted), {})
                 else:
-                    urls, items = read_bundle(path)
+                    big = path.stat().st_size * (6 if path.name.endswith(".gz") else 1) > _SKIM_BYTES
+                    urls, items = read_bundle(path, self.wanted if big else None)
                     self._items(fi, items, urls)
             self._flush()
         finally:

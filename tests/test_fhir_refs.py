@@ -74,3 +74,34 @@ def test_shared_references_give_each_resource_its_own_subject_visit_and_reason(t
                         ("a.json", "entry[10]", "no subject (subject/patient)"),
                         ("b.json", "entry[2]", "unresolvable reference: subject 'urn:uuid:p1'")])
     assert (s.resources_in, s.resources_out, s.quarantined) == (15, 9, 6)     # 2 Patients, 1 Encounter, 12 Conditions
+
+
+def _outputs(folder: Path) -> dict:
+    """Every output table as sorted rows, and the summary but its timing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    tables = {}
+    for pattern in ("events/*.parquet", "persons.parquet", "quarantine*.parquet", "codes.parquet"):
+        files = sorted(folder.glob(pattern))
+        t = pa.concat_tables([pq.read_table(f) for f in files])
+        tables[pattern] = t.sort_by([(c, "ascending") for c in t.column_names]).to_pylist()
+    summary = json.loads((folder / "manifest.json").read_text())["summary"]
+    summary.pop("seconds")
+    return {"tables": tables, "summary": summary}
+
+
+def test_large_bundles_are_skimmed_and_give_what_whole_parsing_gives(tmp_path, monkeypatch):
+    from omop_behrt.adapters import fhir_part
+    src = Path(__file__).parent / "data" / "fhir" / "bundles"
+    calls: list = []
+    real = fhir_part.read_bundle
+    monkeypatch.setattr(fhir_part, "read_bundle", lambda p, wanted=None: calls.append(wanted) or real(p, wanted))
+    whole = fhir.extract(src, tmp_path / "whole", progress=False, workers=1)
+    assert len(calls) == 5 and all(w is None for w in calls)          # small Bundles: parsed whole
+    calls.clear()
+    monkeypatch.setattr(fhir_part, "_SKIM_BYTES", 0)                  # every Bundle is "large": skimmed
+    skimmed = fhir.extract(src, tmp_path / "skim", progress=False, workers=1)
+    assert len(calls) == 5 and all(w is not None and "Observation" in w for w in calls)
+    assert sum(whole.ignored_by_type.values()) > 0                     # there were unwanted entries to skip
+    assert _outputs(tmp_path / "whole") == _outputs(tmp_path / "skim")
+    assert skimmed.events_out == whole.events_out > 0

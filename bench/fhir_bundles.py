@@ -13,7 +13,8 @@ own process and in alternated rounds (medians reported):
 * orjson       the parse ceiling: read each file and ``orjson.loads`` it whole, 1 and 2 processes
 * partial      msgspec reads the entries as raw bytes, the resourceType is peeked, and only the resources of
                types with a view (and Patient) are parsed with orjson: 1 and 2 processes (what extract's reader
-               does when msgspec is installed)
+               does with msgspec installed for NDJSON and for Bundles over 64 MB; smaller Bundles are parsed
+               whole, as ``orjson`` does)
 
 With ``--baseline`` the two extracts' outputs are compared (events, persons, observation periods, quarantine,
 codes: the same rows, in any shard order; the summary but for its seconds and source): a difference fails the run.

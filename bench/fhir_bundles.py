@@ -135,7 +135,7 @@ def _run_child(*args: str) -> dict:
     return r
 
 
-def _rows(folder: Path, pattern: str) -> "pa.Table | None":
+def _rows(folder: Path, pattern: str) -> "pyarrow.Table | None":  # noqa: F821 (imported inside)
     """The rows of the Parquet files ``pattern`` under ``folder``, sorted by every column (None: no such file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

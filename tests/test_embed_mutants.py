@@ -39,6 +39,7 @@ def test_rows_find_their_sequence_by_subject_and_cut():
     seq_s, seq_t = np.array([3, 1, 1, 2]), np.array([5, 9, 4, 0])
     got = _match_rows(seq_s, seq_t, np.array([1, 2, 1, 3, 1]), np.array([9, 0, 4, 5, 9]))
     assert got.tolist() == [1, 3, 2, 0, 1]
+    assert _match_rows(np.array([7]), np.array([3]), np.array([7, 7]), np.array([3, 3])).tolist() == [0, 0]
     for subject, time in ((1, 5), (9, 9), (0, 0)):      # no such key; past the last key; before the first
         with pytest.raises(RuntimeError, match="^internal error: an index row has no tokenised sequence$"):
             _match_rows(seq_s, seq_t, np.array([subject]), np.array([time]))
@@ -53,6 +54,10 @@ def test_x_becomes_an_index_table_or_a_clear_refusal():
     assert _as_index(pa.Table.from_pandas(frame, preserve_index=False)).equals(t)
     arr = np.array([[4, np.datetime64("2020-01-01")], [2, np.datetime64("2021-02-03")]], dtype=object)
     assert _as_index(arr).equals(t) and _index_from_array(arr).equals(t)
+    swapped = pd.DataFrame({"index_date": frame["index_date"], "subject_id": frame["subject_id"]})
+    assert _as_index(swapped).equals(t)                                      # read by name, not position
+    big = np.array([[2**53 + 1, np.datetime64("2020-01-01")]], dtype=object)   # beyond float64's integers
+    assert _index_from_array(big)["subject_id"].to_pylist() == [2**53 + 1]
     with pytest.raises(TypeError) as e:
         _as_index(SimpleNamespace(toarray=lambda: None))
     assert str(e.value) == "sparse input is not (subject_id, index_date) rows; pass a DataFrame"
@@ -80,3 +85,14 @@ def test_fixed_shape_plan_by_hand():
     plan = fixed_shape_plan(np.array([9, 2, 30, 31, 29]), 64, 32, step=8, rows_cap=2)
     assert [(idx.tolist(), T, n) for idx, T, n in plan] == [([1, 1], 8, 1), ([0, 0], 16, 1), ([4, 2], 32, 2),
                                                             ([3, 3], 32, 1)]
+
+
+def test_fixed_shape_plan_edges():
+    """Step 1 keeps lengths 0 and 1 at T 1; no lengths, no batches; equal lengths keep their order (stable)."""
+    plan = fixed_shape_plan(np.array([1, 0, 3]), 64, 8, step=1)
+    assert [(idx.tolist(), T, n) for idx, T, n in plan] == [([1, 0] + [0] * 14, 1, 2), ([2] * 16, 3, 1)]
+    assert fixed_shape_plan(np.array([], np.int64), 64, 8) == []
+    lengths = np.array([5, 3] * 20)                                          # 40 rows of T 16, in 3 batches
+    plan = fixed_shape_plan(lengths, 4096, 16)
+    order = list(range(1, 40, 2)) + list(range(0, 40, 2))                    # the 3s, then the 5s, each in order
+    assert [idx[:n].tolist() for idx, _, n in plan] == [order[:16], order[16:32], order[32:]]

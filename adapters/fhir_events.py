@@ -42,7 +42,7 @@ def code_prefix(system: str | None) -> str:
     if hit is not None:
         return hit
     tail = [p for p in re.split(r"[/:#]", system) if p][-1:] or ["UNKNOWN"]
-    return _UNSAFE.sub("_", tail[0]) or "UNKNOWN"
+    return _UNSAFE.sub("_", tail[0])     # never empty: the part is non-empty and each unsafe character becomes "_"
 
 
 def parse_times(values: pa.Array, what: str = "time") -> tuple[pa.Array, pa.Array]:

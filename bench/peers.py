@@ -5,8 +5,19 @@ Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Pe
     omop-behrt: ``extract --meds-out`` (the folder opened as DuckDB views typed by the DDL, the streamed events
     sorted once into MEDS, no event directory); ``omop-behrt 2-step``: ``extract`` then ``to-meds``; peer:
     meds-etl 0.3.11 ``meds_etl_omop`` (polars backend), installed in its own virtual environment (``--peer-venv``,
-    made with ``pip install meds-etl==0.3.11 'polars<2'``). Outputs compared: rows, subjects and
-    events by code prefix; differences are explained in the table's notes, not hidden.
+    made with ``pip install meds-etl==0.3.11 'polars<2'``); and meds-etl with ``--backend cpp`` when
+    ``meds_etl_cpp`` is installed in that environment (else the JSON says why not). Outputs compared: rows, subjects
+    and events by code prefix; differences are explained in the table's notes, not hidden.
+
+  * fhir: the FHIR bulk NDJSON fixtures (tests/data/fhir/ndjson) ``--fhir-copies`` times with new UUIDs, one
+    ``<Type>.ndjson`` per type, each Patient given an integer identifier (fhir2meds keeps only such subjects).
+    omop-behrt: FHIR ``extract`` then ``to-meds`` (its extract time also reported); peer: fhir2meds 0.0.3 in its
+    own environment (``--fhir2meds-venv``). Outputs compared: rows and untimed rows by code prefix.
+
+  * counts: count features at index dates on Eunomia x1 and x``--copies`` as MEDS (one index time per subject):
+    omop-behrt's ``CountFeatures`` (evaluation/baselines.py: 365 days and all history) against MEDS-Tab 0.2.0
+    (``--meds-tab-venv``: describe + tabularize-time-series at the label times, code/count, 365d and full).
+    Every (row, window, code) cell of both is checked against counts recomputed in DuckDB.
 
   * transformer: BEHRT-shape training (masked LM, AdamW) and inference on the same length-bucketed batches of
     synthetic sequences (20-200 tokens, 4,096-token batches), omop-behrt's ``Behrt`` against Hugging Face's
@@ -16,7 +27,9 @@ Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Pe
 
 Each tool runs in its own process (wall time and peak RSS of the child); the machine's load average is recorded.
 
-    python bench/peers.py [--stages omop_meds,transformer] [--copies 10] [--rounds 3] [--peer-venv DIR]
+    python bench/peers.py [--stages omop_meds,fhir,counts,transformer] [--copies 10] [--fhir-copies 20]
+                          [--rounds 3] [--peer-venv DIR] [--fhir2meds-venv DIR] [--meds-tab-venv DIR]
+                          [--out bench/results/peers_<stage>.json]
 """
 from __future__ import annotations
 

@@ -135,6 +135,11 @@ def embed_sequences(model, seqs, *, pooling: str = "cls", batch_tokens: int = 16
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if "seq_index" in b:           # packed: the last block only where the pooling reads
                     vec = packed_vectors(model, b, pooling)
+                elif pooling == "cls" and not fixed_shapes:   # the last block at [CLS] only (not bit-exact
+                    # across shards: a (B, H) product of few rows may take another kernel path, tests/test_embed_shard)
+                    first = torch.zeros_like(b["attention_mask"])
+                    first[:, 0] = True
+                    vec = model.pool(model(**b, keep=first)[:, None])
                 else:
                     vec = pool(model, model(**b), b, pooling)
             out[idx[:n]] = vec[:n].float().cpu().numpy()     # the filler rows' outputs are dropped

@@ -1,6 +1,8 @@
 """Shared fixtures: the real data sets every test area uses, extracted once per session."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -71,3 +73,49 @@ def tiny_model(eunomia_events, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     pretrain(eunomia_events, "source", out, "tiny", max_steps=30, progress=False, device="cpu", seed=0)
     return out
+
+
+# -- Spark (tests/test_spark.py, tests/test_meds_spark.py) ---------------------------------------------
+CDM_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
+              "procedure_occurrence", "measurement", "observation", "device_exposure", "death", "concept",
+              "cdm_source"]
+
+
+def _spark_missing() -> str | None:
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install 'omop-behrt[spark]')"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "no Java runtime (java on PATH or JAVA_HOME) for Spark"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] Spark session for the whole run (a JVM start and Eunomia's load are paid once), stopped at the
+    end; its warehouse (the tables a test creates, e.g. a cohort table) in a temporary folder, not the checkout."""
+    reason = _spark_missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but Spark cannot run: {reason}")
+        pytest.skip(f"Spark tests skipped: {reason}")
+    from omop_behrt.db.spark import QUICK_CONF, local_session
+    warehouse = tmp_path_factory.mktemp("spark_warehouse")
+    session = local_session("local[2]", "1g", app="omop-behrt-tests",
+                            conf={**QUICK_CONF, "spark.sql.warehouse.dir": str(warehouse)})
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def eunomia_parquet(spark, eunomia_db, tmp_path_factory) -> Path:
+    """Eunomia's CDM tables as Parquet, registered as the Spark database ``eunomia``."""
+    from omop_behrt.db.spark import load_duckdb_cdm
+    folder = tmp_path_factory.mktemp("eunomia_parquet")
+    load_duckdb_cdm(spark, eunomia_db, "eunomia", folder, tables=CDM_TABLES)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def eunomia_spark(eunomia_parquet) -> str:
+    return "eunomia"

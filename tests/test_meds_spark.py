@@ -10,10 +10,10 @@ from omop_behrt.adapters import omop  # noqa: E402
 from omop_behrt.adapters.meds import to_meds  # noqa: E402
 from test_meds_validation import validate_meds_dataset  # noqa: E402
 from test_meds_writes import _leftovers, assert_same_rows  # noqa: E402
-from test_spark import eunomia_parquet, eunomia_spark, spark  # noqa: E402,F401  (module fixtures)
 
 
-def test_spark_meds_only_equals_duckdb_to_meds(spark, eunomia_spark, eunomia_events, tmp_path):  # noqa: F811
+def test_spark_meds_only_equals_duckdb_to_meds(spark, eunomia_spark, eunomia_events, tmp_path):
+    """The Spark session and Eunomia's tables in it are session fixtures (conftest.py), shared with test_spark.py."""
     from omop_behrt.db.spark import SparkDatabase
     summary = omop.extract(SparkDatabase(spark, eunomia_spark), None, meds_out=tmp_path / "m", progress=False)
     to_meds(eunomia_events, tmp_path / "want")

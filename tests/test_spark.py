@@ -7,8 +7,6 @@ of ``embed_cohort(..., exact=True)``. In CI (CI=true) a missing pyspark or Java 
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 from pathlib import Path
 
@@ -20,50 +18,9 @@ import pytest
 
 from omop_behrt.adapters import omop
 from omop_behrt.events import EventDir, validate_events, validate_persons
+from conftest import CDM_TABLES
 
-CDM_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-              "procedure_occurrence", "measurement", "observation", "device_exposure", "death", "concept",
-              "cdm_source"]
-
-
-def _spark_missing() -> str | None:
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is not installed (pip install 'omop-behrt[spark]')"
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        return "no Java runtime (java on PATH or JAVA_HOME) for Spark"
-    return None
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    """One local[2] Spark session for this module, stopped afterwards; its warehouse (the tables a test creates,
-    e.g. a cohort table) in a temporary folder, not the working directory."""
-    reason = _spark_missing()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but Spark cannot run: {reason}")
-        pytest.skip(f"Spark tests skipped: {reason}")
-    from omop_behrt.db.spark import QUICK_CONF, local_session
-    warehouse = tmp_path_factory.mktemp("spark_warehouse")
-    session = local_session("local[2]", "1g", app="omop-behrt-tests",
-                            conf={**QUICK_CONF, "spark.sql.warehouse.dir": str(warehouse)})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="module")
-def eunomia_parquet(spark, eunomia_db, tmp_path_factory) -> Path:
-    """Eunomia's CDM tables as Parquet, registered as the Spark database ``eunomia``."""
-    from omop_behrt.db.spark import load_duckdb_cdm
-    folder = tmp_path_factory.mktemp("eunomia_parquet")
-    load_duckdb_cdm(spark, eunomia_db, "eunomia", folder, tables=CDM_TABLES)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def eunomia_spark(eunomia_parquet) -> str:
-    return "eunomia"
+# the Spark session and Eunomia's tables in it are session fixtures of conftest.py (shared with test_meds_spark.py)
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,8 @@ def pretrain_model(spec, events: Path, task, work: Path, name: str, held: list[s
 
 def text_vectors(work: Path, task, encoder, threads: int, fresh: bool):
     """The evaluate path's text vectors (embed_text_cohort), cached per task rows and text model."""
-    from omop_behrt.vectors.embed import EmbeddingResult, embed_text_cohort
+    from omop_behrt.vectors.embed import EmbeddingResult
+    from omop_behrt.vectors.embed_text import embed_text_cohort
     from omop_behrt.study.run import table_digest
     key = hashlib.sha256((table_digest(task.index) + encoder.checksum()).encode()).hexdigest()[:16]
     cache = work / f"text_{key}.npz"

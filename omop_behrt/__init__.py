@@ -18,7 +18,7 @@ _LAZY = {"Database": "db.database", "SourceError": "db.database",
          "validate_persons": "events",
          "ExtractOptions": "adapters", "extract": "adapters", "from_meds": "adapters", "to_meds": "adapters",
          "cohorts": "tasks.cohorts", "write_embeddings": "vectors.export",
-         "PatientEmbedder": "vectors.embed", "embed_cohort": "vectors.embed"}
+         "PatientEmbedder": "vectors.embedder", "embed_cohort": "vectors.embed"}
 
 __all__ = ["__version__", "Database", "SourceError", "EventDir", "EventSchemaError", "EVENTS_SCHEMA",
            "PERSONS_SCHEMA", "OBSERVATION_PERIODS_SCHEMA", "NOTES_SCHEMA", "validate_events", "validate_persons",

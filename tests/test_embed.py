@@ -16,7 +16,8 @@ from sklearn.preprocessing import StandardScaler
 
 from omop_behrt.tasks import cohorts
 from omop_behrt.cli.main import main
-from omop_behrt.vectors.embed import PatientEmbedder, embed_cohort
+from omop_behrt.vectors.embed import embed_cohort
+from omop_behrt.vectors.embedder import PatientEmbedder
 
 
 @pytest.fixture
@@ -159,7 +160,8 @@ def test_embed_cli_to_tables(cdm, tiny_model, tmp_path, capsys):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU: bf16 embedding path not exercised")
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="no CUDA GPU: bf16 embedding path not exercised")
 def test_cuda_bf16_matches_cpu(tiny_model, eunomia_events):
     """On a GPU (bf16 autocast by default) vectors match the CPU fp32 ones to bf16 precision."""
     X = pd.DataFrame({"subject_id": [6, 123, 129], "index_date": pd.to_datetime(["2019-01-01"] * 3)})

@@ -43,6 +43,10 @@ def test_rows_find_their_sequence_by_subject_and_cut():
     for subject, time in ((1, 5), (9, 9), (0, 0)):      # no such key; past the last key; before the first
         with pytest.raises(RuntimeError, match="^internal error: an index row has no tokenised sequence$"):
             _match_rows(seq_s, seq_t, np.array([subject]), np.array([time]))
+    empty = np.array([], dtype=np.int64)      # no sequences: its own error, not an IndexError
+    with pytest.raises(RuntimeError, match="^internal error: an index row has no tokenised sequence$"):
+        _match_rows(empty, empty, np.array([1]), np.array([0]))
+    assert _match_rows(empty, empty, empty, empty).tolist() == []
 
 
 def test_x_becomes_an_index_table_or_a_clear_refusal():

@@ -32,7 +32,7 @@ def tiny_text_model(tmp_path_factory):
 
 
 def test_embed_text_cli_and_api_agree(gi_bleed_cdm, tiny_text_model, tmp_path, capsys):
-    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.vectors.embed_text import embed_text_cohort
     from omop_behrt.text.serialize import SERIALIZER_VERSION, serialize
     from omop_behrt.text.encoder import TextEncoder
     out = tmp_path / "v.parquet"
@@ -78,7 +78,7 @@ def test_patient_embedder_text_in_a_pipeline(gi_bleed_cdm, tiny_text_model):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from omop_behrt.vectors.embed import PatientEmbedder
+    from omop_behrt.vectors.embedder import PatientEmbedder
     index = cohorts.CohortTable(gi_bleed_cdm, "results").read(77).to_pandas().iloc[:40]
     emb = PatientEmbedder(source=gi_bleed_cdm, encoder="text", text_model=str(tiny_text_model))
     X = emb.fit(index).transform(index)

@@ -189,7 +189,7 @@ def test_pooled_vectors(notes_events, index, eunomia_db, tmp_path):
     pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.vectors.embed_text import embed_text_cohort
     from omop_behrt.text.encoder import TextEncoder
     events, _ = notes_events
     encoder = TextEncoder(_bert_dir(tmp_path / "bert"), device="cpu")
@@ -215,7 +215,7 @@ def test_cli_extract_and_embed_with_notes(notes_cdm, index, tmp_path, capsys):
     from test_text_encoder import _bert_dir
 
     from omop_behrt.cli.main import main
-    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.vectors.embed_text import embed_text_cohort
     from omop_behrt.text.encoder import TextEncoder
     assert main(["extract", "--source", str(notes_cdm[0]), "--out", str(tmp_path / "ev"), "--notes", "--quiet"]) == 0
     assert "notes         4 written, 4 quarantined, 8 read (clinical notes: patient text)" in capsys.readouterr().out
@@ -269,7 +269,7 @@ def test_evaluation_takes_notes(notes_cdm, notes_events, index, tiny_model, tmp_
     from test_text_encoder import _bert_dir
 
     from omop_behrt.evaluation import comparison
-    from omop_behrt.vectors.embed import embed_text_cohort
+    from omop_behrt.vectors.embed_text import embed_text_cohort
     from omop_behrt.tasks.labels import LABELS_SCHEMA, Task
     from omop_behrt.text.encoder import TextEncoder
     labels = pa.table({"subject_id": index["subject_id"], "index_date": index["index_date"],
@@ -287,7 +287,8 @@ def test_patient_embedder_takes_notes(notes_events, index, tmp_path):
     pytest.importorskip("transformers", reason="the text encoder needs transformers (pip install 'omop-behrt[text]')")
     from test_text_encoder import _bert_dir
 
-    from omop_behrt.vectors.embed import PatientEmbedder, embed_text_cohort
+    from omop_behrt.vectors.embed_text import embed_text_cohort
+    from omop_behrt.vectors.embedder import PatientEmbedder
     from omop_behrt.text.encoder import TextEncoder
     events, _ = notes_events
     bert = _bert_dir(tmp_path / "bert")

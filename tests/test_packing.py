@@ -191,3 +191,16 @@ def test_objective_with_plos_matches_the_full_forward(real_seqs):
         ref = ref + F.binary_cross_entropy_with_logits(m.plos_head(pool(m, h, b, "cls")).squeeze(-1), b["plos"])
         assert int(stats["n"]) == int(chosen.sum()) > 50
         assert abs(float(loss.detach()) - float(ref.detach())) < 1e-5
+
+
+def test_pretrain_packed_from_the_cli(eunomia_events, tmp_path, capsys):
+    """``pretrain --packed`` reaches the packed batches (recorded in the model's metadata); with next_visit it is
+    one line, exit 2."""
+    from omop_behrt.cli.main import main
+    out = tmp_path / "m"
+    assert main(["pretrain", "--events", str(eunomia_events.path), "--out", str(out), "--max-steps", "4",
+                 "--packed", "--quiet", "--threads", "1", "--device", "cpu"]) == 0
+    assert json.loads((out / "metadata.json").read_text())["training"]["packed"] is True
+    rc = main(["pretrain", "--events", str(eunomia_events.path), "--out", str(tmp_path / "nv"), "--max-steps", "1",
+               "--packed", "--objective", "next_visit", "--quiet", "--device", "cpu"])
+    assert rc == 2 and "packed batches are for the MLM objective" in capsys.readouterr().err

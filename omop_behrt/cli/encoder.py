@@ -27,6 +27,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--chunk-persons", type=positive_int, default=20_000,
                    help="persons tokenised at a time into the work directory's shards (memory while tokenising; "
                         "never changes the result)")
+    p.add_argument("--packed", action="store_true",
+                   help="masked LM only: several persons side by side in each row under a block-diagonal attention "
+                        "mask (no padding; measured 1.05x the bucketed batches' tokens/s on CPU)")
     p.add_argument("--config", help="tiny (default), behrt (the paper's shape) or a config.json; with --init the "
                                     "init model's (a different one is an error)")
     p.add_argument("--init", metavar="MODEL_DIR",
@@ -86,7 +89,7 @@ def _run_pretrain(args) -> int:
                    plos=args.plos, sex=args.sex, min_count=args.min_count, seed=args.seed, device=args.device,
                    compile=args.compile, checkpoint_every=args.checkpoint_every, resume=args.resume,
                    threads=args.threads, progress=not args.quiet, precision=args.precision, init=args.init,
-                   chunk_persons=args.chunk_persons)
+                   chunk_persons=args.chunk_persons, packed=args.packed)
     if args.init and res.get("finished"):
         from omop_behrt.vocab.fallback import coverage_line
         ext = json.loads((Path(args.out) / "metadata.json").read_text()).get("vocab_extension") or {}
@@ -223,7 +226,7 @@ def _run_embed(args) -> int:
     if args.encoder != "text" and args.notes != "none":
         raise ValueError("--notes is for --encoder text (BEHRT reads codes only)")
     if args.encoder == "text":
-        from omop_behrt.vectors.embed import embed_text_cohort
+        from omop_behrt.vectors.embed_text import embed_text_cohort
         from omop_behrt.text.encoder import TextEncoder
         encoder = TextEncoder(args.text_model, pooling=args.text_pooling, device=args.device,
                               progress=not args.quiet)

@@ -78,8 +78,8 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     """Extract (censored at the index dates when ``source`` is a CDM), map to the model's tokens, tokenise.
 
     With ``text_model`` (a local model directory or ``default``; or a loaded ``text_encoder``), also the text
-    vectors of the rows for the text-* methods: :func:`omop_behrt.vectors.embed.embed_text_cohort` on the same censored
-    events (no second extraction), with the clinical notes when ``text_notes`` is ``append`` or ``pooled``.
+    vectors of the rows for the text-* methods: :func:`omop_behrt.vectors.embed_text.embed_text_cohort` on the same
+    censored events (no second extraction), with the clinical notes when ``text_notes`` is ``append`` or ``pooled``.
     Without, nothing of the text path is imported.
     """
     from omop_behrt.vectors.embed import censored_events, cut_times, index_sequences
@@ -106,7 +106,7 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
                                       task.labels["subject_id"].to_numpy(), cut_times(task.labels), cdm=cdm)
         text = None
         if with_text:
-            from omop_behrt.vectors.embed import embed_text_cohort
+            from omop_behrt.vectors.embed_text import embed_text_cohort
             text = embed_text_cohort(events, task.index, text_model=text_model or "default", cdm=cdm,
                                      cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                                      work_dir=Path(work_dir) / "text", progress=progress, encoder=text_encoder,

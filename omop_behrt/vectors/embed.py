@@ -1,4 +1,5 @@
-"""Patient vectors as of an index date: the scikit-learn extractor and the streaming, resumable embedding run.
+"""Patient vectors as of an index date from a BEHRT model: the streaming, resumable embedding run (the
+scikit-learn face is :mod:`omop_behrt.vectors.embedder`, the text encoder's run :mod:`omop_behrt.vectors.embed_text`).
 
 The path of one run: index dates -> events extracted with censoring in the CDM's SQL (only events before each
 person's index date leave the database) -> the model's vocabulary -> tokens cut at each entry's own index
@@ -20,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from omop_behrt.tasks.cohorts import INDEX_SCHEMA, index_dates_from_frame
@@ -156,9 +156,13 @@ def _match_rows(seq_subject: np.ndarray, seq_time: np.ndarray, row_subject: np.n
     row_key = np.empty(len(row_subject), key)
     row_key["s"], row_key["t"] = row_subject, row_time
     order = np.argsort(seq_key, order=("s", "t"))
+    if len(order) == 0:
+        if len(row_key):
+            raise RuntimeError("internal error: an index row has no tokenised sequence")
+        return np.zeros(0, dtype=np.int64)
     pos = np.searchsorted(seq_key[order], row_key)
     found = order[np.minimum(pos, len(order) - 1)]
-    if len(order) == 0 or not (seq_key[found] == row_key).all():
+    if not (seq_key[found] == row_key).all():
         raise RuntimeError("internal error: an index row has no tokenised sequence")
     return found
 
@@ -382,72 +386,6 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling: str | None = None,
-                      group: str = "domain", inclusive: bool = False, cdm_schema: str | None = None,
-                      vocab_schema: str | None = None, device: str = "auto", work_dir: str | Path | None = None,
-                      progress: bool = True, encoder=None, dump_text: str | Path | None = None,
-                      notes: str | None = None, cdm=None) -> EmbeddingResult:
-    """The text encoder (Hegselmann et al.): each row's record before its index date serialised as text
-    (:mod:`omop_behrt.text.serialize`, the same censoring as :func:`embed_cohort`) and embedded by a language model
-    (:class:`omop_behrt.text.encoder.TextEncoder`; ``text_model`` a local directory, or ``default``, the packaged
-    all-MiniLM-L6-v2). Same result object as :func:`embed_cohort`; the texts themselves are written only to
-    ``dump_text`` (a folder, for debugging: patient data, with a warning).
-
-    ``notes`` (clinical notes before the index date): ``append`` them to the record's text, or ``pooled``: embed
-    each note on its own and average the notes' mean with the record's vector (:func:`pool_notes`).
-    ``cdm``: where concept names come from when ``source`` is an event directory without its own.
-    """
-    from omop_behrt.text.serialize import dump_text as write_texts, serialize
-    from omop_behrt.text.encoder import TextEncoder
-    t0 = time.perf_counter()
-    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-    encoder = encoder if encoder is not None else TextEncoder(text_model, pooling=pooling, device=device,
-                                                              progress=progress)
-    texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,
-                      vocab_schema=vocab_schema, work_dir=work_dir, notes=notes, cdm=cdm)
-    if dump_text is not None:
-        write_texts(texts, dump_text)
-    vectors = encoder.encode(texts.texts["text"])
-    has_history = texts.texts["n_lines"].to_numpy(zero_copy_only=False) > 0
-    if texts.notes is not None:
-        vectors, with_notes = pool_notes(vectors, texts.notes, encoder)
-        has_history |= with_notes
-    unknown = int(texts.provenance["subject not in source"])
-    prov = {"encoder": "text", "text_model": encoder.describe(), "serializer_version": texts.version,
-            "group": group, "description_coverage": texts.coverage,
-            "model_checksum": encoder.checksum(), "pooling": encoder.pooling,
-            "index_rule": "events on or before the index date" if inclusive else
-            "events strictly before the index date",
-            "rows": index.num_rows, "embedded": int(has_history.sum()),
-            "skipped": {"no history before index": int((~has_history).sum()) - unknown,
-                        "subject not in source": unknown},
-            "truncated": texts.provenance["truncated"],
-            "seconds": round(time.perf_counter() - t0, 3), "device": str(encoder.device)}
-    if "notes" in texts.provenance:
-        prov["notes"] = texts.provenance["notes"]
-    return EmbeddingResult(index, vectors, has_history, prov)
-
-
-def pool_notes(vectors: np.ndarray, notes: pa.Table, encoder) -> tuple[np.ndarray, np.ndarray]:
-    """Each note embedded once (a note several rows see, or two equal notes, is one text), the notes of a row
-    averaged, and that mean averaged with the row's record vector: structured record and narrative weigh the
-    same whatever the number of notes. Rows without a note keep their record vector."""
-    n = vectors.shape[0]
-    with_notes = np.zeros(n, dtype=bool)
-    if notes.num_rows == 0:
-        return vectors, with_notes
-    coded = pc.dictionary_encode(notes["text"].combine_chunks())
-    note_vectors = np.asarray(encoder.encode(coded.dictionary), dtype=np.float32)
-    rows = notes["row"].to_numpy()
-    sums = np.zeros((n, note_vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, rows, note_vectors[coded.indices.to_numpy()])
-    counts = np.bincount(rows, minlength=n)
-    with_notes = counts > 0
-    out = np.array(vectors, dtype=np.float32, copy=True)
-    out[with_notes] = ((out[with_notes] + sums[with_notes] / counts[with_notes, None]) / 2).astype(np.float32)
-    return out, with_notes
-
-
 def _as_index(X) -> pa.Table:
     """Accept a DataFrame / Arrow table with (subject_id, index_date[, cohort_definition_id]) or an (n, 2) array."""
     if isinstance(X, pa.Table) or hasattr(X, "columns"):
@@ -470,92 +408,3 @@ def _index_from_array(arr: np.ndarray) -> pa.Table:
                          f"table, or an (n, 2) array of subject ids and dates); got shape {arr.shape}")
     return index_dates_from_frame(pa.table({"subject_id": arr[:, 0].astype(np.int64),
                                             "index_date": arr[:, 1].astype("datetime64[us]")}))
-
-
-class PatientEmbedder(TransformerMixin, BaseEstimator):
-    """scikit-learn transformer: (subject_id, index_date) rows -> (n, d) float32 patient vectors.
-
-    ``encoder="behrt"`` (default) embeds with the pretrained model at ``model_dir``; ``encoder="text"`` serialises
-    each record as text and embeds it with ``text_model`` (a local directory or ``default``), no pretraining,
-    with the clinical notes before the index date when ``notes`` is ``append`` or ``pooled``.
-
-    ``fit`` loads and checks the model (no learning: the encoder is pretrained) and returns self;
-    ``transform`` embeds as of each row's index date. Rows without any history before the index date get the
-    model's empty-history vector and are listed in ``skipped_`` after ``transform``.
-    """
-
-    def __init__(self, model_dir=None, source=None, *, encoder: str = "behrt", text_model: str = "default",
-                 notes: str | None = None, pooling: str = "cls", inclusive: bool = False,
-                 batch_tokens: int = 16_384, chunk_persons: int = 20_000, device: str = "auto",
-                 precision: str = "auto", cdm_schema: str | None = None, progress: bool = False):
-        self.model_dir = model_dir
-        self.source = source
-        self.encoder = encoder
-        self.text_model = text_model
-        self.notes = notes
-        self.pooling = pooling
-        self.inclusive = inclusive
-        self.batch_tokens = batch_tokens
-        self.chunk_persons = chunk_persons
-        self.device = device
-        self.precision = precision
-        self.cdm_schema = cdm_schema
-        self.progress = progress
-
-    def fit(self, X=None, y=None):
-        """Load and check the model; when X is given, check it is (subject_id, index_date) rows."""
-        from omop_behrt.behrt.model import Behrt
-        from omop_behrt.behrt.batches import resolve_device
-        if self.encoder not in ("behrt", "text"):
-            raise ValueError(f"encoder must be 'behrt' or 'text', got {self.encoder!r}")
-        if self.notes not in (None, "none") and self.encoder != "text":
-            raise ValueError("notes is for encoder='text' (BEHRT reads codes only)")
-        if self.source is None or (self.encoder == "behrt" and self.model_dir is None):
-            raise ValueError("PatientEmbedder needs source (an OMOP CDM or an event directory) and, for "
-                             "encoder='behrt', model_dir (a pretrained model directory)")
-        if self.encoder == "text":      # Hegselmann et al.: the record as text, a language model's vectors
-            from omop_behrt.text.encoder import TextEncoder
-            if X is not None:
-                _as_index(X)
-                self.n_features_in_ = 2
-            self.model_ = TextEncoder(self.text_model, device=self.device, progress=self.progress)
-            self.n_features_out_ = self.model_.dims
-            return self
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if X is not None:
-            _as_index(X)
-            self.n_features_in_ = 2
-            if hasattr(X, "columns"):
-                self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
-        self.model_ = Behrt.load(self.model_dir, device=resolve_device(self.device))
-        self.n_features_out_ = self.model_.config.hidden
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        from sklearn.utils.validation import check_is_fitted
-        check_is_fitted(self, "model_")
-        index = _as_index(X)
-        if self.encoder == "text":
-            res = embed_text_cohort(self.source, index, encoder=self.model_, inclusive=self.inclusive,
-                                    cdm_schema=self.cdm_schema, progress=self.progress, notes=self.notes)
-        else:
-            res = embed_cohort(self.model_dir, self.source, index, pooling=self.pooling, inclusive=self.inclusive,
-                               cdm_schema=self.cdm_schema, batch_tokens=self.batch_tokens,
-                               chunk_persons=self.chunk_persons, device=self.device, progress=self.progress,
-                               precision=self.precision, model=self.model_)
-        self.skipped_ = index.filter(pa.array(~res.has_history))
-        self.provenance_ = res.provenance
-        return res.vectors
-
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        from sklearn.utils.validation import check_is_fitted
-        check_is_fitted(self, "n_features_out_")
-        return np.asarray([f"emb_{i}" for i in range(self.n_features_out_)], dtype=object)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = True
-        tags.non_deterministic = False
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags

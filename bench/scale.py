@@ -152,6 +152,11 @@ def _tokens_per_s(work: Path, after_step: int) -> float:
     return float(np.median(rates)) if rates else float("nan")
 
 
+def _rate(x: float) -> int | None:
+    """A tokens/s figure for the JSON: None when no log window fell inside the timed steps (too few --steps)."""
+    return None if x != x else round(x)
+
+
 def _split(record: dict) -> dict:
     """A child's resident memory at exit: anonymous (its own) and mapped file pages (page cache), when known."""
     return {k: record[k] for k in ("rss_anon_mb_at_exit", "rss_file_mb_at_exit") if k in record}
@@ -217,7 +222,7 @@ def bench_size(n: int, root: Path, steps: int, baseline: bool, embed_persons: in
                        **_split(tok)}
     print(f"[{n:,}] train 1 process ...", flush=True)
     [tr] = _run("pretrain", base | {"stop_after": STOP_FIRST + steps, "resume": True, "log_every": 5}, d / "tr1")
-    rec["train_1"] = {"tokens_per_s": round(_tokens_per_s(work, STOP_FIRST + 5)), "seconds": round(tr["seconds"], 1),
+    rec["train_1"] = {"tokens_per_s": _rate(_tokens_per_s(work, STOP_FIRST + 5)), "seconds": round(tr["seconds"], 1),
                       "peak_rss_mb": round(tr["peak_rss_mb"]), **_split(tr)}
     print(f"[{n:,}] train 2 processes (torchrun, gloo) ...", flush=True)
     work2 = d / "ddp.work"
@@ -226,7 +231,7 @@ def bench_size(n: int, root: Path, steps: int, baseline: bool, embed_persons: in
     _link_tree(work / "data", work2 / "data")
     ranks = _run("pretrain", {"events": str(events), "out": str(d / "ddp"), "work": str(work2), "reuse": True,
                               "stop_after": steps, "log_every": 5}, d / "tr2", torchrun=2)
-    rec["train_2"] = {"tokens_per_s": round(_tokens_per_s(work2, 5)),
+    rec["train_2"] = {"tokens_per_s": _rate(_tokens_per_s(work2, 5)),
                       "seconds": round(max(r["seconds"] for r in ranks), 1),
                       "peak_rss_mb_per_rank": [round(r["peak_rss_mb"]) for r in ranks]}
     rec["train_2"]["speedup"] = round(rec["train_2"]["tokens_per_s"] / rec["train_1"]["tokens_per_s"], 2)
@@ -240,7 +245,7 @@ def bench_size(n: int, root: Path, steps: int, baseline: bool, embed_persons: in
                                   "stop_after": STOP_FIRST + steps, "resume": True, "log_every": 5}, d / "btr")
         rec["baseline"] = {"tokenise_seconds": round(btok["seconds"], 1),
                            "tokenise_peak_rss_mb": round(btok["peak_rss_mb"]),
-                           "train_tokens_per_s": round(_tokens_per_s(bwork, STOP_FIRST + 5)),
+                           "train_tokens_per_s": _rate(_tokens_per_s(bwork, STOP_FIRST + 5)),
                            "train_peak_rss_mb": round(btr["peak_rss_mb"])}
         shutil.rmtree(bwork, ignore_errors=True)
     if embed_persons:

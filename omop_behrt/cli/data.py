@@ -256,8 +256,6 @@ def _run_vocab(args) -> int:
         from omop_behrt.adapters.omop import OmopCdm
         cdm = OmopCdm(args.cdm, vocab_schema=args.vocab_schema)
     out = args.out if args.vocab_command == "map" else None
-    if args.min_count < 1:
-        raise ValueError(f"--min-count {args.min_count}: expected a positive number of persons")
     kw = {"cdm": cdm, "progress": not args.quiet, "top_unmapped": args.top, "threads": args.threads,
           "memory_limit": args.memory_limit, "min_count": args.min_count,
           "show_rare_codes": args.show_rare_codes, "infer_icd": not args.no_infer_icd}

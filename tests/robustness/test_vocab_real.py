@@ -293,7 +293,9 @@ def test_the_report_lists_no_code_seen_in_fewer_than_min_count_persons(synthea_e
     printed = capsys.readouterr().out
     assert all(code not in printed for code in once)
     assert "codes seen in < 2 persons not shown" in printed
-    assert main(["vocab", "report", "--events", str(synthea_events.path), "--min-count", "0"]) == 2
+    with pytest.raises(SystemExit) as e:       # one usage line, exit code 2, before any work
+        main(["vocab", "report", "--events", str(synthea_events.path), "--min-count", "0"])
+    assert e.value.code == 2 and "--min-count: expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 def test_an_empty_concept_ancestor_warns_on_postgresql(synthea_events, pg_url, pg_schema):

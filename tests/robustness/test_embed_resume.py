@@ -226,7 +226,11 @@ def test_sigint_in_a_real_process_then_resume(tiny_model, eunomia_events, subjec
            str(eunomia_events.path), "--cohort", str(tmp_path / "ix.csv"), "--out", str(tmp_path / "out.duckdb"),
            "--chunk-persons", "100", "--device", "cpu", "--quiet", "--work-dir", str(tmp_path / "w")]
     env = dict(os.environ, PYTHONPATH=str(root))
-    slow = ("import time, omop_behrt.vectors.embed as e; real = e.embed_sequences\n"
+    import torch
+    # the child computes chunk 0 with this process's thread count: a CPU forward's last bits depend on it, and an
+    # earlier test may have set it (pretrain --threads)
+    slow = (f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
+            "import time, omop_behrt.vectors.embed as e; real = e.embed_sequences\n"
             "def slow(*a, **k):\n    time.sleep(0.5); return real(*a, **k)\n"
             "e.embed_sequences = slow\n"
             "import sys, omop_behrt.cli.main as c; c.run(sys.argv[1:])\n")

@@ -1,6 +1,9 @@
 CREATE TABLE IF NOT EXISTS "results"."attribute_definition" (
   attribute_definition_id BIGINT NOT NULL,
-  attribute_name TEXT NOT NULL
+  attribute_name TEXT NOT NULL,
+  attribute_description TEXT,
+  attribute_type_concept_id BIGINT NOT NULL,
+  attribute_syntax TEXT
 );
 CREATE TABLE IF NOT EXISTS "results"."cohort_attribute" (
   cohort_definition_id BIGINT NOT NULL,

@@ -1,6 +1,9 @@
 CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."attribute_definition" (
   attribute_definition_id INT NOT NULL,
-  attribute_name VARCHAR2(255) NOT NULL
+  attribute_name VARCHAR2(255) NOT NULL,
+  attribute_description CLOB,
+  attribute_type_concept_id INT NOT NULL,
+  attribute_syntax CLOB
 );
 CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."cohort_attribute" (
   cohort_definition_id INT NOT NULL,

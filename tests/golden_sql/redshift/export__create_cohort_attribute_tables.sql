@@ -1,6 +1,9 @@
 CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."attribute_definition" (
   attribute_definition_id BIGINT NOT NULL,
-  attribute_name VARCHAR(255) NOT NULL
+  attribute_name VARCHAR(255) NOT NULL,
+  attribute_description VARCHAR(MAX),
+  attribute_type_concept_id BIGINT NOT NULL,
+  attribute_syntax VARCHAR(MAX)
 );
 CREATE TABLE IF NOT EXISTS "bench_sql_dialects_out"."cohort_attribute" (
   cohort_definition_id BIGINT NOT NULL,

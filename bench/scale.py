@@ -113,7 +113,7 @@ def child_embed(a: dict) -> None:
     index = pq.read_table(a["index"])
     t0 = time.perf_counter()
     res = embed_cohort(a["model"], a["events"], index, device="cpu", work_dir=a["work"], progress=False,
-                       shard=a.get("shard"))
+                       shard=a.get("shard"), exact=a.get("exact"))
     _report(a["report"], {"seconds": time.perf_counter() - t0, "rows": int(res.index.num_rows),
                           "embedded": int(res.has_history.sum())})
 
@@ -257,6 +257,7 @@ def bench_size(n: int, root: Path, steps: int, baseline: bool, embed_persons: in
         e = {"events": str(events), "model": str(model), "index": str(index)}
         shutil.rmtree(d / "emb", ignore_errors=True)
         [one] = _run("embed", e | {"work": str(d / "emb" / "all")}, d / "e1")
+        [one_exact] = _run("embed", e | {"work": str(d / "emb" / "exact"), "exact": True}, d / "e1x")
         t = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, __file__, "--child", "embed", json.dumps(
             e | {"work": str(d / "emb" / f"s{i}"), "shard": f"{i}/2", "report": str(d / f"e2s{i}")})],
@@ -272,6 +273,14 @@ def bench_size(n: int, root: Path, steps: int, baseline: bool, embed_persons: in
                                 "shard_rows": [s["rows"] for s in two],
                                 "peak_rss_mb_per_process": [s["peak_rss_mb"] for s in two]}}
         rec["embed"]["speedup"] = round(one["seconds"] / wall2, 2)
+        # like for like: each process's own embed_cohort time (no interpreter start or imports, as for "one"),
+        # against the single run in length-bucketed batches and against a single --exact run (what shards use)
+        inner = max(s["seconds"] for s in two)
+        rec["embed"]["two"]["slowest_shard_seconds"] = round(inner, 1)
+        rec["embed"]["one_exact"] = {"seconds": round(one_exact["seconds"], 1),
+                                     "patients_per_s": round(rows / one_exact["seconds"], 1)}
+        rec["embed"]["speedup_inner"] = round(one["seconds"] / inner, 2)
+        rec["embed"]["speedup_inner_vs_exact"] = round(one_exact["seconds"] / inner, 2)
         shutil.rmtree(d / "emb", ignore_errors=True)
     rec["load_after"] = _load()
     return rec

@@ -253,7 +253,7 @@ def _run_vocab(args) -> int:
         return 0
     cdm = None
     if args.cdm:
-        from omop_behrt.adapters.omop import OmopCdm
+        from omop_behrt.db.cdm import OmopCdm
         cdm = OmopCdm(args.cdm, vocab_schema=args.vocab_schema)
     out = args.out if args.vocab_command == "map" else None
     kw = {"cdm": cdm, "progress": not args.quiet, "top_unmapped": args.top, "threads": args.threads,

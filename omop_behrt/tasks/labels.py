@@ -114,7 +114,7 @@ def plp_task(source, target: "pa.Table | int | AtlasCohort", *, outcome_concepts
     cohort table, or an ATLAS definition (:func:`omop_behrt.tasks.atlas.from_atlas`), generated there first under its
     cohort id; ``outcome_cohort`` likewise. Entries failing an exclusion are dropped and counted in ``attrition``.
     """
-    from omop_behrt.adapters.omop import OmopCdm
+    from omop_behrt.db.cdm import OmopCdm
     from omop_behrt.tasks.atlas import AtlasCohort, generate_cohort_set
     if tar_start < 0 or tar_end < tar_start:
         raise ValueError(f"time at risk must satisfy 0 <= tar_start <= tar_end (days after index); got "

@@ -34,7 +34,7 @@ def token_chapters(tokens: list[str], cdm=None) -> list[str]:
 
 
 def _as_cdm(cdm):
-    from omop_behrt.adapters.omop import OmopCdm
+    from omop_behrt.db.cdm import OmopCdm
     return cdm if hasattr(cdm, "qtable") else OmopCdm(cdm)
 
 

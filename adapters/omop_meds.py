@@ -1,9 +1,10 @@
 """OMOP CDM -> MEDS 0.4 from the extraction's own pass (``extract --meds-out``), with or without an event directory.
 
 MEDS only: the streamed event batches are spilled once (lz4, by subject range) instead of becoming event shards,
-then sorted bucket by bucket into MEDS shards and swapped in (adapters.meds.write_meds); the persons, quarantine
-and manifest of the run live in a private folder that is removed. With an event directory too, the sort reads its
-shards (to_meds): writing the events twice would cost more than reading them once.
+then sorted bucket by bucket into MEDS shards and swapped in (adapters.meds.write_meds); the persons and manifest
+of the run live in a private folder that is removed, its quarantine goes to ``<meds_out>/quarantine.parquet``.
+With an event directory too, the sort reads its shards (to_meds): writing the events twice would cost more than
+reading them once.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from omop_behrt.adapters import meds
 from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _extract
 from omop_behrt.db.database import Database
-from omop_behrt.events import EventDir, writable_dir
+from omop_behrt.events import EventDir, writable_dir, write_table
 
 
 def extract_meds(source: "str | Path | Database", out: str | Path | None, meds_out: str | Path,
@@ -52,6 +53,9 @@ def extract_meds(source: "str | Path | Database", out: str | Path | None, meds_o
                                    parts=sink.parts())
         else:       # Spark: the executors wrote event shards
             info = meds.to_meds(work, meds_out, meds_out.name, rows_per_shard, memory_limit)
+        # the rows that could not become events, each with a reason, kept beside the dataset (nothing is lost)
+        write_table(EventDir(work).quarantine(), meds_out / "quarantine.parquet")
+        info["quarantine"] = str(meds_out / "quarantine.parquet")
     finally:
         sink.close()
         shutil.rmtree(work, ignore_errors=True)

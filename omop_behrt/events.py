@@ -237,11 +237,15 @@ class ShardWriter:
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    """Write one small table atomically (tmp file + rename)."""
+    """Write one small table atomically (a tmp file no other writer uses, then a rename)."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def probe_write(folder: Path) -> None:

@@ -83,7 +83,8 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
     rows, subjects = expected_counts(eunomia_events)
     assert n == rows == summary.meds["rows"] and summary.meds["subjects"] == subjects == 2694
     assert summary.events_out == eunomia_events.manifest["summary"]["events_out"]
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".omop-behrt-meds.lock", "data", "metadata"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".omop-behrt-meds.lock", "data", "metadata",
+                                                                    "quarantine.parquet"]
     assert "MEDS" in summary.table()
 
 
@@ -144,6 +145,10 @@ def test_extract_cli_meds_out(eunomia_db, eunomia_events, tmp_path, capsys):
     assert "MEDS" in out and str(tmp_path / "m") in out
     validate_meds_dataset(tmp_path / "m")
     assert assert_same_rows(tmp_path / "m", _one_run(eunomia_events, tmp_path)) > 0
+    # nothing is lost: the quarantined rows (Eunomia: one drug before birth) stay beside the dataset, with reasons
+    q = pq.read_table(tmp_path / "m" / "quarantine.parquet")
+    assert q.num_rows == eunomia_events.quarantine().num_rows == 1
+    assert q["reason"].to_pylist() == eunomia_events.quarantine()["reason"].to_pylist()
 
 
 def _one_run(ev: EventDir, tmp_path: Path) -> Path:

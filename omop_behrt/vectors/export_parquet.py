@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from omop_behrt.events import write_table
 from omop_behrt.vectors.embed_run import Shard, in_shard
 from omop_behrt.vectors.export import (LOCK_FILE, LOCK_TIMEOUT, EmbeddingModelInfo, WriteResult, attribute_definitions,
                      cohort_attribute_rows, exclusive_lock)
@@ -45,13 +45,7 @@ def _replace_parquet(path: Path, new: pa.Table, keep_mask) -> int:
         keep = keep_mask(old)
         dropped = old.num_rows - pc.sum(keep).as_py() if old.num_rows else 0
         new = pa.concat_tables([_conform(old.filter(keep), new.schema), new])
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        pq.write_table(new, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_table(new, path)
     return dropped
 
 

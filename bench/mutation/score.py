@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -29,6 +30,15 @@ def score(work: Path) -> dict:
             "no_tests": sorted(k for k, v in status.items() if v == "no tests")}
 
 
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion: the whole module's score estimated from a random sample of mutants."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = killed / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (round((centre - half) / (1 + z * z / n), 4), round((centre + half) / (1 + z * z / n), 4))
+
+
 def main() -> int:
     module, work, cfg, out, seconds = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
     res = json.loads(out.read_text()) if out.exists() else {"tool": "mutmut 3.8.1", "modules": {}}
@@ -37,10 +47,16 @@ def main() -> int:
     row["mutants_run"] = os.environ.get("MUTANTS", "all")       # the name patterns given to mutmut run
     row["seconds"] = float(seconds)
     row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    sampled = os.environ.get("SAMPLED")
+    if sampled:     # a random sample of the whole module: its score estimates the module's, with an interval
+        row["sample"] = int(sampled)
+        row["score_95ci"] = wilson(row["killed"], row["checked"])
+        module = f"{module} (sample)"
     res["modules"][module] = row
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"{module}: {row['killed']}/{row['checked']} killed ({row['score']}; {row['score_with_untested']} counting "
-          f"the {len(row['no_tests'])} mutants no selected test reaches), {len(row['survived'])} survived -> {out}")
+          f"the {len(row['no_tests'])} mutants no selected test reaches), {len(row['survived'])} survived"
+          f"{'; 95% interval ' + str(row['score_95ci']) if sampled else ''} -> {out}")
     return 0
 
 

@@ -277,7 +277,7 @@ def test_skipped_files_are_listed(tmp_path):
     ("x.json", "", "found an empty file"),
     ("x.json", "hello", "found text that is not JSON"),
     ("x.ndjson", '{"a": 1}\n{"b": 2}\n', "found a JSON object without resourceType on line 1"),
-    ("x.json.gz", gzip.compress(b'{"hello": 1}'), "found a JSON object without resourceType")])
+    ("x.json.gz", gzip.compress(b'{"hello": 1}', mtime=0), "found a JSON object without resourceType")])
 @pytest.mark.parametrize("fmt", [[], ["--format", "fhir"]], ids=["detected", "--format fhir"])
 def test_a_json_that_is_not_fhir_says_what_was_expected(tmp_path, capsys, name, content, found, fmt):
     src = tmp_path / name

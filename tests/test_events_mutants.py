@@ -107,3 +107,66 @@ def test_validate_persons_accepts_f_m_u_and_unknown():
     for bad in ("u", "X"):
         with pytest.raises(EventSchemaError, match=f"column 'sex' has '{bad}'; expected F, M or U"):
             validate_persons(pa.table({"subject_id": pa.array([1], pa.int64()), "sex": [bad]}))
+
+
+def test_rebuilt_visits_leave_rows_without_subject_or_time_alone():
+    """A row with no visit gets its (subject, day) visit; one with no subject or no time keeps a null visit."""
+    from omop_behrt.events import fill_rebuilt_visits, rebuilt_visit_ids
+    t = pa.array([dt.datetime(2020, 5, 1, 8), None, dt.datetime(2020, 5, 1, 9), dt.datetime(2021, 1, 1)],
+                 pa.timestamp("us"))
+    batch = pa.table({"subject_id": pa.array([4, 4, None, 4], pa.int64()), "time": t,
+                      "visit_id": pa.array([None, None, None, 77], pa.int64())})
+    got = fill_rebuilt_visits(batch)["visit_id"].to_pylist()
+    day_us = int(dt.datetime(2020, 5, 1, 8).replace(tzinfo=dt.timezone.utc).timestamp() * 1e6)
+    assert got == [int(rebuilt_visit_ids(np.array([4]), np.array([day_us]))[0]), None, None, 77]
+    assert got[0] < 0
+
+
+def test_write_json_sorts_keys_and_writes_other_types_as_text(tmp_path):
+    from omop_behrt.events import write_json
+    write_json({"b": 1, "a": {"d": dt.date(2020, 1, 2), "c": None}}, tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_text() == '{\n  "a": {\n    "c": null,\n    "d": "2020-01-02"\n  },\n  "b": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]           # no temporary file left
+
+
+def test_event_dir_files_schemas_and_manifest(tmp_path):
+    """An event directory with no event or note shard still reads with the contract's schemas; the manifest goes to
+    manifest.json; shards are zstd-compressed unless asked otherwise."""
+    from omop_behrt.events import NOTES_SCHEMA, ShardWriter
+    d = EventDir(tmp_path)
+    d.events_dir.mkdir()
+    assert d.events().schema == EVENTS_SCHEMA and d.read_events().num_rows == 0
+    assert d.note_files() == [] and d.notes().schema == NOTES_SCHEMA and not d.has_notes()
+    d.manifest = {"k": 1}
+    d.write_manifest()
+    assert EventDir(tmp_path).manifest == {"k": 1} and (tmp_path / "manifest.json").exists()
+    w = ShardWriter(d.events_dir, "t", EVENTS_SCHEMA)
+    row = {f.name: pa.array([None], f.type) for f in EVENTS_SCHEMA}
+    row.update(subject_id=pa.array([1], pa.int64()), code=pa.array(["A/1"]), domain=pa.array(["condition"]),
+               time=pa.array([dt.datetime(2020, 1, 1)], pa.timestamp("us")))
+    w.write(pa.table(row, schema=EVENTS_SCHEMA))
+    files = w.close()
+    assert pq.ParquetFile(files[0]).metadata.row_group(0).column(0).compression == "ZSTD"
+    lz = ShardWriter(tmp_path / "lz", "t", EVENTS_SCHEMA, compression="lz4")
+    lz.write(pa.table(row, schema=EVENTS_SCHEMA))
+    assert pq.ParquetFile(lz.close()[0]).metadata.row_group(0).column(0).compression == "LZ4"
+    (tmp_path / "notes").mkdir()
+    assert d.has_notes() and d.note_files() == []
+    with pytest.raises(FileNotFoundError, match="is not an event directory"):
+        EventDir.open(tmp_path)                         # no persons.parquet
+    (tmp_path / "persons.parquet").write_bytes(b"")
+    assert EventDir.open(tmp_path).path == tmp_path and EventDir.open(str(tmp_path)).manifest == {"k": 1}
+
+
+def test_writable_dir_makes_the_folder_and_names_it_when_it_cannot(tmp_path):
+    from omop_behrt.events import writable_dir
+    assert writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"       # already there: fine
+    assert list((tmp_path / "a" / "b").iterdir()) == []                     # the probe is gone
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        writable_dir(tmp_path / "f", "the MEDS folder")
+    assert e.value.filename == str(tmp_path / "f") and "the MEDS folder must be a folder" in str(e.value)
+    with pytest.raises(OSError) as e:
+        writable_dir(tmp_path / "f" / "sub")
+    assert e.value.filename == str(tmp_path / "f" / "sub") and "the output folder is not writable" in str(e.value)

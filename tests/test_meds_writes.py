@@ -88,6 +88,27 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
     assert "MEDS" in summary.table()
 
 
+def test_extract_meds_out_passes_schemas_and_cohort_filter(tmp_path):
+    """MEDS only from a CDM in schema ``cdm`` whose cohort lives in schema ``res``: the schemas and the cohort filter
+    reach the extraction (same rows as extract + to_meds with the same arguments; only the cohort's persons)."""
+    from cdm_fixtures import build_duckdb_cdm
+    db = build_duckdb_cdm(tmp_path / "s.duckdb", "5.4", schema="cdm")
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA res")
+    con.execute("CREATE TABLE res.cohort AS SELECT 7 AS cohort_definition_id, person_id AS subject_id, "
+                "DATE '2000-01-01' AS cohort_start_date, DATE '2000-01-01' AS cohort_end_date "
+                "FROM cdm.person ORDER BY person_id LIMIT 5")
+    chosen = {r[0] for r in con.execute("SELECT subject_id FROM res.cohort").fetchall()}
+    con.close()
+    args = dict(cdm_schema="cdm", results_schema="res", options=omop.ExtractOptions(cohort_id=7), progress=False)
+    summary = omop.extract(db, None, meds_out=tmp_path / "one", **args)
+    omop.extract(db, tmp_path / "ev", **args)
+    to_meds(tmp_path / "ev", tmp_path / "two")
+    assert assert_same_rows(tmp_path / "one", tmp_path / "two") == summary.meds["rows"] > 0
+    got = duckdb.sql(f"SELECT DISTINCT subject_id FROM '{tmp_path / 'one' / 'data'}/*.parquet'").fetchall()
+    assert {r[0] for r in got} == chosen and summary.persons == 5
+
+
 def test_extract_meds_out_beside_an_event_directory_in_shards(eunomia_db, tmp_path):
     """Both outputs from one command: the event directory as usual, and MEDS in shards of whole subjects equal, shard
     for shard, to to_meds of that event directory with the same shard size."""

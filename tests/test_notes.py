@@ -91,7 +91,8 @@ def _row(result, subject: int) -> str:
 
 
 def test_extract_notes_counts_and_quarantine(notes_cdm, notes_events):
-    events, _ = notes_events
+    events, summary = notes_events
+    assert summary.clinical_notes == {"read": 8, "written": 4, "quarantined": 4}    # the rows planted below
     db, visit = notes_cdm
     notes = events.notes().to_table().sort_by("note_id")
     assert notes.schema.equals(NOTES_SCHEMA)

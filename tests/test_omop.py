@@ -245,7 +245,22 @@ def test_missing_table(cdm54, tmp_path):
     con.close()
     s = omop.extract(cdm54, tmp_path / "x", cdm_schema="cdm", progress=False)
     assert s.skipped == {"measurement": "table measurement absent"} and "measurement" not in s.events_by_domain
-    assert EventDir.open(tmp_path / "x").manifest["skipped"] == {"measurement": "table measurement absent"}
+    ev = EventDir.open(tmp_path / "x")
+    assert ev.manifest["skipped"] == {"measurement": "table measurement absent"}
+    # the tables after the absent one are extracted all the same (counted here in SQL: rows of each other table)
+    con = duckdb.connect(str(cdm54), read_only=True)
+    rows = {d: con.execute(f"SELECT COUNT(*) FROM cdm.{t.table}").fetchone()[0]
+            for d, t in omop.EVENT_TABLES.items() if d != "measurement"}
+    con.close()
+    assert {d for d, n in s.events_by_domain.items() if n} == {d for d, n in rows.items() if n}
+    assert {"observation", "death"} <= set(s.events_by_domain)          # both come after measurement
+    # the manifest names the source, the adapter and each table's shards as they are on disk
+    assert (ev.manifest["source"], ev.manifest["adapter"]) == (s.source, "omop")
+    assert s.source.endswith("synthea54.duckdb")
+    for d, part in ev.manifest["parts"].items():
+        if d != "persons":
+            table = omop.EVENT_TABLES[d].table
+            assert sorted(part["files"]) == sorted(f.name for f in ev.events_dir.glob(f"{table}-*.parquet")), d
     con = duckdb.connect(str(cdm54))
     con.execute("DROP TABLE cdm.observation_period")
     con.close()

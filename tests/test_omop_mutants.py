@@ -98,3 +98,33 @@ def test_resume_check_says_what_differs(tmp_path):
     assert str(e.value) == (f"--resume: {tmp_path} was extracted with other inputs: a was 1, now 2; b was 'x', now "
                             "none; d was None, now 'new'; run without --resume to start over (only --domains may "
                             "differ: a resume adds the domains not yet extracted)")
+
+
+def test_interrupted_is_the_databases_ctrl_c_error_only():
+    import duckdb
+    assert omop._interrupted(duckdb.InterruptException("x"))
+    assert omop._interrupted(RuntimeError("Query interrupted"))
+    assert omop._interrupted(RuntimeError(" Query interrupted\n"))
+    assert not omop._interrupted(RuntimeError("Query interrupted early"))
+    assert not omop._interrupted(ValueError("Query interrupted")) and not omop._interrupted(RuntimeError(""))
+
+
+def test_fingerprint_lists_every_input_that_changes_the_rows():
+    from omop_behrt import __version__
+    cdm = SimpleNamespace(db=SimpleNamespace(description="cdm.duckdb"), cdm_schema="cdm", vocab_schema="voc",
+                          results_schema="res")
+    plain = omop.fingerprint(cdm, omop.ExtractOptions())
+    assert plain == {"source": "cdm.duckdb", "cdm_schema": "cdm", "vocab_schema": "voc", "results_schema": "res",
+                     "person_ids": None, "cohort": None, "start": None, "end": None,
+                     "valid_dates": "1800-01-01..2999-12-31", "after_death_days": 60, "index_dates": None,
+                     "inclusive": False, "check_duplicates": True, "version": __version__}
+    ids = list(range(12, 0, -1)) + [3]
+    got = omop.fingerprint(cdm, omop.ExtractOptions(person_ids=ids, cohort_id=4, cohort_table="ct",
+                                                    start=dt.date(2001, 2, 3), end=dt.date(2002, 1, 1),
+                                                    after_death_days=7, inclusive=True, check_duplicates=False))
+    digest = hashlib.sha256(np.arange(1, 13, dtype=np.int64).tobytes()).hexdigest()[:16]
+    assert got["person_ids"] == f"[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ... (12 ids, sha256 {digest})"
+    assert (got["cohort"], got["start"], got["end"], got["after_death_days"], got["inclusive"],
+            got["check_duplicates"]) == ("ct:4", "2001-02-03", "2002-01-01", 7, True, False)
+    assert omop.fingerprint(cdm, omop.ExtractOptions(person_ids=[2, 1]))["person_ids"] == \
+        f"[1, 2] (2 ids, sha256 {hashlib.sha256(np.array([1, 2], np.int64).tobytes()).hexdigest()[:16]})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 
 import duckdb
 import numpy as np
@@ -127,3 +128,61 @@ def test_encode_a_list_of_only_nulls_or_nothing():
     np.testing.assert_array_equal(v.encode(["A", None, "Z"]), [5, UNK, UNK])
     empty = v.encode([])
     assert empty.dtype == np.int32 and empty.shape == (0,)
+
+
+def _sequences(lengths: list[int]):
+    """Sequences of the given lengths whose token values encode (sequence, position): checkable by hand."""
+    from omop_behrt.behrt.tokenizer import Sequences
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(offsets[-1]) - offsets[seq]
+    n = len(lengths)
+    return Sequences(offsets, (100 * seq + pos).astype(np.int32), (seq + 20).astype(np.int16),
+                     (pos % 2).astype(np.int8), pos.astype(np.int16), np.arange(n, dtype=np.int64) + 1000,
+                     np.arange(n, dtype=np.int64) * 7, (np.arange(n) % 3).astype(np.int8),
+                     (np.arange(n) % 2).astype(np.int8), {"max_len": 9})
+
+
+def test_select_takes_whole_sequences_in_the_order_asked():
+    s = _sequences([3, 1, 4, 2])
+    got = s.select([2, 0, 3])
+    assert got.offsets.tolist() == [0, 4, 7, 9]
+    assert got.input_ids.tolist() == [200, 201, 202, 203, 0, 1, 2, 300, 301]
+    assert got.ages.tolist() == [22] * 4 + [20] * 3 + [23] * 2
+    assert got.segments.tolist() == [0, 1, 0, 1, 0, 1, 0, 0, 1]
+    assert got.positions.tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1]
+    assert got.subject_id.tolist() == [1002, 1000, 1003] and got.index_time.tolist() == [14, 0, 21]
+    assert got.sex.tolist() == [2, 0, 0] and got.plos.tolist() == [0, 0, 1] and got.meta == {"max_len": 9}
+    assert len(s.select([])) == 0 and s.select([1]).input_ids.tolist() == [100]
+
+
+def test_save_in_parts_and_load_give_the_same_sequences(tmp_path):
+    s = _sequences([3, 1, 4, 2, 5])
+    s.save(tmp_path / "t", shard_sequences=2)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "part-00000.npz", "part-00001.npz", "part-00002.npz", "sequences.json"]
+    assert (tmp_path / "t" / "sequences.json").read_text() == \
+        '{\n "max_len": 9,\n "sequences": 5,\n "tokens": 15,\n "parts": 3\n}'
+    back = type(s).load(tmp_path / "t")
+    for a in s.ARRAYS:
+        assert getattr(back, a).tolist() == getattr(s, a).tolist(), a
+    assert back.offsets.tolist() == [0, 3, 4, 8, 10, 15]
+    assert back.meta == {"max_len": 9, "sequences": 5, "tokens": 15, "parts": 3}
+    s.select([0]).save(tmp_path / "t")                   # a smaller save replaces every old part
+    assert len(type(s).load(tmp_path / "t")) == 1
+    with pytest.raises(FileNotFoundError, match="no part-\\*.npz tokenised shards"):
+        type(s).load(tmp_path)
+
+
+def test_vocabulary_file_is_indented_and_rare_tokens_are_refused(tmp_path):
+    v = TokenVocabulary(list(SPECIALS) + ["A/1"], [0] * len(SPECIALS) + [12], min_count=10, persons=30)
+    path = v.save(tmp_path)
+    text = path.read_text()
+    assert text.startswith('{\n "min_count": 10,\n "persons": 30,\n') and path.name == "tokens.json"
+    d = json.loads(text)
+    d["tokens"]["A/1"]["persons"] = 9
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError) as e:
+        TokenVocabulary.load(tmp_path)
+    assert str(e.value) == (f"{path}: 1 tokens have a person count below min_count 10; a token vocabulary holds "
+                            "only tokens seen in at least min_count persons")

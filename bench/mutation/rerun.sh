@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Check again, after new tests, the mutants a sampled run left alive (survived, or reached by no test):
+#
+#   bench/mutation/rerun.sh tokenizer          # in the workspace bench/mutation.sh left (MUTATION_WORK/<name>)
+#
+# The workspace's tests are replaced by the repository's, the source is left as it was (the same mutants), the map of
+# tests is widened again (bench/mutation/sample.py), and the module's "(sample)" score in bench/results/mutation.json
+# is written anew over the same sample: only the named mutants are run again.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+module=$1
+w=${MUTATION_WORK:-/tmp/omop-behrt-mutation}/$module
+[ -d "$w/mutants" ] || { echo "no workspace $w: run MUTATION_SAMPLE=N bench/mutation.sh $module first" >&2; exit 2; }
+rm -rf "$w/tests" "$w/mutants/tests" && cp -r "$ROOT/tests" "$w/tests" && cp -r "$ROOT/tests" "$w/mutants/tests"
+find "$w" -name __pycache__ -prune -exec rm -rf {} +
+names=$(cd "$w" && "$PY" "$ROOT/bench/mutation/sample.py" --alive)
+[ -n "$names" ] || { echo "$module: no mutant left alive"; exit 0; }
+start=$(date +%s)
+# shellcheck disable=SC2086
+(cd "$w" && "$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" $names) || echo "mutmut ended with $?" >&2
+prev=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['modules'][sys.argv[2] + ' (sample)']['sample'])" \
+       "$ROOT/bench/results/mutation.json" "$module")
+cfg=$ROOT/bench/mutation/sample/$module.cfg
+[ -f "$cfg" ] || cfg=$ROOT/bench/mutation/$module.cfg
+MUTANTS="sample of $prev, rerun of the mutants left alive after new tests" SAMPLED=$prev \
+  "$PY" "$ROOT/bench/mutation/score.py" "$module" "$w" "$cfg" "$ROOT/bench/results/mutation.json" \
+  "$(( $(date +%s) - start ))"

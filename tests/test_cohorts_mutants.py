@@ -194,3 +194,34 @@ def test_a_bad_results_schema_name_is_refused_by_name(tiny_cdm):
     assert _error(cohorts.min_visits_cohort, tiny_cdm, 1, 2, results_schema="bad-name") == (
         "invalid results schema name 'bad-name': expected letters, digits, '_' or '$', starting with a letter or "
         "'_', at most 63 characters")
+
+
+@pytest.fixture
+def eunomia_copy(eunomia_db, tmp_path):
+    import shutil
+    dst = tmp_path / "e.duckdb"
+    shutil.copy(eunomia_db, dst)
+    return dst
+
+
+def test_builders_keep_their_arguments(eunomia_copy):
+    """min_visits=1 is allowed (>= 1 visit), the CDM schema is writable when allowed, domains restrict the search,
+    a bad results schema is named as a schema name; the counts are worked out here in plain SQL."""
+    con = duckdb.connect(str(eunomia_copy), read_only=True)
+    with_visit = con.execute("SELECT COUNT(DISTINCT person_id) FROM visit_occurrence").fetchone()[0]
+    con.close()
+    assert cohorts.min_visits_cohort(eunomia_copy, 2, 1, results_schema="results") == with_visit > 0
+    assert cohorts.min_visits_cohort(eunomia_copy, 3, 1, results_schema="main", cohort_table="mine",
+                                     allow_cdm_schema=True) == with_visit
+    # GI haemorrhage (192671) is a condition: searched among drugs only it is nobody's
+    assert cohorts.first_occurrence_cohort(eunomia_copy, 4, [192671], results_schema="results") == 479
+    assert cohorts.first_occurrence_cohort(eunomia_copy, 5, [192671], domains=["drug"], results_schema="results") == 0
+    msg = _error(cohorts.first_occurrence_cohort, eunomia_copy, 6, [192671], results_schema='res"ults')
+    assert "schema name" in msg and 'res"ults' in msg
+
+
+def test_from_atlas_keeps_the_name_and_id():
+    from pathlib import Path
+    nsaid = Path(cohorts.__file__).parents[1] / "studies" / "nsaid_new_users.json"
+    c = cohorts.from_atlas(nsaid, cohort_id=12, name="new NSAID users")
+    assert (c.cohort_id, c.name) == (12, "new NSAID users")

@@ -192,3 +192,12 @@ def test_events_from_a_table_or_a_directory_all_or_some_subjects(tmp_path):
     assert d.tokens["token"].to_pylist() == ["A/1", "B/2", "A/1", "C/3"] and d.extra["events_read"] == 4
     d = map_events(EventDir(tmp_path), "source", progress=False, subjects=[1, 3])
     assert d.tokens["subject_id"].to_pylist() == [1, 3] and d.extra["events_read"] == 2
+
+
+def test_builtins_without_entry_points_are_in_the_vocabulary_group(monkeypatch):
+    """A source tree never pip-installed has no entry points: the built-ins stand in, in the declared group."""
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [])
+    found = registry.available_vocabularies()
+    assert sorted(found) == sorted(registry.BUILTINS)
+    assert {ep.group for ep in found.values()} == {ENTRY_POINT_GROUP} == {"omop_behrt.vocabularies"}
+    assert {n: ep.value for n, ep in found.items()} == registry.BUILTINS

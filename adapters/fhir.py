@@ -38,9 +38,8 @@ from omop_behrt import __version__
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
                       QUARANTINE_SCHEMA, EventDir, ShardWriter, write_table)
 from omop_behrt.adapters.fhir_duplicates import settle
-from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer,
-                                             code_prefix,
-                          description_counts)
+from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, PERSONS_PART_SCHEMA, EventBuffer,
+                                             PersonBuffer, QuarantineBuffer, code_prefix, description_counts)
 from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
 from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
 from omop_behrt.adapters.fhir_pool import run_parts
@@ -280,10 +279,18 @@ def _patient_ids_first(files: list[Path]) -> set[int]:
 
 
 def read_persons_parts(out: Path) -> pa.Table:
+    """The persons of every part (PERSONS_PART_SCHEMA; a part written before ``death_raw`` existed gets nulls)."""
     files = sorted((out / ".fhir").glob("persons-*.parquet"))
     if not files:
         return PersonBuffer().table()
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    parts = []
+    for f in files:
+        t = pq.read_table(f)
+        for col in PERSONS_PART_SCHEMA:
+            if col.name not in t.column_names:
+                t = t.append_column(col, pa.nulls(t.num_rows, col.type))
+        parts.append(t.select(PERSONS_PART_SCHEMA.names))
+    return pa.concat_tables(parts)
 
 
 
@@ -305,11 +312,12 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
             raise ValueError(f"subject_id collision: FHIR Patient ids {clash.column('source_id_min')[0]!r} and "
                              f"{clash.column('source_id_max')[0]!r} hash to the same subject_id "
                              f"{clash.column('subject_id')[0]}; rename one of them")
-        bad_birth = pc.and_(pc.is_valid(persons.column("birth_raw")), pc.is_null(persons.column("birth_date")))
-        if pc.sum(bad_birth).as_py():
-            summary.warnings.append(f"{pc.sum(bad_birth).as_py():,} Patients have an unusable birthDate "
-                                    f"(e.g. {pc.filter(persons.column('birth_raw'), bad_birth)[0]}): kept, "
-                                    f"birth_date null")
+        for raw, kept, element in (("birth_raw", "birth_date", "birthDate"),
+                                   ("death_raw", "death_date", "deceasedDateTime")):
+            bad = pc.and_(pc.is_valid(persons.column(raw)), pc.is_null(persons.column(kept)))
+            if pc.sum(bad).as_py():
+                summary.warnings.append(f"{pc.sum(bad).as_py():,} Patients have an unusable {element} "
+                                        f"(e.g. {pc.filter(persons.column(raw), bad)[0]}): kept, {kept} null")
     write_table(persons.select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA), out.path / "persons.parquet")
     parts = out.manifest.get("parts", {})
     summary.resources_read = sum(p["read"] for p in parts.values())

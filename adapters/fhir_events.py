@@ -294,7 +294,8 @@ class QuarantineBuffer:
 
 
 PERSONS_PART_SCHEMA = pa.schema(list(PERSONS_SCHEMA) + [pa.field("birth_raw", pa.string()),
-                                                         pa.field("key", pa.int64())])
+                                                         pa.field("key", pa.int64()),
+                                                         pa.field("death_raw", pa.string())])
 
 
 class PersonBuffer:
@@ -325,9 +326,10 @@ class PersonBuffer:
         padded = pc.if_else(pc.equal(n, 4), pc.binary_join_element_wise(birth_raw, "-07-01", ""),
                             pc.if_else(pc.equal(n, 7), pc.binary_join_element_wise(birth_raw, "-01", ""), birth_raw))
         birth, _ = parse_times(padded, "birthDate")
-        death, _ = parse_times(pa.array(c["death"], pa.string()), "deceasedDateTime")
+        death_raw = pa.array(c["death"], pa.string())
+        death, _ = parse_times(death_raw, "deceasedDateTime")
         return pa.table({"subject_id": pa.array(c["subject_id"], pa.int64()), "birth_date": birth.cast(pa.date32()),
                          "sex": pa.array(c["sex"], pa.string()), "death_date": death.cast(pa.date32()),
                          "source_id": pa.array(c["source_id"], pa.string()), "birth_raw": birth_raw,
-                         "key": pa.array(c["key"], pa.int64())},
+                         "key": pa.array(c["key"], pa.int64()), "death_raw": death_raw},
                         schema=PERSONS_PART_SCHEMA)

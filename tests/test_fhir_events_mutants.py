@@ -116,3 +116,45 @@ def test_quarantine_tables_of_narrower_types_are_cast_to_its_schema():
     t = q.table()
     assert t.schema == QUARANTINE_SCHEMA
     assert t.column("subject_id").to_pylist() == [None, 7] and t.column("time").to_pylist() == [None, D(2020, 1, 2)]
+
+
+def _write_ndjson(folder, name: str, resources: list[dict]) -> None:
+    import json
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.000.ndjson").write_text("\n".join(json.dumps(r) for r in resources) + "\n")
+
+
+def test_units_blank_codes_and_unusable_patient_dates(tmp_path):
+    """valueQuantity's unit: the UCUM code, else the unit as written, else the code; a blank code is no code
+    (quarantined); a Patient's impossible birthDate or deceasedDateTime is kept as null and said in a warning."""
+    from omop_behrt.adapters import fhir
+    from omop_behrt.events import EventDir
+    src = tmp_path / "in"
+    _write_ndjson(src, "Patient", [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01", "gender": "female"},
+        {"resourceType": "Patient", "id": "p2", "birthDate": "1970-02-30", "gender": "male",
+         "deceasedDateTime": "2020-13-01"}])
+
+    def obs(i: int, quantity: dict) -> dict:
+        return {"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2020-05-01",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                          "code": "laboratory"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}, "valueQuantity": quantity}
+    _write_ndjson(src, "Observation", [
+        obs(1, {"value": 5, "unit": "mg"}),
+        obs(2, {"value": 7, "system": "http://unitsofmeasure.org", "code": "mg/dL", "unit": "milligram per dL"}),
+        obs(3, {"value": 3, "system": "http://example.org/u", "code": "x", "unit": "u"}),
+        obs(4, {"value": 4, "code": "c"})])
+    _write_ndjson(src, "Condition", [
+        {"resourceType": "Condition", "id": "blank", "subject": {"reference": "Patient/p1"},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "  "}]}, "onsetDateTime": "2020-05-01"}])
+    s = fhir.extract(src, tmp_path / "out", progress=False)
+    d = EventDir.open(tmp_path / "out")
+    got = sorted((r["numeric_value"], r["unit"]) for r in d.read_events(["numeric_value", "unit"]).to_pylist())
+    assert got == [(3.0, "u"), (4.0, "c"), (5.0, "mg"), (7.0, "mg/dL")]
+    assert [(r["row"], r["reason"]) for r in d.quarantine().to_pylist()] == [("1", "no code (no coding with a code)")]
+    assert s.warnings == ["1 Patients have an unusable birthDate (e.g. 1970-02-30): kept, birth_date null",
+                          "1 Patients have an unusable deceasedDateTime (e.g. 2020-13-01): kept, death_date null"]
+    persons = {r["source_id"]: (r["birth_date"], r["death_date"], r["sex"]) for r in d.persons().to_pylist()}
+    assert persons == {"p1": (dt.date(1970, 1, 1), None, "F"), "p2": (None, None, "M")}

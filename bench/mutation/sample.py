@@ -35,12 +35,13 @@ def widen_test_map(work: Path) -> int:
 
 
 def alive(work: Path) -> list[str]:
-    """The mutants of the last run that survived or that no test reached (rerun.sh checks them again)."""
+    """The mutants of the last run that survived, that no test reached, or whose worker crashed (a fork of a process
+    that had run torch: no verdict); rerun.sh checks them again."""
     from mutmut.stats import status_by_exit_code
     names: list[str] = []
     for meta in (work / "mutants").rglob("*.meta"):
         names += [k for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items()
-                  if code is not None and status_by_exit_code[code] in ("survived", "no tests")]
+                  if code is not None and status_by_exit_code[code] in ("survived", "no tests", "segfault")]
     return sorted(names)
 
 

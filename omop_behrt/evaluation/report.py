@@ -1,16 +1,16 @@
 """A self-contained HTML report of a comparison, written for the clinician who reads it.
 
-Every plot is a PNG (matplotlib, Agg backend) embedded as base64, so the report is one file to mail or
-archive. Sections, each with a one-line "how to read this": the study in words (target cohort, outcome by
-concept name, time at risk, exclusions, the data source from cdm_source, CDM and vocabulary versions, the
-date, the omop-behrt version, the model: shape, pretraining steps, loss curve, validation masked-token
-accuracy, vocabulary) and the outcome rate as a rate; attrition and splits; baseline characteristics by
-outcome (Table 1, :mod:`omop_behrt.evaluation.characteristics`); with text methods, the text encoder's model, serialiser
-and description coverage (:mod:`omop_behrt.evaluation.report_text`); metrics with 95% CIs and a warning box for results
+Every plot is a PNG (matplotlib, Agg backend; :mod:`omop_behrt.evaluation.plots`) embedded as base64, so the report
+is one file to mail or archive. Sections, each with a one-line "how to read this": the study in words (target
+cohort, outcome by concept name, time at risk, exclusions, the data source from cdm_source, CDM and vocabulary
+versions, the date, the omop-behrt version, the model: shape, pretraining steps, loss curve, validation masked-token
+accuracy, vocabulary) and the outcome rate as a rate; attrition and splits; baseline characteristics by outcome
+(Table 1, :mod:`omop_behrt.evaluation.characteristics`); with text methods, the text encoder's model, serialiser and
+description coverage (:mod:`omop_behrt.evaluation.report_text`); metrics with 95% CIs and a warning box for results
 not to take at face value (:func:`result_warnings`); ROC and PR curves; calibration; few-shot curves as small
-multiples; a t-SNE map of the code embeddings coloured by CALIBER chapter; each common disease's 10 nearest
-codes by cosine similarity (as in the BEHRT paper), by name; and last-layer attention, labelled by name.
-:func:`screenshot` renders a page with headless Chromium (docs/render_report.py, the test).
+multiples; a t-SNE map of the code embeddings coloured by CALIBER chapter; each common disease's 10 nearest codes by
+cosine similarity (as in the BEHRT paper), by name; and last-layer attention, labelled by name. :func:`screenshot`
+renders a page with headless Chromium (docs/render_report.py, the test).
 
 The report is shareable by default (DESIGN.md, "What may leave a site"): the attention view is the mean over
 the test persons between the most common tokens, every count below ``min_count`` shows as ``<10``, curves
@@ -20,28 +20,19 @@ step over groups of ``min_count`` persons and results.json holds aggregates only
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import time
 from pathlib import Path
 
-try:
-    import matplotlib
-except ModuleNotFoundError as e:  # an optional part: the core installs without it
-    raise ModuleNotFoundError(f"the HTML report needs matplotlib ({e}): pip install 'omop-behrt[report]'",
-                              name=e.name) from e
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
+from omop_behrt.evaluation import plots  # first: it says when matplotlib (the [report] extra) is missing
 from omop_behrt.evaluation.metrics import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: E402,F401
 from omop_behrt.shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
 from omop_behrt.evaluation.metrics import format_ci as _ci  # noqa: E402
 from omop_behrt.behrt.tokenizer import SPECIALS  # noqa: E402
-from omop_behrt.evaluation.report_text import has_text, line_style, method_label, text_section  # noqa: E402
+from omop_behrt.evaluation.report_text import has_text, method_label, text_section  # noqa: E402
 from omop_behrt.evaluation.inspection import attention_weights, mean_attention, nearest_codes  # noqa: E402,F401
 from omop_behrt.vocab.names import (CDM_SOURCE_COLUMNS, NO_CHAPTER, concept_details, concept_names,  # noqa: E402,F401
                                     concept_names_by_id, data_source, token_chapters)
@@ -50,171 +41,6 @@ SECTIONS = ("Study", "Outcome and attrition", "Baseline characteristics", "Metri
             "Calibration", "Few-shot curves", "Code embeddings (t-SNE)", "Nearest codes", "Attention")
 #: the name of the <meta> a report carries when it holds a per-person section (check-shareable looks for it)
 PER_PERSON_MARKER = "omop-behrt-per-person"
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-# -- plots ----------------------------------------------------------------------------------------------
-def _curve_plots(results: dict, flagged: set[str]) -> tuple[str, str]:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    drawn = {name: m for name, m in results["methods"].items() if m.get("curves")}
-    for name, m in drawn.items():
-        c = m["curves"]
-        axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], line_style(name), label=f"{name} ({m['auroc']:.3f})")
-        axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], line_style(name), label=f"{name} ({m['auprc']:.3f})")
-    axes[0].plot([0, 1], [0, 1], ":", color="grey")
-    prev = next(iter(results["methods"].values()), {}).get("prevalence")
-    if prev is not None:
-        axes[1].axhline(prev, ls=":", color="grey")
-        axes[1].text(1.0, prev, "outcome rate ", ha="right", va="bottom", fontsize=7, color="grey")
-    axes[0].set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-                title="ROC (AUROC in brackets)")
-    axes[1].set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
-                title="Precision-recall (AUPRC in brackets)", ylim=(0, 1.02))
-    for a in axes:
-        if drawn and a is axes[1] and len(drawn) > 6:        # many methods: beside the plot, not over the curves
-            a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        elif drawn:
-            a.legend(fontsize=7, loc="lower right" if a is axes[0] else "upper right")
-        else:
-            a.text(0.5, 0.5, "withheld: too few outcomes", ha="center", transform=a.transAxes)
-    roc_pr = _png(fig)
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    top = 0.0
-    for name, m in drawn.items():
-        c = m["curves"]["calibration"]
-        mark = " (!)" if name in flagged else ""
-        ax.plot(c["predicted"], c["observed"], "o" + line_style(name), ms=3,
-                label=f"{name}: slope {m['calibration_slope']:.2f}{mark}")
-        top = max(top, max(c["predicted"] + c["observed"]))
-    ax.plot([0, top], [0, top], ":", color="grey")
-    ax.set(xlabel="mean predicted risk (quantile bins of >= 10 persons)", ylabel="observed outcome rate",
-           title="Calibration (dotted: perfect)")
-    if drawn:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return roc_pr, _png(fig)
-
-
-def _few_shot_plot(rows: list[dict]) -> str:
-    """Small multiples: one panel per method, AUROC against % of training labels with a light 95% band."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cols = len(methods) if len(methods) <= 4 else 3
-    nrows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.0 * nrows), sharex=True, sharey=True,
-                             squeeze=False)
-    ticks = sorted({r["fraction"] * 100 for r in rows})
-    lo = min([0.45] + [r["auroc_ci"][0] for r in rows if r.get("auroc_ci")] + [r["auroc"] for r in rows])
-    for k, (ax, name) in enumerate(zip(axes.flat, methods)):
-        rs = [r for r in rows if r["method"] == name]
-        x = [r["fraction"] * 100 for r in rs]
-        colour = plt.get_cmap("tab10")(k % 10)
-        ax.plot(x, [r["auroc"] for r in rs], "o-", color=colour, ms=4)
-        if all(r.get("auroc_ci") for r in rs):
-            ax.fill_between(x, [r["auroc_ci"][0] for r in rs], [r["auroc_ci"][1] for r in rs], color=colour,
-                            alpha=0.15, lw=0)
-        ax.axhline(0.5, ls=":", color="grey")
-        ax.set_title(name, fontsize=10)
-        ax.set(xscale="log", ylim=(max(0.0, lo - 0.02), 1.0))
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        ax.tick_params(labelbottom=True)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(methods):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("% of training labels")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test AUROC")
-    fig.suptitle("Few-shot: test AUROC by share of training labels (band: 95% CI; dotted: chance)", fontsize=11)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _tsne_plot(model, tokens: list[str], chapters: list[str], seed: int, n_labels: int = 6) -> str:
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-    E = model.embeddings.code.weight.detach().numpy()[len(SPECIALS):]
-    with threadpool_limits(1):       # OpenMP threads fight over a busy machine: 10x slower than one thread
-        xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(E) - 1) / 3)), init="pca", random_state=seed,
-                  max_iter=500, metric="cosine").fit_transform(E)
-    fig, ax = plt.subplots(figsize=(10, 6.5))
-    cmap = plt.get_cmap("tab20")
-    other = np.array([c == NO_CHAPTER for c in chapters])
-    ax.scatter(xy[other, 0], xy[other, 1], s=6, c="lightgrey", label=f"{NO_CHAPTER} ({int(other.sum())})")
-    named = sorted(set(chapters) - {NO_CHAPTER}, key=lambda ch: (-chapters.count(ch), ch))
-    for j, ch in enumerate(named):
-        sel = np.array([c == ch for c in chapters])
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(j % 20), label=f"{ch} ({int(sel.sum())})")
-    for j, ch in enumerate(named[:n_labels]):               # the largest chapters named at their centre
-        sel = np.array([c == ch for c in chapters])
-        if sel.sum() < 3:
-            break
-        cx, cy = np.median(xy[sel], axis=0)
-        ax.annotate(ch, (cx, cy), fontsize=8, weight="bold", color="#222", ha="center",
-                    bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=cmap(j % 20), lw=2, alpha=0.9))
-    ax.set(title="Code embeddings, t-SNE (cosine), coloured by CALIBER chapter (codes per chapter)",
-           xticks=[], yticks=[])
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, markerscale=1.5)
-    return _png(fig)
-
-
-def _short(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def _token_labels(model, ids, names: dict[str, str]) -> list[str]:
-    return [t if t in SPECIALS else _short(names[t]) if t in names else t for t in model.vocab.decode(np.array(ids))]
-
-
-def _mean_attention_plot(model, agg: dict, names: dict[str, str]) -> str:
-    labels = _token_labels(model, agg["ids"], names)
-    K = len(labels)
-    fig, ax = plt.subplots(figsize=(min(15, 4 + 0.32 * K), min(14, 3 + 0.3 * K)))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    im = ax.imshow(np.ma.masked_invalid(agg["weights"]), cmap=cmap)
-    ax.set_xticks(range(K), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(K), labels, fontsize=7)
-    ax.set_title("Mean last-layer attention (mean over heads and occurrences)\nrow = query token, column = key token")
-    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
-    return _png(fig)
-
-
-def _attention_plot(model, seqs, i: int, names: dict[str, str]) -> str:
-    w = attention_weights(model, seqs, i)
-    labels = _token_labels(model, seqs[i]["input_ids"], names)
-    T = len(labels)
-    fig, ax = plt.subplots(figsize=(min(15, 3 + 0.24 * T), min(14, 2.5 + 0.22 * T)))
-    im = ax.imshow(w, cmap="viridis")
-    ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
-    ax.set_yticks(range(T), labels, fontsize=6)
-    ax.set_title("Last-layer attention (mean over heads): row = query token, column = key token")
-    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
-    return _png(fig)
-
-
-def _loss_plot(curve: list[dict]) -> str | None:
-    rows = [r for r in curve if "loss" in r and "step" in r]
-    if len(rows) < 2:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
-    steps = [r["step"] for r in rows]
-    axes[0].plot(steps, [r["loss"] for r in rows], color="tab:blue")
-    axes[0].set(xlabel="step", ylabel="training loss", title="Pretraining: masked-token loss")
-    axes[1].plot(steps, [r.get("masked_acc", np.nan) for r in rows], color="tab:green", label="training")
-    final = next((r for r in reversed(curve) if "val_acc" in r), None)
-    if final:
-        axes[1].plot([final["step"]], [final["val_acc"]], "D", color="tab:red", label="validation (end)")
-        axes[1].legend(fontsize=7)
-    axes[1].set(xlabel="step", ylabel="accuracy", title="Masked-token accuracy")
-    for a in axes:
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
@@ -286,7 +112,7 @@ def _model_facts(model, model_dir: Path) -> tuple[list[list], str | None]:
     rows.append(["vocabulary", f"{vocab}: {len(model.vocab) - len(SPECIALS):,} tokens, each seen in at least "
                                f"{data.get('min_count', MIN_COUNT)} persons"
                                + (f" (sha256 {str(meta['vocab_sha256'])[:12]})" if meta.get("vocab_sha256") else "")])
-    return rows, _loss_plot(curve)
+    return rows, plots.loss_plot(curve)
 
 
 def _study_rows(definition: dict, attrition: dict, target: str | None, cdm, source: dict) -> list[list]:
@@ -383,7 +209,7 @@ def _attention_section(model, seqs, results: dict, names: dict[str, str], exampl
         return [f"<p><b>Patient-level data:</b> this section shows one person's record (asked for with "
                 f"--example-person); keep this report inside the site.</p><p>Person {int(example_person)} "
                 f"(row {i}){about}: {int(seqs.lengths[i])} tokens before the index date.</p>",
-                f'<img src="{_attention_plot(model, seqs, i, names)}">'], meta
+                f'<img src="{plots.attention_plot(model, seqs, i, names)}">'], meta
     test = results.get("test_predictions") or {}
     rows = np.flatnonzero(np.isin(seqs.subject_id, test["subject_id"])) if test.get("subject_id") else \
         np.arange(len(seqs))
@@ -396,7 +222,7 @@ def _attention_section(model, seqs, results: dict, names: dict[str, str], exampl
     return [f"<p>Mean last-layer attention between the {len(agg['ids'])} tokens most persons have, over "
             f"{agg['n']:,} {who} (an aggregate: no single person's record). Grey: the two tokens occur "
             f"together in fewer than {min_count} persons.</p>",
-            f'<img src="{_mean_attention_plot(model, agg, names)}">'], ""
+            f'<img src="{plots.mean_attention_plot(model, agg, names)}">'], ""
 
 
 def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=None, seqs=None,
@@ -463,7 +289,7 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
     parts.append("<h2>Baseline characteristics</h2>")
     if ch:
         parts += [_table(["characteristic", "with the outcome", "without the outcome", "all"],
-                         table_rows(ch, lambda c, n: f"{_short(n, 56)} ({c})" if n else c), cls="t1"),
+                         table_rows(ch, lambda c, n: f"{plots.short(n, 56)} ({c})" if n else c), cls="t1"),
                   _how(f"Persons in each column (percent of the column). Prior conditions and drugs: recorded any "
                        f"time before the index date, the {len(ch['conditions'])} and {len(ch['drugs'])} most common "
                        f"(domain from the {ch['domains_from']}). Large differences between the columns are what "
@@ -484,7 +310,7 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                    "chance, 1 = perfect). AUPRC: compare with the outcome rate, which a useless model scores. "
                    "Brier: mean squared error of the predicted risk (lower is better). Calibration: intercept 0 "
                    "and slope 1 are ideal. Intervals: 95% bootstrap over test persons. ⚠: see the box.")]
-    roc_pr, cal = _curve_plots(shown, {w["method"] for w in warnings if w["metric"] == "calibration slope"})
+    roc_pr, cal = plots.curve_plots(shown, {w["method"] for w in warnings if w["metric"] == "calibration slope"})
     parts += ["<h2>ROC and precision-recall curves</h2>", f'<img src="{roc_pr}">',
               _how("Higher curves are better. ROC: dotted diagonal = chance. Precision-recall: dotted line = the "
                    f"outcome rate. Each step of a curve spans at least {min_count} persons."),
@@ -494,7 +320,7 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                    "predicts. A cluster of points at one predicted risk means near-constant scores.")]
     parts.append("<h2>Few-shot curves</h2>")
     if shown.get("few_shot"):
-        parts += [f'<img src="{_few_shot_plot(shown["few_shot"])}">',
+        parts += [f'<img src="{plots.few_shot_plot(shown["few_shot"])}">',
                   _how("Test AUROC when each method learns from only part of the training labels (same test "
                        "set). A method that stays high with 1-5% of the labels needs few labelled cases, which is "
                        "what pretraining is meant to give. Wide bands: too few outcomes to tell methods apart. "
@@ -502,17 +328,17 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                   _few_shot_table(shown["few_shot"])]
     else:
         parts.append("<p>Not run (pass few-shot fractions).</p>")
-    parts += ["<h2>Code embeddings (t-SNE)</h2>", f'<img src="{_tsne_plot(model, tokens, chapters, seed)}">',
+    parts += ["<h2>Code embeddings (t-SNE)</h2>", f'<img src="{plots.tsne_plot(model, tokens, chapters, seed)}">',
               _how("Each dot is a code of the model's vocabulary; codes the model learned to use alike sit close "
                    "together. Colour: CALIBER disease chapter (grey: not a CALIBER disease). Only neighbourhoods "
                    "mean something in t-SNE: distances between far-apart clusters do not."),
               "<h2>Nearest codes</h2>",
               _table(["code", "chapter", "persons", "10 nearest codes (cosine similarity)"],
-                     [[Markup(f"{html.escape(_short(names.get(d['token'], d['token']), 40))}<br><span class='sub'>"
+                     [[Markup(f"{html.escape(plots.short(names.get(d['token'], d['token']), 40))}<br><span class='sub'>"
                               f"{html.escape(d['token'])}</span>"), d["chapter"],
                        count_text(shown_count(d["persons"], min_count)),
                        Markup(" · ".join(f"<span title='{html.escape(n['token'], quote=True)}'>"
-                                         f"{html.escape(_short(names.get(n['token'], n['token']), 36))}</span> "
+                                         f"{html.escape(plots.short(names.get(n['token'], n['token']), 36))}</span> "
                                          f"<b>{n['cosine']:.2f}</b>" for n in d["nearest"]))] for d in near],
                      cls="near"),
               _how("The most common codes with a CALIBER chapter and the codes whose embeddings point the same way "

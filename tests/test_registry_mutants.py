@@ -201,3 +201,13 @@ def test_builtins_without_entry_points_are_in_the_vocabulary_group(monkeypatch):
     assert sorted(found) == sorted(registry.BUILTINS)
     assert {ep.group for ep in found.values()} == {ENTRY_POINT_GROUP} == {"omop_behrt.vocabularies"}
     assert {n: ep.value for n, ep in found.items()} == registry.BUILTINS
+
+
+def test_what_the_cdm_warned_reaches_the_coverage_report(tmp_path):
+    """A CDM export folder with an empty file: the CDM's warning is in the mapping's report (and said once)."""
+    (tmp_path / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1970\n")
+    (tmp_path / "measurement.csv").write_text("")
+    with pytest.warns(registry.VocabularyWarning):
+        res = map_events(_events(), "source", progress=False, cdm=tmp_path)
+    assert res.report.warnings == [f"{tmp_path}: file measurement.csv not read: empty file (not even a header row)"]
+    assert map_events(_events(), "source", progress=False).report.warnings == []

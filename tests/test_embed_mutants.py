@@ -100,3 +100,25 @@ def test_fixed_shape_plan_edges():
     plan = fixed_shape_plan(lengths, 4096, 16)
     order = list(range(1, 40, 2)) + list(range(0, 40, 2))                    # the 3s, then the 5s, each in order
     assert [idx[:n].tolist() for idx, _, n in plan] == [order[:16], order[16:32], order[32:]]
+
+
+def test_embedding_maps_codes_with_the_models_own_vocabulary_and_the_cdm(tiny_model, eunomia_db, tmp_path):
+    """The codes are mapped with the vocabulary the model was pretrained with (its metadata), the CDM lending its
+    vocabulary tables: the same weights under ``ancestor(level=1)`` (a roll-up through the CDM's concept_ancestor)
+    read other tokens than under ``source``, so the vectors differ, and the run says which vocabulary it used."""
+    import shutil
+    from omop_behrt.tasks import cohorts
+    from omop_behrt.vectors.embed import embed_cohort
+    cdm = tmp_path / "e.duckdb"
+    shutil.copy(eunomia_db, cdm)
+    cohorts.first_occurrence_cohort(cdm, 1, [192671], results_schema="results")
+    ix = cohorts.CohortTable(cdm, "results").read(1).slice(0, 40)
+    from omop_behrt.behrt.model import Behrt
+    model = Behrt.load(tiny_model)
+    assert model.metadata["vocab"] == "source"
+    other = model.save(tmp_path / "rolled_up", vocab=model.vocab,
+                       metadata={**model.metadata, "vocab": "ancestor(level=1)"})
+    a = embed_cohort(tiny_model, cdm, ix, progress=False, device="cpu")
+    b = embed_cohort(other, cdm, ix, progress=False, device="cpu")
+    assert (a.provenance["vocab"], b.provenance["vocab"]) == ("source", "ancestor(level=1)")
+    assert a.vectors.shape == b.vectors.shape == (40, 64) and not np.allclose(a.vectors, b.vectors)

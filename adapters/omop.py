@@ -294,7 +294,9 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
                            "person_ids_not_found": len(missing)}
         out.write_manifest()
 
-    if sink is not None:            # buckets of subjects for the MEDS sort
+    if sink is None:                # an event directory even when no table of --domains is there to fill it
+        out.events_dir.mkdir(exist_ok=True)
+    else:                           # buckets of subjects for the MEDS sort
         sink.plan(out.persons()["subject_id"].to_numpy())
     skipped: dict = manifest.setdefault("skipped", {})
     for d in domains:

@@ -90,9 +90,20 @@ def _row(result, subject: int) -> str:
     return t.filter(pc.equal(t["subject_id"], subject))["text"][0].as_py()
 
 
+def test_notes_asked_of_a_cdm_without_a_usable_note_table(eunomia_db, tmp_path):
+    """Eunomia's note table is a header row stored as data: asked for notes, the extraction says so and keeps an
+    empty notes/ folder (asked, none there)."""
+    s = omop.extract(eunomia_db, tmp_path / "ev", options=omop.ExtractOptions(notes=True, domains=["death"]),
+                     progress=False)
+    assert s.skipped == {"death": "table death has no CDM columns", "note": "table note has no CDM columns"}
+    ev = EventDir.open(tmp_path / "ev")
+    assert ev.has_notes() and ev.note_files() == [] and ev.manifest["skipped"] == s.skipped
+
+
 def test_extract_notes_counts_and_quarantine(notes_cdm, notes_events):
     events, summary = notes_events
     assert summary.clinical_notes == {"read": 8, "written": 4, "quarantined": 4}    # the rows planted below
+    assert [f.name for f in events.note_files()] == ["note-00000.parquet"] and "note" not in summary.skipped
     db, visit = notes_cdm
     notes = events.notes().to_table().sort_by("note_id")
     assert notes.schema.equals(NOTES_SCHEMA)

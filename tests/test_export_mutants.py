@@ -54,3 +54,45 @@ def test_embedding_rows_are_float32_whatever_comes_in():
     assert t.schema.field("model_id").type == pa.string()
     np.testing.assert_array_equal(np.array(t["embedding"].to_pylist(), np.float32), v.astype(np.float32))
     assert [str(d) for d in t["index_date"].to_pylist()] == ["2020-01-01", "2020-01-02"]
+
+
+def test_model_registry_row_names_the_model_and_its_config(tmp_path):
+    import json
+    from omop_behrt.vectors.export import EmbeddingModelInfo
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"hidden": 8, "layers": 1}))
+    (tmp_path / "m" / "metadata.json").write_text(json.dumps({}))
+    info = EmbeddingModelInfo.of_model_dir(tmp_path / "m", "ab" * 32, 8)
+    assert (info.model_id, info.name, info.dims) == ("ab" * 8, "m", 8)          # no name in metadata: the folder's
+    (tmp_path / "m" / "metadata.json").write_text(json.dumps({"name": "behrt-eunomia"}))
+    row = EmbeddingModelInfo.of_model_dir(tmp_path / "m", "cd" * 32, 8).row()
+    assert row.column_names == ["model_id", "name", "dims", "created_at", "config", "checksum"]
+    assert row["name"].to_pylist() == ["behrt-eunomia"] and row["checksum"].to_pylist() == ["cd" * 32]
+    assert json.loads(row["config"][0].as_py())["hidden"] == 8
+
+
+def test_embedding_table_types_whatever_the_input():
+    """float64 vectors are stored as float32; an empty index keeps the string and list types."""
+    rng = np.random.default_rng(1)
+    t = embedding_table(_index(rng, 3), rng.normal(size=(3, 4)), "m1")
+    assert t.schema.field("embedding").type.value_type == pa.float32()
+    assert t.schema.field("model_id").type == pa.string()
+    empty = embedding_table(_index(rng, 0), np.zeros((0, 4)), "m1")
+    assert empty.num_rows == 0 and empty.schema == t.schema
+
+
+def test_write_checks_and_sizes(tmp_path):
+    import pytest
+    from omop_behrt.vectors.export import EmbeddingModelInfo, _first_line, estimated_bytes, write_embeddings
+    assert estimated_bytes(10, 8) == 10 * (8 * 4 + 40) and estimated_bytes(10, 8, ohdsi=True) == 720 + 10 * 8 * 32
+    rng = np.random.default_rng(2)
+    info = EmbeddingModelInfo("m1", "m", 4, "x" * 64, {})
+    one = _index(rng, 2).set_column(0, "cohort_definition_id", pa.array([1, 1], pa.int64()))
+    for bad in (989, 1000):
+        with pytest.raises(ValueError, match=f"OHDSI analysis id must be in 990..999, got {bad}"):
+            write_embeddings(tmp_path / "e.parquet", one, rng.normal(size=(2, 4)), info, ohdsi_analysis_id=bad)
+
+    class Wrapped(Exception):
+        orig = ValueError("the driver's own message\nsecond line")
+    assert _first_line(Wrapped("sqlalchemy's wrapper text")) == "the driver's own message"
+    assert _first_line(RuntimeError("")) == "RuntimeError"

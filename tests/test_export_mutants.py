@@ -96,3 +96,23 @@ def test_write_checks_and_sizes(tmp_path):
         orig = ValueError("the driver's own message\nsecond line")
     assert _first_line(Wrapped("sqlalchemy's wrapper text")) == "the driver's own message"
     assert _first_line(RuntimeError("")) == "RuntimeError"
+
+
+def test_parquet_target_needs_room_for_the_files_it_rewrites(tmp_path, monkeypatch):
+    """A Parquet folder is rewritten beside its old files: the free space must cover the new rows and the old files
+    (worked out here from the files' sizes), and the error says how much is needed and how much is free."""
+    import collections
+    import shutil as sh
+    import pytest
+    from omop_behrt.vectors import export
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    (folder / "patient_embedding.parquet").write_bytes(b"x" * 3_000_000)
+    (folder / "notes.txt").write_bytes(b"x" * 9_000_000)                       # not a Parquet file: not rewritten
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10**12, 0, 4_000_000))
+    export.check_writable(folder, needed_bytes=900_000)                          # 0.9 + 3 MB <= 4 MB free
+    with pytest.raises(export.TargetError) as e:
+        export.check_writable(folder, needed_bytes=1_100_000)                    # 1.1 + 3 MB > 4 MB free
+    assert str(e.value).endswith(f"about 4 MB needed, 4 MB free on {folder}")
+    export.check_writable(folder, needed_bytes=0)                                # no estimate: no space check

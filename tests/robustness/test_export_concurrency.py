@@ -363,6 +363,9 @@ def test_postgres_read_only_session_and_missing_privileges(pg_url, pg_schema):
             check_writable(url, schema=pg_schema)
         with pytest.raises(TargetError, match=rf"role '{role}' may not create schema 'elsewhere_{pg_schema}'"):
             check_writable(url, schema=f"elsewhere_{pg_schema}")
+        # a new table in a schema that exists but where the role may not create anything
+        with pytest.raises(TargetError, match=rf"role '{role}' may not create tables in schema '{pg_schema}'"):
+            check_writable(url, schema=pg_schema, table="patient_embedding_v2")
     finally:
         with admin.begin() as c:
             c.execute(sa.text(f'DROP OWNED BY "{role}"'))

@@ -27,6 +27,14 @@ def eunomia_db(tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.fixture
+def eunomia_rw(eunomia_db, tmp_path) -> Path:
+    """A copy of Eunomia this test alone may write (cohort tables, planted rows)."""
+    dst = tmp_path / "eunomia_rw.duckdb"
+    shutil.copy(eunomia_db, dst)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def eunomia_events(eunomia_db, tmp_path_factory):
     """Eunomia extracted into an event directory (read-only for tests: copy before modifying)."""

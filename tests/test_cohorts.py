@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 
 import duckdb
 import pandas as pd
@@ -15,13 +14,6 @@ from cdm_fixtures import load_postgres_cdm
 from omop_behrt import EventDir
 from omop_behrt.tasks import cohorts
 from omop_behrt.adapters import omop
-
-
-@pytest.fixture
-def eunomia_rw(eunomia_db, tmp_path):
-    dst = tmp_path / "eunomia_rw.duckdb"
-    shutil.copy(eunomia_db, dst)
-    return dst
 
 
 def test_first_occurrence_with_descendants(eunomia_rw):

@@ -196,27 +196,19 @@ def test_a_bad_results_schema_name_is_refused_by_name(tiny_cdm):
         "'_', at most 63 characters")
 
 
-@pytest.fixture
-def eunomia_copy(eunomia_db, tmp_path):
-    import shutil
-    dst = tmp_path / "e.duckdb"
-    shutil.copy(eunomia_db, dst)
-    return dst
-
-
-def test_builders_keep_their_arguments(eunomia_copy):
+def test_builders_keep_their_arguments(eunomia_rw):
     """min_visits=1 is allowed (>= 1 visit), the CDM schema is writable when allowed, domains restrict the search,
     a bad results schema is named as a schema name; the counts are worked out here in plain SQL."""
-    con = duckdb.connect(str(eunomia_copy), read_only=True)
+    con = duckdb.connect(str(eunomia_rw), read_only=True)
     with_visit = con.execute("SELECT COUNT(DISTINCT person_id) FROM visit_occurrence").fetchone()[0]
     con.close()
-    assert cohorts.min_visits_cohort(eunomia_copy, 2, 1, results_schema="results") == with_visit > 0
-    assert cohorts.min_visits_cohort(eunomia_copy, 3, 1, results_schema="main", cohort_table="mine",
+    assert cohorts.min_visits_cohort(eunomia_rw, 2, 1, results_schema="results") == with_visit > 0
+    assert cohorts.min_visits_cohort(eunomia_rw, 3, 1, results_schema="main", cohort_table="mine",
                                      allow_cdm_schema=True) == with_visit
     # GI haemorrhage (192671) is a condition: searched among drugs only it is nobody's
-    assert cohorts.first_occurrence_cohort(eunomia_copy, 4, [192671], results_schema="results") == 479
-    assert cohorts.first_occurrence_cohort(eunomia_copy, 5, [192671], domains=["drug"], results_schema="results") == 0
-    msg = _error(cohorts.first_occurrence_cohort, eunomia_copy, 6, [192671], results_schema='res"ults')
+    assert cohorts.first_occurrence_cohort(eunomia_rw, 4, [192671], results_schema="results") == 479
+    assert cohorts.first_occurrence_cohort(eunomia_rw, 5, [192671], domains=["drug"], results_schema="results") == 0
+    msg = _error(cohorts.first_occurrence_cohort, eunomia_rw, 6, [192671], results_schema='res"ults')
     assert "schema name" in msg and 'res"ults' in msg
 
 

@@ -6,7 +6,8 @@
 # The workspace's tests and config are replaced by the repository's, the source is left as it was (the same mutants),
 # the map of tests is widened again (bench/mutation/sample.py), and the module's "(sample)" score in
 # bench/results/mutation.json is written anew over the same sample: only the mutants left alive (or whose worker
-# crashed) are run again.
+# crashed) are run again. Keep the config the sample ran with: mutmut forgets every result when its config changes
+# (a rerun then finds nothing alive), and a changed source means new mutants: run the sample again instead.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from omop_behrt import __version__
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
-                      QUARANTINE_SCHEMA, EventDir, ShardWriter, write_table)
+                      QUARANTINE_SCHEMA, EventDir, ShardWriter, conform, write_table)
 from omop_behrt.adapters.fhir_duplicates import settle
 from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, PERSONS_PART_SCHEMA, EventBuffer,
                                              PersonBuffer, QuarantineBuffer, code_prefix, description_counts)
@@ -283,14 +283,7 @@ def read_persons_parts(out: Path) -> pa.Table:
     files = sorted((out / ".fhir").glob("persons-*.parquet"))
     if not files:
         return PersonBuffer().table()
-    parts = []
-    for f in files:
-        t = pq.read_table(f)
-        for col in PERSONS_PART_SCHEMA:
-            if col.name not in t.column_names:
-                t = t.append_column(col, pa.nulls(t.num_rows, col.type))
-        parts.append(t.select(PERSONS_PART_SCHEMA.names))
-    return pa.concat_tables(parts)
+    return pa.concat_tables(conform(pq.read_table(f), PERSONS_PART_SCHEMA, str(f)) for f in files)
 
 
 
@@ -315,9 +308,11 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
         for raw, kept, element in (("birth_raw", "birth_date", "birthDate"),
                                    ("death_raw", "death_date", "deceasedDateTime")):
             bad = pc.and_(pc.is_valid(persons.column(raw)), pc.is_null(persons.column(kept)))
-            if pc.sum(bad).as_py():
+            if pc.sum(bad).as_py():     # the example's shape, not its value: a warning is shown and logged
+                shape = pc.filter(persons.column(raw), bad)[0].as_py()
+                shape = "".join("9" if ch.isdigit() else "A" if ch.isalpha() else ch for ch in shape)
                 summary.warnings.append(f"{pc.sum(bad).as_py():,} Patients have an unusable {element} "
-                                        f"(e.g. {pc.filter(persons.column(raw), bad)[0]}): kept, {kept} null")
+                                        f"(e.g. one shaped {shape}): kept, {kept} null")
     write_table(persons.select(PERSONS_SCHEMA.names).cast(PERSONS_SCHEMA), out.path / "persons.parquet")
     parts = out.manifest.get("parts", {})
     summary.resources_read = sum(p["read"] for p in parts.values())

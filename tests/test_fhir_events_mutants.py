@@ -154,7 +154,8 @@ def test_units_blank_codes_and_unusable_patient_dates(tmp_path):
     got = sorted((r["numeric_value"], r["unit"]) for r in d.read_events(["numeric_value", "unit"]).to_pylist())
     assert got == [(3.0, "u"), (4.0, "c"), (5.0, "mg"), (7.0, "mg/dL")]
     assert [(r["row"], r["reason"]) for r in d.quarantine().to_pylist()] == [("1", "no code (no coding with a code)")]
-    assert s.warnings == ["1 Patients have an unusable birthDate (e.g. 1970-02-30): kept, birth_date null",
-                          "1 Patients have an unusable deceasedDateTime (e.g. 2020-13-01): kept, death_date null"]
+    assert s.warnings == [     # the example's shape, never a patient's value
+        "1 Patients have an unusable birthDate (e.g. one shaped 9999-99-99): kept, birth_date null",
+        "1 Patients have an unusable deceasedDateTime (e.g. one shaped 9999-99-99): kept, death_date null"]
     persons = {r["source_id"]: (r["birth_date"], r["death_date"], r["sex"]) for r in d.persons().to_pylist()}
     assert persons == {"p1": (dt.date(1970, 1, 1), None, "F"), "p2": (None, None, "M")}

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from omop_behrt.evaluation import plots  # first: it says when matplotlib (the [report] extra) is missing
-from omop_behrt.evaluation.metrics import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: E402,F401
-from omop_behrt.shareable import MIN_COUNT, count_text, shown_count, suppressed  # noqa: E402
-from omop_behrt.evaluation.metrics import format_ci as _ci  # noqa: E402
-from omop_behrt.behrt.tokenizer import SPECIALS  # noqa: E402
-from omop_behrt.evaluation.report_text import has_text, method_label, text_section  # noqa: E402
-from omop_behrt.evaluation.inspection import attention_weights, mean_attention, nearest_codes  # noqa: E402,F401
-from omop_behrt.vocab.names import (CDM_SOURCE_COLUMNS, NO_CHAPTER, concept_details, concept_names,  # noqa: E402,F401
+from omop_behrt.evaluation.metrics import SANE_SLOPE, result_warnings, shareable_results, write_results  # noqa: F401
+from omop_behrt.shareable import MIN_COUNT, count_text, shown_count, suppressed
+from omop_behrt.evaluation.metrics import format_ci as _ci
+from omop_behrt.behrt.tokenizer import SPECIALS
+from omop_behrt.evaluation.report_text import has_text, method_label, text_section
+from omop_behrt.evaluation.inspection import attention_weights, mean_attention, nearest_codes  # noqa: F401
+from omop_behrt.vocab.names import (CDM_SOURCE_COLUMNS, NO_CHAPTER, concept_details, concept_names,  # noqa: F401
                                     concept_names_by_id, data_source, token_chapters)
 
 SECTIONS = ("Study", "Outcome and attrition", "Baseline characteristics", "Metrics", "ROC and precision-recall curves",

@@ -41,7 +41,6 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def main() -> int:
     module, work, cfg, out, seconds = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
-    res = json.loads(out.read_text()) if out.exists() else {"tool": "mutmut 3.8.1", "modules": {}}
     row = score(work)
     row["config"] = cfg.read_text().split("[mutmut]", 1)[1].strip()
     row["mutants_run"] = os.environ.get("MUTANTS", "all")       # the name patterns given to mutmut run
@@ -52,8 +51,17 @@ def main() -> int:
         row["sample"] = int(sampled)
         row["score_95ci"] = wilson(row["killed"], row["checked"])
         module = f"{module} (sample)"
-    res["modules"][module] = row
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    # two modules scored at once both land: the read-modify-write of the shared JSON is done under a lock
+    from omop_behrt.events import write_json
+    from omop_behrt.lock import exclusive_lock
+    with exclusive_lock(out.with_name(out.name + ".lock"), 600, f"{out}: another score.py holds its lock"):
+        res = json.loads(out.read_text()) if out.exists() else {"tool": "mutmut 3.8.1", "modules": {}}
+        explained = res["modules"].get(module, {}).get("survivors_explained", {})
+        kept = {k: v for k, v in explained.items() if k in row["survived"]}    # reasons of mutants still alive
+        if kept:
+            row["survivors_explained"] = kept
+        res["modules"][module] = row
+        write_json(res, out)
     print(f"{module}: {row['killed']}/{row['checked']} killed ({row['score']}; {row['score_with_untested']} counting "
           f"the {len(row['no_tests'])} mutants no selected test reaches), {len(row['survived'])} survived"
           f"{'; 95% interval ' + str(row['score_95ci']) if sampled else ''} -> {out}")

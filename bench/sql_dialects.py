@@ -5,8 +5,8 @@
 
 1. Runs the code that renders the templates (extract, cohorts, a PLP task, the concept / ancestor / CALIBER
    vocabularies, report names, an embedding export) on a copy of Eunomia (DuckDB) and, unless --no-pg, on the
-   Synthea subset loaded into PostgreSQL, recording each template's fragments and every templated statement
-   run with its bound values.
+   Synthea subset loaded into PostgreSQL, recording (bench/sql_recording.py) each template's fragments and every
+   templated statement run with its bound values.
 2. Per template and target (postgresql, duckdb, spark, bigquery, snowflake, sql server, redshift, oracle):
    sqlglot (``dialects.translate``, source PostgreSQL) and circe.sqlrender (``translate`` of the same SQL, as
    the OHDSI path would see it) -- does it translate, how long, does the output parse with an independent
@@ -35,13 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import sqlglot
 
-import omop_behrt.db.database as database
 from omop_behrt.db import dialects
 from omop_behrt.db.database import _BIND, TemplateSql, load_sql, render
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sql_recording import Recorder, exercise, exercise_pg, fragments_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
@@ -70,81 +70,6 @@ def template_names() -> list[str]:
     """Every SQL template shipped under sql/ (the official CDM DDL under sql/ddl is not ours)."""
     base = ROOT / "sql"
     return sorted(str(p.relative_to(base)) for p in base.glob("*/*.sql") if p.parent.name != "ddl")
-
-
-class Recorder:
-    """Records, while active, each template's first fragments and every templated statement a Database runs."""
-
-    def __init__(self):
-        self.fragments: dict[str, dict[str, str]] = {}
-        self.executed: list[tuple[str, str, dict]] = []
-        self._saved: list = []
-
-    def __enter__(self) -> "Recorder":
-        orig_render = database.render
-
-        def rec_render(template, fragments):
-            name = getattr(template, "template", None)
-            if name and name not in self.fragments:
-                self.fragments[name] = {k: str(v) for k, v in fragments.items()}
-            return orig_render(template, fragments)
-
-        for mod in list(sys.modules.values()):
-            if getattr(mod, "__name__", "").startswith("omop_behrt") and getattr(mod, "render", None) is orig_render:
-                self._saved.append((mod, "render", orig_render))
-                mod.render = rec_render
-        for cls, meth in ((database.Database, "stream"), (database.Transaction, "execute")):
-            orig = getattr(cls, meth)
-            self._saved.append((cls, meth, orig))
-            setattr(cls, meth, self._wrap(orig))
-        return self
-
-    def _wrap(self, orig):
-        def run(obj, sql, params=None, *a, **kw):
-            if isinstance(sql, TemplateSql):
-                self.executed.append((sql.template, sql, dict(params or {})))
-            return orig(obj, sql, params, *a, **kw)
-        return run
-
-    def __exit__(self, *exc) -> None:
-        for owner, attr, orig in reversed(self._saved):
-            setattr(owner, attr, orig)
-
-
-def exercise(source: str, events_dir: Path, embed_target: str) -> None:
-    """Run the code that renders the user-database templates against ``source`` (a DuckDB file or a URL)."""
-    from omop_behrt.tasks import cohorts
-    from omop_behrt.vocab import names as report
-    from omop_behrt.tasks import labels as tasks
-    from omop_behrt.adapters import omop
-    from omop_behrt.adapters.omop_queries import EVENT_TABLES, _record
-    from omop_behrt.db.cdm import OmopCdm
-    from omop_behrt.vocab.concepts import ancestor_table_empty
-    from omop_behrt.db.database import Database
-    from omop_behrt.events import EventDir
-    from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.vocab.registry import map_events
-    omop.extract(source, events_dir, progress=False)
-    cohorts.first_occurrence_cohort(source, 1, [1118084, 1124300, 1177480, 1115008])
-    cohorts.min_visits_cohort(source, 2, 3)
-    task = tasks.plp_task(source, 1, outcome_concepts=[192671])
-    ev = EventDir.open(events_dir)
-    for vocab in ("concept", "ancestor(level=2)", "caliber"):
-        map_events(ev, vocab, cdm=source, progress=False)
-    report.concept_names_by_id(source, [192671])
-    report.concept_details(source, ["SNOMED/74474003", "RxNorm/1118084"])
-    report.data_source(source)
-    cdm = OmopCdm(Database.connect(source))
-    ancestor_table_empty(cdm)
-    spec = EVENT_TABLES["condition"]
-    frag = {"table": cdm.qtable(spec.table), "row_id": cdm.col(spec.table, spec.row_id, "e"),
-            "record": _record(cdm, spec)}
-    cdm.db.query(render(load_sql("omop/duplicate_ids.sql"), frag))   # runs only on repeated ids otherwise
-    index = task.labels.select(["subject_id", "index_date"]).slice(0, 50)
-    index = index.append_column("cohort_definition_id", pa.array([1] * index.num_rows, pa.int64()))
-    vectors = np.random.default_rng(0).standard_normal((index.num_rows, 8)).astype("float32")
-    write_embeddings(embed_target, index, vectors, EmbeddingModelInfo("m" * 16, "bench", 8, "c" * 16),
-                     ohdsi_analysis_id=990, **({"schema": "bench_out"} if "://" in embed_target else {}))
 
 
 def placeholders(name: str) -> set[str]:
@@ -402,7 +327,7 @@ def main() -> None:
             load_postgres_cdm(args.pg_url, PG_SCHEMA)
             try:
                 with Recorder() as rec_pg:
-                    _exercise_pg(args.pg_url, PG_SCHEMA, work)
+                    exercise_pg(args.pg_url, PG_SCHEMA, work)
                 pg_fragments = rec_pg.fragments
                 runs["postgresql"] = compare_runs(Database.connect(args.pg_url), rec_pg.executed, "postgresql")
             finally:
@@ -487,44 +412,11 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def fragments_of(name: str, sql: str, rec: Recorder, fragments: dict) -> dict:
-    """The fragments a recorded statement was rendered with (the first recorded per template)."""
-    return rec.fragments.get(name, fragments.get(name, {}))
-
-
 def _time_one(sql: str) -> float:
     dialects._translate.cache_clear()
     t = time.perf_counter()
     dialects.translate(sql, "duckdb", read="duckdb")
     return time.perf_counter() - t
-
-
-def _exercise_pg(url: str, schema: str, work: Path) -> None:
-    """exercise() on the Synthea CDM loaded into PostgreSQL (cdm and results in ``schema``)."""
-    from omop_behrt.tasks import cohorts
-    from omop_behrt.tasks import labels as tasks
-    from omop_behrt.adapters import omop
-    from omop_behrt.events import EventDir
-    from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.vocab.names import concept_names_by_id
-    from omop_behrt.vocab.registry import map_events
-    src = f"{url}"
-    omop.extract(src, work / "pg_events", cdm_schema=schema, progress=False)
-    cohorts.first_occurrence_cohort(src, 1, [1118084, 1124300, 1177480, 1115008, 40213154], cdm_schema=schema,
-                                    results_schema=schema, descendants=False, allow_cdm_schema=True)
-    cohorts.min_visits_cohort(src, 2, 2, cdm_schema=schema, results_schema=schema, allow_cdm_schema=True)
-    task = tasks.plp_task(src, 2, outcome_concepts=[192671, 4112343, 40481087], cdm_schema=schema,
-                          results_schema=schema, min_time_at_risk=0, descendants=False)
-    from omop_behrt.adapters.omop import OmopCdm
-    from omop_behrt.db.database import Database
-    cdm = OmopCdm(Database.connect(src), schema, schema)
-    map_events(EventDir.open(work / "pg_events"), "concept", cdm=cdm, progress=False)
-    concept_names_by_id(cdm, [40213154])
-    index = task.labels.select(["subject_id", "index_date"]).slice(0, 20)
-    index = index.append_column("cohort_definition_id", pa.array([2] * index.num_rows, pa.int64()))
-    vectors = np.random.default_rng(0).standard_normal((index.num_rows, 8)).astype("float32")
-    write_embeddings(src, index, vectors, EmbeddingModelInfo("m" * 16, "bench", 8, "c" * 16),
-                     schema=schema + "_out", ohdsi_analysis_id=990)
 
 
 def summarise(matrix: dict, runs: dict, ports: dict) -> dict:

@@ -95,60 +95,107 @@ def write_meds(con: duckdb.DuckDBPyConnection, out: str | Path, *, persons: pa.T
     try:
         info = _write_dataset(con, work, persons, descriptions, observation_periods, manifest, dataset_name,
                               rows_per_shard, parts or [("events_t", None, None)])
-        _swap_in(work, out)
+        swap_in(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info
+
+
+#: EVENTS_SCHEMA's columns after MEDS's core ones (its optional extra columns)
+_EXTRA = [f.name for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code", "numeric_value")]
+#: the MEDS columns of an event relation (events carry no text value)
+EVENT_COLUMNS_SQL = ("subject_id, time, code, numeric_value, CAST(NULL AS VARCHAR) AS text_value, "
+                     + ", ".join(_EXTRA))
+#: the order of a MEDS dataset's rows: by subject and time (static rows first) as MEDS asks, then by every other
+#: column, so that the shards hold the same bytes whatever order the rows arrive in
+MEDS_ORDER = ", ".join(["subject_id", "time NULLS FIRST", "code", "numeric_value NULLS FIRST",
+                        "text_value NULLS FIRST"] + [f"{c} NULLS FIRST" for c in _EXTRA])
+
+
+def person_rows_sql(persons: str, tail: str = "") -> str:
+    """The MEDS rows of the persons in relation ``persons`` (PERSONS_SCHEMA): birth, death, sex, source id.
+
+    Columns as :data:`EVENT_COLUMNS_SQL`, then ``tail`` (more constant columns, e.g. ``, NULL AS reason``).
+    """
+    nulls = ", ".join(f"CAST(NULL AS {_duck_type(EVENTS_SCHEMA.field(c).type)}) AS {c}" for c in _EXTRA) + tail
+    return f"""
+        SELECT subject_id, CAST(birth_date AS TIMESTAMP) AS time, '{BIRTH}' AS code,
+               CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value,
+               {nulls} FROM {persons} WHERE birth_date IS NOT NULL
+        UNION ALL
+        SELECT subject_id, CAST(death_date AS TIMESTAMP), '{DEATH}', NULL, NULL, {nulls}
+        FROM {persons} WHERE death_date IS NOT NULL
+        UNION ALL
+        SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {nulls} FROM {persons}
+        UNION ALL
+        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {nulls} FROM {persons}
+        WHERE source_id IS NOT NULL"""
+
+
+class MedsShards:
+    """MEDS rows arriving sorted by subject -> ``<out>/data/<n>.parquet`` shards of whole subjects; the subjects
+    are counted and the codes gathered on the way (codes.parquet lists them)."""
+
+    def __init__(self, out: Path, rows_per_shard: int = ROWS_PER_SHARD):
+        self.schema = _meds_schema()
+        self.writer = ShardWriter(out / "data", "", self.schema, rows_per_shard, key="subject_id",
+                                  name="{index}.parquet", empty_shard=True, parquet=MEDS_PARQUET)
+        self.codes: set[str] = set()
+        self.subjects = 0
+        self._last: int | None = None
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append rows holding (at least) the MEDS columns, sorted after every row written before."""
+        if batch.num_rows == 0:
+            return
+        subject = batch.column("subject_id")
+        subject = (subject.combine_chunks() if isinstance(subject, pa.ChunkedArray) else subject).to_numpy()
+        self.subjects += int(np.count_nonzero(np.diff(subject))) + int(self._last != subject[0])
+        self._last = int(subject[-1])
+        self.codes.update(pc.unique(batch.column("code")).to_pylist())
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        self.writer.write(table.select(self.schema.names).cast(self.schema))
+
+    def close(self) -> list[Path]:
+        return self.writer.close()
+
+    @property
+    def info(self) -> dict:
+        return {"subjects": self.subjects, "rows": self.writer.rows, "shards": len(self.writer.files)}
 
 
 def _write_dataset(con: duckdb.DuckDBPyConnection, out: Path, persons: pa.Table, descriptions: pa.Table,
                    observation_periods: pa.Table, manifest: dict, dataset_name: str, rows_per_shard: int,
                    parts: list[tuple[str, int | None, int | None]]) -> dict:
     """The MEDS dataset itself (data/, metadata/) in the fresh folder ``out``."""
-    (out / "metadata").mkdir(parents=True)
     con.register("persons_t", persons)
-    extra = [f.name for f in EVENTS_SCHEMA if f.name not in ("subject_id", "time", "code", "numeric_value")]
-    ev_cols = "subject_id, time, code, numeric_value, CAST(NULL AS VARCHAR) AS text_value, " + ", ".join(extra)
-    null_extra = ", ".join(f"CAST(NULL AS {_duck_type(EVENTS_SCHEMA.field(c).type)}) AS {c}" for c in extra)
-    person_rows = f"""
-        SELECT subject_id, CAST(birth_date AS TIMESTAMP) AS time, '{BIRTH}' AS code,
-               CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value,
-               {null_extra} FROM __persons__ WHERE birth_date IS NOT NULL
-        UNION ALL
-        SELECT subject_id, CAST(death_date AS TIMESTAMP), '{DEATH}', NULL, NULL, {null_extra}
-        FROM __persons__ WHERE death_date IS NOT NULL
-        UNION ALL
-        SELECT subject_id, NULL, '{SEX}' || COALESCE(sex, 'U'), NULL, NULL, {null_extra} FROM __persons__
-        UNION ALL
-        SELECT subject_id, NULL, '{SOURCE_ID}', NULL, source_id, {null_extra} FROM __persons__
-        WHERE source_id IS NOT NULL"""
-    order = ", ".join(["subject_id", "time NULLS FIRST", "code", "numeric_value NULLS FIRST",
-                       "text_value NULLS FIRST"] + [f"{c} NULLS FIRST" for c in extra])
-    schema = _meds_schema()
-    writer = ShardWriter(out / "data", "", schema, rows_per_shard, key="subject_id", name="{index}.parquet",
-                         empty_shard=True, parquet=MEDS_PARQUET)
-    codes: set[str] = set()
-    subjects, last = 0, None
+    shards = MedsShards(out, rows_per_shard)
     for relation, lo, hi in parts:
         bounds = ([f"subject_id >= {int(lo)}"] if lo is not None else []) + \
             ([f"subject_id < {int(hi)}"] if hi is not None else [])
-        persons_part = person_rows.replace("__persons__", f"(SELECT * FROM persons_t WHERE "
-                                                          f"{' AND '.join(bounds) or 'TRUE'})")
-        rel = con.sql(f"SELECT {ev_cols} FROM {relation} UNION ALL {persons_part} ORDER BY {order}")
+        persons_part = person_rows_sql(f"(SELECT * FROM persons_t WHERE {' AND '.join(bounds) or 'TRUE'})")
+        rel = con.sql(f"SELECT {EVENT_COLUMNS_SQL} FROM {relation} UNION ALL {persons_part} ORDER BY {MEDS_ORDER}")
         for batch in arrow_reader(rel, batch_rows=min(rows_per_shard, 1_000_000)):
-            if batch.num_rows == 0:
-                continue
-            subject = batch.column("subject_id").to_numpy()
-            subjects += int(np.count_nonzero(np.diff(subject))) + int(last != subject[0])
-            last = int(subject[-1])
-            codes.update(pc.unique(batch.column("code")).to_pylist())
-            writer.write(pa.Table.from_batches([batch]).cast(schema))
-    writer.close()
-    con.register("codes_t", pa.table({"code": pa.array(sorted(codes), pa.string())}))
-    con.register("descriptions_t", descriptions.select(["code", "description"]))
-    table = con.sql("SELECT c.code, d.description, CAST([] AS VARCHAR[]) AS parent_codes FROM codes_t c LEFT JOIN "
-                    "(SELECT code, MIN(description) AS description FROM descriptions_t GROUP BY code) d USING (code) "
-                    "ORDER BY c.code").to_arrow_table()
+            shards.write(batch)
+    shards.close()
+    write_metadata(out, shards.codes, descriptions, observation_periods, manifest, dataset_name)
+    return shards.info
+
+
+def write_metadata(out: Path, codes: set[str], descriptions: pa.Table, observation_periods: pa.Table,
+                   manifest: dict, dataset_name: str) -> None:
+    """``out/metadata``: codes.parquet (every code of the data, with the source's description), dataset.json,
+    the observation periods and our manifest."""
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    try:
+        con.register("codes_t", pa.table({"code": pa.array(sorted(codes), pa.string())}))
+        con.register("descriptions_t", descriptions.select(["code", "description"]))
+        table = con.sql("SELECT c.code, d.description, CAST([] AS VARCHAR[]) AS parent_codes FROM codes_t c "
+                        "LEFT JOIN (SELECT code, MIN(description) AS description FROM descriptions_t GROUP BY code) "
+                        "d USING (code) ORDER BY c.code").to_arrow_table()
+    finally:
+        con.close()
     write_table(table.cast(CODES_SCHEMA), out / "metadata" / "codes.parquet")
     from omop_behrt import __version__
     write_json({"dataset_name": dataset_name, "dataset_version": manifest.get("created_at", "1"),
@@ -157,14 +204,13 @@ def _write_dataset(con: duckdb.DuckDBPyConnection, out: Path, persons: pa.Table,
                out / "metadata" / "dataset.json")
     write_table(observation_periods, out / "metadata" / "observation_periods.parquet")
     write_json(manifest, out / "metadata" / "omop_behrt_manifest.json")
-    return {"subjects": subjects, "rows": writer.rows, "shards": len(writer.files)}
 
 
 #: what a MEDS dataset written here consists of: swapped in together, everything else in the folder is left alone
 _PARTS = ("data", "metadata")
 
 
-def _swap_in(work: Path, out: Path, timeout: float = 600.0) -> None:
+def swap_in(work: Path, out: Path, timeout: float = 600.0) -> None:
     """Replace ``out``'s data/ and metadata/ by ``work``'s, under a lock on ``out`` (renames only: instant).
 
     Leftovers of runs that died (their private folders, a swap cut short) are removed on the way.

@@ -214,8 +214,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
              sink=None) -> ExtractSummary:
     """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt.
 
-    ``sink`` (a meds.EventTable) receives the event batches instead of event shards (not from Spark, whose
-    executors write the shards).
+    ``sink`` (omop_meds.MedsSink) receives the events instead of event shards (not from Spark, whose executors
+    write the shards): one sorted query for every table when it is ``fused``, else batch by batch.
     """
     t0 = time.perf_counter()
     options.check()
@@ -243,6 +243,8 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
         from omop_behrt.adapters import omop_spark
     if spark:
         sink = None
+    elif sink is not None:
+        sink.start(cdm.db)
     cdm.db.limit_memory(memory_limit, out.path / ".duckdb_tmp")
 
     # persons and observation periods: small, one query each; an empty selection stops before anything is written
@@ -299,6 +301,7 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     else:                           # buckets of subjects for the MEDS sort
         sink.plan(out.persons()["subject_id"].to_numpy())
     skipped: dict = manifest.setdefault("skipped", {})
+    todo = []
     for d in domains:
         spec = EVENT_TABLES[d]
         if d in done:
@@ -309,8 +312,13 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             out.write_manifest()
             continue
         skipped.pop(d, None)
-        done[d] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
-                   _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink))
+        todo.append(spec)
+    if sink is not None and sink.fused:         # MEDS from DuckDB: every table in one sorted query
+        done.update(sink.extract(cdm, todo, options, out, batch_rows, progress))
+        out.write_manifest()
+    for spec in todo if sink is None or not sink.fused else []:
+        done[spec.domain] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
+                             _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink))
         out.write_manifest()
     if sink is not None:
         sink.complete = True

@@ -14,7 +14,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from omop_behrt.db.cdm import OmopCdm
-from omop_behrt.db.database import _BIND, IDENTIFIER, load_sql, render, sql_literal
+from omop_behrt.db.database import _BIND, IDENTIFIER, load_sql, quote, render, sql_literal
 
 
 @dataclass(frozen=True)
@@ -319,11 +319,13 @@ def duplicate_counts(cdm: OmopCdm, spec: EventTable) -> tuple[int, int]:
     return int(dup or 0), int(shared or 0)
 
 
-def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
-               duplicates: bool = False) -> tuple[str, dict]:
+def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicates: bool = False,
+               staged: tuple[str, str] | None = None) -> tuple[str, dict]:
     """The extraction query for one clinical table, and its bind parameters.
 
     ``duplicates``: the table holds repeated records (duplicate_counts): rank the rows of each record.
+    ``staged``: (person status, observation gaps) as tables made once from :func:`staged_sql`'s queries, read
+    instead of computing both inside every table's query.
     """
     t = spec.table
     col = lambda c, **kw: cdm.col(t, c, "e", **kw) if c else "NULL"   # noqa: E731
@@ -373,8 +375,9 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "datetime_unparseable_note": sql_literal(f"{spec.start_datetime} unparseable: {spec.start_date} used"),
         "datetime_differs_note": sql_literal(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
                                       f"{spec.start_date} used"),
-        "person_status": status,
-        "observation_gaps": render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)),
+        "person_status": status if staged is None else f"SELECT * FROM {quote(staged[0])}",
+        "observation_gaps": (render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)) if staged is None
+                             else f"SELECT * FROM {quote(staged[1])}"),
         "visit_table": cdm.qtable("visit_occurrence"),
         "v_visit_occurrence_id": cdm.col("visit_occurrence", "visit_occurrence_id"),
         "v_person_id": cdm.col("visit_occurrence", "person_id"),
@@ -385,6 +388,12 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions,
         "unit_name": cdm.col("concept", "concept_name", "uc", optional=True),
     }
     return _used(render(load_sql("omop/events.sql"), frag), params)
+
+
+def staged_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[tuple[str, dict], str]:
+    """The person status (with its bind parameters) and observation gaps queries every table's events join:
+    made into tables once for :func:`events_sql`'s ``staged``."""
+    return person_status_sql(cdm, options), render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm))
 
 
 def notes_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]:

@@ -386,7 +386,9 @@ def rebuilt_visit_ids(subject_id: np.ndarray, time_us: np.ndarray) -> np.ndarray
 
 
 def fill_rebuilt_visits(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
-    """Give every event with a subject and a time but no visit_id its rebuilt (subject, day) visit id."""
+    """Give every event with a subject and a time but no visit_id its rebuilt (subject, day) visit id.
+
+    With a ``domain`` column, only rows with a domain are events (a MEDS birth or sex row among them is not)."""
     def col(name: str) -> pa.Array:
         c = batch.column(name)
         return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
@@ -394,6 +396,8 @@ def fill_rebuilt_visits(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa
     if visit.null_count == 0:
         return batch
     need = pc.and_(pc.is_null(visit), pc.and_(pc.is_valid(t), pc.is_valid(subj)))
+    if "domain" in batch.schema.names:
+        need = pc.and_(need, pc.is_valid(col("domain")))
     if not pc.any(need).as_py():
         return batch
     rebuilt = rebuilt_visit_ids(subj.fill_null(0).to_numpy(), t.cast(pa.int64()).fill_null(0).to_numpy())

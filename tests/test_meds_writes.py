@@ -66,14 +66,23 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 # -- one pass ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("persons_per_bucket", [None, 300])
+@pytest.mark.parametrize("rows_per_range", [None, 20_000])
 def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path, monkeypatch,
-                                                      persons_per_bucket):
-    """MEDS only (no event directory kept), its sort in one bucket or in nine (300 persons each): the same shards
-    as to_meds of the extraction, row for row and in order; same codes; the validator passes."""
-    if persons_per_bucket:
-        monkeypatch.setattr(meds_adapter, "PERSONS_PER_BUCKET", persons_per_bucket)
+                                                      rows_per_range):
+    """MEDS only (no event directory kept), sorted inside DuckDB in one subject range or in eleven (at most 20,000
+    events each): the same shards as to_meds of the extraction, row for row and in order; same codes, counts,
+    notes and quarantine; the validator passes."""
+    from omop_behrt.adapters import omop_meds
+    if rows_per_range:
+        monkeypatch.setattr(omop_meds.SortedMeds, "ROWS_PER_BUCKET", rows_per_range)
+    ranges = []
+
+    def spy(rel, batch_rows):                  # one sorted query per subject range
+        ranges.append(batch_rows)
+        return meds_adapter.arrow_reader(rel, batch_rows)
+    monkeypatch.setattr(omop_meds, "arrow_reader", spy)
     summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False)
+    assert len(ranges) == (11 if rows_per_range else 1)      # 217,014 events: 11 ranges of about 19,700
     to_meds(eunomia_events, tmp_path / "two", rows_per_shard=50_000)
     assert len(validate_meds_dataset(tmp_path / "one")) == summary.meds["shards"] == 5
     for i in range(5):
@@ -82,10 +91,43 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
     n = assert_same_rows(tmp_path / "one", tmp_path / "two")
     rows, subjects = expected_counts(eunomia_events)
     assert n == rows == summary.meds["rows"] and summary.meds["subjects"] == subjects == 2694
-    assert summary.events_out == eunomia_events.manifest["summary"]["events_out"]
+    ref = eunomia_events.manifest["summary"]
+    for key in ("events_out", "events_in", "events_by_domain", "visits", "rebuilt_visits", "quarantined",
+                "quarantined_by_reason", "checks", "notes", "persons"):
+        assert getattr(summary, key) == ref[key], key
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".omop-behrt-meds.lock", "data", "metadata",
                                                                     "quarantine.parquet"]
     assert "MEDS" in summary.table()
+
+
+def test_extract_meds_out_leaves_the_sources_connection_as_it_was(eunomia_db, tmp_path):
+    """The sorted path works in temporary tables of the source's own connection: afterwards none is left and the
+    insertion-order setting it lowers is back."""
+    from omop_behrt.db.database import Database
+    db = Database.connect(eunomia_db)
+    db.duck.execute("SET preserve_insertion_order = true")
+    omop.extract(db, None, meds_out=tmp_path / "m", progress=False)
+    assert db.duck.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0] is True
+    left = db.duck.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+    assert left == []
+    db.close()
+
+
+@pytest.mark.postgres
+def test_extract_meds_out_from_postgres_equals_duckdb(pg_url, pg_schema, synthea_dir, tmp_path, monkeypatch):
+    """A server's events cannot be sorted beside the persons written here: they are spilled and sorted bucket by
+    bucket (here in three) instead. Same MEDS dataset, shard for shard, as the DuckDB source's sorted path."""
+    from cdm_fixtures import load_postgres_cdm
+    load_postgres_cdm(pg_url, pg_schema, "5.4")
+    monkeypatch.setattr(meds_adapter, "PERSONS_PER_BUCKET", 4)
+    pg = omop.extract(pg_url, None, meds_out=tmp_path / "pg", cdm_schema=pg_schema, progress=False,
+                      batch_rows=5000)
+    duck = omop.extract(synthea_dir, None, meds_out=tmp_path / "duck", progress=False)
+    assert pg.meds["rows"] == duck.meds["rows"] > 26_000 and pg.events_out == duck.events_out
+    validate_meds_dataset(tmp_path / "pg")
+    for f in sorted((tmp_path / "duck" / "data").glob("*.parquet")):
+        assert pq.read_table(tmp_path / "pg" / "data" / f.name).equals(pq.read_table(f))
+    assert pg.quarantined_by_reason == duck.quarantined_by_reason and pg.checks == duck.checks
 
 
 def test_extract_meds_out_passes_schemas_and_cohort_filter(tmp_path):
@@ -279,3 +321,57 @@ def test_private_folders_of_another_host_are_left_alone(eunomia_events, tmp_path
     dead_here.rename(out / ".tmp-999999999-abcdef56")        # a pid no process has here
     to_meds(eunomia_events, out, rows_per_shard=50_000)
     assert _leftovers(out) == [".tmp-1-abcdef12"]
+
+
+def test_extract_meds_out_of_a_messy_cdm_equals_extract_then_to_meds(tmp_path):
+    """Bad rows of every kind (null dates and persons, unknown persons, dates out of range, exact duplicates, a
+    datetime on another day) and a header-only table: the sorted path quarantines, notes and counts exactly as
+    the event directory does, and writes the same MEDS rows, shard for shard."""
+    from cdm_fixtures import build_duckdb_cdm
+    db = build_duckdb_cdm(tmp_path / "messy.duckdb", "5.4", schema="cdm")
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE cdm.condition_occurrence ALTER condition_start_date DROP NOT NULL")
+    con.execute("ALTER TABLE cdm.drug_exposure ALTER person_id DROP NOT NULL")
+    first = "(SELECT {id} FROM cdm.{t} ORDER BY 1 LIMIT {n})"
+    con.execute("UPDATE cdm.condition_occurrence SET condition_start_date = NULL, condition_start_datetime = NULL "
+                "WHERE condition_occurrence_id IN " + first.format(id="condition_occurrence_id",
+                                                                  t="condition_occurrence", n=5))
+    con.execute("UPDATE cdm.drug_exposure SET person_id = NULL WHERE drug_exposure_id IN "
+                + first.format(id="drug_exposure_id", t="drug_exposure", n=3))
+    con.execute("UPDATE cdm.procedure_occurrence SET person_id = 999999 WHERE procedure_occurrence_id IN "
+                + first.format(id="procedure_occurrence_id", t="procedure_occurrence", n=2))
+    con.execute("UPDATE cdm.measurement SET measurement_date = DATE '1700-01-01', measurement_datetime = NULL "
+                "WHERE measurement_id IN " + first.format(id="measurement_id", t="measurement", n=4))
+    con.execute("UPDATE cdm.drug_exposure SET drug_exposure_start_datetime = drug_exposure_start_datetime "
+                "+ INTERVAL 3 DAY WHERE drug_exposure_id IN " + first.format(id="drug_exposure_id",
+                                                                            t="drug_exposure", n=10))
+    con.execute("INSERT INTO cdm.condition_occurrence SELECT * FROM cdm.condition_occurrence "
+                "WHERE condition_start_date IS NOT NULL ORDER BY condition_occurrence_id LIMIT 3")
+    con.execute("DELETE FROM cdm.observation")
+    con.close()
+    args = dict(cdm_schema="cdm", progress=False, rows_per_shard=5_000)
+    one = omop.extract(db, None, meds_out=tmp_path / "one", **args)
+    two = omop.extract(db, tmp_path / "ev", **args)
+    to_meds(tmp_path / "ev", tmp_path / "two", rows_per_shard=5_000)
+    reasons = one.quarantined_by_reason
+    assert reasons["condition_occurrence: null condition_start_date"] == 5
+    assert reasons["condition_occurrence: duplicate condition_occurrence_id"] == 3
+    assert reasons["drug_exposure: null person_id"] == 3
+    assert reasons["procedure_occurrence: person_id not in person table"] == 2
+    assert any(k.startswith("drug_exposure: drug_exposure_start_datetime ignored") for k in one.notes)
+    for key in ("events_in", "events_out", "events_by_domain", "quarantined", "quarantined_by_reason", "notes",
+                "checks", "visits", "rebuilt_visits", "persons"):
+        assert getattr(one, key) == getattr(two, key), key
+    assert one.events_in == one.events_out + one.quarantined
+    validate_meds_dataset(tmp_path / "one")
+    shards = sorted((tmp_path / "two" / "data").glob("*.parquet"))
+    assert len(shards) > 3 and [f.name for f in sorted((tmp_path / "one" / "data").glob("*.parquet"))] == \
+        [f.name for f in shards]
+    for f in shards:
+        assert pq.read_table(tmp_path / "one" / "data" / f.name).equals(pq.read_table(f))
+    con = duckdb.connect()
+    q = [f"SELECT source, row, subject_id, time, code, reason FROM read_parquet('{p}')"
+         for p in (tmp_path / "one" / "quarantine.parquet", tmp_path / "ev" / "quarantine-*.parquet")]
+    assert con.execute(f"SELECT COUNT(*) FROM ({q[0]} EXCEPT ALL {q[1]})").fetchone()[0] == 0
+    assert con.execute(f"SELECT COUNT(*) FROM ({q[1]} EXCEPT ALL {q[0]})").fetchone()[0] == 0
+    assert con.execute(f"SELECT COUNT(*) FROM ({q[0]})").fetchone()[0] == 5 + 3 + 3 + 2 + 4 + 108

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,13 +22,14 @@ from tqdm.auto import tqdm
 from omop_behrt import __version__
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, CohortTable
-from omop_behrt.db.database import Database, SourceError, load_sql, render
+from omop_behrt.db.database import Database, SourceError, load_sql, quote, render
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
                       PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, fill_rebuilt_visits, writable_dir,
                       write_table)
 from omop_behrt.adapters.omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START,
                                               EventTable, ExtractOptions, ExtractSummary, duplicate_counts,
-                                              events_sql, notes_sql, observation_periods_sql, persons_sql)
+                                              events_sql, notes_sql, observation_periods_sql, persons_sql,
+                                              staged_sql)
 
 __all__ = ["extract", "ExtractOptions", "ExtractSummary", "EventTable", "EVENT_TABLES", "DOMAINS",
            "VALID_START", "VALID_END", "fingerprint"]
@@ -313,13 +316,15 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             continue
         skipped.pop(d, None)
         todo.append(spec)
-    if sink is not None and sink.fused:         # MEDS from DuckDB: every table in one sorted query
-        done.update(sink.extract(cdm, todo, options, out, batch_rows, progress))
-        out.write_manifest()
-    for spec in todo if sink is None or not sink.fused else []:
-        done[spec.domain] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
-                             _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress, sink))
-        out.write_manifest()
+    with _staged_joins(cdm, options, bool(todo) and not spark) as staged:
+        if sink is not None and sink.fused:     # MEDS from DuckDB: every table sorted inside DuckDB
+            done.update(sink.extract(cdm, todo, options, out, batch_rows, progress, staged))
+            out.write_manifest()
+        for spec in todo if sink is None or not sink.fused else []:
+            done[spec.domain] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
+                                 _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress,
+                                                sink, staged))
+            out.write_manifest()
     if sink is not None:
         sink.complete = True
 
@@ -339,6 +344,28 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     return summary
 
 
+#: the temporary tables of _staged_joins: person status, observation gaps
+STAGED_JOINS = ("omop_behrt_person_status", "omop_behrt_observation_gaps")
+
+
+@contextmanager
+def _staged_joins(cdm: OmopCdm, options: ExtractOptions, wanted: bool = True) -> Iterator[tuple[str, str] | None]:
+    """The person status and observation gaps every table's events join, made once as temporary tables of an
+    in-process DuckDB (not once per table inside its query); None for a server, whose calls do not share one
+    connection's temporary tables."""
+    if not wanted or cdm.db.duck is None:
+        yield None
+        return
+    (status, params), gaps = staged_sql(cdm, options)
+    try:
+        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[0])} AS {status}", params)
+        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[1])} AS {gaps}")
+        yield STAGED_JOINS
+    finally:
+        for t in STAGED_JOINS:
+            cdm.db.duck.execute(f"DROP TABLE IF EXISTS temp.{quote(t)}").fetchall()
+
+
 def _filters_record(options: ExtractOptions) -> dict:
     """The options as the manifest shows them (index dates as a count)."""
     return {k: (list(v) if isinstance(v, (list, tuple)) else
@@ -347,11 +374,11 @@ def _filters_record(options: ExtractOptions) -> dict:
 
 
 def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out: EventDir, batch_rows: int,
-                   rows_per_shard: int, progress: bool, sink=None) -> dict:
+                   rows_per_shard: int, progress: bool, sink=None, staged: tuple[str, str] | None = None) -> dict:
     """Stream one clinical table into event shards (or ``sink``) and its quarantine file; return its part."""
     _remove_partial(out, spec.table)
     duplicates, shared_ids = duplicate_counts(cdm, spec) if options.check_duplicates else (0, 0)
-    sql, params = events_sql(cdm, spec, options, duplicates=duplicates > 0)
+    sql, params = events_sql(cdm, spec, options, duplicates=duplicates > 0, staged=staged)
     total = cdm.db.scalar(f"SELECT COUNT(*) FROM {cdm.qtable(spec.table)}") if cdm.db.cheap_count else None
     writer = ShardWriter(out.events_dir, spec.table, EVENTS_SCHEMA, rows_per_shard) if sink is None else sink
     quarantine: list[pa.Table] = []

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from omop_behrt.adapters import meds
 from omop_behrt.adapters.omop import (_QUERY_SCHEMA, ExtractOptions, ExtractSummary, _extract,
                                       _quarantine_rows)
-from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql, staged_sql
+from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import Database, arrow_reader, prefetch, quote, sql_literal
 from omop_behrt.events import (_DAY_US, EventDir, fill_rebuilt_visits, rebuilt_visit_ids, writable_dir,
@@ -103,9 +103,9 @@ class MedsSink:
         return self.sorted is not None
 
     def extract(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions, out: EventDir,
-                batch_rows: int, progress: bool) -> dict[str, dict]:
+                batch_rows: int, progress: bool, staged: tuple[str, str] | None) -> dict[str, dict]:
         assert self.sorted is not None
-        return self.sorted.extract(cdm, specs, options, out, batch_rows, progress)
+        return self.sorted.extract(cdm, specs, options, out, batch_rows, progress, staged)
 
     def plan(self, subject_ids: np.ndarray) -> None:
         if self.sorted is None:
@@ -132,7 +132,7 @@ class SortedMeds:
 
     #: events per subject range sorted at a time (DuckDB spills past its memory limit in any case)
     ROWS_PER_BUCKET = 2_000_000
-    _STATUS, _GAPS, _EVENTS = "omop_behrt_person_status", "omop_behrt_observation_gaps", "omop_behrt_events"
+    _EVENTS = "omop_behrt_events"
 
     def __init__(self, meds_out: Path, rows_per_shard: int):
         self.meds_out = meds_out
@@ -143,36 +143,35 @@ class SortedMeds:
                                         "concept_id": pa.array([], pa.int64())})
 
     def extract(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions, out: EventDir,
-                batch_rows: int, progress: bool) -> dict[str, dict]:
+                batch_rows: int, progress: bool, staged: tuple[str, str] | None) -> dict[str, dict]:
         """Sort the tables ``specs`` and the persons of ``out`` into the MEDS shards; returns each table's part
-        of the manifest (as _extract_table's) and writes its quarantine file."""
+        of the manifest (as _extract_table's) and writes its quarantine file. ``staged``: the joins made once
+        (omop._staged_joins)."""
         con = cdm.db.duck
         # without insertion order to keep DuckDB fills and sorts in parallel, and spills past its memory limit
         keep = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0])
         con.execute("SET preserve_insertion_order = false").fetchall()
         try:
-            shared = self._stage(cdm, specs, options)
+            shared = self._stage(cdm, specs, options, staged)
             parts = self._counts(cdm, specs, out, shared)
             self._sort(cdm, out, batch_rows, progress)
         finally:
-            for t in (self._EVENTS, self._STATUS, self._GAPS):
-                con.execute(f"DROP TABLE IF EXISTS temp.{quote(t)}").fetchall()
+            con.execute(f"DROP TABLE IF EXISTS temp.{quote(self._EVENTS)}").fetchall()
             con.execute(f"SET preserve_insertion_order = {str(keep).lower()}").fetchall()
         self.files = self.shards.close()
         return parts
-    def _stage(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions) -> dict[str, int]:
-        """The temporary tables: person status, observation gaps, then every table's events (column ``part``:
-        the table's index in ``specs``); returns each table's rows sharing their id with another record."""
-        (status, params), gaps = staged_sql(cdm, options)
-        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(self._STATUS)} AS {status}", params)
-        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(self._GAPS)} AS {gaps}")
+
+    def _stage(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions,
+               staged: tuple[str, str] | None) -> dict[str, int]:
+        """Every table's events in one temporary table (column ``part``: the table's index in ``specs``);
+        returns each table's rows sharing their id with another record."""
         shared = {}
         events = quote(self._EVENTS)
         cols = f"{meds.EVENT_COLUMNS_SQL}, row_key, reason, time_note, outside_op"
         for k, spec in enumerate(specs):
             duplicates, shared[spec.domain] = (duplicate_counts(cdm, spec) if options.check_duplicates
                                                else (0, 0))
-            sql, p = events_sql(cdm, spec, options, duplicates=duplicates > 0, staged=(self._STATUS, self._GAPS))
+            sql, p = events_sql(cdm, spec, options, duplicates=duplicates > 0, staged=staged)
             head = f"CREATE OR REPLACE TEMP TABLE {events} AS" if k == 0 else f"INSERT INTO {events}"
             cdm.db.execute(f"{head} SELECT {cols}, {k} AS part FROM ({sql}) e", p)
         if not specs:

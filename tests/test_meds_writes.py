@@ -7,6 +7,7 @@ the writer, and every dataset passes the official validator (tests/test_meds_val
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,16 +101,31 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
     assert "MEDS" in summary.table()
 
 
-def test_extract_meds_out_leaves_the_sources_connection_as_it_was(eunomia_db, tmp_path):
-    """The sorted path works in temporary tables of the source's own connection: afterwards none is left and the
-    insertion-order setting it lowers is back."""
+def test_extract_leaves_the_sources_connection_as_it_was(eunomia_db, tmp_path, monkeypatch):
+    """Both paths work in temporary tables of the source's own connection (the joins every table shares, the staged
+    events): afterwards none is left, also after a failure, and the insertion-order setting lowered is back."""
+    from omop_behrt.adapters import omop_meds
     from omop_behrt.db.database import Database
     db = Database.connect(eunomia_db)
     db.duck.execute("SET preserve_insertion_order = true")
+    made = []
+    real = Database.execute
+
+    def spy(self, sql, params=None):
+        made.extend(re.findall(r'"(omop_behrt_\w+)"', sql))
+        return real(self, sql, params)
+    monkeypatch.setattr(Database, "execute", spy)
     omop.extract(db, None, meds_out=tmp_path / "m", progress=False)
+    omop.extract(db, tmp_path / "ev", progress=False)
+
+    def fail(*a):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(omop_meds.SortedMeds, "_sort", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        omop.extract(db, None, meds_out=tmp_path / "m2", progress=False)
+    assert set(made) == {"omop_behrt_person_status", "omop_behrt_observation_gaps", "omop_behrt_events"}
     assert db.duck.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0] is True
-    left = db.duck.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
-    assert left == []
+    assert db.duck.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall() == []
     db.close()
 
 

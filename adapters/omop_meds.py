@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from omop_behrt.adapters import meds
@@ -24,8 +25,7 @@ from omop_behrt.adapters.omop import (_QUERY_SCHEMA, ExtractOptions, ExtractSumm
 from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import Database, arrow_reader, prefetch, quote, sql_literal
-from omop_behrt.events import (_DAY_US, EventDir, fill_rebuilt_visits, rebuilt_visit_ids, writable_dir,
-                               write_table)
+from omop_behrt.events import EventDir, fill_rebuilt_visits, writable_dir, write_table
 
 #: the sorted query's columns: the events' and the persons' MEDS columns, the extraction's own, and ``part`` (which
 #: table a row comes from: its index in the query, the persons' rows last)
@@ -139,6 +139,7 @@ class SortedMeds:
         self.work = meds.private_folder(meds_out)
         self.shards = meds.MedsShards(self.work, rows_per_shard)
         self.files: list[Path] = []
+        self._visits: list[np.ndarray] = []
         self._code_concepts = pa.table({"code": pa.array([], pa.string()),
                                         "concept_id": pa.array([], pa.int64())})
 
@@ -195,16 +196,11 @@ class SortedMeds:
         bad = cdm.db.query(f"SELECT part, subject_id, time, code, row_key, reason FROM {events} "
                            f"WHERE reason IS NOT NULL ORDER BY part, subject_id, time, row_key, reason")
         part_of = bad.column("part").to_numpy(zero_copy_only=False)
-        # the visit ids the events carry (real, and rebuilt from their (subject, day)) for the summary's counts,
+        # the real visit ids the events carry (the rebuilt ones are gathered by _sort), for the summary's counts,
         # and the (code, concept) pairs codes.parquet describes
         good = f"{events} WHERE reason IS NULL"
-        real = cdm.db.query(f"SELECT DISTINCT visit_id FROM {good} AND visit_id IS NOT NULL AND domain <> 'visit'")
-        days = cdm.db.query(f"SELECT DISTINCT subject_id, date_diff('day', DATE '1970-01-01', CAST(time AS DATE)) "
-                            f"AS day FROM {good} AND visit_id IS NULL AND time IS NOT NULL")
-        rebuilt = rebuilt_visit_ids(days.column(0).to_numpy(), days.column(1).to_numpy() * _DAY_US)
-        state = out.path / ".state"
-        state.mkdir(exist_ok=True)
-        np.save(state / "visits-meds.npy", np.concatenate([real.column(0).to_numpy(), rebuilt]).astype(np.int64))
+        self._visits = [cdm.db.query(f"SELECT DISTINCT visit_id FROM {good} AND visit_id IS NOT NULL "
+                                     "AND domain <> 'visit'").column(0).to_numpy()]
         self._code_concepts = cdm.db.query(f"SELECT DISTINCT code, concept_id FROM {good} AND concept_id IS NOT "
                                            "NULL AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2")
         parts = {}
@@ -244,9 +240,22 @@ class SortedMeds:
         with tqdm(total=total, desc="sort into MEDS", unit="event", unit_scale=True, disable=not progress,
                   leave=False) as bar:
             # DuckDB sorts the next range (in its own thread) while this one writes the last range's batches
+            last = None
             for batch in prefetch(ranges()):
-                self.shards.write(fill_rebuilt_visits(batch))
+                rebuilt = pc.and_(pc.is_null(batch.column("visit_id")), pc.is_valid(batch.column("domain")))
+                batch = fill_rebuilt_visits(batch)
+                # a (subject, day)'s rebuilt rows are adjacent (sorted by subject and time): its id where it starts
+                ids = batch.column("visit_id").filter(pc.and_(rebuilt, pc.is_valid(batch.column("time"))))
+                ids = ids.to_numpy(zero_copy_only=False)
+                if len(ids):
+                    starts = np.concatenate([[ids[0] != last], ids[1:] != ids[:-1]])
+                    self._visits.append(ids[starts])
+                    last = ids[-1]
+                self.shards.write(batch)
                 bar.update(batch.num_rows)
+        state = out.path / ".state"
+        state.mkdir(exist_ok=True)
+        np.save(state / "visits-meds.npy", np.concatenate(self._visits).astype(np.int64))
 
     def code_concepts(self) -> pa.Table:
         """Distinct (code, concept_id) of the events with a concept (what codes.parquet describes)."""

@@ -22,7 +22,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from omop_behrt.db.database import arrow_reader, sql_literal
 from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
@@ -276,6 +275,7 @@ def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_
     if not files:
         raise FileNotFoundError(f"{meds} is not a MEDS dataset: no {meds}/data/**/*.parquet")
     con = duckdb.connect()
+    import pyarrow.dataset as ds
     con.register("m", ds.dataset([str(f) for f in files], format="parquet"))
     cols = {r[0] for r in con.execute("DESCRIBE m").fetchall()}
     for need in ("subject_id", "time", "code"):

@@ -19,13 +19,15 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 #: Domains an event may belong to. ``death`` holds causes of death; the death itself is persons.death_date.
 DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "device", "visit", "death",
@@ -317,6 +319,7 @@ class EventDir:
 
     def events(self) -> ds.Dataset:
         """All events as a lazily read Arrow dataset (stream it with ``.to_batches()``)."""
+        import pyarrow.dataset as ds      # here: it imports pandas (0.2 s), which extraction never needs
         return ds.dataset([str(f) for f in self.event_files()], schema=EVENTS_SCHEMA, format="parquet")
 
     def read_events(self, columns: list[str] | None = None) -> pa.Table:
@@ -353,7 +356,9 @@ class EventDir:
         """The clinical notes as a lazily read Arrow dataset (empty when extraction took none)."""
         files = self.note_files()
         if not files:
+            import pyarrow.dataset as ds
             return ds.dataset(NOTES_SCHEMA.empty_table())
+        import pyarrow.dataset as ds
         return ds.dataset([str(f) for f in files], schema=NOTES_SCHEMA, format="parquet")
 
     def descriptions(self) -> pa.Table:

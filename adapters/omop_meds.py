@@ -150,7 +150,7 @@ class SortedMeds:
         (omop._staged_joins)."""
         con = cdm.db.duck
         # without insertion order to keep DuckDB fills and sorts in parallel, and spills past its memory limit
-        keep = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0])
+        keep = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
         con.execute("SET preserve_insertion_order = false").fetchall()
         try:
             shared = self._stage(cdm, specs, options, staged)

@@ -391,3 +391,19 @@ def test_extract_meds_out_of_a_messy_cdm_equals_extract_then_to_meds(tmp_path):
     assert con.execute(f"SELECT COUNT(*) FROM ({q[0]} EXCEPT ALL {q[1]})").fetchone()[0] == 0
     assert con.execute(f"SELECT COUNT(*) FROM ({q[1]} EXCEPT ALL {q[0]})").fetchone()[0] == 0
     assert con.execute(f"SELECT COUNT(*) FROM ({q[0]})").fetchone()[0] == 5 + 3 + 3 + 2 + 4 + 108
+
+
+def test_extract_meds_out_with_no_table_or_no_person(eunomia_db, tmp_path):
+    """No table of --domains in the CDM: the persons' rows alone (birth, sex, source id per person); an empty
+    selection with --allow-empty: one empty shard. Both pass the validator."""
+    s = omop.extract(eunomia_db, None, meds_out=tmp_path / "dev", progress=False,
+                     options=omop.ExtractOptions(domains=["device"]))
+    assert s.skipped == {"device": "table device_exposure has no CDM columns"} and s.events_out == 0
+    assert s.meds["rows"] == 3 * 2694 and s.meds["subjects"] == 2694
+    codes = pq.read_table(tmp_path / "dev" / "metadata" / "codes.parquet")["code"].to_pylist()
+    assert codes == ["MEDS_BIRTH", "PERSON/SOURCE_ID", "SEX/F", "SEX/M"]
+    validate_meds_dataset(tmp_path / "dev")
+    s = omop.extract(eunomia_db, None, meds_out=tmp_path / "none", progress=False,
+                     options=omop.ExtractOptions(person_ids=[999_999_999], allow_empty=True))
+    assert s.meds["rows"] == s.meds["subjects"] == 0 and s.meds["shards"] == 1
+    assert [t.num_rows for t in validate_meds_dataset(tmp_path / "none")] == [0]

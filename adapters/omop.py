@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -22,14 +20,14 @@ from tqdm.auto import tqdm
 from omop_behrt import __version__
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, CohortTable
-from omop_behrt.db.database import Database, SourceError, load_sql, quote, render
+from omop_behrt.db.database import Database, SourceError, load_sql, render
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
                       PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, fill_rebuilt_visits, writable_dir,
                       write_table)
 from omop_behrt.adapters.omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START,
                                               EventTable, ExtractOptions, ExtractSummary, duplicate_counts,
                                               events_sql, notes_sql, observation_periods_sql, persons_sql,
-                                              staged_sql)
+                                              staged_joins)
 
 __all__ = ["extract", "ExtractOptions", "ExtractSummary", "EventTable", "EVENT_TABLES", "DOMAINS",
            "VALID_START", "VALID_END", "fingerprint"]
@@ -218,7 +216,7 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     """The extraction itself; :func:`extract` only turns a database's Ctrl-C error into KeyboardInterrupt.
 
     ``sink`` (omop_meds.MedsSink) receives the events instead of event shards (not from Spark, whose executors
-    write the shards): one sorted query for every table when it is ``fused``, else batch by batch.
+    write the shards): every table at once when it is ``fused`` (sorted inside DuckDB), else batch by batch.
     """
     t0 = time.perf_counter()
     options.check()
@@ -316,7 +314,7 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             continue
         skipped.pop(d, None)
         todo.append(spec)
-    with _staged_joins(cdm, options, bool(todo) and not spark) as staged:
+    with staged_joins(cdm, options, bool(todo) and not spark) as staged:
         if sink is not None and sink.fused:     # MEDS from DuckDB: every table sorted inside DuckDB
             done.update(sink.extract(cdm, todo, options, out, batch_rows, progress, staged))
             out.write_manifest()
@@ -342,28 +340,6 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     manifest["summary"] = summary.as_dict()
     out.write_manifest()
     return summary
-
-
-#: the temporary tables of _staged_joins: person status, observation gaps
-STAGED_JOINS = ("omop_behrt_person_status", "omop_behrt_observation_gaps")
-
-
-@contextmanager
-def _staged_joins(cdm: OmopCdm, options: ExtractOptions, wanted: bool = True) -> Iterator[tuple[str, str] | None]:
-    """The person status and observation gaps every table's events join, made once as temporary tables of an
-    in-process DuckDB (not once per table inside its query); None for a server, whose calls do not share one
-    connection's temporary tables."""
-    if not wanted or cdm.db.duck is None:
-        yield None
-        return
-    (status, params), gaps = staged_sql(cdm, options)
-    try:
-        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[0])} AS {status}", params)
-        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[1])} AS {gaps}")
-        yield STAGED_JOINS
-    finally:
-        for t in STAGED_JOINS:
-            cdm.db.duck.execute(f"DROP TABLE IF EXISTS temp.{quote(t)}").fetchall()
 
 
 def _filters_record(options: ExtractOptions) -> dict:

@@ -1,12 +1,13 @@
 """OMOP CDM -> MEDS 0.4 from the extraction's own pass (``extract --meds-out``), with or without an event directory.
 
-MEDS only, from a DuckDB source (a DuckDB file, a CSV/Parquet folder): every table's events and the persons' rows
-are one sorted query inside DuckDB (spilling past the memory limit), streamed once into the MEDS shards; the bad
-rows ride along with their reason and go to the quarantine. From a server (PostgreSQL, ...), whose query cannot
-see the persons written here, the streamed batches are spilled once (lz4, by subject range) and sorted bucket by
-bucket (meds.EventTable). The persons and manifest of the run live in a private folder that is removed; its
-quarantine goes to ``<meds_out>/quarantine.parquet``. With an event directory too, the sort reads its shards
-(to_meds): writing the events twice would cost more than reading them once.
+MEDS only, from a DuckDB source (a DuckDB file, a CSV/Parquet folder): every table's events are staged in one
+temporary table inside DuckDB, then sorted with the persons' rows subject range by subject range and streamed
+once into the MEDS shards (SortedMeds); nothing goes through Python but the sorted batches. From a server
+(PostgreSQL, ...), whose queries cannot see the persons written here, the streamed batches are spilled once (lz4,
+by subject range) and sorted bucket by bucket (meds.EventTable). The persons and manifest of the run live in a
+private folder that is removed; its quarantine goes to ``<meds_out>/quarantine.parquet``. With an event
+directory too, the sort reads its shards (to_meds): writing the events twice would cost more than reading them
+once.
 """
 from __future__ import annotations
 
@@ -20,18 +21,11 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from omop_behrt.adapters import meds
-from omop_behrt.adapters.omop import (_QUERY_SCHEMA, ExtractOptions, ExtractSummary, _extract,
-                                      _quarantine_rows)
+from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _extract, _quarantine_rows
 from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import Database, arrow_reader, prefetch, quote, sql_literal
 from omop_behrt.events import EventDir, fill_rebuilt_visits, writable_dir, write_table
-
-#: the sorted query's columns: the events' and the persons' MEDS columns, the extraction's own, and ``part`` (which
-#: table a row comes from: its index in the query, the persons' rows last)
-_SORTED_SCHEMA = pa.schema([f.with_nullable(True) for f in meds._meds_schema()]
-                           + [_QUERY_SCHEMA.field(c) for c in ("row_key", "reason", "time_note", "outside_op")]
-                           + [pa.field("part", pa.int32())])
 
 
 def extract_meds(source: "str | Path | Database", out: str | Path | None, meds_out: str | Path,
@@ -84,8 +78,9 @@ def extract_meds(source: "str | Path | Database", out: str | Path | None, meds_o
 
 
 class MedsSink:
-    """Where ``_extract`` sends a MEDS-only extraction's events: :meth:`start` picks the one sorted query for a
-    DuckDB source (:attr:`sorted`, ``fused``) or the spill (:attr:`spill`, a meds.EventTable) for a server."""
+    """Where ``_extract`` sends a MEDS-only extraction's events: :meth:`start` picks DuckDB's own staging and sort
+    for a DuckDB source (:attr:`sorted`; then :attr:`fused` and :meth:`extract` takes every table at once) or
+    the spill (:attr:`spill`, a meds.EventTable, fed batch by batch through :meth:`write`) for a server."""
 
     def __init__(self, work: Path, meds_out: Path, rows_per_shard: int, memory_limit: str | None):
         self.work, self.meds_out, self.rows_per_shard = work, meds_out, rows_per_shard
@@ -100,6 +95,7 @@ class MedsSink:
 
     @property
     def fused(self) -> bool:
+        """Whether the extraction hands over every table at once (:meth:`extract`) instead of batches."""
         return self.sorted is not None
 
     def extract(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions, out: EventDir,
@@ -138,7 +134,6 @@ class SortedMeds:
         self.meds_out = meds_out
         self.work = meds.private_folder(meds_out)
         self.shards = meds.MedsShards(self.work, rows_per_shard)
-        self.files: list[Path] = []
         self._visits: list[np.ndarray] = []
         self._code_concepts = pa.table({"code": pa.array([], pa.string()),
                                         "concept_id": pa.array([], pa.int64())})
@@ -147,7 +142,7 @@ class SortedMeds:
                 batch_rows: int, progress: bool, staged: tuple[str, str] | None) -> dict[str, dict]:
         """Sort the tables ``specs`` and the persons of ``out`` into the MEDS shards; returns each table's part
         of the manifest (as _extract_table's) and writes its quarantine file. ``staged``: the joins made once
-        (omop._staged_joins)."""
+        (omop_queries.staged_joins)."""
         con = cdm.db.duck
         # without insertion order to keep DuckDB fills and sorts in parallel, and spills past its memory limit
         keep = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
@@ -159,7 +154,7 @@ class SortedMeds:
         finally:
             con.execute(f"DROP TABLE IF EXISTS temp.{quote(self._EVENTS)}").fetchall()
             con.execute(f"SET preserve_insertion_order = {str(keep).lower()}").fetchall()
-        self.files = self.shards.close()
+        self.shards.close()
         return parts
 
     def _stage(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions,

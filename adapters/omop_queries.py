@@ -4,12 +4,14 @@ that reads it.
 The SQL is in ``sql/omop/``; this module only fills in validated, quoted identifiers (looked up in the
 database's catalogue, any case) and collects the bound values. Every value is typed with ``OmopCdm.cast``
 (NULL where it does not parse), so a bad value makes a quarantine row with a reason instead of aborting.
+The queries run here are the ones that shape the others: the duplicate-id checks and the joins staged once.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 
@@ -394,6 +396,28 @@ def staged_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[tuple[str, dict],
     """The person status (with its bind parameters) and observation gaps queries every table's events join:
     made into tables once for :func:`events_sql`'s ``staged``."""
     return person_status_sql(cdm, options), render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm))
+
+
+#: the temporary tables of staged_joins: person status, observation gaps
+STAGED_JOINS = ("omop_behrt_person_status", "omop_behrt_observation_gaps")
+
+
+@contextmanager
+def staged_joins(cdm: OmopCdm, options: ExtractOptions, wanted: bool = True) -> Iterator[tuple[str, str] | None]:
+    """The person status and observation gaps every table's events join, made once as temporary tables of an
+    in-process DuckDB (not once per table inside its query); None for a server, whose calls do not share one
+    connection's temporary tables."""
+    if not wanted or cdm.db.duck is None:
+        yield None
+        return
+    (status, params), gaps = staged_sql(cdm, options)
+    try:
+        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[0])} AS {status}", params)
+        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[1])} AS {gaps}")
+        yield STAGED_JOINS
+    finally:
+        for t in STAGED_JOINS:
+            cdm.db.duck.execute(f"DROP TABLE IF EXISTS temp.{quote(t)}").fetchall()
 
 
 def notes_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[str, dict]:

@@ -358,3 +358,16 @@ def test_server_query_without_rows_keeps_its_columns(pg_url):
     t = db.query("SELECT 1 AS concept_id, 'x' AS name WHERE 1 = 0")
     assert t.column_names == ["concept_id", "name"] and t.num_rows == 0
     assert dict(zip(t["concept_id"].to_pylist(), t["name"].to_pylist())) == {}
+
+
+def test_sources_we_open_keep_duckdbs_own_progress_bar_off(eunomia_db, synthea_dir, tmp_path):
+    """DuckDB prints its own progress bar to stdout for queries over 2 s, whatever ``progress`` asked for (seen in
+    bench logs); every DuckDB connection opened for a source turns it off (our commands show their own)."""
+    from omop_behrt.db.database import Database
+    for source in (eunomia_db, synthea_dir, f"duckdb:///{tmp_path}/x.duckdb"):
+        db = Database.connect(source)
+        assert db.duck.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)], source
+        db.close()
+    db = Database.connect(tmp_path / "new.duckdb", read_only=False)
+    assert db.duck.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+    db.close()

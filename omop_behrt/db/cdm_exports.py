@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from omop_behrt.db.cdm import READ_AS, ddl_kind, ddl_types, detect_version, type_kind
-from omop_behrt.db.database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, sql_literal, quote
+from omop_behrt.db.database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, quiet, quote, sql_literal
 
 _CSV_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv")
 _EXPECTED_NAMES = "TABLE.csv, .csv.gz, .tsv, .tsv.gz, .parquet or a folder of .parquet files"
@@ -78,7 +78,7 @@ def _check_parquet(parts: list[Path]) -> None:
 def open_folder(folder: Path) -> Database:
     """Expose every PERSON.csv(.gz)/person.parquet export of ``folder`` as a view named after it, typed by the DDL."""
     import duckdb
-    db = Database(duck=duckdb.connect(), description=str(folder))
+    db = Database(duck=quiet(duckdb.connect()), description=str(folder))
     try:    # DuckDB 2.0 pushes TRY_CAST into the CSV scanner as a strict cast, which then fails on bad text
         db.duck.execute("SET disabled_optimizers = 'type_pushdown'")
     except duckdb.Error:   # a DuckDB without that optimizer: nothing to turn off

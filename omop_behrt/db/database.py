@@ -140,7 +140,7 @@ class Database:
                 raise SourceError(f"{p} is not a DuckDB database, a folder of CDM exports or a SQLAlchemy URL; "
                                   f"for FHIR data pass a Bundle/NDJSON file or folder (--format fhir)")
             try:
-                con = duckdb.connect(str(p), read_only=read_only)
+                con = quiet(duckdb.connect(str(p), read_only=read_only))
             except duckdb.Error as e:
                 raise SourceError(f"cannot open {p} as a DuckDB database: {e}") from None
             db = cls(duck=con, description=str(p))
@@ -149,7 +149,7 @@ class Database:
         if not read_only and p.suffix in (".duckdb", ".db"):
             import duckdb
             p.parent.mkdir(parents=True, exist_ok=True)
-            return cls(duck=duckdb.connect(str(p)), description=str(p))
+            return cls(duck=quiet(duckdb.connect(str(p))), description=str(p))
         raise SourceError(f"source {s!r} is neither an existing DuckDB file, a folder of CDM table exports, "
                           f"nor a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)")
 
@@ -161,7 +161,7 @@ class Database:
             path = url[len("duckdb://"):].lstrip("/") or ":memory:"
             if url.startswith("duckdb:////"):
                 path = "/" + path
-            return cls(duck=duckdb.connect(path), description=url)
+            return cls(duck=quiet(duckdb.connect(path)), description=url)
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]   # psycopg 3 is the driver we ship
         if url.startswith("postgresql+psycopg://") and importlib.util.find_spec("psycopg") is None:
@@ -437,6 +437,13 @@ def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:
     """A streaming Arrow reader over a DuckDB relation (DuckDB 2 renamed fetch_arrow_reader)."""
     fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
     return fetch(batch_rows)
+
+
+def quiet(con):
+    """A DuckDB connection we opened, without DuckDB's own progress bar (it prints to stdout whatever
+    ``progress`` asked for; our commands show their own)."""
+    con.execute("SET enable_progress_bar = false").fetchall()
+    return con
 
 
 def sql_literal(value: str) -> str:

@@ -71,7 +71,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path, monkeypatch,
                                                       rows_per_range):
     """MEDS only (no event directory kept), sorted inside DuckDB in one subject range or in eleven (at most 20,000
-    events each): the same shards as to_meds of the extraction, row for row and in order; same codes, counts,
+    events each, streamed in batches of 7,000): the same shards as to_meds of the extraction, row for row and in order; same codes, counts,
     notes and quarantine; the validator passes."""
     from omop_behrt.adapters import omop_meds
     if rows_per_range:
@@ -82,7 +82,9 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
         ranges.append(batch_rows)
         return meds_adapter.arrow_reader(rel, batch_rows)
     monkeypatch.setattr(omop_meds, "arrow_reader", spy)
-    summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False)
+    # small batches too: a (subject, day)'s rebuilt visit then spans batches, and is still counted once
+    summary = omop.extract(eunomia_db, None, meds_out=tmp_path / "one", rows_per_shard=50_000, progress=False,
+                           batch_rows=7_000 if rows_per_range else 1_000_000)
     assert len(ranges) == (11 if rows_per_range else 1)      # 217,014 events: 11 ranges of about 19,700
     to_meds(eunomia_events, tmp_path / "two", rows_per_shard=50_000)
     assert len(validate_meds_dataset(tmp_path / "one")) == summary.meds["shards"] == 5

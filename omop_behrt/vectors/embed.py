@@ -28,7 +28,7 @@ from omop_behrt.db.database import is_cdm_source as _is_cdm
 from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
                                           run_fingerprint,
                         start_run)
-from omop_behrt.events import EventDir
+from omop_behrt.events import EVENTS_SCHEMA, EventDir, write_table
 from omop_behrt.lock import exclusive_lock
 from omop_behrt.behrt.model import pool
 
@@ -317,7 +317,6 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                exact: bool = False) -> EmbeddingResult:
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
     from omop_behrt.vocab.fallback import site_fallback
-    from omop_behrt.behrt.tokenizer import visit_table
     from omop_behrt.vocab.registry import map_events
     try:
         events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
@@ -330,6 +329,10 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
             map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False, memory_limit="2GB",
                        subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()))
             (token_dir / "complete").write_text("all token shards written\n")
+        visits_file = work / "visits.parquet"         # the cohort's visits, read once (not once per chunk)
+        if not (resume and visits_file.exists()):
+            _cohort_visits(events, np.unique(index["subject_id"].to_numpy()), visits_file)
+        visits_ds = ds.dataset(str(visits_file), format="parquet")
         tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
         row_subject = index["subject_id"].to_numpy()
         row_cut = cut_times(index, inclusive)
@@ -356,7 +359,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                     continue
                 mine = ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64()))
                 tokens = tokens_ds.to_table(filter=mine)
-                visits = visit_table(events.events().filter(mine))
+                visits = visits_ds.to_table(filter=mine)
                 seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],
                                                    mapping=mapping)
                 vec = embed_sequences(model, seqs, pooling=pooling, batch_tokens=batch_tokens, device=dev,
@@ -384,6 +387,27 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cohort_visits(events: EventDir, subjects: np.ndarray, path: Path) -> None:
+    """The visit events (tokenizer.visit_table's columns) of ``subjects``, sorted by subject, to ``path``: one scan
+    of the event directory for the run, each chunk then reading only its own row groups."""
+    import duckdb
+    schema = pa.schema([EVENTS_SCHEMA.field(c).with_nullable(True)
+                        for c in ("subject_id", "visit_id", "time", "end_time")])
+    files = [str(f) for f in events.event_files()]
+    table = schema.empty_table()
+    if files:
+        con = duckdb.connect()
+        try:
+            con.execute("SET enable_progress_bar = false").fetchall()
+            con.register("cohort_subjects", pa.table({"subject_id": pa.array(subjects, pa.int64())}))
+            table = con.sql(f"SELECT {', '.join(schema.names)} FROM read_parquet($f) WHERE domain = 'visit' AND "
+                            "subject_id IN (SELECT subject_id FROM cohort_subjects) ORDER BY subject_id, time, "
+                            "visit_id", params={"f": files}).to_arrow_table().cast(schema)
+        finally:
+            con.close()
+    write_table(table, path)
 
 
 def _as_index(X) -> pa.Table:

@@ -2,6 +2,7 @@
 
     <work>/embed_run.json     the run's fingerprint (source, index rows, model, settings)
     <work>/events, tokens     the censored extraction and its tokens (per person: site-internal)
+    <work>/visits.parquet     the cohort's visits, sorted by person (per person: site-internal)
     <work>/chunks             each finished chunk's vectors
     <work>/.embed.lock        held while a run uses the directory
 
@@ -134,7 +135,7 @@ def check_resume(work: Path, fingerprint: dict) -> None:
                          + "; ".join(diff) + "); run without --resume (or use another --work-dir) to start afresh")
 
 
-_OURS = {"events", "tokens", "chunks", RUN_FILE, LOCK_FILE}
+_OURS = {"events", "tokens", "visits.parquet", "chunks", RUN_FILE, LOCK_FILE}
 
 
 def refuse_foreign(work: Path) -> None:

@@ -71,8 +71,8 @@ def _leftovers(folder: Path) -> list[str]:
 def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events, tmp_path, monkeypatch,
                                                       rows_per_range):
     """MEDS only (no event directory kept), sorted inside DuckDB in one subject range or in eleven (at most 20,000
-    events each, streamed in batches of 7,000): the same shards as to_meds of the extraction, row for row and in order; same codes, counts,
-    notes and quarantine; the validator passes."""
+    events each, streamed in batches of 7,000): the same shards as to_meds of the extraction, row for row and in
+    order; same codes, counts, notes and quarantine; the validator passes."""
     from omop_behrt.adapters import omop_meds
     if rows_per_range:
         monkeypatch.setattr(omop_meds.SortedMeds, "ROWS_PER_BUCKET", rows_per_range)
@@ -409,3 +409,34 @@ def test_extract_meds_out_with_no_table_or_no_person(eunomia_db, tmp_path):
                      options=omop.ExtractOptions(person_ids=[999_999_999], allow_empty=True))
     assert s.meds["rows"] == s.meds["subjects"] == 0 and s.meds["shards"] == 1
     assert [t.num_rows for t in validate_meds_dataset(tmp_path / "none")] == [0]
+
+
+CHILD_EXTRACT = """
+import sys, time
+from omop_behrt.adapters import omop
+start = time.time()
+omop.extract(sys.argv[1], None, meds_out=sys.argv[2], rows_per_shard=int(sys.argv[3]), progress=False)
+print("SPAN", start, time.time())
+"""
+
+
+def test_two_concurrent_extract_meds_out_into_one_folder(eunomia_db, eunomia_events, tmp_path):
+    """Two `extract --meds-out` processes from one DuckDB file into one MEDS folder at once (the sorted path, with
+    different shard sizes so that mixed shards would show): one whole run's dataset, valid, equal to to_meds of
+    the extraction; the quarantine is there once; no private folder is left."""
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD_EXTRACT, str(eunomia_db), str(out), str(size)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for size in (50_000, 30_000)]
+    spans = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        spans.append([float(x) for x in stdout.split("SPAN")[1].split()])
+    assert max(s[0] for s in spans) < min(s[1] for s in spans), f"the runs did not overlap: {spans}"
+    shards = validate_meds_dataset(out)
+    assert len(shards) in (5, 8) and len(shards) == len(list((out / "data").iterdir()))
+    assert_same_rows(out, _one_run(eunomia_events, tmp_path))
+    assert pq.read_table(out / "quarantine.parquet").num_rows == 1         # Eunomia's one drug before birth
+    assert _leftovers(out) == []

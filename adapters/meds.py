@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from omop_behrt.db.database import arrow_reader, sql_literal
+from omop_behrt.db.database import arrow_reader, quiet, sql_literal
 from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
                                fill_rebuilt_visits, validate_events, validate_persons, writable_dir, write_json,
                                write_table)
@@ -70,7 +70,7 @@ def to_meds(events: str | Path | EventDir, out: str | Path, dataset_name: str | 
 
 
 def _connect(memory_limit: str | None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     if memory_limit:
         con.execute(f"SET memory_limit = {sql_literal(memory_limit)}").fetchall()
     return con
@@ -274,7 +274,7 @@ def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_
     files = sorted((meds / "data").rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{meds} is not a MEDS dataset: no {meds}/data/**/*.parquet")
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     import pyarrow.dataset as ds
     con.register("m", ds.dataset([str(f) for f in files], format="parquet"))
     cols = {r[0] for r in con.execute("DESCRIBE m").fetchall()}

@@ -318,11 +318,12 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
         if sink is not None and sink.fused:     # MEDS from DuckDB: every table sorted inside DuckDB
             done.update(sink.extract(cdm, todo, options, out, batch_rows, progress, staged))
             out.write_manifest()
-        for spec in todo if sink is None or not sink.fused else []:
-            done[spec.domain] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark else
-                                 _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard, progress,
-                                                sink, staged))
-            out.write_manifest()
+        else:
+            for spec in todo:
+                done[spec.domain] = (omop_spark.extract_table(cdm, spec, options, out, rows_per_shard) if spark
+                                     else _extract_table(cdm, spec, options, out, batch_rows, rows_per_shard,
+                                                         progress, sink, staged))
+                out.write_manifest()
     if sink is not None:
         sink.complete = True
 

@@ -194,8 +194,8 @@ class SortedMeds:
         # the real visit ids the events carry (the rebuilt ones are gathered by _sort), for the summary's counts,
         # and the (code, concept) pairs codes.parquet describes
         good = f"{events} WHERE reason IS NULL"
-        self._visits = [cdm.db.query(f"SELECT DISTINCT visit_id FROM {good} AND visit_id IS NOT NULL "
-                                     "AND domain <> 'visit'").column(0).to_numpy()]
+        self._visits.append(cdm.db.query(f"SELECT DISTINCT visit_id FROM {good} AND visit_id IS NOT NULL "
+                                         "AND domain <> 'visit'").column(0).to_numpy())
         self._code_concepts = cdm.db.query(f"SELECT DISTINCT code, concept_id FROM {good} AND concept_id IS NOT "
                                            "NULL AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2")
         parts = {}
@@ -237,10 +237,11 @@ class SortedMeds:
             # DuckDB sorts the next range (in its own thread) while this one writes the last range's batches
             last = None
             for batch in prefetch(ranges()):
-                rebuilt = pc.and_(pc.is_null(batch.column("visit_id")), pc.is_valid(batch.column("domain")))
+                had = pc.is_valid(batch.column("visit_id"))
                 batch = fill_rebuilt_visits(batch)
-                # a (subject, day)'s rebuilt rows are adjacent (sorted by subject and time): its id where it starts
-                ids = batch.column("visit_id").filter(pc.and_(rebuilt, pc.is_valid(batch.column("time"))))
+                # the ids it rebuilt; a (subject, day)'s rows are adjacent (sorted by subject and time): keep the
+                # id where it starts
+                ids = batch.column("visit_id").filter(pc.and_(pc.invert(had), pc.is_valid(batch.column("visit_id"))))
                 ids = ids.to_numpy(zero_copy_only=False)
                 if len(ids):
                     starts = np.concatenate([[ids[0] != last], ids[1:] != ids[:-1]])

@@ -354,11 +354,10 @@ class EventDir:
 
     def notes(self) -> ds.Dataset:
         """The clinical notes as a lazily read Arrow dataset (empty when extraction took none)."""
+        import pyarrow.dataset as ds
         files = self.note_files()
         if not files:
-            import pyarrow.dataset as ds
             return ds.dataset(NOTES_SCHEMA.empty_table())
-        import pyarrow.dataset as ds
         return ds.dataset([str(f) for f in files], schema=NOTES_SCHEMA, format="parquet")
 
     def descriptions(self) -> pa.Table:

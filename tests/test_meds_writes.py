@@ -248,16 +248,11 @@ print("SPAN", start, time.time())
 """
 
 
-def test_two_concurrent_to_meds_into_one_folder(eunomia_events, tmp_path):
-    """Two processes write one folder at once (their runs overlap in time), with different shard sizes so that
-    mixed shards would show: the result is one whole run's dataset (5 or 8 shards), valid, equal to a single run;
-    the older dataset's shards are gone, other files in the folder stay."""
-    out = tmp_path / "m"
-    to_meds(eunomia_events, out, rows_per_shard=7_000)            # an older dataset, 32 shards
-    (out / "labels").mkdir()
-    (out / "labels" / "keep.txt").write_text("not ours")
+def _run_overlapping(child: str, source: str, out: Path) -> None:
+    """Run ``child`` twice at once into ``out`` (shard sizes 50,000 and 30,000, so that mixed shards would show);
+    both succeed and their runs overlap in time."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(eunomia_events.path), str(out), str(size)],
+    procs = [subprocess.Popen([sys.executable, "-c", child, source, str(out), str(size)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for size in (50_000, 30_000)]
     spans = []
@@ -266,6 +261,17 @@ def test_two_concurrent_to_meds_into_one_folder(eunomia_events, tmp_path):
         assert p.returncode == 0, stderr[-3000:]
         spans.append([float(x) for x in stdout.split("SPAN")[1].split()])
     assert max(s[0] for s in spans) < min(s[1] for s in spans), f"the runs did not overlap: {spans}"
+
+
+def test_two_concurrent_to_meds_into_one_folder(eunomia_events, tmp_path):
+    """Two processes write one folder at once (their runs overlap in time), with different shard sizes so that
+    mixed shards would show: the result is one whole run's dataset (5 or 8 shards), valid, equal to a single run;
+    the older dataset's shards are gone, other files in the folder stay."""
+    out = tmp_path / "m"
+    to_meds(eunomia_events, out, rows_per_shard=7_000)            # an older dataset, 32 shards
+    (out / "labels").mkdir()
+    (out / "labels" / "keep.txt").write_text("not ours")
+    _run_overlapping(CHILD, str(eunomia_events.path), out)
     shards = validate_meds_dataset(out)
     assert len(shards) in (5, 8) and len(shards) == len(list((out / "data").iterdir()))   # the 32 old ones: gone
     rows, subjects = expected_counts(eunomia_events)
@@ -425,16 +431,7 @@ def test_two_concurrent_extract_meds_out_into_one_folder(eunomia_db, eunomia_eve
     different shard sizes so that mixed shards would show): one whole run's dataset, valid, equal to to_meds of
     the extraction; the quarantine is there once; no private folder is left."""
     out = tmp_path / "m"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD_EXTRACT, str(eunomia_db), str(out), str(size)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for size in (50_000, 30_000)]
-    spans = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr[-3000:]
-        spans.append([float(x) for x in stdout.split("SPAN")[1].split()])
-    assert max(s[0] for s in spans) < min(s[1] for s in spans), f"the runs did not overlap: {spans}"
+    _run_overlapping(CHILD_EXTRACT, str(eunomia_db), out)
     shards = validate_meds_dataset(out)
     assert len(shards) in (5, 8) and len(shards) == len(list((out / "data").iterdir()))
     assert_same_rows(out, _one_run(eunomia_events, tmp_path))

@@ -440,8 +440,8 @@ def arrow_reader(rel, batch_rows: int = 1_000_000) -> pa.RecordBatchReader:
 
 
 def quiet(con):
-    """A DuckDB connection we opened, without DuckDB's own progress bar (it prints to stdout whatever
-    ``progress`` asked for; our commands show their own)."""
+    """A DuckDB connection we opened (for a source, a sort, a mapping), without DuckDB's own progress bar: it
+    prints to stdout whatever ``progress`` asked for; our commands show their own."""
     con.execute("SET enable_progress_bar = false").fetchall()
     return con
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from omop_behrt.tasks.cohorts import INDEX_SCHEMA, index_dates_from_frame
-from omop_behrt.db.database import is_cdm_source as _is_cdm
+from omop_behrt.db.database import is_cdm_source as _is_cdm, quiet
 from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
                                           run_fingerprint,
                         start_run)
@@ -398,9 +398,8 @@ def _cohort_visits(events: EventDir, subjects: np.ndarray, path: Path) -> None:
     files = [str(f) for f in events.event_files()]
     table = schema.empty_table()
     if files:
-        con = duckdb.connect()
+        con = quiet(duckdb.connect())
         try:
-            con.execute("SET enable_progress_bar = false").fetchall()
             con.register("cohort_subjects", pa.table({"subject_id": pa.array(subjects, pa.int64())}))
             table = con.sql(f"SELECT {', '.join(schema.names)} FROM read_parquet($f) WHERE domain = 'visit' AND "
                             "subject_id IN (SELECT subject_id FROM cohort_subjects) ORDER BY subject_id, time, "

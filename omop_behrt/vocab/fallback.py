@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from omop_behrt.behrt.tokenizer import TokenVocabulary
+from omop_behrt.db.database import quiet
 
 #: Vocabularies whose codes nest by prefix (a shorter code is the broader category).
 PREFIX_VOCABS = ("ICD10CM", "ICD10", "ICD9CM", "ICD9", "ICD10PCS", "ICD9Proc", "ICD10GM", "ICD10CN", "ICD10CA",
@@ -87,7 +88,7 @@ def fallback_map(unknown: pa.Array, vocab: TokenVocabulary, cdm: Any = None) -> 
     from omop_behrt.vocab.caliber import caliber_phenotypes
     if len(unknown) == 0:
         return MAPPING_SCHEMA.empty_table()
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     try:
         con.register("u", pa.table({"token": unknown}))
         con.register("k", _known(vocab))
@@ -139,7 +140,7 @@ def coverage(tokens: "pa.Table | ds.Dataset", vocab: TokenVocabulary, mapping: p
     ``min_count`` (default the vocabulary's) are None, and so are their shares: aggregates only.
     """
     min_count = vocab.min_count if min_count is None else min_count
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     try:
         con.register("t", tokens.select(["subject_id", "time", "token"]) if isinstance(tokens, pa.Table) else tokens)
         con.register("k", pa.table({"token": vocab.index}))
@@ -206,7 +207,7 @@ def site_fallback(tokens: ds.Dataset, vocab: TokenVocabulary, subject_id: np.nda
                   fallback: bool = True) -> tuple[pa.Table, dict]:
     """One pass over a site's token shards (an embedding run): the fallback mapping of its distinct unknown
     tokens and the coverage of the events before each subject's latest cut (µs)."""
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     try:
         con.register("t", tokens)
         distinct = con.sql("SELECT DISTINCT token FROM t WHERE token IS NOT NULL").to_arrow_table().column("token")

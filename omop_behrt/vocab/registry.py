@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from omop_behrt.db.database import Database, arrow_reader, load_sql, render
+from omop_behrt.db.database import Database, arrow_reader, load_sql, quiet, render
 from omop_behrt.events import DOMAINS, EVENTS_SCHEMA, EventDir, ShardWriter, conform
 
 ENTRY_POINT_GROUP = "omop_behrt.vocabularies"
@@ -458,9 +458,8 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     if owned:
         from omop_behrt.db.cdm import OmopCdm
         cdm = OmopCdm(cdm)
-    con = duckdb.connect()
+    con = quiet(duckdb.connect())
     try:
-        con.execute("SET enable_progress_bar = false")
         Database(duck=con).limit_memory(memory_limit or None, threads=threads or None)
         n_events = _events_relation(con, events, subjects)
         ctx = MapContext(con, cdm)

@@ -17,7 +17,8 @@ padding share of each side's batches; the sides alternate (each round starts wit
 ``--rounds`` rounds; medians, ratios to HF and the load average at each measurement (``--cpu-time``: per CPU
 second of the process instead of per wall second, for a shared, loaded machine).
 
-    python bench/packing.py [--rounds 3] [--steps 15] [--vocab 600] [--out bench/results/packing.json]
+    python bench/packing.py [--rounds 3] [--steps 15] [--vocab 600] [--precision fp32|bf16]
+                            [--out bench/results/packing.json]
 """
 from __future__ import annotations
 
@@ -74,12 +75,17 @@ def main() -> int:
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--cpu-time", action="store_true", help="tokens per CPU second instead of per wall second")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: every side under torch.autocast(bf16), as pretrain/embed --precision bf16 run ours")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "packing.json")
     args = ap.parse_args()
     global CPU_TIME
     CPU_TIME = args.cpu_time
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    def amp():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     V, bt = args.vocab, args.batch_tokens
     seqs = synthetic(args.sequences, V)
     lengths = seqs.lengths
@@ -112,9 +118,10 @@ def main() -> int:
         t = time.process_time() if CPU_TIME else time.perf_counter()
         for b, (ids, labels) in zip(data, masks):
             chosen = labels != IGNORE
-            h = m(ids, b["ages"], b["segments"], b["positions"], b["attention_mask"], seq_index=b.get("seq_index"),
-                  keep=chosen if keep else None)
-            loss = F.cross_entropy(m.mlm_logits(h if keep else h[chosen]), labels[chosen])
+            with amp():
+                h = m(ids, b["ages"], b["segments"], b["positions"], b["attention_mask"],
+                      seq_index=b.get("seq_index"), keep=chosen if keep else None)
+                loss = F.cross_entropy(m.mlm_logits(h if keep else h[chosen]).float(), labels[chosen])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -126,8 +133,9 @@ def main() -> int:
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
         t = time.process_time() if CPU_TIME else time.perf_counter()
         for b, (ids, labels) in zip(bucketed, masked):
-            out = m(input_ids=ids, attention_mask=b["attention_mask"].long(), token_type_ids=b["segments"],
-                    position_ids=b["positions"].clamp(0, cfg.max_len - 1), labels=labels)
+            with amp():
+                out = m(input_ids=ids, attention_mask=b["attention_mask"].long(), token_type_ids=b["segments"],
+                        position_ids=b["positions"].clamp(0, cfg.max_len - 1), labels=labels)
             opt.zero_grad()
             out.loss.backward()
             opt.step()
@@ -136,7 +144,7 @@ def main() -> int:
     def infer_ours(data, keep: bool = True) -> float:
         m = Behrt(cfg).eval()
         t = time.process_time() if CPU_TIME else time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), amp():
             for b in data:
                 if "seq_index" in b:
                     packed_vectors(m, b, "cls")
@@ -153,7 +161,7 @@ def main() -> int:
     def infer_hf() -> float:
         m = BertModel(hf_cfg).eval()
         t = time.process_time() if CPU_TIME else time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), amp():
             for b in bucketed:
                 m(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
                   token_type_ids=b["segments"], position_ids=b["positions"].clamp(0, cfg.max_len - 1))
@@ -187,7 +195,9 @@ def main() -> int:
     loads = [x["load"] for d in runs.values() for v in d.values() for x in v]
     result = {"sequences": args.sequences, "vocab": V, "batch_tokens": bt, "row_width": width,
               "train_sequences": len(train_idx), "real_tokens": tokens, "padding_share": padding,
-              "threads": torch.get_num_threads(), "clock": "cpu" if CPU_TIME else "wall", "rounds": args.rounds,
+              "threads": torch.get_num_threads(), "precision": args.precision,
+              "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
+              "clock": "cpu" if CPU_TIME else "wall", "rounds": args.rounds,
               "runs": runs,
               "median_tokens_per_s": med,
               "ratio_over_hf": {w: {n: round(v / m["hf"], 2) for n, v in m.items()} for w, m in med.items()},

@@ -101,6 +101,32 @@ def test_cpu_bf16_autocast_close_to_fp32():
     torch.testing.assert_close(low.float(), m(**b), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("amx", [False, True])
+def test_cpu_bf16_attention_kernel(monkeypatch, amx):
+    """Under CPU bf16 autocast, attention runs in fp32 except for inference on a CPU with AMX (faster there in
+    bf16); either way the states stay close to fp32 and training gets gradients."""
+    import torch.nn.functional as F
+    from omop_behrt.behrt import model as model_module
+    monkeypatch.setattr(model_module, "BF16_MATRIX_UNITS", amx)
+    seen, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or sdpa(q, *a, **k))
+    m = tiny()
+    b = batch([12, 30])
+    with torch.inference_mode():
+        ref = m(**b)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(**b)
+    assert set(seen[len(seen) // 2:]) == {torch.bfloat16 if amx else torch.float32}
+    torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)
+    seen.clear()
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(**b).float().pow(2).mean()
+    loss.backward()
+    assert set(seen) == {torch.float32}          # training: fp32 attention (its bf16 backward is 2.7x slower)
+    assert all(p.grad is not None for p in m.blocks.parameters())
+
+
 def _reseal(path) -> None:
     """Record a model id over the files as they are now (what an older version's save wrote for its files)."""
     from omop_behrt.behrt.model import _id_from, _metadata_digest, file_digests

@@ -33,6 +33,11 @@ from omop_behrt.behrt.tokenizer import TokenVocabulary
 #: pretraining objectives: BEHRT's masked LM, or CLMBR-style next-visit prediction under a causal-by-visit mask
 OBJECTIVES = ("mlm", "next_visit")
 
+#: the CPU has bf16 matrix units (Intel AMX). Under bf16 autocast on a CPU, attention runs in fp32 (CPU's fused
+#: fp32 kernel is ~3x its bf16 one without AMX, and with AMX its backward is 2.7x faster), except for inference
+#: on AMX, where the bf16 kernel is 1.5x faster (bench/RESULTS.md, "bf16 on a CPU with AMX")
+BF16_MATRIX_UNITS = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
 
 @dataclass
 class BehrtConfig:
@@ -145,8 +150,8 @@ class SelfAttention(nn.Module):
                 mask = mask.gather(2, rows[:, None, :, None].expand(B, mask.shape[1], rows.shape[1], T))
             T = rows.shape[1]
         p = self.p if self.training else 0.0
-        if x.device.type == "cpu" and q.dtype == torch.bfloat16:
-            with torch.autocast("cpu", enabled=False):   # CPU's fp32 fused attention is ~3x its bf16 one
+        if x.device.type == "cpu" and q.dtype == torch.bfloat16 and (q.requires_grad or not BF16_MATRIX_UNITS):
+            with torch.autocast("cpu", enabled=False):   # CPU's fp32 fused attention is faster: see BF16_MATRIX_UNITS
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

@@ -21,7 +21,7 @@ from omop_behrt.behrt.checkpoint import ResumeError
 from omop_behrt.cli.main import main
 from omop_behrt.vectors.embed import embed_cohort, index_sequences
 from omop_behrt.events import EventDir
-from omop_behrt.vocab.fallback import apply, coverage, fallback_map, replace, unknown_tokens
+from omop_behrt.vocab.fallback import apply, coverage, fallback_map, replace, token_counts, unknown_tokens
 from omop_behrt.behrt.model import Behrt
 from omop_behrt.behrt.continued import extend_vocabulary, init_weights
 from omop_behrt.behrt.pretrain import pretrain
@@ -73,6 +73,20 @@ def test_prefix_and_chapter_rules():
     assert (cov["in_model"], cov["fallback"], cov["unknown"]) == (1, 3, 2)
     assert cov["fallback_by_rule"] == {"concept_ancestor": 0, "icd_prefix": 2, "caliber_chapter": 1}
     assert coverage(t, v, m)["in_model"] is None           # counts below min_count (10) are never shown
+    # before each subject's latest cut only: subjects 0-2 cut at time 2 (row 2 itself is at the cut), 3 at 9,
+    # 4 and 5 have no cut (never counted); a null token is unknown
+    t = t.set_column(2, "token", pa.array(["ICD10CM/I21.4", None, "ICD10CM/J45", "CALIBER/Acne", "ICD10CM/I21",
+                                           "SNOMED/1"]))
+    cut = pa.table({"subject_id": pa.array([0, 1, 2, 3, 3], pa.int64()),
+                    "index_time": pa.array([2, 2, 2, 1, 9], pa.timestamp("us"))})
+    cov = coverage(t, v, m, cutoff=cut, min_count=1)
+    assert (cov["events"], cov["in_model"], cov["fallback"], cov["unknown"]) == (3, 0, 2, 1)
+    assert cov["fallback_by_rule"] == {"concept_ancestor": 0, "icd_prefix": 1, "caliber_chapter": 1}
+    counts = token_counts(t, cut)
+    assert dict(zip(counts["token"].to_pylist(), zip(counts["n_all"].to_pylist(), counts["n"].to_pylist()))) == {
+        "ICD10CM/I21.4": (1, 1), None: (1, 1), "ICD10CM/J45": (1, 0), "CALIBER/Acne": (1, 1), "ICD10CM/I21": (1, 0),
+        "SNOMED/1": (1, 0)}
+    assert coverage(None, v, m, counts=counts, min_count=1) == cov
 
 
 def test_concept_ancestor_fallback_gives_the_ancestor_id(tiny_model, eunomia_events, eunomia_db):

@@ -54,19 +54,21 @@ def _sorted_copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None
                 "(FORMAT parquet, ROW_GROUP_SIZE 100000)").fetchall()
 
 
-def _continued(init_vocab: TokenVocabulary, local: TokenVocabulary, con: duckdb.DuckDBPyConnection,
+def _continued(init_vocab: TokenVocabulary, local: TokenVocabulary,
                shards: ds.Dataset) -> tuple[TokenVocabulary, dict, pa.Table]:
     """:func:`omop_behrt.behrt.continued.continue_vocabulary` over token shards: the extended vocabulary, its
     counts and coverage figures, and the fallback mapping each chunk's tokens go through."""
     from omop_behrt.behrt.continued import extend_vocabulary
-    from omop_behrt.vocab.fallback import coverage, fallback_map, unknown_tokens
+    from omop_behrt.vocab.fallback import coverage, fallback_map, token_counts, unknown_tokens
     tv = extend_vocabulary(init_vocab, local)
     new = pa.array(tv.tokens[len(init_vocab):], pa.string())
     from_ancestor = fallback_map(new, init_vocab).num_rows
-    distinct = con.sql("SELECT DISTINCT token FROM t WHERE token IS NOT NULL").to_arrow_table().column("token")
-    init_cov = coverage(shards, init_vocab, fallback_map(unknown_tokens(distinct, init_vocab), init_vocab))
+    counts = token_counts(shards)                    # one pass over the token rows for both coverages
+    distinct = counts.column("token")
+    init_cov = coverage(None, init_vocab, fallback_map(unknown_tokens(distinct, init_vocab), init_vocab),
+                        counts=counts)
     mapping = fallback_map(unknown_tokens(distinct, tv), tv)
-    cov = coverage(shards, tv, mapping)
+    cov = coverage(None, tv, mapping, counts=counts)
     return tv, {"init_tokens": len(init_vocab), "added_tokens": len(new), "added_from_ancestor": from_ancestor,
                 "added_from_mean": len(new) - from_ancestor, "init_coverage": init_cov, "coverage": cov}, mapping
 
@@ -116,7 +118,7 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
         tv = TokenVocabulary.count(con, "train_tokens", min_count=min_count, time_tokens=config.time_tokens)
         extension, mapping = None, None
         if init_vocab is not None:
-            tv, extension, mapping = _continued(init_vocab, tv, con, ds.dataset([str(f) for f in files]))
+            tv, extension, mapping = _continued(init_vocab, tv, ds.dataset([str(f) for f in files]))
         event_files = ", ".join(sql_literal(str(f)) for f in ev.event_files())
         _sorted_copy(con, f"SELECT subject_id, visit_id, time, end_time FROM read_parquet([{event_files}]) "
                      "WHERE domain = 'visit'", staging / "visits.parquet")

@@ -325,9 +325,10 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
         token_dir = work / "tokens"
         if not (resume and (token_dir / "complete").exists()):    # shards of an interrupted mapping: redo
             shutil.rmtree(token_dir, ignore_errors=True)
-            # an event-directory source holds every person: map only the index's (a shard's, for a shard)
+            # an event-directory source holds every person: map only the index's (a shard's, for a shard);
+            # unsorted: each chunk's tokenize orders its rows itself, and sorting cost more than the mapping
             map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False, memory_limit="2GB",
-                       subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()))
+                       subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()), sort=False)
             (token_dir / "complete").write_text("all token shards written\n")
         visits_file = work / "visits.parquet"         # the cohort's visits, read once (not once per chunk)
         if not (resume and visits_file.exists()):

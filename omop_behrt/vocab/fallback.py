@@ -131,44 +131,56 @@ def replace(tokens: pa.Table, mapping: pa.Table) -> pa.Table:
     return tokens.set_column(tokens.schema.get_field_index("token"), "token", new)
 
 
-def coverage(tokens: "pa.Table | ds.Dataset", vocab: TokenVocabulary, mapping: pa.Table | None, *,
-             cutoff: pa.Table | None = None, fallback: bool = True, min_count: int | None = None) -> dict:
-    """Token rows of the site (before each subject's latest cut in ``cutoff``, when given) the model covers
-    as they are, through the fallback and not at all ([UNK]): counts and shares, per fallback rule too.
-
-    ``tokens`` (subject_id, time, token) is the site's token table *before* :func:`replace`. Counts below
-    ``min_count`` (default the vocabulary's) are None, and so are their shares: aggregates only.
-    """
-    min_count = vocab.min_count if min_count is None else min_count
+def token_counts(tokens: "pa.Table | ds.Dataset", cutoff: pa.Table | None = None) -> pa.Table:
+    """One pass over token rows (subject_id, time, token): per distinct token, its rows (``n_all``) and those
+    before their subject's latest cut in ``cutoff`` (``n``; every row without a cutoff). Coverage and the
+    fallback's distinct tokens then work on these few thousand rows, not on the token rows again."""
     con = quiet(duckdb.connect())
     try:
         con.register("t", tokens.select(["subject_id", "time", "token"]) if isinstance(tokens, pa.Table) else tokens)
-        con.register("k", pa.table({"token": vocab.index}))
-        con.register("m", mapping if mapping is not None else MAPPING_SCHEMA.empty_table())
-        where = ""
+        join, before = "", "true"
         if cutoff is not None:
             con.register("c", cutoff.select(["subject_id", "index_time"]))
-            where = ("JOIN (SELECT subject_id, max(index_time) AS cut FROM c GROUP BY subject_id) c "
-                     "ON c.subject_id = t.subject_id AND t.time < c.cut")
-        rows = con.execute(f"""
-            SELECT CASE WHEN k.token IS NOT NULL THEN 'in_model' WHEN m.token IS NOT NULL THEN m.rule
-                        ELSE 'unknown' END AS status, count(*) AS n
-            FROM t {where} LEFT JOIN k ON k.token = t.token LEFT JOIN m ON m.token = t.token
-            GROUP BY ALL""").fetchall()
+            join = ("LEFT JOIN (SELECT subject_id, max(index_time) AS cut FROM c GROUP BY subject_id) c "
+                    "ON c.subject_id = t.subject_id")
+            before = "t.time < c.cut"
+        return con.sql(f"SELECT t.token, count(*) AS n_all, count(*) FILTER (WHERE {before}) AS n "
+                       f"FROM t {join} GROUP BY t.token").to_arrow_table()
     finally:
         con.close()
-    n = dict(rows)
-    total = sum(n.values())
-    by_rule = {r: int(n.get(r, 0)) for r in RULES}
-    counts = {"in_model": int(n.get("in_model", 0)), "fallback": sum(by_rule.values()),
-              "unknown": int(n.get("unknown", 0))}
+
+
+def coverage(tokens: "pa.Table | ds.Dataset", vocab: TokenVocabulary, mapping: pa.Table | None, *,
+             cutoff: pa.Table | None = None, fallback: bool = True, min_count: int | None = None,
+             counts: pa.Table | None = None) -> dict:
+    """Token rows of the site (before each subject's latest cut in ``cutoff``, when given) the model covers
+    as they are, through the fallback and not at all ([UNK]): counts and shares, per fallback rule too.
+
+    ``tokens`` (subject_id, time, token) is the site's token table *before* :func:`replace` (or ``counts``,
+    its :func:`token_counts` already made). Counts below ``min_count`` (default the vocabulary's) are None, and
+    so are their shares: aggregates only.
+    """
+    min_count = vocab.min_count if min_count is None else min_count
+    counts = token_counts(tokens, cutoff) if counts is None else counts
+    mapping = mapping if mapping is not None else MAPPING_SCHEMA.empty_table()
+    token, rows = counts.column("token"), counts.column("n").to_numpy(zero_copy_only=False)
+    known = pc.is_in(token, value_set=vocab.index).to_numpy(zero_copy_only=False)
+    rule = pc.take(mapping.column("rule"), pc.index_in(token, value_set=mapping.column("token")))
+
+    def rows_of(r: str) -> int:
+        return int(rows[~known & pc.fill_null(pc.equal(rule, r), False).to_numpy(zero_copy_only=False)].sum())
+
+    total = int(rows.sum())
+    by_rule = {r: rows_of(r) for r in RULES}
+    status = {"in_model": int(rows[known].sum()), "fallback": sum(by_rule.values())}
+    status["unknown"] = total - status["in_model"] - status["fallback"]
 
     def shown(c: int) -> int | None:
         return c if c == 0 or c >= min_count else None
 
     out = {"unit": "token rows (one per event and token)", "fallback_enabled": bool(fallback),
            "events": shown(total), "min_count": min_count}
-    for name, c in counts.items():
+    for name, c in status.items():
         out[name] = shown(c)
         out[f"share_{name}"] = round(c / total, 4) if total and shown(c) is not None else None
     out["fallback_by_rule"] = {r: shown(c) for r, c in by_rule.items()}
@@ -207,18 +219,13 @@ def site_fallback(tokens: ds.Dataset, vocab: TokenVocabulary, subject_id: np.nda
                   fallback: bool = True) -> tuple[pa.Table, dict]:
     """One pass over a site's token shards (an embedding run): the fallback mapping of its distinct unknown
     tokens and the coverage of the events before each subject's latest cut (µs)."""
-    con = quiet(duckdb.connect())
-    try:
-        con.register("t", tokens)
-        distinct = con.sql("SELECT DISTINCT token FROM t WHERE token IS NOT NULL").to_arrow_table().column("token")
-    finally:
-        con.close()
+    cutoff = pa.table({"subject_id": pa.array(subject_id, pa.int64()), "index_time": pa.array(cut, pa.timestamp("us"))})
+    counts = token_counts(tokens, cutoff)
     mapping = MAPPING_SCHEMA.empty_table()
     if fallback:
         with vocabulary_cdm(cdm, cdm_schema, vocab_schema) as c:
-            mapping = fallback_map(unknown_tokens(distinct, vocab), vocab, c)
-    cutoff = pa.table({"subject_id": pa.array(subject_id, pa.int64()), "index_time": pa.array(cut, pa.timestamp("us"))})
-    return mapping, coverage(tokens, vocab, mapping, cutoff=cutoff, fallback=fallback)
+            mapping = fallback_map(unknown_tokens(counts.column("token"), vocab), vocab, c)
+    return mapping, coverage(None, vocab, mapping, fallback=fallback, counts=counts)
 
 
 def coverage_line(cov: dict) -> str:

@@ -92,7 +92,8 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
     ev = events if isinstance(events, EventDir) else EventDir.open(events)
     staging = data / "staging"                        # mapped tokens, visits and persons sorted by person
     shutil.rmtree(staging, ignore_errors=True)
-    res = map_events(ev, vocab=vocab, out=staging, progress=False, memory_limit=memory_limit)
+    # by subject only: each chunk reads a subject range (few row groups); its tokenize orders the rows itself
+    res = map_events(ev, vocab=vocab, out=staging, progress=False, memory_limit=memory_limit, sort="subject")
     report = res.report.as_dict() if res.report is not None else {}
     coverage = {k: report.get(k) for k in ("vocab", "pct_mapped")}
     files = sorted((staging / "tokens").glob("part-*.parquet"))

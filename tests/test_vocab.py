@@ -66,6 +66,8 @@ def test_cheaper_orders_same_rows(eunomia_events, sort):
     assert t.num_rows == full.num_rows and t.take(pc.sort_indices(t, keys)).equals(full)
     if sort == "subject":
         assert (np.diff(t["subject_id"].to_numpy()) >= 0).all()
+    with pytest.raises(ValueError, match="sort must be True, False or 'subject'"):
+        map_events(eunomia_events, "source", progress=False, sort="time")
 
 
 def test_subjects_maps_only_those_persons(eunomia_events):

@@ -454,6 +454,8 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     import duckdb
 
     from omop_behrt.vocab.coverage import CoverageReport
+    if sort not in (True, False, "subject"):
+        raise ValueError(f"sort must be True, False or 'subject'; got {sort!r}")
     t0 = time.perf_counter()
     v = get_vocabulary(vocab)
     owned = cdm is not None and not hasattr(cdm, "qtable")

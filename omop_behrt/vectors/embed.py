@@ -326,9 +326,11 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
         if not (resume and (token_dir / "complete").exists()):    # shards of an interrupted mapping: redo
             shutil.rmtree(token_dir, ignore_errors=True)
             # an event-directory source holds every person: map only the index's (a shard's, for a shard);
-            # unsorted: each chunk's tokenize orders its rows itself, and sorting cost more than the mapping
+            # sorted by subject only, so that a chunk's subject range lies in few row groups (its tokenize
+            # orders its rows itself; the full order cost more than the mapping)
             map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False, memory_limit="2GB",
-                       subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()), sort=False)
+                       subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()),
+                       sort="subject")
             (token_dir / "complete").write_text("all token shards written\n")
         visits_file = work / "visits.parquet"         # the cohort's visits, read once (not once per chunk)
         if not (resume and visits_file.exists()):
@@ -358,7 +360,10 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                     vectors[rows], has_history[rows] = saved["vectors"], saved["has_history"]
                     bar.update(len(rows))
                     continue
-                mine = ds.field("subject_id").isin(pa.array(chunk_subjects, pa.int64()))
+                # the range lets the Parquet scan skip other chunks' row groups (isin alone reads them all)
+                sid = ds.field("subject_id")
+                mine = ((sid >= int(chunk_subjects[0])) & (sid <= int(chunk_subjects[-1]))
+                        & sid.isin(pa.array(chunk_subjects, pa.int64())))
                 tokens = tokens_ds.to_table(filter=mine)
                 visits = visits_ds.to_table(filter=mine)
                 seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],

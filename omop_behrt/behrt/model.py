@@ -35,7 +35,8 @@ OBJECTIVES = ("mlm", "next_visit")
 
 #: the CPU has bf16 matrix units (Intel AMX). Under bf16 autocast on a CPU, attention runs in fp32 (CPU's fused
 #: fp32 kernel is ~3x its bf16 one without AMX, and with AMX its backward is 2.7x faster), except for inference
-#: on AMX, where the bf16 kernel is 1.5x faster (bench/RESULTS.md, "bf16 on a CPU with AMX")
+#: on AMX, where the bf16 kernel is 1.5x faster (bench/RESULTS.md, "The transformer against Hugging Face on a
+#: CPU with AMX")
 BF16_MATRIX_UNITS = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 

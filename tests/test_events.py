@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from omop_behrt import EventDir, EventSchemaError, from_meds, to_meds, validate_events, validate_persons
-from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, fill_rebuilt_visits, rebuilt_visit_ids
+from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, fill_rebuilt_visits, rebuilt_visit_ids, subjects_filter
 
 
 def _events(**over):
@@ -183,3 +183,21 @@ def test_shard_writer_empty_shard(tmp_path):
     assert [f.name for f in files] == ["0.parquet"]
     t = pq.read_table(files[0])
     assert t.num_rows == 0 and t.schema == _KV
+
+
+def test_subjects_filter_skips_row_groups(tmp_path):
+    """The filter keeps exactly the subjects' rows and, on rows sorted by subject, lets the scan skip the row
+    groups outside their range: pyarrow prunes by ``isin`` alone only for a few dozen values, and a chunk holds
+    thousands of persons."""
+    import pyarrow.dataset as ds
+    subject = np.repeat(np.arange(5000, dtype=np.int64), 2)
+    pq.write_table(pa.table({"subject_id": subject, "x": np.arange(len(subject))}), tmp_path / "t.parquet",
+                   row_group_size=1000)                               # 10 row groups of 500 subjects each
+    d = ds.dataset(tmp_path / "t.parquet", format="parquet")
+    wanted = np.arange(2100, 2400, 2, dtype=np.int64)                 # 150 subjects in row group 4
+    got = d.to_table(filter=subjects_filter(wanted))
+    assert got.column("subject_id").to_pylist() == np.repeat(wanted, 2).tolist()
+    [frag] = d.get_fragments()
+    assert len(frag.split_by_row_group(subjects_filter(wanted))) == 1
+    assert len(frag.split_by_row_group(ds.field("subject_id").isin(pa.array(wanted)))) == 10
+    assert d.to_table(filter=subjects_filter(np.array([], np.int64))).num_rows == 0

@@ -28,7 +28,7 @@ from omop_behrt.db.database import is_cdm_source as _is_cdm, quiet
 from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
                                           run_fingerprint,
                         start_run)
-from omop_behrt.events import EVENTS_SCHEMA, EventDir, write_table
+from omop_behrt.events import EVENTS_SCHEMA, EventDir, subjects_filter, write_table
 from omop_behrt.lock import exclusive_lock
 from omop_behrt.behrt.model import pool
 
@@ -360,10 +360,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                     vectors[rows], has_history[rows] = saved["vectors"], saved["has_history"]
                     bar.update(len(rows))
                     continue
-                # the range lets the Parquet scan skip other chunks' row groups (isin alone reads them all)
-                sid = ds.field("subject_id")
-                mine = ((sid >= int(chunk_subjects[0])) & (sid <= int(chunk_subjects[-1]))
-                        & sid.isin(pa.array(chunk_subjects, pa.int64())))
+                mine = subjects_filter(chunk_subjects)      # skips other chunks' row groups
                 tokens = tokens_ds.to_table(filter=mine)
                 visits = visits_ds.to_table(filter=mine)
                 seqs, seq_of_row = index_sequences(tokens, persons, visits, model, row_subject[rows], row_cut[rows],

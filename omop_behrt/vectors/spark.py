@@ -22,9 +22,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from omop_behrt.events import EVENTS_SCHEMA, EventDir, write_table
+from omop_behrt.events import EVENTS_SCHEMA, EventDir, subjects_filter, write_table
 
 __all__ = ["embed_spark", "EMBEDDING_DDL"]
 
@@ -47,7 +46,7 @@ def _model(model_dir: str):
 def subset_event_dir(events: EventDir, subjects: np.ndarray, folder: Path) -> EventDir:
     """An event directory at ``folder`` holding only ``subjects``' events, person rows and periods (same manifest
     and code descriptions), read with a pushed-down filter on subject_id."""
-    mine = ds.field("subject_id").isin(pa.array(subjects, pa.int64()))
+    mine = subjects_filter(subjects)
     (folder / "events").mkdir(parents=True, exist_ok=True)
     write_table(events.events().to_table(filter=mine).cast(EVENTS_SCHEMA), folder / "events" / "part-00000.parquet")
     persons = events.persons()

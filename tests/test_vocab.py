@@ -68,6 +68,15 @@ def test_cheaper_orders_same_rows(eunomia_events, sort):
         assert (np.diff(t["subject_id"].to_numpy()) >= 0).all()
     with pytest.raises(ValueError, match="sort must be True, False or 'subject'"):
         map_events(eunomia_events, "source", progress=False, sort="time")
+    # only the columns the tokenizer reads (pretraining and embedding): the same rows, fewer columns
+    cols = ["subject_id", "time", "visit_id", "token"]
+    few = map_events(eunomia_events, "source", progress=False, sort=sort, columns=cols).tokens
+    assert few.column_names == cols
+    assert few.take(pc.sort_indices(few, [(c, "ascending") for c in cols])).equals(
+        full.select(cols).take(pc.sort_indices(full.select(cols), [(c, "ascending") for c in cols])))
+    for bad in (["token", "token"], ["tok"], []):
+        with pytest.raises(ValueError, match="columns must be distinct names"):
+            map_events(eunomia_events, "source", progress=False, columns=bad)
 
 
 def test_subjects_maps_only_those_persons(eunomia_events):

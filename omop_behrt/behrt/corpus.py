@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from omop_behrt.behrt.model import BehrtConfig
 from omop_behrt.behrt.shards import SequenceWriter
-from omop_behrt.behrt.tokenizer import TokenVocabulary, tokenize
+from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS, TokenVocabulary, tokenize
 from omop_behrt.db.database import sql_literal
 from omop_behrt.events import EventDir
 
@@ -93,7 +93,8 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
     staging = data / "staging"                        # mapped tokens, visits and persons sorted by person
     shutil.rmtree(staging, ignore_errors=True)
     # by subject only: each chunk reads a subject range (few row groups); its tokenize orders the rows itself
-    res = map_events(ev, vocab=vocab, out=staging, progress=False, memory_limit=memory_limit, sort="subject")
+    res = map_events(ev, vocab=vocab, out=staging, progress=False, memory_limit=memory_limit, sort="subject",
+                     columns=TOKEN_COLUMNS)
     report = res.report.as_dict() if res.report is not None else {}
     coverage = {k: report.get(k) for k in ("vocab", "pct_mapped")}
     files = sorted((staging / "tokens").glob("part-*.parquet"))

@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: the token-table columns :func:`tokenize` reads (what a caller needs to keep of map_events' output)
+TOKEN_COLUMNS = ("subject_id", "time", "visit_id", "token")
 PAD, UNK, CLS, SEP, MASK = range(5)
 #: CEHR-BERT's time-gap tokens (weeks under 28 days, months under 360, longer): structural, counted in no person
 TIME_TOKENS = ("[W0]", "[W1]", "[W2]", "[W3]") + tuple(f"[M{m}]" for m in range(1, 12)) + ("[LT]",)

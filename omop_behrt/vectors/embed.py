@@ -316,6 +316,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None,
                exact: bool = False) -> EmbeddingResult:
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
+    from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS
     from omop_behrt.vocab.fallback import site_fallback
     from omop_behrt.vocab.registry import map_events
     try:
@@ -330,7 +331,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
             # orders its rows itself; the full order cost more than the mapping)
             map_events(events, vocab=vocab_name, cdm=cdm, out=token_dir, progress=False, memory_limit="2GB",
                        subjects=None if cdm is not None else np.unique(index["subject_id"].to_numpy()),
-                       sort="subject")
+                       sort="subject", columns=TOKEN_COLUMNS)
             (token_dir / "complete").write_text("all token shards written\n")
         visits_file = work / "visits.parquet"         # the cohort's visits, read once (not once per chunk)
         if not (resume and visits_file.exists()):

@@ -26,13 +26,13 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from omop_behrt.db.database import Database, arrow_reader, load_sql, quiet, render
+from omop_behrt.db.database import Database, arrow_reader, load_sql, quiet
 from omop_behrt.events import DOMAINS, EVENTS_SCHEMA, EventDir, ShardWriter, conform
 
 ENTRY_POINT_GROUP = "omop_behrt.vocabularies"
@@ -414,16 +414,17 @@ def _events_relation(con, events: "EventDir | str | Path | pa.Table", subjects: 
     return con.execute("SELECT COUNT(*) FROM events").fetchall()[0][0]
 
 
-def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, label: str) -> tuple[Path, int]:
+def _write_shards(rel: Any, path: Path, rows_per_shard: int, progress: bool, label: str,
+                  schema: pa.Schema = TOKENS_SCHEMA) -> tuple[Path, int]:
     """Stream a query's tokens into ``path/part-*.parquet`` (old shards removed first; each shard atomic)."""
     from tqdm.auto import tqdm
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("part-*.parquet*"):
         old.unlink()
-    writer = ShardWriter(path, "part", TOKENS_SCHEMA, rows_per_shard)
+    writer = ShardWriter(path, "part", schema, rows_per_shard)
     with tqdm(desc=f"map {label[:40]}", unit="token", unit_scale=True, disable=not progress, leave=False) as bar:
         for batch in arrow_reader(rel, min(1_000_000, rows_per_shard)):
-            writer.write(batch.cast(TOKENS_SCHEMA))
+            writer.write(batch.cast(schema))
             bar.update(batch.num_rows)
     writer.close()
     return path, writer.rows
@@ -433,7 +434,8 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
                cdm: Any = None, out: str | Path | None = None, progress: bool = True, sort: bool | str = True,
                top_unmapped: int = 20, threads: int | None = None, memory_limit: str | None = None,
                rows_per_shard: int = 5_000_000, infer_icd: bool = True, min_count: int = 10,
-               show_rare_codes: bool = False, subjects: Any = None) -> MapResult:
+               show_rare_codes: bool = False, subjects: Any = None,
+               columns: Sequence[str] | None = None) -> MapResult:
     """Map an event stream to tokens with ``vocab`` (name, spec string or Vocabulary) and report coverage.
 
     ``cdm`` (a DuckDB file, URL, folder or OmopCdm) lends its vocabulary tables to ``concept``, ``ancestor``,
@@ -449,13 +451,19 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
     ``min_count`` / ``show_rare_codes``: what the report's shareable forms (``table()``, ``as_dict()``,
     ``write_json``) leave out: codes seen in fewer than ``min_count`` persons and counts below it, unless
     ``show_rare_codes`` (the output then identifies rare conditions of individual patients). ``subjects``
-    (subject ids): map only these persons' events (what an embedding of a cohort needs).
+    (subject ids): map only these persons' events (what an embedding of a cohort needs). ``columns``: the
+    token columns kept (default all of TOKENS_SCHEMA's; pretraining and embedding read four, and the ones
+    dropped are never sorted or written).
     """
     import duckdb
 
     from omop_behrt.vocab.coverage import CoverageReport
     if sort not in (True, False, "subject"):
         raise ValueError(f"sort must be True, False or 'subject'; got {sort!r}")
+    columns = list(TOKENS_SCHEMA.names if columns is None else columns)
+    if not columns or set(columns) - set(TOKENS_SCHEMA.names) or len(set(columns)) < len(columns):
+        raise ValueError(f"columns must be distinct names among {TOKENS_SCHEMA.names}; got {columns}")
+    schema = pa.schema([TOKENS_SCHEMA.field(c) for c in columns])
     t0 = time.perf_counter()
     v = get_vocabulary(vocab)
     owned = cdm is not None and not hasattr(cdm, "qtable")
@@ -478,15 +486,15 @@ def map_events(events: "EventDir | str | Path | pa.Table", vocab: "str | Vocabul
         mapping = ctx.sql("SELECT DISTINCT key_id, token FROM m", m=mapping).cast(MAPPING_SCHEMA)
         con.register("keys", keys)
         con.register("mapping", mapping)
-        order = {True: "ORDER BY e.subject_id, e.time, COALESCE(e.visit_id, 0), m.key_id, m.tok_rank",
-                 "subject": "ORDER BY e.subject_id"}.get(sort, "")
-        rel = con.sql(render(load_sql("vocab/tokens.sql"), {"order": order}))
+        order = {True: "ORDER BY subject_id, time, visit_id, key_id, tok_rank",
+                 "subject": "ORDER BY subject_id"}.get(sort, "")
+        rel = con.sql(f"SELECT {', '.join(columns)} FROM ({load_sql('vocab/tokens.sql')}) t {order}")
         tokens, path = None, None
         if out is None:
-            tokens = rel.to_arrow_table().cast(TOKENS_SCHEMA)
+            tokens = rel.to_arrow_table().cast(schema)
             n_tokens = tokens.num_rows
         else:
-            path, n_tokens = _write_shards(rel, Path(out) / "tokens", rows_per_shard, progress, v.spec())
+            path, n_tokens = _write_shards(rel, Path(out) / "tokens", rows_per_shard, progress, v.spec(), schema)
         if cdm is not None:
             for w in getattr(cdm, "warnings", []):
                 ctx.warn(w)

@@ -1,7 +1,8 @@
 -- Events (view `events`) joined to their tokens: keys (distinct codes) x mapping (key_id -> token).
 -- One event gives as many rows as its key has tokens; unmapped and dropped keys give none (they are counted
 -- from the keys table, not here). visit_id is never null: events without a time and visit get 0.
--- {order} sorts on integers only: key_id follows (domain, code, source_code, ...) order, tok_rank token order.
+-- key_id (in (domain, code, source_code, ...) order) and tok_rank (token order) let the caller sort on integers
+-- only; it selects the columns it keeps and the order around this query.
 WITH mapped AS (
     SELECT k.key_id, k.domain, k.code, k.source_code, k.concept_id, k.source_concept_id, m.token,
            dense_rank() OVER (ORDER BY m.token) AS tok_rank
@@ -15,7 +16,9 @@ SELECT
     COALESCE(e.visit_id, 0) AS visit_id,
     e.domain,
     e.code,
-    m.token
+    m.token,
+    m.key_id,
+    m.tok_rank
 FROM events e
 JOIN mapped m
   ON e.code = m.code
@@ -23,4 +26,3 @@ JOIN mapped m
  AND e.source_code IS NOT DISTINCT FROM m.source_code
  AND e.concept_id IS NOT DISTINCT FROM m.concept_id
  AND e.source_concept_id IS NOT DISTINCT FROM m.source_concept_id
-{order}

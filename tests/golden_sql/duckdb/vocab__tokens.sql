@@ -20,7 +20,9 @@ SELECT
   COALESCE(e.visit_id, 0) AS visit_id,
   e.domain,
   e.code,
-  m.token
+  m.token,
+  m.key_id,
+  m.tok_rank
 FROM events AS e
 JOIN mapped AS m
   ON e.code = m.code
@@ -28,9 +30,3 @@ JOIN mapped AS m
   AND e.source_code IS NOT DISTINCT FROM m.source_code
   AND e.concept_id IS NOT DISTINCT FROM m.concept_id
   AND e.source_concept_id IS NOT DISTINCT FROM m.source_concept_id
-ORDER BY
-  e.subject_id,
-  e.time,
-  COALESCE(e.visit_id, 0),
-  m.key_id,
-  m.tok_rank

@@ -264,3 +264,19 @@ def test_cli_shards_and_bad_values(tiny_model, eunomia_events, cohort, whole, tm
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "shard must be I/N" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_shard_without_persons(tiny_model, eunomia_events, cohort, tmp_path):
+    """A shard that draws none of the cohort's persons (a 2-person cohort in 16 shards leaves most empty) returns
+    no rows instead of failing on the empty subject filter; the shards together are the cohort."""
+    from omop_behrt.vectors.embed_run import in_shard, parse_shard
+    index = cohort[0].slice(0, 2)
+    subjects = index["subject_id"].to_numpy()
+    empty = next(i for i in range(16) if not in_shard(subjects, parse_shard(f"{i}/16")).any())
+    res = embed_cohort(tiny_model, eunomia_events, index, shard=f"{empty}/16", device="cpu", progress=False,
+                       work_dir=tmp_path / "w")
+    assert res.index.num_rows == 0 and res.vectors.shape == (0, res.vectors.shape[1])
+    rows = sum(embed_cohort(tiny_model, eunomia_events, index, shard=f"{i}/16", device="cpu", progress=False,
+                            work_dir=tmp_path / f"w{i}").index.num_rows
+               for i in range(16) if in_shard(subjects, parse_shard(f"{i}/16")).any())
+    assert rows == 2

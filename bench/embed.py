@@ -34,7 +34,7 @@ from omop_behrt.vectors.embed import embed_cohort, embed_sequences
 from omop_behrt.events import EventDir
 from omop_behrt.behrt.model import Behrt, BehrtConfig
 from omop_behrt.behrt.tokenizer import TokenVocabulary, tokenize, visit_table
-from omop_behrt.vocab.registry import map_events
+from omop_behrt.vocab.mapping import map_events
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -87,7 +87,7 @@ def behrt_tasks(args, work: Path) -> dict:
     """BEHRT T1-T3 on Eunomia (CALIBER phenotypes): the encoder pretrained on the training persons only."""
     from omop_behrt.events import EventDir
     from omop_behrt.tasks.labels import behrt_task
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     t0 = time.perf_counter()
     cdm = work / "eunomia.duckdb"
     shutil.copy(eunomia_path(), cdm)

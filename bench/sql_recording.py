@@ -67,7 +67,7 @@ def exercise(source: str, events_dir: Path, embed_target: str) -> None:
     from omop_behrt.db.database import Database
     from omop_behrt.events import EventDir
     from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     omop.extract(source, events_dir, progress=False)
     cohorts.first_occurrence_cohort(source, 1, [1118084, 1124300, 1177480, 1115008])
     cohorts.min_visits_cohort(source, 2, 3)
@@ -104,7 +104,7 @@ def exercise_pg(url: str, schema: str, work: Path) -> None:
     from omop_behrt.events import EventDir
     from omop_behrt.vectors.export import EmbeddingModelInfo, write_embeddings
     from omop_behrt.vocab.names import concept_names_by_id
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     src = f"{url}"
     omop.extract(src, work / "pg_events", cdm_schema=schema, progress=False)
     cohorts.first_occurrence_cohort(src, 1, [1118084, 1124300, 1177480, 1115008, 40213154], cdm_schema=schema,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from omop_behrt.adapters import omop
 from omop_behrt.events import EventDir
-from omop_behrt.vocab.registry import map_events
+from omop_behrt.vocab.mapping import map_events
 
 OUT = Path(__file__).parent / "out"            # scratch (ignored by git)
 RESULTS = Path(__file__).parent / "results"    # the figures (kept in git)

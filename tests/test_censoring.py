@@ -23,7 +23,7 @@ from omop_behrt.adapters.omop import ExtractOptions
 from omop_behrt.behrt.model import Behrt
 from omop_behrt.vectors.embed import embed_cohort
 from omop_behrt.vocab.fallback import coverage
-from omop_behrt.vocab.registry import map_events
+from omop_behrt.vocab.mapping import map_events
 
 GI_BLEED = 192671
 TABLES = [("condition", "condition_occurrence", "condition_start_date"),

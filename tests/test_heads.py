@@ -14,7 +14,7 @@ from omop_behrt.behrt.tokenizer import tokenize
 
 @pytest.fixture(scope="module")
 def seqs_y(tiny_model, eunomia_events):
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     persons = eunomia_events.persons()
     keep = persons["subject_id"].to_numpy()[:160]
     tokens = map_events(eunomia_events, "source", progress=False).tokens
@@ -86,7 +86,7 @@ def test_multilabel_head(seqs_y, tiny_model, tmp_path):
 def test_behrt_t1_multilabel_end_to_end(tiny_model, eunomia_events, tmp_path):
     from omop_behrt.evaluation import comparison
     from omop_behrt.tasks.labels import MultiLabelTask, behrt_task, split_persons
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     tokens = map_events(eunomia_events, "caliber", progress=False).tokens
     t = behrt_task(tokens, "T1", seed=0)
     t = MultiLabelTask(t.index.slice(0, 300), t.Y[:300], t.diseases, t.definition)

@@ -40,7 +40,7 @@ def planted(tiny_model, eunomia_events):
     """(sequences, presence of each token per sequence, token ids, train rows, test rows)."""
     from omop_behrt.behrt.model import Behrt
     from omop_behrt.behrt.tokenizer import tokenize
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     model = Behrt.load(tiny_model)
     tokens = map_events(eunomia_events, "source", progress=False).tokens
     seqs = tokenize(tokens, eunomia_events.persons(), model.vocab, max_len=MAX_LEN)

@@ -15,8 +15,9 @@ import pytest
 
 from omop_behrt.events import DOMAINS
 from omop_behrt.vocab import registry
+from omop_behrt.vocab.mapping import map_events
 from omop_behrt.vocab.registry import (ENTRY_POINT_GROUP, MAPPING_SCHEMA, Chain, MapContext, PerDomain, Source,
-                                       Vocabulary, VocabularyError, get_vocabulary, map_events, mapping_table)
+                                       Vocabulary, VocabularyError, get_vocabulary, mapping_table)
 
 
 def _error(spec, **params) -> str:

@@ -26,7 +26,7 @@ from omop_behrt.behrt.model import Behrt
 from omop_behrt.behrt.continued import extend_vocabulary, init_weights
 from omop_behrt.behrt.pretrain import pretrain
 from omop_behrt.behrt.tokenizer import SPECIALS, UNK, TokenVocabulary, visit_table
-from omop_behrt.vocab.registry import map_events
+from omop_behrt.vocab.mapping import map_events
 
 torch.set_num_threads(1)
 TINY = dict(progress=False, device="cpu", seed=0)

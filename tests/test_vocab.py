@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from omop_behrt.vocab.mapping import map_events
 from omop_behrt.vocab.registry import (BUILTINS, TOKENS_SCHEMA, Chain, PerDomain, Vocabulary, VocabularyError,
-                              available_vocabularies, get_vocabulary, map_events)
+                              available_vocabularies, get_vocabulary)
 
 DATA = Path(__file__).parent / "data"
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from omop_behrt.vocab.caliber import caliber_codes, caliber_phenotypes, snomed_crosswalk, vocab_map_path
-from omop_behrt.vocab.registry import map_events
+from omop_behrt.vocab.mapping import map_events
 
 
 def events(*codes: str | tuple[str, str]) -> pa.Table:

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from omop_behrt.adapters.omop import OmopCdm
-from omop_behrt.vocab.registry import VocabularyError, map_events
+from omop_behrt.vocab.mapping import map_events
+from omop_behrt.vocab.registry import VocabularyError
 
 
 @pytest.fixture(scope="module")

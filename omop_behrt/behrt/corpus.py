@@ -33,7 +33,7 @@ DUCKDB_MEMORY = "1GB"
 def token_table(events: EventDir, vocab: str) -> tuple[pa.Table, dict]:
     """Events -> token table (subject_id, time, visit_id, domain, code, token) and mapping coverage figures,
     in memory (small data; :func:`prepare` writes them to shards instead)."""
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     res = map_events(events, vocab=vocab, progress=False)
     report = res.report.as_dict() if res.report is not None else {}
     return res.tokens, {k: report.get(k) for k in ("vocab", "pct_mapped")}
@@ -86,7 +86,7 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
     ancestor the vocabulary knows. ``chunk_persons`` bounds what is tokenised at once (it never changes the
     result); ``memory_limit`` bounds DuckDB's share.
     """
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     if chunk_persons < 1:
         raise ValueError(f"chunk_persons must be >= 1, got {chunk_persons}")
     ev = events if isinstance(events, EventDir) else EventDir.open(events)

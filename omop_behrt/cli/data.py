@@ -246,7 +246,8 @@ def _add_vocab(sub) -> None:
 
 
 def _run_vocab(args) -> int:
-    from omop_behrt.vocab.registry import VocabularyWarning, available_vocabularies, map_events
+    from omop_behrt.vocab.mapping import map_events
+    from omop_behrt.vocab.registry import VocabularyWarning, available_vocabularies
     if args.vocab_command == "list":
         for name, ep in sorted(available_vocabularies().items()):
             print(f"{name:<12} {ep.value}")

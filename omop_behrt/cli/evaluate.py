@@ -99,7 +99,7 @@ def _run_task(args) -> int:
         for k, v in task.attrition.items():
             print(f"{k:<50} {v:>8,}")
     else:
-        from omop_behrt.vocab.registry import map_events
+        from omop_behrt.vocab.mapping import map_events
         tokens = map_events(args.events, args.vocab, cdm=args.cdm, progress=False).tokens
         task = tasks.behrt_task(tokens, args.task, disease_prefix=args.disease_prefix,
                                 first_incidence=args.first_incidence, seed=args.seed)

@@ -85,7 +85,7 @@ def prepare(model_dir: str | Path, source, task: Task, *, cdm_schema: str | None
     from omop_behrt.vectors.embed import censored_events, cut_times, index_sequences
     from omop_behrt.behrt.model import Behrt
     from omop_behrt.behrt.tokenizer import visit_table
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     model = Behrt.load(model_dir)
     leakage = pretraining_overlap(model.metadata, task)
     if leakage:

@@ -335,7 +335,7 @@ class _Run:
         return out
 
     def coverage(self, events: Path) -> None:
-        from omop_behrt.vocab.registry import map_events
+        from omop_behrt.vocab.mapping import map_events
         vocabs = self.spec.vocabulary.coverage or [self.spec.vocabulary.tokens]
         self.say(3, f"vocabulary: {', '.join(vocabs)} coverage (the model reads {self.spec.vocabulary.tokens} "
                     f"tokens)")

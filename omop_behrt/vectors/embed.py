@@ -318,7 +318,7 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
     from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS
     from omop_behrt.vocab.fallback import site_fallback
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     try:
         events, cdm = censored_events(source, index, work, inclusive=inclusive, cdm_schema=cdm_schema,
                                       vocab_schema=vocab_schema, resume=resume, progress=progress)

@@ -14,7 +14,7 @@ NO_CHAPTER = "not a CALIBER disease"
 def token_chapters(tokens: list[str], cdm=None) -> list[str]:
     """CALIBER chapter of each token: CALIBER phenotypes directly, codes through the caliber vocabulary."""
     from omop_behrt.vocab.caliber import caliber_phenotypes
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     ph = caliber_phenotypes()
     by_pheno = dict(zip(ph["phenotype"].to_pylist(), ph["chapter"].to_pylist()))
     out = [by_pheno.get(t.split("/", 1)[1], NO_CHAPTER) if t.startswith("CALIBER/") else NO_CHAPTER for t in tokens]

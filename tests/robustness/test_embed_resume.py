@@ -189,7 +189,7 @@ def test_cli_interrupt_then_resume(tiny_model, eunomia_events, subjects, clean_2
 
 def test_interrupted_token_mapping_is_redone(tiny_model, eunomia_events, subjects, clean_2019, tmp_path, monkeypatch):
     """Ctrl-C while the tokens were being written (half the shard rows there): the resume maps them again."""
-    import omop_behrt.vocab.registry as vocab_module
+    import omop_behrt.vocab.mapping as vocab_module
     real = vocab_module.map_events
 
     def half_then_interrupt(*a, out=None, **kw):

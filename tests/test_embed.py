@@ -177,14 +177,14 @@ def test_cuda_bf16_matches_cpu(tiny_model, eunomia_events):
 def test_cohort_visits_are_read_once_sorted_by_person(eunomia_events, tmp_path):
     """The visits a run's chunks read come from one scan: the cohort's visit events (tokenizer.visit_table's rows,
     none of another person's), sorted by person so that a chunk reads only its own row groups."""
-    from omop_behrt.behrt.tokenizer import visit_table
-    from omop_behrt.vectors.embed import _cohort_visits
+    import duckdb
+    from omop_behrt.behrt.tokenizer import visit_table, write_visits
     subjects = np.array([6, 123, 5, 10_000_000], np.int64)          # one person without events
-    _cohort_visits(eunomia_events, subjects, tmp_path / "v.parquet")
+    write_visits(duckdb.connect(), eunomia_events, tmp_path / "v.parquet", subjects=subjects)
     got = pa.parquet.read_table(tmp_path / "v.parquet")
     want = visit_table(eunomia_events.events().filter(pa.dataset.field("subject_id").isin(pa.array(subjects))))
     key = [("subject_id", "ascending"), ("time", "ascending"), ("visit_id", "ascending")]
     assert got.num_rows == want.num_rows > 0 and got.equals(want.sort_by(key).cast(got.schema))
     assert (np.diff(got["subject_id"].to_numpy()) >= 0).all() and set(got["subject_id"].to_pylist()) <= {5, 6, 123}
-    _cohort_visits(eunomia_events, np.zeros(0, np.int64), tmp_path / "none.parquet")
+    write_visits(duckdb.connect(), eunomia_events, tmp_path / "none.parquet", subjects=np.zeros(0, np.int64))
     assert pa.parquet.read_table(tmp_path / "none.parquet").num_rows == 0

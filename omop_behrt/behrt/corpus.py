@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from omop_behrt.behrt.model import BehrtConfig
 from omop_behrt.behrt.shards import SequenceWriter
-from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS, TokenVocabulary, tokenize
+from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS, TokenVocabulary, tokenize, write_visits
 from omop_behrt.db.database import sql_literal
 from omop_behrt.events import EventDir
 
@@ -121,9 +121,7 @@ def prepare(events: str | Path | EventDir, vocab: str, data: Path, config: Behrt
         extension, mapping = None, None
         if init_vocab is not None:
             tv, extension, mapping = _continued(init_vocab, tv, ds.dataset([str(f) for f in files]))
-        event_files = ", ".join(sql_literal(str(f)) for f in ev.event_files())
-        _sorted_copy(con, f"SELECT subject_id, visit_id, time, end_time FROM read_parquet([{event_files}]) "
-                     "WHERE domain = 'visit'", staging / "visits.parquet")
+        write_visits(con, ev, staging / "visits.parquet")
         _sorted_copy(con, f"SELECT subject_id, birth_date, sex FROM read_parquet("
                      f"{sql_literal(str(ev.path / 'persons.parquet'))})", staging / "persons.parquet")
         counts = _tokenise_chunks(con, ids, staging, tv, data, config, age_unit, val_fraction, seed, mapping,

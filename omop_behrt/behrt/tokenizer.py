@@ -30,9 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from omop_behrt.db.database import sql_literal
+
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: the token-table columns :func:`tokenize` reads (what a caller needs to keep of map_events' output)
 TOKEN_COLUMNS = ("subject_id", "time", "visit_id", "token")
+#: the visit columns :func:`tokenize` reads for the PLOS label (:func:`visit_table`)
+VISIT_COLUMNS = ("subject_id", "visit_id", "time", "end_time")
 PAD, UNK, CLS, SEP, MASK = range(5)
 #: CEHR-BERT's time-gap tokens (weeks under 28 days, months under 360, longer): structural, counted in no person
 TIME_TOKENS = ("[W0]", "[W1]", "[W2]", "[W3]") + tuple(f"[M{m}]" for m in range(1, 12)) + ("[LT]",)
@@ -217,8 +221,27 @@ class Sequences:
 def visit_table(events: Any) -> pa.Table:
     """Visit events (subject_id, visit_id, time, end_time) of an event directory, for the PLOS label."""
     dset = events.events() if hasattr(events, "events") else events
-    return dset.to_table(columns=["subject_id", "visit_id", "time", "end_time"],
-                         filter=ds.field("domain") == "visit")
+    return dset.to_table(columns=list(VISIT_COLUMNS), filter=ds.field("domain") == "visit")
+
+
+def write_visits(con: duckdb.DuckDBPyConnection, events: Any, path: Path, subjects: Any = None) -> None:
+    """:func:`visit_table` of an event directory (``subjects``' visits only, when given) to one Parquet file ordered
+    by person, so that a range of persons reads few row groups: read once per run, not once per chunk."""
+    files = [str(f) for f in events.event_files()]
+    query = ("SELECT NULL::BIGINT subject_id, NULL::BIGINT visit_id, NULL::TIMESTAMP time, NULL::TIMESTAMP end_time "
+             "WHERE false")
+    if files:
+        where = "domain = 'visit'"
+        if subjects is not None:
+            con.register("visit_subjects", pa.table({"subject_id": pa.array(subjects, pa.int64())}))
+            where += " AND subject_id IN (SELECT subject_id FROM visit_subjects)"
+        query = (f"SELECT {', '.join(VISIT_COLUMNS)} FROM read_parquet([{', '.join(map(sql_literal, files))}]) "
+                 f"WHERE {where} ORDER BY subject_id, time, visit_id")
+    try:
+        con.execute(f"COPY ({query}) TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE 100000)").fetchall()
+    finally:
+        if files and subjects is not None:
+            con.unregister("visit_subjects")
 
 
 def tokenize(tokens: pa.Table, persons: pa.Table, vocab: TokenVocabulary, *, max_len: int = 256,

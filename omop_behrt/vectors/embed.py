@@ -28,7 +28,7 @@ from omop_behrt.db.database import is_cdm_source as _is_cdm, quiet
 from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
                                           run_fingerprint,
                         start_run)
-from omop_behrt.events import EVENTS_SCHEMA, EventDir, subjects_filter, write_table
+from omop_behrt.events import EventDir, subjects_filter
 from omop_behrt.lock import exclusive_lock
 from omop_behrt.behrt.model import pool
 
@@ -316,7 +316,8 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
                resume: bool, progress: bool, precision: str, fallback: bool, vocab_cdm=None,
                exact: bool = False) -> EmbeddingResult:
     """The chunked run of :func:`embed_cohort` in its (locked, checked) work directory."""
-    from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS
+    import duckdb
+    from omop_behrt.behrt.tokenizer import TOKEN_COLUMNS, write_visits
     from omop_behrt.vocab.fallback import site_fallback
     from omop_behrt.vocab.mapping import map_events
     try:
@@ -335,7 +336,11 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
             (token_dir / "complete").write_text("all token shards written\n")
         visits_file = work / "visits.parquet"         # the cohort's visits, read once (not once per chunk)
         if not (resume and visits_file.exists()):
-            _cohort_visits(events, np.unique(index["subject_id"].to_numpy()), visits_file)
+            con = quiet(duckdb.connect())
+            try:
+                write_visits(con, events, visits_file, subjects=np.unique(index["subject_id"].to_numpy()))
+            finally:
+                con.close()
         visits_ds = ds.dataset(str(visits_file), format="parquet")
         tokens_ds = ds.dataset(str(token_dir / "tokens"), format="parquet")
         row_subject = index["subject_id"].to_numpy()
@@ -391,26 +396,6 @@ def _embed_run(model, model_dir, source, index: pa.Table, work: Path, tmp: Path 
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cohort_visits(events: EventDir, subjects: np.ndarray, path: Path) -> None:
-    """The visit events (tokenizer.visit_table's columns) of ``subjects``, sorted by subject, to ``path``: one scan
-    of the event directory for the run, each chunk then reading only its own row groups."""
-    import duckdb
-    schema = pa.schema([EVENTS_SCHEMA.field(c).with_nullable(True)
-                        for c in ("subject_id", "visit_id", "time", "end_time")])
-    files = [str(f) for f in events.event_files()]
-    table = schema.empty_table()
-    if files:
-        con = quiet(duckdb.connect())
-        try:
-            con.register("cohort_subjects", pa.table({"subject_id": pa.array(subjects, pa.int64())}))
-            table = con.sql(f"SELECT {', '.join(schema.names)} FROM read_parquet($f) WHERE domain = 'visit' AND "
-                            "subject_id IN (SELECT subject_id FROM cohort_subjects) ORDER BY subject_id, time, "
-                            "visit_id", params={"f": files}).to_arrow_table().cast(schema)
-        finally:
-            con.close()
-    write_table(table, path)
 
 
 def _as_index(X) -> pa.Table:

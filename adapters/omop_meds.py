@@ -129,12 +129,16 @@ class SortedMeds:
     #: events per subject range sorted at a time (DuckDB spills past its memory limit in any case)
     ROWS_PER_BUCKET = 2_000_000
     _EVENTS = "omop_behrt_events"
+    #: the event columns staged: all but the domain (one per table) and the text value (null for every event)
+    _STAGED = ["subject_id", "time", "code", "numeric_value"] + [c for c in meds._EXTRA
+                                                                  if c not in ("domain", "text_value")]
 
     def __init__(self, meds_out: Path, rows_per_shard: int):
         self.meds_out = meds_out
         self.work = meds.private_folder(meds_out)
         self.shards = meds.MedsShards(self.work, rows_per_shard)
         self._visits: list[np.ndarray] = []
+        self._domains: list[str] = []         # the domain of each staged part
         self._code_concepts = pa.table({"code": pa.array([], pa.string()),
                                         "concept_id": pa.array([], pa.int64())})
 
@@ -159,22 +163,35 @@ class SortedMeds:
 
     def _stage(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions,
                staged: tuple[str, str] | None) -> dict[str, int]:
-        """Every table's events in one temporary table (column ``part``: the table's index in ``specs``);
-        returns each table's rows sharing their id with another record."""
+        """Every table's events in one temporary table, by one statement (column ``part``: the table's index in
+        ``specs``); returns each table's rows sharing their id with another record.
+
+        Only what varies by row is staged (DuckDB holds the table uncompressed: 16 bytes a string, null or not):
+        the domain, one per table, and the null text value are added by :meth:`_sort`; the row key is kept for
+        the bad rows only, the quarantine being its one reader."""
         shared = {}
-        events = quote(self._EVENTS)
-        cols = f"{meds.EVENT_COLUMNS_SQL}, row_key, reason, time_note, outside_op"
+        cols = ", ".join(self._STAGED)
+        selects, params = [], {}
         for k, spec in enumerate(specs):
             duplicates, shared[spec.domain] = (duplicate_counts(cdm, spec) if options.check_duplicates
                                                else (0, 0))
             sql, p = events_sql(cdm, spec, options, duplicates=duplicates > 0, staged=staged)
-            head = f"CREATE OR REPLACE TEMP TABLE {events} AS" if k == 0 else f"INSERT INTO {events}"
-            cdm.db.execute(f"{head} SELECT {cols}, {k} AS part FROM ({sql}) e", p)
-        if not specs:
-            cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {events} AS SELECT * FROM (SELECT {cols}, 0 AS part FROM "
-                           f"(SELECT NULL::BIGINT subject_id, NULL::TIMESTAMP time, NULL code, NULL::FLOAT "
-                           f"numeric_value, {', '.join(f'NULL {c}' for c in meds._EXTRA)}, NULL row_key, "
-                           f"NULL reason, NULL time_note, NULL::INTEGER outside_op)) WHERE FALSE")
+            clash = [n for n in p if n in params and params[n] != p[n]]
+            if clash:
+                raise AssertionError(f"bind parameters {clash} differ between the tables' queries")
+            params.update(p)
+            selects.append(f"SELECT {cols}, CASE WHEN reason IS NOT NULL THEN row_key END AS row_key, reason, "
+                           f"time_note, CAST(outside_op AS UTINYINT) AS outside_op, CAST({k} AS USMALLINT) AS part "
+                           f"FROM ({sql}) e")
+        if not selects:
+            selects.append(f"SELECT * FROM (SELECT NULL::BIGINT subject_id, NULL::TIMESTAMP time, NULL code, "
+                           f"NULL::FLOAT numeric_value, "
+                           f"{', '.join(f'NULL {c}' for c in self._STAGED[4:])}, NULL row_key, NULL reason, "
+                           f"NULL time_note, NULL::UTINYINT outside_op, NULL::USMALLINT part) WHERE FALSE")
+        # one statement: DuckDB plans it once and fills it from every table at once (small tables in parallel)
+        cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(self._EVENTS)} AS " + " UNION ALL ".join(selects),
+                       params)
+        self._domains = [spec.domain for spec in specs]
         return shared
 
     def _counts(self, cdm: OmopCdm, specs: list[EventTable], out: EventDir, shared: dict) -> dict[str, dict]:
@@ -194,8 +211,10 @@ class SortedMeds:
         # the real visit ids the events carry (the rebuilt ones are gathered by _sort), for the summary's counts,
         # and the (code, concept) pairs codes.parquet describes
         good = f"{events} WHERE reason IS NULL"
+        visits = [k for k, spec in enumerate(specs) if spec.domain == "visit"]
         self._visits.append(cdm.db.query(f"SELECT DISTINCT visit_id FROM {good} AND visit_id IS NOT NULL "
-                                         "AND domain <> 'visit'").column(0).to_numpy())
+                                         f"AND part NOT IN ({', '.join(map(str, visits + [-1]))})"
+                                         ).column(0).to_numpy())
         self._code_concepts = cdm.db.query(f"SELECT DISTINCT code, concept_id FROM {good} AND concept_id IS NOT "
                                            "NULL AND code NOT LIKE 'OMOP/%' ORDER BY 1, 2")
         parts = {}
@@ -222,6 +241,8 @@ class SortedMeds:
                                  f"WHERE reason IS NULL") or []
         edges = [None] + sorted(set(int(c) for c in cuts)) + [None]
         persons = f"read_parquet({sql_literal(str(out.path / 'persons.parquet'))})"
+        domain = ("CASE part " + " ".join(f"WHEN {i} THEN {sql_literal(d)}" for i, d in enumerate(self._domains))
+                  + " END") if self._domains else "NULL::VARCHAR"
 
         def ranges() -> Iterator[pa.RecordBatch]:
             for lo, hi in zip(edges[:-1], edges[1:]):
@@ -229,8 +250,9 @@ class SortedMeds:
                                      + [f"subject_id < {hi}"] * (hi is not None)) or "TRUE"
                 people = meds.person_rows_sql(f"(SELECT * FROM {persons} WHERE {where})")
                 yield from arrow_reader(cdm.db.duck.sql(
-                    f"SELECT {meds.EVENT_COLUMNS_SQL} FROM {events} WHERE reason IS NULL AND {where} "
-                    f"UNION ALL {people} ORDER BY {meds.MEDS_ORDER}"), batch_rows)
+                    f"SELECT {meds.EVENT_COLUMNS_SQL} FROM (SELECT *, {domain} AS domain FROM {events} "
+                    f" WHERE reason IS NULL AND {where}) UNION ALL {people} ORDER BY {meds.MEDS_ORDER}"),
+                    batch_rows)
 
         with tqdm(total=total, desc="sort into MEDS", unit="event", unit_scale=True, disable=not progress,
                   leave=False) as bar:

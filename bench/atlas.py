@@ -1,13 +1,15 @@
 """ATLAS cohort generation: the 26 Phenotype Library definitions on Eunomia, ours against ohdsi-circepy's own engine.
 
-    python bench/atlas.py [--copies 1,10] [--rounds 3] [--postgres URL]
+    python bench/atlas.py [--copies 1,10] [--rounds 3] [--postgres URL] [--spark] [--spark-rounds 1]
 
 omop-behrt generates each definition through CIRCE's OHDSI SQL, translated by sqlrender and run inside the
 database (`atlas.generate_cohort_set`). The peer is ohdsi-circepy's own `generate_cohort_set`, which compiles
 the same definitions to Ibis expressions and executes them on a DuckDB backend. Both run on the same DuckDB CDM
 (Eunomia, or Eunomia replicated ``copies`` times with person and row ids shifted), alternately, ``rounds`` times;
-the per-cohort person counts of the two are compared. With ``--postgres``, ours also runs on PostgreSQL (x1).
-Prints a table and writes bench/out/atlas.json.
+the per-cohort person counts of the two are compared. With ``--postgres``, ours also runs on PostgreSQL (x1); with
+``--spark``, on Apache Spark in local mode (``local[2]``, Eunomia x1 loaded through Parquet, no Delta Lake: CIRCE's
+working tables as Parquet tables), its per-cohort persons compared with DuckDB's. Prints a table and writes
+bench/out/atlas.json.
 """
 from __future__ import annotations
 
@@ -122,6 +124,32 @@ def peer(python: str, cdm: Path, defs) -> tuple[float, dict[int, int], dict[str,
     return res["seconds"], {int(k): v for k, v in res["persons"].items()}, res["failed"]
 
 
+def on_spark(cdm: Path, defs, rounds: int, duckdb_counts: dict[int, int], persons: int, work: Path) -> dict:
+    """Ours on Spark local[2] (session start and the Parquet load not timed); persons per cohort against DuckDB's."""
+    from omop_behrt.db.spark import QUICK_CONF, SparkDatabase, load_duckdb_cdm, local_session
+    t0 = time.perf_counter()
+    spark = local_session("local[2]", "2g", app="bench-atlas", conf={**QUICK_CONF,
+                                                                    "spark.sql.warehouse.dir": str(work / "wh")})
+    spark.sparkContext.setLogLevel("ERROR")
+    load_duckdb_cdm(spark, cdm, "eunomia", work / "spark_parquet")
+    start = time.perf_counter() - t0
+    ts, counts = [], {}
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gens = atlas.generate_cohort_set(SparkDatabase(spark, "eunomia"), defs, results_schema="results")
+            ts.append(time.perf_counter() - t0)
+            counts = {g.cohort_id: g.persons for g in gens}
+    finally:
+        spark.stop()
+    return {"copies": 1, "persons": persons, "engine": "omop-behrt (Spark local[2])", "median_s": statistics.median(ts),
+            "min_s": min(ts), "max_s": max(ts), "spark_start_and_load_s": round(start, 1),
+            "cohorts_agreeing": sum(counts.get(d.cohort_id, 0) == duckdb_counts.get(d.cohort_id, 0) for d in defs),
+            "agreeing_with": "omop-behrt (DuckDB)", "peer_failed": None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", default="1,10", help="Eunomia replication factors, comma separated")
@@ -130,6 +158,8 @@ def main() -> None:
     ap.add_argument("--peer-python", default=".bench-venvs/circepy/bin/python",
                     help="python of a venv with the peer: python3 -m venv .bench-venvs/circepy && "
                          ".bench-venvs/circepy/bin/pip install ohdsi-circepy 'duckdb<2'")
+    ap.add_argument("--spark", action="store_true", help="also run ours on Spark local[2] (x1)")
+    ap.add_argument("--spark-rounds", type=int, default=1, help="rounds on Spark (a round takes minutes)")
     args = ap.parse_args()
     defs = atlas.read_cohort_set(PHENOTYPES)
     rows = []
@@ -174,6 +204,8 @@ def main() -> None:
                 finally:
                     drop_postgres_schema(args.postgres, schema)
                     drop_postgres_schema(args.postgres, schema + "_res")
+            if args.spark and copies == 1:
+                rows.append(on_spark(cdm, defs, args.spark_rounds, ours_counts, persons[0][0], Path(tmp)))
     load = os.getloadavg()[0]
     print(f"26 Phenotype Library cohorts, {args.rounds} rounds, load {load:.1f}")
     print(f"{'copies':>6} {'persons':>8}  {'engine':<24} {'median s':>8} {'min-max':>13}  agree  peer failed")

@@ -18,7 +18,7 @@ import pytest
 
 from omop_behrt.adapters import omop
 from omop_behrt.events import EventDir, validate_events, validate_persons
-from conftest import CDM_TABLES
+from conftest import CDM_TABLES, DATA
 
 # the Spark session and Eunomia's tables in it are session fixtures of conftest.py (shared with test_meds_spark.py)
 
@@ -183,3 +183,70 @@ def test_cohorts_on_spark_equal_duckdb(spark, eunomia_parquet, eunomia_db, tmp_p
     assert got == want
     assert [(r[1], r[2]) for r in got if r[0] == 1] == first
     assert {r[0] for r in got} == {1, 2, 3} and len(got) == len(set(got))
+
+
+def test_atlas_cohorts_on_spark_equal_duckdb(spark, eunomia_db, tmp_path, capsys, monkeypatch):
+    """ATLAS definitions generate in a plain Spark (no Delta Lake): sqlrender's Spark SQL, its working tables as
+    Parquet tables of the results database, the cohort table rewritten rather than row-deleted. Four Phenotype
+    Library definitions (one with an inclusion rule, one with many events per person, one whose SQL makes a
+    session view of a CTE) give DuckDB's rows, counts and attrition; a re-run replaces, never duplicates; no
+    working table, view or CDM table is left or added, also after a failure; the CLI on ``spark://`` gives the
+    same."""
+    import duckdb
+
+    from omop_behrt.cli.main import main
+    from omop_behrt.db.spark import SparkDatabase, load_duckdb_cdm
+    from omop_behrt.tasks import atlas
+    load_duckdb_cdm(spark, eunomia_db, "eunomia_atlas", tmp_path / "parquet", tables=CDM_TABLES + ["concept_ancestor"])
+    cdm_tables = {r.tableName for r in spark.sql("SHOW TABLES IN eunomia_atlas").collect()}
+    picked = [c for c in atlas.read_cohort_set(DATA / "ohdsi_phenotypes" / "cohorts.csv")
+              if c.cohort_id in (27, 77, 327, 1035)]
+    db = SparkDatabase(spark, "eunomia_atlas")
+    got = atlas.generate_cohort_set(db, picked, results_schema="spark_atlas")
+    again = atlas.generate_cohort_set(db, picked[1:2], results_schema="spark_atlas")     # 77 again: replaced
+    copy = tmp_path / "eunomia.duckdb"
+    shutil.copy(eunomia_db, copy)
+    want = atlas.generate_cohort_set(copy, picked)
+
+    def summary(gens):
+        return [(g.cohort_id, g.entries, g.persons, g.base_persons, g.attrition) for g in gens]
+    assert summary(got) == summary(want) and summary(again) == summary(want)[1:2]
+    assert [g[:3] for g in summary(got)] == [(27, 101, 101), (77, 391, 391), (327, 12873, 2664), (1035, 0, 0)]
+    assert got[0].base_persons == 101 and [a["persons_remaining"] for a in got[0].attrition] == [101]
+    rows = sorted(tuple(r) for r in spark.sql("SELECT cohort_definition_id, subject_id, cohort_start_date, "
+                                              "cohort_end_date FROM spark_atlas.cohort").collect())
+    con = duckdb.connect(str(copy), read_only=True)
+    assert rows == sorted(con.execute("SELECT cohort_definition_id, subject_id, cohort_start_date, cohort_end_date "
+                                      "FROM results.cohort").fetchall())
+    con.close()
+    assert len(rows) == len(set(rows)) == 101 + 391 + 12873
+    # nothing left behind: the results tables only, no global temporary view, the CDM database as it was
+    assert {r.tableName for r in spark.sql("SHOW TABLES IN spark_atlas").collect()} == {
+        "cohort", "cohort_censor_stats", "cohort_inclusion", "cohort_inclusion_result", "cohort_inclusion_stats",
+        "cohort_summary_stats"}
+    assert spark.sql("SHOW VIEWS IN global_temp").collect() == []     # nor CIRCE's own session views (1035's)
+    assert "ctepersons" not in {r.viewName.lower() for r in spark.sql("SHOW VIEWS").collect()}
+    assert {r.tableName for r in spark.sql("SHOW TABLES IN eunomia_atlas").collect()} == cdm_tables
+    url = f"spark://local[2]?database=eunomia_atlas&parquet={tmp_path / 'parquet'}"
+    capsys.readouterr()
+    assert main(["cohort", "atlas", "--source", url, "--json", str(DATA / "ohdsi_phenotypes" / "cohorts" / "77.json"),
+                 "--cohort-id", "1077", "--results-schema", "spark_atlas"]) == 0
+    assert "391" in capsys.readouterr().out
+    assert spark.sql("SELECT COUNT(*) FROM spark_atlas.cohort WHERE cohort_definition_id = 1077").collect()[0][0] == 391
+    # a generation that fails half-way (here: CIRCE's final working table) leaves the cohort table as it was and
+    # drops what it made: Spark has no transaction to roll back
+    from omop_behrt.db import spark as spark_db
+    from omop_behrt.db.database import SourceError
+    real = spark_db.SparkStatements.execute_raw
+
+    def failing(self, sql):
+        if "final_cohort" in sql and sql.lstrip().upper().startswith("CREATE TABLE"):
+            raise RuntimeError("injected failure")
+        return real(self, sql)
+    before = sorted(tuple(r) for r in spark.sql("SELECT * FROM spark_atlas.cohort").collect())
+    with monkeypatch.context() as m, pytest.raises(SourceError, match="injected failure"):
+        m.setattr(spark_db.SparkStatements, "execute_raw", failing)
+        atlas.generate_cohort_set(db, picked[1:2], cohort_ids=[77], results_schema="spark_atlas")
+    assert sorted(tuple(r) for r in spark.sql("SELECT * FROM spark_atlas.cohort").collect()) == before
+    assert len({r.tableName for r in spark.sql("SHOW TABLES IN spark_atlas").collect()}) == 6
+    assert spark.sql("SHOW VIEWS IN global_temp").collect() == []

@@ -151,15 +151,16 @@ def _sqlrender_rules(target: str) -> tuple:
                  for pattern, replacement in patterns.load_patterns()[target])
 
 
-def translate_ohdsi(sql: str, target: str) -> str:
+def translate_ohdsi(sql: str, target: str, temp_schema: str | None = None) -> str:
     """``circe.sqlrender.translate(sql, target)``, 5-6x faster: a pattern is tried only when every literal word
     of it occurs in the SQL (sqlrender re-tokenises the whole script for each of its ~90-200 patterns; most
     cannot match cohort SQL). The output is the same (tests compare both); targets whose translation has extra
-    steps (BigQuery, Spark, Impala) go to sqlrender unchanged."""
+    steps (BigQuery, Spark, Impala) go to sqlrender unchanged, their temporary tables emulated as tables of
+    ``temp_schema`` (sqlrender's temp emulation schema; unqualified when None)."""
     from circe import sqlrender
     from circe.sqlrender import patterns, translator
     if target in ("bigquery", "spark", "impala") or target not in patterns.load_patterns():
-        return sqlrender.translate(sql, target)
+        return sqlrender.translate(sql, target, temp_emulation_schema=temp_schema)
     session = patterns.get_global_session_id()
     out = translator._strip_blank_lines(sql)
     for words, parsed, replacement in _sqlrender_rules(target):

@@ -199,18 +199,22 @@ class SparkStatements:
         self._inserts: dict[str, list] = {}                     # table -> DataFrames of rows inserted since
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        held = self._hold(sql, params)
-        if held:
+        if _WRITE.match(sql) and self._hold(self.db.translated(sql), params):
             return []
         return [tuple(r) for r in self.db.frame(sql, params).collect()]
 
-    def _hold(self, sql: str, params: Mapping[str, Any] | None) -> bool:
-        """Hold back a DELETE the table cannot run, or an INSERT into a table with one held; True if held."""
+    def execute_raw(self, sql: str) -> None:
+        """A statement already in Spark SQL (e.g. CIRCE's, translated by sqlrender), held back as :meth:`execute`'s
+        when it deletes from a table that cannot."""
+        if _WRITE.match(sql) and self._hold(sql, None):
+            return
+        self.db.spark.sql(sql).collect()
+
+    def _hold(self, text: str, params: Mapping[str, Any] | None) -> bool:
+        """Hold back a DELETE (Spark SQL ``text``) the table cannot run, or an INSERT into a table with one held;
+        True if held."""
         import sqlglot
         from sqlglot import exp
-        if not _WRITE.match(sql):
-            return False
-        text = self.db.translated(sql)
         try:
             stmt = sqlglot.parse_one(text, read="spark")
         except sqlglot.errors.ParseError:
@@ -268,9 +272,6 @@ class SparkStatements:
                 spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
         self._deletes.clear()
         self._inserts.clear()
-
-    def execute_raw(self, sql: str) -> None:
-        self.db.spark.sql(sql).collect()
 
 
 def arrow_of(df) -> pa.Table:

@@ -42,7 +42,9 @@ except Exception:  # not installed: sql() fails on the import with its own messa
     _CIRCEPY_VERSION = (0,)
 
 #: where the generating transaction puts its typed views of the CDM (dropped before it commits)
-_VIEW_SCHEMA = {"duckdb": "temp.main", "postgresql": "pg_temp"}
+#: where the typed views of the CDM tables live while a cohort is generated (Spark: session temporary views take no
+#: schema, so global temporary ones, dropped after)
+_VIEW_SCHEMA = {"duckdb": "temp.main", "postgresql": "pg_temp", "spark": "global_temp"}
 
 
 class AtlasError(ValueError):
@@ -80,9 +82,12 @@ class AtlasCohort:
 
     def sql(self, dialect: str = "postgresql", *, cohort_definition_id: int | None = None, cdm_schema: str = "cdm",
             vocab_schema: str | None = None, results_schema: str = RESULTS_SCHEMA, cohort_table: str = "cohort",
-            attrition: bool = True) -> list[str]:
+            attrition: bool = True, temp_schema: str | None = None) -> list[str]:
         """The OHDSI SQL that generates this cohort, translated to ``dialect`` (a sqlrender or SQLAlchemy name) and
-        split into statements: what `generate` runs, and what a site on another engine can run itself."""
+        split into statements: what `generate` runs, and what a site on another engine can run itself.
+
+        ``temp_schema``: where engines without temporary tables (Spark, BigQuery, ...) create CIRCE's working
+        tables (sqlrender's temp emulation schema); the results schema when not given, never the CDM's."""
         from circe.api import build_cohort_query
         from circe.cohortdefinition import BuildExpressionQueryOptions
         from circe import sqlrender
@@ -112,7 +117,8 @@ class AtlasCohort:
                              ) from None
         rendered = sqlrender.render(ohdsi_sql, results_database_schema=schema, cdm_database_schema=cdm_schema,
                                     vocabulary_database_schema=options.vocabulary_schema)
-        return [s for s in sqlrender.split_sql(translate_ohdsi(rendered, target)) if s.strip()]
+        temp = check_identifier(temp_schema or results_schema, "temp schema name")
+        return [s for s in sqlrender.split_sql(translate_ohdsi(rendered, target, temp)) if s.strip()]
 
     def generate(self, source: "str | Path | Database", cohort_definition_id: int | None = None, **kwargs) -> int:
         """Write the cohort into ``<results_schema>.<cohort_table>``; returns its number of entries.
@@ -216,8 +222,9 @@ def generate_cohort_set(source: "str | Path | Database", cohorts: Sequence[Atlas
                         vocab_schema: str | None = None, results_schema: str | None = None,
                         cohort_table: str = "cohort", allow_cdm_schema: bool = False, attrition: bool = True,
                         progress: bool = False) -> list[Generation]:
-    """Generate each cohort into ``<results_schema>.<cohort_table>`` inside the database (DuckDB, PostgreSQL),
-    one transaction per cohort: a failure leaves that cohort as it was, a re-run replaces its rows."""
+    """Generate each cohort into ``<results_schema>.<cohort_table>`` inside the database (DuckDB, PostgreSQL,
+    Spark), one transaction per cohort (Spark: one statement after another, the cohort table rewritten at the end):
+    a failure leaves that cohort as it was, a re-run replaces its rows."""
     from omop_behrt.db.cdm import OmopCdm
     if cohort_ids is not None and len(cohort_ids) != len(cohorts):
         raise ValueError(f"{len(cohort_ids)} cohort ids for {len(cohorts)} cohort definitions")
@@ -244,7 +251,7 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     for table in ("person", "observation_period", "concept"):     # every CIRCE cohort reads them
         cdm.require(table)
     if db.dialect not in _VIEW_SCHEMA:
-        raise SourceError(f"{db.description}: generating ATLAS cohorts runs on DuckDB and PostgreSQL; for "
+        raise SourceError(f"{db.description}: generating ATLAS cohorts runs on DuckDB, PostgreSQL and Spark; for "
                           f"{db.dialect}, run AtlasCohort.sql({db.dialect!r}) there")
     schema = _writable_results(cdm, results_schema, allow_cdm_schema)
     qualified = _prepare_cohort_table(cdm, schema, cohort_table)
@@ -253,6 +260,7 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     for stmt in statements(render(load_sql("cohorts/create_inclusion_tables.sql"), {"schema": qschema})):
         db.execute(stmt)
     views = _Views(cdm)
+    delta = db.dialect == "spark" and _has_delta(db.spark)
     out = []
     bar = _progress(len(cohorts), progress)
     jobs = [(c, db.dialect, dict(cohort_definition_id=cid, cdm_schema=_VIEW_SCHEMA[db.dialect], results_schema=schema,
@@ -264,27 +272,37 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
         for note in notes:
             warnings.warn(f"{cohort.label}: {note}", stacklevel=2)
         rules = cohort.definition.get("InclusionRules") or []
-        with db.transaction() as tx:
-            if db.dialect == "postgresql":   # one generator of this cohort table at a time, released at commit
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext(:key))",
-                           {"key": f"omop_behrt.cohort {qualified}"})
-            for table in sorted(used):
-                tx.execute_raw(views.create(table))
-            tx.execute(render(load_sql("cohorts/delete_inclusion_rules.sql"), {"schema": qschema}),
-                       {"cohort_definition_id": cid})
-            for seq, rule in enumerate(rules):
-                tx.execute(render(load_sql("cohorts/insert_inclusion_rule.sql"), {"schema": qschema}),
-                           {"cohort_definition_id": cid, "rule_sequence": seq,
-                            "name": str(rule.get("name") or f"rule {seq + 1}")[:255],
-                            "description": str(rule["description"])[:1000] if rule.get("description") else None})
-            for stmt in circe_sql:
-                try:
-                    tx.execute_raw(stmt)
-                except Exception as e:  # the driver's own error types; re-raised naming the cohort
-                    raise SourceError(f"{cohort.label}: generating it failed in {db.description}: "
-                                      f"{_first_line(e)}") from None
-            for table in sorted(used):
-                tx.execute_raw(f"DROP VIEW IF EXISTS {_VIEW_SCHEMA[db.dialect]}.{quote(table)}")
+        if db.dialect == "spark" and not delta:   # a plain Spark: CIRCE's working tables as Parquet tables
+            circe_sql = [_USING_DELTA.sub(r"\1PARQUET", stmt) for stmt in circe_sql]
+        try:
+            with db.transaction() as tx:
+                if db.dialect == "postgresql":   # one generator of this cohort table at a time, released at commit
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtext(:key))",
+                               {"key": f"omop_behrt.cohort {qualified}"})
+                for table in sorted(used):
+                    tx.execute_raw(views.create(table))
+                tx.execute(render(load_sql("cohorts/delete_inclusion_rules.sql"), {"schema": qschema}),
+                           {"cohort_definition_id": cid})
+                for seq, rule in enumerate(rules):
+                    tx.execute(render(load_sql("cohorts/insert_inclusion_rule.sql"), {"schema": qschema}),
+                               {"cohort_definition_id": cid, "rule_sequence": seq,
+                                "name": str(rule.get("name") or f"rule {seq + 1}")[:255],
+                                "description": str(rule["description"])[:1000] if rule.get("description") else None})
+                for stmt in circe_sql:
+                    try:
+                        tx.execute_raw(stmt)
+                    except Exception as e:  # the driver's own error types; re-raised naming the cohort
+                        raise SourceError(f"{cohort.label}: generating it failed in {db.description}: "
+                                          f"{_first_line(e)}") from None
+                for table in sorted(used):
+                    tx.execute_raw(views.drop(table))
+                if db.dialect == "spark":    # sqlrender's Spark SQL makes some CTEs session views, left behind
+                    for view in _spark_working(circe_sql)[1]:
+                        tx.execute_raw(f"DROP VIEW IF EXISTS {view}")
+        except BaseException:
+            if db.dialect == "spark":      # no transaction to roll back: what this cohort made is dropped
+                _drop_spark_leftovers(db, [views.drop(t) for t in sorted(used)], circe_sql)
+            raise
         counts = db.query(render(load_sql("cohorts/cohort_counts.sql"), {"cohort_table": qualified}),
                           {"cohort_definition_id": cid})
         gen = Generation(cid, cohort.name, int(counts["entries"][0].as_py()), int(counts["persons"][0].as_py()),
@@ -459,7 +477,50 @@ class _Views:
     def create(self, table: str) -> str:
         if table not in self._select:
             raise SourceError(f"CIRCE's SQL reads {table}, which is not an OMOP CDM {self.cdm.cdm_version} table")
+        db = self.cdm.db
+        if db.dialect == "spark":       # written in PostgreSQL's dialect, as every statement of ours
+            return f"CREATE OR REPLACE GLOBAL TEMPORARY VIEW `{table}` AS {db.translated(self._select[table])}"
         return f"CREATE TEMP VIEW {quote(table)} AS {self._select[table]}"
+
+    def drop(self, table: str) -> str:
+        if self.cdm.db.dialect == "spark":
+            return f"DROP VIEW IF EXISTS global_temp.`{table}`"
+        return f"DROP VIEW IF EXISTS {_VIEW_SCHEMA[self.cdm.db.dialect]}.{quote(table)}"
+
+
+#: sqlrender's Spark SQL creates its working tables as Delta tables (Databricks)
+_USING_DELTA = re.compile(r"(\bUSING\s+)DELTA\b", re.IGNORECASE)
+
+
+def _spark_working(circe_sql: list[str]) -> tuple[list[str], list[str]]:
+    """The working tables and the session views that CIRCE's Spark SQL creates (names as written)."""
+    tables = {m.group(1) for stmt in circe_sql for m in _CREATE_TABLE.finditer(stmt)}
+    views = {m.group(1) for stmt in circe_sql for m in _CREATE_VIEW.finditer(stmt)}
+    return sorted(tables), sorted(views)
+
+
+def _drop_spark_leftovers(db, drop_views: list[str], circe_sql: list[str]) -> None:
+    """After a failed generation in Spark: drop the global temporary views, CIRCE's working tables and session
+    views (no transaction removes them), each on its own so that one failure does not keep the others."""
+    tables, views = _spark_working(circe_sql)
+    for sql in drop_views + [f"DROP TABLE IF EXISTS {t}" for t in tables] + [f"DROP VIEW IF EXISTS {v}"
+                                                                             for v in views]:
+        try:
+            db.spark.sql(sql).collect()
+        except Exception:  # noqa: S110 - best effort; the generation's own error is the one raised
+            pass
+
+
+_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+([\w.`]+)", re.IGNORECASE | re.MULTILINE)
+_CREATE_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+VIEW\s+([\w`]+)",
+                          re.IGNORECASE | re.MULTILINE)
+
+
+def _has_delta(spark) -> bool:
+    """Whether a Spark session can create Delta tables (Databricks, or Delta Lake's extension configured)."""
+    conf = spark.conf
+    return bool(conf.get("spark.databricks.clusterUsageTags.sparkVersion", None)) or \
+        "delta" in (conf.get("spark.sql.extensions", None) or "").lower()
 
 
 _SQL_TYPE = {"integer": "BIGINT", "number": "DOUBLE PRECISION", "date": "DATE", "timestamp": "TIMESTAMP"}

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Sequence
 from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, _prepare_cohort_table, _writable_results
 from omop_behrt.db.database import Database, SourceError, check_identifier, load_sql, quote, render, statements
 from omop_behrt.db.dialects import translate_ohdsi
+from omop_behrt.tasks.circe_cdm import (VIEW_SCHEMA, CdmViews, drop_spark_leftovers, has_delta, spark_working,
+                                        tables_used, without_delta)
 
 #: CIRCE criteria that ohdsi-circepy builds SQL for (a definition naming another one is refused by name).
 CRITERIA = ("ConditionOccurrence", "ConditionEra", "Death", "DeviceExposure", "DoseEra", "DrugEra", "DrugExposure",
@@ -42,9 +44,6 @@ except Exception:  # not installed: sql() fails on the import with its own messa
     _CIRCEPY_VERSION = (0,)
 
 #: where the generating transaction puts its typed views of the CDM (dropped before it commits)
-#: where the typed views of the CDM tables live while a cohort is generated (Spark: session temporary views take no
-#: schema, so global temporary ones, dropped after)
-_VIEW_SCHEMA = {"duckdb": "temp.main", "postgresql": "pg_temp", "spark": "global_temp"}
 
 
 class AtlasError(ValueError):
@@ -250,7 +249,7 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     db = cdm.db
     for table in ("person", "observation_period", "concept"):     # every CIRCE cohort reads them
         cdm.require(table)
-    if db.dialect not in _VIEW_SCHEMA:
+    if db.dialect not in VIEW_SCHEMA:
         raise SourceError(f"{db.description}: generating ATLAS cohorts runs on DuckDB, PostgreSQL and Spark; for "
                           f"{db.dialect}, run AtlasCohort.sql({db.dialect!r}) there")
     schema = _writable_results(cdm, results_schema, allow_cdm_schema)
@@ -259,21 +258,21 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
     qschema = quote(schema, "schema name")
     for stmt in statements(render(load_sql("cohorts/create_inclusion_tables.sql"), {"schema": qschema})):
         db.execute(stmt)
-    views = _Views(cdm)
-    delta = db.dialect == "spark" and _has_delta(db.spark)
+    views = CdmViews(cdm)
+    delta = db.dialect == "spark" and has_delta(db.spark)
     out = []
     bar = _progress(len(cohorts), progress)
-    jobs = [(c, db.dialect, dict(cohort_definition_id=cid, cdm_schema=_VIEW_SCHEMA[db.dialect], results_schema=schema,
+    jobs = [(c, db.dialect, dict(cohort_definition_id=cid, cdm_schema=VIEW_SCHEMA[db.dialect], results_schema=schema,
                                  cohort_table=cohort_table, attrition=attrition)) for c, cid in zip(cohorts, ids)]
     for (cohort, cid), (circe_sql, built) in zip(zip(cohorts, ids), _translated(jobs)):
         t0 = time.perf_counter() - built
-        used = _tables_used(circe_sql, _VIEW_SCHEMA[db.dialect])
+        used = tables_used(circe_sql, VIEW_SCHEMA[db.dialect])
         notes = [views.notes[t] for t in sorted(used) if t in views.notes]
         for note in notes:
             warnings.warn(f"{cohort.label}: {note}", stacklevel=2)
         rules = cohort.definition.get("InclusionRules") or []
         if db.dialect == "spark" and not delta:   # a plain Spark: CIRCE's working tables as Parquet tables
-            circe_sql = [_USING_DELTA.sub(r"\1PARQUET", stmt) for stmt in circe_sql]
+            circe_sql = [without_delta(stmt) for stmt in circe_sql]
         try:
             with db.transaction() as tx:
                 if db.dialect == "postgresql":   # one generator of this cohort table at a time, released at commit
@@ -297,11 +296,11 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
                 for table in sorted(used):
                     tx.execute_raw(views.drop(table))
                 if db.dialect == "spark":    # sqlrender's Spark SQL makes some CTEs session views, left behind
-                    for view in _spark_working(circe_sql)[1]:
+                    for view in spark_working(circe_sql)[1]:
                         tx.execute_raw(f"DROP VIEW IF EXISTS {view}")
         except BaseException:
             if db.dialect == "spark":      # no transaction to roll back: what this cohort made is dropped
-                _drop_spark_leftovers(db, [views.drop(t) for t in sorted(used)], circe_sql)
+                drop_spark_leftovers(db, [views.drop(t) for t in sorted(used)], circe_sql)
             raise
         counts = db.query(render(load_sql("cohorts/cohort_counts.sql"), {"cohort_table": qualified}),
                           {"cohort_definition_id": cid})
@@ -432,104 +431,6 @@ def _pydantic_first(e: Exception) -> str:
         if "validation error" in line and i + 2 < len(lines):
             return f"field {lines[i + 1]}: {lines[i + 2].split(' [type=')[0]}"
     return lines[0] if lines else str(e)
-
-
-# -- the CDM as CIRCE expects it -------------------------------------------------------------------
-class _Views:
-    """Typed, lower-case views of the CDM tables, created inside the generating transaction and dropped before
-    it commits: CIRCE's SQL compares value_as_number with numbers and joins ids, which fails on a CDM that stores
-    them as text (Eunomia does), and PostgreSQL folds CIRCE's unquoted names to lower case."""
-
-    def __init__(self, cdm) -> None:
-        from omop_behrt.db.cdm import READ_AS, ddl_types, type_kind
-        self.cdm, self.notes, self._select = cdm, {}, {}
-        ddl = ddl_types(cdm.cdm_version)
-        catalog = ""    # DuckDB: a temp view named like its table must name the table's catalog, or it reads itself
-        if cdm.db.duck is not None:
-            name = cdm.db.duck.execute("SELECT current_database()").fetchall()[0][0]
-            catalog = '"' + name.replace('"', '""') + '".'
-        qtable = lambda t: catalog + cdm.qtable(t)  # noqa: E731
-        for table, kinds in ddl.items():
-            if table == "concept_ancestor" and cdm.has_table("concept") and (
-                    not cdm.has_table(table) or cdm.db.scalar(f"SELECT COUNT(*) FROM (SELECT 1 FROM "
-                                                              f"{cdm.qtable(table)} LIMIT 1) t") == 0):
-                state = "empty" if cdm.has_table(table) else "missing"
-                self.notes[table] = (f"the CDM's concept_ancestor table is {state}: concept sets 'with descendants' "
-                                     f"match only the concepts they name")
-                cid = cdm.col("concept", "concept_id")
-                self._select[table] = (f"SELECT CAST({cid} AS BIGINT) AS ancestor_concept_id, CAST({cid} AS BIGINT) "
-                                       f"AS descendant_concept_id, 0 AS min_levels_of_separation, 0 AS "
-                                       f"max_levels_of_separation FROM {qtable('concept')}")
-            elif cdm.has_table(table):
-                cols = []
-                for c in cdm.columns(table):
-                    kind, stored = kinds.get(c), type_kind(cdm.column_type(table, c) or "")
-                    expr = cdm.col(table, c)
-                    if kind in READ_AS and stored != kind and not (kind == "number" and stored == "integer"):
-                        expr = cdm.cast(expr, READ_AS[kind], (table, c))
-                    cols.append(f"{expr} AS {quote(c)}")
-                self._select[table] = f"SELECT {', '.join(cols)} FROM {qtable(table)}"
-            else:
-                self.notes[table] = f"the CDM has no {table} table: criteria on it match no one"
-                typed = [f"CAST(NULL AS {_SQL_TYPE.get(k, 'VARCHAR')}) AS {quote(c)}" for c, k in kinds.items()]
-                self._select[table] = f"SELECT {', '.join(typed)} WHERE 1 = 0"
-
-    def create(self, table: str) -> str:
-        if table not in self._select:
-            raise SourceError(f"CIRCE's SQL reads {table}, which is not an OMOP CDM {self.cdm.cdm_version} table")
-        db = self.cdm.db
-        if db.dialect == "spark":       # written in PostgreSQL's dialect, as every statement of ours
-            return f"CREATE OR REPLACE GLOBAL TEMPORARY VIEW `{table}` AS {db.translated(self._select[table])}"
-        return f"CREATE TEMP VIEW {quote(table)} AS {self._select[table]}"
-
-    def drop(self, table: str) -> str:
-        if self.cdm.db.dialect == "spark":
-            return f"DROP VIEW IF EXISTS global_temp.`{table}`"
-        return f"DROP VIEW IF EXISTS {_VIEW_SCHEMA[self.cdm.db.dialect]}.{quote(table)}"
-
-
-#: sqlrender's Spark SQL creates its working tables as Delta tables (Databricks)
-_USING_DELTA = re.compile(r"(\bUSING\s+)DELTA\b", re.IGNORECASE)
-
-
-def _spark_working(circe_sql: list[str]) -> tuple[list[str], list[str]]:
-    """The working tables and the session views that CIRCE's Spark SQL creates (names as written)."""
-    tables = {m.group(1) for stmt in circe_sql for m in _CREATE_TABLE.finditer(stmt)}
-    views = {m.group(1) for stmt in circe_sql for m in _CREATE_VIEW.finditer(stmt)}
-    return sorted(tables), sorted(views)
-
-
-def _drop_spark_leftovers(db, drop_views: list[str], circe_sql: list[str]) -> None:
-    """After a failed generation in Spark: drop the global temporary views, CIRCE's working tables and session
-    views (no transaction removes them), each on its own so that one failure does not keep the others."""
-    tables, views = _spark_working(circe_sql)
-    for sql in drop_views + [f"DROP TABLE IF EXISTS {t}" for t in tables] + [f"DROP VIEW IF EXISTS {v}"
-                                                                             for v in views]:
-        try:
-            db.spark.sql(sql).collect()
-        except Exception:  # noqa: S110 - best effort; the generation's own error is the one raised
-            pass
-
-
-_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+([\w.`]+)", re.IGNORECASE | re.MULTILINE)
-_CREATE_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+VIEW\s+([\w`]+)",
-                          re.IGNORECASE | re.MULTILINE)
-
-
-def _has_delta(spark) -> bool:
-    """Whether a Spark session can create Delta tables (Databricks, or Delta Lake's extension configured)."""
-    conf = spark.conf
-    return bool(conf.get("spark.databricks.clusterUsageTags.sparkVersion", None)) or \
-        "delta" in (conf.get("spark.sql.extensions", None) or "").lower()
-
-
-_SQL_TYPE = {"integer": "BIGINT", "number": "DOUBLE PRECISION", "date": "DATE", "timestamp": "TIMESTAMP"}
-
-
-def _tables_used(statements: Sequence[str], view_schema: str) -> set[str]:
-    """The CDM tables CIRCE's statements read through the view schema (lower case)."""
-    pattern = re.compile(re.escape(view_schema) + r"\.(\w+)", re.I)
-    return {m.group(1).lower() for s in statements for m in pattern.finditer(s)}
 
 
 def _attrition(db: Database, qschema: str, cid: int, names: list[str]) -> tuple[int, list[dict]]:

@@ -6,7 +6,9 @@ round runs
   * spark : omop.extract over a SparkDatabase (Spark SQL, executors write the shards), session already warm
   * duckdb: omop.extract over the DuckDB file (the default engine, same 2 cores)
 and the table gives seconds, events/s and the Spark/DuckDB time ratio (median of the rounds); the Spark session's
-start and the Parquet load are reported apart. Writes bench/results/spark.json.
+start and the Parquet load are reported apart, and the peak RSS of this Python driver and of Spark's JVM during
+each Spark run (run at two sizes to see whether the driver's memory grows with the CDM). Writes
+bench/results/spark.json.
 
     python bench/spark.py                       # Eunomia x4 (10,776 persons, ~870k events), 3 rounds, local[2]
     python bench/spark.py --copies 1 --rounds 1 # quick
@@ -62,6 +64,31 @@ def build_eunomia(copies: int, path: Path) -> dict:
     return {"persons": persons, "source_rows": rows, "db_bytes": path.stat().st_size}
 
 
+def _jvm_pid(spark) -> int | None:
+    """The pid of the JVM pyspark started for this session (None when it did not start one)."""
+    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
+    return getattr(proc, "pid", None)
+
+
+def _reset_peak(pid: int | None) -> None:
+    """Reset a process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5), so a run's peak is its own."""
+    if pid is not None:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _peak_mb(pid: int | None) -> int | None:
+    """A process's peak RSS (VmHWM) in MB, None where /proc does not say."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return None
+    kb = [int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")]
+    return round(kb[0] / 1024) if kb else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=4, help="Eunomia replicas (2,694 persons each)")
@@ -94,14 +121,22 @@ def main() -> None:
     runs: dict[str, list[float]] = {"spark": [], "duckdb": []}
     events = {}
     loads = []
+    peaks: dict[str, list[int | None]] = {"driver_python": [], "jvm": []}     # MB, during the Spark runs
     for r in range(args.rounds):
         for engine in ("spark", "duckdb"):
             out = args.workdir / f"events_{engine}"
             shutil.rmtree(out, ignore_errors=True)
             source = SparkDatabase(spark, "bench_cdm") if engine == "spark" else db
+            jvm = _jvm_pid(spark)
+            if engine == "spark":
+                _reset_peak(os.getpid())
+                _reset_peak(jvm)
             t = time.perf_counter()
             s = omop.extract(source, out, progress=False)
             runs[engine].append(time.perf_counter() - t)
+            if engine == "spark":
+                peaks["driver_python"].append(_peak_mb(os.getpid()))
+                peaks["jvm"].append(_peak_mb(jvm))
             events[engine] = (s.events_out, s.quarantined, s.persons)
             loads.append(os.getloadavg()[0])
             print(f"round {r + 1} {engine:<7} {runs[engine][-1]:8.1f} s  {s.events_out:,} events", flush=True)
@@ -119,10 +154,13 @@ def main() -> None:
         print(f"{r['engine']:<8} {r['seconds_median']:>9} {r['events']:>10,} {r['events_per_s']:>10,}  {r['seconds']}")
     print(f"spark / duckdb time: {ratio:.2f}x  (session start {start_s:.1f} s and Parquet load {load_s:.1f} s "
           f"not included); load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
+    print(f"peak RSS during the Spark runs: Python driver {peaks['driver_python']} MB, JVM (driver and local "
+          f"executors, --driver-memory {args.driver_memory}) {peaks['jvm']} MB")
     import pyspark
     result = {"cdm": f"Eunomia x{args.copies}", **info, "master": args.master, "driver_memory": args.driver_memory,
               "rounds": args.rounds, "runs": rows, "spark_over_duckdb_time": round(ratio, 2),
               "spark_session_start_s": round(start_s, 1), "spark_parquet_load_s": round(load_s, 1),
+              "peak_rss_mb_during_spark_runs": peaks,
               "load_average": [round(x, 2) for x in loads],
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "duckdb": duckdb.__version__, "pyspark": pyspark.__version__}}

@@ -6,6 +6,7 @@ GI bleeding (77, 482) and an inclusion rule, and against the project's own first
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 import shutil
 import threading
@@ -280,6 +281,11 @@ def test_sql_translates_to_every_dialect(dialect):
     text = "\n".join(stmts)
     assert len(stmts) > 30 and "cdm.CONCEPT" in text and "@" not in text
     assert ("#Codesets" in text) == (dialect in ("sql server", "redshift"))     # their own temp tables
+    # where the dialect emulates temporary tables, CIRCE's working tables go to the results schema (never the
+    # session's current schema, which is often the CDM's)
+    created = [re.match(r"\s*CREATE\s+(?:TEMP\s+)?TABLE\s+(\S+)", s, re.I) for s in stmts]
+    names = [m.group(1) for m in created if m]
+    assert names and all(n.startswith("results.") for n in names) == (dialect in ("spark", "snowflake", "oracle"))
 
 
 def test_cli_cohort_atlas_set_and_sql(eunomia_db, tmp_path, capsys):
@@ -363,3 +369,6 @@ def test_fast_translation_equals_sqlrender(dialect):
         o.cohort_id, o.generate_stats = cid, True
         rendered = sqlrender.render(build_cohort_query(c.expression(), o))
         assert translate_ohdsi(rendered, dialect) == sqlrender.translate(rendered, dialect)
+        # with a temp emulation schema (where Oracle creates CIRCE's working tables), sqlrender's output too
+        assert translate_ohdsi(rendered, dialect, "scratch") == sqlrender.translate(
+            rendered, dialect, temp_emulation_schema="scratch")

@@ -155,17 +155,19 @@ def translate_ohdsi(sql: str, target: str, temp_schema: str | None = None) -> st
     """``circe.sqlrender.translate(sql, target)``, 5-6x faster: a pattern is tried only when every literal word
     of it occurs in the SQL (sqlrender re-tokenises the whole script for each of its ~90-200 patterns; most
     cannot match cohort SQL). The output is the same (tests compare both); targets whose translation has extra
-    steps (BigQuery, Spark, Impala) go to sqlrender unchanged, their temporary tables emulated as tables of
-    ``temp_schema`` (sqlrender's temp emulation schema; unqualified when None)."""
+    steps (BigQuery, Spark, Impala) go to sqlrender unchanged. Where a dialect emulates temporary tables (Spark,
+    Oracle, Impala, ...), they are tables of ``temp_schema`` (sqlrender's temp emulation schema; unqualified,
+    i.e. in the session's current schema, when None)."""
     from circe import sqlrender
     from circe.sqlrender import patterns, translator
     if target in ("bigquery", "spark", "impala") or target not in patterns.load_patterns():
         return sqlrender.translate(sql, target, temp_emulation_schema=temp_schema)
     session = patterns.get_global_session_id()
+    prefix = f"{temp_schema}." if temp_schema else ""      # sqlrender's own rule for its temp emulation schema
     out = translator._strip_blank_lines(sql)
     for words, parsed, replacement in _sqlrender_rules(target):
         low = out.lower()
         if all(w in low for w in words):
-            replacement = replacement.replace("%session_id%", session).replace("%temp_prefix%", "")
+            replacement = replacement.replace("%session_id%", session).replace("%temp_prefix%", prefix)
             out = translator._strip_blank_lines(translator.search_and_replace(out, parsed, replacement))
     return out

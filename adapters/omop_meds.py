@@ -183,11 +183,11 @@ class SortedMeds:
             selects.append(f"SELECT {cols}, CASE WHEN reason IS NOT NULL THEN row_key END AS row_key, reason, "
                            f"time_note, CAST(outside_op AS UTINYINT) AS outside_op, CAST({k} AS USMALLINT) AS part "
                            f"FROM ({sql}) e")
-        if not selects:
-            selects.append(f"SELECT * FROM (SELECT NULL::BIGINT subject_id, NULL::TIMESTAMP time, NULL code, "
-                           f"NULL::FLOAT numeric_value, "
-                           f"{', '.join(f'NULL {c}' for c in self._STAGED[4:])}, NULL row_key, NULL reason, "
-                           f"NULL time_note, NULL::UTINYINT outside_op, NULL::USMALLINT part) WHERE FALSE")
+        if not selects:     # no table: the same columns, no row
+            typed = {"subject_id": "NULL::BIGINT", "time": "NULL::TIMESTAMP", "numeric_value": "NULL::FLOAT"}
+            nulls = ", ".join(f"{typed.get(c, 'NULL')} AS {c}" for c in self._STAGED)
+            selects.append(f"SELECT {nulls}, NULL AS row_key, NULL AS reason, NULL AS time_note, "
+                           f"NULL::UTINYINT AS outside_op, NULL::USMALLINT AS part WHERE FALSE")
         # one statement: DuckDB plans it once and fills it from every table at once (small tables in parallel)
         cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(self._EVENTS)} AS " + " UNION ALL ".join(selects),
                        params)

@@ -169,9 +169,14 @@ class SparkDatabase(Database):
     def transaction(self) -> Iterator["SparkStatements"]:
         """Spark SQL has no transactions: statements run one by one, except row deletes on a table that has none
         (a plain Parquet/Hive table, not Delta), which are applied together when the block ends (see
-        :class:`SparkStatements`)."""
+        :class:`SparkStatements`). A block that fails applies none of them and drops the tables and views it
+        created: what a rollback would have removed."""
         tx = SparkStatements(self)
-        yield tx
+        try:
+            yield tx
+        except BaseException:
+            tx.rollback()
+            raise
         tx.flush()
 
     def close(self) -> None:
@@ -181,6 +186,9 @@ class SparkDatabase(Database):
 
 #: a statement (after its leading comments) that deletes or inserts rows
 _WRITE = re.compile(r"\s*(?:--[^\n]*\n\s*)*(?:DELETE|INSERT)\b", re.IGNORECASE)
+#: a statement that creates a table or a view, with its name (not IF NOT EXISTS: that one may have been there)
+_CREATE = re.compile(r"\s*(?:--[^\n]*\n\s*)*CREATE\s+(?:OR\s+REPLACE\s+)?(GLOBAL\s+)?(?:TEMP(?:ORARY)?\s+)?"
+                     r"(TABLE|VIEW)\s+(?!IF\s+NOT\s+EXISTS\b)([\w.`]+)", re.IGNORECASE)
 
 
 class SparkStatements:
@@ -197,11 +205,14 @@ class SparkStatements:
         self.db = db
         self._deletes: dict[str, list[tuple[str, dict]]] = {}   # table -> held-back (WHERE, params)
         self._inserts: dict[str, list] = {}                     # table -> DataFrames of rows inserted since
+        self._created: list[str] = []                           # DROP statements for what the block created
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         if _WRITE.match(sql) and self._hold(self.db.translated(sql), params):
             return []
-        return [tuple(r) for r in self.db.frame(sql, params).collect()]
+        rows = [tuple(r) for r in self.db.frame(sql, params).collect()]
+        self._note_created(sql)
+        return rows
 
     def execute_raw(self, sql: str) -> None:
         """A statement already in Spark SQL (e.g. CIRCE's, translated by sqlrender), held back as :meth:`execute`'s
@@ -209,6 +220,25 @@ class SparkStatements:
         if _WRITE.match(sql) and self._hold(sql, None):
             return
         self.db.spark.sql(sql).collect()
+        self._note_created(sql)
+
+    def _note_created(self, sql: str) -> None:
+        m = _CREATE.match(sql)
+        if m:
+            glob, kind, name = m.groups()
+            self._created.append(f"DROP {kind.upper()} IF EXISTS " + ("global_temp." if glob else "") + name)
+
+    def rollback(self) -> None:
+        """After a failure: apply none of the held-back writes, and drop what the block created, newest first
+        (each on its own: one that fails does not keep the others)."""
+        self._deletes.clear()
+        self._inserts.clear()
+        for drop in reversed(self._created):
+            try:
+                self.db.spark.sql(drop).collect()
+            except Exception:  # noqa: S110 - best effort; the block's own error is the one raised
+                pass
+        self._created.clear()
 
     def _hold(self, text: str, params: Mapping[str, Any] | None) -> bool:
         """Hold back a DELETE (Spark SQL ``text``) the table cannot run, or an INSERT into a table with one held;

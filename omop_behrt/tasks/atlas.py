@@ -20,8 +20,7 @@ from typing import Any, Iterable, Sequence
 from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, _prepare_cohort_table, _writable_results
 from omop_behrt.db.database import Database, SourceError, check_identifier, load_sql, quote, render, statements
 from omop_behrt.db.dialects import translate_ohdsi
-from omop_behrt.tasks.circe_cdm import (VIEW_SCHEMA, CdmViews, drop_spark_leftovers, has_delta, spark_working,
-                                        tables_used, without_delta)
+from omop_behrt.tasks.circe_cdm import VIEW_SCHEMA, CdmViews, has_delta, session_views, tables_used, without_delta
 
 #: CIRCE criteria that ohdsi-circepy builds SQL for (a definition naming another one is refused by name).
 CRITERIA = ("ConditionOccurrence", "ConditionEra", "Death", "DeviceExposure", "DoseEra", "DrugEra", "DrugExposure",
@@ -273,35 +272,30 @@ def _generate(cdm, cohorts: Sequence[AtlasCohort], ids: list[int], results_schem
         rules = cohort.definition.get("InclusionRules") or []
         if db.dialect == "spark" and not delta:   # a plain Spark: CIRCE's working tables as Parquet tables
             circe_sql = [without_delta(stmt) for stmt in circe_sql]
-        try:
-            with db.transaction() as tx:
-                if db.dialect == "postgresql":   # one generator of this cohort table at a time, released at commit
-                    tx.execute("SELECT pg_advisory_xact_lock(hashtext(:key))",
-                               {"key": f"omop_behrt.cohort {qualified}"})
-                for table in sorted(used):
-                    tx.execute_raw(views.create(table))
-                tx.execute(render(load_sql("cohorts/delete_inclusion_rules.sql"), {"schema": qschema}),
-                           {"cohort_definition_id": cid})
-                for seq, rule in enumerate(rules):
-                    tx.execute(render(load_sql("cohorts/insert_inclusion_rule.sql"), {"schema": qschema}),
-                               {"cohort_definition_id": cid, "rule_sequence": seq,
-                                "name": str(rule.get("name") or f"rule {seq + 1}")[:255],
-                                "description": str(rule["description"])[:1000] if rule.get("description") else None})
-                for stmt in circe_sql:
-                    try:
-                        tx.execute_raw(stmt)
-                    except Exception as e:  # the driver's own error types; re-raised naming the cohort
-                        raise SourceError(f"{cohort.label}: generating it failed in {db.description}: "
-                                          f"{_first_line(e)}") from None
-                for table in sorted(used):
-                    tx.execute_raw(views.drop(table))
-                if db.dialect == "spark":    # sqlrender's Spark SQL makes some CTEs session views, left behind
-                    for view in spark_working(circe_sql)[1]:
-                        tx.execute_raw(f"DROP VIEW IF EXISTS {view}")
-        except BaseException:
-            if db.dialect == "spark":      # no transaction to roll back: what this cohort made is dropped
-                drop_spark_leftovers(db, [views.drop(t) for t in sorted(used)], circe_sql)
-            raise
+        with db.transaction() as tx:
+            if db.dialect == "postgresql":   # one generator of this cohort table at a time, released at commit
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext(:key))",
+                           {"key": f"omop_behrt.cohort {qualified}"})
+            for table in sorted(used):
+                tx.execute_raw(views.create(table))
+            tx.execute(render(load_sql("cohorts/delete_inclusion_rules.sql"), {"schema": qschema}),
+                       {"cohort_definition_id": cid})
+            for seq, rule in enumerate(rules):
+                tx.execute(render(load_sql("cohorts/insert_inclusion_rule.sql"), {"schema": qschema}),
+                           {"cohort_definition_id": cid, "rule_sequence": seq,
+                            "name": str(rule.get("name") or f"rule {seq + 1}")[:255],
+                            "description": str(rule["description"])[:1000] if rule.get("description") else None})
+            for stmt in circe_sql:
+                try:
+                    tx.execute_raw(stmt)
+                except Exception as e:  # the driver's own error types; re-raised naming the cohort
+                    raise SourceError(f"{cohort.label}: generating it failed in {db.description}: "
+                                      f"{_first_line(e)}") from None
+            for table in sorted(used):
+                tx.execute_raw(views.drop(table))
+            if db.dialect == "spark":    # sqlrender's Spark SQL makes some CTEs session views, left behind
+                for view in session_views(circe_sql):
+                    tx.execute_raw(f"DROP VIEW IF EXISTS {view}")
         counts = db.query(render(load_sql("cohorts/cohort_counts.sql"), {"cohort_table": qualified}),
                           {"cohort_definition_id": cid})
         gen = Generation(cid, cohort.name, int(counts["entries"][0].as_py()), int(counts["persons"][0].as_py()),

@@ -1,5 +1,5 @@
 """The CDM as CIRCE's SQL reads it, per engine: typed, lower-case views of the CDM tables, and what Spark needs
-around sqlrender's Spark SQL (Parquet working tables without Delta Lake, cleaning up where no transaction does).
+around sqlrender's Spark SQL (Parquet working tables without Delta Lake, the session views it leaves).
 """
 from __future__ import annotations
 
@@ -76,26 +76,11 @@ def without_delta(statement: str) -> str:
     return _USING_DELTA.sub(r"\1PARQUET", statement)
 
 
-def spark_working(circe_sql: list[str]) -> tuple[list[str], list[str]]:
-    """The working tables and the session views that CIRCE's Spark SQL creates (names as written)."""
-    tables = {m.group(1) for stmt in circe_sql for m in _CREATE_TABLE.finditer(stmt)}
-    views = {m.group(1) for stmt in circe_sql for m in _CREATE_VIEW.finditer(stmt)}
-    return sorted(tables), sorted(views)
+def session_views(circe_sql: list[str]) -> list[str]:
+    """The session views CIRCE's Spark SQL creates and leaves (sqlrender makes some CTEs views: ``ctePersons``)."""
+    return sorted({m.group(1) for stmt in circe_sql for m in _CREATE_VIEW.finditer(stmt)})
 
 
-def drop_spark_leftovers(db, drop_views: list[str], circe_sql: list[str]) -> None:
-    """After a failed generation in Spark: drop the global temporary views, CIRCE's working tables and session
-    views (no transaction removes them), each on its own so that one failure does not keep the others."""
-    tables, views = spark_working(circe_sql)
-    for sql in drop_views + [f"DROP TABLE IF EXISTS {t}" for t in tables] + [f"DROP VIEW IF EXISTS {v}"
-                                                                             for v in views]:
-        try:
-            db.spark.sql(sql).collect()
-        except Exception:  # noqa: S110 - best effort; the generation's own error is the one raised
-            pass
-
-
-_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+([\w.`]+)", re.IGNORECASE | re.MULTILINE)
 _CREATE_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+VIEW\s+([\w`]+)",
                           re.IGNORECASE | re.MULTILINE)
 

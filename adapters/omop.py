@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from omop_behrt.db.cdm import OmopCdm
@@ -250,7 +251,7 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
             continue
         skipped.pop(d, None)
         todo.append(spec)
-    with staged_joins(cdm, options, bool(todo) and not spark) as staged:
+    with staged_joins(cdm, options, bool(todo) and not spark, todo) as staged:
         if sink is not None and sink.fused:     # MEDS from DuckDB: every table sorted inside DuckDB
             done.update(sink.extract(cdm, todo, options, out, batch_rows, progress, staged))
             out.write_manifest()
@@ -287,7 +288,8 @@ def _filters_record(options: ExtractOptions) -> dict:
 
 
 def _extract_table(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, out: EventDir, batch_rows: int,
-                   rows_per_shard: int, progress: bool, sink=None, staged: tuple[str, str] | None = None) -> dict:
+                   rows_per_shard: int, progress: bool, sink=None,
+                   staged: tuple[str, str, str | None] | None = None) -> dict:
     """Stream one clinical table into event shards (or ``sink``) and its quarantine file; return its part."""
     _remove_partial(out, spec.table)
     duplicates, shared_ids = duplicate_counts(cdm, spec) if options.check_duplicates else (0, 0)
@@ -402,6 +404,48 @@ def _distinct(a: np.ndarray) -> np.ndarray:
     return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
 
 
+class _SortedIds:
+    """A file of sorted distinct ids (np.save), read a block at a time (plain reads: no mapping left resident)."""
+
+    def __init__(self, path: Path, block: int):
+        self.path, self.block = path, block
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, self.dtype = read(f)
+            self.offset, self.left = f.tell(), int(np.prod(shape))
+        self.buf = np.zeros(0, self.dtype)
+        self.refill()
+
+    def refill(self) -> None:
+        n = min(self.block, self.left)
+        if n and not len(self.buf):
+            self.buf = np.fromfile(self.path, self.dtype, count=n, offset=self.offset)
+            self.offset, self.left = self.offset + n * self.dtype.itemsize, self.left - n
+
+
+def _visit_counts(files: list[Path], chunk: int = 1 << 22) -> tuple[int, int]:
+    """(rebuilt, real) distinct visit ids over ``files`` of sorted distinct ids (negative: rebuilt), merged a block
+    of each file at a time: about ``chunk`` ids in memory however many files (Spark: one per table and partition)
+    and ids there are, so the driver's memory stays flat as the CDM grows."""
+    readers = [r for r in (_SortedIds(f, max(1024, chunk // max(1, len(files)))) for f in files) if len(r.buf)]
+    rebuilt = real = 0
+    while readers:
+        # every id up to the smallest last id of the blocks in hand is in hand: later blocks hold larger ids
+        hi = min(r.buf[-1] for r in readers)
+        taken = []
+        for r in readers:
+            k = int(np.searchsorted(r.buf, hi, side="right"))
+            taken.append(r.buf[:k])
+            r.buf = r.buf[k:]
+            r.refill()
+        ids = _distinct(np.concatenate(taken))
+        rebuilt += int((ids < 0).sum())
+        real += int((ids > 0).sum())
+        readers = [r for r in readers if len(r.buf)]
+    return rebuilt, real
+
+
 def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     """Totals over every finished table (a resumed run reports the whole extraction), without re-reading events.
 
@@ -429,13 +473,16 @@ def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     not_found = all_parts.get("persons", {}).get("person_ids_not_found", 0)
     if not_found:
         summary.warnings.append(f"{not_found} of the --person-ids are not in the person table")
-    ids = [np.load(f) for f in sorted((out.path / ".state").glob("visits-*.npy"))]
-    ids = _distinct(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
-    summary.rebuilt_visits = int((ids < 0).sum())
-    summary.visits = summary.events_by_domain.get("visit", 0) or int((ids > 0).sum())
-    q = out.quarantine()
-    summary.quarantined_by_reason = {f"{r['source']}: {r['reason']}": r["reason_count"] for r in
-                                     q.group_by(["source", "reason"]).aggregate([("reason", "count")]).to_pylist()}
+    rebuilt, real = _visit_counts(sorted((out.path / ".state").glob("visits-*.npy")))
+    summary.rebuilt_visits = rebuilt
+    summary.visits = summary.events_by_domain.get("visit", 0) or real
+    by_reason: dict[str, int] = {}
+    for f in sorted(out.path.glob("quarantine*.parquet")):      # file by file: a messy site's can be large
+        q = pq.read_table(f, columns=["source", "reason"])
+        for r in q.group_by(["source", "reason"]).aggregate([("reason", "count")]).to_pylist():
+            key = f"{r['source']}: {r['reason']}"
+            by_reason[key] = by_reason.get(key, 0) + r["reason_count"]
+    summary.quarantined_by_reason = dict(sorted(by_reason.items()))
     summary.quarantined = sum(n for k, n in summary.quarantined_by_reason.items()
                               if not k.startswith(("person:", "observation_period:", "note:")))
     summary.persons = out.persons().num_rows

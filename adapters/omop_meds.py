@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from omop_behrt.adapters import meds
-from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _extract, _quarantine_rows
+from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _distinct, _extract, _quarantine_rows
 from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import Database, arrow_reader, prefetch, quote, sql_literal
@@ -99,7 +99,7 @@ class MedsSink:
         return self.sorted is not None
 
     def extract(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions, out: EventDir,
-                batch_rows: int, progress: bool, staged: tuple[str, str] | None) -> dict[str, dict]:
+                batch_rows: int, progress: bool, staged: tuple[str, str, str | None] | None) -> dict[str, dict]:
         assert self.sorted is not None
         return self.sorted.extract(cdm, specs, options, out, batch_rows, progress, staged)
 
@@ -143,7 +143,7 @@ class SortedMeds:
                                         "concept_id": pa.array([], pa.int64())})
 
     def extract(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions, out: EventDir,
-                batch_rows: int, progress: bool, staged: tuple[str, str] | None) -> dict[str, dict]:
+                batch_rows: int, progress: bool, staged: tuple[str, str, str | None] | None) -> dict[str, dict]:
         """Sort the tables ``specs`` and the persons of ``out`` into the MEDS shards; returns each table's part
         of the manifest (as _extract_table's) and writes its quarantine file. ``staged``: the joins made once
         (omop_queries.staged_joins)."""
@@ -162,7 +162,7 @@ class SortedMeds:
         return parts
 
     def _stage(self, cdm: OmopCdm, specs: list[EventTable], options: ExtractOptions,
-               staged: tuple[str, str] | None) -> dict[str, int]:
+               staged: tuple[str, str, str | None] | None) -> dict[str, int]:
         """Every table's events in one temporary table, by one statement (column ``part``: the table's index in
         ``specs``); returns each table's rows sharing their id with another record.
 
@@ -273,7 +273,8 @@ class SortedMeds:
                 bar.update(batch.num_rows)
         state = out.path / ".state"
         state.mkdir(exist_ok=True)
-        np.save(state / "visits-meds.npy", np.concatenate(self._visits).astype(np.int64))
+        # sorted and distinct, as every visits file (omop._visit_counts merges them range by range)
+        np.save(state / "visits-meds.npy", _distinct(np.concatenate(self._visits).astype(np.int64)))
 
     def code_concepts(self) -> pa.Table:
         """Distinct (code, concept_id) of the events with a concept (what codes.parquet describes)."""

@@ -322,7 +322,7 @@ def duplicate_counts(cdm: OmopCdm, spec: EventTable) -> tuple[int, int]:
 
 
 def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicates: bool = False,
-               staged: tuple[str, str] | None = None) -> tuple[str, dict]:
+               staged: tuple[str, str, str | None] | None = None) -> tuple[str, dict]:
     """The extraction query for one clinical table, and its bind parameters.
 
     ``duplicates``: the table holds repeated records (duplicate_counts): rank the rows of each record.
@@ -383,12 +383,16 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicat
         "visit_table": cdm.qtable("visit_occurrence"),
         "v_visit_occurrence_id": cdm.col("visit_occurrence", "visit_occurrence_id"),
         "v_person_id": cdm.col("visit_occurrence", "person_id"),
-        "concept_table": cdm.qtable("concept"),
-        "c_concept_id": cdm.col("concept", "concept_id"),
-        "c_vocabulary_id": cdm.col("concept", "vocabulary_id"),
-        "c_concept_code": cdm.col("concept", "concept_code"),
-        "unit_name": cdm.col("concept", "concept_name", "uc", optional=True),
     }
+    if staged is not None and staged[2] is not None:    # the concepts in use, under the concept table's names
+        frag.update({"concept_table": quote(staged[2]), "c_concept_id": "concept_id",
+                     "c_vocabulary_id": "vocabulary_id", "c_concept_code": "concept_code",
+                     "unit_name": "uc.concept_name"})
+    else:
+        frag.update({"concept_table": cdm.qtable("concept"), "c_concept_id": cdm.col("concept", "concept_id"),
+                     "c_vocabulary_id": cdm.col("concept", "vocabulary_id"),
+                     "c_concept_code": cdm.col("concept", "concept_code"),
+                     "unit_name": cdm.col("concept", "concept_name", "uc", optional=True)})
     return _used(render(load_sql("omop/events.sql"), frag), params)
 
 
@@ -398,23 +402,43 @@ def staged_sql(cdm: OmopCdm, options: ExtractOptions) -> tuple[tuple[str, dict],
     return person_status_sql(cdm, options), render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm))
 
 
-#: the temporary tables of staged_joins: person status, observation gaps
-STAGED_JOINS = ("omop_behrt_person_status", "omop_behrt_observation_gaps")
+def used_concepts_sql(cdm: OmopCdm, specs: Sequence[EventTable]) -> str | None:
+    """The concept rows that the tables ``specs`` name as standard, source or unit concept (used_concepts.sql);
+    None without a concept table or a concept column."""
+    ids = [f"SELECT {cdm.cast(cdm.col(s.table, c, 'e'), 'BIGINT')} AS id FROM {cdm.qtable(s.table)} e"
+           for s in specs for c in (s.concept, s.source_concept, s.unit[0] if s.unit else None)
+           if c and c in cdm.columns(s.table)]
+    if not ids or not cdm.has_table("concept"):
+        return None
+    return render(load_sql("omop/used_concepts.sql"), {
+        "concept_table": cdm.qtable("concept"), "c_concept_id": cdm.col("concept", "concept_id"),
+        "c_vocabulary_id": cdm.col("concept", "vocabulary_id"), "c_concept_code": cdm.col("concept", "concept_code"),
+        "c_concept_name": cdm.col("concept", "concept_name", "c", optional=True), "ids": " UNION ALL ".join(ids)})
+
+
+#: the temporary tables of staged_joins: person status, observation gaps, the concepts the tables name
+STAGED_JOINS = ("omop_behrt_person_status", "omop_behrt_observation_gaps", "omop_behrt_concepts")
 
 
 @contextmanager
-def staged_joins(cdm: OmopCdm, options: ExtractOptions, wanted: bool = True) -> Iterator[tuple[str, str] | None]:
-    """The person status and observation gaps every table's events join, made once as temporary tables of an
-    in-process DuckDB (not once per table inside its query); None for a server, whose calls do not share one
-    connection's temporary tables."""
+def staged_joins(cdm: OmopCdm, options: ExtractOptions, wanted: bool = True,
+                 specs: Sequence[EventTable] = ()) -> Iterator[tuple[str, str, str | None] | None]:
+    """The person status and observation gaps every table's events join, and the concepts the tables ``specs``
+    name, made once as temporary tables of an in-process DuckDB (not once per table inside its query); None for a
+    server, whose calls do not share one connection's temporary tables. Staging the concepts costs a scan of the
+    tables' concept columns (nothing measurable on Eunomia x50, 442 concepts) and saves joining a site's whole
+    vocabulary three times per table (Eunomia x50 with 6M concepts: staging 15.5 -> 8 s)."""
     if not wanted or cdm.db.duck is None:
         yield None
         return
     (status, params), gaps = staged_sql(cdm, options)
+    concepts = used_concepts_sql(cdm, specs)
     try:
         cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[0])} AS {status}", params)
         cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[1])} AS {gaps}")
-        yield STAGED_JOINS
+        if concepts is not None:
+            cdm.db.execute(f"CREATE OR REPLACE TEMP TABLE {quote(STAGED_JOINS[2])} AS {concepts}")
+        yield (*STAGED_JOINS[:2], STAGED_JOINS[2] if concepts is not None else None)
     finally:
         for t in STAGED_JOINS:
             cdm.db.duck.execute(f"DROP TABLE IF EXISTS temp.{quote(t)}").fetchall()

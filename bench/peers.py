@@ -92,6 +92,45 @@ def build_omop_folder(copies: int, out: Path) -> dict:
     return rows
 
 
+#: vocabularies of the synthetic concepts, about as Athena's default download weighs them
+ATHENA_MIX = [("RxNorm Extension", "Drug", 30), ("NDC", "Drug", 18), ("SNOMED", "Condition", 16), ("RxNorm", "Drug", 5),
+              ("LOINC", "Measurement", 5), ("ICD10CM", "Condition", 3), ("ICD10PCS", "Procedure", 3),
+              ("SPL", "Drug", 8), ("CPT4", "Procedure", 2), ("HCPCS", "Procedure", 1), ("ICD9CM", "Condition", 1),
+              ("Read", "Condition", 2), ("OPCS4", "Procedure", 1), ("UCUM", "Unit", 1), ("ATC", "Drug", 1),
+              ("MeSH", "Observation", 3)]
+
+
+def add_vocabulary(out: Path, concepts: int) -> int:
+    """Grow the folder's concept table to a full vocabulary's size: ``concepts`` synthetic rows (ids above every
+    real one, Athena's vocabularies in about its proportions, codes and names of realistic length) after the
+    real rows. A site's CDM carries Athena's 6-9M concepts; Eunomia's demo carries 442, which hides what a
+    tool's concept lookups cost. Returns the table's rows."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    path = out / "concept.parquet"
+    total = sum(w for _, _, w in ATHENA_MIX)
+    cases = " ".join(f"WHEN b < {sum(w for _, _, w in ATHENA_MIX[:i + 1])} THEN {i}" for i in range(len(ATHENA_MIX)))
+    vocab = "[" + ", ".join(f"'{v}'" for v, _, _ in ATHENA_MIX) + "]"
+    domain = "[" + ", ".join(f"'{d}'" for _, d, _ in ATHENA_MIX) + "]"
+    con.execute(f"""
+        CREATE TABLE c AS SELECT * FROM read_parquet('{path}');
+        INSERT INTO c
+        SELECT base + i AS concept_id,
+               'Synthetic concept ' || i || ' '
+                   || repeat(chr(97 + CAST(i % 26 AS INTEGER)), 20 + CAST(i % 40 AS INTEGER)) AS concept_name,
+               {domain}[v + 1] AS domain_id, {vocab}[v + 1] AS vocabulary_id, 'Synthetic' AS concept_class_id,
+               CASE WHEN i % 3 = 0 THEN 'S' END AS standard_concept,
+               CAST(hash(i) % 100000000 AS VARCHAR) || '-' || CAST(i % 97 AS VARCHAR) AS concept_code,
+               DATE '1970-01-01' AS valid_start_date, DATE '2099-12-31' AS valid_end_date,
+               NULL AS invalid_reason
+        FROM (SELECT range AS i, (SELECT MAX(concept_id) + 1 FROM c) AS base,
+                     CASE {cases} END AS v
+              FROM (SELECT range, CAST(hash(range * 7 + 1) % {total} AS INTEGER) AS b FROM range({concepts})));
+        COPY c TO '{path}' (FORMAT PARQUET);
+    """)
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 CHILD_OURS = """
 import sys
 from omop_behrt.adapters import omop
@@ -255,6 +294,8 @@ def omop_meds_stage(args) -> dict | None:
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:
         table_rows = build_omop_folder(args.copies, work / "omop")
+        if args.vocab_concepts:
+            table_rows["concept"] = add_vocabulary(work / "omop", args.vocab_concepts)
         tools = [("omop-behrt", sys.executable, CHILD_OURS), ("omop-behrt 2-step", sys.executable, CHILD_TWO_STEP),
                  ("meds-etl", str(peer_python), CHILD_PEER)]
         cpp = subprocess.run([str(peer_python), "-c", "import meds_etl_cpp"], capture_output=True, text=True)
@@ -284,7 +325,8 @@ def omop_meds_stage(args) -> dict | None:
     med = {n: statistics.median(v) for n, v in secs.items()}
     rss = {n: statistics.median(x["peak_rss_mb"] for x in v) for n, v in runs.items()}
     cpu = {n: statistics.median(x["cpu_s"] for x in v) for n, v in runs.items()}
-    row = {"stage": "omop_meds", "copies": args.copies, "events_in": sum(table_rows.get(t, 0) for t in CLINICAL),
+    row = {"stage": "omop_meds", "copies": args.copies, "concepts": table_rows.get("concept"),
+           "events_in": sum(table_rows.get(t, 0) for t in CLINICAL),
            "persons": table_rows["person"], "median_s": med, "median_cpu_s": cpu, "median_peak_rss_mb": rss,
            "runs": runs,
            "min_max_s": {n: [min(v), max(v)] for n, v in secs.items()},
@@ -311,6 +353,8 @@ def main() -> int:
     ap.add_argument("--stages", default="omop_meds,transformer")
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vocab-concepts", type=int, default=0,
+                    help="omop_meds: synthetic concepts added to Eunomia's 442, as a site's full vocabulary (6M)")
     ap.add_argument("--peer-venv", type=Path, default=Path("/tmp/peers/meds_etl"))
     ap.add_argument("--fhir2meds-venv", type=Path, default=Path("/tmp/peers/fhir2meds"))
     ap.add_argument("--fhir-copies", type=int, default=20, help="copies of the NDJSON fixtures (5,932 resources each)")

@@ -79,13 +79,13 @@ def _reset_peak(pid: int | None) -> None:
             pass
 
 
-def _peak_mb(pid: int | None) -> int | None:
-    """A process's peak RSS (VmHWM) in MB, None where /proc does not say."""
+def _peak_mb(pid: int | None, field: str = "VmHWM") -> int | None:
+    """A process's peak RSS (VmHWM; ``field="VmRSS"``: its RSS now) in MB, None where /proc does not say."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except (OSError, TypeError):
         return None
-    kb = [int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")]
+    kb = [int(line.split()[1]) for line in text.splitlines() if line.startswith(field + ":")]
     return round(kb[0] / 1024) if kb else None
 
 
@@ -122,6 +122,9 @@ def main() -> None:
     events = {}
     loads = []
     peaks: dict[str, list[int | None]] = {"driver_python": [], "jvm": []}     # MB, during the Spark runs
+    # MB held when each Spark run starts: what the build and the load left resident in this process (DuckDB's and
+    # Arrow's pools, the heap), which a reset peak includes; the run's own growth is the peak less this
+    before: dict[str, list[int | None]] = {"driver_python": [], "jvm": []}
     for r in range(args.rounds):
         for engine in ("spark", "duckdb"):
             out = args.workdir / f"events_{engine}"
@@ -131,6 +134,8 @@ def main() -> None:
             if engine == "spark":
                 _reset_peak(os.getpid())
                 _reset_peak(jvm)
+                before["driver_python"].append(_peak_mb(os.getpid(), "VmRSS"))
+                before["jvm"].append(_peak_mb(jvm, "VmRSS"))
             t = time.perf_counter()
             s = omop.extract(source, out, progress=False)
             runs[engine].append(time.perf_counter() - t)
@@ -155,12 +160,13 @@ def main() -> None:
     print(f"spark / duckdb time: {ratio:.2f}x  (session start {start_s:.1f} s and Parquet load {load_s:.1f} s "
           f"not included); load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
     print(f"peak RSS during the Spark runs: Python driver {peaks['driver_python']} MB, JVM (driver and local "
-          f"executors, --driver-memory {args.driver_memory}) {peaks['jvm']} MB")
+          f"executors, --driver-memory {args.driver_memory}) {peaks['jvm']} MB; held at the start of each run: "
+          f"{before['driver_python']} MB and {before['jvm']} MB")
     import pyspark
     result = {"cdm": f"Eunomia x{args.copies}", **info, "master": args.master, "driver_memory": args.driver_memory,
               "rounds": args.rounds, "runs": rows, "spark_over_duckdb_time": round(ratio, 2),
               "spark_session_start_s": round(start_s, 1), "spark_parquet_load_s": round(load_s, 1),
-              "peak_rss_mb_during_spark_runs": peaks,
+              "peak_rss_mb_during_spark_runs": peaks, "rss_mb_at_spark_run_start": before,
               "load_average": [round(x, 2) for x in loads],
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "duckdb": duckdb.__version__, "pyspark": pyspark.__version__}}

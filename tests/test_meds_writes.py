@@ -104,8 +104,9 @@ def test_extract_meds_out_equals_extract_then_to_meds(eunomia_db, eunomia_events
 
 
 def test_extract_leaves_the_sources_connection_as_it_was(eunomia_db, tmp_path, monkeypatch):
-    """Both paths work in temporary tables of the source's own connection (the joins every table shares, the staged
-    events): afterwards none is left, also after a failure, and the insertion-order setting lowered is back."""
+    """Both paths work in temporary tables of the source's own connection (the joins every table shares, the
+    concepts in use, the staged events): afterwards none is left, also after a failure, and the insertion-order
+    setting lowered is back."""
     from omop_behrt.adapters import omop_meds
     from omop_behrt.db.database import Database
     db = Database.connect(eunomia_db)
@@ -125,7 +126,8 @@ def test_extract_leaves_the_sources_connection_as_it_was(eunomia_db, tmp_path, m
     monkeypatch.setattr(omop_meds.SortedMeds, "_sort", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         omop.extract(db, None, meds_out=tmp_path / "m2", progress=False)
-    assert set(made) == {"omop_behrt_person_status", "omop_behrt_observation_gaps", "omop_behrt_events"}
+    assert set(made) == {"omop_behrt_person_status", "omop_behrt_observation_gaps", "omop_behrt_concepts",
+                         "omop_behrt_events"}
     assert db.duck.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0] is True
     assert db.duck.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall() == []
     db.close()

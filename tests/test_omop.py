@@ -115,6 +115,53 @@ def test_synthea_folder_visits_join(synthea_dir, tmp_path):
     assert born_2099["birth_date"][0].as_py().year == 2099
 
 
+@pytest.mark.parametrize("source", ["eunomia_db", "synthea_dir", "units"])
+def test_concepts_in_use_staged_once_give_the_whole_tables_events(source, request, tmp_path, monkeypatch):
+    """The concepts the clinical tables name are staged once and joined instead of the whole concept table (a
+    site's holds 6-9M rows): the same events (codes, source codes, units by UCUM code or by name),
+    quarantine and summary as joining the concept table itself, from a DuckDB file and from a CSV folder; the
+    staged table is dropped after."""
+    from omop_behrt.adapters import omop_queries
+    from omop_behrt.db import database
+    if source == "units":       # the Synthea CDM with measurement units: a UCUM concept, a LOINC one (its name)
+        src = build_duckdb_cdm(tmp_path / "units.duckdb", "5.4", schema="main")
+        con = duckdb.connect(str(src))
+        con.execute("INSERT INTO concept SELECT 8840, 'milligram per deciliter', 'Unit', 'UCUM', 'Unit', 'S', "
+                    "'mg/dL', DATE '1970-01-01', DATE '2099-12-31', NULL")
+        loinc = con.execute("SELECT MIN(concept_id) FROM concept WHERE vocabulary_id = 'LOINC'").fetchone()[0]
+        con.execute(f"UPDATE measurement SET unit_concept_id = CASE WHEN measurement_id % 3 = 0 THEN 8840 "
+                    f"WHEN measurement_id % 3 = 1 THEN {loinc} ELSE 0 END")
+        con.close()
+    else:
+        src = request.getfixturevalue(source)
+    made = []
+    real = database.Database.execute
+
+    def spy(self, sql, *a, **k):
+        made.extend([sql] * ("omop_behrt_concepts" in sql and "CREATE" in sql))
+        return real(self, sql, *a, **k)
+    monkeypatch.setattr(database.Database, "execute", spy)
+    runs = {}
+    staging = omop_queries.used_concepts_sql
+    for name in ("whole", "staged"):
+        monkeypatch.setattr(omop_queries, "used_concepts_sql", staging if name == "staged" else lambda *a: None)
+        runs[name] = omop.extract(src, tmp_path / name, progress=False)
+        assert len(made) == (name == "staged")
+    ev = {n: EventDir.open(tmp_path / n) for n in runs}
+    keys = [(c, "ascending") for c in ev["whole"].read_events().column_names]
+    whole, staged = (ev[n].read_events().sort_by(keys) for n in ("whole", "staged"))
+    assert whole.num_rows > 10_000 and whole.equals(staged)
+    assert pc.count_distinct(whole["source_code"]).as_py() > 100
+    if source == "units":
+        assert pc.count_distinct(whole["unit"]).as_py() == 2 and "mg/dL" in whole["unit"].to_pylist()
+    assert ev["whole"].quarantine().sort_by("row").equals(ev["staged"].quarantine().sort_by("row"))
+    for key in ("events_in", "events_out", "events_by_domain", "quarantined_by_reason", "visits", "rebuilt_visits"):
+        assert getattr(runs["whole"], key) == getattr(runs["staged"], key), key
+    con = duckdb.connect(str(src)) if source != "synthea_dir" else None
+    if con is not None:     # nothing left in the source
+        assert not con.execute("SELECT * FROM duckdb_tables() WHERE table_name LIKE 'omop_behrt%'").fetchall()
+
+
 # -- official DDL, CDM 5.3 and 5.4 --------------------------------------------------------------
 @pytest.mark.parametrize("version", ["5.3", "5.4"])
 def test_official_ddl_versions(version, synthea_dir, tmp_path):

@@ -128,3 +128,24 @@ def test_fingerprint_lists_every_input_that_changes_the_rows():
             got["check_duplicates"]) == ("ct:4", "2001-02-03", "2002-01-01", 7, True, False)
     assert omop.fingerprint(cdm, omop.ExtractOptions(person_ids=[2, 1]))["person_ids"] == \
         f"[1, 2] (2 ids, sha256 {hashlib.sha256(np.array([1, 2], np.int64).tobytes()).hexdigest()[:16]})"
+
+
+def test_visit_counts_merge_files_range_by_range_like_one_unique(tmp_path):
+    """The distinct rebuilt (negative) and real (positive) visit ids over many sorted files, merged a bounded id
+    range at a time, equal one np.unique over all of them, whatever the range size (ids shared between files,
+    empty files, a lone file)."""
+    rng = np.random.default_rng(7)
+    files, every = [], []
+    for i, n in enumerate([0, 1, 5_000, 40_000, 40_000, 12_345]):
+        ids = np.unique(rng.integers(-60_000, 20_000, n))
+        ids = ids[ids != 0]
+        np.save(tmp_path / f"visits-{i}.npy", ids)
+        files.append(tmp_path / f"visits-{i}.npy")
+        every.append(ids)
+    u = np.unique(np.concatenate(every))
+    expected = (int((u < 0).sum()), int((u > 0).sum()))
+    assert expected[0] > 40_000 and expected[1] > 10_000
+    for chunk in (1, 999, 10_000, 1 << 22):
+        assert omop._visit_counts(files, chunk) == expected
+    assert omop._visit_counts(files[3:4], 1_000) == (int((every[3] < 0).sum()), int((every[3] > 0).sum()))
+    assert omop._visit_counts([], 10) == (0, 0)

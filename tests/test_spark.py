@@ -249,3 +249,65 @@ def test_atlas_cohorts_on_spark_equal_duckdb(spark, eunomia_db, tmp_path, capsys
     assert sorted(tuple(r) for r in spark.sql("SELECT * FROM spark_atlas.cohort").collect()) == before
     assert len({r.tableName for r in spark.sql("SHOW TABLES IN spark_atlas").collect()}) == 6
     assert spark.sql("SHOW VIEWS IN global_temp").collect() == []
+
+
+def test_concurrent_cohort_rebuilds_on_spark_keep_every_row(spark, eunomia_spark, monkeypatch):
+    """Spark cannot delete rows from a Parquet table, so a rebuild reads the table and rewrites it: two writers that
+    read before either wrote would each drop the other's cohort. Two threads that rebuild cohorts 11 and 12, their
+    rewrites started together and each made to wait after its read until the other has read too (or 5 s, if a
+    lock keeps it out), must leave both cohorts, each once (without the lock: one is lost, or the two overwrites
+    collide). A writer that finds the table's file lock held by another process waits, then fails with the
+    table's name, leaving the rows as they were."""
+    import threading
+
+    from omop_behrt.db import spark as spark_db
+    from omop_behrt.db.database import SourceError
+    from omop_behrt.lock import exclusive_lock
+    from omop_behrt.tasks import cohorts
+    db = spark_db.SparkDatabase(spark, eunomia_spark)
+    cohorts.first_occurrence_cohort(db, 10, [192671], results_schema="spark_race", descendants=False)
+    both_flushing, both_read = threading.Barrier(2, timeout=120), threading.Barrier(2, timeout=5)
+    real, real_flush = spark_db.SparkStatements._kept_and_inserted, spark_db.SparkStatements.flush
+
+    def flush_together(self):
+        both_flushing.wait()                      # both blocks done: their rewrites (and locks) start together
+        real_flush(self)
+
+    def read_then_wait(self, table, deletes):
+        rows = real(self, table, deletes)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:      # the other writer is kept out until this one has written
+            pass
+        return rows
+    counts, errors = {}, []
+
+    def rebuild(cid: int, concepts: list[int]) -> None:
+        try:
+            counts[cid] = cohorts.first_occurrence_cohort(db, cid, concepts, results_schema="spark_race",
+                                                          descendants=False)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=rebuild, args=(11, [192671])),
+               threading.Thread(target=rebuild, args=(12, [40481087]))]
+    with monkeypatch.context() as m:
+        m.setattr(spark_db.SparkStatements, "_kept_and_inserted", read_then_wait)
+        m.setattr(spark_db.SparkStatements, "flush", flush_together)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    rows = [tuple(r) for r in spark.sql("SELECT cohort_definition_id, subject_id FROM spark_race.cohort").collect()]
+    by_cohort = {c: sum(1 for r in rows if r[0] == c) for c in (10, 11, 12)}
+    assert by_cohort == {10: 479, 11: 479, 12: counts[12]} and counts == {11: 479, 12: by_cohort[12]} and counts[12] > 0
+    assert len(rows) == len(set(rows))
+    # another process holding the table's file lock: this writer waits, then names the table; nothing changes
+    location = spark_db.table_location(spark, "spark_race.cohort")
+    path = Path(location.removeprefix("file:")).resolve()
+    monkeypatch.setattr(spark_db, "REWRITE_LOCK_TIMEOUT", 0.5)
+    with exclusive_lock(path.parent / f".{path.name}.omop_behrt.lock", 0, "held"):
+        with pytest.raises(SourceError, match=r"spark_race.*cohort.*another process"):
+            cohorts.first_occurrence_cohort(db, 10, [40481087], results_schema="spark_race", descendants=False)
+    assert sorted(tuple(r) for r in spark.sql("SELECT cohort_definition_id, subject_id FROM spark_race.cohort"
+                                              ).collect()) == sorted(rows)

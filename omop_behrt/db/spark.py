@@ -14,18 +14,23 @@ is and never stopped here.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
-from contextlib import contextmanager
+import threading
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator, Mapping
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import pyarrow as pa
 
 from omop_behrt.db.database import Database, SourceError, check_identifier, quote, sql_literal
+from omop_behrt.lock import exclusive_lock
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SparkDatabase", "is_spark_session", "local_session", "load_duckdb_cdm"]
 
@@ -198,7 +203,8 @@ class SparkStatements:
     tables delete for real) is held back, as are the block's ``INSERT INTO t ... SELECT`` rows: when the block
     ends, ``t`` is rewritten once as its kept rows plus the inserted ones (checkpointed first, so the overwrite
     never reads the table it replaces). A cohort rebuilt this way replaces its rows as on every other engine.
-    Spark has no lock: one writer of such a table at a time.
+    Spark has no lock of its own, so the read-and-rewrite holds one (:func:`rewrite_lock`): two writers of a table
+    take turns and the second reads the first's rows, never losing them.
     """
 
     def __init__(self, db: SparkDatabase):
@@ -285,23 +291,76 @@ class SparkStatements:
             raise
 
     def flush(self) -> None:
-        """Rewrite each table with held-back deletes: its kept rows plus the rows inserted after them."""
+        """Rewrite each table with held-back deletes: its kept rows plus the rows inserted after them, read and
+        written under the table's :func:`rewrite_lock` (read fresh: another writer may have rewritten it)."""
         for table, deletes in self._deletes.items():
-            spark = self.db.spark
-            current = spark.table(table)
-            for i, (where, args) in enumerate(deletes):
-                view = f"omop_behrt_kept_{i}"
-                current.createOrReplaceTempView(view)
-                current = spark.sql(f"SELECT * FROM {view} WHERE NOT COALESCE(({where}), FALSE)", args=args or None)
-            columns = spark.table(table).columns
-            for rows in self._inserts.get(table, []):
-                current = current.unionByName(rows.select(*[c for c in columns if c in rows.columns]),
-                                              allowMissingColumns=True)
-            current.select(*columns).localCheckpoint(eager=True).write.insertInto(table, overwrite=True)
-            for i in range(len(deletes)):
-                spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
+            with rewrite_lock(self.db.spark, table):
+                rows = self._kept_and_inserted(table, deletes)
+                rows.write.insertInto(table, overwrite=True)
+                for i in range(len(deletes)):
+                    self.db.spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
         self._deletes.clear()
         self._inserts.clear()
+
+    def _kept_and_inserted(self, table: str, deletes: list[tuple[str, dict]]):
+        """The table's rows as they are now (not as this session last listed its files), less the deleted, plus
+        the inserted; checkpointed, so that the overwrite never reads the files it replaces."""
+        spark = self.db.spark
+        spark.catalog.refreshTable(table)
+        current = spark.table(table)
+        for i, (where, args) in enumerate(deletes):
+            view = f"omop_behrt_kept_{i}"
+            current.createOrReplaceTempView(view)
+            current = spark.sql(f"SELECT * FROM {view} WHERE NOT COALESCE(({where}), FALSE)", args=args or None)
+        columns = spark.table(table).columns
+        for rows in self._inserts.get(table, []):
+            current = current.unionByName(rows.select(*[c for c in columns if c in rows.columns]),
+                                          allowMissingColumns=True)
+        return current.select(*columns).localCheckpoint(eager=True)
+
+
+#: how long a rewrite waits for another writer of the same table (a cohort rebuild takes seconds to minutes)
+REWRITE_LOCK_TIMEOUT = 600.0
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def table_location(spark, table: str) -> str | None:
+    """Where a catalogue table keeps its files (``file:/...``, ``s3://...``), from ``DESCRIBE TABLE EXTENDED``."""
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect():
+        if (row[0] or "").strip() == "Location":
+            return (row[1] or "").strip() or None
+    return None
+
+
+@contextmanager
+def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[None]:
+    """One rewrite of a Spark table at a time: a lock per table location within this process, and an OS file lock
+    beside a local location (``.<name>.omop_behrt.lock``) across processes. A location on a remote store (s3://,
+    abfss://, dbfs:) has no file lock: there, one process writes a table at a time (or the table is Delta's,
+    whose row deletes never come here), and a warning says so. After ``timeout`` s (default
+    :data:`REWRITE_LOCK_TIMEOUT`) of waiting: a SourceError naming the table."""
+    timeout = REWRITE_LOCK_TIMEOUT if timeout is None else timeout
+    location = table_location(spark, table) or table
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(location, threading.Lock())
+    if not thread_lock.acquire(timeout=timeout):
+        raise SourceError(f"Spark table {table}: another writer in this process held it for {timeout:.0f} s")
+    try:
+        with ExitStack() as held:
+            local = re.fullmatch(r"(?:file:)?(/[^?#]*)", location)
+            path = Path(unquote(local.group(1))).resolve() if local else None
+            if path is not None and path.parent.is_dir():
+                held.enter_context(exclusive_lock(
+                    path.parent / f".{path.name}.omop_behrt.lock", timeout,
+                    f"Spark table {table} ({path}): another process has been rewriting it for {timeout:.0f} s",
+                    SourceError))
+            else:
+                log.warning("Spark table %s lives at %s: no lock across processes there; run one writer of it at a "
+                            "time (a Delta table deletes rows itself and needs none)", table, location)
+            yield
+    finally:
+        thread_lock.release()
 
 
 def arrow_of(df) -> pa.Table:

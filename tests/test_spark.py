@@ -311,3 +311,47 @@ def test_concurrent_cohort_rebuilds_on_spark_keep_every_row(spark, eunomia_spark
             cohorts.first_occurrence_cohort(db, 10, [40481087], results_schema="spark_race", descendants=False)
     assert sorted(tuple(r) for r in spark.sql("SELECT cohort_definition_id, subject_id FROM spark_race.cohort"
                                               ).collect()) == sorted(rows)
+
+
+def test_block_deleting_from_a_delta_like_table_holds_its_lock_to_the_end(spark, monkeypatch):
+    """A table that deletes rows itself (Delta; here a Parquet table said to, its statements recorded rather than
+    run: no Delta Lake in this environment) commits a cohort's delete and its inserts apart, so the block that
+    deletes holds the table's rewrite lock until it ends, and no longer: another writer is kept out meanwhile, a
+    second delete in the block does not wait on the block's own lock, and commit or failure both release it."""
+    from omop_behrt.db import spark as spark_db
+    from omop_behrt.db.database import SourceError
+    spark.sql("CREATE DATABASE IF NOT EXISTS spark_delta_like")
+    spark.sql("CREATE TABLE IF NOT EXISTS spark_delta_like.cohort (cohort_definition_id INT, subject_id BIGINT) "
+              "USING parquet")
+    db = spark_db.SparkDatabase(spark, "spark_delta_like")
+    ran: list[str] = []
+
+    class Recorded:
+        def collect(self):
+            return []
+    monkeypatch.setattr(spark_db.SparkStatements, "_deletes_rows", lambda self, table: True)
+    monkeypatch.setattr(db, "frame", lambda sql, params=None: ran.append(" ".join(str(sql).split())) or Recorded())
+
+    def other_writer_kept_out() -> bool:
+        try:
+            with spark_db.rewrite_lock(spark, "spark_delta_like.cohort", timeout=0.2):
+                return False
+        except SourceError as e:
+            assert "spark_delta_like" in str(e)
+            return True
+    delete = "DELETE FROM spark_delta_like.cohort WHERE cohort_definition_id = :c"
+    insert = "INSERT INTO spark_delta_like.cohort SELECT 7, 1"
+    assert not other_writer_kept_out()
+    with db.transaction() as tx:
+        tx.execute(delete, {"c": 7})
+        assert other_writer_kept_out()
+        tx.execute(insert)
+        tx.execute(delete, {"c": 8})                    # the block's own lock: no wait
+        assert other_writer_kept_out()
+    assert not other_writer_kept_out()
+    assert [s.split()[0] for s in ran] == ["DELETE", "INSERT", "DELETE"]   # run, not held back: the table deletes
+    with pytest.raises(RuntimeError, match="boom"):
+        with db.transaction() as tx:
+            tx.execute(delete, {"c": 7})
+            raise RuntimeError("boom")
+    assert not other_writer_kept_out()

@@ -204,7 +204,8 @@ class SparkStatements:
     ends, ``t`` is rewritten once as its kept rows plus the inserted ones (checkpointed first, so the overwrite
     never reads the table it replaces). A cohort rebuilt this way replaces its rows as on every other engine.
     Spark has no lock of its own, so the read-and-rewrite holds one (:func:`rewrite_lock`): two writers of a table
-    take turns and the second reads the first's rows, never losing them.
+    take turns and the second reads the first's rows, never losing them. A table that deletes rows itself (Delta)
+    commits a delete and the inserts after it apart, so a block that deletes from one holds its lock to the end.
     """
 
     def __init__(self, db: SparkDatabase):
@@ -212,6 +213,8 @@ class SparkStatements:
         self._deletes: dict[str, list[tuple[str, dict]]] = {}   # table -> held-back (WHERE, params)
         self._inserts: dict[str, list] = {}                     # table -> DataFrames of rows inserted since
         self._created: list[str] = []                           # DROP statements for what the block created
+        self._held = ExitStack()                                # rewrite locks of tables that delete for real
+        self._locked: set[str] = set()
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         if _WRITE.match(sql) and self._hold(self.db.translated(sql), params):
@@ -239,12 +242,19 @@ class SparkStatements:
         (each on its own: one that fails does not keep the others)."""
         self._deletes.clear()
         self._inserts.clear()
-        for drop in reversed(self._created):
-            try:
-                self.db.spark.sql(drop).collect()
-            except Exception:  # noqa: S110 - best effort; the block's own error is the one raised
-                pass
-        self._created.clear()
+        try:
+            for drop in reversed(self._created):
+                try:
+                    self.db.spark.sql(drop).collect()
+                except Exception:  # noqa: S110 - best effort; the block's own error is the one raised
+                    pass
+            self._created.clear()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._held.close()
+        self._locked.clear()
 
     def _hold(self, text: str, params: Mapping[str, Any] | None) -> bool:
         """Hold back a DELETE (Spark SQL ``text``) the table cannot run, or an INSERT into a table with one held;
@@ -258,7 +268,13 @@ class SparkStatements:
         args = {k: _arg(v) for k, v in dict(params or {}).items()}
         if isinstance(stmt, exp.Delete):
             table = stmt.this.sql(dialect="spark")
+            if table in self._locked:
+                return False
             if table not in self._deletes and self._deletes_rows(table):
+                # a table that deletes rows itself (Delta) commits the delete and the inserts apart: the block
+                # holds its rewrite lock to the end, so that two rebuilds never interleave into duplicate rows
+                self._held.enter_context(rewrite_lock(self.db.spark, table))
+                self._locked.add(table)
                 return False
             where = stmt.args.get("where")
             self._deletes.setdefault(table, []).append((where.this.sql(dialect="spark") if where else "TRUE", args))
@@ -293,14 +309,17 @@ class SparkStatements:
     def flush(self) -> None:
         """Rewrite each table with held-back deletes: its kept rows plus the rows inserted after them, read and
         written under the table's :func:`rewrite_lock` (read fresh: another writer may have rewritten it)."""
-        for table, deletes in self._deletes.items():
-            with rewrite_lock(self.db.spark, table):
-                rows = self._kept_and_inserted(table, deletes)
-                rows.write.insertInto(table, overwrite=True)
-                for i in range(len(deletes)):
-                    self.db.spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
-        self._deletes.clear()
-        self._inserts.clear()
+        try:
+            for table, deletes in self._deletes.items():
+                with rewrite_lock(self.db.spark, table):
+                    rows = self._kept_and_inserted(table, deletes)
+                    rows.write.insertInto(table, overwrite=True)
+                    for i in range(len(deletes)):
+                        self.db.spark.catalog.dropTempView(f"omop_behrt_kept_{i}")
+        finally:
+            self._deletes.clear()
+            self._inserts.clear()
+            self._release()
 
     def _kept_and_inserted(self, table: str, deletes: list[tuple[str, dict]]):
         """The table's rows as they are now (not as this session last listed its files), less the deleted, plus
@@ -337,9 +356,8 @@ def table_location(spark, table: str) -> str | None:
 def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[None]:
     """One rewrite of a Spark table at a time: a lock per table location within this process, and an OS file lock
     beside a local location (``.<name>.omop_behrt.lock``) across processes. A location on a remote store (s3://,
-    abfss://, dbfs:) has no file lock: there, one process writes a table at a time (or the table is Delta's,
-    whose row deletes never come here), and a warning says so. After ``timeout`` s (default
-    :data:`REWRITE_LOCK_TIMEOUT`) of waiting: a SourceError naming the table."""
+    abfss://, dbfs:) has no file lock: there, one process writes a table at a time, and a warning says so.
+    After ``timeout`` s (default :data:`REWRITE_LOCK_TIMEOUT`) of waiting: a SourceError naming the table."""
     timeout = REWRITE_LOCK_TIMEOUT if timeout is None else timeout
     location = table_location(spark, table) or table
     with _THREAD_LOCKS_GUARD:
@@ -357,7 +375,7 @@ def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[No
                     SourceError))
             else:
                 log.warning("Spark table %s lives at %s: no lock across processes there; run one writer of it at a "
-                            "time (a Delta table deletes rows itself and needs none)", table, location)
+                            "time", table, location)
             yield
     finally:
         thread_lock.release()

@@ -8,6 +8,9 @@ Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Pe
     made with ``pip install meds-etl==0.3.11 'polars<2'``); and meds-etl with ``--backend cpp`` when
     ``meds_etl_cpp`` is installed in that environment (else the JSON says why not). Outputs compared: rows, subjects
     and events by code prefix; differences are explained in the table's notes, not hidden.
+  * cli: the same data and peer, our side as the command line runs (``main(["extract", "--meds-out", ...])``) and
+    again with pandas imported at pyarrow's first probe, as the CLI did before it answered that probe (use
+    ``--copies 1``: at Eunomia's size both tools are mostly start-up).
 
   * fhir: the FHIR bulk NDJSON fixtures (tests/data/fhir/ndjson) ``--fhir-copies`` times with new UUIDs, one
     ``<Type>.ndjson`` per type, each Patient given an integer identifier (fhir2meds keeps only such subjects).
@@ -27,7 +30,7 @@ Stages measured (more join as their peers are wired in; see bench/RESULTS.md "Pe
 
 Each tool runs in its own process (wall time and peak RSS of the child); the machine's load average is recorded.
 
-    python bench/peers.py [--stages omop_meds,fhir,counts,transformer] [--copies 10] [--fhir-copies 20]
+    python bench/peers.py [--stages omop_meds,cli,fhir,counts,transformer] [--copies 10] [--fhir-copies 20]
                           [--rounds 3] [--peer-venv DIR] [--fhir2meds-venv DIR] [--meds-tab-venv DIR]
                           [--out bench/results/peers_<stage>.json]
 """
@@ -144,6 +147,16 @@ src, work, dst = sys.argv[1:4]
 omop.extract(src, work, progress=False)
 meds.to_meds(work, dst)
 """
+#: the command line itself (what `omop-behrt extract --meds-out` runs), for the start-up-bound small inputs
+CHILD_CLI = """
+import sys
+from omop_behrt.cli.main import main
+assert main(["extract", "--source", sys.argv[1], "--meds-out", sys.argv[3], "--quiet"]) == 0
+"""
+#: the same, with pyarrow's first pandas probe left to import pandas (the CLI before it answered that probe)
+CHILD_CLI_PANDAS = CHILD_CLI.replace("from omop_behrt.cli.main import main", "from omop_behrt.cli.main import main\n"
+                                     "from omop_behrt.cli import data\n"
+                                     "data._skip_pyarrow_pandas_probe = lambda: None")
 CHILD_PEER = """
 import sys
 from meds_etl.omop import main
@@ -284,8 +297,10 @@ def transformer_stage(rounds: int, n: int = 400, steps: int = 15) -> dict:
             "ratio_ours_over_hf": {k: round(m["omop-behrt"] / m["hf"], 2) for k, m in med.items()}}
 
 
-def omop_meds_stage(args) -> dict | None:
-    """OMOP folder -> MEDS: omop-behrt (extract + to-meds) against meds-etl, alternating, outputs compared."""
+def omop_meds_stage(args, stage: str = "omop_meds") -> dict | None:
+    """OMOP folder -> MEDS: omop-behrt (extract + to-meds) against meds-etl, alternating, outputs compared.
+    ``stage="cli"``: the command lines, where small inputs are start-up: `omop-behrt extract --meds-out` as it
+    runs and with pandas imported as before (pyarrow's first probe), against `meds_etl_omop`."""
     peer_python = args.peer_venv / "bin" / "python"
     if not peer_python.exists():
         print(f"no peer environment at {args.peer_venv}: python3 -m venv {args.peer_venv} && "
@@ -296,8 +311,10 @@ def omop_meds_stage(args) -> dict | None:
         table_rows = build_omop_folder(args.copies, work / "omop")
         if args.vocab_concepts:
             table_rows["concept"] = add_vocabulary(work / "omop", args.vocab_concepts)
-        tools = [("omop-behrt", sys.executable, CHILD_OURS), ("omop-behrt 2-step", sys.executable, CHILD_TWO_STEP),
-                 ("meds-etl", str(peer_python), CHILD_PEER)]
+        tools = ([("omop-behrt", sys.executable, CHILD_OURS), ("omop-behrt 2-step", sys.executable, CHILD_TWO_STEP)]
+                 if stage == "omop_meds" else
+                 [("omop-behrt", sys.executable, CHILD_CLI), ("omop-behrt, pandas", sys.executable, CHILD_CLI_PANDAS)])
+        tools.append(("meds-etl", str(peer_python), CHILD_PEER))
         cpp = subprocess.run([str(peer_python), "-c", "import meds_etl_cpp"], capture_output=True, text=True)
         cpp_note = ("meds_etl_cpp installed" if cpp.returncode == 0 else
                     f"meds-etl cpp not run: {cpp.stderr.strip().splitlines()[-1]} (pip install meds_etl_cpp)")
@@ -325,13 +342,13 @@ def omop_meds_stage(args) -> dict | None:
     med = {n: statistics.median(v) for n, v in secs.items()}
     rss = {n: statistics.median(x["peak_rss_mb"] for x in v) for n, v in runs.items()}
     cpu = {n: statistics.median(x["cpu_s"] for x in v) for n, v in runs.items()}
-    row = {"stage": "omop_meds", "copies": args.copies, "concepts": table_rows.get("concept"),
+    row = {"stage": stage, "copies": args.copies, "concepts": table_rows.get("concept"),
            "events_in": sum(table_rows.get(t, 0) for t in CLINICAL),
            "persons": table_rows["person"], "median_s": med, "median_cpu_s": cpu, "median_peak_rss_mb": rss,
            "runs": runs,
            "min_max_s": {n: [min(v), max(v)] for n, v in secs.items()},
            "ratio_peer_over_ours": round(med["meds-etl"] / med["omop-behrt"], 2),
-           "ratio_peer_over_two_step": round(med["meds-etl"] / med["omop-behrt 2-step"], 2),
+           "ratio_peer_over_tool": {n: round(med["meds-etl"] / m, 2) for n, m in med.items()},
            "cpu_ratio_peer_over_ours": round(cpu["meds-etl"] / cpu["omop-behrt"], 2), "counts": counts,
            "cpp_backend": cpp_note,
            "load_average": [round(min(loads), 2), round(max(loads), 2)], "rounds": args.rounds}
@@ -341,7 +358,7 @@ def omop_meds_stage(args) -> dict | None:
     print(f"\n{'stage':<10} {'copies':>6} {'tool':<18} {'median s':>9} {'cpu s':>7} {'peak MB':>8} "
           f"{'meds-etl / tool':>16} {'(cpu)':>6}  load")
     for n in runs:
-        print(f"{'omop_meds':<10} {args.copies:>6} {n:<18} {med[n]:>9.2f} {cpu[n]:>7.2f} {rss[n]:>8.0f} "
+        print(f"{stage:<10} {args.copies:>6} {n:<18} {med[n]:>9.2f} {cpu[n]:>7.2f} {rss[n]:>8.0f} "
               f"{med['meds-etl'] / med[n]:>15.2f}x {cpu['meds-etl'] / cpu[n]:>5.2f}x  {row['load_average']}")
     for n, c in counts.items():
         print(f"  {n}: {c['rows']:,} rows, {c['subjects']:,} subjects, by prefix {c['by_prefix']}")
@@ -366,6 +383,10 @@ def main() -> int:
     if "omop_meds" in stages:
         results["omop_meds"] = omop_meds_stage(args)
         if results["omop_meds"] is None:
+            return 2
+    if "cli" in stages:
+        results["cli"] = omop_meds_stage(args, "cli")
+        if results["cli"] is None:
             return 2
     if "fhir" in stages:
         from peers_fhir import fhir_stage

@@ -107,3 +107,30 @@ def test_public_names_import_lazily():
         omop_behrt.nope  # noqa: B018
     from omop_behrt.vectors import export_parquet          # a submodule that is no public name still imports
     assert export_parquet.__name__ == "omop_behrt.vectors.export_parquet"
+
+
+def test_extract_leaves_pandas_unimported_and_writes_the_same(eunomia_db, tmp_path):
+    """pyarrow imports pandas (0.3 s) on its first conversion of Python values only to ask whether they are pandas
+    objects; `extract` answers that probe "no pandas" (``cli.data._skip_pyarrow_pandas_probe``): a fresh process
+    extracts Eunomia to MEDS and an event directory without importing pandas, and writes what this process (pandas
+    imported) writes; pandas is still there for pyarrow when asked for it afterwards."""
+    import pyarrow.parquet as pq
+
+    from omop_behrt.cli.main import main
+    fresh, here = tmp_path / "fresh", tmp_path / "here"
+    out = _python(
+        "import sys\n"
+        "from omop_behrt.cli.main import main\n"
+        f"assert main(['extract', '--source', {str(eunomia_db)!r}, '--out', {str(fresh / 'events')!r}, "
+        f"'--meds-out', {str(fresh / 'meds')!r}, '--quiet']) == 0\n"
+        "print('pandas' in sys.modules)\n"
+        "import pyarrow as pa\n"
+        "df = pa.table({'a': [1, 2]}).to_pandas()\n"
+        "print(type(df).__module__.split('.')[0], pa.Table.from_pandas(df)['a'].to_pylist())")
+    assert out.splitlines()[-2:] == ["False", "pandas [1, 2]"], out
+    assert main(["extract", "--source", str(eunomia_db), "--out", str(here / "events"), "--meds-out",
+                 str(here / "meds"), "--quiet"]) == 0
+    for rel in ("meds/data/0.parquet", "meds/metadata/codes.parquet", "events/persons.parquet"):
+        a, b = pq.read_table(fresh / rel), pq.read_table(here / rel)
+        assert a.num_rows > 0 and a.equals(b), rel
+    assert pq.read_table(fresh / "meds/data/0.parquet").num_rows == 225_096

@@ -359,9 +359,9 @@ def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[No
     abfss://, dbfs:) has no file lock: there, one process writes a table at a time, and a warning says so.
     After ``timeout`` s (default :data:`REWRITE_LOCK_TIMEOUT`) of waiting: a SourceError naming the table."""
     timeout = REWRITE_LOCK_TIMEOUT if timeout is None else timeout
-    location = table_location(spark, table) or table
+    location = table_location(spark, table) or ""
     with _THREAD_LOCKS_GUARD:
-        thread_lock = _THREAD_LOCKS.setdefault(location, threading.Lock())
+        thread_lock = _THREAD_LOCKS.setdefault(location or table, threading.Lock())
     if not thread_lock.acquire(timeout=timeout):
         raise SourceError(f"Spark table {table}: another writer in this process held it for {timeout:.0f} s")
     try:
@@ -375,7 +375,7 @@ def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[No
                     SourceError))
             else:
                 log.warning("Spark table %s lives at %s: no lock across processes there; run one writer of it at a "
-                            "time", table, location)
+                            "time", table, location or "no location Spark reports")
             yield
     finally:
         thread_lock.release()

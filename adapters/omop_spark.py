@@ -33,6 +33,9 @@ from omop_behrt.adapters.omop_queries import (EventTable, ExtractOptions, duplic
 #: what each partition sends back to the driver: its number and its counts (JSON), nothing per person
 _STATS = "partition long, stats string"
 STAGING = ".spark"
+#: rows per row group of the executors' staged persons and periods: the driver joins them a row group at a time,
+#: so its memory for the join does not grow with a partition's persons (one row group of 1M rows before)
+JOIN_BATCH_ROWS = 65_536
 
 
 def partitions(db) -> int:
@@ -145,7 +148,8 @@ def _rows_writer(path: str, kind: str) -> Callable:
             _count_values(good.column("death_note"), notes)
         stage = Path(path)
         if good.num_rows:
-            write_table(good.select(target.names).cast(target), stage / f"{kind}-p{pid:05d}.parquet")
+            write_table(good.select(target.names).cast(target), stage / f"{kind}-p{pid:05d}.parquet",
+                        row_group_size=JOIN_BATCH_ROWS)          # the driver joins the parts a row group at a time
         bad = table.num_rows - good.num_rows
         if bad:
             write_table(_quarantine_rows(table, pc.invert(ok), kind, with_code=False),
@@ -184,7 +188,9 @@ class StagedPersons:
 
 
 def _join(parts: list[Path], schema: pa.Schema, target: Path) -> None:
-    """Concatenate Parquet parts into one file, one row group in memory at a time (atomic: tmp + rename)."""
+    """Concatenate Parquet parts into one file, one row group (:data:`JOIN_BATCH_ROWS` rows) in memory at a time
+    (atomic: tmp + rename); the memory the reads took goes back to the system after, not kept by Arrow's
+    allocator."""
     tmp = target.with_suffix(target.suffix + ".tmp")
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         if not parts:
@@ -194,6 +200,7 @@ def _join(parts: list[Path], schema: pa.Schema, target: Path) -> None:
             for i in range(f.num_row_groups):
                 writer.write_table(f.read_row_group(i).cast(schema))
     os.replace(tmp, target)
+    pa.default_memory_pool().release_unused()
 
 
 def stage_persons(cdm: OmopCdm, options: ExtractOptions, out: EventDir) -> StagedPersons:

@@ -238,12 +238,13 @@ class ShardWriter:
         return self.files
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write one small table atomically (a tmp file no other writer uses, then a rename)."""
+def write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    """Write one small table atomically (a tmp file no other writer uses, then a rename); ``row_group_size``:
+    rows per row group (pyarrow's default, 1M, when None), so that a reader can take it a part at a time."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

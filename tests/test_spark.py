@@ -7,6 +7,7 @@ of ``embed_cohort(..., exact=True)``. In CI (CI=true) a missing pyspark or Java 
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -357,3 +358,40 @@ def test_block_deleting_from_a_delta_like_table_holds_its_lock_to_the_end(spark,
             tx.execute(delete, {"c": 7})
             raise RuntimeError("boom")
     assert not other_writer_kept_out()
+
+
+def test_join_of_staged_parts_reads_a_row_group_at_a_time(tmp_path, monkeypatch):
+    """The executors stage persons in row groups of ``JOIN_BATCH_ROWS`` and the driver joins the parts one row group
+    at a time (one 1M-row group per partition made the driver's memory grow with the CDM): each partition's part
+    (``_rows_writer``, run here as an executor would) has row groups of that size, and the joined file holds every
+    part's good rows in part order, in the contract's schema, no read having taken more than one row group."""
+    from omop_behrt.adapters import omop_spark
+    from omop_behrt.adapters.omop import _PERSON_QUERY_SCHEMA
+    from omop_behrt.events import PERSONS_SCHEMA
+    monkeypatch.setattr(omop_spark, "JOIN_BATCH_ROWS", 4)
+    want = []
+    for k, n in enumerate((10, 3)):
+        ids = list(range(k * 100, k * 100 + n))
+        batch = pa.RecordBatch.from_pydict({
+            f.name: (ids if f.name == "subject_id" else ["8507"] * n if f.name == "sex" else
+                     ["birth_date missing"] + [None] * (n - 1) if f.name == "reason" else [None] * n)
+            for f in _PERSON_QUERY_SCHEMA}, schema=_PERSON_QUERY_SCHEMA)
+        monkeypatch.setattr(omop_spark, "_partition_id", lambda k=k: k)
+        stats = list(omop_spark._rows_writer(str(tmp_path), "person")(iter([batch])))
+        assert json.loads(stats[0]["stats"][0].as_py())["good"] == n - 1
+        want += ids[1:]
+    parts = sorted(tmp_path.glob("person-p*.parquet"))
+    assert [pq.ParquetFile(p).num_row_groups for p in parts] == [3, 1]      # 9 good rows in 4s; 2 in one
+    read = []
+    real = pq.ParquetFile.read_row_group
+
+    def counted(self, i, *a, **k):
+        t = real(self, i, *a, **k)
+        read.append(t.num_rows)
+        return t
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("a part read whole"))
+    omop_spark._join(parts, PERSONS_SCHEMA, tmp_path / "persons.parquet")
+    got = pq.read_table(tmp_path / "persons.parquet")
+    assert got.schema == PERSONS_SCHEMA and got["subject_id"].to_pylist() == want
+    assert read == [4, 4, 1, 2]

@@ -362,23 +362,21 @@ def rewrite_lock(spark, table: str, timeout: float | None = None) -> Iterator[No
     location = table_location(spark, table) or ""
     with _THREAD_LOCKS_GUARD:
         thread_lock = _THREAD_LOCKS.setdefault(location or table, threading.Lock())
-    if not thread_lock.acquire(timeout=timeout):
-        raise SourceError(f"Spark table {table}: another writer in this process held it for {timeout:.0f} s")
-    try:
-        with ExitStack() as held:
-            local = re.fullmatch(r"(?:file:)?(/[^?#]*)", location)
-            path = Path(unquote(local.group(1))).resolve() if local else None
-            if path is not None and path.parent.is_dir():
-                held.enter_context(exclusive_lock(
-                    path.parent / f".{path.name}.omop_behrt.lock", timeout,
-                    f"Spark table {table} ({path}): another process has been rewriting it for {timeout:.0f} s",
-                    SourceError))
-            else:
-                log.warning("Spark table %s lives at %s: no lock across processes there; run one writer of it at a "
-                            "time", table, location or "no location Spark reports")
-            yield
-    finally:
-        thread_lock.release()
+    with ExitStack() as held:
+        if not thread_lock.acquire(timeout=timeout):
+            raise SourceError(f"Spark table {table}: another writer in this process held it for {timeout:.0f} s")
+        held.callback(thread_lock.release)
+        local = re.fullmatch(r"(?:file:)?(/[^?#]*)", location)
+        path = Path(unquote(local.group(1))).resolve() if local else None
+        if path is not None and path.parent.is_dir():
+            held.enter_context(exclusive_lock(
+                path.parent / f".{path.name}.omop_behrt.lock", timeout,
+                f"Spark table {table} ({path}): another process has been rewriting it for {timeout:.0f} s",
+                SourceError))
+        else:
+            log.warning("Spark table %s lives at %s: no lock across processes there; run one writer of it at a "
+                        "time", table, location or "no location Spark reports")
+        yield
 
 
 def arrow_of(df) -> pa.Table:

@@ -163,3 +163,72 @@ def copy_duckdb_to_postgres(path: Path, url: str, schema: str, tables: list[str]
         raw.close()
         engine.dispose()
         src.close()
+
+
+# -- a messy CDM: what real exports hold (tests/robustness/test_extract.py, tests/test_spark.py) ----------------
+def _first(s: str, table: str, id_col: str, person: int) -> str:
+    return f"(SELECT MIN({id_col}) FROM {s}.{table} WHERE person_id = {person})"
+
+
+def corruption(s: str) -> list[str]:
+    """What real exports hold, as SQL that runs on DuckDB and PostgreSQL alike (schema ``s``, Synthea 5.4 rows)."""
+    co = f"{s}.condition_occurrence"
+    return [
+        # persons: a month 13 and a day 32 (birth known by year only), sentinel years 9999 and 1700, a second row
+        f"UPDATE {s}.person SET month_of_birth = 13, birth_datetime = NULL WHERE person_id = 2",
+        f"UPDATE {s}.person SET day_of_birth = 32, birth_datetime = NULL WHERE person_id = 3",
+        f"UPDATE {s}.person SET year_of_birth = 9999, birth_datetime = NULL WHERE person_id = 4",
+        f"UPDATE {s}.person SET year_of_birth = 1700, birth_datetime = NULL WHERE person_id = 5",
+        f"INSERT INTO {s}.person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, "
+        f"race_concept_id, ethnicity_concept_id) SELECT person_id, 8507, year_of_birth, month_of_birth, "
+        f"day_of_birth, race_concept_id, ethnicity_concept_id FROM {s}.person WHERE person_id = 6",
+        # an event 10 years before birth; a January event of a year-only birth year (kept: not before birth)
+        f"UPDATE {co} SET condition_start_date = DATE '1960-01-01', condition_start_datetime = NULL "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 8)}",
+        f"UPDATE {s}.person SET birth_datetime = NULL, month_of_birth = NULL, day_of_birth = NULL WHERE person_id = 9",
+        f"UPDATE {co} SET condition_start_date = DATE '2014-01-15', condition_start_datetime = NULL "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 9)}",
+        # person 7 died 2025-10-06: an event 8 months later (quarantined), one 14 days later (kept)
+        f"UPDATE {co} SET condition_start_date = DATE '2026-06-01', condition_start_datetime = NULL "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 7)}",
+        f"UPDATE {co} SET condition_start_date = DATE '2025-10-20', condition_start_datetime = NULL "
+        f"WHERE condition_occurrence_id = (SELECT MAX(condition_occurrence_id) FROM {co} WHERE person_id = 7)",
+        # sentinel datetimes on valid dates
+        f"UPDATE {s}.measurement SET measurement_datetime = TIMESTAMP '9999-12-31 00:00:00' WHERE measurement_id IN "
+        f"(SELECT measurement_id FROM {s}.measurement WHERE person_id >= 20 ORDER BY measurement_id LIMIT 3)",
+        f"UPDATE {s}.measurement SET measurement_datetime = TIMESTAMP '1700-01-01 00:00:00' WHERE measurement_id IN "
+        f"(SELECT measurement_id FROM {s}.measurement WHERE person_id >= 20 ORDER BY measurement_id LIMIT 2 OFFSET 3)",
+        # two rows loaded twice; a row id another person's record also uses (a collision, kept); two null ids
+        f"INSERT INTO {co} SELECT * FROM {co} WHERE condition_occurrence_id IN (SELECT condition_occurrence_id "
+        f"FROM {co} WHERE person_id >= 20 ORDER BY condition_occurrence_id LIMIT 2)",
+        f"INSERT INTO {co} (condition_occurrence_id, person_id, condition_concept_id, condition_start_date, "
+        f"condition_type_concept_id, condition_source_value) SELECT condition_occurrence_id, 31, "
+        f"condition_concept_id, condition_start_date, condition_type_concept_id, condition_source_value FROM {co} "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 30)}",
+        f"ALTER TABLE {co} ALTER COLUMN condition_occurrence_id DROP NOT NULL",
+        f"INSERT INTO {co} (condition_occurrence_id, person_id, condition_concept_id, condition_start_date, "
+        f"condition_type_concept_id, condition_source_value) SELECT NULL, person_id, condition_concept_id, "
+        f"condition_start_date, condition_type_concept_id, condition_source_value FROM {co} "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 40)}",
+        f"INSERT INTO {co} (condition_occurrence_id, person_id, condition_concept_id, condition_start_date, "
+        f"condition_type_concept_id, condition_source_value) SELECT NULL, person_id, condition_concept_id, "
+        f"condition_start_date, condition_type_concept_id, condition_source_value FROM {co} "
+        f"WHERE condition_occurrence_id = {_first(s, 'condition_occurrence', 'condition_occurrence_id', 40)}",
+        # person 20: two observation periods with a 9-year gap between them
+        f"INSERT INTO {s}.observation_period (observation_period_id, person_id, observation_period_start_date, "
+        f"observation_period_end_date, period_type_concept_id) SELECT observation_period_id + 1000000, person_id, "
+        f"observation_period_start_date + 3650, observation_period_end_date, period_type_concept_id "
+        f"FROM {s}.observation_period WHERE person_id = 20",
+        f"UPDATE {s}.observation_period SET observation_period_end_date = observation_period_start_date + 365 "
+        f"WHERE person_id = 20 AND observation_period_id < 1000000",
+        # text where the DDL says integer or date
+        f"ALTER TABLE {co} ALTER COLUMN person_id TYPE VARCHAR(20)",
+        f"UPDATE {co} SET person_id = 'abc' WHERE condition_occurrence_id = (SELECT MIN(condition_occurrence_id) "
+        f"FROM {co} WHERE person_id = '10')",
+        f"ALTER TABLE {s}.drug_exposure ALTER COLUMN drug_concept_id TYPE VARCHAR(20)",
+        f"UPDATE {s}.drug_exposure SET drug_concept_id = 'x12' "
+        f"WHERE drug_exposure_id = {_first(s, 'drug_exposure', 'drug_exposure_id', 11)}",
+        f"ALTER TABLE {s}.procedure_occurrence ALTER COLUMN procedure_date TYPE VARCHAR(20)",
+        f"UPDATE {s}.procedure_occurrence SET procedure_date = '2021-13-45' "
+        f"WHERE procedure_occurrence_id = {_first(s, 'procedure_occurrence', 'procedure_occurrence_id', 12)}",
+    ]

@@ -98,6 +98,31 @@ def test_synthea_through_spark_equals_duckdb(spark, synthea_duckdb, tmp_path):
     assert_same_extraction(EventDir.open(tmp_path / "spark"), EventDir.open(tmp_path / "duck"), got, want)
 
 
+def test_messy_cdm_through_spark_equals_duckdb(spark, synthea_duckdb, tmp_path):
+    """A messy site export through Spark SQL: text ids and dates, sentinel years, duplicates, null ids, events after
+    death, a header-only table and a missing one. Spark quarantines the same rows for the same reasons as DuckDB."""
+    import duckdb
+    from cdm_fixtures import corruption
+    from omop_behrt.db.spark import SparkDatabase, load_duckdb_cdm
+    db = tmp_path / "messy.duckdb"
+    shutil.copy(synthea_duckdb, db)
+    con = duckdb.connect(str(db))
+    for stmt in corruption('"cdm"') + ["DELETE FROM cdm.device_exposure", "DROP TABLE cdm.observation"]:
+        con.execute(stmt)
+    con.close()
+    load_duckdb_cdm(spark, db, "messy", tmp_path / "parquet", schema="cdm", tables=CDM_TABLES)
+    got = omop.extract(SparkDatabase(spark, "messy"), tmp_path / "spark", progress=False)
+    want = omop.extract(db, tmp_path / "duck", cdm_schema="cdm", progress=False)
+    assert_same_extraction(EventDir.open(tmp_path / "spark"), EventDir.open(tmp_path / "duck"), got, want)
+    assert got.skipped == {"observation": "table observation absent"}
+    assert "device" not in got.events_by_domain
+    reasons = " ".join(got.quarantined_by_reason)
+    for what in ("birth date outside", "after death", "duplicate", "person_id"):
+        assert what in reasons, what
+    assert got.quarantined >= 10 and got.notes["measurement: measurement_datetime ignored (its date is not "
+                                                "measurement_date): measurement_date used"] == 5
+
+
 def test_cli_spark_url_and_filters(spark, eunomia_parquet, eunomia_db, eunomia_events, tmp_path, capsys):
     """``extract --source spark://local[2]?database=NAME&parquet=DIR`` registers the Parquet tables, uses the
     running session (not stopped), and applies the filters in Spark SQL as DuckDB does: bound person ids, and

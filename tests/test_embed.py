@@ -188,3 +188,36 @@ def test_cohort_visits_are_read_once_sorted_by_person(eunomia_events, tmp_path):
     assert (np.diff(got["subject_id"].to_numpy()) >= 0).all() and set(got["subject_id"].to_pylist()) <= {5, 6, 123}
     write_visits(duckdb.connect(), eunomia_events, tmp_path / "none.parquet", subjects=np.zeros(0, np.int64))
     assert pa.parquet.read_table(tmp_path / "none.parquet").num_rows == 0
+
+
+def test_messy_index_rows_are_named_not_embedded(tiny_model, eunomia_events):
+    """An index entry without a date, a person or a cohort is bad input: the error names the row and the column
+    (it was embedded as "no history", or failed in Arrow, before). Repeated entries, persons the events do not
+    hold, dates before birth or in 9999 are embedded as entries; an empty cohort gives an empty result."""
+    import datetime as dt
+    p = eunomia_events.persons()["subject_id"].to_pylist()[:3]
+    day = dt.date(2010, 1, 1)
+
+    def index(cid, sid, date):
+        return pa.table({"cohort_definition_id": pa.array(cid, pa.int64()), "subject_id": pa.array(sid, pa.int64()),
+                         "index_date": pa.array(date, pa.date32())})
+    for table, message in (
+            (index([1, 1], p[:2], [day, None]), "row 2: index_date is null"),
+            (index([1, 1, 1], [p[0], None, None], [day] * 3), "row 2: subject_id is null (2 null in all"),
+            (index([None, 1], p[:2], [day] * 2), "row 1: cohort_definition_id is null")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            embed_cohort(tiny_model, eunomia_events, table, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="column 'subject_id' \\(string\\) cannot be read as int64"):
+        embed_cohort(tiny_model, eunomia_events, pa.table({"cohort_definition_id": [1], "subject_id": ["x1"],
+                                                           "index_date": [day]}), progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"column\(s\) \['index_date'\] missing"):
+        embed_cohort(tiny_model, eunomia_events, pa.table({"cohort_definition_id": [1], "subject_id": [p[0]]}),
+                     progress=False, device="cpu")
+    odd = index([1] * 5, [p[0], p[0], 123456789, p[1], p[2]],
+                [day, day, day, dt.date(1800, 1, 1), dt.date(9999, 12, 31)])
+    res = embed_cohort(tiny_model, eunomia_events, odd, progress=False, device="cpu")
+    assert res.has_history.tolist() == [True, True, False, False, True]
+    assert np.array_equal(res.vectors[0], res.vectors[1])
+    assert res.provenance["skipped"] == {"no history before index": 1, "subject not in source": 1}
+    empty = embed_cohort(tiny_model, eunomia_events, odd.slice(0, 0), progress=False, device="cpu")
+    assert empty.vectors.shape == (0, res.vectors.shape[1]) and empty.index.num_rows == 0

@@ -173,6 +173,11 @@ def test_embed_spark_equals_embed_cohort(spark, eunomia_events, tiny_model, tmp_
     assert set(got["model_id"].to_pylist()) == {model_checksum(tiny_model)}
     assert got["index_date"].to_pylist()[0].isoformat() == "2010-01-01"
     assert got.schema.field("embedding").type.value_type == pa.float32()
+    # an entry without a date (or with text where a date belongs) is named on the driver, before any executor runs
+    bad = spark.createDataFrame([(7, int(persons["subject_id"][0].as_py()), None), (7, 1, "2010-13-45")],
+                                "cohort_definition_id long, subject_id long, index_date string")
+    with pytest.raises(ValueError, match="entries without a cohort_definition_id, subject_id or index_date"):
+        embed_spark(bad, eunomia_events.path, tiny_model)
 
 
 def test_cohorts_on_spark_equal_duckdb(spark, eunomia_parquet, eunomia_db, tmp_path, capsys):

@@ -31,6 +31,30 @@ _OCCURRENCE_TABLES = {"condition": ("condition_occurrence", "condition_concept_i
                       "device": ("device_exposure", "device_concept_id", "device_exposure_start_date")}
 
 
+def check_index(index: pa.Table, what: str = "index table") -> pa.Table:
+    """``index`` as :data:`INDEX_SCHEMA` (cohort_definition_id, subject_id, index_date), or a ValueError naming the
+    missing column, the column that cannot be cast, or the first row (1-based) holding a null: an entry without a
+    person, a date or a cohort is bad input, not a row to embed as "no history"."""
+    missing = [n for n in INDEX_SCHEMA.names if n not in index.column_names]
+    if missing:
+        raise ValueError(f"{what}: column(s) {missing} missing; expected {INDEX_SCHEMA.names} "
+                         f"(columns present: {index.column_names})")
+    index = index.select(INDEX_SCHEMA.names)
+    for f in INDEX_SCHEMA:
+        try:
+            index = index.set_column(index.schema.get_field_index(f.name), f, index[f.name].cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise ValueError(f"{what}: column {f.name!r} ({index[f.name].type}) cannot be read as "
+                             f"{f.type}: {e}") from None
+    for name in INDEX_SCHEMA.names:
+        col = index[name]
+        if col.null_count:
+            row = pc.index(pc.is_null(col), True).as_py()
+            raise ValueError(f"{what}: row {row + 1}: {name} is null ({col.null_count} null in all; every entry "
+                             f"needs a cohort_definition_id, a subject_id and an index_date)")
+    return index
+
+
 def _index_table(subject_id, index_date, cohort_definition_id=0, what: str = "index dates") -> pa.Table:
     t = pa.table({"subject_id": subject_id, "index_date": index_date})
     try:

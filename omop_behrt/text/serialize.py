@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from omop_behrt.tasks.cohorts import INDEX_SCHEMA
+from omop_behrt.tasks.cohorts import check_index
 from omop_behrt.db.database import load_sql, render, statements
 
 #: Bumped whenever the same input would give other text (wording, order, truncation rule).
@@ -65,18 +65,6 @@ class SerializedTexts:
 
 def _sql(name: str) -> list[str]:
     return statements(render(load_sql(f"serialize/{name}"), {}))
-
-
-def _as_index(index: pa.Table) -> pa.Table:
-    missing = [n for n in INDEX_SCHEMA.names if n not in index.column_names]
-    if missing:
-        raise ValueError(f"index table: column(s) {missing} missing; expected {INDEX_SCHEMA.names} "
-                         f"(columns present: {index.column_names})")
-    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-    for name in INDEX_SCHEMA.names:
-        if index[name].null_count:
-            raise ValueError(f"index table: column {name!r} has {index[name].null_count} null values")
-    return index
 
 
 def _given_descriptions(descriptions) -> pa.Table:
@@ -227,7 +215,7 @@ def serialize(source, index: pa.Table, *, inclusive: bool = False, group: str = 
     for name, value in (("max_chars", max_chars), ("max_tokens", max_tokens)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-    index = _as_index(index)
+    index = check_index(index)
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-serialize-"))

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import torch
 from tqdm.auto import tqdm
 
-from omop_behrt.tasks.cohorts import INDEX_SCHEMA, index_dates_from_frame
+from omop_behrt.tasks.cohorts import check_index, index_dates_from_frame
 from omop_behrt.db.database import is_cdm_source as _is_cdm, quiet
 from omop_behrt.vectors.embed_run import (LOCK_FILE, Shard, check_resume, in_shard, parse_shard, refuse_foreign,
                                           run_fingerprint,
@@ -269,7 +269,7 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
     exact = shard is not None if exact is None else bool(exact)
     if dev.type != "cuda":
         batch_tokens = min(int(batch_tokens), CPU_BATCH_TOKENS)
-    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    index = check_index(index)
     if shard is not None:
         index = index.filter(pa.array(in_shard(index["subject_id"].to_numpy(), shard)))
     model = model if model is not None else Behrt.load(model_dir, device=dev)
@@ -281,12 +281,13 @@ def embed_cohort(model_dir: str | Path, source, index: pa.Table, *, pooling: str
                                   cdm_schema=cdm_schema, vocab_schema=vocab_schema, fallback=fallback,
                                   vocab_cdm=vocab_cdm if fallback and not _is_cdm(source) else None, shard=shard,
                                   batch_tokens=batch_tokens, exact=exact)
-    if shard is not None and index.num_rows == 0:     # a shard without entries: nothing to read or run
+    if index.num_rows == 0:     # an empty cohort, or a shard without entries: nothing to read or run
         return EmbeddingResult(index, np.zeros((0, model.config.hidden), np.float32), np.zeros(0, bool), {
             "model_dir": str(model_dir), "model_checksum": checksum, "run_fingerprint": fingerprint,
             "vocab": vocab_name, "vocab_sha256": model.vocab.sha256, "pooling": pooling, "rows": 0, "embedded": 0,
             "skipped": {"no history before index": 0, "subject not in source": 0}, "seconds": 0.0,
-            "device": str(dev), "precision": effective, "fallback": bool(fallback), "shard": fingerprint["shard"]})
+            "device": str(dev), "precision": effective, "fallback": bool(fallback),
+            **({"shard": fingerprint["shard"]} if "shard" in fingerprint else {})})
     tmp = None
     if work_dir is None:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="omop-behrt-embed-"))

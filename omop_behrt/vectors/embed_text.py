@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from omop_behrt.tasks.cohorts import INDEX_SCHEMA
+from omop_behrt.tasks.cohorts import check_index
 from omop_behrt.vectors.embed import EmbeddingResult
 
 
@@ -33,7 +33,7 @@ def embed_text_cohort(source, index: pa.Table, *, text_model="default", pooling:
     from omop_behrt.text.serialize import dump_text as write_texts, serialize
     from omop_behrt.text.encoder import TextEncoder
     t0 = time.perf_counter()
-    index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    index = check_index(index)
     encoder = encoder if encoder is not None else TextEncoder(text_model, pooling=pooling, device=device,
                                                               progress=progress)
     texts = serialize(source, index, inclusive=inclusive, group=group, cdm_schema=cdm_schema,

@@ -31,6 +31,7 @@ __all__ = ["embed_spark", "EMBEDDING_DDL"]
 EMBEDDING_DDL = ("cohort_definition_id long, subject_id long, index_date date, model_id string, "
                  "embedding array<float>")
 _MODELS: dict = {}      # model directory -> loaded model, per Python worker
+_INDEX_TYPES = {"cohort_definition_id": "BIGINT", "subject_id": "BIGINT", "index_date": "DATE"}
 
 
 def _model(model_dir: str):
@@ -112,9 +113,16 @@ def embed_spark(df_index, events_path_or_table, model_dir: str | Path, *, poolin
     if missing:
         raise ValueError(f"the index DataFrame needs columns cohort_definition_id, subject_id, index_date; "
                          f"missing {', '.join(sorted(missing))} (columns: {', '.join(df_index.columns)})")
+    # one small job before the executors start: an entry without a cohort, a person or a date (or one that is not
+    # a number / a date) is bad input, named here rather than failing, or vanishing, inside a worker
+    bad = df_index.where(" OR ".join(f"try_cast(`{c}` AS {t}) IS NULL" for c, t in _INDEX_TYPES.items())).limit(1)
+    first = bad.collect()
+    if first:
+        row = first[0].asDict()
+        raise ValueError(f"the index DataFrame has entries without a cohort_definition_id, subject_id or index_date "
+                         f"(null, or not a number / a date), e.g. {row}; every entry needs all three")
     n = int(partitions or df_index.sparkSession.sparkContext.defaultParallelism)
     fn = _embed_partitions(str(Path(events.path).resolve()), model_dir, model_id, pooling, inclusive, fallback,
                            keep_empty)
-    rows = df_index.selectExpr("CAST(cohort_definition_id AS BIGINT) AS cohort_definition_id",
-                               "CAST(subject_id AS BIGINT) AS subject_id", "CAST(index_date AS DATE) AS index_date")
+    rows = df_index.selectExpr(*(f"CAST(`{c}` AS {t}) AS {c}" for c, t in _INDEX_TYPES.items()))
     return rows.repartition(n, "subject_id").mapInArrow(fn, EMBEDDING_DDL)

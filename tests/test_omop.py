@@ -338,6 +338,15 @@ def test_unreachable_sources(tmp_path):
         omop.extract("postgresql://nobody@127.0.0.1:1/nodb", tmp_path / "x", progress=False)
     with pytest.raises(SourceError, match="neither an existing DuckDB file"):
         omop.extract(tmp_path / "missing.duckdb", tmp_path / "x", progress=False)
+    # a warehouse whose SQLAlchemy dialect is not installed: what to install, the password kept out of the message
+    with pytest.raises(SourceError, match=r"cannot connect to databricks://token:\*\*\*@host/x: no SQLAlchemy dialect "
+                                          r"or driver for databricks:// is installed \(.*pip install "
+                                          r"databricks-sqlalchemy\)\. For a Spark / Databricks CDM from Python, pass "
+                                          r"the SparkSession") as e:
+        omop.extract("databricks://token:secret@host/x", tmp_path / "x", progress=False)
+    assert "secret" not in str(e.value)
+    with pytest.raises(SourceError, match=r"snowflake:// is installed \(.*pip install snowflake-sqlalchemy\)\.$"):
+        omop.extract("snowflake://u@acct/db", tmp_path / "x", progress=False)
 
 
 def test_null_dates_and_persons_are_quarantined(cdm54, tmp_path):

@@ -84,6 +84,25 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
+#: SQLAlchemy dialects OHDSI sites use, and the package that brings each (its name on the package index)
+_DIALECT_PACKAGES = {"databricks": "databricks-sqlalchemy", "snowflake": "snowflake-sqlalchemy",
+                     "bigquery": "sqlalchemy-bigquery", "redshift": "sqlalchemy-redshift",
+                     "redshift+psycopg2": "sqlalchemy-redshift psycopg2-binary", "mssql+pyodbc": "pyodbc",
+                     "mssql+pymssql": "pymssql", "oracle+oracledb": "oracledb", "oracle": "oracledb",
+                     "mysql+pymysql": "pymysql", "trino": "trino[sqlalchemy]", "postgresql+psycopg2": "psycopg2-binary"}
+
+
+def _missing_dialect(url: str, error: BaseException) -> str:
+    """What to install for a URL whose SQLAlchemy dialect (or driver) is not installed."""
+    scheme = url.split("://", 1)[0].lower()
+    package = _DIALECT_PACKAGES.get(scheme) or _DIALECT_PACKAGES.get(scheme.split("+", 1)[0])
+    hint = f"pip install {package}" if package else f"install the SQLAlchemy dialect for {scheme!r}"
+    spark = (" For a Spark / Databricks CDM from Python, pass the SparkSession itself "
+             "(omop_behrt.db.spark.SparkDatabase); the CLI reads Spark through spark://." if scheme.startswith(
+                 "databricks") else "")
+    return f"no SQLAlchemy dialect or driver for {scheme}:// is installed ({error}; {hint}).{spark}"
+
+
 def is_cdm_source(source) -> bool:
     """Whether ``source`` names a CDM (a URL, a DuckDB file, a folder of exports) rather than an event directory."""
     s = str(source)
@@ -170,6 +189,8 @@ class Database:
             engine = sa.create_engine(url, pool_pre_ping=True)
             with engine.connect():
                 pass
+        except (sa.exc.NoSuchModuleError, ImportError) as e:   # a dialect or driver that is not installed
+            raise SourceError(f"cannot connect to {_redact(url)}: {_missing_dialect(url, e)}") from None
         except Exception as e:  # driver-specific exception types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SourceError(f"cannot connect to {_redact(url)}: {first}") from None

@@ -156,7 +156,7 @@ assert main(["extract", "--source", sys.argv[1], "--meds-out", sys.argv[3], "--q
 #: the same, with pyarrow's first pandas probe left to import pandas (the CLI before it answered that probe)
 CHILD_CLI_PANDAS = CHILD_CLI.replace("from omop_behrt.cli.main import main", "from omop_behrt.cli.main import main\n"
                                      "from omop_behrt.cli import data\n"
-                                     "data._skip_pyarrow_pandas_probe = lambda: None")
+                                     "data.skip_pyarrow_pandas_probe = lambda: None")
 CHILD_PEER = """
 import sys
 from meds_etl.omop import main

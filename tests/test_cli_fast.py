@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_public_names_import_lazily():
 
 def test_extract_leaves_pandas_unimported_and_writes_the_same(eunomia_db, tmp_path):
     """pyarrow imports pandas (0.3 s) on its first conversion of Python values only to ask whether they are pandas
-    objects; `extract` answers that probe "no pandas" (``cli.data._skip_pyarrow_pandas_probe``): a fresh process
+    objects; `extract` answers that probe "no pandas" (``startup.skip_pyarrow_pandas_probe``): a fresh process
     extracts Eunomia to MEDS and an event directory without importing pandas, and writes what this process (pandas
     imported) writes; pandas is still there for pyarrow when asked for it afterwards."""
     import pyarrow.parquet as pq
@@ -134,3 +135,35 @@ def test_extract_leaves_pandas_unimported_and_writes_the_same(eunomia_db, tmp_pa
         a, b = pq.read_table(fresh / rel), pq.read_table(here / rel)
         assert a.num_rows > 0 and a.equals(b), rel
     assert pq.read_table(fresh / "meds/data/0.parquet").num_rows == 225_096
+
+
+def test_fhir_workers_leave_pandas_unimported(tmp_path):
+    """FHIR extraction's worker processes run only our code, so they answer pyarrow's pandas probe "no" too (each
+    imported pandas before: 0.3 CPU-s a worker). The parent is a user's process: its probe is left alone, and
+    pyarrow still recognises its pandas objects after the run; the run writes what one worker writes."""
+    import pyarrow.parquet as pq
+
+    from omop_behrt.adapters import fhir
+    src = Path(__file__).parent / "data" / "fhir"
+    out = _python(
+        "import sys\n"
+        "from omop_behrt.adapters import fhir_pool\n"
+        "def probe(_):\n"
+        "    import pyarrow as pa\n"
+        "    pa.array([1, 2])\n"
+        "    return 'pandas' in sys.modules\n"
+        "seen = []\n"
+        "fhir_pool.run_parts(probe, [0, 1, 2, 3], 2, lambda a, r: seen.append(r))\n"
+        "print(seen, 'pandas' in sys.modules)\n"
+        "from omop_behrt.adapters import fhir\n"
+        f"fhir.extract({str(src)!r}, {str(tmp_path / 'two')!r}, workers=2, progress=False)\n"
+        "import pandas as pd, pyarrow as pa\n"
+        "print(pa.array(pd.Series([1.5, None])).to_pylist())")
+    assert out.splitlines() == ["[False, False, False, False] False", "[1.5, None]"], out
+    fhir.extract(src, tmp_path / "one", workers=1, progress=False)
+    for rel in ("persons.parquet", "observation_periods.parquet"):
+        assert pq.read_table(tmp_path / "two" / rel).equals(pq.read_table(tmp_path / "one" / rel)), rel
+    keys = [(c, "ascending") for c in ("subject_id", "time", "code", "visit_id", "numeric_value", "end_time")]
+    from omop_behrt.events import EventDir
+    a, b = EventDir.open(tmp_path / "two").read_events(), EventDir.open(tmp_path / "one").read_events()
+    assert a.num_rows == b.num_rows > 0 and a.sort_by(keys).equals(b.sort_by(keys))

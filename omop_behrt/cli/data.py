@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from omop_behrt.choices import RESULTS_SCHEMA
+from omop_behrt.startup import skip_pyarrow_pandas_probe
 from omop_behrt.cli.options import date_arg, date_window_arg, ids_arg, positive_int
 
 
@@ -82,34 +83,8 @@ def _looks_like_fhir(source: str) -> bool:
     return is_fhir_source(source) or has_fhir_name(source)
 
 
-class _PandasWithheld:
-    """A finder that refuses ``import pandas``: put first on sys.meta_path for one pyarrow call only."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "pandas":
-            raise ModuleNotFoundError("pandas withheld from pyarrow's first probe", name="pandas")
-        return None
-
-
-def _skip_pyarrow_pandas_probe() -> None:
-    """pyarrow imports pandas (0.3 s, a fifth of a small extraction) the first time it converts Python values,
-    only to ask whether they are pandas objects; extraction never hands it any. That first probe is answered "no
-    pandas" here. pandas stays importable: pyarrow imports it when asked to convert to or from pandas. Only for
-    this CLI process, whose code is all ours: a user's pandas objects passed to pyarrow would no longer be
-    recognised."""
-    if "pandas" in sys.modules:
-        return
-    import pyarrow as pa
-    sys.meta_path.insert(0, _PandasWithheld)
-    try:
-        pa.array([0])
-    finally:
-        sys.meta_path.remove(_PandasWithheld)
-
-
 def _run_extract(args) -> int:
-    _skip_pyarrow_pandas_probe()
+    skip_pyarrow_pandas_probe()
     from omop_behrt.adapters import omop
     if args.out is None and args.meds_out is None:
         raise ValueError("extract: give --out (an event directory), --meds-out (a MEDS dataset), or both")

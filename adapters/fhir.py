@@ -2,7 +2,8 @@
 
 Reads Bundles and bulk-export NDJSON (adapters/fhir_reader.py), runs the views shipped in ``sql/fhir/`` (plus any
 the user adds or overrides) on every resource (adapters/viewdefinition.py), and writes the same event directory
-as the OMOP adapter. Input is split into parts of whole files, run in up to ``workers`` processes
+as the OMOP adapter. Input is split into parts (whole files; a large plain NDJSON file in line-aligned byte
+ranges), run in up to ``workers`` processes
 (adapters/fhir_part.py); a finished part is recorded in the manifest, so ``resume=True`` skips it. This module
 starts the parts (adapters/fhir_pool.py: workers die with the run) and then settles the directory: repeated
 resources (adapters/fhir_duplicates.py), persons, rows pending on a Patient, counts and the summary.
@@ -44,7 +45,7 @@ from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pe
 from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
 from omop_behrt.adapters.fhir_pool import run_parts
 from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson,
-                                             read_ndjson)
+                                             ndjson_pieces, patient_lines, read_ndjson)
 
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]
@@ -142,17 +143,26 @@ class FhirExtractSummary:
         return "\n".join(lines)
 
 
-def _parts(files: list[Path]) -> list[list[str]]:
-    """Whole files grouped into parts of at most ``_PART_BYTES`` of input, at least ``_PARTS`` of them where the
-    input is over ``_PARTS * _MIN_PART_BYTES`` (the split depends on the files only, so ``resume`` finds it again)."""
+def _parts(files: list[Path]) -> list[list]:
+    """The input as parts of at most ``_PART_BYTES``, at least ``_PARTS`` of them where the input is over
+    ``_PARTS * _MIN_PART_BYTES``; small files are grouped whole, and a plain NDJSON file larger than a part is cut
+    into line-aligned byte ranges (``[path, start, end, first line]``, :func:`ndjson_pieces`), so that one large
+    bulk-export file (a server's single Observation.ndjson) is read by every worker, not one. The split depends on
+    the files only, so ``resume`` finds it again."""
     sizes = [f.stat().st_size * (6 if f.name.endswith(".gz") else 1) for f in files]
     target = min(_PART_BYTES, max(_MIN_PART_BYTES, -(-sum(sizes) // _PARTS)))
-    parts, cur, size = [], [], 0
+    pieces: list[tuple[str | list, int]] = []
     for f, n in zip(files, sizes):
+        if n > target and is_ndjson(f) and not f.name.endswith(".gz"):
+            pieces += [([str(f), start, end, line], end - start) for start, end, line in ndjson_pieces(f, target)]
+        else:
+            pieces.append((str(f), n))
+    parts, cur, size = [], [], 0
+    for piece, n in pieces:
         if cur and size + n > target:
             parts.append(cur)
             cur, size = [], 0
-        cur.append(str(f))
+        cur.append(piece)
         size += n
     if cur:
         parts.append(cur)
@@ -225,7 +235,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     return summary
 
 
-def _fingerprint(src: str, files: list[Path], parts: list[list[str]], validate: bool,
+def _fingerprint(src: str, files: list[Path], parts: list[list], validate: bool,
                  views: str | Path | None, notes: bool = False) -> dict:
     """Every input that changes the result of a run: the files (path, size, mtime), their split into parts, the
     options and the views (their content), so that ``resume`` continues the same run or refuses."""
@@ -262,19 +272,21 @@ def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
 
 
 def _patient_ids_first(files: list[Path]) -> set[int]:
-    """Subject ids of the NDJSON Patient files (read first and cheaply), so every part knows them up front."""
+    """Subject ids of the Patients of NDJSON files that start with a Patient (read first and cheaply), so every
+    part knows them up front. Only Patient lines are parsed: a bulk export written as one file (Patients first,
+    then everything else) is scanned for them, not parsed whole in this one process."""
     known: set[int] = set()
     for f in files:
         if not is_ndjson(f):
             continue
         items = read_ndjson(f)
         first = next(items, None)
+        items.close()
         if first is None or first.resource is None or first.resource.get("resourceType") != "Patient":
             continue
-        for item in [first, *items]:
-            r = item.resource
-            if r is not None and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str):
-                known.add(fhir_id(r["id"]))
+        for res in patient_lines(f):
+            if isinstance(res.get("id"), str):
+                known.add(fhir_id(res["id"]))
     return known
 
 

@@ -1,4 +1,5 @@
-"""One part of a FHIR extraction: whole files -> event shards, a persons part, quarantine rows, pending rows.
+"""One part of a FHIR extraction: whole files (or line ranges of a large NDJSON file) -> event shards, a persons
+part, quarantine rows, pending rows.
 
 A part runs in a worker process (adapters/fhir.py starts them): it compiles the views (once per process),
 streams its files (NDJSON lines of types without a view are counted, not parsed: adapters/fhir_reader.py skims
@@ -128,11 +129,15 @@ def compile_parts(views_dir: str | Path | None) -> None:
 
 
 class Part:
-    """Reads one part (a list of whole files) into event shards, a persons part, quarantine and pending rows."""
+    """Reads one part (whole files, or line ranges of a large NDJSON file) into event shards, a persons part,
+    quarantine and pending rows."""
 
-    def __init__(self, index: int, files: list[str], out: str, views_dir: str | None, validate: bool,
+    def __init__(self, index: int, files: list, out: str, views_dir: str | None, validate: bool,
                  known: set[int] | None, notes: bool = False, batch_rows: int = 200_000):
-        self.index, self.files, self.out, self.validate = index, [Path(f) for f in files], Path(out), validate
+        # each piece of the part: a whole file (its path), or [path, start, end, first line] of a large NDJSON file
+        self.index, self.out, self.validate = index, Path(out), validate
+        self.files = [Path(f if isinstance(f, str) else f[0]) for f in files]
+        self.ranges = [{} if isinstance(f, str) else {"start": f[1], "end": f[2], "first_line": f[3]} for f in files]
         self.base = index << 32
         views = load_fhir_views(views_dir)
         self.by_type = _event_views(views)
@@ -186,7 +191,7 @@ class Part:
             for fi, path in enumerate(self.files):
                 exit_if_orphaned()
                 if is_ndjson(path):
-                    self._items(fi, read_ndjson(path, self.wanted), {})
+                    self._items(fi, read_ndjson(path, self.wanted, **self.ranges[fi]), {})
                 else:
                     big = path.stat().st_size * (6 if path.name.endswith(".gz") else 1) > _SKIM_BYTES
                     urls, items = read_bundle(path, self.wanted if big else None)

@@ -124,9 +124,9 @@ def _cpu() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def _run_child(*args: str) -> dict:
+def _run_child(*args: str, script: str = __file__) -> dict:
     load = os.getloadavg()[0]
-    p = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True,
                        cwd=str(ROOT))
     if p.returncode:
         raise RuntimeError(f"{args}: {p.stderr[-3000:]}")

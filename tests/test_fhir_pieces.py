@@ -1,0 +1,108 @@
+"""A large plain NDJSON file (a server's single bulk-export file) is cut into line-aligned byte ranges that several
+workers read: the cuts never split a line, every line keeps its number, and the extraction (events, persons,
+quarantine with file and line, repeated resources, summary) equals reading the file whole."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from omop_behrt.adapters import fhir, fhir_reader
+from omop_behrt.adapters.fhir_reader import ndjson_pieces, read_ndjson
+from omop_behrt.events import EventDir
+
+NDJSON = Path(__file__).parent / "data" / "fhir" / "ndjson"
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096, 1 << 24])
+def test_pieces_are_line_aligned_and_read_as_the_whole_file(tmp_path, monkeypatch, block):
+    """Random files (blank lines, long lines, no final newline) and part sizes, read in blocks smaller and larger
+    than a line: the pieces tile the file, start at line starts with the right line number, and their Items are
+    the whole file's."""
+    monkeypatch.setattr(fhir_reader, "_BLOCK", block)
+    rng = random.Random(block)
+    for trial in range(120):
+        lines = []
+        for i in range(rng.randint(0, 50)):
+            kind = rng.random()
+            lines.append(b"" if kind < 0.1 else b"  " if kind < 0.15 else b"{not json" if kind < 0.2 else
+                         b'{"resourceType":"Patient","id":"%d","x":"%s"}' % (i, b"y" * rng.randint(0, 400)))
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.7 else b"")
+        f = tmp_path / f"t{trial}.ndjson"
+        f.write_bytes(data)
+        pieces = ndjson_pieces(f, rng.randint(1, 3000))
+        assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
+        for (start, end, line), (nxt, _, _) in zip(pieces, pieces[1:]):
+            assert end == nxt and start < end
+            assert start == 0 or data[start - 1:start] == b"\n"
+            assert line == data[:start].count(b"\n") + 1
+        whole = [(i.row, i.resource, i.error) for i in read_ndjson(f)]
+        assert [(i.row, i.resource, i.error) for s, e, n in pieces for i in read_ndjson(f, None, s, e, n)] == whole
+
+
+def _one_big_file(folder: Path) -> Path:
+    """Every resource of the NDJSON fixture in one plain export file (Patients first), with bad lines and a repeated
+    resource placed so that they fall in different pieces."""
+    lines = []
+    for f in sorted(NDJSON.glob("*.ndjson.gz"), key=lambda f: (not f.name.startswith("Patient"), f.name)):
+        lines += [line for line in gzip.decompress(f.read_bytes()).decode().splitlines() if line.strip()]
+    cond = next(line for line in lines if '"resourceType":"Condition"' in line.replace(" ", ""))
+    at = len(lines) // 2
+    lines[at:at] = ['{"resourceType": "Condition", "id": "broken", ', "",
+                    json.dumps({"resourceType": "Foo", "id": "x"})]
+    lines.append(cond)                                 # the same Condition again, last: a duplicate
+    folder.mkdir()
+    (folder / "export.ndjson").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_large_ndjson_file_in_pieces_extracts_as_whole(tmp_path, monkeypatch):
+    src = _one_big_file(tmp_path / "src")
+    size = (src / "export.ndjson").stat().st_size
+    with monkeypatch.context() as m:                    # one part: the file read whole, in one process
+        m.setattr(fhir, "_PART_BYTES", 1 << 40)
+        m.setattr(fhir, "_MIN_PART_BYTES", 1 << 40)
+        whole = fhir.extract(src, tmp_path / "whole", progress=False, workers=1)
+    monkeypatch.setattr(fhir, "_PART_BYTES", size // 9)
+    monkeypatch.setattr(fhir, "_MIN_PART_BYTES", 1)
+    parts = fhir._parts([src / "export.ndjson"])
+    assert len(parts) >= 9 and all(type(p[0]) is list for p in parts)
+    cut = fhir.extract(src, tmp_path / "cut", progress=False, workers=2)
+    a, b = EventDir.open(tmp_path / "cut"), EventDir.open(tmp_path / "whole")
+    assert len(a.manifest["parts"]) == len(parts) and len(b.manifest["parts"]) == 1
+
+    def rows(t: pa.Table) -> list:
+        return sorted(map(repr, t.to_pylist()))
+    assert rows(a.read_events()) == rows(b.read_events()) and a.read_events().num_rows > 1000
+    assert rows(a.quarantine()) == rows(b.quarantine())
+    q = a.quarantine().to_pylist()
+
+    def line_of(prefix: str) -> int:
+        return next(int(r["row"]) for r in q if r["reason"].startswith(prefix))
+    lines = (src / "export.ndjson").read_text().splitlines()
+    assert lines[line_of("malformed JSON") - 1].startswith('{"resourceType": "Condition", "id": "broken"')
+    assert json.loads(lines[line_of("unknown resourceType 'Foo'") - 1]) == {"resourceType": "Foo", "id": "x"}
+    assert line_of("duplicate Condition/") == len(lines)          # the later copy, at the last line
+    for name in ("persons", "observation_periods", "descriptions"):
+        assert getattr(a, name)().sort_by("subject_id" if name != "descriptions" else "code").equals(
+            getattr(b, name)().sort_by("subject_id" if name != "descriptions" else "code")), name
+    for k in ("resources_read", "resources_in", "resources_out", "quarantined", "events_out", "persons",
+              "resources_by_type", "ignored_by_type", "quarantined_by_reason", "duplicates_by_type"):
+        assert getattr(cut, k) == getattr(whole, k), k
+    assert cut.resources_in == cut.resources_out + cut.quarantined
+    # resume finds the same cut and has nothing left to do
+    again = fhir.extract(src, tmp_path / "cut", progress=False, workers=2, resume=True)
+    assert again.events_out == cut.events_out and rows(EventDir.open(tmp_path / "cut").read_events()) == rows(
+        b.read_events())
+
+
+def test_gzip_and_small_files_stay_whole(tmp_path, monkeypatch):
+    """A .ndjson.gz cannot be entered in the middle; Bundles are whole documents: neither is cut."""
+    monkeypatch.setattr(fhir, "_PART_BYTES", 1000)
+    monkeypatch.setattr(fhir, "_MIN_PART_BYTES", 1)
+    files = sorted(NDJSON.glob("*.ndjson.gz"))
+    assert all(type(piece) is str for part in fhir._parts(files) for piece in part)

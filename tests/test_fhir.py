@@ -405,6 +405,15 @@ def test_cli_routes_fhir_sources(tmp_path, capsys):
     assert "x.json: not FHIR" in capsys.readouterr().err
     assert main(["extract", "--source", str(NDJSON), "--out", str(tmp_path / "q"), "--domains", "drug"]) == 2
     assert "--domains: OMOP options" in capsys.readouterr().err
+    assert main(["extract", "--source", str(NDJSON), "--out", str(tmp_path / "w"), "--quiet", "--workers", "1",
+                 "--json", str(tmp_path / "w.json")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "w.json").read_text())["resources_out"] == json.loads(
+        (tmp_path / "s.json").read_text())["resources_out"]
+    cdm = tmp_path / "cdm.duckdb"
+    cdm.touch()
+    assert main(["extract", "--source", str(cdm), "--out", str(tmp_path / "r"), "--workers", "3", "--validate"]) == 2
+    assert "--validate, --workers: FHIR options; " in capsys.readouterr().err
 
 
 def test_views_are_shareable(ndjson_events):

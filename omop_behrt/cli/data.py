@@ -66,6 +66,9 @@ def _add_extract(sub) -> None:
                                                            "R4B models (slow); invalid ones are quarantined")
     p.add_argument("--fhir-views", help="FHIR: folder of SQL-on-FHIR ViewDefinition JSON files adding to or "
                                         "replacing (by name) the packaged mapping views")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="FHIR: worker processes reading the parts (default: 2, or the cores if fewer); a large "
+                        "plain .ndjson file is cut into line ranges, so even one file uses them all")
     p.add_argument("--notes", action="store_true",
                    help="also read the clinical notes (OMOP note.note_text; FHIR DocumentReference and "
                         "DiagnosticReport text attachments) into the event directory's notes/, censored like the "
@@ -101,7 +104,7 @@ def _run_extract(args) -> int:
             raise ValueError(f"--meds-out with a FHIR source needs --out too (the FHIR reader writes an event "
                              f"directory, which to-meds then reads): {args.source}")
         summary = fhir.extract(args.source, args.out, validate=args.validate, views=args.fhir_views,
-                               resume=args.resume, progress=not args.quiet,
+                               resume=args.resume, progress=not args.quiet, workers=args.workers,
                                **({"notes": True} if args.notes else {}))
         print(summary.table())
         print(f"event directory: {args.out}")
@@ -112,6 +115,10 @@ def _run_extract(args) -> int:
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
         return 0
+    fhir_only = [f"--{k.replace('_', '-')}" for k in ("validate", "fhir_views", "workers") if getattr(args, k)]
+    if fhir_only:
+        raise ValueError(f"{', '.join(fhir_only)}: FHIR options; {args.source} is an OMOP CDM source (--format fhir "
+                         f"if it is FHIR)")
     index = None
     if args.index_dates:
         from omop_behrt.tasks import cohorts

@@ -25,14 +25,14 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhir_bundles import ROOT, _baseline_adapters, _cpu, _run_child, output_differences  # noqa: E402
+from fhir_bundles import (ROOT, _baseline_adapters, _cpu, _run_child, output_differences,  # noqa: E402
+                          print_table, summarise)
 
 SOURCE = ROOT.parent / "shared" / "data" / "fhir_bulk_ndjson_10"
 UUID = re.compile(rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -144,15 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             if diffs:
                 raise SystemExit("outputs differ from --baseline's:\n  " + "\n  ".join(diffs))
             print(f"outputs identical to {args.baseline}'s", file=sys.stderr)
-        results = {}
-        for name, rs in runs.items():
-            wall, cpu = statistics.median(x["wall"] for x in rs), statistics.median(x["cpu"] for x in rs)
-            n = rs[0]["resources"]
-            results[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "resources": n,
-                             "resources_per_s": round(n / wall), "mb_per_s": round(size / 1e6 / wall, 1),
-                             "resources_per_cpu_s": round(n / cpu), "walls": [round(x["wall"], 3) for x in rs],
-                             "cpus": [round(x["cpu"], 3) for x in rs],
-                             "load_1min_before": [x["load_1min_before"] for x in rs]}
+        results = summarise(runs, size)
         ours = results[f"extract ({w} workers)"]
         ratios = {"orjson_2proc_over_extract": round(results["orjson parse (2 proc)"]["resources_per_s"]
                                                      / ours["resources_per_s"], 2)}
@@ -167,15 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                          "source": "Synthea bulk export of 10 patients (fhir_bulk_ndjson_10), ids rewritten"},
                "rounds": args.rounds, "workers": args.workers, "baseline": args.baseline,
                "load_average_end": [round(x, 2) for x in os.getloadavg()], "results": results, "ratios": ratios}
-        width = max(map(len, results))
         print(f"{size / 1e6:.0f} MB in {len(files)} files ({args.layout}, largest "
               f"{out['input']['largest_file_bytes'] / 1e6:.0f} MB); medians of {args.rounds} alternated rounds; "
               f"load average now {os.getloadavg()[0]:.1f}")
-        print(f"{'':<{width}}  {'wall s':>7} {'MB/s':>7} {'res/s':>9} {'CPU s':>7} {'res/CPU-s':>9}")
-        for name, x in results.items():
-            print(f"{name:<{width}}  {x['wall_s']:>7.2f} {x['mb_per_s']:>7.1f} {x['resources_per_s']:>9,} "
-                  f"{x['cpu_s']:>7.2f} {x['resources_per_cpu_s']:>9,}")
-        print("ratios: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+        print_table(results, ratios)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     finally:

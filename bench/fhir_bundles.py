@@ -174,6 +174,34 @@ def _baseline_adapters(ref: str, dst: Path) -> Path:
     return dst
 
 
+def summarise(runs: dict[str, list[dict]], size: int) -> dict[str, dict]:
+    """Each variant's medians (and minima) over its rounds: wall and CPU seconds, MB/s, resources/s and per CPU-s."""
+    results = {}
+    for name, rs in runs.items():
+        wall = statistics.median(x["wall"] for x in rs)
+        cpu = statistics.median(x["cpu"] for x in rs)
+        n = rs[0]["resources"]
+        results[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "resources": n,
+                         "wall_min_s": round(min(x["wall"] for x in rs), 3),
+                         "cpu_min_s": round(min(x["cpu"] for x in rs), 3),
+                         "resources_per_s": round(n / wall), "mb_per_s": round(size / 1e6 / wall, 1),
+                         "resources_per_cpu_s": round(n / cpu), "walls": [round(x["wall"], 3) for x in rs],
+                         "cpus": [round(x["cpu"], 3) for x in rs],
+                         "load_1min_before": [x["load_1min_before"] for x in rs],
+                         **{k: rs[0][k] for k in ("events", "persons", "quarantined", "ignored") if k in rs[0]}}
+    return results
+
+
+def print_table(results: dict[str, dict], ratios: dict[str, float]) -> None:
+    width = max(map(len, results))
+    print(f"{'':<{width}}  {'wall s':>7} {'MB/s':>7} {'res/s':>9} {'CPU s':>7} {'res/CPU-s':>9} "
+          f"{'min wall':>8} {'min CPU':>8}")
+    for name, x in results.items():
+        print(f"{name:<{width}}  {x['wall_s']:>7.2f} {x['mb_per_s']:>7.1f} {x['resources_per_s']:>9,} "
+              f"{x['cpu_s']:>7.2f} {x['resources_per_cpu_s']:>9,} {x['wall_min_s']:>8.2f} {x['cpu_min_s']:>8.2f}")
+    print("ratios: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -231,19 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             if diffs:
                 raise SystemExit("outputs differ from --baseline's:\n  " + "\n  ".join(diffs))
             print(f"outputs identical to {args.baseline}'s", file=sys.stderr)
-        results = {}
-        for name, rs in runs.items():
-            wall = statistics.median(x["wall"] for x in rs)
-            cpu = statistics.median(x["cpu"] for x in rs)
-            n = rs[0]["resources"]
-            results[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "resources": n,
-                             "wall_min_s": round(min(x["wall"] for x in rs), 3),
-                             "cpu_min_s": round(min(x["cpu"] for x in rs), 3),
-                             "resources_per_s": round(n / wall), "mb_per_s": round(size / 1e6 / wall, 1),
-                             "resources_per_cpu_s": round(n / cpu), "walls": [round(x["wall"], 3) for x in rs],
-                             "cpus": [round(x["cpu"], 3) for x in rs],
-                             "load_1min_before": [x["load_1min_before"] for x in rs],
-                             **{k: rs[0][k] for k in ("events", "persons", "quarantined", "ignored") if k in rs[0]}}
+        results = summarise(runs, size)
         ours = results[f"extract ({w} workers)"]
         ceiling = results["orjson parse (2 proc)"]
         ratios = {"orjson_2proc_over_extract": round(ceiling["resources_per_s"] / ours["resources_per_s"], 2)}
@@ -266,15 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{args.copies}, ids rewritten"},
                "rounds": args.rounds, "workers": args.workers, "baseline": args.baseline,
                "load_average_end": [round(x, 2) for x in os.getloadavg()], "results": results, "ratios": ratios}
-        width = max(map(len, results))
         print(f"{size / 1e6:.0f} MB, {ours['resources']:,} resources in {args.copies * 5} bundles; medians of "
               f"{args.rounds} alternated rounds; load average now {os.getloadavg()[0]:.1f}")
-        print(f"{'':<{width}}  {'wall s':>7} {'MB/s':>7} {'res/s':>9} {'CPU s':>7} {'res/CPU-s':>9} "
-              f"{'min wall':>8} {'min CPU':>8}")
-        for name, x in results.items():
-            print(f"{name:<{width}}  {x['wall_s']:>7.2f} {x['mb_per_s']:>7.1f} {x['resources_per_s']:>9,} "
-                  f"{x['cpu_s']:>7.2f} {x['resources_per_cpu_s']:>9,} {x['wall_min_s']:>8.2f} {x['cpu_min_s']:>8.2f}")
-        print("ratios: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+        print_table(results, ratios)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     finally:

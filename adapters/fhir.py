@@ -45,7 +45,7 @@ from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pe
 from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
 from omop_behrt.adapters.fhir_pool import run_parts
 from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson,
-                                             ndjson_pieces, patient_lines, read_ndjson)
+                                             ndjson_pieces, patient_ids, read_ndjson)
 
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]
@@ -273,8 +273,8 @@ def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
 
 def _patient_ids_first(files: list[Path]) -> set[int]:
     """Subject ids of the Patients of NDJSON files that start with a Patient (read first and cheaply), so every
-    part knows them up front. Only Patient lines are parsed: a bulk export written as one file (Patients first,
-    then everything else) is scanned for them, not parsed whole in this one process."""
+    part knows them up front. Only the Patient lines' ids are decoded (:func:`patient_ids`): a bulk export written
+    as one file (Patients first, then everything else) is scanned for them, not parsed whole in this one process."""
     known: set[int] = set()
     for f in files:
         if not is_ndjson(f):
@@ -284,9 +284,7 @@ def _patient_ids_first(files: list[Path]) -> set[int]:
         items.close()
         if first is None or first.resource is None or first.resource.get("resourceType") != "Patient":
             continue
-        for res in patient_lines(f):
-            if isinstance(res.get("id"), str):
-                known.add(fhir_id(res["id"]))
+        known.update(map(fhir_id, patient_ids(f)))
     return known
 
 

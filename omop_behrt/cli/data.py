@@ -67,7 +67,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--fhir-views", help="FHIR: folder of SQL-on-FHIR ViewDefinition JSON files adding to or "
                                         "replacing (by name) the packaged mapping views")
     p.add_argument("--workers", type=positive_int, metavar="N",
-                   help="FHIR: worker processes reading the parts (default: 2, or the cores if fewer); a large "
+                   help="FHIR: worker processes reading the parts (default: one per core, at most 8); a large "
                         "plain .ndjson file is cut into line ranges, so even one file uses them all")
     p.add_argument("--notes", action="store_true",
                    help="also read the clinical notes (OMOP note.note_text; FHIR DocumentReference and "

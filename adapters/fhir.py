@@ -214,9 +214,11 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     out.manifest = manifest
     out.write_manifest()
     known = _patient_ids_first(files)
+    known_file = out.path / ".fhir" / "known-patients.npy"      # sorted once; each part memory-maps it
+    np.save(known_file, np.unique(np.fromiter(known, np.int64, len(known))))
     todo = [(i, p) for i, p in enumerate(parts) if str(i) not in done]
     nworkers = max(1, min(workers or min(_WORKERS, os.cpu_count() or 1), len(todo)))
-    args = [(i, p, str(out.path), str(views) if views else None, validate, known, notes) for i, p in todo]
+    args = [(i, p, str(out.path), str(views) if views else None, validate, str(known_file), notes) for i, p in todo]
     if nworkers > 1:
         compile_parts(views)       # once here, inherited by the forked workers
     bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="extract FHIR", unit="part",

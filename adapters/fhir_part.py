@@ -133,7 +133,7 @@ class Part:
     quarantine and pending rows."""
 
     def __init__(self, index: int, files: list, out: str, views_dir: str | None, validate: bool,
-                 known: set[int] | None, notes: bool = False, batch_rows: int = 200_000):
+                 known: "set[int] | str | None", notes: bool = False, batch_rows: int = 200_000):
         # each piece of the part: a whole file (its path), or [path, start, end, first line] of a large NDJSON file
         self.index, self.out, self.validate = index, Path(out), validate
         self.files = [Path(f if isinstance(f, str) else f[0]) for f in files]
@@ -144,7 +144,10 @@ class Part:
         self.patient_view = views.get("patient")
         # subject ids known to exist: the NDJSON Patients read up front (sorted once), plus this part's own
         # Patients (merged in, sorted, at each flush; few next to the first)
-        self.known = np.unique(np.fromiter(known or (), np.int64, len(known or ())))
+        # (a path: the sorted ids the run saved once, memory-mapped; every part shares the pages, none unpickles or
+        # sorts a million ids again)
+        self.known = np.load(known, mmap_mode="r") if isinstance(known, str) else \
+            np.unique(np.fromiter(known or (), np.int64, len(known or ())))
         self.known_here = np.empty(0, np.int64)
         self.new_known: list[int] = []
         self.batch_rows = batch_rows

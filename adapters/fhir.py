@@ -145,14 +145,15 @@ class FhirExtractSummary:
         return "\n".join(lines)
 
 
-def _parts(files: list[Path]) -> list[list]:
-    """The input as parts of at most ``_PART_BYTES``, at least ``_PARTS`` of them where the input is over
-    ``_PARTS * _MIN_PART_BYTES``; small files are grouped whole, and a plain NDJSON file larger than a part is cut
-    into line-aligned byte ranges (``[path, start, end, first line]``, :func:`ndjson_pieces`), so that one large
-    bulk-export file (a server's single Observation.ndjson) is read by every worker, not one. The split depends on
-    the files only, so ``resume`` finds it again."""
+def _parts(files: list[Path], min_parts: int | None = None) -> list[list]:
+    """The input as parts of at most ``_PART_BYTES``, at least ``min_parts`` (default ``_PARTS``) of them where
+    the input is over ``min_parts * _MIN_PART_BYTES``. Small files are grouped whole; a plain NDJSON file larger
+    than a part is cut into line-aligned byte ranges (``[path, start, end, first line]``, :func:`ndjson_pieces`),
+    so that one large bulk-export file (a server's single Observation.ndjson) is read by every worker, not one.
+    The split depends on the files and ``min_parts`` only (recorded in the fingerprint), so ``resume`` finds it
+    again, on any machine."""
     sizes = [f.stat().st_size * (6 if f.name.endswith(".gz") else 1) for f in files]
-    target = min(_PART_BYTES, max(_MIN_PART_BYTES, -(-sum(sizes) // _PARTS)))
+    target = min(_PART_BYTES, max(_MIN_PART_BYTES, -(-sum(sizes) // (min_parts or _PARTS))))
     pieces: list[tuple[str | list, int]] = []
     for f, n in zip(files, sizes):
         if n > target and is_ndjson(f) and not f.name.endswith(".gz"):
@@ -196,8 +197,10 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     (out.path / ".fhir").mkdir(exist_ok=True)
     src = str(Path(source).resolve())
     manifest = out.manifest if resume else {}
-    parts = _parts(files)
-    now = _fingerprint(src, files, parts, validate, views, notes)
+    # a resumed run cuts the input as the run it continues did (the minimum number of parts follows the cores)
+    min_parts = (manifest.get("fingerprint") or {}).get("min_parts", 8) if manifest else _PARTS
+    parts = _parts(files, min_parts)
+    now = _fingerprint(src, files, parts, validate, views, notes, min_parts)
     if resume:
         _check_resume(out, manifest, now)
     else:
@@ -241,7 +244,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
 
 
 def _fingerprint(src: str, files: list[Path], parts: list[list], validate: bool,
-                 views: str | Path | None, notes: bool = False) -> dict:
+                 views: str | Path | None, notes: bool = False, min_parts: int = 8) -> dict:
     """Every input that changes the result of a run: the files (path, size, mtime), their split into parts, the
     options and the views (their content), so that ``resume`` continues the same run or refuses."""
     h = hashlib.sha256()
@@ -257,7 +260,8 @@ def _fingerprint(src: str, files: list[Path], parts: list[list], validate: bool,
             vh.update(f.name.encode() + b"\0" + f.read_bytes())
         v = f"{Path(views).resolve()} (sha256 {vh.hexdigest()[:16]})"
     return {"source": src, "files": f"{len(files):,} files, {size:,} bytes, sha256 {h.hexdigest()[:16]}",
-            "parts": len(parts), "validate": bool(validate), "views": v, "notes": bool(notes),
+            "parts": len(parts), "min_parts": min_parts, "validate": bool(validate), "views": v,
+            "notes": bool(notes),
             "version": __version__}
 
 
@@ -270,6 +274,7 @@ def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
         raise ValueError(f"--resume: {out.path} is not a FHIR extraction with a recorded fingerprint (adapter "
                          f"{manifest.get('adapter')!r}, source {manifest.get('source')!r}), so it cannot be "
                          f"checked to be the same run; run without --resume to start over")
+    was = {"min_parts": 8, **was}               # runs recorded before it was: 8
     diff = [f"{k} was {was.get(k)!r}, now {now[k]!r}" for k in now if was.get(k) != now[k]]
     if diff:
         raise ValueError(f"--resume: {out.path} was extracted from other inputs: {'; '.join(diff)}; run without "

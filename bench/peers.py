@@ -32,7 +32,7 @@ Each tool runs in its own process (wall time and peak RSS of the child); the mac
 
     python bench/peers.py [--stages omop_meds,cli,fhir,counts,transformer] [--copies 10] [--fhir-copies 20]
                           [--rounds 3] [--peer-venv DIR] [--fhir2meds-venv DIR] [--meds-tab-venv DIR]
-                          [--out bench/results/peers_<stage>.json]
+                          [--out FILE (default bench/results/peers_<stages>_<UTC time>.json)]
 """
 from __future__ import annotations
 
@@ -376,7 +376,8 @@ def main() -> int:
     ap.add_argument("--fhir2meds-venv", type=Path, default=Path("/tmp/peers/fhir2meds"))
     ap.add_argument("--fhir-copies", type=int, default=20, help="copies of the NDJSON fixtures (5,932 resources each)")
     ap.add_argument("--meds-tab-venv", type=Path, default=Path("/tmp/peers/meds_tab"))
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
+    ap.add_argument("--out", type=Path, help="JSON to write (default: bench/results/peers_<stages>_<UTC time>.json, "
+                                           "so that no earlier run's figures are overwritten)")
     args = ap.parse_args()
     stages = args.stages.split(",")
     results = {}
@@ -405,6 +406,9 @@ def main() -> int:
         for k in ("train", "infer"):
             m = t["median_tokens_per_s"][k]
             print(f"{k:<26} {m['omop-behrt']:>11,.0f} {m['hf']:>9,.0f} {t['ratio_ours_over_hf'][k]:>9}x")
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
+        args.out = ROOT / "bench" / "results" / f"peers_{'+'.join(sorted(stages))}_{stamp}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()[0]},
                                     "results": results}, indent=2))

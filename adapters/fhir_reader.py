@@ -33,6 +33,7 @@ except ImportError:              # optional: without it every resource of a Bund
     msgspec = None
 
 _BLOCK = 1 << 24                 # bytes read at a time when cutting a large NDJSON file into pieces
+_BOM = b"\xef\xbb\xbf"               # a UTF-8 byte order mark, which some tools write first: skipped
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz")
 _BUNDLE_TYPES = {"transaction", "collection", "batch", "searchset", "transaction-response", "batch-response",
                  "document", "message", "history", "subscription-notification"}
@@ -267,6 +268,9 @@ def read_ndjson(path: Path, wanted: frozenset[str] | set[str] | None = None, sta
             for n, line in enumerate(f, first_line):
                 if read >= span:
                     break
+                if read == 0 and start == 0 and line.startswith(_BOM):
+                    line = line[3:]           # a UTF-8 byte order mark (Windows tools write one): not the line's
+                    read = 3
                 read += len(line)
                 if names is not None and (m := peek(line, 0, 120)) is not None \
                         and (rt := names[m.group(1)]) is not True and _is_typed(line, rt):
@@ -295,7 +299,9 @@ def patient_ids(path: Path) -> Iterator[str]:
     errors = (msgspec.MsgspecError, RecursionError) if msgspec is not None else (orjson.JSONDecodeError,)
     with _open(path) as f:
         try:
-            for line in f:
+            for n, line in enumerate(f):
+                if n == 0 and line.startswith(_BOM):
+                    line = line[3:]
                 m = peek(line, 0, 120)
                 if m is not None and m.group(1) != b"Patient":
                     continue
@@ -332,6 +338,8 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
             data = f.read()
     except _STREAM_ERRORS as e:
         return {}, [Item(None, "file", _broken(path, e, "(the Bundle cannot be read)"))]
+    if data.startswith(_BOM):
+        data = data[3:]
     if wanted is not None and msgspec is not None:
         skimmed = _skim(data, wanted)
         if skimmed is not None:

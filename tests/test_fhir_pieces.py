@@ -133,3 +133,20 @@ def test_patient_ids_read_up_front_are_the_top_level_ids_of_patients(tmp_path, m
     f.write_text("\n".join(lines) + "\n")
     assert list(fhir_reader.patient_ids(f)) == ["a", "b", "c"]
     assert fhir._patient_ids_first([f]) == {fhir.fhir_id(x) for x in "abc"}
+
+
+def test_a_byte_order_mark_and_crlf_lines_are_read(tmp_path):
+    """Windows tools write a UTF-8 byte order mark first and end lines with CRLF: the first Patient was quarantined
+    as malformed JSON (and its Conditions as unresolvable). NDJSON and a Bundle read as without them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("Patient.000.ndjson.gz", "Condition.000.ndjson.gz"):
+        lines = gzip.decompress((NDJSON / name).read_bytes()).splitlines()
+        (src / name.removesuffix(".gz")).write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    bundle = sorted((NDJSON.parent / "bundles").glob("*.json.gz"))[0]
+    (src / "bundle.json").write_bytes(b"\xef\xbb\xbf" + gzip.decompress(bundle.read_bytes()))
+    s = fhir.extract(src, tmp_path / "out", progress=False)
+    assert s.quarantined == 0 and s.persons == 14, s.quarantined_by_reason
+    assert fhir._patient_ids_first([src / "Patient.000.ndjson"]) == {
+        fhir.fhir_id(json.loads(line)["id"])
+        for line in gzip.decompress((NDJSON / "Patient.000.ndjson.gz").read_bytes()).splitlines() if line.strip()}

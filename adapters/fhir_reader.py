@@ -329,7 +329,8 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
     """A Bundle's entries (Patients first, so their subjects are known) and its fullUrl -> (type, id) map.
 
     A file holding one resource that is not a Bundle gives that resource as entry 0; a file that cannot be read
-    whole (a truncated .json.gz) gives one Item with the reason. ``wanted``: the resource types to parse; the
+    whole (a truncated .json.gz) gives one Item with the reason; a .json file holding NDJSON (resources one per
+    line, as some servers name their exports) is read as NDJSON, its Items named by line. ``wanted``: the resource types to parse; the
     entries of other types may come back unparsed (``Item.skipped``, see the module's docstring); None parses all.
     Read the map through :func:`resolve`: an unparsed entry's (type, id) is found there when asked for.
     """
@@ -347,6 +348,8 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
+        if _is_ndjson_content(data):    # NDJSON in a file named .json (some servers name their exports so)
+            return {}, list(read_ndjson(path, wanted))
         return {}, [Item(None, "file", f"malformed JSON: {e}")]
     if type(doc) is not dict or "resourceType" not in doc:
         raise not_fhir(path)
@@ -368,6 +371,18 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
             urls[url] = (rt, rid)
         (patients if rt == "Patient" else others).append(Item(res, f"entry[{i}]"))
     return urls, patients + others
+
+
+def _is_ndjson_content(data: bytes) -> bool:
+    """Whether ``data`` (not one JSON document) is NDJSON: a first line that is a resource, and more lines."""
+    first, _, rest = data.lstrip().partition(b"\n")
+    if not rest.strip():
+        return False
+    try:
+        res = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return type(res) is dict and isinstance(res.get("resourceType"), str)
 
 
 if msgspec is not None:

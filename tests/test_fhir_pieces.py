@@ -150,3 +150,29 @@ def test_a_byte_order_mark_and_crlf_lines_are_read(tmp_path):
     assert fhir._patient_ids_first([src / "Patient.000.ndjson"]) == {
         fhir.fhir_id(json.loads(line)["id"])
         for line in gzip.decompress((NDJSON / "Patient.000.ndjson.gz").read_bytes()).splitlines() if line.strip()}
+
+
+def test_ndjson_in_files_named_json_is_read_line_by_line(tmp_path):
+    """Some servers name bulk-export files ``Patient.json``: each was one "malformed JSON" quarantine record, and
+    every resource in it was lost to the counts. Now read as NDJSON: every resource, bad lines named by line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("Patient.000.ndjson.gz", "Condition.000.ndjson.gz"):
+        data = gzip.decompress((NDJSON / name).read_bytes())
+        if name.startswith("Condition"):
+            data += b'{"resourceType": "Condition", "id": "cut", \n'
+        (src / name.replace(".000.ndjson.gz", ".json")).write_bytes(data)
+    s = fhir.extract(src, tmp_path / "out", progress=False)
+    ref = fhir.extract(NDJSON, tmp_path / "ref", progress=False)
+    assert s.persons == 13 and s.resources_in == s.resources_out + s.quarantined
+    assert s.resources_by_type == {t: ref.resources_by_type[t] for t in ("Patient", "Condition")}
+    assert s.resources_read == sum(s.resources_by_type.values()) + 1 and s.quarantined == 1
+    q = EventDir.open(tmp_path / "out").quarantine().to_pylist()
+    assert [(r["source"].rsplit("/", 1)[1], r["reason"].split(":")[0]) for r in q] == [
+        ("Condition.json", "malformed JSON")]
+    lines = (src / "Condition.json").read_bytes().splitlines()
+    assert lines[int(q[0]["row"]) - 1].startswith(b'{"resourceType": "Condition", "id": "cut"')
+    # one JSON document that is broken stays one record for the file
+    (src / "Condition.json").write_text('{"resourceType": "Bundle", "type": "collection", "entry": [')
+    s = fhir.extract(src, tmp_path / "out2", progress=False)
+    assert s.quarantined_by_reason == {"malformed JSON": 1}

@@ -330,8 +330,9 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
 
     A file holding one resource that is not a Bundle gives that resource as entry 0; a file that cannot be read
     whole (a truncated .json.gz) gives one Item with the reason; a .json file holding NDJSON (resources one per
-    line, as some servers name their exports) is read as NDJSON, its Items named by line. ``wanted``: the resource types to parse; the
-    entries of other types may come back unparsed (``Item.skipped``, see the module's docstring); None parses all.
+    line, as some servers name their exports) is read as NDJSON, its Items named by line. ``wanted``: the
+    resource types to parse; the entries of other types may come back unparsed (``Item.skipped``, see the
+    module's docstring); None parses all.
     Read the map through :func:`resolve`: an unparsed entry's (type, id) is found there when asked for.
     """
     try:

@@ -32,7 +32,7 @@ from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, write_table
 from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer,
                                              description_counts)
 from omop_behrt.adapters.fhir_pool import exit_if_orphaned
-from omop_behrt.adapters.fhir_reader import is_ndjson, read_bundle, read_ndjson, resolve
+from omop_behrt.adapters.fhir_reader import expand_bundles, is_ndjson, read_bundle, read_ndjson, resolve
 from omop_behrt.adapters.view_codegen import compile_views
 from omop_behrt.adapters.viewdefinition import View, ViewError, load_views
 
@@ -183,7 +183,7 @@ class Part:
         # held back (run()), orjson on every entry costs less than the skim's msgspec pass plus orjson on the
         # wanted entries (bench/fhir_phases.py: one part on 300 Synthea bundles 0.69 vs 0.77 CPU-s); a Bundle
         # over _SKIM_BYTES is still skimmed, so that its unwanted entries never become Python objects (memory)
-        self.wanted = None if validate else frozenset(self.by_type) | {"Patient"} | self.note_types
+        self.wanted = None if validate else frozenset(self.by_type) | {"Patient", "Bundle"} | self.note_types
 
     # -- per resource ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -194,7 +194,7 @@ class Part:
             for fi, path in enumerate(self.files):
                 exit_if_orphaned()
                 if is_ndjson(path):
-                    self._items(fi, read_ndjson(path, self.wanted, **self.ranges[fi]), {})
+                    self._items(fi, expand_bundles(read_ndjson(path, self.wanted, **self.ranges[fi])), {})
                 else:
                     big = path.stat().st_size * (6 if path.name.endswith(".gz") else 1) > _SKIM_BYTES
                     urls, items = read_bundle(path, self.wanted if big else None)
@@ -235,10 +235,16 @@ class Part:
         views_of = (self.fast_types if not validate else {}).get
         types = _resource_types()
         read = counts["read"]
+        file_urls = urls
         try:
             for item in items:
                 read += 1
                 res = item.resource
+                if item.urls is not urls and (item.urls is not None or urls is not file_urls):
+                    # an entry of a Bundle on an NDJSON line: its Bundle's fullUrls, and references resolved anew
+                    urls = file_urls if item.urls is None else item.urls
+                    self.subjects.clear()
+                    self.visits.clear()
                 if res is None:
                     rt = item.skipped
                     if rt is None:

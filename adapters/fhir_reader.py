@@ -23,7 +23,7 @@ import zlib
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import orjson
 
@@ -51,6 +51,7 @@ class Item:
     row: str                     # NDJSON line number (1-based) or "entry[i]" for a Bundle entry
     error: str | None = None     # malformed JSON / not a resource
     skipped: str | None = None   # left unparsed by a skimming read: the resource's type (not a wanted one)
+    urls: dict | None = None     # an entry of a Bundle met on an NDJSON line: that Bundle's fullUrl map
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -350,7 +351,7 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         if _is_ndjson_content(data):    # NDJSON in a file named .json (some servers name their exports so)
-            return {}, list(read_ndjson(path, wanted))
+            return {}, list(expand_bundles(read_ndjson(path, wanted)))
         return {}, [Item(None, "file", f"malformed JSON: {e}")]
     if type(doc) is not dict or "resourceType" not in doc:
         raise not_fhir(path)
@@ -359,19 +360,43 @@ def read_bundle(path: Path, wanted: frozenset[str] | set[str] | None = None
     if doc.get("type") not in _BUNDLE_TYPES:
         raise NotFhirError(f"{path}: Bundle.type {doc.get('type')!r} is not a Bundle type "
                            f"(expected one of {sorted(_BUNDLE_TYPES)})")
+    return _bundle_entries(doc)
+
+
+def _bundle_entries(doc: dict, prefix: str = "") -> tuple[dict[str, tuple[str, str]], list[Item]]:
+    """A parsed Bundle's entries as Items (Patients first; rows ``<prefix>entry[i]``) and its fullUrl map."""
     urls: dict[str, tuple[str, str]] = {}
     patients, others = [], []
     for i, entry in enumerate(doc.get("entry") or ()):
         res = entry.get("resource") if type(entry) is dict else None
         if type(res) is not dict:
-            others.append(Item(None, f"entry[{i}]", "bundle entry without a resource"))
+            others.append(Item(None, f"{prefix}entry[{i}]", "bundle entry without a resource"))
             continue
         rt, rid = res.get("resourceType"), res.get("id")
         url = entry.get("fullUrl")
         if isinstance(url, str) and isinstance(rt, str) and isinstance(rid, str):
             urls[url] = (rt, rid)
-        (patients if rt == "Patient" else others).append(Item(res, f"entry[{i}]"))
+        (patients if rt == "Patient" else others).append(Item(res, f"{prefix}entry[{i}]"))
     return urls, patients + others
+
+
+def expand_bundles(items: Iterable[Item]) -> Iterator[Item]:
+    """NDJSON lines holding whole Bundles (some pipelines write one patient's Bundle per line): each Bundle's
+    entries as Items named ``line N entry[i]``, carrying that Bundle's fullUrl map (``Item.urls``), so that its
+    ``urn:uuid:`` references resolve; a line whose Bundle.type is not one is quarantined. Other Items pass."""
+    for item in items:
+        res = item.resource
+        if res is None or res.get("resourceType") != "Bundle":
+            yield item
+            continue
+        if res.get("type") not in _BUNDLE_TYPES:
+            yield Item(None, item.row, f"Bundle.type {res.get('type')!r} is not a Bundle type (expected one of "
+                                       f"{sorted(_BUNDLE_TYPES)})")
+            continue
+        urls, entries = _bundle_entries(res, f"line {item.row} ")
+        for e in entries:
+            e.urls = urls
+            yield e
 
 
 def _is_ndjson_content(data: bytes) -> bool:

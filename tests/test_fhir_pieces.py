@@ -176,3 +176,34 @@ def test_ndjson_in_files_named_json_is_read_line_by_line(tmp_path):
     (src / "Condition.json").write_text('{"resourceType": "Bundle", "type": "collection", "entry": [')
     s = fhir.extract(src, tmp_path / "out2", progress=False)
     assert s.quarantined_by_reason == {"malformed JSON": 1}
+
+
+def test_bundles_one_per_ndjson_line_are_read_as_bundles(tmp_path):
+    """Some pipelines write one patient's Bundle per NDJSON line: each line was one "ignored" Bundle, and every
+    resource in it was lost. Now the entries are read with their Bundle's fullUrls (urn:uuid: references
+    resolve), as the same Bundles in files; a line whose Bundle.type is not one is quarantined; a plain resource
+    after the Bundles resolves its references as in any NDJSON file."""
+    import orjson
+    bundles = [orjson.loads(gzip.decompress(f.read_bytes()))
+               for f in sorted((NDJSON.parent / "bundles").glob("*.json.gz"))]
+    patient = next(e["resource"] for e in bundles[0]["entry"] if e["resource"]["resourceType"] == "Patient")
+    cond = {"resourceType": "Condition", "id": "after-bundles", "subject": {"reference": f"Patient/{patient['id']}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+            "onsetDateTime": "2020-05-01"}
+    lines = [orjson.dumps(b) for b in bundles] + [b'{"resourceType": "Bundle", "type": "nonsense", "entry": []}',
+                                                  orjson.dumps(cond)]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bundles.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    s = fhir.extract(src, tmp_path / "out", progress=False)
+    ref = fhir.extract(NDJSON.parent / "bundles", tmp_path / "ref", progress=False)
+    assert s.persons == ref.persons == 5
+    assert s.resources_out == ref.resources_out + 1 and s.ignored_by_type == ref.ignored_by_type
+    q = EventDir.open(tmp_path / "out").quarantine().to_pylist()
+    assert [(r["row"], r["reason"].split(" (")[0]) for r in q] == [("6", "Bundle.type 'nonsense' is not a Bundle type")]
+    a = EventDir.open(tmp_path / "out").read_events().to_pylist()
+    b = EventDir.open(tmp_path / "ref").read_events().to_pylist()
+    assert sorted(map(repr, b)) == sorted(map(repr, (r for r in a if r["time"].year != 2020 or r["code"] !=
+                                                     "SNOMED/44054006" or r["subject_id"] != fhir.fhir_id(
+                                                         patient["id"]))))
+    assert len(a) == len(b) + 1

@@ -7,6 +7,7 @@ table by table, splits good rows from quarantined ones, counts what was noted, a
 """
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -424,6 +425,19 @@ class _SortedIds:
             self.offset, self.left = self.offset + n * self.dtype.itemsize, self.left - n
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+_SHAPE = str.maketrans("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                       "9" * 10 + "a" * 26 + "A" * 26)
+
+
+def reason_shape(reason: str) -> str:
+    """A quarantine reason with each quoted value replaced by its shape (digits 9, letters a/A), for the summary:
+    ``condition_start_date '07/05/2013' is not a date`` -> ``'99/99/9999'``. A column in another date format is
+    then one line, not one per value, and the summary holds no value read from a person's row (the quarantine
+    files keep the values, on site)."""
+    return _QUOTED.sub(lambda m: "'" + m.group(1).translate(_SHAPE) + "'", reason) if "'" in reason else reason
+
+
 def _visit_counts(files: list[Path], chunk: int = 1 << 22) -> tuple[int, int]:
     """(rebuilt, real) distinct visit ids over ``files`` of sorted distinct ids (negative: rebuilt), merged a block
     of each file at a time: about ``chunk`` ids in memory however many files (Spark: one per table and partition)
@@ -480,7 +494,7 @@ def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:
     for f in sorted(out.path.glob("quarantine*.parquet")):      # file by file: a messy site's can be large
         q = pq.read_table(f, columns=["source", "reason"])
         for r in q.group_by(["source", "reason"]).aggregate([("reason", "count")]).to_pylist():
-            key = f"{r['source']}: {r['reason']}"
+            key = f"{r['source']}: {reason_shape(r['reason'])}"
             by_reason[key] = by_reason.get(key, 0) + r["reason_count"]
     summary.quarantined_by_reason = dict(sorted(by_reason.items()))
     summary.quarantined = sum(n for k, n in summary.quarantined_by_reason.items()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import gzip
 import shutil
 
 import duckdb
@@ -390,9 +391,29 @@ def test_unparseable_dates_in_exports(synthea_dir, tmp_path):
     src.unlink()
     s = omop.extract(folder, tmp_path / "ev", progress=False)
     assert s.quarantined_by_reason == {
-        "condition_occurrence: condition_start_date 'not-a-date' is not a date (YYYY-MM-DD)": 1,
+        "condition_occurrence: condition_start_date 'aaa-a-aaaa' is not a date (YYYY-MM-DD)": 1,
         "device_exposure: device_exposure_start_date before birth": 108}
     assert s.events_by_domain["condition"] == 756
+
+
+def test_a_column_in_another_date_format_is_one_summary_line(synthea_dir, tmp_path):
+    """Every condition date written MM/DD/YYYY (a US export): each row is quarantined with its value, but the
+    summary (printed, --json) has one line for the column, by the values' shape, not one per date read."""
+    import re
+    folder = tmp_path / "cdm"
+    shutil.copytree(synthea_dir, folder)
+    src = folder / "CONDITION_OCCURRENCE.csv.gz"
+    text = gzip.decompress(src.read_bytes()).decode()
+    (folder / "condition_occurrence.csv").write_text(re.sub(r"(\d{4})-(\d{2})-(\d{2})", r"\2/\3/\1", text))
+    src.unlink()
+    s = omop.extract(folder, tmp_path / "ev", progress=False)
+    mine = {k: n for k, n in s.quarantined_by_reason.items() if k.startswith("condition_occurrence")}
+    assert mine == {"condition_occurrence: condition_start_date '99/99/9999' is not a date (YYYY-MM-DD)": 757}
+    q = EventDir.open(tmp_path / "ev").quarantine().to_pylist()
+    rows = [r for r in q if r["source"] == "condition_occurrence"]
+    assert sum(mine.values()) == len(rows) > 700 and "condition" not in s.events_by_domain
+    assert re.match(r"condition_start_date '\d\d/\d\d/\d{4}' is not a date", rows[0]["reason"])
+    assert "'99/99/9999'" in s.table()
 
 
 def test_cohort_filter_bad_cohort_table(eunomia_db, tmp_path):

@@ -70,9 +70,9 @@ def test_messy_rows_become_quarantine_rows(clean, messy):
     assert s.events_in == s.events_out + s.quarantined
     assert ev.read_events().num_rows == s.events_out
     q = s.quarantined_by_reason
-    assert q["condition_occurrence: person_id 'abc' is not an integer"] == 1
-    assert q["drug_exposure: drug_concept_id 'x12' is not an integer"] == 1
-    assert q["procedure_occurrence: procedure_date '2021-13-45' is not a date (YYYY-MM-DD)"] == 1
+    assert q["condition_occurrence: person_id 'aaa' is not an integer"] == 1
+    assert q["drug_exposure: drug_concept_id 'a99' is not an integer"] == 1
+    assert q["procedure_occurrence: procedure_date '9999-99-99' is not a date (YYYY-MM-DD)"] == 1
     assert q["condition_occurrence: duplicate condition_occurrence_id"] == 2
     assert q["condition_occurrence: condition_start_date before birth"] == 1
     assert q["condition_occurrence: condition_start_date more than 60 days after death"] == 1
@@ -83,8 +83,8 @@ def test_messy_rows_become_quarantine_rows(clean, messy):
     assert got == expected and sum(expected.values()) > 50
     # nothing else moved: every other reason keeps the clean extraction's count (minus persons 4 and 5's rows)
     others = {k: n for k, n in q.items() if not k.startswith("person:") and QUARANTINED_PERSON not in k}
-    new = {"condition_occurrence: person_id 'abc' is not an integer", "drug_exposure: drug_concept_id 'x12' is not "
-           "an integer", "procedure_occurrence: procedure_date '2021-13-45' is not a date (YYYY-MM-DD)",
+    new = {"condition_occurrence: person_id 'aaa' is not an integer", "drug_exposure: drug_concept_id 'a99' is not "
+           "an integer", "procedure_occurrence: procedure_date '9999-99-99' is not a date (YYYY-MM-DD)",
            "condition_occurrence: duplicate condition_occurrence_id", "condition_occurrence: condition_start_date "
            "before birth", "condition_occurrence: condition_start_date more than 60 days after death"}
     assert set(others) - new == {"device_exposure: device_exposure_start_date before birth"}

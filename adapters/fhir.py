@@ -410,6 +410,10 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
             summary.warnings.append(f"{visit_events - distinct:,} Encounters repeat a visit_id (a repeated "
                                     f"Encounter id, or a hash collision)")
     con.close()
+    dropped = sum(p.get("values_dropped", 0) for p in parts.values())
+    if dropped:
+        summary.warnings.append(f"{dropped:,} values a 32-bit float cannot hold (NaN, infinite or beyond +-3.4e38) "
+                                f"dropped; their events kept without a value")
     summary.quarantined_by_reason = {}
     # resources' quarantine rows (the notes' are counted apart, in the notes_* fields)
     files = [f for f in sorted(out.path.glob("quarantine*.parquet")) if not f.name.startswith("quarantine-notes")]

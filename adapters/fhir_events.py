@@ -192,9 +192,9 @@ class EventBuffer:
                                                 pa.field("source_description", pa.string())])
 
     def build(self) -> tuple[dict, np.ndarray, np.ndarray]:
-        """({"table": events + patient/source/row/reason + descriptions, "unknown_systems": {...}}, bad-row mask,
-        resource key). ``description``: the Coding's display, else the view's ``display``; ``source_description``:
-        the source Coding's display (both whitespace-collapsed, null when empty)."""
+        """({"table": events + patient/source/row/reason + descriptions, "unknown_systems": {...}, "values_dropped":
+        n}, bad-row mask, resource key). ``description``: the Coding's display, else the view's ``display``;
+        ``source_description``: the source Coding's display (both whitespace-collapsed, null when empty)."""
         c, res = self._columns()
 
         def text(k: str) -> pa.Array:
@@ -212,7 +212,11 @@ class EventBuffer:
         t, t_reason = parse_times(text("time"))
         end, _ = parse_times(text("end_time"), "end_time")
         domain = text("domain")
-        values = _floats(c["value"]).cast(pa.float32())
+        wide = _floats(c["value"])
+        # a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38) is no value, counted
+        fits = pc.less_equal(pc.abs(wide), pa.scalar(3.4028234e38))
+        dropped = int(pc.sum(pc.and_(pc.is_valid(wide), pc.invert(pc.fill_null(fits, False)))).as_py() or 0)
+        values = pc.if_else(fits, wide, pa.scalar(None, pa.float64())).cast(pa.float32())
         unit = pc.if_else(pc.is_valid(values), _clean(text("unit")), pa.scalar(None, pa.string()))
         description = pc.coalesce(_clean(text("coding_display")), _clean(text("display")))
         ok_domain = pc.is_in(domain, value_set=pa.array(DOMAINS))
@@ -232,7 +236,7 @@ class EventBuffer:
             "source_description": pc.if_else(pc.is_valid(src_raw), _clean(text("source_display")),
                                              pa.scalar(None, pa.string()))})
         bad = pc.is_valid(reason).to_numpy(zero_copy_only=False)
-        return {"table": table, "unknown_systems": unknown}, bad, np.asarray(res, np.int64)
+        return {"table": table, "unknown_systems": unknown, "values_dropped": dropped}, bad, np.asarray(res, np.int64)
 
     @staticmethod
     def to_events(table: pa.Table) -> pa.Table:

@@ -321,6 +321,18 @@ def duplicate_counts(cdm: OmopCdm, spec: EventTable) -> tuple[int, int]:
     return int(dup or 0), int(shared or 0)
 
 
+def _note_literals(spec: EventTable) -> dict[str, str]:
+    """The notes an event row may carry (counted in the summary), as SQL literals: its datetime not used, its value
+    dropped, or both joined by '; '."""
+    unparseable = f"{spec.start_datetime} unparseable: {spec.start_date} used"
+    differs = f"{spec.start_datetime} ignored (its date is not {spec.start_date}): {spec.start_date} used"
+    dropped = f"{spec.value or 'value'} not a 32-bit float (NaN, infinite or beyond +-3.4e38): value dropped"
+    return {"datetime_unparseable_note": sql_literal(unparseable), "datetime_differs_note": sql_literal(differs),
+            "value_dropped_note": sql_literal(dropped),
+            "datetime_unparseable_value_note": sql_literal(f"{unparseable}; {dropped}"),
+            "datetime_differs_value_note": sql_literal(f"{differs}; {dropped}")}
+
+
 def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicates: bool = False,
                staged: tuple[str, str, str | None] | None = None) -> tuple[str, dict]:
     """The extraction query for one clinical table, and its bind parameters.
@@ -374,9 +386,7 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicat
         "before_birth_reason": sql_literal(f"{spec.start_date} before birth"),
         "after_death_reason": sql_literal(f"{spec.start_date} more than {int(options.after_death_days)} days "
                                    f"after death"),
-        "datetime_unparseable_note": sql_literal(f"{spec.start_datetime} unparseable: {spec.start_date} used"),
-        "datetime_differs_note": sql_literal(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
-                                      f"{spec.start_date} used"),
+        **_note_literals(spec),
         "person_status": status if staged is None else f"SELECT * FROM {quote(staged[0])}",
         "observation_gaps": (render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)) if staged is None
                              else f"SELECT * FROM {quote(staged[1])}"),

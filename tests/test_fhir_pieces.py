@@ -207,3 +207,28 @@ def test_bundles_one_per_ndjson_line_are_read_as_bundles(tmp_path):
                                                      "SNOMED/44054006" or r["subject_id"] != fhir.fhir_id(
                                                          patient["id"]))))
     assert len(a) == len(b) + 1
+
+
+def test_values_a_float32_cannot_hold_are_dropped_with_a_warning(tmp_path):
+    """A Quantity of 1e308 (or "1e39" as text) became inf in the 32-bit numeric_value: now no value, the event kept,
+    and the summary warns."""
+    import pyarrow.compute as pc
+    src = tmp_path / "src"
+    src.mkdir()
+    pat = {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01", "gender": "female"}
+
+    def obs(i: int, value: object) -> dict:
+        return {"resourceType": "Observation", "id": f"o{i}", "status": "final", "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                "effectiveDateTime": f"2020-01-0{i}", "valueQuantity": {"value": value, "unit": "cm"}}
+    (src / "Patient.ndjson").write_text(json.dumps(pat) + "\n")
+    (src / "Observation.ndjson").write_text("\n".join(json.dumps(obs(i, v)) for i, v in
+                                                      enumerate((7.5, 1e308, "1e39", -3.3e38), 1)) + "\n")
+    s = fhir.extract(src, tmp_path / "out", progress=False)
+    assert s.resources_out == 5 and s.quarantined == 0
+    assert "2 values a 32-bit float cannot hold (NaN, infinite or beyond +-3.4e38) dropped; their events kept " \
+           "without a value" in s.warnings
+    t = EventDir.open(tmp_path / "out").read_events().sort_by("time")
+    values = t["numeric_value"]
+    assert values.to_pylist()[:3] == [7.5, None, None] and pc.sum(pc.is_inf(values)).as_py() == 0
+    assert t["unit"].to_pylist()[:3] == ["cm", None, None]

@@ -448,3 +448,31 @@ def test_sources_we_open_keep_duckdbs_own_progress_bar_off(eunomia_db, synthea_d
     db = Database.connect(tmp_path / "new.duckdb", read_only=False)
     assert db.duck.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
     db.close()
+
+
+def test_values_a_float32_cannot_hold_are_dropped_and_noted(synthea_dir, tmp_path):
+    """value_as_number 1e300, -1e39, NaN and inf in an export: the events stay, without a value (numeric_value is
+    a 32-bit float: they became inf and NaN, which MEDS writers and text serialisation passed on), counted in the
+    notes."""
+    import csv
+    import io
+    import pyarrow.compute as pc
+    folder = tmp_path / "cdm"
+    shutil.copytree(synthea_dir, folder)
+    src = folder / "MEASUREMENT.csv.gz"
+    rows = list(csv.reader(io.StringIO(gzip.decompress(src.read_bytes()).decode())))
+    j = rows[0].index("value_as_number")
+    for i, v in enumerate(("1e300", "-1e39", "NaN", "inf", "3.3e38"), 1):
+        rows[i][j] = v
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    (folder / "measurement.csv").write_text(out.getvalue())
+    src.unlink()
+    s = omop.extract(folder, tmp_path / "ev", progress=False)
+    ref = omop.extract(synthea_dir, tmp_path / "ref", progress=False)
+    assert s.events_out == ref.events_out and s.quarantined == ref.quarantined
+    assert s.notes["measurement: value_as_number not a 32-bit float (NaN, infinite or beyond +-3.4e38): "
+                   "value dropped"] == 4
+    v = EventDir.open(tmp_path / "ev").read_events()["numeric_value"]
+    assert pc.sum(pc.is_inf(v)).as_py() == 0 and pc.sum(pc.is_nan(v)).as_py() == 0
+    assert pc.max(v).as_py() == pytest.approx(3.3e38, rel=1e-6)

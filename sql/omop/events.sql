@@ -10,7 +10,8 @@
 -- visit_id    : the row's visit_occurrence_id when it joins a visit of the same person, else NULL (the
 --               adapter then gives the row a visit rebuilt from (person, day): events.fill_rebuilt_visits).
 -- time        : *_start_datetime when its date is the row's *_start_date, else the date at 00:00 (a sentinel
---               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why.
+--               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why
+--               (and that a value too large for a 32-bit float was dropped; both joined by '; ').
 -- dup_rank    : 1 for the row kept per record (row id, person, start date, concept, source value): the most
 --               complete, then the first by all columns; > 1 for its duplicates (see duplicate_ids.sql).
 -- unit        : the unit of numeric_value: the UCUM code of unit_concept_id when the concept table has it,
@@ -29,7 +30,7 @@ WITH src AS (
         {concept_id} AS concept_id,
         NULLIF(TRIM(CAST({source_value} AS VARCHAR)), '') AS source_value,
         {source_concept_id} AS source_concept_id,
-        {value} AS numeric_value,
+        {value} AS value_read,
         {visit_ref} AS visit_ref,
         {unit_concept_id} AS unit_concept_id,
         NULLIF(TRIM(CAST({unit_source_value} AS VARCHAR)), '') AS unit_source_value,
@@ -37,6 +38,10 @@ WITH src AS (
         {dup_rank} AS dup_rank
     FROM {table} e
     WHERE {where}
+), src_values AS (
+    -- a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38: an export's sentinel or overflow) is
+    -- no value: NaN compares greater than every number in DuckDB, PostgreSQL and Spark, so the test drops it too
+    SELECT src.*, CASE WHEN ABS(value_read) <= 3.4028234e38 THEN value_read END AS numeric_value FROM src
 )
 SELECT
     s.person_id AS subject_id,
@@ -90,6 +95,13 @@ SELECT
             THEN 'no concept_id and no source value'
     END AS reason,
     CASE
+        WHEN s.value_read IS NOT NULL AND s.numeric_value IS NULL THEN
+            CASE
+                WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
+                    THEN {datetime_unparseable_value_note}
+                WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_value_note}
+                ELSE {value_dropped_note}
+            END
         WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL THEN {datetime_unparseable_note}
         WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_note}
     END AS time_note,
@@ -97,7 +109,7 @@ SELECT
         WHEN ps.first_observed IS NULL OR s.start_date < ps.first_observed OR s.start_date > ps.last_observed
              OR g.person_id IS NOT NULL THEN 1 ELSE 0
     END AS outside_op
-FROM src s
+FROM src_values s
 LEFT JOIN ({person_status}) ps ON ps.person_id = s.person_id AND ps.dup_rank = 1
 LEFT JOIN ({observation_gaps}) g ON g.person_id = s.person_id AND s.start_date > g.gap_start
     AND s.start_date < g.gap_end

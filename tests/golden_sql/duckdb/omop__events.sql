@@ -11,7 +11,7 @@ WITH src AS (
     TRY_CAST(e."VISIT_CONCEPT_ID" AS BIGINT) AS concept_id,
     NULLIF(TRIM(CAST(NULL AS TEXT)), '') AS source_value,
     TRY_CAST(NULL AS BIGINT) AS source_concept_id,
-    CAST(NULL AS DOUBLE) AS numeric_value,
+    CAST(NULL AS DOUBLE) AS value_read,
     TRY_CAST(e."VISIT_OCCURRENCE_ID" AS BIGINT) AS visit_ref,
     "unit_concept_id" AS unit_concept_id,
     NULLIF(TRIM(CAST("unit_source_value" AS TEXT)), '') AS unit_source_value,
@@ -20,6 +20,11 @@ WITH src AS (
   FROM "main"."visit_occurrence" AS e
   WHERE
     1 = 1
+), src_values AS (
+  SELECT
+    src.*,
+    CASE WHEN ABS(value_read) <= 3.4028234e38 THEN value_read END AS numeric_value
+  FROM src
 )
 SELECT
   s.person_id AS subject_id,
@@ -101,6 +106,14 @@ SELECT
     THEN 'no concept_id and no source value'
   END AS reason,
   CASE
+    WHEN NOT s.value_read IS NULL AND s.numeric_value IS NULL
+    THEN CASE
+      WHEN NOT s.start_datetime_raw IS NULL AND s.start_datetime IS NULL
+      THEN "datetime_unparseable_value_note"
+      WHEN CAST(s.start_datetime AS DATE) <> s.start_date
+      THEN "datetime_differs_value_note"
+      ELSE "value_dropped_note"
+    END
     WHEN NOT s.start_datetime_raw IS NULL AND s.start_datetime IS NULL
     THEN 'visit_start_datetime unparseable: visit_start_date used'
     WHEN CAST(s.start_datetime AS DATE) <> s.start_date
@@ -114,7 +127,7 @@ SELECT
     THEN 1
     ELSE 0
   END AS outside_op
-FROM src AS s
+FROM src_values AS s
 LEFT JOIN (
   SELECT
     b.person_id,

@@ -11,7 +11,7 @@ WITH src AS (
     CAST(e."visit_concept_id" AS BIGINT) AS concept_id,
     NULLIF(TRIM(CAST(NULL AS VARCHAR)), '') AS source_value,
     CAST(NULL AS BIGINT) AS source_concept_id,
-    CAST(NULL AS DOUBLE PRECISION) AS numeric_value,
+    CAST(NULL AS DOUBLE PRECISION) AS value_read,
     CAST(e."visit_occurrence_id" AS BIGINT) AS visit_ref,
     "unit_concept_id" AS unit_concept_id,
     NULLIF(TRIM(CAST("unit_source_value" AS VARCHAR)), '') AS unit_source_value,
@@ -20,6 +20,11 @@ WITH src AS (
   FROM "bench_sql_dialects"."visit_occurrence" AS e
   WHERE
     1 = 1
+), src_values AS (
+  SELECT
+    src.*,
+    CASE WHEN ABS(value_read) <= 3.4028234e38 THEN value_read END AS numeric_value
+  FROM src
 )
 SELECT
   s.person_id AS subject_id,
@@ -101,6 +106,14 @@ SELECT
     THEN 'no concept_id and no source value'
   END AS reason,
   CASE
+    WHEN s.value_read IS NOT NULL AND s.numeric_value IS NULL
+    THEN CASE
+      WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
+      THEN "datetime_unparseable_value_note"
+      WHEN CAST(s.start_datetime AS DATE) <> s.start_date
+      THEN "datetime_differs_value_note"
+      ELSE "value_dropped_note"
+    END
     WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
     THEN 'visit_start_datetime unparseable: visit_start_date used'
     WHEN CAST(s.start_datetime AS DATE) <> s.start_date
@@ -114,7 +127,7 @@ SELECT
     THEN 1
     ELSE 0
   END AS outside_op
-FROM src AS s
+FROM src_values AS s
 LEFT JOIN (
   SELECT
     b.person_id,

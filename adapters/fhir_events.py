@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from omop_behrt.events import DOMAINS, EVENTS_SCHEMA, PERSONS_SCHEMA, QUARANTINE_SCHEMA, fill_rebuilt_visits
+from omop_behrt.events import (DOMAINS, EVENTS_SCHEMA, FLOAT32_MAX, PERSONS_SCHEMA, QUARANTINE_SCHEMA,
+                               fill_rebuilt_visits)
 
 #: FHIR code system URI -> vocabulary prefix of ``code`` (OMOP vocabulary_id spelling where there is one).
 CODE_SYSTEMS = {
@@ -214,7 +215,7 @@ class EventBuffer:
         domain = text("domain")
         wide = _floats(c["value"])
         # a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38) is no value, counted
-        fits = pc.less_equal(pc.abs(wide), pa.scalar(3.4028234e38))
+        fits = pc.less_equal(pc.abs(wide), pa.scalar(FLOAT32_MAX))
         dropped = int(pc.sum(pc.and_(pc.is_valid(wide), pc.invert(pc.fill_null(fits, False)))).as_py() or 0)
         values = pc.if_else(fits, wide, pa.scalar(None, pa.float64())).cast(pa.float32())
         unit = pc.if_else(pc.is_valid(values), _clean(text("unit")), pa.scalar(None, pa.string()))

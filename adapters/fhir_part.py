@@ -240,9 +240,9 @@ class Part:
             for item in items:
                 read += 1
                 res = item.resource
-                if item.urls is not urls and (item.urls is not None or urls is not file_urls):
-                    # an entry of a Bundle on an NDJSON line: its Bundle's fullUrls, and references resolved anew
-                    urls = file_urls if item.urls is None else item.urls
+                in_force = file_urls if item.urls is None else item.urls   # an entry of a Bundle on an NDJSON line
+                if in_force is not urls:                                  # carries its Bundle's fullUrls:
+                    urls = in_force                                       # references resolved anew
                     self.subjects.clear()
                     self.visits.clear()
                 if res is None:

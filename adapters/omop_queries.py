@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import _BIND, IDENTIFIER, load_sql, quote, render, sql_literal
+from omop_behrt.events import FLOAT32_MAX
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,7 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicat
         "after_death_reason": sql_literal(f"{spec.start_date} more than {int(options.after_death_days)} days "
                                    f"after death"),
         **_note_literals(spec),
+        "float32_max": repr(FLOAT32_MAX),
         "person_status": status if staged is None else f"SELECT * FROM {quote(staged[0])}",
         "observation_gaps": (render(load_sql("omop/observation_gaps.sql"), _op_cols(cdm)) if staged is None
                              else f"SELECT * FROM {quote(staged[1])}"),

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "device", "visit", "death",
            "immunization", "allergy")
 
+#: The largest magnitude numeric_value (a 32-bit float) holds; the adapters drop a value beyond it, NaN or infinite.
+FLOAT32_MAX = 3.4028234663852886e38
+
 EVENTS_SCHEMA = pa.schema([
     pa.field("subject_id", pa.int64(), nullable=False),
     pa.field("time", pa.timestamp("us")),            # null only for static facts

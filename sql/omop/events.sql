@@ -41,7 +41,7 @@ WITH src AS (
 ), src_values AS (
     -- a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38: an export's sentinel or overflow) is
     -- no value: NaN compares greater than every number in DuckDB, PostgreSQL and Spark, so the test drops it too
-    SELECT src.*, CASE WHEN ABS(value_read) <= 3.4028234e38 THEN value_read END AS numeric_value FROM src
+    SELECT src.*, CASE WHEN ABS(value_read) <= {float32_max} THEN value_read END AS numeric_value FROM src
 )
 SELECT
     s.person_id AS subject_id,

@@ -23,7 +23,7 @@ WITH src AS (
 ), src_values AS (
   SELECT
     src.*,
-    CASE WHEN ABS(value_read) <= 3.4028234e38 THEN value_read END AS numeric_value
+    CASE WHEN ABS(value_read) <= "float32_max" THEN value_read END AS numeric_value
   FROM src
 )
 SELECT

@@ -232,3 +232,17 @@ def test_values_a_float32_cannot_hold_are_dropped_with_a_warning(tmp_path):
     values = t["numeric_value"]
     assert values.to_pylist()[:3] == [7.5, None, None] and pc.sum(pc.is_inf(values)).as_py() == 0
     assert t["unit"].to_pylist()[:3] == ["cm", None, None]
+
+
+def test_a_second_extraction_into_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+    """Two FHIR extractions into one event directory at once: the second clears and overwrites the first's parts
+    and manifest half-way. It is refused at once, naming the directory; the first's output stays whole."""
+    from omop_behrt.lock import exclusive_lock
+    out = tmp_path / "out"
+    first = fhir.extract(NDJSON, out, progress=False)
+    (out / ".fhir").mkdir(exist_ok=True)
+    with exclusive_lock(out / ".fhir" / "extract.lock", 0, "held"):       # the first run, still writing
+        with pytest.raises(ValueError, match="another FHIR extraction is writing this event directory"):
+            fhir.extract(NDJSON, out, progress=False)
+    assert EventDir.open(out).read_events().num_rows == first.events_out
+    assert fhir.extract(NDJSON, out, progress=False).events_out == first.events_out     # free again

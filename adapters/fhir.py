@@ -36,9 +36,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from omop_behrt import __version__
-from omop_behrt.lock import exclusive_lock
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
-                      QUARANTINE_SCHEMA, EventDir, ShardWriter, conform, write_table)
+                      QUARANTINE_SCHEMA, EventDir, ShardWriter, conform, extracting, write_table)
 from omop_behrt.adapters.fhir_duplicates import settle
 from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, PERSONS_PART_SCHEMA, EventBuffer,
                                              PersonBuffer, QuarantineBuffer, code_prefix, description_counts)
@@ -196,10 +195,7 @@ def extract(source: str | Path, out: str | Path, *, validate: bool = False, view
     out = EventDir(Path(out))
     out.path.mkdir(parents=True, exist_ok=True)
     (out.path / ".fhir").mkdir(exist_ok=True)
-    # one extraction writes an event directory at a time: a second (its parts, manifest, known ids) would clear and
-    # overwrite the first's files half-way
-    with exclusive_lock(out.path / ".fhir" / "extract.lock", 0, f"{out.path}: another FHIR extraction is writing "
-                        f"this event directory; wait for it to finish or choose another --out", ValueError):
+    with extracting(out.path):       # one extraction writes an event directory at a time
         return _extract(source, out, files, file_notes, skipped, validate, views, progress, resume, workers, notes,
                         t0)
 

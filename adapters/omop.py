@@ -22,8 +22,8 @@ from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.tasks.cohorts import RESULTS_SCHEMA, CohortTable
 from omop_behrt.db.database import Database, SourceError, load_sql, render
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SCHEMA, OBSERVATION_PERIODS_SCHEMA,
-                      PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, fill_rebuilt_visits, writable_dir,
-                      write_table)
+                      PERSONS_SCHEMA, QUARANTINE_SCHEMA, EventDir, ShardWriter, extracting, fill_rebuilt_visits,
+                      writable_dir, write_table)
 from omop_behrt.adapters.omop_resume import _check_resume, _remove_partial, fingerprint, index_dates_digest  # noqa: F401
 from omop_behrt.adapters.omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START,
                                               EventTable, ExtractOptions, ExtractSummary, duplicate_counts,
@@ -158,7 +158,16 @@ def _extract(source, out, cdm_schema, vocab_schema, results_schema, options: Ext
     """
     t0 = time.perf_counter()
     options.check()
-    out = EventDir(writable_dir(out))            # a read-only or misplaced --out fails before the source is read
+    out = writable_dir(out)                      # a read-only or misplaced --out fails before the source is read
+    with extracting(out):                        # one extraction writes an event directory at a time
+        return _extract_held(source, EventDir(out), cdm_schema, vocab_schema, results_schema, options, resume,
+                             batch_rows, rows_per_shard, memory_limit, progress, sink, t0)
+
+
+def _extract_held(source, out: EventDir, cdm_schema, vocab_schema, results_schema, options: ExtractOptions,
+                  resume: bool, batch_rows: int, rows_per_shard: int, memory_limit: str | None, progress: bool,
+                  sink, t0: float) -> ExtractSummary:
+    """:func:`_extract` once it holds the event directory."""
     domains = list(options.domains or DOMAINS)
     cdm = _open_cdm(source, cdm_schema, vocab_schema, results_schema)
     if options.cohort_id is not None:            # a missing cohort table is no domain's fault: said on its own

@@ -10,6 +10,7 @@ The events table is a MEDS DataSchema superset (subject_id, time, code, numeric_
     <dir>/notes/part-*.parquet       clinical notes as text (optional: ``extract --notes``), NOTES_SCHEMA
     <dir>/codes.parquet              code -> description as the source gives it (optional; MEDS codes.parquet style)
     <dir>/manifest.json              source, CDM version, counts in / out / quarantined, finished parts
+    <dir>/.extract.lock              held (flock) by the one extraction writing the directory
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import errno
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -283,6 +285,21 @@ def writable_dir(path: str | Path, what: str = "the output folder") -> Path:
     except OSError as e:
         raise type(e)(e.errno, f"{what} is not writable ({e.strerror or e})", str(p)) from None
     return p
+
+
+EXTRACT_LOCK = ".extract.lock"
+
+
+@contextmanager
+def extracting(path: str | Path) -> Iterator[None]:
+    """Hold the event directory ``path`` for one extraction; a second (OMOP or FHIR) is refused at once.
+
+    Two runs into one --out would clear, overwrite and count each other's shards and manifest half-way.
+    """
+    from omop_behrt.lock import exclusive_lock
+    with exclusive_lock(Path(path) / EXTRACT_LOCK, 0, f"{path}: another extraction is writing this event "
+                        f"directory; wait for it to finish or choose another --out", ValueError):
+        yield
 
 
 def write_json(obj: Any, path: Path, default: Any = str) -> None:

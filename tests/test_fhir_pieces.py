@@ -13,7 +13,7 @@ import pytest
 
 from omop_behrt.adapters import fhir, fhir_reader
 from omop_behrt.adapters.fhir_reader import ndjson_pieces, read_ndjson
-from omop_behrt.events import EventDir
+from omop_behrt.events import EventDir, extracting
 
 NDJSON = Path(__file__).parent / "data" / "fhir" / "ndjson"
 
@@ -237,12 +237,10 @@ def test_values_a_float32_cannot_hold_are_dropped_with_a_warning(tmp_path):
 def test_a_second_extraction_into_the_same_directory_is_refused_while_the_first_runs(tmp_path):
     """Two FHIR extractions into one event directory at once: the second clears and overwrites the first's parts
     and manifest half-way. It is refused at once, naming the directory; the first's output stays whole."""
-    from omop_behrt.lock import exclusive_lock
     out = tmp_path / "out"
     first = fhir.extract(NDJSON, out, progress=False)
-    (out / ".fhir").mkdir(exist_ok=True)
-    with exclusive_lock(out / ".fhir" / "extract.lock", 0, "held"):       # the first run, still writing
-        with pytest.raises(ValueError, match="another FHIR extraction is writing this event directory"):
+    with extracting(out):       # the first run, still writing
+        with pytest.raises(ValueError, match="another extraction is writing this event directory"):
             fhir.extract(NDJSON, out, progress=False)
     assert EventDir.open(out).read_events().num_rows == first.events_out
     assert fhir.extract(NDJSON, out, progress=False).events_out == first.events_out     # free again

@@ -280,6 +280,22 @@ def test_resume_skips_finished_tables(eunomia_db, tmp_path):
     assert s.events_out == 217014
 
 
+def test_a_second_extraction_into_one_event_directory_is_refused_while_the_first_runs(eunomia_db, tmp_path):
+    """Two runs into one --out would clear and rewrite each other's shards and manifest half-way: while one holds
+    the directory (OMOP or FHIR alike) another is refused at once, naming it, and the first's output stays whole."""
+    from omop_behrt.events import extracting
+    out = tmp_path / "ev"
+    first = omop.extract(eunomia_db, out, progress=False)
+    files = {f.name: f.stat().st_mtime_ns for f in out.rglob("*.parquet")}
+    with extracting(out):                                        # the first run, still writing
+        for resume in (False, True):
+            with pytest.raises(ValueError, match=f"{out}: another extraction is writing this event directory"):
+                omop.extract(eunomia_db, out, resume=resume, progress=False)
+    assert {f.name: f.stat().st_mtime_ns for f in out.rglob("*.parquet")} == files      # nothing touched
+    assert EventDir.open(out).read_events().num_rows == first.events_out == 217014
+    assert omop.extract(eunomia_db, out, resume=True, progress=False).events_out == 217014    # free again
+
+
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.fixture
 def cdm54(tmp_path_factory):

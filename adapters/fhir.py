@@ -423,6 +423,10 @@ def finish(out: EventDir, summary: FhirExtractSummary, notes: list[str]) -> None
     if dropped:
         summary.warnings.append(f"{dropped:,} values a 32-bit float cannot hold (NaN, infinite or beyond +-3.4e38) "
                                 f"dropped; their events kept without a value")
+    unparseable = sum(p.get("values_unparseable", 0) for p in parts.values())
+    if unparseable:
+        summary.warnings.append(f"{unparseable:,} values that are not numbers (a string such as \"7,5\" where FHIR "
+                                f"asks for a decimal) dropped; their events kept without a value")
     summary.quarantined_by_reason = {}
     # resources' quarantine rows (the notes' are counted apart, in the notes_* fields)
     files = [f for f in sorted(out.path.glob("quarantine*.parquet")) if not f.name.startswith("quarantine-notes")]

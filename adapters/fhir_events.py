@@ -106,11 +106,13 @@ def _prefixed(system: pa.Array, code: pa.Array) -> tuple[pa.Array, dict[str, int
     return out, unknown
 
 
-def _floats(values: list) -> pa.Array:
+def _floats(values: list) -> tuple[pa.Array, int]:
+    """The values as float64, and how many were present but no number (dropped, counted by the caller)."""
     try:
-        return pa.array(values, pa.float64())
+        return pa.array(values, pa.float64()), 0
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        return pa.array([_float(v) for v in values], pa.float64())
+        out = [_float(v) for v in values]
+        return pa.array(out, pa.float64()), sum(1 for v, f in zip(values, out) if f is None and v is not None)
 
 
 def _float(v: object) -> float | None:
@@ -213,7 +215,7 @@ class EventBuffer:
         t, t_reason = parse_times(text("time"))
         end, _ = parse_times(text("end_time"), "end_time")
         domain = text("domain")
-        wide = _floats(c["value"])
+        wide, unparseable = _floats(c["value"])
         # a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38) is no value, counted
         fits = pc.less_equal(pc.abs(wide), pa.scalar(FLOAT32_MAX))
         dropped = int(pc.sum(pc.and_(pc.is_valid(wide), pc.invert(pc.fill_null(fits, False)))).as_py() or 0)
@@ -237,7 +239,8 @@ class EventBuffer:
             "source_description": pc.if_else(pc.is_valid(src_raw), _clean(text("source_display")),
                                              pa.scalar(None, pa.string()))})
         bad = pc.is_valid(reason).to_numpy(zero_copy_only=False)
-        return {"table": table, "unknown_systems": unknown, "values_dropped": dropped}, bad, np.asarray(res, np.int64)
+        return ({"table": table, "unknown_systems": unknown, "values_dropped": dropped,
+                 "values_unparseable": unparseable}, bad, np.asarray(res, np.int64))
 
     @staticmethod
     def to_events(table: pa.Table) -> pa.Table:

@@ -436,7 +436,8 @@ class Part:
         self.buffer = EventBuffer()
         for s, n in batch.pop("unknown_systems").items():
             self.systems[s] = self.systems.get(s, 0) + n
-        self.counts["values_dropped"] = self.counts.get("values_dropped", 0) + batch.pop("values_dropped")
+        for k in ("values_dropped", "values_unparseable"):
+            self.counts[k] = self.counts.get(k, 0) + batch.pop(k)
         table = batch["table"]
         # resources with a bad row go to quarantine whole (first bad row's reason); the rest are out or pending
         bad_res = np.unique(per_resource[bad]) if bad.any() else np.empty(0, np.int64)

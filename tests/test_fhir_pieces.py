@@ -223,14 +223,19 @@ def test_values_a_float32_cannot_hold_are_dropped_with_a_warning(tmp_path):
                 "effectiveDateTime": f"2020-01-0{i}", "valueQuantity": {"value": value, "unit": "cm"}}
     (src / "Patient.ndjson").write_text(json.dumps(pat) + "\n")
     (src / "Observation.ndjson").write_text("\n".join(json.dumps(obs(i, v)) for i, v in
-                                                      enumerate((7.5, 1e308, "1e39", -3.3e38), 1)) + "\n")
+                                                      enumerate((7.5, 1e308, "1e39", -3.3e38, "7,5", True,
+                                                                 {"v": 1}, "4.5"), 1)) + "\n")
     s = fhir.extract(src, tmp_path / "out", progress=False)
-    assert s.resources_out == 5 and s.quarantined == 0
+    assert s.resources_out == 9 and s.quarantined == 0
     assert "2 values a 32-bit float cannot hold (NaN, infinite or beyond +-3.4e38) dropped; their events kept " \
            "without a value" in s.warnings
+    # a string that is no number, a boolean, an object: no value, counted (they vanished silently before)
+    assert '3 values that are not numbers (a string such as "7,5" where FHIR asks for a decimal) dropped; their ' \
+           'events kept without a value' in s.warnings
     t = EventDir.open(tmp_path / "out").read_events().sort_by("time")
     values = t["numeric_value"]
     assert values.to_pylist()[:3] == [7.5, None, None] and pc.sum(pc.is_inf(values)).as_py() == 0
+    assert values.to_pylist()[4:] == [None, None, None, 4.5]
     assert t["unit"].to_pylist()[:3] == ["cm", None, None]
 
 

@@ -324,14 +324,14 @@ def duplicate_counts(cdm: OmopCdm, spec: EventTable) -> tuple[int, int]:
 
 def _note_literals(spec: EventTable) -> dict[str, str]:
     """The notes an event row may carry (counted in the summary), as SQL literals: its datetime not used, its value
-    dropped, or both joined by '; '."""
-    unparseable = f"{spec.start_datetime} unparseable: {spec.start_date} used"
-    differs = f"{spec.start_datetime} ignored (its date is not {spec.start_date}): {spec.start_date} used"
-    dropped = f"{spec.value or 'value'} not a 32-bit float (NaN, infinite or beyond +-3.4e38): value dropped"
-    return {"datetime_unparseable_note": sql_literal(unparseable), "datetime_differs_note": sql_literal(differs),
-            "value_dropped_note": sql_literal(dropped),
-            "datetime_unparseable_value_note": sql_literal(f"{unparseable}; {dropped}"),
-            "datetime_differs_value_note": sql_literal(f"{differs}; {dropped}")}
+    dropped (the query joins a datetime note and a value note by '; ')."""
+    value = spec.value or "value"
+    return {"datetime_unparseable_note": sql_literal(f"{spec.start_datetime} unparseable: {spec.start_date} used"),
+            "datetime_differs_note": sql_literal(f"{spec.start_datetime} ignored (its date is not {spec.start_date}): "
+                                                 f"{spec.start_date} used"),
+            "value_dropped_note": sql_literal(f"{value} not a 32-bit float (NaN, infinite or beyond +-3.4e38): "
+                                              f"value dropped"),
+            "value_unparseable_note": sql_literal(f"{value} not a number: value dropped")}
 
 
 def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicates: bool = False,
@@ -370,6 +370,7 @@ def events_sql(cdm: OmopCdm, spec: EventTable, options: ExtractOptions, duplicat
         "source_concept_id": cdm.cast(col(spec.source_concept, optional=True), "BIGINT"),
         "value": (cdm.cast(col(spec.value, optional=True), "DOUBLE PRECISION") if spec.value
                   else "CAST(NULL AS DOUBLE PRECISION)"),
+        "value_raw": cdm.raw(t, spec.value, "e", optional=True) if spec.value else "NULL",
         "visit_ref": cdm.cast(col(spec.visit, optional=True), "BIGINT") if spec.visit else "CAST(NULL AS BIGINT)",
         "unit_concept_id": (cdm.cast(col(spec.unit[0], optional=True), "BIGINT") if spec.unit
                             else "CAST(NULL AS BIGINT)"),

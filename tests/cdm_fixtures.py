@@ -231,4 +231,9 @@ def corruption(s: str) -> list[str]:
         f"ALTER TABLE {s}.procedure_occurrence ALTER COLUMN procedure_date TYPE VARCHAR(20)",
         f"UPDATE {s}.procedure_occurrence SET procedure_date = '2021-13-45' "
         f"WHERE procedure_occurrence_id = {_first(s, 'procedure_occurrence', 'procedure_occurrence_id', 12)}",
+        # a lab value held as text: a comparator, a word and a decimal comma (the events stay, without the value)
+        f"ALTER TABLE {s}.measurement ALTER COLUMN value_as_number TYPE VARCHAR(20)",
+        f"UPDATE {s}.measurement SET value_as_number = CASE measurement_id % 3 WHEN 0 THEN '>5' WHEN 1 THEN "
+        f"'positive' ELSE '7,5' END WHERE measurement_id IN (SELECT measurement_id FROM {s}.measurement "
+        f"WHERE person_id = 21 AND value_as_number IS NOT NULL ORDER BY measurement_id LIMIT 4)",
     ]

@@ -492,3 +492,34 @@ def test_values_a_float32_cannot_hold_are_dropped_and_noted(synthea_dir, tmp_pat
     v = EventDir.open(tmp_path / "ev").read_events()["numeric_value"]
     assert pc.sum(pc.is_inf(v)).as_py() == 0 and pc.sum(pc.is_nan(v)).as_py() == 0
     assert pc.max(v).as_py() == pytest.approx(3.3e38, rel=1e-6)
+
+
+def test_semicolon_export_reads_decimal_commas_and_notes_values_that_are_not_numbers(synthea_dir, tmp_path):
+    """A ';'-separated export, as spreadsheet tools write CSV where the comma is the decimal separator: ``7,5`` is
+    read as 7.5 in every number column. Text that is no number (``<5``, ``1.234,5``) keeps its event without the
+    value and is counted in the notes; before, such values vanished without a word."""
+    import csv
+    import io
+    folder = tmp_path / "cdm"
+    shutil.copytree(synthea_dir, folder)
+    src = folder / "MEASUREMENT.csv.gz"
+    rows = list(csv.reader(io.StringIO(gzip.decompress(src.read_bytes()).decode())))
+    j = rows[0].index("value_as_number")
+    valued = [i for i, r in enumerate(rows) if i and r[j]]
+    for n, i in enumerate(valued[:40]):                      # 7 -> "7,25"; a few that no locale reads
+        rows[i][j] = {0: "<5", 1: "1.234,5"}.get(n, f"{rows[i][j]},25")
+    out = io.StringIO()
+    csv.writer(out, delimiter=";").writerows(rows)
+    (folder / "measurement.csv").write_text(out.getvalue())
+    src.unlink()
+    s = omop.extract(folder, tmp_path / "ev", progress=False)
+    ref = omop.extract(synthea_dir, tmp_path / "ref", progress=False)
+    assert (s.events_out, s.quarantined, s.events_by_domain) == (ref.events_out, ref.quarantined, ref.events_by_domain)
+    assert s.notes == {**ref.notes, "measurement: value_as_number not a number: value dropped": 2}
+    got = EventDir.open(tmp_path / "ev").read_events()["numeric_value"]
+    want = EventDir.open(tmp_path / "ref").read_events()["numeric_value"]
+    assert got.null_count == want.null_count + 2
+    olds = [float(rows[i][j].replace(",25", "")) for i in valued[2:40]]
+    dropped = [float(r[j]) for r in csv.reader(io.StringIO(gzip.decompress(
+        (synthea_dir / "MEASUREMENT.csv.gz").read_bytes()).decode())) if r[j] not in ("", "value_as_number")][:2]
+    assert pc.sum(got).as_py() == pytest.approx(pc.sum(want).as_py() + 0.25 * len(olds) - sum(dropped))

@@ -87,13 +87,14 @@ def open_folder(folder: Path) -> Database:
     if not found:
         raise SourceError(f"{folder} holds no CDM table exports ({_EXPECTED_NAMES})")
     db.files = {t: parts for t, (_, parts) in found.items()}
-    readers, columns = {}, {}
+    readers, columns, comma = {}, {}, {}
     for table, (kind, parts) in found.items():
         if kind == "parquet":
             _check_parquet(parts)
             readers[table] = f"read_parquet([{', '.join(sql_literal(str(p)) for p in parts)}])"
         else:
             readers[table] = _csv_reader(parts[0])
+            comma[table] = _delimiter(db, parts[0]) == ";"
         try:
             columns[table] = db.duck.execute(f"DESCRIBE SELECT * FROM {readers[table]}").fetchall()
         except duckdb.Error as e:
@@ -105,7 +106,7 @@ def open_folder(folder: Path) -> Database:
         if table not in cdm_tables and kind == "csv":      # not a CDM table: no DDL says its types
             body = f"SELECT * FROM {_csv_reader(parts[0], typed=True)}"
         else:
-            body = _typed_select(db, table, readers[table], columns[table], version)
+            body = _typed_select(db, table, readers[table], columns[table], version, comma.get(table, False))
         try:
             db.duck.execute(f"CREATE VIEW {quote(table)} AS {body}")
         except duckdb.Error as e:
@@ -122,8 +123,22 @@ def _cdm_version(db: Database, readers: dict[str, str], columns: dict[str, list]
     return None if v is None else str(v)
 
 
-def _typed_select(db: Database, table: str, reader: str, columns: list, version: str) -> str:
-    """SELECT over one export with each DDL column stored as text TRY_CAST to its DDL type (text kept aside)."""
+def _delimiter(db: Database, path: Path) -> str | None:
+    """The field separator DuckDB's sniffer finds in a CSV export (None when it cannot tell)."""
+    import duckdb
+    try:
+        return db.duck.execute("SELECT Delimiter FROM sniff_csv(?)", [str(path)]).fetchone()[0]
+    except duckdb.Error:       # a damaged file: the read that follows names it
+        return None
+
+
+def _typed_select(db: Database, table: str, reader: str, columns: list, version: str,
+                  decimal_comma: bool = False) -> str:
+    """SELECT over one export with each DDL column stored as text TRY_CAST to its DDL type (text kept aside).
+
+    ``decimal_comma``: the file is ';'-separated, as spreadsheet tools write CSV where the comma is the decimal
+    separator, so a number written ``7,5`` is read as 7.5 (a comma beside a dot, ``1.234,5``, is not a number).
+    """
     select, raw, kept = [], [], set()
     for name, stored, *_ in columns:
         kind = ddl_kind(table, name.lower(), version)
@@ -132,6 +147,9 @@ def _typed_select(db: Database, table: str, reader: str, columns: list, version:
             select.append(q)
             continue
         src = f"TRIM({q})" if kind == "timestamp" else q       # DuckDB's timestamp cast refuses padded text
+        if kind == "number" and decimal_comma:
+            src = f"CASE WHEN regexp_full_match(TRIM({q}), '[-+]?[0-9]*,[0-9]+') THEN replace(TRIM({q}), ',', '.') " \
+                  f"ELSE {q} END"
         select.append(f"TRY_CAST({src} AS {READ_AS[kind]}) AS {q}")
         raw.append(f"{quote(name.lower())} := {q}")
         kept.add(name.lower())

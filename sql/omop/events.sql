@@ -11,7 +11,8 @@
 --               adapter then gives the row a visit rebuilt from (person, day): events.fill_rebuilt_visits).
 -- time        : *_start_datetime when its date is the row's *_start_date, else the date at 00:00 (a sentinel
 --               such as 9999-12-31 or 1700-01-01 in the datetime is not an event time); time_note says why
---               (and that a value too large for a 32-bit float was dropped; both joined by '; ').
+--               (and that a value was dropped: text that is not a number, or too large for a 32-bit float;
+--               both joined by '; ').
 -- dup_rank    : 1 for the row kept per record (row id, person, start date, concept, source value): the most
 --               complete, then the first by all columns; > 1 for its duplicates (see duplicate_ids.sql).
 -- unit        : the unit of numeric_value: the UCUM code of unit_concept_id when the concept table has it,
@@ -31,6 +32,7 @@ WITH src AS (
         NULLIF(TRIM(CAST({source_value} AS VARCHAR)), '') AS source_value,
         {source_concept_id} AS source_concept_id,
         {value} AS value_read,
+        {value_raw} AS value_raw,
         {visit_ref} AS visit_ref,
         {unit_concept_id} AS unit_concept_id,
         NULLIF(TRIM(CAST({unit_source_value} AS VARCHAR)), '') AS unit_source_value,
@@ -40,8 +42,18 @@ WITH src AS (
     WHERE {where}
 ), src_values AS (
     -- a value a 32-bit float cannot hold (NaN, an infinity, beyond +-3.4e38: an export's sentinel or overflow) is
-    -- no value: NaN compares greater than every number in DuckDB, PostgreSQL and Spark, so the test drops it too
-    SELECT src.*, CASE WHEN ABS(value_read) <= {float32_max} THEN value_read END AS numeric_value FROM src
+    -- no value: NaN compares greater than every number in DuckDB, PostgreSQL and Spark, so the test drops it too.
+    -- A value held as text that is not a number (a decimal comma, '>5') is no value either. Both are noted.
+    SELECT src.*, CASE WHEN ABS(value_read) <= {float32_max} THEN value_read END AS numeric_value,
+        CASE
+            WHEN value_read IS NOT NULL AND NOT ABS(value_read) <= {float32_max} THEN {value_dropped_note}
+            WHEN value_read IS NULL AND TRIM(CAST(value_raw AS VARCHAR)) <> '' THEN {value_unparseable_note}
+        END AS value_note,
+        CASE
+            WHEN start_datetime_raw IS NOT NULL AND start_datetime IS NULL THEN {datetime_unparseable_note}
+            WHEN CAST(start_datetime AS DATE) <> start_date THEN {datetime_differs_note}
+        END AS datetime_note
+    FROM src
 )
 SELECT
     s.person_id AS subject_id,
@@ -95,15 +107,9 @@ SELECT
             THEN 'no concept_id and no source value'
     END AS reason,
     CASE
-        WHEN s.value_read IS NOT NULL AND s.numeric_value IS NULL THEN
-            CASE
-                WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
-                    THEN {datetime_unparseable_value_note}
-                WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_value_note}
-                ELSE {value_dropped_note}
-            END
-        WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL THEN {datetime_unparseable_note}
-        WHEN CAST(s.start_datetime AS DATE) <> s.start_date THEN {datetime_differs_note}
+        WHEN s.datetime_note IS NULL THEN s.value_note
+        WHEN s.value_note IS NULL THEN s.datetime_note
+        ELSE s.datetime_note || '; ' || s.value_note
     END AS time_note,
     CASE
         WHEN ps.first_observed IS NULL OR s.start_date < ps.first_observed OR s.start_date > ps.last_observed

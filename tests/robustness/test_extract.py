@@ -95,6 +95,8 @@ def test_messy_rows_become_quarantine_rows(clean, messy):
     assert by_id[2]["birth_date"] == dt.date(1950, 7, 1) and by_id[3]["birth_date"] == dt.date(1910, 12, 1)
     assert s.notes["person: month_of_birth not 1-12: July 1st of year_of_birth used"] == 1
     assert s.notes["person: day_of_birth not a day of month_of_birth: 1st of the month used"] == 1
+    # four lab values of person 21 held as text that is not a number: the events kept without a value, noted
+    assert s.notes["measurement: value_as_number not a number: value dropped"] == 4
     # two person rows for person 6: one person, the most complete row (the original, female)
     assert by_id[6]["sex"] == "F"
     # the January event of person 9 (born 2014, month unknown: July 1st) is kept

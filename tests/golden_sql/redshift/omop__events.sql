@@ -12,6 +12,7 @@ WITH src AS (
     NULLIF(TRIM(CAST(NULL AS VARCHAR)), '') AS source_value,
     CAST(NULL AS BIGINT) AS source_concept_id,
     CAST(NULL AS DOUBLE PRECISION) AS value_read,
+    "value_raw" AS value_raw,
     CAST(e."visit_occurrence_id" AS BIGINT) AS visit_ref,
     "unit_concept_id" AS unit_concept_id,
     NULLIF(TRIM(CAST("unit_source_value" AS VARCHAR)), '') AS unit_source_value,
@@ -23,7 +24,19 @@ WITH src AS (
 ), src_values AS (
   SELECT
     src.*,
-    CASE WHEN ABS(value_read) <= "float32_max" THEN value_read END AS numeric_value
+    CASE WHEN ABS(value_read) <= "float32_max" THEN value_read END AS numeric_value,
+    CASE
+      WHEN value_read IS NOT NULL AND NOT ABS(value_read) <= "float32_max"
+      THEN "value_dropped_note"
+      WHEN value_read IS NULL AND TRIM(CAST(value_raw AS VARCHAR)) <> ''
+      THEN "value_unparseable_note"
+    END AS value_note,
+    CASE
+      WHEN start_datetime_raw IS NOT NULL AND start_datetime IS NULL
+      THEN 'visit_start_datetime unparseable: visit_start_date used'
+      WHEN CAST(start_datetime AS DATE) <> start_date
+      THEN 'visit_start_datetime ignored (its date is not visit_start_date): visit_start_date used'
+    END AS datetime_note
   FROM src
 )
 SELECT
@@ -106,18 +119,11 @@ SELECT
     THEN 'no concept_id and no source value'
   END AS reason,
   CASE
-    WHEN s.value_read IS NOT NULL AND s.numeric_value IS NULL
-    THEN CASE
-      WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
-      THEN "datetime_unparseable_value_note"
-      WHEN CAST(s.start_datetime AS DATE) <> s.start_date
-      THEN "datetime_differs_value_note"
-      ELSE "value_dropped_note"
-    END
-    WHEN s.start_datetime_raw IS NOT NULL AND s.start_datetime IS NULL
-    THEN 'visit_start_datetime unparseable: visit_start_date used'
-    WHEN CAST(s.start_datetime AS DATE) <> s.start_date
-    THEN 'visit_start_datetime ignored (its date is not visit_start_date): visit_start_date used'
+    WHEN s.datetime_note IS NULL
+    THEN s.value_note
+    WHEN s.value_note IS NULL
+    THEN s.datetime_note
+    ELSE s.datetime_note || '; ' || s.value_note
   END AS time_note,
   CASE
     WHEN ps.first_observed IS NULL

@@ -181,6 +181,32 @@ def test_csv_vocabulary(eunomia_events, tmp_path):
         get_vocabulary(f"csv(path={bad})")
 
 
+def test_csv_vocabulary_as_spreadsheets_save_it(tmp_path):
+    """A mapping table saved by a spreadsheet: ';' (where the comma is the decimal separator), tab or '|'
+    separated, with a byte order mark, reads as the comma version; one saved in Windows-1252 is one error naming
+    the file and the line (a UnicodeDecodeError traceback before), and so is such a ``drop`` code list."""
+    from omop_behrt.vocab.codelists import read_mapping_csv
+    rows = [["source_vocabulary", "source_code", "token", "priority"], ["SNOMED", "444814009", "RESP/sinusitis", "1"],
+            ["icd10cm", "K92.2", "GI/bleed; upper", "2"]]
+    want = None
+    for sep in (",", ";", "\t", "|"):
+        m = tmp_path / "map.csv"
+        m.write_text("\ufeff" + "\r\n".join(sep.join(f'"{c}"' if sep in c else c for c in r) for r in rows) + "\r\n",
+                     encoding="utf-8")
+        got = read_mapping_csv(m).to_pylist()
+        want = want or got
+        assert got == want == [{"source_vocabulary": "SNOMED", "source_code": "444814009", "token": "RESP/sinusitis",
+                                "priority": 1}, {"source_vocabulary": "ICD10CM", "source_code": "K92.2",
+                                                 "token": "GI/bleed; upper", "priority": 2}], sep
+    m.write_bytes("source_vocabulary,source_code,token\nSNOMED,1,x\nICD10CM,H81.0,M\u00e9ni\u00e8re\n".encode("cp1252"))
+    with pytest.raises(VocabularyError, match=r"map\.csv, line 3: the mapping table is not UTF-8 \(byte 0xe9"):
+        get_vocabulary(f"csv(path={m})")
+    codes = tmp_path / "codes.txt"
+    codes.write_bytes("SNOMED/1\n# M\u00e9ni\u00e8re\n".encode("cp1252"))
+    with pytest.raises(VocabularyError, match=r"codes\.txt, line 2: the code list is not UTF-8"):
+        get_vocabulary(f"drop(codes={codes})")
+
+
 PLUGIN = '''
 import numpy as np
 import pyarrow as pa

@@ -5,6 +5,7 @@ Both are plain tables joined to the distinct codes in DuckDB (sql/vocab/csv_map.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -39,32 +40,52 @@ class Csv(Vocabulary):
         return ctx.sql(load_sql("vocab/csv_map.sql"), k=keys, m=self.table)
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file as UTF-8 (a byte order mark skipped); bytes that are not UTF-8 are an error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise VocabularyError(f"{path}, line {line}: {what} is not UTF-8 (byte {data[e.start]:#04x}; a spreadsheet "
+                              f"saved it in a local encoding such as Windows-1252?); save it as CSV UTF-8") from None
+
+
+def _dialect(header_line: str) -> str:
+    """The field separator of a mapping table's header: ',' unless only ';', tab or '|' gives its columns."""
+    for sep in (",", ";", "\t", "|"):
+        if all(c in [h.strip() for h in header_line.split(sep)] for c in Csv.REQUIRED):
+            return sep
+    return ","
+
+
 def read_mapping_csv(path: Path) -> pa.Table:
-    """Read and check a user mapping CSV; errors name the file, the row and the column."""
+    """Read and check a user mapping CSV (',', ';', tab or '|' separated); errors name the file, the row and the
+    column."""
     if not path.exists():
         raise VocabularyError(f"csv vocabulary: {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in Csv.REQUIRED if c not in header]
-        if missing:
-            raise VocabularyError(f"{path}: missing column(s) {missing}; expected a header with "
-                                  f"{', '.join(Csv.REQUIRED)} and optionally priority; found {header}")
-        cols: dict[str, list] = {"source_vocabulary": [], "source_code": [], "token": [], "priority": []}
-        for i, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            for c in Csv.REQUIRED:
-                if not row.get(c):
-                    raise VocabularyError(f"{path}, row {i}: column {c!r} is empty; every row needs "
-                                          f"{', '.join(Csv.REQUIRED)}")
-            prio = row.get("priority") or "0"
-            try:
-                cols["priority"].append(int(prio))
-            except ValueError:
-                raise VocabularyError(f"{path}, row {i}: column 'priority' is {prio!r}; expected an integer "
-                                      f"(smaller wins)") from None
-            for c in Csv.REQUIRED:
-                cols[c].append(row[c])
+    text = read_text(path, "the mapping table")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_dialect(text.split("\n", 1)[0]))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in Csv.REQUIRED if c not in header]
+    if missing:
+        raise VocabularyError(f"{path}: missing column(s) {missing}; expected a header with "
+                              f"{', '.join(Csv.REQUIRED)} and optionally priority; found {header}")
+    cols: dict[str, list] = {"source_vocabulary": [], "source_code": [], "token": [], "priority": []}
+    for i, row in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        for c in Csv.REQUIRED:
+            if not row.get(c):
+                raise VocabularyError(f"{path}, row {i}: column {c!r} is empty; every row needs "
+                                      f"{', '.join(Csv.REQUIRED)}")
+        prio = row.get("priority") or "0"
+        try:
+            cols["priority"].append(int(prio))
+        except ValueError:
+            raise VocabularyError(f"{path}, row {i}: column 'priority' is {prio!r}; expected an integer "
+                                  f"(smaller wins)") from None
+        for c in Csv.REQUIRED:
+            cols[c].append(row[c])
     return pa.table({"source_vocabulary": pa.array([v.upper() for v in cols["source_vocabulary"]], pa.string()),
                      "source_code": pa.array(cols["source_code"], pa.string()),
                      "token": pa.array(cols["token"], pa.string()),
@@ -111,7 +132,7 @@ def _codes_param(value: str | None) -> list[str]:
     if p.suffix in (".txt", ".csv") or p.exists():
         if not p.exists():
             raise VocabularyError(f"filter 'drop': code list file {p} does not exist")
-        lines = [ln.split(",")[0].strip() for ln in p.read_text().splitlines()]
+        lines = [ln.split(",")[0].strip() for ln in read_text(p, "the code list").splitlines()]
         codes = [ln for ln in lines if ln and not ln.startswith("#")]
     else:
         codes = split_list(value)

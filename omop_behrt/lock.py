@@ -6,6 +6,7 @@ lock behind. Export targets wait for their turn (bounded); work directories refu
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +16,17 @@ from typing import Iterator
 @contextmanager
 def exclusive_lock(lock_path: Path, timeout: float, busy: str,
                    error: type[Exception] = BlockingIOError) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path``; after ``timeout`` s of waiting (0: at once) raise ``error(busy)``."""
-    with open(lock_path, "a") as f:
+    """Hold an exclusive lock on ``lock_path``; after ``timeout`` s of waiting (0: at once) raise ``error(busy)``.
+
+    A file is created if needed; an existing folder is locked itself (no file is added to it or beside it).
+    """
+    fd = os.open(lock_path, os.O_RDONLY) if Path(lock_path).is_dir() else os.open(lock_path, os.O_WRONLY | os.O_CREAT
+                                                                                     | os.O_APPEND, 0o644)
+    try:
         deadline, pause = time.monotonic() + timeout, 0.02
         while True:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -30,4 +36,6 @@ def exclusive_lock(lock_path: Path, timeout: float, busy: str,
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -95,6 +95,13 @@ def test_meds_round_trip_eunomia(eunomia_events, tmp_path):
     assert back.read_events().sort_by(keys).equals(eunomia_events.read_events().sort_by(keys))
     assert back.persons().sort_by("subject_id").equals(persons.sort_by("subject_id"))
     assert back.observation_periods().num_rows == eunomia_events.observation_periods().num_rows
+    # while an extraction (or another from-meds) writes that event directory, from-meds is refused, not interleaved
+    from omop_behrt.events import extracting
+    files = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "back").rglob("*.parquet")}
+    with extracting(tmp_path / "back"):
+        with pytest.raises(ValueError, match="another extraction is writing this event directory"):
+            from_meds(tmp_path / "meds", tmp_path / "back")
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "back").rglob("*.parquet")} == files
 
 
 def test_meds_round_trip_with_deaths_and_shards(synthea_dir, tmp_path):

@@ -76,6 +76,35 @@ def test_ablation_switches_and_extras():
     assert not torch.allclose(m(**b, sex=torch.tensor([1, 1])), m(**b, sex=torch.tensor([2, 2])))
 
 
+def test_concurrent_saves_into_one_directory_leave_one_whole_model(tmp_path):
+    """Runs saving different models into one directory at once take turns: the directory ends as one of them,
+    whole (before, one run's weights could sit beside the other's config and metadata; loading then failed)."""
+    import threading
+    models = [tiny() for _ in range(4)]
+    for i, m in enumerate(models):
+        with torch.no_grad():
+            m.embeddings.code.weight.fill_(float(i))
+    errors: list[BaseException] = []
+
+    def save(m) -> None:
+        try:
+            for _ in range(5):
+                m.save(tmp_path / "model", vocab(), {"library_version": "test"})
+        except BaseException as e:     # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=save, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    r = Behrt.load(tmp_path / "model")         # verified: every file from one save
+    value = r.embeddings.code.weight[0, 0].item()
+    assert value in (0.0, 1.0, 2.0, 3.0) and torch.all(r.embeddings.code.weight == value)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "metadata.json",
+                                                                       "model.safetensors", "tokens.json"]
+
+
 def test_save_load_identical(tmp_path):
     m = tiny(plos=True, extras={"sex": 3})
     m.save(tmp_path / "model", vocab(), {"library_version": "test"})

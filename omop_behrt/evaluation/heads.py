@@ -32,7 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from omop_behrt.behrt.model import Behrt, BehrtConfig, pool
+from omop_behrt.behrt.model import Behrt, BehrtConfig, pool, saving
 from omop_behrt.behrt.tokenizer import Sequences, TokenVocabulary
 
 from omop_behrt.choices import HEADS
@@ -313,9 +313,14 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """A head directory: config.json (encoder), head.json, tokens.json, model.safetensors (no pickles)."""
-        from omop_behrt.events import write_json
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        with saving(path):
+            return self._save_held(path)
+
+    def _save_held(self, path: Path) -> Path:
+        """:meth:`save` once it holds the directory."""
+        from omop_behrt.events import write_json
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model_.state_dict().items()}
         save_file(state, str(path / "model.safetensors.tmp"), metadata={"format": "pt"})
         os.replace(path / "model.safetensors.tmp", path / "model.safetensors")

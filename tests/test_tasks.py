@@ -145,3 +145,32 @@ def test_plp_same_labels_on_postgresql_and_duckdb(pg_url, pg_schema, synthea_dir
     pg = plp_task(pg_url, ix, cdm_schema=pg_schema, **kw)
     assert duck.labels.num_rows > 10 and 0 < duck.attrition["outcomes"] < duck.labels.num_rows
     assert pg.labels.equals(duck.labels) and pg.attrition == duck.attrition
+
+
+def test_concurrent_task_saves_into_one_folder_leave_one_whole_task(tmp_path):
+    """Runs saving different tasks into one folder at once take turns: labels.parquet and task.json end as one
+    run's (each written atomically); before, one's labels could sit beside another's definition."""
+    import datetime as dt
+    import threading
+    tasks = [Task(pa.table({"subject_id": pa.array(np.arange(n * 1000, dtype=np.int64)),
+                            "index_date": pa.array([dt.datetime(2020, 1, 1)] * (n * 1000), pa.timestamp("us")),
+                            "label": pa.array(np.full(n * 1000, n % 2, np.int8))}),
+                  definition={"run": n}, attrition={"rows": n * 1000}) for n in range(1, 5)]
+    errors: list[BaseException] = []
+
+    def save(t: Task) -> None:
+        try:
+            for _ in range(10):
+                t.save(tmp_path / "task")
+        except BaseException as e:     # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=save, args=(t,)) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    got = Task.load(tmp_path / "task")
+    n = got.definition["run"]
+    assert got.labels.num_rows == got.attrition["rows"] == n * 1000 and set(got.y.tolist()) == {n % 2}
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["labels.parquet", "task.json"]

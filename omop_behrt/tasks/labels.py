@@ -15,6 +15,8 @@ index date (the tokenizer / extraction cut); outcomes are only events on or afte
 from __future__ import annotations
 
 import json
+import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 from omop_behrt.tasks.cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
 from omop_behrt.db.database import Database, load_sql, render
+from omop_behrt.events import write_json, write_table
 from omop_behrt.shareable import MIN_COUNT, count_text, shown_count
 
 if TYPE_CHECKING:
@@ -37,6 +40,13 @@ LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_d
                            pa.field("label", pa.int8())])
 HORIZON_DAYS = {"T1": None, "T2": 182, "T3": 365}     # BEHRT: next visit, next 6 months, next 12 months
 SPLITS = ("train", "val", "test")
+
+
+
+def _writing(path: Path) -> "AbstractContextManager[None]":
+    """Two runs saving a task into one folder take turns: its files are one run's (each written atomically)."""
+    from omop_behrt.lock import exclusive_lock
+    return exclusive_lock(path, 600, f"{path}: another run has been writing a task here for 10 minutes", TimeoutError)
 
 
 @dataclass
@@ -62,9 +72,9 @@ class Task:
         """``labels.parquet`` + ``task.json`` in a directory."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.labels, path / "labels.parquet")
-        (path / "task.json").write_text(json.dumps({"definition": self.definition, "attrition": self.attrition},
-                                                   indent=2, default=str))
+        with _writing(path):
+            write_table(self.labels, path / "labels.parquet")
+            write_json({"definition": self.definition, "attrition": self.attrition}, path / "task.json")
         return path
 
     @classmethod
@@ -183,10 +193,12 @@ class MultiLabelTask:
         """``index.parquet`` + ``labels.npz`` (Y) + ``task.json`` (definition, diseases) in a directory."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.index, path / "index.parquet")
-        np.savez_compressed(path / "labels.npz", Y=self.Y)
-        (path / "task.json").write_text(json.dumps({"definition": self.definition, "diseases": self.diseases},
-                                                   indent=2))
+        with _writing(path):
+            write_table(self.index, path / "index.parquet")
+            tmp = path / f".labels.{os.getpid()}.tmp.npz"
+            np.savez_compressed(tmp, Y=self.Y)
+            os.replace(tmp, path / "labels.npz")
+            write_json({"definition": self.definition, "diseases": self.diseases}, path / "task.json")
         return path
 
     @classmethod

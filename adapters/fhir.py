@@ -44,8 +44,8 @@ from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, PERSONS_
 from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
 from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
 from omop_behrt.adapters.fhir_pool import run_parts
-from omop_behrt.adapters.fhir_reader import (NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson,
-                                             ndjson_pieces, patient_ids, read_ndjson)
+from omop_behrt.adapters.fhir_files import NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson
+from omop_behrt.adapters.fhir_reader import ndjson_pieces, patient_ids, read_ndjson
 
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]

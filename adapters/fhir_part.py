@@ -32,7 +32,8 @@ from omop_behrt.events import EVENTS_SCHEMA, ShardWriter, write_table
 from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, EventBuffer, PersonBuffer, QuarantineBuffer,
                                              description_counts)
 from omop_behrt.adapters.fhir_pool import exit_if_orphaned
-from omop_behrt.adapters.fhir_reader import expand_bundles, is_ndjson, read_bundle, read_ndjson, resolve
+from omop_behrt.adapters.fhir_files import is_ndjson
+from omop_behrt.adapters.fhir_reader import expand_bundles, read_bundle, read_ndjson, resolve
 from omop_behrt.adapters.view_codegen import compile_views
 from omop_behrt.adapters.viewdefinition import View, ViewError, load_views
 

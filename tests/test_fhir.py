@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from omop_behrt.adapters import fhir, fhir_part
-from omop_behrt.adapters.fhir_reader import NotFhirError
+from omop_behrt.adapters.fhir_files import NotFhirError
 from omop_behrt.events import EventDir, validate_events, validate_persons
 
 DATA = Path(__file__).parent / "data" / "fhir"

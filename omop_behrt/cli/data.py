@@ -82,7 +82,7 @@ def _looks_like_fhir(source: str) -> bool:
     FHIR adapter (half a second); otherwise the reader's sniff decides."""
     if "://" in str(source) or str(source).endswith((".duckdb", ".db")):
         return False
-    from omop_behrt.adapters.fhir_reader import has_fhir_name, is_fhir_source
+    from omop_behrt.adapters.fhir_files import has_fhir_name, is_fhir_source
     return is_fhir_source(source) or has_fhir_name(source)
 
 

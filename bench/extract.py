@@ -89,9 +89,11 @@ print(json.dumps({"seconds": time.perf_counter() - t, "events": n}))
 """
 
 
-def run_measured(code: str, *args: str) -> dict:
-    """Run a snippet in a fresh interpreter; return its JSON line plus its own peak RSS."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+def run_measured(code: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run a snippet in a fresh interpreter (``env``, ``cwd``: its environment and folder); return its JSON line
+    plus its own peak RSS."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=None if cwd is None else str(cwd))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

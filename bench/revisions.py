@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract import EXTRACT, build_cdm  # noqa: E402  (bench/extract.py: the scaled CDM and the timed snippet)
+from extract import EXTRACT, build_cdm, run_measured  # noqa: E402  (bench/extract.py: the scaled CDM, the timed run)
+from sources import export_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,26 +36,9 @@ def worktree(rev: str, where: Path) -> Path:
     return where
 
 
-def export_csv(db: Path, folder: Path) -> None:
-    """Every table of the DuckDB CDM as TABLE.csv (what a site's export tool writes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db), read_only=True)
-    for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
-        con.execute(f"COPY {t} TO '{folder / (t.upper() + '.csv')}' (HEADER, DELIMITER ',')")
-    con.close()
-
-
 def run(tree: Path, source: Path, out: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    proc = subprocess.Popen([sys.executable, "-c", EXTRACT, str(source), str(out)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=str(tree))
-    text = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"extract from {tree} failed")
-    r = json.loads(text.strip().splitlines()[-1])
-    r["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return r
+    """``extract`` of the revision checked out at ``tree``, in a fresh interpreter."""
+    return run_measured(EXTRACT, str(source), str(out), env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree)
 
 
 def main() -> None:
@@ -72,7 +54,7 @@ def main() -> None:
     trees = {"base": worktree(args.base, work / "base"), "new": worktree(args.new, work / "new")}
     db = work / "cdm.duckdb"
     built = build_cdm(args.source, args.persons, db)
-    export_csv(db, work / "csv")
+    export_folder(db, work / "csv", gzip=False)
     sources = {"duckdb": db, "csv export": work / "csv"}
     rows: dict[tuple[str, str], list[dict]] = {}
     try:

@@ -38,12 +38,13 @@ print(json.dumps({"open_s": opened, "seconds": time.perf_counter() - t, "events"
 """
 
 
-def export_folder(db: Path, folder: Path) -> None:
-    """Every table of a DuckDB CDM as TABLE.csv.gz (the shape of a site's CSV export)."""
+def export_folder(db: Path, folder: Path, gzip: bool = True) -> None:
+    """Every table of a DuckDB CDM as TABLE.csv.gz, or TABLE.csv (the shape of a site's CSV export)."""
     folder.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db), read_only=True)
+    suffix, options = (".csv.gz", "HEADER, COMPRESSION gzip") if gzip else (".csv", "HEADER")
     for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
-        con.execute(f"COPY {table} TO '{folder / (table.upper() + '.csv.gz')}' (HEADER, COMPRESSION gzip)")
+        con.execute(f"COPY {table} TO '{folder / (table.upper() + suffix)}' ({options})")
     con.close()
 
 

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 
+from omop_behrt.db.cdm_exports import CSV_SUFFIXES
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import _BIND, IDENTIFIER, load_sql, quote, render, sql_literal
 from omop_behrt.events import FLOAT32_MAX
@@ -433,7 +434,7 @@ def used_concepts_sql(cdm: OmopCdm, specs: Sequence[EventTable]) -> str | None:
             "c_concept_code": cdm.col("concept", "concept_code"),
             "c_concept_name": cdm.col("concept", "concept_name", "c", optional=True), "ids": " UNION ALL ".join(ids)}
     files = cdm.db.files.get("concept", [])
-    if files and all(str(f).lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")) for f in files) \
+    if files and all(f.name.lower().endswith(CSV_SUFFIXES) for f in files) \
             and sum(f.stat().st_size for f in files) <= WHOLE_CONCEPT_CSV_BYTES:
         frag["ids"] = f"SELECT c.{frag['c_concept_id']} AS id FROM {frag['concept_table']} c"
     return render(load_sql("omop/used_concepts.sql"), frag)

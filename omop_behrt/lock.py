@@ -8,9 +8,16 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def writing_folder(folder: Path, what: str, timeout: float = 600) -> "AbstractContextManager[None]":
+    """Hold ``folder`` while a run writes ``what`` (a model, a task, a report) into it: two runs take turns, so it
+    ends as the last one's files, whole. The folder itself is locked: nothing is added to it or beside it."""
+    return exclusive_lock(folder, timeout, f"{folder}: another run has been writing {what} here for "
+                          f"{timeout / 60:g} minutes", TimeoutError)
 
 
 @contextmanager

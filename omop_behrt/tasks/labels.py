@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 from omop_behrt.tasks.cohorts import INDEX_SCHEMA, CohortTable, occurrences_sql
 from omop_behrt.db.database import Database, load_sql, render
 from omop_behrt.events import write_json, write_table
+from omop_behrt.lock import writing_folder
 from omop_behrt.shareable import MIN_COUNT, count_text, shown_count
 
 if TYPE_CHECKING:
@@ -41,12 +41,6 @@ LABELS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64()), pa.field("index_d
 HORIZON_DAYS = {"T1": None, "T2": 182, "T3": 365}     # BEHRT: next visit, next 6 months, next 12 months
 SPLITS = ("train", "val", "test")
 
-
-
-def _writing(path: Path) -> "AbstractContextManager[None]":
-    """Two runs saving a task into one folder take turns: its files are one run's (each written atomically)."""
-    from omop_behrt.lock import exclusive_lock
-    return exclusive_lock(path, 600, f"{path}: another run has been writing a task here for 10 minutes", TimeoutError)
 
 
 @dataclass
@@ -72,7 +66,7 @@ class Task:
         """``labels.parquet`` + ``task.json`` in a directory."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with _writing(path):
+        with writing_folder(path, "a task"):
             write_table(self.labels, path / "labels.parquet")
             write_json({"definition": self.definition, "attrition": self.attrition}, path / "task.json")
         return path
@@ -193,7 +187,7 @@ class MultiLabelTask:
         """``index.parquet`` + ``labels.npz`` (Y) + ``task.json`` (definition, diseases) in a directory."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with _writing(path):
+        with writing_folder(path, "a task"):
             write_table(self.index, path / "index.parquet")
             tmp = path / f".labels.{os.getpid()}.tmp.npz"
             np.savez_compressed(tmp, Y=self.Y)

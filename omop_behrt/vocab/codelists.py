@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from omop_behrt.db.cdm_exports import header_separator
 from omop_behrt.db.database import load_sql
 from omop_behrt.events import DOMAINS
 from omop_behrt.vocab.registry import MapContext, Vocabulary, VocabularyError, split_list
@@ -51,21 +52,14 @@ def read_text(path: Path, what: str) -> str:
                               f"saved it in a local encoding such as Windows-1252?); save it as CSV UTF-8") from None
 
 
-def _dialect(header_line: str) -> str:
-    """The field separator of a mapping table's header: ',' unless only ';', tab or '|' gives its columns."""
-    for sep in (",", ";", "\t", "|"):
-        if all(c in [h.strip() for h in header_line.split(sep)] for c in Csv.REQUIRED):
-            return sep
-    return ","
-
-
 def read_mapping_csv(path: Path) -> pa.Table:
     """Read and check a user mapping CSV (',', ';', tab or '|' separated); errors name the file, the row and the
     column."""
     if not path.exists():
         raise VocabularyError(f"csv vocabulary: {path} does not exist")
     text = read_text(path, "the mapping table")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_dialect(text.split("\n", 1)[0]))
+    sep = header_separator(text.split("\n", 1)[0], Csv.REQUIRED)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in Csv.REQUIRED if c not in header]
     if missing:

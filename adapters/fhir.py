@@ -21,7 +21,6 @@ collapsed, ties to the smallest; counted per part (``.fhir/codes-<part>.parquet`
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -35,17 +34,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from omop_behrt import __version__
 from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, OBSERVATION_PERIODS_SCHEMA, PERSONS_SCHEMA,
                       QUARANTINE_SCHEMA, EventDir, ShardWriter, conform, extracting, write_table)
 from omop_behrt.adapters.fhir_duplicates import settle
 from omop_behrt.adapters.fhir_events import (DESCRIPTION_COUNTS_SCHEMA, PERSONS_PART_SCHEMA, EventBuffer,
                                              PersonBuffer, QuarantineBuffer, code_prefix, description_counts)
 from omop_behrt.adapters.fhir_notes import clear_notes, notes_on_disk, settle_pending_notes
-from omop_behrt.adapters.fhir_part import EVENT_COLUMNS, compile_parts, fhir_id, load_fhir_views, run_part
+from omop_behrt.adapters.fhir_part import fhir_id, run_part
+from omop_behrt.adapters.fhir_views import EVENT_COLUMNS, compile_parts, load_fhir_views
 from omop_behrt.adapters.fhir_pool import run_parts
 from omop_behrt.adapters.fhir_files import NotFhirError, has_fhir_name, input_files, is_fhir_source, is_ndjson
 from omop_behrt.adapters.fhir_reader import ndjson_pieces, patient_ids, read_ndjson
+from omop_behrt.adapters.fhir_resume import _check_resume, _fingerprint
 
 __all__ = ["extract", "is_fhir_source", "has_fhir_name", "FhirExtractSummary", "load_fhir_views", "fhir_id",
            "NotFhirError", "EVENT_COLUMNS"]
@@ -250,44 +250,6 @@ def _extract(source, out: EventDir, files: list[Path], file_notes: list[str], sk
     manifest["summary"] = summary.as_dict()
     out.write_manifest()
     return summary
-
-
-def _fingerprint(src: str, files: list[Path], parts: list[list], validate: bool,
-                 views: str | Path | None, notes: bool = False, min_parts: int = 8) -> dict:
-    """Every input that changes the result of a run: the files (path, size, mtime), their split into parts, the
-    options and the views (their content), so that ``resume`` continues the same run or refuses."""
-    h = hashlib.sha256()
-    size = 0
-    for f in files:
-        st = f.stat()
-        size += st.st_size
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    v = None
-    if views:
-        vh = hashlib.sha256()
-        for f in sorted(Path(views).glob("*.json")):
-            vh.update(f.name.encode() + b"\0" + f.read_bytes())
-        v = f"{Path(views).resolve()} (sha256 {vh.hexdigest()[:16]})"
-    return {"source": src, "files": f"{len(files):,} files, {size:,} bytes, sha256 {h.hexdigest()[:16]}",
-            "parts": len(parts), "min_parts": min_parts, "validate": bool(validate), "views": v,
-            "notes": bool(notes),
-            "version": __version__}
-
-
-def _check_resume(out: EventDir, manifest: dict, now: dict) -> None:
-    """Refuse to resume a run made from other inputs; the message says what differs."""
-    if not manifest:
-        return                                  # nothing to resume: a fresh run
-    was = manifest.get("fingerprint")
-    if manifest.get("adapter") != "fhir" or was is None:
-        raise ValueError(f"--resume: {out.path} is not a FHIR extraction with a recorded fingerprint (adapter "
-                         f"{manifest.get('adapter')!r}, source {manifest.get('source')!r}), so it cannot be "
-                         f"checked to be the same run; run without --resume to start over")
-    was = {"min_parts": 8, **was}               # runs recorded before it was: 8
-    diff = [f"{k} was {was.get(k)!r}, now {now[k]!r}" for k in now if was.get(k) != now[k]]
-    if diff:
-        raise ValueError(f"--resume: {out.path} was extracted from other inputs: {'; '.join(diff)}; run without "
-                         f"--resume to start over")
 
 
 def _patient_ids_first(files: list[Path]) -> set[int]:

@@ -27,8 +27,9 @@ from omop_behrt.events import (CODE_DESCRIPTIONS_SCHEMA, EVENTS_SCHEMA, NOTES_SC
 from omop_behrt.adapters.omop_resume import _check_resume, _remove_partial, fingerprint, index_dates_digest  # noqa: F401
 from omop_behrt.adapters.omop_queries import (DOMAINS, EVENT_TABLES, REQUIRED_TABLES, VALID_END, VALID_START,
                                               EventTable, ExtractOptions, ExtractSummary, duplicate_counts,
-                                              events_sql, notes_sql, observation_periods_sql, persons_sql,
-                                              staged_joins)
+                                              events_sql, notes_sql, observation_periods_sql, persons_sql)
+from omop_behrt.adapters.omop_staging import staged_joins
+from omop_behrt.adapters.omop_visits import _distinct, _visit_counts
 
 __all__ = ["extract", "ExtractOptions", "ExtractSummary", "EventTable", "EVENT_TABLES", "DOMAINS",
            "VALID_START", "VALID_END", "fingerprint"]
@@ -408,32 +409,6 @@ def write_descriptions(cdm: OmopCdm, out: EventDir, pairs: pa.Table | None = Non
     write_table(names, out.path / "codes.parquet")
 
 
-def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort + neighbour compare; faster here than numpy 2's hash-based unique)."""
-    a = np.sort(a)
-    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
-
-
-class _SortedIds:
-    """A file of sorted distinct ids (np.save), read a block at a time (plain reads: no mapping left resident)."""
-
-    def __init__(self, path: Path, block: int):
-        self.path, self.block = path, block
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, self.dtype = read(f)
-            self.offset, self.left = f.tell(), int(np.prod(shape))
-        self.buf = np.zeros(0, self.dtype)
-        self.refill()
-
-    def refill(self) -> None:
-        n = min(self.block, self.left)
-        if n and not len(self.buf):
-            self.buf = np.fromfile(self.path, self.dtype, count=n, offset=self.offset)
-            self.offset, self.left = self.offset + n * self.dtype.itemsize, self.left - n
-
-
 _QUOTED = re.compile(r"'([^']*)'")
 _SHAPE = str.maketrans("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
                        "9" * 10 + "a" * 26 + "A" * 26)
@@ -445,28 +420,6 @@ def reason_shape(reason: str) -> str:
     then one line, not one per value, and the summary holds no value read from a person's row (the quarantine
     files keep the values, on site)."""
     return _QUOTED.sub(lambda m: "'" + m.group(1).translate(_SHAPE) + "'", reason) if "'" in reason else reason
-
-
-def _visit_counts(files: list[Path], chunk: int = 1 << 22) -> tuple[int, int]:
-    """(rebuilt, real) distinct visit ids over ``files`` of sorted distinct ids (negative: rebuilt), merged a block
-    of each file at a time: about ``chunk`` ids in memory however many files (Spark: one per table and partition)
-    and ids there are, so the driver's memory stays flat as the CDM grows."""
-    readers = [r for r in (_SortedIds(f, max(1024, chunk // max(1, len(files)))) for f in files) if len(r.buf)]
-    rebuilt = real = 0
-    while readers:
-        # every id up to the smallest last id of the blocks in hand is in hand: later blocks hold larger ids
-        hi = min(r.buf[-1] for r in readers)
-        taken = []
-        for r in readers:
-            k = int(np.searchsorted(r.buf, hi, side="right"))
-            taken.append(r.buf[:k])
-            r.buf = r.buf[k:]
-            r.refill()
-        ids = _distinct(np.concatenate(taken))
-        rebuilt += int((ids < 0).sum())
-        real += int((ids > 0).sum())
-        readers = [r for r in readers if len(r.buf)]
-    return rebuilt, real
 
 
 def _fill_counts(out: EventDir, summary: ExtractSummary) -> None:

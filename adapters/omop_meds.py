@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from omop_behrt.adapters import meds
-from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _distinct, _extract, _quarantine_rows
+from omop_behrt.adapters.omop import ExtractOptions, ExtractSummary, _extract, _quarantine_rows
+from omop_behrt.adapters.omop_visits import _distinct
 from omop_behrt.adapters.omop_queries import EventTable, duplicate_counts, events_sql
 from omop_behrt.db.cdm import OmopCdm
 from omop_behrt.db.database import Database, arrow_reader, prefetch, quote, sql_literal
@@ -146,7 +147,7 @@ class SortedMeds:
                 batch_rows: int, progress: bool, staged: tuple[str, str, str | None] | None) -> dict[str, dict]:
         """Sort the tables ``specs`` and the persons of ``out`` into the MEDS shards; returns each table's part
         of the manifest (as _extract_table's) and writes its quarantine file. ``staged``: the joins made once
-        (omop_queries.staged_joins)."""
+        (omop_staging.staged_joins)."""
         con = cdm.db.duck
         # without insertion order to keep DuckDB fills and sorts in parallel, and spills past its memory limit
         keep = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
@@ -273,7 +274,7 @@ class SortedMeds:
                 bar.update(batch.num_rows)
         state = out.path / ".state"
         state.mkdir(exist_ok=True)
-        # sorted and distinct, as every visits file (omop._visit_counts merges them range by range)
+        # sorted and distinct, as every visits file (omop_visits._visit_counts merges them range by range)
         np.save(state / "visits-meds.npy", _distinct(np.concatenate(self._visits).astype(np.int64)))
 
     def code_concepts(self) -> pa.Table:

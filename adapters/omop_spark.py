@@ -71,7 +71,8 @@ def _collect(df, fn: Callable, n: int, by_range: bool = False) -> list[dict]:
 def _events_writer(path: str, table: str, domain: str, rows_per_shard: int) -> Callable:
     """The executor side of one table: shards, quarantine and visit ids of one partition (see the module doc)."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from omop_behrt.adapters.omop import _EVENT_COLUMNS, _QUERY_SCHEMA, _count_values, _distinct, _quarantine_rows
+        from omop_behrt.adapters.omop import _EVENT_COLUMNS, _QUERY_SCHEMA, _count_values, _quarantine_rows
+        from omop_behrt.adapters.omop_visits import _distinct
         pid = _partition_id()
         root = Path(path)
         writer = ShardWriter(root / "events", f"{table}-p{pid:05d}", EVENTS_SCHEMA, rows_per_shard)

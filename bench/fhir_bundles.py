@@ -104,7 +104,7 @@ def _child_parse(src: str, kind: str, procs: str) -> dict:
     k = int(procs)
     wanted: set[str] = set()
     if kind == "partial":          # the types extract parses: those with a view, and Patient
-        from omop_behrt.adapters.fhir_part import load_fhir_views
+        from omop_behrt.adapters.fhir_views import load_fhir_views
         wanted = {v.resource for v in load_fhir_views().values()} | {"Patient"}
     chunks = [(kind, files[i::k * 8], wanted) for i in range(k * 8)]
     cpu0, t0 = _cpu(), time.perf_counter()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from omop_behrt.adapters.fhir_part import _combined, load_fhir_views
+from omop_behrt.adapters.fhir_views import _combined, load_fhir_views
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "fhir_r4_bundles_5"

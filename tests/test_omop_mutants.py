@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from omop_behrt.adapters import omop
+from omop_behrt.adapters import omop, omop_visits
 from omop_behrt.events import QUARANTINE_SCHEMA, EventDir
 
 D = dt.datetime
@@ -146,6 +146,6 @@ def test_visit_counts_merge_files_range_by_range_like_one_unique(tmp_path):
     expected = (int((u < 0).sum()), int((u > 0).sum()))
     assert expected[0] > 40_000 and expected[1] > 10_000
     for chunk in (1, 999, 10_000, 1 << 22):
-        assert omop._visit_counts(files, chunk) == expected
-    assert omop._visit_counts(files[3:4], 1_000) == (int((every[3] < 0).sum()), int((every[3] > 0).sum()))
-    assert omop._visit_counts([], 10) == (0, 0)
+        assert omop_visits._visit_counts(files, chunk) == expected
+    assert omop_visits._visit_counts(files[3:4], 1_000) == (int((every[3] < 0).sum()), int((every[3] > 0).sum()))
+    assert omop_visits._visit_counts([], 10) == (0, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from omop_behrt.adapters.fhir_part import load_fhir_views
+from omop_behrt.adapters.fhir_views import load_fhir_views
 from omop_behrt.adapters.view_codegen import compile_views
 from omop_behrt.adapters.viewdefinition import View, ViewError
 

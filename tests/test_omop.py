@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import gzip
 import shutil
 
 import duckdb
@@ -122,7 +121,7 @@ def test_concepts_in_use_staged_once_give_the_whole_tables_events(source, reques
     site's holds 6-9M rows): the same events (codes, source codes, units by UCUM code or by name),
     quarantine and summary as joining the concept table itself, from a DuckDB file and from a CSV folder; the
     staged table is dropped after."""
-    from omop_behrt.adapters import omop_queries
+    from omop_behrt.adapters import omop_staging
     from omop_behrt.db import database
     if source == "units":       # the Synthea CDM with measurement units: a UCUM concept, a LOINC one (its name)
         src = build_duckdb_cdm(tmp_path / "units.duckdb", "5.4", schema="main")
@@ -143,9 +142,9 @@ def test_concepts_in_use_staged_once_give_the_whole_tables_events(source, reques
         return real(self, sql, *a, **k)
     monkeypatch.setattr(database.Database, "execute", spy)
     runs = {}
-    staging = omop_queries.used_concepts_sql
+    staging = omop_staging.used_concepts_sql
     for name in ("whole", "staged"):
-        monkeypatch.setattr(omop_queries, "used_concepts_sql", staging if name == "staged" else lambda *a: None)
+        monkeypatch.setattr(omop_staging, "used_concepts_sql", staging if name == "staged" else lambda *a: None)
         runs[name] = omop.extract(src, tmp_path / name, progress=False)
         assert len(made) == (name == "staged")
     ev = {n: EventDir.open(tmp_path / n) for n in runs}
@@ -394,44 +393,6 @@ def test_null_dates_and_persons_are_quarantined(cdm54, tmp_path):
     assert len(rows) == 5 and all(r.isdigit() for r in rows)   # the primary key names the row
 
 
-def test_unparseable_dates_in_exports(synthea_dir, tmp_path):
-    """A CSV export with a date that is not a date: quarantined, with the column named."""
-    folder = tmp_path / "cdm"
-    shutil.copytree(synthea_dir, folder)
-    con = duckdb.connect()
-    src = folder / "CONDITION_OCCURRENCE.csv.gz"
-    con.execute(f"""COPY (SELECT * REPLACE (CASE WHEN condition_occurrence_id = '1' THEN 'not-a-date'
-                    ELSE condition_start_date END AS condition_start_date)
-                    FROM read_csv('{src}', header=true, all_varchar=true))
-                    TO '{folder}/condition_occurrence.csv' (HEADER)""")
-    src.unlink()
-    s = omop.extract(folder, tmp_path / "ev", progress=False)
-    assert s.quarantined_by_reason == {
-        "condition_occurrence: condition_start_date 'aaa-a-aaaa' is not a date (YYYY-MM-DD)": 1,
-        "device_exposure: device_exposure_start_date before birth": 108}
-    assert s.events_by_domain["condition"] == 756
-
-
-def test_a_column_in_another_date_format_is_one_summary_line(synthea_dir, tmp_path):
-    """Every condition date written MM/DD/YYYY (a US export): each row is quarantined with its value, but the
-    summary (printed, --json) has one line for the column, by the values' shape, not one per date read."""
-    import re
-    folder = tmp_path / "cdm"
-    shutil.copytree(synthea_dir, folder)
-    src = folder / "CONDITION_OCCURRENCE.csv.gz"
-    text = gzip.decompress(src.read_bytes()).decode()
-    (folder / "condition_occurrence.csv").write_text(re.sub(r"(\d{4})-(\d{2})-(\d{2})", r"\2/\3/\1", text))
-    src.unlink()
-    s = omop.extract(folder, tmp_path / "ev", progress=False)
-    mine = {k: n for k, n in s.quarantined_by_reason.items() if k.startswith("condition_occurrence")}
-    assert mine == {"condition_occurrence: condition_start_date '99/99/9999' is not a date (YYYY-MM-DD)": 757}
-    q = EventDir.open(tmp_path / "ev").quarantine().to_pylist()
-    rows = [r for r in q if r["source"] == "condition_occurrence"]
-    assert sum(mine.values()) == len(rows) > 700 and "condition" not in s.events_by_domain
-    assert re.match(r"condition_start_date '\d\d/\d\d/\d{4}' is not a date", rows[0]["reason"])
-    assert "'99/99/9999'" in s.table()
-
-
 def test_cohort_filter_bad_cohort_table(eunomia_db, tmp_path):
     """A cohort filter naming a missing table, or a table that is not a cohort table, fails clearly."""
     with pytest.raises(SourceError, match=r"cohort table results\.my_cohorts not found .*; create it with "
@@ -464,62 +425,3 @@ def test_sources_we_open_keep_duckdbs_own_progress_bar_off(eunomia_db, synthea_d
     db = Database.connect(tmp_path / "new.duckdb", read_only=False)
     assert db.duck.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
     db.close()
-
-
-def test_values_a_float32_cannot_hold_are_dropped_and_noted(synthea_dir, tmp_path):
-    """value_as_number 1e300, -1e39, NaN and inf in an export: the events stay, without a value (numeric_value is
-    a 32-bit float: they became inf and NaN, which MEDS writers and text serialisation passed on), counted in the
-    notes."""
-    import csv
-    import io
-    import pyarrow.compute as pc
-    folder = tmp_path / "cdm"
-    shutil.copytree(synthea_dir, folder)
-    src = folder / "MEASUREMENT.csv.gz"
-    rows = list(csv.reader(io.StringIO(gzip.decompress(src.read_bytes()).decode())))
-    j = rows[0].index("value_as_number")
-    for i, v in enumerate(("1e300", "-1e39", "NaN", "inf", "3.3e38"), 1):
-        rows[i][j] = v
-    out = io.StringIO()
-    csv.writer(out).writerows(rows)
-    (folder / "measurement.csv").write_text(out.getvalue())
-    src.unlink()
-    s = omop.extract(folder, tmp_path / "ev", progress=False)
-    ref = omop.extract(synthea_dir, tmp_path / "ref", progress=False)
-    assert s.events_out == ref.events_out and s.quarantined == ref.quarantined
-    assert s.notes["measurement: value_as_number not a 32-bit float (NaN, infinite or beyond +-3.4e38): "
-                   "value dropped"] == 4
-    v = EventDir.open(tmp_path / "ev").read_events()["numeric_value"]
-    assert pc.sum(pc.is_inf(v)).as_py() == 0 and pc.sum(pc.is_nan(v)).as_py() == 0
-    assert pc.max(v).as_py() == pytest.approx(3.3e38, rel=1e-6)
-
-
-def test_semicolon_export_reads_decimal_commas_and_notes_values_that_are_not_numbers(synthea_dir, tmp_path):
-    """A ';'-separated export, as spreadsheet tools write CSV where the comma is the decimal separator: ``7,5`` is
-    read as 7.5 in every number column. Text that is no number (``<5``, ``1.234,5``) keeps its event without the
-    value and is counted in the notes; before, such values vanished without a word."""
-    import csv
-    import io
-    folder = tmp_path / "cdm"
-    shutil.copytree(synthea_dir, folder)
-    src = folder / "MEASUREMENT.csv.gz"
-    rows = list(csv.reader(io.StringIO(gzip.decompress(src.read_bytes()).decode())))
-    j = rows[0].index("value_as_number")
-    valued = [i for i, r in enumerate(rows) if i and r[j]]
-    for n, i in enumerate(valued[:40]):                      # 7 -> "7,25"; a few that no locale reads
-        rows[i][j] = {0: "<5", 1: "1.234,5"}.get(n, f"{rows[i][j]},25")
-    out = io.StringIO()
-    csv.writer(out, delimiter=";").writerows(rows)
-    (folder / "measurement.csv").write_text(out.getvalue())
-    src.unlink()
-    s = omop.extract(folder, tmp_path / "ev", progress=False)
-    ref = omop.extract(synthea_dir, tmp_path / "ref", progress=False)
-    assert (s.events_out, s.quarantined, s.events_by_domain) == (ref.events_out, ref.quarantined, ref.events_by_domain)
-    assert s.notes == {**ref.notes, "measurement: value_as_number not a number: value dropped": 2}
-    got = EventDir.open(tmp_path / "ev").read_events()["numeric_value"]
-    want = EventDir.open(tmp_path / "ref").read_events()["numeric_value"]
-    assert got.null_count == want.null_count + 2
-    olds = [float(rows[i][j].replace(",25", "")) for i in valued[2:40]]
-    dropped = [float(r[j]) for r in csv.reader(io.StringIO(gzip.decompress(
-        (synthea_dir / "MEASUREMENT.csv.gz").read_bytes()).decode())) if r[j] not in ("", "value_as_number")][:2]
-    assert pc.sum(got).as_py() == pytest.approx(pc.sum(want).as_py() + 0.25 * len(olds) - sum(dropped))

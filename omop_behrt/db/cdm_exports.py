@@ -97,14 +97,14 @@ def open_folder(folder: Path) -> Database:
     if not found:
         raise SourceError(f"{folder} holds no CDM table exports ({_EXPECTED_NAMES})")
     db.files = {t: parts for t, (_, parts) in found.items()}
-    readers, columns, comma = {}, {}, {}
+    readers, columns, sniffed = {}, {}, {}
     for table, (kind, parts) in found.items():
         if kind == "parquet":
             _check_parquet(parts)
             readers[table] = f"read_parquet([{', '.join(sql_literal(str(p)) for p in parts)}])"
         else:
             readers[table] = _csv_reader(parts[0])
-            comma[table] = _delimiter(db, parts[0]) == ";"
+            sniffed[table] = _sniff(db, parts[0])
         try:
             columns[table] = db.duck.execute(f"DESCRIBE SELECT * FROM {readers[table]}").fetchall()
         except duckdb.Error as e:
@@ -116,7 +116,9 @@ def open_folder(folder: Path) -> Database:
         if table not in cdm_tables and kind == "csv":      # not a CDM table: no DDL says its types
             body = f"SELECT * FROM {_csv_reader(parts[0], typed=True)}"
         else:
-            body = _typed_select(db, table, readers[table], columns[table], version, comma.get(table, False))
+            delimiter, date_fmt, time_fmt = sniffed.get(table, (None, None, None))
+            formats = _date_formats(db, table, parts[0], readers[table], columns[table], version, date_fmt, time_fmt)
+            body = _typed_select(db, table, readers[table], columns[table], version, delimiter == ";", formats)
         try:
             db.duck.execute(f"CREATE VIEW {quote(table)} AS {body}")
         except duckdb.Error as e:
@@ -133,21 +135,92 @@ def _cdm_version(db: Database, readers: dict[str, str], columns: dict[str, list]
     return None if v is None else str(v)
 
 
-def _delimiter(db: Database, path: Path) -> str | None:
-    """The field separator DuckDB's sniffer finds in a CSV export (None when it cannot tell)."""
+def _sniff(db: Database, path: Path) -> tuple[str | None, str | None, str | None]:
+    """The field separator, date format and timestamp format DuckDB's sniffer finds in a CSV export (each None when
+    it cannot tell; the formats are None for files without dates, or without any column that is all dates)."""
     import duckdb
     try:
-        return db.duck.execute("SELECT Delimiter FROM sniff_csv(?)", [str(path)]).fetchone()[0]
+        return db.duck.execute("SELECT Delimiter, DateFormat, TimestampFormat FROM sniff_csv(?)",
+                               [str(path)]).fetchone()
     except duckdb.Error:       # a damaged file: the read that follows names it
+        return None, None, None
+
+
+#: the date orders a non-ISO export may write, as strptime formats: day first, month first, year first
+_DATE_ORDERS = {"%d": "DD", "%m": "MM", "%Y": "YYYY"}
+_SAMPLE_ROWS = 20_480            # as many rows as DuckDB's sniffer reads
+
+
+def _swapped(fmt: str) -> str:
+    """``fmt`` with day and month exchanged (the other reading of 03/04/2020)."""
+    return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+
+
+def _formats(fmts: list[str]) -> str:
+    """A SQL list of strptime formats (DuckDB's try_strptime tries each in turn)."""
+    return "[" + ", ".join(sql_literal(f) for f in fmts) + "]"
+
+
+def _shown(fmt: str) -> str:
+    """A strptime date format as people write it: %d.%m.%Y -> DD.MM.YYYY."""
+    for code, shown in _DATE_ORDERS.items():
+        fmt = fmt.replace(code, shown)
+    return fmt.replace("%H", "HH").replace("%M", "MI").replace("%S", "SS")
+
+
+def _date_formats(db: Database, table: str, path: Path, reader: str, columns: list, version: str,
+                  date_fmt: str | None, time_fmt: str | None) -> dict[str, list[str]] | None:
+    """{"date": formats, "timestamp": formats} a CSV export writes its DDL date columns in, when that is not ISO
+    (YYYY-MM-DD), as spreadsheets and European exports save them (31.12.2020, 31/12/2020 14:05); None for ISO
+    files, and for a file whose dates read as well day first as month first (03/04/2020, every day <= 12 in
+    the rows sniffed): that is a warning, and the dates are quarantined as not dates rather than guessed."""
+    fmts = [f for f in (date_fmt, time_fmt) if f and not f.startswith("%Y-%m-%d")]
+    if not fmts or any(not all(code in f for code in _DATE_ORDERS) for f in fmts):
         return None
+    dated = [(n, ddl_kind(table, n.lower(), version)) for n, stored, *_ in columns
+             if ddl_kind(table, n.lower(), version) in ("date", "timestamp") and type_kind(stored) == "text"]
+    if not dated:
+        return None
+    day = date_fmt or time_fmt.split(" ")[0]
+    # the sniffer names a timestamp format only for a column it found all timestamps (not '07/05/2013 00:00:00')
+    times = [f for f in (time_fmt, *(day + t for t in (" %H:%M:%S", " %H:%M:%S.%f", " %H:%M", "T%H:%M:%S")))
+             if f and f.startswith(day)]
+    date_fmts = [day]
+    formats = {"date": date_fmts, "timestamp": list(dict.fromkeys(times)) + date_fmts}
+    if _both_readings(db, reader, dated, formats):        # 03/04/2020 in every sampled row: do not guess
+        day_first = sorted((date_fmts[0], _swapped(date_fmts[0])), key=lambda f: f.index("%d"))
+        db.warnings.append(f"{path.name}: its dates read as {_shown(day_first[0])} and as {_shown(day_first[1])} "
+                           f"alike (no day above 12 in the first {_SAMPLE_ROWS:,} rows), so they are not read: rows "
+                           f"without a date are quarantined. Re-export the dates as YYYY-MM-DD")
+        return None
+    db.warnings.append(f"{path.name}: dates read as {_shown(date_fmts[0])}, as the file writes them")
+    return formats
+
+
+def _both_readings(db: Database, reader: str, dated: list[tuple[str, str]], formats: dict[str, list[str]]) -> bool:
+    """Whether the first rows hold non-ISO dates and each of them also reads with day and month exchanged."""
+    def parses(v: str, fmts: list[str]) -> str:
+        return f"(try_strptime({v}, {_formats(fmts)}) IS NOT NULL)"
+    only_one, not_iso = [], []
+    for name, kind in dated:
+        v = f"TRIM({_any_quote(name)})"
+        not_iso.append(f"({v} <> '' AND TRY_CAST({v} AS {READ_AS[kind]}) IS NULL)")
+        only_one.append(f"({parses(v, formats[kind])} AND NOT "
+                        f"{parses(v, [_swapped(f) for f in formats[kind]])})")
+    decided, dates = db.duck.execute(
+        f"SELECT count(*) FILTER (WHERE {' OR '.join(only_one)}), count(*) FILTER (WHERE {' OR '.join(not_iso)}) "
+        f"FROM (SELECT * FROM {reader} LIMIT {_SAMPLE_ROWS})").fetchone()
+    return bool(dates) and not decided
 
 
 def _typed_select(db: Database, table: str, reader: str, columns: list, version: str,
-                  decimal_comma: bool = False) -> str:
+                  decimal_comma: bool = False, date_formats: dict[str, list[str]] | None = None) -> str:
     """SELECT over one export with each DDL column stored as text TRY_CAST to its DDL type (text kept aside).
 
     ``decimal_comma``: the file is ';'-separated, as spreadsheet tools write CSV where the comma is the decimal
     separator, so a number written ``7,5`` is read as 7.5 (a comma beside a dot, ``1.234,5``, is not a number).
+    ``date_formats``: the strptime formats of the file's dates and timestamps (see :func:`_date_formats`), tried
+    after ISO.
     """
     select, raw, kept = [], [], set()
     for name, stored, *_ in columns:
@@ -160,7 +233,10 @@ def _typed_select(db: Database, table: str, reader: str, columns: list, version:
         if kind == "number" and decimal_comma:
             src = f"CASE WHEN regexp_full_match(TRIM({q}), '[-+]?[0-9]*,[0-9]+') THEN replace(TRIM({q}), ',', '.') " \
                   f"ELSE {q} END"
-        select.append(f"TRY_CAST({src} AS {READ_AS[kind]}) AS {q}")
+        typed = f"TRY_CAST({src} AS {READ_AS[kind]})"
+        if date_formats and kind in date_formats:
+            typed = f"COALESCE({typed}, CAST(try_strptime({src}, {_formats(date_formats[kind])}) AS {READ_AS[kind]}))"
+        select.append(f"{typed} AS {q}")
         raw.append(f"{quote(name.lower())} := {q}")
         kept.add(name.lower())
     if raw:

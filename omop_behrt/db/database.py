@@ -125,6 +125,8 @@ class Database:
         self.raw_text: dict[str, set[str]] = {}
         #: a folder source: the CDM version detected when opening it (None: detect from the tables)
         self.cdm_version: str | None = None
+        #: a folder source: what opening it decided that a user should know (e.g. the date format of a file)
+        self.warnings: list[str] = []
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod

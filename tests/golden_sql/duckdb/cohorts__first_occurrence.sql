@@ -8,17 +8,7 @@ SELECT
   :cohort_definition_id,
   f.person_id,
   f.start_date,
-  COALESCE(
-    (
-      SELECT
-        MAX(CAST(op."OBSERVATION_PERIOD_END_DATE" AS DATE))
-      FROM "main"."observation_period" AS op
-      WHERE
-        op."PERSON_ID" = f.person_id
-        AND f.start_date BETWEEN CAST(op."OBSERVATION_PERIOD_START_DATE" AS DATE) AND CAST(op."OBSERVATION_PERIOD_END_DATE" AS DATE)
-    ),
-    f.start_date
-  )
+  COALESCE(MAX(CAST(op."OBSERVATION_PERIOD_END_DATE" AS DATE)), f.start_date)
 FROM (
   WITH ids AS (
     SELECT
@@ -101,3 +91,9 @@ FROM (
   GROUP BY
     person_id
 ) AS f
+LEFT JOIN "main"."observation_period" AS op
+  ON op."PERSON_ID" = f.person_id
+  AND f.start_date BETWEEN CAST(op."OBSERVATION_PERIOD_START_DATE" AS DATE) AND CAST(op."OBSERVATION_PERIOD_END_DATE" AS DATE)
+GROUP BY
+  f.person_id,
+  f.start_date

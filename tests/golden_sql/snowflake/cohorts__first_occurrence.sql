@@ -8,17 +8,7 @@ SELECT
   :cohort_definition_id,
   f.person_id,
   f.start_date,
-  COALESCE(
-    (
-      SELECT
-        MAX(CAST(op."observation_period_end_date" AS DATE))
-      FROM "bench_sql_dialects"."observation_period" AS op
-      WHERE
-        op."person_id" = f.person_id
-        AND f.start_date BETWEEN CAST(op."observation_period_start_date" AS DATE) AND CAST(op."observation_period_end_date" AS DATE)
-    ),
-    f.start_date
-  )
+  COALESCE(MAX(CAST(op."observation_period_end_date" AS DATE)), f.start_date)
 FROM (
   WITH ids AS (
     SELECT
@@ -126,3 +116,9 @@ FROM (
   GROUP BY
     person_id
 ) AS f
+LEFT JOIN "bench_sql_dialects"."observation_period" AS op
+  ON op."person_id" = f.person_id
+  AND f.start_date BETWEEN CAST(op."observation_period_start_date" AS DATE) AND CAST(op."observation_period_end_date" AS DATE)
+GROUP BY
+  f.person_id,
+  f.start_date

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/cdm_fixtures.py
 # (pyproject turns off its reordering by test count, which put these one-test files last: a 9-minute tail on one
 # worker). Longest first, the two workers finish together.
 _LONGEST_FIRST = ("test_spark.py", "test_readme_tour.py", "test_atlas.py", "test_study.py", "test_omop.py",
-                  "test_pretrain.py", "test_ddp.py", "test_meds_spark.py", "test_extract.py", "test_pretrain_stream.py",
+                  "test_pretrain.py", "test_ddp.py", "test_extract.py", "test_pretrain_stream.py",
                   "test_heads_learn.py", "test_meds_writes.py")
 
 
@@ -101,7 +101,7 @@ def tiny_model(eunomia_events, tmp_path_factory) -> Path:
     return out
 
 
-# -- Spark (tests/test_spark.py, tests/test_meds_spark.py) ---------------------------------------------
+# -- Spark (tests/test_spark.py) ---------------------------------------------------------------------------------
 CDM_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
               "procedure_occurrence", "measurement", "observation", "device_exposure", "death", "concept",
               "cdm_source"]

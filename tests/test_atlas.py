@@ -368,7 +368,9 @@ def test_fast_translation_equals_sqlrender(dialect):
         o.cdm_schema, o.vocabulary_schema, o.result_schema, o.target_table = "cdm", "cdm", "res", "res.cohort"
         o.cohort_id, o.generate_stats = cid, True
         rendered = sqlrender.render(build_cohort_query(c.expression(), o))
-        assert translate_ohdsi(rendered, dialect) == sqlrender.translate(rendered, dialect)
-        if dialect == "oracle" and cid == 27:   # the one of these that emulates temp tables: in a temp schema too
+        if dialect == "oracle" and cid == 27:   # the one of these that emulates temp tables: in a temp schema
+            # (sqlrender's Oracle translation takes ~7 s a definition here: this one is translated once, not twice)
             assert translate_ohdsi(rendered, dialect, "scratch") == sqlrender.translate(
                 rendered, dialect, temp_emulation_schema="scratch")
+            continue
+        assert translate_ohdsi(rendered, dialect) == sqlrender.translate(rendered, dialect)

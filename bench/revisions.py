@@ -1,9 +1,10 @@
 """`extract` of two revisions of this repository, alternately on the same data: what a change costs or gains.
 
 Each revision runs from its own git worktree in a fresh interpreter (PYTHONPATH set to that tree), so both use
-this venv's libraries and only our code differs. Two sources: the Synthea subset replicated into a DuckDB CDM
-(typed columns, bench/extract.py's builder) and a CSV export folder of the same persons (text read and typed by
-the DDL, where number and date parsing runs). Prints a table with medians and min-max, writes JSON.
+this venv's libraries and only our code differs. Three sources: the Synthea subset replicated into a DuckDB CDM
+(typed columns, bench/extract.py's builder), a CSV export folder of the same persons (text read and typed by
+the DDL, where number and date parsing runs) and the same export as a European spreadsheet saves it (';',
+DD.MM.YYYY dates). Prints a table with medians and min-max, writes JSON.
 
     python bench/revisions.py --base 4877f4e                 # HEAD against 4877f4e, 100k persons, 3 rounds
     python bench/revisions.py --base HEAD~3 --persons 20000 --rounds 5
@@ -55,7 +56,8 @@ def main() -> None:
     db = work / "cdm.duckdb"
     built = build_cdm(args.source, args.persons, db)
     export_folder(db, work / "csv", gzip=False)
-    sources = {"duckdb": db, "csv export": work / "csv"}
+    export_folder(db, work / "csv_dmy", gzip=False, spreadsheet=True)
+    sources = {"duckdb": db, "csv export": work / "csv", "csv ';' DD.MM.YYYY": work / "csv_dmy"}
     rows: dict[tuple[str, str], list[dict]] = {}
     try:
         for r in range(args.rounds):
@@ -63,7 +65,7 @@ def main() -> None:
                 for side in (("base", "new") if r % 2 == 0 else ("new", "base")):     # alternate who goes first
                     got = run(trees[side], src, work / f"out-{side}")
                     rows.setdefault((name, side), []).append(got)
-                    print(f"round {r + 1} {name:10s} {side:4s} {got['seconds']:7.2f} s  {got['events']:,} events",
+                    print(f"round {r + 1} {name:20s} {side:4s} {got['seconds']:7.2f} s  {got['events']:,} events",
                           flush=True)
     finally:
         for side in ("base", "new"):
@@ -72,7 +74,7 @@ def main() -> None:
                                capture_output=True)
     table = []
     print(f"\n{built['persons']:,} persons, {built['source_rows']:,} source rows; load {os.getloadavg()[0]:.2f}")
-    print(f"{'source':12s} {'base s (min-max)':>22s} {'new s (min-max)':>22s} {'new/base':>9s} {'events':>12s}")
+    print(f"{'source':20s} {'base s (min-max)':>22s} {'new s (min-max)':>22s} {'new/base':>9s} {'events':>12s}")
     for name in sources:
         b, n = rows[(name, "base")], rows[(name, "new")]
         mb, mn = statistics.median(x["seconds"] for x in b), statistics.median(x["seconds"] for x in n)
@@ -80,7 +82,7 @@ def main() -> None:
         table.append({"source": name, "base_median_s": mb, "new_median_s": mn, "ratio_new_over_base": mn / mb,
                       "base": b, "new": n, "same_counts": same})
         span = lambda xs: f"{min(x['seconds'] for x in xs):.1f}-{max(x['seconds'] for x in xs):.1f}"  # noqa: E731
-        print(f"{name:12s} {mb:8.2f} ({span(b):>11s}) {mn:8.2f} ({span(n):>11s}) {mn / mb:8.2f}x "
+        print(f"{name:20s} {mb:8.2f} ({span(b):>11s}) {mn:8.2f} ({span(n):>11s}) {mn / mb:8.2f}x "
               f"{n[0]['events']:>12,}{'' if same else '  (counts differ)'}")
     out = args.out or ROOT / "bench" / "results" / f"revisions_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,14 @@ print(json.dumps({"open_s": opened, "seconds": time.perf_counter() - t, "events"
 """
 
 
-def export_folder(db: Path, folder: Path, gzip: bool = True) -> None:
-    """Every table of a DuckDB CDM as TABLE.csv.gz, or TABLE.csv (the shape of a site's CSV export)."""
+def export_folder(db: Path, folder: Path, gzip: bool = True, spreadsheet: bool = False) -> None:
+    """Every table of a DuckDB CDM as TABLE.csv.gz, or TABLE.csv (the shape of a site's CSV export);
+    ``spreadsheet``: as a European spreadsheet saves it, ';'-separated with DD.MM.YYYY dates."""
     folder.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db), read_only=True)
     suffix, options = (".csv.gz", "HEADER, COMPRESSION gzip") if gzip else (".csv", "HEADER")
+    if spreadsheet:
+        options += ", DELIMITER ';', DATEFORMAT '%d.%m.%Y', TIMESTAMPFORMAT '%d.%m.%Y %H:%M:%S'"
     for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
         con.execute(f"COPY {table} TO '{folder / (table.upper() + suffix)}' ({options})")
     con.close()

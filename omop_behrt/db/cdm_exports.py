@@ -181,13 +181,14 @@ def _date_formats(db: Database, table: str, path: Path, reader: str, columns: li
              if ddl_kind(table, n.lower(), version) in ("date", "timestamp") and type_kind(stored) == "text"]
     if not dated:
         return None
-    day = date_fmt or time_fmt.split(" ")[0]
+    day = fmts[0].split(" ")[0].split("T")[0]          # the date part of the first non-ISO format
     # the sniffer names a timestamp format only for a column it found all timestamps (not '07/05/2013 00:00:00')
     times = [f for f in (time_fmt, *(day + t for t in (" %H:%M:%S", " %H:%M:%S.%f", " %H:%M", "T%H:%M:%S")))
              if f and f.startswith(day)]
     date_fmts = [day]
     formats = {"date": date_fmts, "timestamp": list(dict.fromkeys(times)) + date_fmts}
-    if _both_readings(db, reader, dated, formats):        # 03/04/2020 in every sampled row: do not guess
+    # 03/04/2020 in every sampled row: do not guess (year first, 2020/04/03, is read one way everywhere)
+    if not day.startswith("%Y") and _both_readings(db, reader, dated, formats):
         day_first = sorted((date_fmts[0], _swapped(date_fmts[0])), key=lambda f: f.index("%d"))
         db.warnings.append(f"{path.name}: its dates read as {_shown(day_first[0])} and as {_shown(day_first[1])} "
                            f"alike (no day above 12 in the first {_SAMPLE_ROWS:,} rows), so they are not read: rows "

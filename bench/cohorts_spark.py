@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spark import build_eunomia  # noqa: E402  (bench/spark.py: Eunomia replicated with new ids and shifted dates)
+from spark import CLINICAL, COPIED, build_eunomia  # noqa: E402  (bench/spark.py: Eunomia replicated, its tables)
 
 #: the SQL before the join (commit 33b3ad7): the period's end by a correlated subquery
 SUBQUERY_HEAD = """INSERT INTO {cohort_table} (cohort_definition_id, subject_id, cohort_start_date, cohort_end_date)
@@ -41,34 +41,14 @@ def subquery_sql(join_sql: str) -> str:
     return SUBQUERY_HEAD + body + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--copies", type=int, default=4, help="Eunomia replicas (2,694 persons each)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "cohorts_spark")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "cohorts_spark.json")
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+def measure(rounds: int, spark, db: Path, versions: dict[str, str], runs: dict, rows: dict) -> None:
+    """Build the cohort ``rounds`` times per engine and SQL version, alternating which version goes first; the
+    template is swapped in by patching the cohort module's loader (restored by the caller)."""
     from omop_behrt.db import database
-    from omop_behrt.db.spark import QUICK_CONF, SparkDatabase, load_duckdb_cdm, local_session
+    from omop_behrt.db.spark import SparkDatabase
     from omop_behrt.tasks import cohorts
-
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    db = args.workdir / f"eunomia_x{args.copies}.duckdb"
-    info = build_eunomia(args.copies, db)
-    spark = local_session("local[2]", conf={**QUICK_CONF, "spark.sql.warehouse.dir": str(args.workdir / "wh")})
-    spark.sparkContext.setLogLevel("ERROR")
-    load_duckdb_cdm(spark, db, "bench_cdm", args.workdir / "parquet",
-                    tables=["person", "observation_period", "visit_occurrence", "condition_occurrence",
-                            "drug_exposure", "procedure_occurrence", "measurement", "observation", "concept",
-                            "cdm_source"])
     real_load = database.load_sql
-    join_sql = str(real_load("cohorts/first_occurrence.sql"))
-    versions = {"join": join_sql, "subquery": subquery_sql(join_sql)}
-    runs: dict[tuple[str, str], list[float]] = {}
-    rows: dict[tuple[str, str], int] = {}
-    for r in range(args.rounds):
+    for r in range(rounds):
         for engine in ("spark", "duckdb"):
             for version in (("join", "subquery") if r % 2 == 0 else ("subquery", "join")):
                 text = versions[version]
@@ -82,8 +62,37 @@ def main() -> None:
                 assert rows.setdefault((engine, version), n) == n
                 print(f"round {r + 1} {engine:6s} {version:8s} {runs[(engine, version)][-1]:7.2f} s  {n:,} persons",
                       flush=True)
-    cohorts.load_sql = real_load
-    spark.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=4, help="Eunomia replicas (2,694 persons each)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "cohorts_spark")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "cohorts_spark.json")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from omop_behrt.db import database
+    from omop_behrt.db.spark import QUICK_CONF, load_duckdb_cdm, local_session
+    from omop_behrt.tasks import cohorts
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+    db = args.workdir / f"eunomia_x{args.copies}.duckdb"
+    info = build_eunomia(args.copies, db)
+    spark = local_session("local[2]", conf={**QUICK_CONF, "spark.sql.warehouse.dir": str(args.workdir / "wh")})
+    spark.sparkContext.setLogLevel("ERROR")
+    load_duckdb_cdm(spark, db, "bench_cdm", args.workdir / "parquet", tables=CLINICAL + COPIED)
+    real_load = database.load_sql
+    join_sql = str(real_load("cohorts/first_occurrence.sql"))
+    versions = {"join": join_sql, "subquery": subquery_sql(join_sql)}
+    runs: dict[tuple[str, str], list[float]] = {}
+    rows: dict[tuple[str, str], int] = {}
+    try:
+        measure(args.rounds, spark, db, versions, runs, rows)
+    finally:
+        cohorts.load_sql = real_load
+        spark.stop()
     assert len(set(rows.values())) == 1, f"the versions wrote different cohorts: {rows}"
     table = []
     print(f"\nEunomia x{args.copies}: {info['persons']:,} persons; load {os.getloadavg()[0]:.2f}")

@@ -127,7 +127,7 @@ class OmopCdm:
         self.cdm_version = self._detect_version()
         self.warnings.extend(f"{self.db.description}: file {s['file']} not read: {s['reason']}"
                              for s in self.db.skipped_files)
-        self.warnings.extend(getattr(self.db, "warnings", []))
+        self.warnings.extend(self.db.warnings)
 
     # -- catalogue -------------------------------------------------------------------------------
     def _schema_of(self, table: str) -> str:

@@ -177,24 +177,23 @@ def _date_formats(db: Database, table: str, path: Path, reader: str, columns: li
     fmts = [f for f in (date_fmt, time_fmt) if f and not f.startswith("%Y-%m-%d")]
     if not fmts or any(not all(code in f for code in _DATE_ORDERS) for f in fmts):
         return None
-    dated = [(n, ddl_kind(table, n.lower(), version)) for n, stored, *_ in columns
-             if ddl_kind(table, n.lower(), version) in ("date", "timestamp") and type_kind(stored) == "text"]
+    kinds = [(n, ddl_kind(table, n.lower(), version)) for n, stored, *_ in columns if type_kind(stored) == "text"]
+    dated = [(n, kind) for n, kind in kinds if kind in ("date", "timestamp")]
     if not dated:
         return None
     day = fmts[0].split(" ")[0].split("T")[0]          # the date part of the first non-ISO format
     # the sniffer names a timestamp format only for a column it found all timestamps (not '07/05/2013 00:00:00')
     times = [f for f in (time_fmt, *(day + t for t in (" %H:%M:%S", " %H:%M:%S.%f", " %H:%M", "T%H:%M:%S")))
              if f and f.startswith(day)]
-    date_fmts = [day]
-    formats = {"date": date_fmts, "timestamp": list(dict.fromkeys(times)) + date_fmts}
+    formats = {"date": [day], "timestamp": list(dict.fromkeys(times)) + [day]}
     # 03/04/2020 in every sampled row: do not guess (year first, 2020/04/03, is read one way everywhere)
     if not day.startswith("%Y") and _both_readings(db, reader, dated, formats):
-        day_first = sorted((date_fmts[0], _swapped(date_fmts[0])), key=lambda f: f.index("%d"))
+        day_first = sorted((day, _swapped(day)), key=lambda f: f.index("%d"))
         db.warnings.append(f"{path.name}: its dates read as {_shown(day_first[0])} and as {_shown(day_first[1])} "
                            f"alike (no day above 12 in the first {_SAMPLE_ROWS:,} rows), so they are not read: rows "
                            f"without a date are quarantined. Re-export the dates as YYYY-MM-DD")
         return None
-    db.warnings.append(f"{path.name}: dates read as {_shown(date_fmts[0])}, as the file writes them")
+    db.warnings.append(f"{path.name}: dates read as {_shown(day)}, as the file writes them")
     return formats
 
 
